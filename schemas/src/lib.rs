@@ -1,0 +1,20 @@
+//! Tollgate's wire contracts: the events every service exchanges through Kafka, and the names of the topics that
+//! carry them.
+//!
+//! - [`envelope`] — the CloudEvents 1.0 structured-mode JSON envelope that wraps every event.
+//! - [`usage`] — `tollgate.usage.v1`: one [`UsageRecorded`] per request that reached an upstream.
+//! - [`topics`] — topic names and what keys them.
+//! - [`json_schema`] — JSON Schema documents generated from these types, checked in under `json-schema/` for
+//!   consumers that are not written in Rust.
+//!
+//! A published version never changes. New fields go into a new version (`…v2`) with its own type, fixture and
+//! schema; `fixtures/` holds one golden JSON document per published version and a test proves each still
+//! deserializes.
+
+pub mod envelope;
+pub mod json_schema;
+pub mod topics;
+pub mod usage;
+
+pub use envelope::{CloudEvent, EventData};
+pub use usage::{Attempt, EstimateSource, Outcome, UsageRecorded, UsageSource};

@@ -1,0 +1,63 @@
+//! Published event versions never change: their golden fixtures keep deserializing, and the checked-in JSON
+//! Schemas match the types.
+
+use std::path::PathBuf;
+
+use tollgate_schemas::usage::UsageEvent;
+use tollgate_schemas::{EventData, Outcome, UsageRecorded, UsageSource};
+
+fn crate_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn usage_v1_golden_fixture_still_deserializes() {
+    let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.usage.v1.json")).unwrap();
+    let event: UsageEvent = serde_json::from_str(&text).unwrap();
+
+    assert!(event.is_expected_type());
+    assert_eq!(event.event_type, UsageRecorded::TYPE);
+    assert_eq!(event.id.get_version_num(), 7, "event ids are UUIDv7");
+    assert_eq!(event.subject, event.data.consumer_id);
+    assert_eq!(event.data.outcome, Outcome::Ok);
+    assert_eq!(event.data.usage_source, UsageSource::Provider);
+    assert_eq!(
+        event.data.total_tokens,
+        event.data.prompt_tokens + event.data.completion_tokens
+    );
+}
+
+#[test]
+fn usage_v1_round_trips_without_loss() {
+    let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.usage.v1.json")).unwrap();
+    let event: UsageEvent = serde_json::from_str(&text).unwrap();
+    let again: UsageEvent = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+    assert_eq!(event, again);
+}
+
+#[test]
+fn unknown_fields_are_refused_so_a_typo_cannot_hide_data() {
+    let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.usage.v1.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["data"]["prompt_tokenz"] = 3.into();
+    assert!(serde_json::from_value::<UsageEvent>(value).is_err());
+}
+
+#[test]
+fn checked_in_schemas_are_current() {
+    let bless = std::env::var_os("TOLLGATE_BLESS").is_some();
+    for (name, generated) in tollgate_schemas::json_schema::all() {
+        let path = crate_dir().join("json-schema").join(name);
+        if bless {
+            std::fs::write(&path, &generated).unwrap();
+            continue;
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "{} is stale: the event types changed. If this is a new version (published ones never change), \
+             regenerate with `TOLLGATE_BLESS=1 cargo test -p tollgate-schemas`.",
+            path.display()
+        );
+    }
+}
