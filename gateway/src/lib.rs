@@ -1,1 +1,30 @@
-//! placeholder
+//! Tollgate's gateway: the OpenAI-compatible front door that authenticates, routes, forwards and meters every
+//! request, and emits one usage event per request to Kafka.
+//!
+//! A tour, in the order a request meets them:
+//! - [`app`] — the server, shared state and the request pipeline (its doc lists the steps);
+//! - [`auth`] — consumer keys, stored as SHA-256 hashes → who is billed;
+//! - [`request`] — reading and parsing the body once;
+//! - [`routing`] — model name → route → ordered instances;
+//! - [`meter`] — prompt estimates from meter-sidecar, with an in-process fallback;
+//! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
+//! - [`chat`] — `POST /v1/chat/completions`, the pipeline end to end;
+//! - [`usage`] — the provider's usage block, or the estimate;
+//! - [`events`] — usage events off the request path and into Kafka;
+//! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics.
+
+pub mod app;
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod meter;
+pub mod metrics;
+pub mod request;
+pub mod routing;
+pub mod upstream;
+pub mod usage;
+
+pub use app::Gateway;
+pub use config::Config;

@@ -1,1 +1,109 @@
-fn main() {}
+//! `gateway`: parse the command line, load and validate the configuration, install telemetry, serve.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tollgate_gateway::{Config, Gateway, auth, metrics};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Tollgate: a metered front door for LLM APIs"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml", global = true)]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Validate the configuration, print every problem, and exit.
+    CheckConfig,
+    /// Read a consumer key from standard input and print the SHA-256 to put in the configuration.
+    HashKey,
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command.as_ref().unwrap_or(&Command::Serve) {
+        Command::HashKey => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_to_string(&mut key)
+                .context("reading the key from standard input")?;
+            println!(
+                "{}",
+                hex::encode(auth::hash_key(key.trim_end_matches(['\r', '\n']).as_bytes()))
+            );
+            Ok(())
+        }
+        Command::CheckConfig => {
+            Config::load(&cli.config)?;
+            println!("{}: ok", cli.config.display());
+            Ok(())
+        }
+        Command::Serve => serve(&cli).await,
+    }
+}
+
+async fn serve(cli: &Cli) -> anyhow::Result<()> {
+    init_tracing(&cli.log_format);
+    let config = Config::load(&cli.config)?;
+    let metrics = metrics::install_recorder().context("installing the Prometheus recorder")?;
+    let listener = std::net::TcpListener::bind(config.server.listen)
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    tracing::info!(
+        listen = %config.server.listen,
+        instance_id = %config.server.instance_id,
+        routes = config.routes.len(),
+        consumers = config.consumers.len(),
+        "gateway starting"
+    );
+    let gateway = Gateway::start(config, listener, metrics)?;
+    let handle = gateway.handle();
+    actix_web::rt::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested; finishing requests in flight");
+        handle.stop(true).await;
+    });
+    gateway.run().await?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,166 @@
+//! The application: shared state, per-worker clients, the route table, and the server that runs them.
+//!
+//! Request pipeline for `POST /v1/chat/completions` (details in [`crate::chat`]):
+//! 1. accept — TCP_NODELAY on the client socket (no 40 ms Nagle stalls on kept-alive connections);
+//! 2. authenticate — `Authorization: Bearer` key → consumer and key id ([`crate::auth`]);
+//! 3. parse — body read once up to `server.max_request_bytes`, `model`/`messages`/`stream` checked
+//!    ([`crate::request`]);
+//! 4. route — `model` → route → ordered targets ([`crate::routing`]);
+//! 5. estimate — meter-sidecar prompt count, in-process fallback ([`crate::meter`]);
+//! 6. forward — instance URL, model and key; failover on retry-safe failures ([`crate::upstream`]);
+//! 7. settle and emit — usage from the provider or the estimate; one event, queued without waiting
+//!    ([`crate::usage`], [`crate::events`]);
+//! 8. respond — upstream status and body unchanged, plus `x-request-id` and `x-tollgate-instance`.
+//!
+//! Any step's failure is a [`GatewayError`](crate::error::GatewayError), answered in OpenAI's error shape.
+//! `GET /healthz` and `GET /metrics` sit beside the API; every other path is an OpenAI-shaped 404.
+
+use std::any::Any;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::header::ContentType;
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::KeyStore;
+use crate::chat;
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::events::{EventPipeline, EventSender, EventsError};
+use crate::meter::MeterClient;
+use crate::routing::Router;
+use crate::upstream::Upstreams;
+
+/// State shared by every worker. Immutable for the life of the server.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub keys: KeyStore,
+    pub router: Router,
+    pub events: EventSender,
+    /// The CloudEvents `source` of this replica's events.
+    pub event_source: String,
+    pub metrics: PrometheusHandle,
+}
+
+/// HTTP clients owned by one worker thread (awc clients are not `Send`).
+#[derive(Debug)]
+pub struct WorkerClients {
+    pub meter: MeterClient,
+    pub upstreams: Upstreams,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    #[error("could not start the HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// A gateway ready to run: the HTTP server and the event pipeline behind it.
+pub struct Gateway {
+    server: Server,
+    pipeline: EventPipeline,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway on an already bound listener (port 0 in tests). Must be called inside an actix
+    /// system (`#[actix_web::main]`, `actix_rt::System`).
+    pub fn start(
+        config: Config,
+        listener: TcpListener,
+        metrics: PrometheusHandle,
+    ) -> Result<Self, StartError> {
+        let event_source = format!("tollgate-gateway/{}", config.server.instance_id);
+        let (events, pipeline) = EventPipeline::start(&config.kafka, &event_source)?;
+        let config = Arc::new(config);
+        let state = web::Data::new(AppState {
+            keys: KeyStore::new(&config.consumers),
+            router: Router::new(&config),
+            events,
+            event_source,
+            metrics,
+            config: config.clone(),
+        });
+        let worker_config = config.clone();
+        let server = HttpServer::new(move || {
+            let clients = WorkerClients {
+                meter: MeterClient::new(&worker_config.meter),
+                upstreams: Upstreams::new(&worker_config.instances),
+            };
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::Data::new(clients))
+                .route(chat::ENDPOINT, web::post().to(chat::chat_completions))
+                .route("/healthz", web::get().to(healthz))
+                .route("/metrics", web::get().to(render_metrics))
+                .default_service(web::to(unknown_url))
+        })
+        .on_connect(set_nodelay)
+        .workers(config.server.workers)
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs())
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            server,
+            pipeline,
+            shutdown_timeout: config.server.shutdown_timeout,
+        })
+    }
+
+    /// A handle to stop the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then drains the usage events still queued to Kafka (bounded).
+    pub async fn run(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        if !self.pipeline.shutdown(self.shutdown_timeout).await {
+            tracing::error!("shutdown timed out before every usage event reached Kafka");
+        }
+        served
+    }
+}
+
+fn set_nodelay(connection: &dyn Any, _: &mut actix_web::dev::Extensions) {
+    if let Some(socket) = connection.downcast_ref::<TcpStream>() {
+        let _ = socket.set_nodelay(true);
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .body(r#"{"status":"ok"}"#)
+}
+
+async fn render_metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn unknown_url(req: HttpRequest) -> HttpResponse {
+    GatewayError::UnknownUrl {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    }
+    .error_response()
+}

@@ -1,0 +1,722 @@
+//! Configuration: one TOML file, parsed into `Raw*` structs (`deny_unknown_fields`) and validated into [`Config`],
+//! the only form the rest of the gateway sees.
+//!
+//! Validation reports every problem at once, each with its path (`instances[1].endpoint: …`), so an operator fixes
+//! a file in one round. Secrets are never in the file: an instance names the environment variable that holds its
+//! provider key (`api_key_env`), and consumer keys are stored as SHA-256 hashes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub meter: MeterConfig,
+    pub kafka: KafkaConfig,
+    pub instances: Vec<Instance>,
+    pub routes: Vec<Route>,
+    pub consumers: Vec<Consumer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the OpenAI-compatible API listens on.
+    pub listen: SocketAddr,
+    /// This replica's name; events carry it as their `source`.
+    pub instance_id: String,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Largest request body accepted.
+    pub max_request_bytes: usize,
+    /// Largest upstream response body read (non-streaming).
+    pub max_response_bytes: usize,
+    /// How long a graceful shutdown waits for requests in flight and for events to reach Kafka.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeterConfig {
+    /// Base URL of meter-sidecar.
+    pub url: Url,
+    /// Budget for one estimate; past it the gateway uses its in-process fallback.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub usage_topic: String,
+    /// Events waiting for the producer; when full, events are dropped and counted (the spool comes later).
+    pub queue_capacity: usize,
+    /// How long librdkafka keeps retrying one event before reporting it failed.
+    pub message_timeout: Duration,
+    /// Extra librdkafka properties, passed through as they are.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// One upstream provider endpoint.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub provider: Provider,
+    /// Base URL including the API version prefix, e.g. `https://api.openai.com/v1`.
+    pub endpoint: Url,
+    /// The model name sent upstream instead of the client's, when set.
+    pub model: Option<String>,
+    /// The provider key, read from the environment at load.
+    pub api_key: Option<Secret>,
+    pub connect_timeout: Duration,
+    /// Deadline for the upstream's response head and body.
+    pub timeout: Duration,
+}
+
+/// The protocol an instance speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// OpenAI's API, or anything OpenAI-compatible (vLLM, SGLang, …).
+    Openai,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+        }
+    }
+}
+
+/// Where requests for a set of model names go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    /// Model names (and aliases) clients may ask for.
+    pub models: Vec<String>,
+    /// Instances in the order they are tried: higher `priority` first, then file order.
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Index into [`Config::instances`].
+    pub instance: usize,
+    pub priority: i32,
+}
+
+/// A tenant: the party a request is billed to.
+#[derive(Debug, Clone)]
+pub struct Consumer {
+    pub name: String,
+    pub keys: Vec<ConsumerKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerKey {
+    /// Public identifier of the key; events carry it, never the key.
+    pub id: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+}
+
+/// A secret value that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Every problem found in a configuration, each with its path.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".to_owned()
+}
+fn default_instance_id() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".to_owned())
+}
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+fn default_max_request_bytes() -> usize {
+    8 << 20
+}
+fn default_max_response_bytes() -> usize {
+    64 << 20
+}
+fn default_shutdown_timeout() -> String {
+    "10s".to_owned()
+}
+fn default_meter_timeout() -> String {
+    "250ms".to_owned()
+}
+fn default_usage_topic() -> String {
+    tollgate_schemas::topics::USAGE_V1.to_owned()
+}
+fn default_queue_capacity() -> usize {
+    65_536
+}
+fn default_message_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_connect_timeout() -> String {
+    "2s".to_owned()
+}
+fn default_upstream_timeout() -> String {
+    "120s".to_owned()
+}
+fn default_provider() -> Provider {
+    Provider::Openai
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub meter: RawMeter,
+    pub kafka: RawKafka,
+    #[serde(default)]
+    pub instances: Vec<RawInstance>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub consumers: Vec<RawConsumer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_instance_id")]
+    pub instance_id: String,
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            instance_id: default_instance_id(),
+            workers: default_workers(),
+            max_request_bytes: default_max_request_bytes(),
+            max_response_bytes: default_max_response_bytes(),
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeter {
+    pub url: String,
+    #[serde(default = "default_meter_timeout")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    pub brokers: String,
+    #[serde(default = "default_usage_topic")]
+    pub usage_topic: String,
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout: String,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInstance {
+    pub name: String,
+    #[serde(default = "default_provider")]
+    pub provider: Provider,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub api_key_env: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub models: Vec<String>,
+    pub targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    pub instance: String,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub name: String,
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: String,
+    pub sha256: String,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates a configuration, reading secrets from the process environment.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
+        Self::from_toml_with_env(text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates a configuration, reading secrets through `env`.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigErrors> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e)]))?;
+        raw.validate(&env)
+    }
+}
+
+fn toml_error(e: &toml::de::Error) -> String {
+    // toml's message already carries the line and column; keep it on one line per problem.
+    e.to_string()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Collects problems while validating.
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, path: impl fmt::Display, message: impl fmt::Display) {
+        self.0.push(format!("{path}: {message}"));
+    }
+
+    fn duration(&mut self, path: impl fmt::Display, value: &str) -> Duration {
+        match humantime::parse_duration(value) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.push(path, "must be longer than zero");
+                Duration::ZERO
+            }
+            Err(e) => {
+                self.push(
+                    path,
+                    format!("`{value}` is not a duration like \"250ms\" or \"1h\": {e}"),
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn name(&mut self, path: impl fmt::Display, value: &str) {
+        let ok = !value.is_empty()
+            && value.len() <= 128
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/'));
+        if !ok {
+            self.push(
+                path,
+                format!("`{value}` must be 1–128 characters of [A-Za-z0-9-_.:/]"),
+            );
+        }
+    }
+}
+
+impl RawConfig {
+    fn validate(self, env: &impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut p = Problems(Vec::new());
+        // Stands in for an invalid URL so validation can go on; never reaches a valid `Config`.
+        let placeholder =
+            Url::parse("http://invalid.invalid/").map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+
+        let listen = self.server.listen.parse().unwrap_or_else(|e| {
+            p.push(
+                "server.listen",
+                format!(
+                    "`{}` is not an address like 127.0.0.1:8080: {e}",
+                    self.server.listen
+                ),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        p.name("server.instance_id", &self.server.instance_id);
+        if self.server.workers == 0 {
+            p.push("server.workers", "must be at least 1");
+        }
+        if self.server.max_request_bytes == 0 {
+            p.push("server.max_request_bytes", "must be at least 1");
+        }
+        if self.server.max_response_bytes == 0 {
+            p.push("server.max_response_bytes", "must be at least 1");
+        }
+        let server = ServerConfig {
+            listen,
+            instance_id: self.server.instance_id,
+            workers: self.server.workers,
+            max_request_bytes: self.server.max_request_bytes,
+            max_response_bytes: self.server.max_response_bytes,
+            shutdown_timeout: p.duration("server.shutdown_timeout", &self.server.shutdown_timeout),
+        };
+
+        let meter = MeterConfig {
+            url: http_url(&mut p, "meter.url", &self.meter.url, &placeholder),
+            timeout: p.duration("meter.timeout", &self.meter.timeout),
+        };
+
+        if self.kafka.brokers.trim().is_empty() {
+            p.push(
+                "kafka.brokers",
+                "must name at least one broker, e.g. \"127.0.0.1:9092\"",
+            );
+        }
+        if self.kafka.usage_topic.trim().is_empty() {
+            p.push("kafka.usage_topic", "must not be empty");
+        }
+        if self.kafka.queue_capacity == 0 {
+            p.push("kafka.queue_capacity", "must be at least 1");
+        }
+        let kafka = KafkaConfig {
+            brokers: self.kafka.brokers,
+            usage_topic: self.kafka.usage_topic,
+            queue_capacity: self.kafka.queue_capacity,
+            message_timeout: p.duration("kafka.message_timeout", &self.kafka.message_timeout),
+            properties: self.kafka.properties,
+        };
+
+        let mut instance_index = HashMap::new();
+        let mut instances = Vec::with_capacity(self.instances.len());
+        for (i, raw) in self.instances.into_iter().enumerate() {
+            let path = format!("instances[{i}]");
+            p.name(format!("{path}.name"), &raw.name);
+            if instance_index.insert(raw.name.clone(), i).is_some() {
+                p.push(format!("{path}.name"), format!("`{}` is defined twice", raw.name));
+            }
+            let api_key = raw.api_key_env.as_deref().and_then(|var| match env(var) {
+                Some(value) if !value.is_empty() => Some(Secret::new(value)),
+                _ => {
+                    p.push(
+                        format!("{path}.api_key_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    None
+                }
+            });
+            if raw.model.as_deref() == Some("") {
+                p.push(
+                    format!("{path}.model"),
+                    "must not be empty (leave it out to keep the client's model)",
+                );
+            }
+            instances.push(Instance {
+                endpoint: http_url(&mut p, format!("{path}.endpoint"), &raw.endpoint, &placeholder),
+                connect_timeout: p.duration(format!("{path}.connect_timeout"), &raw.connect_timeout),
+                timeout: p.duration(format!("{path}.timeout"), &raw.timeout),
+                name: raw.name,
+                provider: raw.provider,
+                model: raw.model,
+                api_key,
+            });
+        }
+
+        let mut route_names = HashSet::new();
+        let mut model_owner: HashMap<String, String> = HashMap::new();
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (i, raw) in self.routes.into_iter().enumerate() {
+            let path = format!("routes[{i}]");
+            p.name(format!("{path}.name"), &raw.name);
+            if !route_names.insert(raw.name.clone()) {
+                p.push(format!("{path}.name"), format!("`{}` is defined twice", raw.name));
+            }
+            if raw.models.is_empty() {
+                p.push(format!("{path}.models"), "must list at least one model name");
+            }
+            for (j, model) in raw.models.iter().enumerate() {
+                if model.is_empty() {
+                    p.push(format!("{path}.models[{j}]"), "must not be empty");
+                } else if let Some(owner) = model_owner.insert(model.clone(), raw.name.clone()) {
+                    p.push(
+                        format!("{path}.models[{j}]"),
+                        format!("`{model}` is already served by route `{owner}`"),
+                    );
+                }
+            }
+            if raw.targets.is_empty() {
+                p.push(format!("{path}.targets"), "must list at least one instance");
+            }
+            let mut targets = Vec::with_capacity(raw.targets.len());
+            for (j, t) in raw.targets.iter().enumerate() {
+                match instance_index.get(&t.instance) {
+                    Some(&instance) => targets.push(Target {
+                        instance,
+                        priority: t.priority,
+                    }),
+                    None => p.push(
+                        format!("{path}.targets[{j}].instance"),
+                        format!("no instance is named `{}`", t.instance),
+                    ),
+                }
+            }
+            // Stable: equal priorities keep file order.
+            targets.sort_by_key(|t| std::cmp::Reverse(t.priority));
+            routes.push(Route {
+                name: raw.name,
+                models: raw.models,
+                targets,
+            });
+        }
+
+        let mut consumer_names = HashSet::new();
+        let mut key_ids = HashSet::new();
+        let mut key_hashes = HashSet::new();
+        let mut consumers = Vec::with_capacity(self.consumers.len());
+        for (i, raw) in self.consumers.into_iter().enumerate() {
+            let path = format!("consumers[{i}]");
+            p.name(format!("{path}.name"), &raw.name);
+            if !consumer_names.insert(raw.name.clone()) {
+                p.push(format!("{path}.name"), format!("`{}` is defined twice", raw.name));
+            }
+            if raw.keys.is_empty() {
+                p.push(format!("{path}.keys"), "must list at least one key");
+            }
+            let mut keys = Vec::with_capacity(raw.keys.len());
+            for (j, key) in raw.keys.into_iter().enumerate() {
+                let kpath = format!("{path}.keys[{j}]");
+                p.name(format!("{kpath}.id"), &key.id);
+                if !key_ids.insert(key.id.clone()) {
+                    p.push(format!("{kpath}.id"), format!("`{}` is used twice", key.id));
+                }
+                let mut sha256 = [0u8; 32];
+                if hex::decode_to_slice(key.sha256.to_ascii_lowercase(), &mut sha256).is_err() {
+                    p.push(
+                        format!("{kpath}.sha256"),
+                        "must be the 64-hex-digit SHA-256 of the key (`gateway hash-key` prints it)",
+                    );
+                } else if !key_hashes.insert(sha256) {
+                    p.push(format!("{kpath}.sha256"), "the same key is configured twice");
+                }
+                keys.push(ConsumerKey { id: key.id, sha256 });
+            }
+            consumers.push(Consumer { name: raw.name, keys });
+        }
+
+        if p.0.is_empty() {
+            Ok(Config {
+                server,
+                meter,
+                kafka,
+                instances,
+                routes,
+                consumers,
+            })
+        } else {
+            Err(ConfigErrors(p.0))
+        }
+    }
+}
+
+fn http_url(p: &mut Problems, path: impl fmt::Display, value: &str, placeholder: &Url) -> Url {
+    match Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+        Ok(_) => {
+            p.push(path, format!("`{value}` must be an http:// or https:// URL"));
+            placeholder.clone()
+        }
+        Err(e) => {
+            p.push(path, format!("`{value}` is not a URL: {e}"));
+            placeholder.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        instance_id = "gw-1"
+
+        [meter]
+        url = "http://127.0.0.1:8081"
+        timeout = "200ms"
+
+        [kafka]
+        brokers = "127.0.0.1:9092"
+
+        [[instances]]
+        name = "openai"
+        endpoint = "https://api.openai.com/v1"
+        model = "gpt-4o-mini-2024-07-18"
+        api_key_env = "OPENAI_API_KEY"
+
+        [[routes]]
+        name = "gpt-4o-mini"
+        models = ["gpt-4o-mini"]
+        targets = [{ instance = "openai" }]
+
+        [[consumers]]
+        name = "team-a"
+        keys = [{ id = "a-1", sha256 = "75cf857b6872c3d729faf2b92788a91fff3bc594f5a693ed02e6175a5bbac874" }]
+    "#;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "OPENAI_API_KEY").then(|| "sk-provider".to_owned())
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::from_toml_with_env(text, env).unwrap_err().0
+    }
+
+    #[test]
+    fn a_valid_file_loads_with_defaults_filled_in() {
+        let config = Config::from_toml_with_env(VALID, env).unwrap();
+        assert_eq!(config.server.instance_id, "gw-1");
+        assert_eq!(config.meter.timeout, Duration::from_millis(200));
+        assert_eq!(config.kafka.usage_topic, "tollgate.usage.v1");
+        assert_eq!(
+            config.instances[0].api_key.as_ref().unwrap().expose(),
+            "sk-provider"
+        );
+        assert_eq!(config.instances[0].timeout, Duration::from_secs(120));
+        assert_eq!(config.consumers[0].keys[0].sha256[0], 0x75);
+    }
+
+    #[test]
+    fn the_compose_demo_config_is_valid() {
+        let text = include_str!("../../compose/tollgate.toml");
+        Config::from_toml_with_env(text, |_| Some("x".into())).unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = VALID
+            .replace(r#"timeout = "200ms""#, r#"timeout = "soon""#)
+            .replace(
+                r#"endpoint = "https://api.openai.com/v1""#,
+                r#"endpoint = "ftp://x""#,
+            )
+            .replace(
+                r#"targets = [{ instance = "openai" }]"#,
+                r#"targets = [{ instance = "opnai" }]"#,
+            )
+            .replace("75cf857b", "zz");
+        let found = problems(&text);
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "meter.timeout",
+                "instances[0].endpoint",
+                "routes[0].targets[0].instance",
+                "consumers[0].keys[0].sha256"
+            ],
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_variable() {
+        let found = Config::from_toml_with_env(VALID, |_| None).unwrap_err().0;
+        assert_eq!(
+            found,
+            ["instances[0].api_key_env: environment variable OPENAI_API_KEY is not set"]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let found = problems(&VALID.replace(
+            "instance_id = \"gw-1\"",
+            "instance_id = \"gw-1\"\nlisten_port = 1",
+        ));
+        assert_eq!(found.len(), 1);
+        assert!(found[0].contains("listen_port"), "{found:?}");
+    }
+
+    #[test]
+    fn duplicates_are_refused() {
+        let twice = format!(
+            "{VALID}\n[[routes]]\nname = \"gpt-4o-mini\"\nmodels = [\"gpt-4o-mini\"]\ntargets = [{{ instance = \"openai\" }}]\n"
+        );
+        let found = problems(&twice);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("routes[1].name: `gpt-4o-mini` is defined twice")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("routes[1].models[0]: `gpt-4o-mini` is already served"))
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config = Config::from_toml_with_env(VALID, env).unwrap();
+        assert!(!format!("{config:?}").contains("sk-provider"));
+    }
+}

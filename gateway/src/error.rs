@@ -1,0 +1,246 @@
+//! The gateway's one error type. Every way a request can fail is a [`GatewayError`] variant, and
+//! [`ResponseError`] maps each — by an exhaustive `match` — to an HTTP status and an OpenAI-shaped body:
+//! `{"error":{"message","type","param","code"}}`. Clients written against OpenAI's SDKs parse it as they parse
+//! OpenAI's own errors.
+//!
+//! [`GatewayError::kind`] is a short, bounded name for metric labels and log fields; messages never become labels.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::ContentType;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("You didn't provide an API key. Send it in the Authorization header as `Bearer YOUR_KEY`.")]
+    MissingApiKey,
+    #[error("Incorrect API key provided.")]
+    InvalidApiKey,
+    #[error("The request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("Missing required parameter: '{0}'.")]
+    MissingParameter(&'static str),
+    #[error("Invalid value for '{param}': {message}")]
+    InvalidParameter { param: &'static str, message: String },
+    #[error("'{param}' is not supported on this endpoint yet: {message}")]
+    UnsupportedParameter { param: &'static str, message: String },
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("The request body is larger than the limit of {limit} bytes.")]
+    PayloadTooLarge { limit: usize },
+    #[error("Could not read the request body: {0}")]
+    RequestBody(String),
+    #[error("Invalid URL ({method} {path}).")]
+    UnknownUrl { method: String, path: String },
+    #[error("The upstream for this model could not be reached.")]
+    UpstreamUnreachable,
+    #[error("The upstream for this model did not answer in time.")]
+    UpstreamTimeout,
+    #[error("The upstream for this model sent a response that could not be read.")]
+    UpstreamBadResponse,
+    #[error("The gateway failed to process the request.")]
+    Internal,
+}
+
+/// The OpenAI error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail<'a> {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub error_type: &'a str,
+    pub param: Option<&'a str>,
+    pub code: Option<&'a str>,
+}
+
+impl GatewayError {
+    /// A short, bounded name for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::MissingParameter(_) => "missing_parameter",
+            Self::InvalidParameter { .. } => "invalid_parameter",
+            Self::UnsupportedParameter { .. } => "unsupported_parameter",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::RequestBody(_) => "request_body",
+            Self::UnknownUrl { .. } => "unknown_url",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamBadResponse => "upstream_bad_response",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// (status, OpenAI `type`, `param`, `code`).
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+    ) {
+        const INVALID: &str = "invalid_request_error";
+        match self {
+            Self::MissingApiKey => (StatusCode::UNAUTHORIZED, INVALID, None, Some("missing_api_key")),
+            Self::InvalidApiKey => (StatusCode::UNAUTHORIZED, INVALID, None, Some("invalid_api_key")),
+            Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, INVALID, None, Some("invalid_json")),
+            Self::MissingParameter(param) => (
+                StatusCode::BAD_REQUEST,
+                INVALID,
+                Some(param),
+                Some("missing_required_parameter"),
+            ),
+            Self::InvalidParameter { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                INVALID,
+                Some(param),
+                Some("invalid_value"),
+            ),
+            Self::UnsupportedParameter { param, .. } => (
+                StatusCode::BAD_REQUEST,
+                INVALID,
+                Some(param),
+                Some("unsupported_parameter"),
+            ),
+            Self::ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                INVALID,
+                Some("model"),
+                Some("model_not_found"),
+            ),
+            Self::PayloadTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID,
+                None,
+                Some("payload_too_large"),
+            ),
+            Self::RequestBody(_) => (StatusCode::BAD_REQUEST, INVALID, None, Some("request_body")),
+            Self::UnknownUrl { .. } => (StatusCode::NOT_FOUND, INVALID, None, Some("unknown_url")),
+            Self::UpstreamUnreachable => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                None,
+                Some("upstream_unreachable"),
+            ),
+            Self::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                None,
+                Some("upstream_timeout"),
+            ),
+            Self::UpstreamBadResponse => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                None,
+                Some("upstream_bad_response"),
+            ),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
+        }
+    }
+}
+
+impl ResponseError for GatewayError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, error_type, param, code) = self.parts();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                error_type,
+                param,
+                code,
+            },
+        };
+        HttpResponse::build(status)
+            .insert_header(ContentType::json())
+            .body(serde_json::to_string(&body).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(err: &GatewayError) -> serde_json::Value {
+        let (status, error_type, param, code) = err.parts();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                message: err.to_string(),
+                error_type,
+                param,
+                code,
+            },
+        };
+        assert_eq!(err.status_code(), status);
+        serde_json::to_value(body).unwrap()
+    }
+
+    #[test]
+    fn every_error_has_the_openai_shape() {
+        let all = [
+            GatewayError::MissingApiKey,
+            GatewayError::InvalidApiKey,
+            GatewayError::InvalidJson("expected value at line 1 column 1".into()),
+            GatewayError::MissingParameter("model"),
+            GatewayError::InvalidParameter {
+                param: "messages",
+                message: "must be an array".into(),
+            },
+            GatewayError::UnsupportedParameter {
+                param: "stream",
+                message: "x".into(),
+            },
+            GatewayError::ModelNotFound("gpt-9".into()),
+            GatewayError::PayloadTooLarge { limit: 10 },
+            GatewayError::RequestBody("reset".into()),
+            GatewayError::UnknownUrl {
+                method: "GET".into(),
+                path: "/v2/x".into(),
+            },
+            GatewayError::UpstreamUnreachable,
+            GatewayError::UpstreamTimeout,
+            GatewayError::UpstreamBadResponse,
+            GatewayError::Internal,
+        ];
+        for err in &all {
+            let body = body_of(err);
+            let detail = body["error"].as_object().unwrap();
+            let mut keys: Vec<_> = detail.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["code", "message", "param", "type"], "{err:?}");
+            assert!(!detail["message"].as_str().unwrap().is_empty());
+            assert!(!err.kind().is_empty());
+        }
+    }
+
+    #[test]
+    fn statuses_follow_openai() {
+        assert_eq!(GatewayError::MissingApiKey.status_code(), 401);
+        assert_eq!(GatewayError::InvalidApiKey.status_code(), 401);
+        assert_eq!(GatewayError::InvalidJson(String::new()).status_code(), 400);
+        assert_eq!(GatewayError::MissingParameter("model").status_code(), 400);
+        assert_eq!(GatewayError::ModelNotFound("x".into()).status_code(), 404);
+        assert_eq!(GatewayError::PayloadTooLarge { limit: 1 }.status_code(), 413);
+        assert_eq!(GatewayError::UpstreamUnreachable.status_code(), 502);
+        assert_eq!(GatewayError::UpstreamTimeout.status_code(), 504);
+    }
+
+    #[test]
+    fn missing_parameter_names_the_parameter() {
+        let body = body_of(&GatewayError::MissingParameter("model"));
+        assert_eq!(body["error"]["param"], "model");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "missing_required_parameter");
+    }
+}

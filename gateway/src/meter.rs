@@ -1,0 +1,162 @@
+//! Prompt estimates before forwarding. The gateway asks meter-sidecar (`POST /v1/tokens/count`) for the exact
+//! tiktoken count of the chat messages, within a small time budget. When the sidecar is slow, down or answers
+//! nonsense, the gateway falls back to an in-process approximation, marks the estimate as
+//! [`EstimateSource::Fallback`] in the event and counts it — a metered request is never failed for want of an
+//! estimate.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tollgate_schemas::EstimateSource;
+
+use crate::config::MeterConfig;
+use crate::metrics as m;
+
+/// OpenAI's chat-format overhead: tokens per message, and for priming the reply.
+const TOKENS_PER_MESSAGE: u32 = 3;
+const TOKENS_FOR_REPLY: u32 = 3;
+/// The fallback's rule of thumb for English text in current BPE encodings.
+const BYTES_PER_TOKEN: u32 = 4;
+
+/// A prompt estimate and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    pub tokens: u32,
+    pub source: EstimateSource,
+}
+
+#[derive(Serialize)]
+struct CountRequest<'a> {
+    model: &'a str,
+    messages: &'a Value,
+}
+
+#[derive(Deserialize)]
+struct CountResponse {
+    tokens: u32,
+}
+
+/// A client of meter-sidecar, one per HTTP worker.
+pub struct MeterClient {
+    client: awc::Client,
+    count_url: String,
+}
+
+impl std::fmt::Debug for MeterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeterClient")
+            .field("count_url", &self.count_url)
+            .finish()
+    }
+}
+
+impl MeterClient {
+    pub fn new(config: &MeterConfig) -> Self {
+        let client = awc::Client::builder()
+            .timeout(config.timeout)
+            .connector(awc::Connector::new().timeout(config.timeout))
+            .disable_redirects()
+            .finish();
+        let count_url = format!("{}/v1/tokens/count", config.url.as_str().trim_end_matches('/'));
+        Self { client, count_url }
+    }
+
+    /// The prompt estimate for chat `messages` sent to `model`. Never fails: falls back in-process.
+    pub async fn estimate_chat(&self, model: &str, messages: &Value) -> Estimate {
+        let started = Instant::now();
+        let result = self.ask(model, messages).await;
+        metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(tokens) => {
+                metrics::counter!(m::ESTIMATES_TOTAL, "source" => "meter").increment(1);
+                Estimate {
+                    tokens,
+                    source: EstimateSource::Meter,
+                }
+            }
+            Err(reason) => {
+                metrics::counter!(m::ESTIMATES_TOTAL, "source" => "fallback").increment(1);
+                tracing::warn!(
+                    reason,
+                    "meter-sidecar unavailable; using the in-process prompt estimate"
+                );
+                Estimate {
+                    tokens: fallback_chat_estimate(messages),
+                    source: EstimateSource::Fallback,
+                }
+            }
+        }
+    }
+
+    async fn ask(&self, model: &str, messages: &Value) -> Result<u32, &'static str> {
+        let mut response = self
+            .client
+            .post(&self.count_url)
+            .send_json(&CountRequest { model, messages })
+            .await
+            .map_err(|e| match e {
+                awc::error::SendRequestError::Timeout => "timeout",
+                awc::error::SendRequestError::Connect(_) => "connect",
+                _ => "send",
+            })?;
+        if !response.status().is_success() {
+            return Err("status");
+        }
+        let body: CountResponse = response.json().await.map_err(|_| "body")?;
+        Ok(body.tokens)
+    }
+}
+
+/// An approximation of the chat prompt's token count without a tokenizer: one token per four bytes of every
+/// string in each message, plus OpenAI's per-message overhead.
+pub fn fallback_chat_estimate(messages: &Value) -> u32 {
+    let Some(messages) = messages.as_array() else {
+        return 0;
+    };
+    let text_tokens: u32 = messages
+        .iter()
+        .map(|m| string_bytes(m).div_ceil(BYTES_PER_TOKEN))
+        .sum();
+    let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+    text_tokens
+        .saturating_add(count.saturating_mul(TOKENS_PER_MESSAGE))
+        .saturating_add(TOKENS_FOR_REPLY)
+}
+
+fn string_bytes(value: &Value) -> u32 {
+    let bytes = match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => return items.iter().map(string_bytes).fold(0, u32::saturating_add),
+        Value::Object(map) => return map.values().map(string_bytes).fold(0, u32::saturating_add),
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    };
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fallback_counts_bytes_over_four_plus_chat_overhead() {
+        let messages = json!([
+            {"role": "system", "content": "You are terse."},   // 6 + 14 = 20 bytes → 5 tokens
+            {"role": "user", "content": "Hi"}                  // 4 + 2 = 6 bytes → 2 tokens (rounded up)
+        ]);
+        assert_eq!(fallback_chat_estimate(&messages), 5 + 2 + 2 * 3 + 3);
+    }
+
+    #[test]
+    fn fallback_reads_content_parts_and_ignores_non_text() {
+        let messages = json!([{"role": "user", "content": [{"type": "text", "text": "abcd"}], "n": 3}]);
+        // "user" (1) + "text" (1) + "abcd" (1) + overhead 3 + reply 3
+        assert_eq!(fallback_chat_estimate(&messages), 9);
+    }
+
+    #[test]
+    fn fallback_of_non_array_is_zero() {
+        assert_eq!(fallback_chat_estimate(&json!("hello")), 0);
+    }
+}

@@ -1,0 +1,91 @@
+//! Every metric the gateway exports, named `tollgate_<what>_<unit>[_total]` in base units and described once
+//! here. Labels are bounded: route, instance, status class, outcome, error kind — never consumer keys, user ids
+//! or request ids.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
+pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
+pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "tollgate_upstream_attempts_total";
+pub const TOKENS_TOTAL: &str = "tollgate_tokens_total";
+pub const ESTIMATES_TOTAL: &str = "tollgate_prompt_estimates_total";
+pub const METER_DURATION_SECONDS: &str = "tollgate_meter_duration_seconds";
+pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
+pub const EVENTS_EMITTED_TOTAL: &str = "tollgate_events_emitted_total";
+pub const EVENTS_FAILED_TOTAL: &str = "tollgate_events_failed_total";
+pub const EVENTS_DROPPED_TOTAL: &str = "tollgate_events_dropped_total";
+pub const EVENTS_QUEUED: &str = "tollgate_events_queued";
+
+/// Latency buckets in seconds: sub-millisecond gateway work up to long completions.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Installs the process-wide Prometheus recorder and returns the handle `/metrics` renders from.
+pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// Describes every gateway metric (idempotent).
+pub fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests answered, by route, status class and outcome."
+    );
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Wall time from request arrival to the last byte."
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time for one upstream attempt, by instance."
+    );
+    describe_counter!(
+        UPSTREAM_ATTEMPTS_TOTAL,
+        "Upstream attempts, by instance and result (ok or error kind)."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens billed, by route and kind (prompt, completion)."
+    );
+    describe_counter!(ESTIMATES_TOTAL, "Prompt estimates, by source (meter, fallback).");
+    describe_histogram!(
+        METER_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to get a prompt estimate from meter-sidecar."
+    );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        "Requests refused for a missing or invalid key, by reason."
+    );
+    describe_counter!(EVENTS_EMITTED_TOTAL, "Usage events acknowledged by Kafka.");
+    describe_counter!(
+        EVENTS_FAILED_TOTAL,
+        "Usage events Kafka did not acknowledge, by reason."
+    );
+    describe_counter!(
+        EVENTS_DROPPED_TOTAL,
+        "Usage events dropped before reaching the producer, by reason."
+    );
+    describe_gauge!(EVENTS_QUEUED, "Usage events waiting for the producer.");
+}
+
+/// `2xx`, `4xx`, … for a status code: a bounded label.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
