@@ -1,0 +1,324 @@
+//! The sidecar's HTTP contract, driven in-process: what the gateway sends and what it gets back.
+
+// Test helpers fail the test by panicking, like the assertions they serve.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::sync::OnceLock;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::test::{self, TestRequest};
+use actix_web::web;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate_meter_sidecar::api::{AppState, CountResponse};
+use tollgate_meter_sidecar::config::Config;
+use tollgate_meter_sidecar::count::{chat_tokens, text_tokens};
+use tollgate_meter_sidecar::encoding::Encoding;
+use tollgate_meter_sidecar::{metrics, server};
+
+/// The process-wide recorder, installed once for all tests in this binary.
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = metrics::install_recorder().expect("first install in this process");
+            metrics::describe();
+            handle
+        })
+        .clone()
+}
+
+fn config() -> Config {
+    Config {
+        default_encoding: Encoding::O200kBase,
+        max_body_bytes: 8 << 20,
+        workers: 1,
+    }
+}
+
+/// Sends `request` to an in-process app with `config` and returns the status, headers and body as JSON.
+async fn call_with(config: Config, request: TestRequest) -> (StatusCode, header::HeaderMap, Value) {
+    let state = web::Data::new(AppState {
+        config,
+        metrics: prometheus(),
+    });
+    let app = test::init_service(server::app(state)).await;
+    let response = test::call_service(&app, request.to_request()).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = test::read_body(response).await;
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, body)
+}
+
+async fn call(request: TestRequest) -> (StatusCode, Value) {
+    let (status, _, body) = call_with(config(), request).await;
+    (status, body)
+}
+
+fn count(body: Value) -> TestRequest {
+    TestRequest::post().uri("/v1/tokens/count").set_json(body)
+}
+
+fn count_response(body: Value) -> CountResponse {
+    serde_json::from_value(body).expect("a count response")
+}
+
+/// Asserts the OpenAI error shape and returns the `error` object.
+fn openai_error(body: &Value) -> &serde_json::Map<String, Value> {
+    let error = body["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("not an OpenAI error: {body}"));
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error.contains_key("param"), "{body}");
+    assert!(error["code"].is_string(), "{body}");
+    error
+}
+
+#[actix_web::test]
+async fn a_text_is_counted_with_the_models_encoding() {
+    let (status, body) = call(count(json!({"model": "gpt-4", "text": "hello world"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"tokens": 2, "encoding": "cl100k_base"}));
+}
+
+#[actix_web::test]
+async fn chat_messages_are_counted_with_the_overhead_and_the_encoding_is_reported() {
+    let messages = json!([
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello!"},
+    ]);
+    let (status, body) = call(count(json!({"model": "gpt-4o-mini", "messages": messages}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let response = count_response(body);
+    assert_eq!(response.encoding, Encoding::O200kBase);
+    assert_eq!(response.tokens, 19);
+}
+
+#[actix_web::test]
+async fn an_explicit_encoding_overrides_the_model_mapping() {
+    let text = "Größenverhältnisse der Bevölkerungsentwicklung";
+    let body = json!({"model": "gpt-4o", "text": text, "encoding": "r50k_base"});
+    let (status, body) = call(count(body)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        count_response(body),
+        CountResponse {
+            tokens: text_tokens(Encoding::R50kBase, text),
+            encoding: Encoding::R50kBase
+        }
+    );
+}
+
+#[actix_web::test]
+async fn an_unknown_model_uses_the_configured_default() {
+    let config = Config {
+        default_encoding: Encoding::P50kBase,
+        ..config()
+    };
+    let request = count(json!({"model": "llama-3.1-8b-instruct", "text": "hello world"}));
+    let (status, _, body) = call_with(config, request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["encoding"], "p50k_base");
+}
+
+#[actix_web::test]
+async fn special_token_strings_are_billed_as_plain_text() {
+    let (_, body) = call(count(json!({"model": "gpt-4o", "text": "<|endoftext|>"}))).await;
+    assert!(count_response(body).tokens > 1);
+}
+
+#[actix_web::test]
+async fn a_large_body_is_counted_off_the_worker_with_the_same_result() {
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(4_000);
+    let messages = vec![json!({"role": "user", "content": text})];
+    let (status, body) = call(count(json!({"model": "gpt-4.1", "messages": messages}))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        count_response(body).tokens,
+        chat_tokens(Encoding::O200kBase, &messages)
+    );
+}
+
+#[actix_web::test]
+async fn an_unknown_encoding_is_a_400_naming_the_encoding_field() {
+    let (status, body) = call(count(
+        json!({"model": "gpt-4o", "text": "hi", "encoding": "gpt2"}),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = openai_error(&body);
+    assert_eq!(error["type"], "invalid_request_error");
+    assert_eq!(error["param"], "encoding");
+    assert_eq!(error["code"], "unknown_encoding");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("o200k_base, cl100k_base"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn malformed_json_is_a_400_in_the_openai_shape() {
+    let request = TestRequest::post()
+        .uri("/v1/tokens/count")
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .set_payload(r#"{"model": "gpt-4o", "text": "#);
+    let (status, body) = call(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = openai_error(&body);
+    assert_eq!(error["code"], "invalid_json");
+    assert!(
+        error["message"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn a_missing_model_is_a_400_naming_model() {
+    let (status, body) = call(count(json!({"text": "hi"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = openai_error(&body);
+    assert_eq!(error["param"], "model");
+    assert_eq!(error["code"], "missing_field");
+}
+
+#[actix_web::test]
+async fn text_and_messages_together_or_neither_are_400s() {
+    let (status, body) = call(count(json!({"model": "m", "text": "a", "messages": []}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(openai_error(&body)["code"], "text_and_messages");
+
+    let (status, body) = call(count(json!({"model": "m"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(openai_error(&body)["code"], "no_input");
+}
+
+#[actix_web::test]
+async fn a_malformed_message_is_a_400_naming_it() {
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}, "hello"]});
+    let (status, body) = call(count(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(openai_error(&body)["param"], "messages[1]");
+}
+
+#[actix_web::test]
+async fn a_body_over_the_limit_is_a_413_in_the_openai_shape() {
+    let small = Config {
+        max_body_bytes: 64,
+        ..config()
+    };
+    let text = "x".repeat(100);
+    let (status, _, body) = call_with(small, count(json!({"model": "gpt-4o", "text": text}))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let error = openai_error(&body);
+    assert_eq!(error["type"], "invalid_request_error");
+    assert_eq!(error["code"], "payload_too_large");
+}
+
+#[actix_web::test]
+async fn a_body_exactly_at_the_limit_is_accepted() {
+    let body = json!({"model": "gpt-4o", "text": "hello world"}).to_string();
+    let exact = Config {
+        max_body_bytes: body.len(),
+        ..config()
+    };
+    let request = TestRequest::post().uri("/v1/tokens/count").set_payload(body);
+    let (status, _, body) = call_with(exact, request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[actix_web::test]
+async fn other_methods_and_paths_get_openai_shaped_errors() {
+    let (status, headers, body) = call_with(config(), TestRequest::get().uri("/v1/tokens/count")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers.get(header::ALLOW).unwrap(), "POST");
+    openai_error(&body);
+
+    let (status, body) = call(TestRequest::get().uri("/v1/chat/completions")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    openai_error(&body);
+}
+
+#[actix_web::test]
+async fn healthz_says_ok() {
+    let (status, body) = call(TestRequest::get().uri("/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"status": "ok"}));
+}
+
+#[actix_web::test]
+async fn metrics_show_requests_tokens_and_errors() {
+    call(count(json!({"model": "gpt-3.5-turbo", "text": "hello world"}))).await;
+    call(count(json!({"text": "no model"}))).await;
+
+    let (status, _, body) = call_with(config(), TestRequest::get().uri("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = body.as_str().expect("Prometheus text");
+    assert!(
+        text.contains(r#"meter_requests_total{endpoint="count",status="200"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"meter_requests_total{endpoint="count",status="400"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"meter_tokens_counted_total{encoding="cl100k_base",kind="text"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"meter_errors_total{kind="missing_field"}"#),
+        "{text}"
+    );
+    assert!(text.contains("meter_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("# HELP meter_requests_total"), "{text}");
+}
+
+/// Sends one raw HTTP/1.1 request and returns the whole response as text.
+async fn raw_http(addr: std::net::SocketAddr, request: String) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+#[actix_web::test]
+async fn the_built_server_serves_on_a_real_socket_and_stops_gracefully() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = server::build(config(), listener, prometheus()).unwrap();
+    let handle = server.handle();
+    let running = actix_web::rt::spawn(server);
+
+    let health = raw_http(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: meter\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with(r#"{"status":"ok"}"#), "{health}");
+
+    let body = json!({"model": "gpt-4o", "text": "hello world"}).to_string();
+    let request = format!(
+        "POST /v1/tokens/count HTTP/1.1\r\nHost: meter\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let counted = raw_http(addr, request).await;
+    assert!(counted.starts_with("HTTP/1.1 200"), "{counted}");
+    assert!(
+        counted.ends_with(r#"{"tokens":2,"encoding":"o200k_base"}"#),
+        "{counted}"
+    );
+
+    handle.stop(true).await;
+    running.await.unwrap().unwrap();
+}
