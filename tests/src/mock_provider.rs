@@ -1,0 +1,221 @@
+//! A mock OpenAI-compatible provider: the only thing Tollgate's tests fake, because it stands for the outside
+//! world. It answers `POST /v1/chat/completions` with a deterministic completion and `usage` block, and
+//! misbehaves on demand — an error status (with `Retry-After`), a delay, a body that is not JSON — switched at run
+//! time through [`MockProvider::set_behaviour`] in-process or `POST /_mock/behaviour` over HTTP. It records every
+//! request it received (headers included) so tests can prove what the gateway sent upstream.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// How the mock answers chat requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Behaviour {
+    /// 200 with a completion and usage.
+    #[default]
+    Normal,
+    /// An error status with an OpenAI-shaped body; `retry_after` seconds as a header when set.
+    Status { status: u16, retry_after: Option<u64> },
+    /// Wait, then answer normally.
+    Delay { millis: u64 },
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 without a `usage` block.
+    NoUsage,
+}
+
+/// One request as the mock received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    behaviour: Mutex<Behaviour>,
+    received: Mutex<Vec<Received>>,
+    expected_key: Option<String>,
+}
+
+/// A running mock, bound to a local port.
+#[derive(Debug, Clone)]
+pub struct MockProvider {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    handle: ServerHandle,
+}
+
+impl MockProvider {
+    /// Starts the mock on `listener` inside the current actix system. Requests must carry
+    /// `Authorization: Bearer <expected_key>` when one is given, as a real provider requires.
+    pub fn start(listener: TcpListener, expected_key: Option<String>) -> std::io::Result<(Self, Server)> {
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            expected_key,
+            ..State::default()
+        });
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::JsonConfig::default().limit(64 << 20))
+                .route("/v1/chat/completions", web::post().to(chat))
+                .route("/_mock/behaviour", web::post().to(set_behaviour))
+                .route(
+                    "/healthz",
+                    web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        Ok((Self { addr, state, handle }, server))
+    }
+
+    /// The base URL an instance's `endpoint` should point at.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self
+            .state
+            .behaviour
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = behaviour;
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// The completion text the mock answers `messages` with.
+pub fn completion_text(messages: &Value) -> String {
+    let last_user = messages
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("");
+    format!("Hello from the mock provider. You said: {last_user}")
+}
+
+/// The usage the mock reports for `messages`: (prompt, completion, cached). Deterministic and unlike any
+/// tokenizer on purpose, so a test can tell the provider's numbers from the gateway's estimate.
+pub fn reported_usage(messages: &Value) -> (u32, u32, u32) {
+    let prompt_chars: usize = messages
+        .as_array()
+        .map(|m| m.iter().filter_map(|m| m["content"].as_str()).map(str::len).sum())
+        .unwrap_or(0);
+    let prompt = u32::try_from(prompt_chars).unwrap_or(u32::MAX) / 3 + 11;
+    let completion = u32::try_from(completion_text(messages).split_whitespace().count()).unwrap_or(u32::MAX);
+    (prompt, completion, prompt / 2)
+}
+
+async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>) -> HttpResponse {
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").to_owned()))
+        .collect();
+    let body = body.into_inner();
+    state
+        .received
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Received {
+            path: req.path().to_owned(),
+            authorization: authorization.clone(),
+            headers,
+            body: body.clone(),
+        });
+    if let Some(expected) = &state.expected_key
+        && authorization.as_deref() != Some(&format!("Bearer {expected}"))
+    {
+        return error(401, "Incorrect API key provided.", "invalid_api_key", None);
+    }
+    let behaviour = state
+        .behaviour
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    match behaviour {
+        Behaviour::Normal => completion(&body, true),
+        Behaviour::NoUsage => completion(&body, false),
+        Behaviour::Delay { millis } => {
+            actix_web::rt::time::sleep(Duration::from_millis(millis)).await;
+            completion(&body, true)
+        }
+        Behaviour::Garbage => HttpResponse::Ok()
+            .content_type("application/json")
+            .body("<html>not json"),
+        Behaviour::Status { status, retry_after } => {
+            error(status, "The mock is misbehaving on purpose.", "mock", retry_after)
+        }
+    }
+}
+
+fn completion(body: &Value, with_usage: bool) -> HttpResponse {
+    let messages = &body["messages"];
+    let (prompt, completion, cached) = reported_usage(messages);
+    let mut response = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion",
+        "created": 1_795_338_902,
+        "model": body["model"],
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": completion_text(messages)},
+            "finish_reason": "stop"
+        }]
+    });
+    if with_usage {
+        response["usage"] = json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}
+        });
+    }
+    HttpResponse::Ok().json(response)
+}
+
+fn error(status: u16, message: &str, code: &str, retry_after: Option<u64>) -> HttpResponse {
+    let status =
+        actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
+    let mut response = HttpResponse::build(status);
+    if let Some(seconds) = retry_after {
+        response.insert_header(("retry-after", seconds.to_string()));
+    }
+    response.json(json!({"error": {"message": message, "type": "mock_error", "param": null, "code": code}}))
+}
+
+async fn set_behaviour(behaviour: web::Json<Behaviour>, state: web::Data<State>) -> HttpResponse {
+    *state.behaviour.lock().unwrap_or_else(PoisonError::into_inner) = behaviour.into_inner();
+    HttpResponse::NoContent().finish()
+}
