@@ -1,0 +1,226 @@
+//! The ingest loop: Kafka `tollgate.usage.v1` → ClickHouse `usage_events`, at least once on the wire and exactly
+//! once in the ledger.
+//!
+//! 1. **Collect** up to `batch_size` messages, or whatever arrived within `batch_wait` of the batch's first
+//!    message, decoding each into a row ([`batch`]); undecodable messages become `usage_events_rejected` rows.
+//! 2. **Write** the batch: one INSERT for the events, one for the rejected messages. If ClickHouse fails, nothing
+//!    is committed and the same batch is retried with bounded exponential backoff until it succeeds or shutdown
+//!    is requested (then the process exits without committing, and the batch is redelivered on restart).
+//! 3. **Commit** the highest offset + 1 per partition, synchronously, and only for partitions still assigned to
+//!    this consumer ([`crate::kafka::commit`]).
+//!
+//! Anything that goes wrong between 2 and 3 (a crash, a failed commit, a rebalance) redelivers messages that
+//! are already in the ledger; `usage_events` is a ReplacingMergeTree keyed by event id, so they collapse and
+//! billing reads with `FINAL` count each event once. ClickHouse 18.16 offers no insert deduplication, so this is
+//! where exactly-once comes from. While a batch is being retried the consumer does not poll; after
+//! `max.poll.interval.ms` it leaves the group, its commit fails harmlessly, and it rejoins on its next read.
+//!
+//! Shutdown (the token is cancelled) stops collecting, settles the batch in hand (write + commit) and returns.
+
+pub mod batch;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BillingError;
+use crate::kafka::{self, IngestConsumer};
+use crate::metrics as m;
+use crate::settings::IngestSettings;
+use crate::store::{self, Position};
+
+use self::batch::Batch;
+
+/// First wait after a failed INSERT.
+pub const RETRY_INITIAL: Duration = Duration::from_millis(200);
+/// Longest wait between INSERT retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Pause after the consumer reported an error, before reading again.
+const CONSUME_ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+/// Runs the ingest loop until `shutdown` is cancelled, then settles the batch in hand and returns.
+///
+/// The database must be migrated first ([`crate::migrations::apply`]); the topic need not exist yet (the
+/// consumer picks it up once it does).
+pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
+    let consumer = Arc::new(kafka::subscribe(&settings.kafka)?);
+    let client = settings.clickhouse.client();
+    let batch_size = settings.batch_size.max(1);
+    tracing::info!(
+        brokers = %settings.kafka.brokers,
+        topic = %settings.kafka.topic,
+        group = %settings.kafka.group_id,
+        database = %settings.clickhouse.database,
+        batch_size,
+        batch_wait = %humantime::format_duration(settings.batch_wait),
+        "Ingest started."
+    );
+
+    loop {
+        let batch = collect(&consumer, batch_size, settings.batch_wait, &shutdown).await;
+        if !batch.is_empty() && !settle(&consumer, &client, batch, &shutdown).await {
+            break;
+        }
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    tracing::info!(group = %settings.kafka.group_id, "Ingest stopped.");
+    Ok(())
+}
+
+/// Reads messages until the batch is full, `batch_wait` has passed since its first message, or shutdown.
+async fn collect(
+    consumer: &IngestConsumer,
+    batch_size: usize,
+    batch_wait: Duration,
+    shutdown: &CancellationToken,
+) -> Batch {
+    let mut batch = Batch::default();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    while batch.len() < batch_size {
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            () = timer => break,
+            // `recv` is cancellation safe: a message is only taken from the queue when it is returned.
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let at = Position {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    };
+                    batch.push(at, message.payload(), now_seconds());
+                    if deadline.is_none() {
+                        deadline = Some(tokio::time::Instant::now() + batch_wait);
+                    }
+                }
+                Err(error) => {
+                    metrics::counter!(m::CONSUME_ERRORS).increment(1);
+                    tracing::warn!(%error, "Reading from Kafka failed; retrying.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(CONSUME_ERROR_PAUSE) => {}
+                    }
+                }
+            }
+        }
+    }
+    batch
+}
+
+/// Writes the batch (retrying until it succeeds or shutdown) and then commits its offsets.
+/// Returns false when shutdown interrupted the retries, i.e. the batch was not written.
+async fn settle(
+    consumer: &Arc<IngestConsumer>,
+    client: &clickhouse::Client,
+    batch: Batch,
+    shutdown: &CancellationToken,
+) -> bool {
+    metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+    let mut backoff = RETRY_INITIAL;
+    let mut attempt: u32 = 1;
+    loop {
+        let started = Instant::now();
+        match write(client, &batch).await {
+            Ok(()) => {
+                metrics::histogram!(m::INSERT_DURATION).record(started.elapsed().as_secs_f64());
+                break;
+            }
+            Err(error) => {
+                metrics::counter!(m::INSERT_FAILURES).increment(1);
+                tracing::warn!(
+                    error_kind = error.kind(),
+                    %error,
+                    attempt,
+                    messages = batch.len(),
+                    retry_in = %humantime::format_duration(backoff),
+                    "Writing the batch to ClickHouse failed; offsets stay uncommitted and the batch will be retried."
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        tracing::warn!(
+                            messages = batch.len(),
+                            "Shutting down with an unwritten batch; it is not committed and will be redelivered."
+                        );
+                        return false;
+                    }
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = next_backoff(backoff);
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+
+    metrics::counter!(m::BATCHES_INSERTED).increment(1);
+    metrics::counter!(m::EVENTS_INGESTED).increment(batch.rows.len() as u64);
+    metrics::counter!(m::DUPLICATES_IN_BATCH).increment(batch.duplicates_in_batch as u64);
+    for (reason, count) in &batch.rejected_by_reason {
+        metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.as_str()).increment(*count);
+    }
+
+    match kafka::commit(consumer, batch.next_offsets()).await {
+        Ok(outcome) => tracing::debug!(
+            messages = batch.len(),
+            events = batch.rows.len(),
+            rejected = batch.rejected.len(),
+            partitions = outcome.committed,
+            skipped_partitions = outcome.skipped,
+            "Batch written and committed."
+        ),
+        Err(error) => {
+            metrics::counter!(m::COMMIT_FAILURES).increment(1);
+            tracing::warn!(
+                error_kind = error.kind(),
+                %error,
+                messages = batch.len(),
+                "Committing offsets failed after the batch was written; it will be redelivered and deduplicated."
+            );
+        }
+    }
+    true
+}
+
+/// The batch's two INSERTs. Retrying after a partial success re-inserts rows that ReplacingMergeTree collapses.
+async fn write(client: &clickhouse::Client, batch: &Batch) -> Result<(), BillingError> {
+    store::insert_all(client, store::USAGE_TABLE, &batch.rows).await?;
+    store::insert_all(client, store::REJECTED_TABLE, &batch.rejected).await
+}
+
+/// Doubles the wait, up to [`RETRY_MAX`].
+pub fn next_backoff(current: Duration) -> Duration {
+    current.saturating_mul(2).min(RETRY_MAX)
+}
+
+fn now_seconds() -> u32 {
+    store::datetime_seconds(Utc::now()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_bound() {
+        let mut wait = RETRY_INITIAL;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            waits.push(wait);
+            wait = next_backoff(wait);
+        }
+        assert_eq!(waits[..4], [200, 400, 800, 1600].map(Duration::from_millis));
+        assert_eq!(*waits.last().unwrap(), RETRY_MAX);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+    }
+}

@@ -1,0 +1,127 @@
+//! The Kafka side of ingest: the consumer's configuration, its context (rebalance and commit logging), and the
+//! offset commit that follows a successful INSERT.
+//!
+//! Offsets are never committed automatically (`enable.auto.commit=false`): the ingest loop commits them itself,
+//! only after ClickHouse acknowledged the batch, so a crash at any point redelivers rather than loses. A new
+//! group starts from the earliest offset, so a fresh ledger sees the whole retained history.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::error::BillingError;
+use crate::settings::KafkaSettings;
+
+/// The `client.id` Tollgate's billing consumers present to the broker.
+pub const CLIENT_ID: &str = "tollgate-billing-consumer";
+
+/// The ingest consumer.
+pub type IngestConsumer = StreamConsumer<IngestContext>;
+
+/// Logs rebalances and commit results; holds no state.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IngestContext;
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "Partitions assigned.");
+            }
+            Rebalance::Revoke(partitions) => {
+                tracing::info!(partitions = %describe(partitions), "Partitions revoked.");
+            }
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "Rebalance failed.");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::debug!(%error, offsets = %describe(offsets), "Offset commit reported an error.");
+        }
+    }
+}
+
+fn describe(partitions: &TopicPartitionList) -> String {
+    partitions
+        .elements()
+        .iter()
+        .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A consumer in `settings.group_id`, subscribed to `settings.topic`.
+pub fn subscribe(settings: &KafkaSettings) -> Result<IngestConsumer, BillingError> {
+    let consumer: IngestConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("group.id", &settings.group_id)
+        .set("client.id", CLIENT_ID)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(IngestContext)
+        .map_err(BillingError::kafka("create consumer"))?;
+    consumer
+        .subscribe(&[settings.topic.as_str()])
+        .map_err(BillingError::kafka("subscribe"))?;
+    Ok(consumer)
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CommitOutcome {
+    /// Partitions whose offset was committed.
+    pub committed: usize,
+    /// Partitions skipped because this consumer no longer owns them.
+    pub skipped: usize,
+}
+
+/// Commits `next_offsets` (the offset of the next message to read, per topic and partition) synchronously,
+/// for the partitions this consumer still owns.
+///
+/// A partition revoked since its messages were read is skipped: its new owner resumes from the last committed
+/// offset and re-inserts those messages, which the ledger's ReplacingMergeTree collapses. A partition revoked
+/// and assigned back to this consumer is committed — its messages were just written.
+pub async fn commit(
+    consumer: &Arc<IngestConsumer>,
+    next_offsets: &BTreeMap<(String, i32), i64>,
+) -> Result<CommitOutcome, BillingError> {
+    let owned = consumer
+        .assignment()
+        .map_err(BillingError::kafka("read assignment"))?;
+    let mut list = TopicPartitionList::new();
+    let mut outcome = CommitOutcome::default();
+    for ((topic, partition), offset) in next_offsets {
+        if owned.find_partition(topic, *partition).is_none() {
+            outcome.skipped += 1;
+            continue;
+        }
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(BillingError::kafka("build offset list"))?;
+        outcome.committed += 1;
+    }
+    if outcome.committed == 0 {
+        return Ok(outcome);
+    }
+    let consumer = Arc::clone(consumer);
+    let result = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+        .await
+        .map_err(|join| {
+            tracing::warn!(error = %join, "The offset commit task did not finish.");
+            BillingError::Kafka {
+                operation: "commit offsets",
+                source: rdkafka::error::KafkaError::Canceled,
+            }
+        })?;
+    result.map_err(BillingError::kafka("commit offsets"))?;
+    Ok(outcome)
+}

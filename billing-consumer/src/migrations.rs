@@ -1,0 +1,373 @@
+//! Versioned schema migrations for the ledger database.
+//!
+//! The SQL lives in `billing-consumer/migrations/NNNN_name.sql` and is embedded in the binary with
+//! `include_str!`, so a deployed binary always carries the schema it was built for. [`apply`] creates the
+//! database, records what it applies in `schema_migrations (version, name, checksum, applied_at)`, applies the
+//! missing migrations in version order, and refuses to go on when an applied migration's SQL changed since.
+//!
+//! Every statement must run on ClickHouse 18.16 and on current ClickHouse alike (no DateTime64, Map, JSON, TTL,
+//! CTEs, window functions or LowCardinality; `ENGINE = X PARTITION BY … ORDER BY …`), and be idempotent
+//! (`IF NOT EXISTS`): ClickHouse has no transactional DDL, so two consumers starting together may both apply a
+//! migration, which must then be harmless. A file may hold several statements separated by `;`.
+
+use sha2::{Digest, Sha256};
+
+use crate::error::BillingError;
+use crate::settings::ClickHouseSettings;
+
+/// One embedded migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// Strictly increasing, starting at 1; the `NNNN` of the file name.
+    pub version: u32,
+    /// The rest of the file name, e.g. `usage_events`.
+    pub name: &'static str,
+    /// The file's SQL, verbatim.
+    pub sql: &'static str,
+}
+
+/// Every migration this build knows, in the order they apply.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "usage_events",
+        sql: include_str!("../migrations/0001_usage_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "usage_events_rejected",
+        sql: include_str!("../migrations/0002_usage_events_rejected.sql"),
+    },
+];
+
+/// The bookkeeping table, created before anything else. Never changes (it is how changes are tracked).
+const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
+     (version UInt32, name String, checksum String, applied_at DateTime) \
+     ENGINE = MergeTree ORDER BY version";
+
+impl Migration {
+    /// SHA-256 of the SQL, lowercase hex. Any byte changed in an applied migration is refused.
+    pub fn checksum(&self) -> String {
+        hex::encode(Sha256::digest(self.sql.as_bytes()))
+    }
+
+    /// The statements of the file, comments removed, in order.
+    pub fn statements(&self) -> Vec<String> {
+        split_statements(self.sql)
+    }
+}
+
+/// A row of `schema_migrations`.
+#[derive(Debug, Clone, PartialEq, Eq, clickhouse::Row, serde::Deserialize)]
+pub struct AppliedMigration {
+    /// The migration's version.
+    pub version: u32,
+    /// Its name when it was applied.
+    pub name: String,
+    /// Its checksum when it was applied.
+    pub checksum: String,
+}
+
+/// Creates the database if needed and applies the missing migrations in order. Returns the versions it applied
+/// (empty when the schema was already current).
+pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
+    check_set(MIGRATIONS)?;
+    let database = ch.checked_database()?;
+    ch.server_client()
+        .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
+        .execute()
+        .await
+        .map_err(BillingError::clickhouse("create database"))?;
+
+    let client = ch.client();
+    client
+        .query(CREATE_SCHEMA_MIGRATIONS)
+        .execute()
+        .await
+        .map_err(BillingError::clickhouse("create schema_migrations"))?;
+    let applied = client
+        .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+        .fetch_all::<AppliedMigration>()
+        .await
+        .map_err(BillingError::clickhouse("read schema_migrations"))?;
+
+    for unknown in applied
+        .iter()
+        .filter(|a| MIGRATIONS.iter().all(|m| m.version != a.version))
+    {
+        tracing::warn!(
+            version = unknown.version,
+            name = %unknown.name,
+            "The database has a migration this build does not know; it was applied by a newer build."
+        );
+    }
+
+    let mut newly_applied = Vec::new();
+    for migration in pending(MIGRATIONS, &applied)? {
+        for statement in migration.statements() {
+            client
+                .query(&statement)
+                .execute()
+                .await
+                .map_err(BillingError::clickhouse("apply migration"))?;
+        }
+        client
+            .query(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (?, ?, ?, now())",
+            )
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(migration.checksum())
+            .execute()
+            .await
+            .map_err(BillingError::clickhouse("record migration"))?;
+        tracing::info!(
+            database,
+            version = migration.version,
+            name = migration.name,
+            "Applied migration."
+        );
+        newly_applied.push(migration.version);
+    }
+    Ok(newly_applied)
+}
+
+/// The migrations of `known` that `applied` lacks, in version order; fails if an applied migration that `known`
+/// also has was applied with another checksum. Applied versions that `known` lacks (from a newer build) are
+/// ignored here. Duplicate rows for one version (two consumers migrating at once) are fine when they agree.
+pub fn pending<'a>(
+    known: &'a [Migration],
+    applied: &[AppliedMigration],
+) -> Result<Vec<&'a Migration>, BillingError> {
+    check_set(known)?;
+    let mut todo = Vec::new();
+    for migration in known {
+        let mut records = applied
+            .iter()
+            .filter(|a| a.version == migration.version)
+            .peekable();
+        if records.peek().is_none() {
+            todo.push(migration);
+            continue;
+        }
+        let embedded = migration.checksum();
+        if let Some(changed) = records.find(|a| a.checksum != embedded) {
+            return Err(BillingError::MigrationChanged {
+                version: migration.version,
+                name: migration.name.to_owned(),
+                applied: changed.checksum.clone(),
+                embedded,
+            });
+        }
+    }
+    Ok(todo)
+}
+
+/// Versions strictly increasing from 1 without gaps, and no file without a statement.
+fn check_set(known: &[Migration]) -> Result<(), BillingError> {
+    for (index, migration) in known.iter().enumerate() {
+        let expected = u32::try_from(index + 1).unwrap_or(u32::MAX);
+        if migration.version != expected {
+            return Err(BillingError::MigrationSet(format!(
+                "migration `{}` has version {}, expected {expected} (versions count up from 1 without gaps)",
+                migration.name, migration.version
+            )));
+        }
+        if migration.statements().is_empty() {
+            return Err(BillingError::MigrationSet(format!(
+                "migration {} `{}` has no statement",
+                migration.version, migration.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Splits SQL on `;` outside quotes and comments; drops `--` and `/* */` comments and empty statements.
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '-' if chars.peek() == Some(&'-') => {
+                for skipped in chars.by_ref() {
+                    if skipped == '\n' {
+                        current.push('\n');
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut previous = ' ';
+                for skipped in chars.by_ref() {
+                    if previous == '*' && skipped == '/' {
+                        break;
+                    }
+                    previous = skipped;
+                }
+                current.push(' ');
+            }
+            '\'' | '"' | '`' => {
+                current.push(c);
+                while let Some(inner) = chars.next() {
+                    current.push(inner);
+                    if inner == '\\' {
+                        if let Some(escaped) = chars.next() {
+                            current.push(escaped);
+                        }
+                    } else if inner == c {
+                        break;
+                    }
+                }
+            }
+            ';' => {
+                push_statement(&mut statements, &current);
+                current.clear();
+            }
+            _ => current.push(c),
+        }
+    }
+    push_statement(&mut statements, &current);
+    statements
+}
+
+fn push_statement(statements: &mut Vec<String>, text: &str) {
+    let trimmed = text.trim();
+    if !trimmed.is_empty() {
+        statements.push(trimmed.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: Migration = Migration {
+        version: 1,
+        name: "one",
+        sql: "CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = Memory",
+    };
+    const TWO: Migration = Migration {
+        version: 2,
+        name: "two",
+        sql: "CREATE TABLE IF NOT EXISTS b (x UInt8) ENGINE = Memory",
+    };
+    const THREE: Migration = Migration {
+        version: 3,
+        name: "three",
+        sql: "SELECT 1; SELECT 2",
+    };
+
+    fn applied(migration: &Migration) -> AppliedMigration {
+        AppliedMigration {
+            version: migration.version,
+            name: migration.name.to_owned(),
+            checksum: migration.checksum(),
+        }
+    }
+
+    fn versions(todo: &[&Migration]) -> Vec<u32> {
+        todo.iter().map(|m| m.version).collect()
+    }
+
+    #[test]
+    fn embedded_set_is_valid_and_every_file_has_statements() {
+        check_set(MIGRATIONS).unwrap();
+        let all = pending(MIGRATIONS, &[]).unwrap();
+        assert_eq!(versions(&all), (1..=MIGRATIONS.len() as u32).collect::<Vec<_>>());
+        let first = MIGRATIONS[0].statements();
+        assert_eq!(first.len(), 1);
+        assert!(
+            first[0].starts_with("CREATE TABLE IF NOT EXISTS usage_events"),
+            "{}",
+            first[0]
+        );
+        assert!(!first[0].contains("--"), "comments are stripped");
+    }
+
+    #[test]
+    fn nothing_applied_applies_everything_in_order() {
+        let known = [ONE, TWO, THREE];
+        assert_eq!(versions(&pending(&known, &[]).unwrap()), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn only_missing_ones_are_applied_in_order() {
+        let known = [ONE, TWO, THREE];
+        assert_eq!(versions(&pending(&known, &[applied(&ONE)]).unwrap()), vec![2, 3]);
+        // A hole (2 missing while 3 is applied) is filled, still in order.
+        assert_eq!(
+            versions(&pending(&known, &[applied(&THREE), applied(&ONE)]).unwrap()),
+            vec![2]
+        );
+        let all = [applied(&ONE), applied(&TWO), applied(&THREE)];
+        assert!(pending(&known, &all).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_changed_applied_migration_is_refused() {
+        let known = [ONE, TWO];
+        let mut tampered = applied(&ONE);
+        tampered.checksum = Migration {
+            sql: "CREATE TABLE a (x UInt16) ENGINE = Memory",
+            ..ONE
+        }
+        .checksum();
+        let err = pending(&known, &[tampered, applied(&TWO)]).unwrap_err();
+        assert_eq!(err.kind(), "migration_changed");
+        assert!(err.to_string().contains("migration 1 (one)"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_records_that_agree_are_fine_and_unknown_newer_ones_ignored() {
+        let known = [ONE, TWO];
+        let newer = AppliedMigration {
+            version: 9,
+            name: "future".into(),
+            checksum: "x".into(),
+        };
+        let todo = pending(&known, &[applied(&ONE), applied(&ONE), newer]).unwrap();
+        assert_eq!(versions(&todo), vec![2]);
+    }
+
+    #[test]
+    fn malformed_sets_are_refused() {
+        assert_eq!(pending(&[TWO], &[]).unwrap_err().kind(), "migration_set");
+        assert_eq!(pending(&[ONE, THREE], &[]).unwrap_err().kind(), "migration_set");
+        assert_eq!(pending(&[ONE, ONE], &[]).unwrap_err().kind(), "migration_set");
+        let empty = Migration {
+            version: 1,
+            name: "empty",
+            sql: "-- nothing;\n ; ",
+        };
+        assert_eq!(pending(&[empty], &[]).unwrap_err().kind(), "migration_set");
+    }
+
+    #[test]
+    fn checksum_is_sha256_hex_of_the_sql() {
+        let m = Migration {
+            version: 1,
+            name: "x",
+            sql: "abc",
+        };
+        assert_eq!(
+            m.checksum(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn statements_split_outside_quotes_and_comments() {
+        let sql = "-- header; with a semicolon\nCREATE TABLE a (s String DEFAULT ';') ENGINE = Memory;\n\
+                   /* block; comment */ INSERT INTO a VALUES ('it\\'s; fine');\n-- trailing\n";
+        assert_eq!(
+            split_statements(sql),
+            vec![
+                "CREATE TABLE a (s String DEFAULT ';') ENGINE = Memory".to_owned(),
+                "INSERT INTO a VALUES ('it\\'s; fine')".to_owned(),
+            ]
+        );
+    }
+}

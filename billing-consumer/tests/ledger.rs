@@ -1,0 +1,146 @@
+//! The ClickHouse side against a real server: migrations apply once and refuse a changed migration; rows
+//! written twice count once with FINAL; the usage report matches known data.
+
+// Test helpers: a panic there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use tollgate_billing_consumer::migrations::{self, MIGRATIONS};
+use tollgate_billing_consumer::report;
+use tollgate_billing_consumer::store::{self, Position};
+
+#[tokio::test]
+async fn migrations_apply_once_and_refuse_a_changed_migration() {
+    let ch = common::clickhouse(&common::unique_suffix());
+    let all: Vec<u32> = MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(migrations::apply(&ch).await.unwrap(), all);
+    assert_eq!(
+        migrations::apply(&ch).await.unwrap(),
+        Vec::<u32>::new(),
+        "second run applies nothing"
+    );
+
+    // Both tables exist with the columns the rest of Tollgate queries.
+    let columns: Vec<String> = ch
+        .client()
+        .query("SELECT name FROM system.columns WHERE database = ? AND table = 'usage_events' ORDER BY name")
+        .bind(ch.database.as_str())
+        .fetch_all()
+        .await
+        .unwrap();
+    for column in [
+        "event_id",
+        "event_time",
+        "consumer_id",
+        "attempts",
+        "cached_prompt_tokens",
+        "kafka_offset",
+    ] {
+        assert!(
+            columns.iter().any(|c| c == column),
+            "missing {column} in {columns:?}"
+        );
+    }
+    assert_eq!(columns.len(), 31);
+
+    // Somebody edited migration 1 after it was applied: the record no longer matches the embedded SQL.
+    ch.client()
+        .query("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (1, 'usage_events', 'edited', now())")
+        .execute()
+        .await
+        .unwrap();
+    let err = migrations::apply(&ch).await.unwrap_err();
+    assert_eq!(err.kind(), "migration_changed", "{err}");
+
+    common::drop_database(&ch).await;
+}
+
+#[tokio::test]
+async fn redelivered_rows_count_once_and_the_report_matches() {
+    let ch = common::clickhouse(&common::unique_suffix());
+    migrations::apply(&ch).await.unwrap();
+    let client = ch.client();
+
+    let events: Vec<_> = (0..60).map(common::event).collect();
+    let rows: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let at = Position {
+                topic: "t".into(),
+                partition: 0,
+                offset: i as i64,
+            };
+            store::usage_row(e, &at, 1_800_000_000).unwrap()
+        })
+        .collect();
+    // The first 40 are written twice, as after a crash between INSERT and commit.
+    store::insert_all(&client, store::USAGE_TABLE, &rows[..40])
+        .await
+        .unwrap();
+    store::insert_all(&client, store::USAGE_TABLE, &rows)
+        .await
+        .unwrap();
+
+    let raw: u64 = client
+        .query("SELECT count() FROM usage_events")
+        .fetch_one()
+        .await
+        .unwrap();
+    let distinct: u64 = client
+        .query("SELECT count() FROM usage_events FINAL")
+        .fetch_one()
+        .await
+        .unwrap();
+    // Background merges may already have collapsed some duplicates; FINAL always has.
+    assert!((60..=100).contains(&raw), "{raw} raw rows");
+    assert_eq!(distinct, 60);
+
+    // A row reads back exactly as written, Nullable columns included.
+    let (attempts, cached, ttfb): (String, Option<u32>, Option<u32>) = client
+        .query("SELECT attempts, cached_prompt_tokens, ttfb_ms FROM usage_events FINAL WHERE event_id = ?")
+        .bind(rows[0].event_id.as_str())
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(
+        (attempts, cached, ttfb),
+        (
+            rows[0].attempts.clone(),
+            rows[0].cached_prompt_tokens,
+            rows[0].ttfb_ms
+        )
+    );
+
+    for consumer in common::CONSUMERS {
+        for since in [None, Some(common::event_time(30))] {
+            let report = report::usage(&ch, consumer, since).await.unwrap();
+            let got: Vec<_> = report
+                .models
+                .iter()
+                .map(|l| {
+                    (
+                        l.model.clone(),
+                        l.requests,
+                        l.prompt_tokens,
+                        l.completion_tokens,
+                        l.total_tokens,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                got,
+                common::expected_usage(&events, consumer, since),
+                "{consumer} since {since:?}"
+            );
+            assert_eq!(report.total.requests, got.iter().map(|l| l.1).sum::<u64>());
+            assert_eq!(report.total.total_tokens, got.iter().map(|l| l.4).sum::<u64>());
+        }
+    }
+    let nobody = report::usage(&ch, "nobody", None).await.unwrap();
+    assert!(nobody.models.is_empty());
+    assert_eq!(nobody.total.requests, 0);
+
+    common::drop_database(&ch).await;
+}
