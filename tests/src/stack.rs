@@ -72,6 +72,8 @@ pub struct StackOptions {
     pub extra_toml: String,
     /// Replaces the default route's `targets` when set.
     pub default_targets: Option<String>,
+    /// Start a second mock provider, reachable as `{mock2}` in `extra_toml`.
+    pub second_mock: bool,
 }
 
 impl Default for StackOptions {
@@ -80,6 +82,7 @@ impl Default for StackOptions {
             meter: true,
             extra_toml: String::new(),
             default_targets: None,
+            second_mock: false,
         }
     }
 }
@@ -89,6 +92,7 @@ impl Default for StackOptions {
 pub struct Stack {
     pub infra: Infra,
     pub mock: MockProvider,
+    pub mock2: Option<MockProvider>,
     pub gateway_url: String,
     pub meter_url: String,
     pub topic: String,
@@ -111,6 +115,16 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// Logs of every in-process service go to the test's output (shown for failed tests); `RUST_LOG` filters.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 fn local_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind a local port")
 }
@@ -124,6 +138,7 @@ pub fn closed_endpoint() -> String {
 impl Stack {
     /// Starts a stack inside the current actix system (`#[actix_rt::test]`).
     pub async fn start(options: StackOptions) -> Self {
+        init_tracing();
         let infra = Infra::from_env();
         let run = uuid::Uuid::now_v7().simple().to_string();
         let topic = format!("tollgate.usage.v1.test-{run}");
@@ -135,9 +150,13 @@ impl Stack {
         };
         let metrics = metrics_handle();
 
-        tollgate_billing_consumer::topics::ensure(&infra.brokers, &topic, 3)
-            .await
-            .expect("create the usage topic");
+        // Creating a topic is idempotent; a busy broker may time out an admin request, so try a few times.
+        let mut tries = 0;
+        while let Err(e) = tollgate_billing_consumer::topics::ensure(&infra.brokers, &topic, 3).await {
+            tries += 1;
+            assert!(tries < 5, "create the usage topic: {e}");
+            actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        }
         tollgate_billing_consumer::migrations::apply(&clickhouse)
             .await
             .expect("apply ClickHouse migrations");
@@ -145,6 +164,12 @@ impl Stack {
         let (mock, mock_server) =
             MockProvider::start(local_listener(), Some(PROVIDER_KEY.into())).expect("mock");
         actix_web::rt::spawn(mock_server);
+        let mock2 = options.second_mock.then(|| {
+            let (mock2, server) =
+                MockProvider::start(local_listener(), Some(PROVIDER_KEY.into())).expect("mock2");
+            actix_web::rt::spawn(server);
+            mock2
+        });
 
         let (meter_url, meter) = if options.meter {
             let listener = local_listener();
@@ -164,7 +189,17 @@ impl Stack {
 
         let listener = local_listener();
         let gateway_url = format!("http://{}", listener.local_addr().expect("gateway address"));
-        let toml = gateway_toml(&infra, &topic, &meter_url, &mock.endpoint(), &options);
+        let mock2_endpoint = mock2
+            .as_ref()
+            .map_or_else(closed_endpoint, MockProvider::endpoint);
+        let toml = gateway_toml(
+            &infra,
+            &topic,
+            &meter_url,
+            &mock.endpoint(),
+            &mock2_endpoint,
+            &options,
+        );
         let config = Config::from_toml_with_env(&toml, |name| {
             (name == "PROVIDER_KEY").then(|| PROVIDER_KEY.into())
         })
@@ -203,6 +238,7 @@ impl Stack {
         Self {
             infra,
             mock,
+            mock2,
             gateway_url,
             meter_url,
             topic,
@@ -228,6 +264,9 @@ impl Stack {
             meter.stop(true).await;
         }
         self.mock.stop().await;
+        if let Some(mock2) = &self.mock2 {
+            mock2.stop().await;
+        }
     }
 
     /// Runs a query in this stack's database and returns the rows (`FORMAT JSONEachRow`, numbers unquoted).
@@ -270,7 +309,14 @@ impl Stack {
     }
 }
 
-fn gateway_toml(infra: &Infra, topic: &str, meter_url: &str, mock: &str, options: &StackOptions) -> String {
+fn gateway_toml(
+    infra: &Infra,
+    topic: &str,
+    meter_url: &str,
+    mock: &str,
+    mock2: &str,
+    options: &StackOptions,
+) -> String {
     let consumers: String = CONSUMERS
         .iter()
         .map(|(name, key_id, key)| {
@@ -286,6 +332,7 @@ fn gateway_toml(infra: &Infra, topic: &str, meter_url: &str, mock: &str, options
         .unwrap_or_else(|| r#"[{ instance = "mock-openai" }]"#.into());
     let extra = options
         .extra_toml
+        .replace("{mock2}", mock2)
         .replace("{mock}", mock)
         .replace("{closed}", &closed_endpoint());
     format!(

@@ -1,6 +1,8 @@
 //! The walking skeleton, end to end: metered requests travel client → gateway → provider, and their usage
 //! travels gateway → Kafka → billing-consumer → ClickHouse, on the real broker and the real ClickHouse.
 
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code: a failed expectation fails the test
+
 use std::collections::HashMap;
 use std::time::Duration;
 

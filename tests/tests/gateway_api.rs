@@ -1,0 +1,323 @@
+//! The gateway's contract with clients and providers: every refusal is an OpenAI-shaped error, upstream answers
+//! pass through unchanged, failover happens only where retrying is safe, and every request that reached an
+//! upstream leaves exactly one usage event with its attempt trail.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code: a failed expectation fails the test
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tollgate_tests::mock_provider::Behaviour;
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions};
+
+struct Reply {
+    status: u16,
+    request_id: Option<String>,
+    instance: Option<String>,
+    body: Value,
+}
+
+async fn post(stack: &Stack, auth: Option<&str>, body: &str) -> Reply {
+    let mut request = awc::Client::new()
+        .post(format!("{}/v1/chat/completions", stack.gateway_url))
+        .insert_header(("content-type", "application/json"));
+    if let Some(auth) = auth {
+        request = request.insert_header(("authorization", auth));
+    }
+    let mut response = request
+        .send_body(body.to_owned())
+        .await
+        .expect("the gateway answers");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (request_id, instance) = (header("x-request-id"), header("x-tollgate-instance"));
+    let bytes = response.body().limit(16 << 20).await.expect("a body");
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Reply {
+        status: response.status().as_u16(),
+        request_id,
+        instance,
+        body,
+    }
+}
+
+fn chat(model: &str) -> String {
+    json!({"model": model, "messages": [{"role": "user", "content": "ping"}]}).to_string()
+}
+
+fn bearer(n: usize) -> String {
+    format!("Bearer {}", CONSUMERS[n].2)
+}
+
+fn assert_openai_error(reply: &Reply, status: u16, code: &str, param: Option<&str>) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    let error = &reply.body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.body
+    );
+    assert!(error["type"].is_string(), "{}", reply.body);
+    assert_eq!(error["code"], code, "{}", reply.body);
+    assert_eq!(
+        error["param"],
+        param.map_or(Value::Null, Value::from),
+        "{}",
+        reply.body
+    );
+}
+
+#[actix_rt::test]
+async fn bad_requests_get_openai_shaped_errors_and_never_reach_the_provider() {
+    let stack = Stack::start(StackOptions::default()).await;
+
+    assert_openai_error(
+        &post(&stack, None, &chat(MODEL)).await,
+        401,
+        "missing_api_key",
+        None,
+    );
+    assert_openai_error(
+        &post(&stack, Some("Bearer sk-nobody"), &chat(MODEL)).await,
+        401,
+        "invalid_api_key",
+        None,
+    );
+    assert_openai_error(
+        &post(&stack, Some("Basic dXNlcjpwYXNz"), &chat(MODEL)).await,
+        401,
+        "missing_api_key",
+        None,
+    );
+    let key = bearer(0);
+    let key = Some(key.as_str());
+    assert_openai_error(
+        &post(&stack, key, "{\"model\": ").await,
+        400,
+        "invalid_json",
+        None,
+    );
+    assert_openai_error(&post(&stack, key, "[]").await, 400, "invalid_json", None);
+    assert_openai_error(
+        &post(&stack, key, r#"{"messages":[{"role":"user","content":"x"}]}"#).await,
+        400,
+        "missing_required_parameter",
+        Some("model"),
+    );
+    assert_openai_error(
+        &post(&stack, key, r#"{"model":"gpt-4o-mini"}"#).await,
+        400,
+        "missing_required_parameter",
+        Some("messages"),
+    );
+    assert_openai_error(
+        &post(&stack, key, &chat("gpt-9-ultra")).await,
+        404,
+        "model_not_found",
+        Some("model"),
+    );
+    let huge =
+        json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(9 << 20)}]}).to_string();
+    assert_openai_error(&post(&stack, key, &huge).await, 413, "payload_too_large", None);
+    let unknown = awc::Client::new()
+        .get(format!("{}/v1/nothing-here", stack.gateway_url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(unknown, 404);
+
+    assert!(
+        stack.mock.received().is_empty(),
+        "refused requests never reach a provider"
+    );
+    // ...and leave no usage event: only requests that reached an upstream are metered.
+    let ok = post(&stack, key, &chat(MODEL)).await;
+    assert_eq!(ok.status, 200);
+    let rows = stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let rows_after = stack.query("SELECT request_id FROM usage_events FINAL").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows_after.len(), 1);
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_unreachable_upstream_is_a_502_and_is_still_metered() {
+    let options = StackOptions {
+        extra_toml: "[[instances]]\nname = \"down\"\nendpoint = \"{closed}\"\nconnect_timeout = \"500ms\"\n\n\
+                     [[routes]]\nname = \"down\"\nmodels = [\"down-model\"]\ntargets = [{ instance = \"down\" }]\n"
+            .into(),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(options).await;
+    let reply = post(&stack, Some(&bearer(2)), &chat("down-model")).await;
+    assert_openai_error(&reply, 502, "upstream_unreachable", None);
+
+    let rows = stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(
+        Some(row["request_id"].as_str().unwrap()),
+        reply.request_id.as_deref()
+    );
+    assert_eq!(row["outcome"], "upstream_error");
+    assert_eq!(row["http_status"], 502);
+    assert_eq!(row["consumer_id"], "team-c");
+    assert_eq!(
+        row["total_tokens"], 0,
+        "a request no provider served bills nothing"
+    );
+    let attempts: Value = serde_json::from_str(row["attempts"].as_str().unwrap()).unwrap();
+    assert_eq!(attempts[0]["instance"], "down");
+    assert_eq!(attempts[0]["error"], "connect");
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_failing_instance_fails_over_to_the_next_target_and_the_trail_shows_it() {
+    let options = StackOptions {
+        second_mock: true,
+        default_targets: Some(
+            r#"[{ instance = "mock-openai", priority = 10 }, { instance = "refused", priority = 5 }, { instance = "backup" }]"#
+                .into(),
+        ),
+        extra_toml: "[[instances]]\nname = \"refused\"\nendpoint = \"{closed}\"\n\n\
+                     [[instances]]\nname = \"backup\"\nendpoint = \"{mock2}\"\napi_key_env = \"PROVIDER_KEY\"\n"
+            .into(),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(options).await;
+    stack.mock.set_behaviour(Behaviour::Status {
+        status: 503,
+        retry_after: None,
+    });
+
+    let reply = post(&stack, Some(&bearer(0)), &chat(MODEL)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.instance.as_deref(), Some("backup"));
+    assert_eq!(stack.mock.received().len(), 1);
+    assert_eq!(stack.mock2.as_ref().unwrap().received().len(), 1);
+
+    let rows = stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
+    let row = &rows[0];
+    assert_eq!(row["instance"], "backup");
+    assert_eq!(row["outcome"], "ok");
+    assert_eq!(row["attempt_count"], 3);
+    let attempts: Value = serde_json::from_str(row["attempts"].as_str().unwrap()).unwrap();
+    let trail: Vec<(String, Value, Value)> = attempts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["instance"].as_str().unwrap().to_owned(),
+                a["status"].clone(),
+                a["error"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("mock-openai".to_owned(), json!(503), json!("status")),
+            ("refused".to_owned(), Value::Null, json!("connect")),
+            ("backup".to_owned(), json!(200), Value::Null),
+        ]
+    );
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn client_errors_from_the_provider_are_returned_as_they_are_and_not_retried() {
+    let options = StackOptions {
+        second_mock: true,
+        default_targets: Some(r#"[{ instance = "mock-openai" }, { instance = "backup" }]"#.into()),
+        extra_toml:
+            "[[instances]]\nname = \"backup\"\nendpoint = \"{mock2}\"\napi_key_env = \"PROVIDER_KEY\"\n"
+                .into(),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(options).await;
+    for status in [400, 401, 403, 404, 422] {
+        stack.mock.set_behaviour(Behaviour::Status {
+            status,
+            retry_after: None,
+        });
+        let reply = post(&stack, Some(&bearer(1)), &chat(MODEL)).await;
+        assert_eq!(reply.status, status);
+        assert_eq!(
+            reply.body["error"]["message"], "The mock is misbehaving on purpose.",
+            "the body is the provider's"
+        );
+        assert_eq!(reply.instance.as_deref(), Some("mock-openai"));
+    }
+    assert!(
+        stack.mock2.as_ref().unwrap().received().is_empty(),
+        "no failover on client errors"
+    );
+    let rows = stack.wait_for_usage_rows(5, Duration::from_secs(30)).await;
+    assert_eq!(rows.len(), 5);
+    assert!(
+        rows.iter()
+            .all(|r| r["outcome"] == "upstream_error" && r["attempt_count"] == 1)
+    );
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_provider_answer_without_usage_is_billed_from_the_estimate() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.mock.set_behaviour(Behaviour::NoUsage);
+    let reply = post(&stack, Some(&bearer(0)), &chat(MODEL)).await;
+    assert_eq!(reply.status, 200);
+    let rows = stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
+    let row = &rows[0];
+    assert_eq!(row["usage_source"], "estimated");
+    assert_eq!(row["prompt_tokens"], row["prompt_tokens_estimated"]);
+    assert_eq!(row["completion_tokens"], 0);
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn garbage_from_the_provider_passes_through_unchanged() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.mock.set_behaviour(Behaviour::Garbage);
+    let reply = post(&stack, Some(&bearer(0)), &chat(MODEL)).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, Value::String("<html>not json".into()));
+    let rows = stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
+    assert_eq!(rows[0]["usage_source"], "estimated");
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn metrics_describe_requests_tokens_and_events() {
+    let stack = Stack::start(StackOptions::default()).await;
+    assert_eq!(post(&stack, Some(&bearer(0)), &chat(MODEL)).await.status, 200);
+    stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
+    let mut response = awc::Client::new()
+        .get(format!("{}/metrics", stack.gateway_url))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    for name in [
+        "tollgate_requests_total",
+        "tollgate_request_duration_seconds_bucket",
+        "tollgate_upstream_attempts_total",
+        "tollgate_tokens_total",
+        "tollgate_prompt_estimates_total",
+        "tollgate_events_emitted_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(!text.contains(CONSUMERS[0].2), "no secret in metrics");
+    stack.stop().await;
+}
