@@ -210,19 +210,7 @@ async fn ingest_writes_each_event_once_keeps_malformed_ones_and_commits_to_the_e
     for consumer in common::CONSUMERS {
         for since in [None, Some(common::event_time(250))] {
             let usage = report::usage(&ch, consumer, since).await.unwrap();
-            let got: Vec<_> = usage
-                .models
-                .iter()
-                .map(|l| {
-                    (
-                        l.model.clone(),
-                        l.requests,
-                        l.prompt_tokens,
-                        l.completion_tokens,
-                        l.total_tokens,
-                    )
-                })
-                .collect();
+            let got = common::report_lines(&usage);
             assert_eq!(
                 got,
                 common::expected_usage(&events, consumer, since),

@@ -116,19 +116,7 @@ async fn redelivered_rows_count_once_and_the_report_matches() {
     for consumer in common::CONSUMERS {
         for since in [None, Some(common::event_time(30))] {
             let report = report::usage(&ch, consumer, since).await.unwrap();
-            let got: Vec<_> = report
-                .models
-                .iter()
-                .map(|l| {
-                    (
-                        l.model.clone(),
-                        l.requests,
-                        l.prompt_tokens,
-                        l.completion_tokens,
-                        l.total_tokens,
-                    )
-                })
-                .collect();
+            let got = common::report_lines(&report);
             assert_eq!(
                 got,
                 common::expected_usage(&events, consumer, since),

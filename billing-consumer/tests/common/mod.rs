@@ -112,6 +112,26 @@ pub fn event(i: usize) -> UsageEvent {
     )
 }
 
+/// A report's per-model lines as (model, requests, prompt, completion, total), comparable with
+/// [`expected_usage`].
+pub fn report_lines(
+    report: &tollgate_billing_consumer::report::UsageReport,
+) -> Vec<(String, u64, u64, u64, u64)> {
+    report
+        .models
+        .iter()
+        .map(|l| {
+            (
+                l.model.clone(),
+                l.requests,
+                l.prompt_tokens,
+                l.completion_tokens,
+                l.total_tokens,
+            )
+        })
+        .collect()
+}
+
 /// Requests and token sums of `events` for `consumer` per model, from `since` on, as (model, requests, prompt,
 /// completion, total), sorted by model.
 pub fn expected_usage(
