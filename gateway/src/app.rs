@@ -5,7 +5,8 @@
 //! 2. authenticate — `Authorization: Bearer` key → consumer and key id ([`crate::auth`]);
 //! 3. parse — body read once up to `server.max_request_bytes`, `model`/`messages`/`stream` checked
 //!    ([`crate::request`]);
-//! 4. route — `model` → route → ordered targets ([`crate::routing`]);
+//! 4. route — `model` → route → a plan of targets by priority, weight and health ([`crate::routing`],
+//!    [`crate::health`]; active probes run in the background, [`crate::probe`]);
 //! 5. estimate — meter-sidecar prompt count, in-process fallback ([`crate::meter`]);
 //! 6. forward — instance URL, model and key; failover on retry-safe failures ([`crate::upstream`]);
 //! 7. settle and emit — usage from the provider or the estimate; one event, queued without waiting
@@ -25,6 +26,7 @@ use actix_web::http::header::ContentType;
 use actix_web::rt::net::TcpStream;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyStore;
 use crate::chat;
@@ -32,7 +34,8 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventSender, EventsError};
 use crate::meter::MeterClient;
-use crate::routing::Router;
+use crate::probe;
+use crate::routing::{self, Router};
 use crate::upstream::Upstreams;
 
 /// State shared by every worker. Immutable for the life of the server.
@@ -67,6 +70,7 @@ pub enum StartError {
 pub struct Gateway {
     server: Server,
     pipeline: EventPipeline,
+    probes: CancellationToken,
     shutdown_timeout: Duration,
 }
 
@@ -89,9 +93,12 @@ impl Gateway {
         let event_source = format!("tollgate-gateway/{}", config.server.instance_id);
         let (events, pipeline) = EventPipeline::start(&config.kafka, &event_source)?;
         let config = Arc::new(config);
+        let health = routing::health_of(&config);
+        let probes = CancellationToken::new();
+        probe::spawn(&config.instances, &health, &probes);
         let state = web::Data::new(AppState {
             keys: KeyStore::new(&config.consumers),
-            router: Router::new(&config),
+            router: Router::new(&config, &health),
             events,
             event_source,
             metrics,
@@ -120,6 +127,7 @@ impl Gateway {
         Ok(Self {
             server,
             pipeline,
+            probes,
             shutdown_timeout: config.server.shutdown_timeout,
         })
     }
@@ -132,6 +140,7 @@ impl Gateway {
     /// Serves until stopped, then drains the usage events still queued to Kafka (bounded).
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
+        self.probes.cancel();
         if !self.pipeline.shutdown(self.shutdown_timeout).await {
             tracing::error!("shutdown timed out before every usage event reached Kafka");
         }

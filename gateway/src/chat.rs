@@ -4,18 +4,20 @@
 //! 2. read and parse the body once → [`ChatRequest`];
 //! 3. resolve the route for `model`;
 //! 4. estimate the prompt with meter-sidecar (in-process fallback when it is slow or down);
-//! 5. try the route's targets in order; fail over only on retry-safe failures (see [`crate::upstream`]);
+//! 5. follow the route's plan ([`RouteTable::plan`]): fail over only on retry-safe failures (see
+//!    [`crate::upstream`]), at most `failover.max_attempts` targets within `failover.deadline`, and report
+//!    every outcome to the instance's health;
 //! 6. settle usage: the provider's `usage` block, otherwise the estimate;
 //! 7. emit one `UsageRecorded` for every request that reached an upstream, without waiting for Kafka;
 //! 8. return the upstream's status and body unchanged, with `x-request-id` and `x-tollgate-instance`.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
-use tollgate_schemas::usage::UsageEvent;
+use tollgate_schemas::usage::{AttemptError, UsageEvent};
 use tollgate_schemas::{Attempt, CloudEvent, Outcome, UsageRecorded};
 use uuid::Uuid;
 
@@ -23,10 +25,11 @@ use crate::app::{AppState, WorkerClients};
 use crate::auth::Principal;
 use crate::config::Instance;
 use crate::error::GatewayError;
+use crate::health::parse_retry_after;
 use crate::meter::Estimate;
 use crate::metrics as m;
 use crate::request::{ChatRequest, read_body};
-use crate::routing::RouteTable;
+use crate::routing::{HashKeys, RouteTable};
 use crate::upstream::{AttemptFailure, UpstreamResponse, status_is_retryable};
 use crate::usage::{self, Usage};
 
@@ -108,11 +111,11 @@ async fn handle(
     }
     let route = state
         .router
-        .route(&chat.model)
+        .route(req.path(), &chat.model)
         .ok_or_else(|| GatewayError::ModelNotFound(chat.model.clone()))?;
     let estimate = clients.meter.estimate_chat(&chat.model, chat.messages()).await;
 
-    let forwarded = forward(state, clients, route, &chat).await?;
+    let forwarded = forward(req, state, clients, route, &chat, &principal).await?;
     let served_model = forwarded
         .instance
         .model
@@ -181,40 +184,76 @@ async fn handle(
     Ok((response, Some(route.name.to_string())))
 }
 
-/// Tries the route's targets in order until one answers with something other than a retry-safe failure.
+/// Tries the route's plan in order until an attempt gives an answer that is not a retry-safe failure, the plan
+/// runs out, or the route's deadline passes. Every attempt is recorded (trail, metrics, instance health).
 async fn forward<'a>(
+    req: &HttpRequest,
     state: &AppState,
     clients: &WorkerClients,
     route: &'a RouteTable,
     chat: &ChatRequest,
+    principal: &Principal,
 ) -> Result<Forwarded<'a>, GatewayError> {
+    let started = Instant::now();
+    let deadline = started + route.failover.deadline;
+    let header = route
+        .hash_header()
+        .and_then(|name| req.headers().get(name))
+        .map(HeaderValue::as_bytes);
+    let plan = route.plan(
+        HashKeys {
+            consumer: Some(&principal.consumer),
+            header,
+        },
+        started,
+    );
     let mut attempts = Vec::with_capacity(1);
-    let mut last = None;
-    for (n, instance) in route.targets.iter().enumerate() {
+    let mut last: Option<Forwarded<'a>> = None;
+    for (n, &index) in plan.iter().enumerate() {
+        let target = &route.targets[index];
+        let instance = &*target.instance;
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        if last.is_some() && remaining.is_zero() {
+            break;
+        }
+        // Another request may hold this instance's half-open trial; skip it unless nothing else is left to try.
+        let is_last = n + 1 == plan.len();
+        if !target.health.begin_attempt(now) && !(is_last && last.is_none()) {
+            continue;
+        }
         let body = chat.upstream_body(instance.model.as_deref())?;
-        let started = Instant::now();
+        let path = target.path.as_deref().unwrap_or(UPSTREAM_PATH);
+        let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
         let result = clients
             .upstreams
             .send(
                 instance,
-                UPSTREAM_PATH,
+                path,
                 body,
+                timeout,
                 state.config.server.max_response_bytes,
             )
             .await;
-        let elapsed = started.elapsed();
+        let elapsed = now.elapsed();
         metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "instance" => instance.name.clone())
             .record(elapsed.as_secs_f64());
-        let (status, error) = match &result {
-            Ok(r) if r.status.is_success() => (Some(r.status.as_u16()), None),
-            Ok(r) => (
-                Some(r.status.as_u16()),
-                Some(tollgate_schemas::usage::AttemptError::Status),
-            ),
-            Err(f) => (None, Some(f.kind())),
-        };
-        let label = error.map_or("ok", |e| e.as_str());
-        metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "instance" => instance.name.clone(), "result" => label)
+
+        let (status, error, failure) = classify(&result, &route.failover.retry_on_status);
+        match (&result, failure) {
+            (_, None) => target.health.record_success(),
+            (Ok(r), Some(_)) => {
+                let retry_after = r
+                    .retry_after
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, Utc::now()));
+                target.health.record_failure(Instant::now(), retry_after);
+            }
+            (Err(_), Some(_)) => target.health.record_failure(Instant::now(), None),
+        }
+        let result_label = error.map_or("ok", AttemptError::as_str);
+        metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "instance" => instance.name.clone(), "result" => result_label)
             .increment(1);
         attempts.push(Attempt {
             instance: instance.name.clone(),
@@ -222,29 +261,55 @@ async fn forward<'a>(
             error,
             latency_ms: millis(elapsed),
         });
-        let retryable = match &result {
-            Ok(r) => status_is_retryable(r.status),
-            Err(_) => true,
-        };
-        let has_next = n + 1 < route.targets.len();
-        if retryable && has_next {
-            tracing::warn!(
-                route = %route.name,
-                instance = %instance.name,
-                status = status.unwrap_or(0),
-                error = error.map_or("status", |e| e.as_str()),
-                "upstream attempt failed; failing over to the next target"
-            );
-            continue;
-        }
         last = Some(Forwarded {
             instance,
             result,
-            attempts,
+            attempts: Vec::new(),
         });
-        break;
+        let can_go_on = !is_last && Instant::now() < deadline;
+        let Some(reason) = failure.filter(|_| can_go_on) else {
+            break;
+        };
+        metrics::counter!(
+            m::FAILOVERS_TOTAL,
+            "route" => route.name.to_string(),
+            "instance" => instance.name.clone(),
+            "reason" => reason
+        )
+        .increment(1);
+        tracing::warn!(
+            route = %route.name,
+            instance = %instance.name,
+            status = status.unwrap_or(0),
+            reason,
+            attempt = n + 1,
+            consumer = %principal.consumer,
+            "upstream attempt failed; failing over to the next target"
+        );
     }
-    last.ok_or(GatewayError::Internal)
+    let mut forwarded = last.ok_or(GatewayError::Internal)?;
+    forwarded.attempts = attempts;
+    Ok(forwarded)
+}
+
+/// An attempt's status, error kind for the trail, and — when another instance may succeed — the failover reason.
+fn classify(
+    result: &Result<UpstreamResponse, AttemptFailure>,
+    retry_on_status: &[u16],
+) -> (Option<u16>, Option<AttemptError>, Option<&'static str>) {
+    match result {
+        Ok(r) if status_is_retryable(r.status, retry_on_status) => {
+            let reason = if r.status.as_u16() == 429 {
+                "status_429"
+            } else {
+                "status_5xx"
+            };
+            (Some(r.status.as_u16()), Some(AttemptError::Status), Some(reason))
+        }
+        Ok(r) if r.status.is_success() => (Some(r.status.as_u16()), None, None),
+        Ok(r) => (Some(r.status.as_u16()), Some(AttemptError::Status), None),
+        Err(f) => (None, Some(f.kind()), Some(f.kind().as_str())),
+    }
 }
 
 /// The upstream's response as the client receives it: same status, same body, same content type.

@@ -75,6 +75,42 @@ pub struct Instance {
     pub connect_timeout: Duration,
     /// Deadline for the upstream's response head and body.
     pub timeout: Duration,
+    /// Passive health: when to stop sending traffic after failures.
+    pub circuit_breaker: BreakerConfig,
+    /// Active health: a background probe, when configured.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Passive health: `failures` consecutive retry-worthy failures open the circuit for `cooldown`; then one trial
+/// request half-opens it, and its success closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    pub failures: u32,
+    pub cooldown: Duration,
+}
+
+/// Active health: a request sent in the background every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub method: HealthMethod,
+    /// Path relative to the instance's endpoint (`chat/completions`), or absolute on its host (`/health`).
+    pub path: String,
+    /// JSON body sent with a POST, e.g. a 1-token chat completion.
+    pub body: Option<String>,
+    pub expected_statuses: Vec<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that mark an unhealthy instance healthy again.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that mark a healthy instance unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HealthMethod {
+    Get,
+    Post,
 }
 
 /// The protocol an instance speaks.
@@ -99,15 +135,51 @@ pub struct Route {
     pub name: String,
     /// Model names (and aliases) clients may ask for.
     pub models: Vec<String>,
-    /// Instances in the order they are tried: higher `priority` first, then file order.
+    /// Client paths the route serves.
+    pub paths: Vec<String>,
+    /// Instances, higher `priority` first, then file order.
     pub targets: Vec<Target>,
+    pub balancer: Balancer,
+    pub failover: FailoverConfig,
 }
 
 #[derive(Debug, Clone)]
 pub struct Target {
     /// Index into [`Config::instances`].
     pub instance: usize,
+    /// Higher is preferred; lower priorities serve only when no higher one is available.
     pub priority: i32,
+    /// Share of traffic among the targets of one priority; 0 drains the target.
+    pub weight: u32,
+    /// Upstream path (absolute, on the instance's host) replacing the endpoint's path, e.g. `/v2/chat/completions`.
+    pub path: Option<String>,
+}
+
+/// How a target is chosen among the available ones of the highest priority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancer {
+    /// Smooth weighted round-robin: an 80/20 split is exact within every cycle of 5 requests.
+    WeightedRoundRobin,
+    /// Consistent hashing: the same key keeps going to the same target while it is available.
+    ConsistentHash(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Consumer,
+    /// A request header, lowercase.
+    Header(String),
+}
+
+/// When a request moves to another target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// At most this many targets are tried for one request.
+    pub max_attempts: usize,
+    /// Overall deadline for all attempts of one request.
+    pub deadline: Duration,
+    /// Statuses that fail over besides connect errors, timeouts, 429, 500, 502, 503 and 504.
+    pub retry_on_status: Vec<u16>,
 }
 
 /// A tenant: the party a request is billed to.
@@ -198,6 +270,42 @@ fn default_upstream_timeout() -> String {
 fn default_provider() -> Provider {
     Provider::Openai
 }
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown() -> String {
+    "10s".to_owned()
+}
+fn default_health_method() -> HealthMethod {
+    HealthMethod::Get
+}
+fn default_expected_statuses() -> Vec<u16> {
+    vec![200]
+}
+fn default_health_interval() -> String {
+    "5s".to_owned()
+}
+fn default_health_timeout() -> String {
+    "2s".to_owned()
+}
+fn default_health_threshold() -> u32 {
+    2
+}
+fn default_route_paths() -> Vec<String> {
+    vec![crate::chat::ENDPOINT.to_owned()]
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_balancer() -> String {
+    "weighted_round_robin".to_owned()
+}
+fn default_max_attempts() -> usize {
+    3
+}
+fn default_failover_deadline() -> String {
+    "120s".to_owned()
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -279,6 +387,46 @@ pub struct RawInstance {
     pub connect_timeout: String,
     #[serde(default = "default_upstream_timeout")]
     pub timeout: String,
+    #[serde(default)]
+    pub circuit_breaker: RawBreaker,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    #[serde(default = "default_breaker_cooldown")]
+    pub cooldown: String,
+}
+
+impl Default for RawBreaker {
+    fn default() -> Self {
+        Self {
+            failures: default_breaker_failures(),
+            cooldown: default_breaker_cooldown(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default = "default_health_method")]
+    pub method: HealthMethod,
+    pub path: String,
+    pub body: Option<String>,
+    #[serde(default = "default_expected_statuses")]
+    pub expected_statuses: Vec<u16>,
+    #[serde(default = "default_health_interval")]
+    pub interval: String,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_health_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_health_threshold")]
+    pub unhealthy_threshold: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,7 +434,16 @@ pub struct RawInstance {
 pub struct RawRoute {
     pub name: String,
     pub models: Vec<String>,
+    #[serde(default = "default_route_paths")]
+    pub paths: Vec<String>,
     pub targets: Vec<RawTarget>,
+    /// `weighted_round_robin` or `consistent_hash`.
+    #[serde(default = "default_balancer")]
+    pub balancer: String,
+    /// For `consistent_hash`: `consumer` or `header:<name>`.
+    pub hash_on: Option<String>,
+    #[serde(default)]
+    pub failover: RawFailover,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +452,30 @@ pub struct RawTarget {
     pub instance: String,
     #[serde(default)]
     pub priority: i32,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
+    #[serde(default = "default_failover_deadline")]
+    pub deadline: String,
+    #[serde(default)]
+    pub retry_on_status: Vec<u16>,
+}
+
+impl Default for RawFailover {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            deadline: default_failover_deadline(),
+            retry_on_status: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -468,7 +649,20 @@ impl RawConfig {
                     "must not be empty (leave it out to keep the client's model)",
                 );
             }
+            if raw.circuit_breaker.failures == 0 {
+                p.push(format!("{path}.circuit_breaker.failures"), "must be at least 1");
+            }
+            let circuit_breaker = BreakerConfig {
+                failures: raw.circuit_breaker.failures,
+                cooldown: p.duration(
+                    format!("{path}.circuit_breaker.cooldown"),
+                    &raw.circuit_breaker.cooldown,
+                ),
+            };
+            let health_check = raw.health_check.map(|h| validate_health_check(&mut p, &path, h));
             instances.push(Instance {
+                circuit_breaker,
+                health_check,
                 endpoint: http_url(&mut p, format!("{path}.endpoint"), &raw.endpoint, &placeholder),
                 connect_timeout: p.duration(format!("{path}.connect_timeout"), &raw.connect_timeout),
                 timeout: p.duration(format!("{path}.timeout"), &raw.timeout),
@@ -504,25 +698,80 @@ impl RawConfig {
             if raw.targets.is_empty() {
                 p.push(format!("{path}.targets"), "must list at least one instance");
             }
+            for (j, route_path) in raw.paths.iter().enumerate() {
+                if route_path != crate::chat::ENDPOINT {
+                    p.push(
+                        format!("{path}.paths[{j}]"),
+                        format!(
+                            "`{route_path}` is not an endpoint this gateway serves ({})",
+                            crate::chat::ENDPOINT
+                        ),
+                    );
+                }
+            }
             let mut targets = Vec::with_capacity(raw.targets.len());
-            for (j, t) in raw.targets.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for (j, t) in raw.targets.into_iter().enumerate() {
+                let tpath = format!("{path}.targets[{j}]");
+                if let Some(rewrite) = &t.path
+                    && !rewrite.starts_with('/')
+                {
+                    p.push(
+                        format!("{tpath}.path"),
+                        format!("`{rewrite}` must be an absolute path like /v2/chat/completions"),
+                    );
+                }
+                if !seen.insert(t.instance.clone()) {
+                    p.push(
+                        format!("{tpath}.instance"),
+                        format!("`{}` is a target of this route twice", t.instance),
+                    );
+                }
                 match instance_index.get(&t.instance) {
                     Some(&instance) => targets.push(Target {
                         instance,
                         priority: t.priority,
+                        weight: t.weight,
+                        path: t.path,
                     }),
                     None => p.push(
-                        format!("{path}.targets[{j}].instance"),
+                        format!("{tpath}.instance"),
                         format!("no instance is named `{}`", t.instance),
                     ),
                 }
             }
+            if !targets.is_empty() && targets.iter().all(|t| t.weight == 0) {
+                p.push(
+                    format!("{path}.targets"),
+                    "at least one target needs a weight above 0",
+                );
+            }
             // Stable: equal priorities keep file order.
             targets.sort_by_key(|t| std::cmp::Reverse(t.priority));
+            let balancer = validate_balancer(&mut p, &path, &raw.balancer, raw.hash_on.as_deref());
+            if raw.failover.max_attempts == 0 {
+                p.push(format!("{path}.failover.max_attempts"), "must be at least 1");
+            }
+            for (j, status) in raw.failover.retry_on_status.iter().enumerate() {
+                if !(400..=599).contains(status) {
+                    p.push(
+                        format!("{path}.failover.retry_on_status[{j}]"),
+                        format!("{status} is not an error status"),
+                    );
+                }
+            }
+            let failover = FailoverConfig {
+                max_attempts: raw.failover.max_attempts,
+                deadline: p.duration(format!("{path}.failover.deadline"), &raw.failover.deadline),
+                retry_on_status: raw.failover.retry_on_status,
+            };
             routes.push(Route {
                 name: raw.name,
                 models: raw.models,
+                paths: raw.paths,
                 targets,
+                balancer,
+                failover,
             });
         }
 
@@ -572,6 +821,80 @@ impl RawConfig {
         } else {
             Err(ConfigErrors(p.0))
         }
+    }
+}
+
+fn validate_balancer(p: &mut Problems, path: &str, balancer: &str, hash_on: Option<&str>) -> Balancer {
+    const HASH_ON: &str = "must be \"consumer\" or \"header:<name>\"";
+    match (balancer, hash_on) {
+        ("weighted_round_robin", None) => Balancer::WeightedRoundRobin,
+        ("weighted_round_robin", Some(_)) => {
+            p.push(
+                format!("{path}.hash_on"),
+                "only applies to balancer = \"consistent_hash\"",
+            );
+            Balancer::WeightedRoundRobin
+        }
+        ("consistent_hash", Some("consumer")) => Balancer::ConsistentHash(HashOn::Consumer),
+        ("consistent_hash", Some(on)) => match on.strip_prefix("header:") {
+            Some(name) if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_ok() => {
+                Balancer::ConsistentHash(HashOn::Header(name.to_ascii_lowercase()))
+            }
+            _ => {
+                p.push(format!("{path}.hash_on"), format!("`{on}` {HASH_ON}"));
+                Balancer::WeightedRoundRobin
+            }
+        },
+        ("consistent_hash", None) => {
+            p.push(
+                format!("{path}.hash_on"),
+                format!("is required with consistent_hash and {HASH_ON}"),
+            );
+            Balancer::WeightedRoundRobin
+        }
+        (other, _) => {
+            p.push(
+                format!("{path}.balancer"),
+                format!("`{other}` is not weighted_round_robin or consistent_hash"),
+            );
+            Balancer::WeightedRoundRobin
+        }
+    }
+}
+
+fn validate_health_check(p: &mut Problems, instance_path: &str, raw: RawHealthCheck) -> HealthCheck {
+    let path = format!("{instance_path}.health_check");
+    if raw.path.is_empty() {
+        p.push(format!("{path}.path"), "must not be empty");
+    }
+    if let Some(body) = &raw.body
+        && serde_json::from_str::<serde_json::Value>(body).is_err()
+    {
+        p.push(format!("{path}.body"), "must be JSON");
+    }
+    if raw.expected_statuses.is_empty() {
+        p.push(
+            format!("{path}.expected_statuses"),
+            "must list at least one status",
+        );
+    }
+    for (field, value) in [
+        ("healthy_threshold", raw.healthy_threshold),
+        ("unhealthy_threshold", raw.unhealthy_threshold),
+    ] {
+        if value == 0 {
+            p.push(format!("{path}.{field}"), "must be at least 1");
+        }
+    }
+    HealthCheck {
+        method: raw.method,
+        interval: p.duration(format!("{path}.interval"), &raw.interval),
+        timeout: p.duration(format!("{path}.timeout"), &raw.timeout),
+        path: raw.path,
+        body: raw.body,
+        expected_statuses: raw.expected_statuses,
+        healthy_threshold: raw.healthy_threshold,
+        unhealthy_threshold: raw.unhealthy_threshold,
     }
 }
 

@@ -17,6 +17,10 @@ pub const EVENTS_EMITTED_TOTAL: &str = "tollgate_events_emitted_total";
 pub const EVENTS_FAILED_TOTAL: &str = "tollgate_events_failed_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "tollgate_events_dropped_total";
 pub const EVENTS_QUEUED: &str = "tollgate_events_queued";
+pub const FAILOVERS_TOTAL: &str = "tollgate_failovers_total";
+pub const INSTANCE_HEALTHY: &str = "tollgate_instance_healthy";
+pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
+pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to long completions.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -77,6 +81,19 @@ pub fn describe() {
         "Usage events dropped before reaching the producer, by reason."
     );
     describe_gauge!(EVENTS_QUEUED, "Usage events waiting for the producer.");
+    describe_counter!(
+        FAILOVERS_TOTAL,
+        "Requests moved to another target, by route, instance left and reason."
+    );
+    describe_gauge!(
+        INSTANCE_HEALTHY,
+        "1 when the instance takes traffic (probe passing, circuit closed), else 0."
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        "Circuit breaker state by instance: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(PROBES_TOTAL, "Active health probes, by instance and result.");
 }
 
 /// `2xx`, `4xx`, … for a status code: a bounded label.

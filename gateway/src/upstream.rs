@@ -36,6 +36,7 @@ impl std::fmt::Debug for Upstreams {
 pub struct UpstreamResponse {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
     pub body: Bytes,
     /// From sending the request to the response head.
     pub ttfb: Duration,
@@ -59,9 +60,20 @@ impl AttemptFailure {
     }
 }
 
-/// True when an upstream status means another instance may well succeed with the same request.
-pub fn status_is_retryable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+/// True when an upstream status means another instance may well succeed with the same request: 429, 500, 502,
+/// 503, 504, and the route's `extra` statuses.
+pub fn status_is_retryable(status: StatusCode, extra: &[u16]) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504) || extra.contains(&status.as_u16())
+}
+
+/// The URL for `path` on an instance: relative paths extend the endpoint (`chat/completions` →
+/// `https://host/v1/chat/completions`), absolute ones replace its path (`/v2/chat/completions`).
+pub fn url_for(endpoint: &url::Url, path: &str) -> String {
+    if path.starts_with('/') {
+        format!("{}{path}", endpoint.origin().ascii_serialization())
+    } else {
+        format!("{}/{path}", endpoint.as_str().trim_end_matches('/'))
+    }
 }
 
 impl Upstreams {
@@ -81,22 +93,24 @@ impl Upstreams {
         Self { clients }
     }
 
-    /// Sends `body` to `instance`'s `path` (relative to its endpoint, e.g. `chat/completions`) and reads the
-    /// whole response, up to `max_response_bytes`.
+    /// Sends `body` to `instance`'s `path` (see [`url_for`]) and reads the whole response, up to
+    /// `max_response_bytes`, all within `timeout`.
     pub async fn send(
         &self,
         instance: &Instance,
         path: &str,
         body: Bytes,
+        timeout: Duration,
         max_response_bytes: usize,
     ) -> Result<UpstreamResponse, AttemptFailure> {
         let client = self
             .clients
             .get(&instance.name)
             .ok_or_else(|| AttemptFailure::Connect(format!("no client for instance {}", instance.name)))?;
-        let url = format!("{}/{}", instance.endpoint.as_str().trim_end_matches('/'), path);
+
         let mut request = client
-            .request(Method::POST, url)
+            .request(Method::POST, url_for(&instance.endpoint, path))
+            .timeout(timeout)
             .insert_header((header::CONTENT_TYPE, "application/json"))
             .insert_header((header::ACCEPT, "application/json"));
         if let Some(key) = &instance.api_key {
@@ -109,12 +123,10 @@ impl Upstreams {
             other => AttemptFailure::Protocol(other.to_string()),
         })?;
         let ttfb = started.elapsed();
-        let remaining = instance
-            .timeout
-            .saturating_sub(ttfb)
-            .max(Duration::from_millis(1));
+        let remaining = timeout.saturating_sub(ttfb).max(Duration::from_millis(1));
         let status = response.status();
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
         let body = response
             .timeout(remaining)
             .body()
@@ -129,6 +141,7 @@ impl Upstreams {
         Ok(UpstreamResponse {
             status,
             content_type,
+            retry_after,
             body,
             ttfb,
         })
@@ -142,13 +155,35 @@ mod tests {
     #[test]
     fn only_instance_trouble_is_retried() {
         for code in [429, 500, 502, 503, 504] {
-            assert!(status_is_retryable(StatusCode::from_u16(code).unwrap()), "{code}");
-        }
-        for code in [200, 400, 401, 403, 404, 409, 422, 501] {
             assert!(
-                !status_is_retryable(StatusCode::from_u16(code).unwrap()),
+                status_is_retryable(StatusCode::from_u16(code).unwrap(), &[]),
                 "{code}"
             );
         }
+        for code in [200, 400, 401, 403, 404, 409, 422, 501] {
+            assert!(
+                !status_is_retryable(StatusCode::from_u16(code).unwrap(), &[]),
+                "{code}"
+            );
+        }
+        assert!(
+            status_is_retryable(StatusCode::from_u16(409).unwrap(), &[409]),
+            "a configured status"
+        );
+    }
+
+    #[test]
+    fn relative_paths_extend_the_endpoint_and_absolute_ones_replace_its_path() {
+        let endpoint = url::Url::parse("https://api.example.com/v1/").unwrap();
+        assert_eq!(
+            url_for(&endpoint, "chat/completions"),
+            "https://api.example.com/v1/chat/completions"
+        );
+        assert_eq!(
+            url_for(&endpoint, "/v2/chat/completions"),
+            "https://api.example.com/v2/chat/completions"
+        );
+        let with_port = url::Url::parse("http://10.0.0.1:8000/v1").unwrap();
+        assert_eq!(url_for(&with_port, "/health"), "http://10.0.0.1:8000/health");
     }
 }
