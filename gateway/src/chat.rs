@@ -219,7 +219,9 @@ async fn forward<'a>(
         }
         // Another request may hold this instance's half-open trial; skip it unless nothing else is left to try.
         let is_last = n + 1 == plan.len();
-        if !target.health.begin_attempt(now) && !(is_last && last.is_none()) {
+        let claimed = target.health.begin_attempt(now);
+        let nothing_else_left = is_last && last.is_none();
+        if !(claimed || nothing_else_left) {
             continue;
         }
         let body = chat.upstream_body(instance.model.as_deref())?;
