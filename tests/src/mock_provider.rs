@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -33,6 +33,10 @@ pub enum Behaviour {
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When the request arrived.
+    pub at: Instant,
+    /// The status the mock answered with.
+    pub status: u16,
     pub path: String,
     pub authorization: Option<String>,
     pub headers: Vec<(String, String)>,
@@ -68,7 +72,7 @@ impl MockProvider {
             App::new()
                 .app_data(data.clone())
                 .app_data(web::JsonConfig::default().limit(64 << 20))
-                .route("/v1/chat/completions", web::post().to(chat))
+                .route("/{version}/chat/completions", web::post().to(chat))
                 .route("/_mock/behaviour", web::post().to(set_behaviour))
                 .route(
                     "/healthz",
@@ -143,27 +147,37 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         .iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").to_owned()))
         .collect();
+    let at = Instant::now();
     let body = body.into_inner();
-    state
-        .received
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(Received {
-            path: req.path().to_owned(),
-            authorization: authorization.clone(),
-            headers,
-            body: body.clone(),
-        });
-    if let Some(expected) = &state.expected_key
-        && authorization.as_deref() != Some(&format!("Bearer {expected}"))
-    {
-        return error(401, "Incorrect API key provided.", "invalid_api_key", None);
-    }
     let behaviour = state
         .behaviour
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
+    let authorized = state
+        .expected_key
+        .as_ref()
+        .is_none_or(|k| authorization.as_deref() == Some(format!("Bearer {k}").as_str()));
+    let status = match (&behaviour, authorized) {
+        (_, false) => 401,
+        (Behaviour::Status { status, .. }, true) => *status,
+        _ => 200,
+    };
+    state
+        .received
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Received {
+            at,
+            status,
+            path: req.path().to_owned(),
+            authorization,
+            headers,
+            body: body.clone(),
+        });
+    if !authorized {
+        return error(401, "Incorrect API key provided.", "invalid_api_key", None);
+    }
     match behaviour {
         Behaviour::Normal => completion(&body, true),
         Behaviour::NoUsage => completion(&body, false),

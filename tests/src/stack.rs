@@ -129,6 +129,14 @@ fn local_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind a local port")
 }
 
+/// The test client: one per thread, reused, because building an awc client sets up a TLS connector each time.
+pub fn http() -> awc::Client {
+    thread_local! {
+        static CLIENT: awc::Client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    }
+    CLIENT.with(Clone::clone)
+}
+
 /// An address where nothing listens (bound, then released).
 pub fn closed_endpoint() -> String {
     let addr = local_listener().local_addr().expect("local address");
@@ -276,7 +284,7 @@ impl Stack {
             self.clickhouse.url.trim_end_matches('/'),
             self.clickhouse.database
         );
-        let mut response = awc::Client::new()
+        let mut response = http()
             .post(url)
             .send_body(format!("{sql} FORMAT JSONEachRow"))
             .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tollgate_tests::mock_provider::Behaviour;
-use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, http};
 
 struct Reply {
     status: u16,
@@ -18,7 +18,7 @@ struct Reply {
 }
 
 async fn post(stack: &Stack, auth: Option<&str>, body: &str) -> Reply {
-    let mut request = awc::Client::new()
+    let mut request = http()
         .post(format!("{}/v1/chat/completions", stack.gateway_url))
         .insert_header(("content-type", "application/json"));
     if let Some(auth) = auth {
@@ -125,7 +125,7 @@ async fn bad_requests_get_openai_shaped_errors_and_never_reach_the_provider() {
     let huge =
         json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(9 << 20)}]}).to_string();
     assert_openai_error(&post(&stack, key, &huge).await, 413, "payload_too_large", None);
-    let unknown = awc::Client::new()
+    let unknown = http()
         .get(format!("{}/v1/nothing-here", stack.gateway_url))
         .send()
         .await
@@ -238,7 +238,7 @@ async fn a_failing_instance_fails_over_to_the_next_target_and_the_trail_shows_it
 async fn client_errors_from_the_provider_are_returned_as_they_are_and_not_retried() {
     let options = StackOptions {
         second_mock: true,
-        default_targets: Some(r#"[{ instance = "mock-openai" }, { instance = "backup" }]"#.into()),
+        default_targets: Some(r#"[{ instance = "mock-openai", priority = 1 }, { instance = "backup" }]"#.into()),
         extra_toml:
             "[[instances]]\nname = \"backup\"\nendpoint = \"{mock2}\"\napi_key_env = \"PROVIDER_KEY\"\n"
                 .into(),
@@ -302,7 +302,7 @@ async fn metrics_describe_requests_tokens_and_events() {
     let stack = Stack::start(StackOptions::default()).await;
     assert_eq!(post(&stack, Some(&bearer(0)), &chat(MODEL)).await.status, 200);
     stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
-    let mut response = awc::Client::new()
+    let mut response = http()
         .get(format!("{}/metrics", stack.gateway_url))
         .send()
         .await

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tollgate_meter_sidecar::count::chat_tokens;
 use tollgate_meter_sidecar::encoding::Encoding;
 use tollgate_tests::mock_provider::reported_usage;
-use tollgate_tests::stack::{CONSUMERS, MODEL, PROVIDER_KEY, Stack, StackOptions, UPSTREAM_MODEL};
+use tollgate_tests::stack::{CONSUMERS, MODEL, PROVIDER_KEY, Stack, StackOptions, UPSTREAM_MODEL, http};
 
 const REQUESTS: usize = 100;
 
@@ -26,7 +26,7 @@ struct Sent {
 }
 
 async fn send_chat(gateway: &str, key: &str, messages: &Value) -> (u16, HashMap<String, String>, Value) {
-    let mut response = awc::Client::new()
+    let mut response = http()
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(key)
         .send_json(&json!({"model": MODEL, "messages": messages}))
