@@ -1,0 +1,328 @@
+//! What a streamed OpenAI chat completion consumed, read off its events as they pass on their way to the client.
+//! In come parsed SSE events ([`crate::sse::SseEvent`]) in stream order; out come what each one was
+//! ([`Observed`]), the completion text streamed so far, the provider's usage if a chunk carried one, and whether
+//! the stream ended with `[DONE]`.
+//!
+//! Memory: the completion text is the only thing that grows with the stream; everything else is a few counters.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::sse::SseEvent;
+use crate::usage::{self, Usage};
+
+/// Accumulates a streamed chat completion as its events pass.
+#[derive(Debug, Default)]
+pub struct ChatStreamAccumulator {
+    text: String,
+    usage: Option<Usage>,
+    done: bool,
+    chunks: u64,
+}
+
+/// What one event was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// A normal chunk (or a comment, an event without data, data that is not JSON): forward it.
+    Chunk,
+    /// The usage-only chunk OpenAI sends last when `stream_options.include_usage` is set (`"choices": []` with a
+    /// `usage` object).
+    UsageOnly,
+    /// `data: [DONE]`.
+    Done,
+    /// An error in the stream: `{"error": {...}}` as some providers send mid-stream, or an `event: error`.
+    Error,
+}
+
+/// The parts of a `chat.completion.chunk` that are metered; everything else is ignored.
+#[derive(Deserialize)]
+struct RawChunk {
+    choices: Option<Vec<RawChoice>>,
+    usage: Option<IgnoredAny>,
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RawChoice {
+    delta: Option<RawDelta>,
+}
+
+#[derive(Deserialize)]
+struct RawDelta {
+    content: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<RawToolCall>>,
+    /// The deprecated `functions` API's single call.
+    function_call: Option<RawFunction>,
+}
+
+#[derive(Deserialize)]
+struct RawToolCall {
+    function: Option<RawFunction>,
+}
+
+#[derive(Deserialize)]
+struct RawFunction {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+impl ChatStreamAccumulator {
+    /// Reads one event. Data that is not JSON (other than `[DONE]`) is counted but is not an error: it is
+    /// forwarded as a [`Observed::Chunk`].
+    pub fn observe(&mut self, event: &SseEvent) -> Observed {
+        let is_error_event = event.event.as_deref() == Some("error");
+        let Some(data) = event.data.as_deref() else {
+            return if is_error_event {
+                Observed::Error
+            } else {
+                Observed::Chunk
+            };
+        };
+        if data.trim() == "[DONE]" {
+            self.done = true;
+            return Observed::Done;
+        }
+        self.chunks += 1;
+        let Ok(chunk) = serde_json::from_str::<RawChunk>(data) else {
+            return if is_error_event {
+                Observed::Error
+            } else {
+                Observed::Chunk
+            };
+        };
+        let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
+        for delta in chunk.choices.into_iter().flatten().filter_map(|c| c.delta) {
+            self.append(delta);
+        }
+        let has_usage = chunk.usage.is_some();
+        if has_usage && let Some(usage) = usage::from_response_body(data.as_bytes()) {
+            self.usage = Some(usage);
+        }
+        if is_error_event || chunk.error.is_some() {
+            Observed::Error
+        } else if has_usage && !has_choices {
+            Observed::UsageOnly
+        } else {
+            Observed::Chunk
+        }
+    }
+
+    /// The completion text so far: every choice's `delta.content`, `delta.refusal`, and
+    /// `delta.tool_calls[].function.name` and `.arguments` (and the deprecated `delta.function_call`'s), in
+    /// arrival order, all choices (n > 1) concatenated in arrival order.
+    pub fn completion_text(&self) -> &str {
+        &self.text
+    }
+
+    /// The provider's usage, if a chunk carried one (any chunk may carry `usage`; the last non-null one wins).
+    pub fn provider_usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Whether `data: [DONE]` was seen: the stream ended as the provider meant it to.
+    pub fn saw_done(&self) -> bool {
+        self.done
+    }
+
+    /// Events that carried data, other than `[DONE]`, whether or not it was JSON.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    fn append(&mut self, delta: RawDelta) {
+        let calls = delta
+            .tool_calls
+            .into_iter()
+            .flatten()
+            .filter_map(|call| call.function);
+        let functions = delta.function_call.into_iter().chain(calls);
+        let pieces = [delta.content, delta.refusal]
+            .into_iter()
+            .chain(functions.flat_map(|f| [f.name, f.arguments]))
+            .flatten();
+        for piece in pieces {
+            self.text.push_str(&piece);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sse::tests::{cut_at, openai_stream};
+    use crate::sse::{EventSplitter, parse_event};
+    use proptest::prelude::*;
+    use tollgate_schemas::UsageSource;
+
+    fn data(json: &str) -> SseEvent {
+        SseEvent {
+            data: Some(json.to_owned()),
+            ..SseEvent::default()
+        }
+    }
+
+    /// What the accumulator made of `pieces` pushed through a splitter, and what each event was.
+    fn accumulate(pieces: &[Vec<u8>]) -> (ChatStreamAccumulator, Vec<Observed>) {
+        let mut splitter = EventSplitter::new(1 << 16);
+        let mut accumulator = ChatStreamAccumulator::default();
+        let mut observed = Vec::new();
+        for piece in pieces {
+            for raw in splitter.push(piece).unwrap() {
+                observed.push(accumulator.observe(&parse_event(&raw)));
+            }
+        }
+        assert!(splitter.remainder().is_empty());
+        (accumulator, observed)
+    }
+
+    #[test]
+    fn the_official_usage_chunk_is_usage_only() {
+        let mut acc = ChatStreamAccumulator::default();
+        let chunk = r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}"#;
+        assert_eq!(acc.observe(&data(chunk)), Observed::UsageOnly);
+        assert_eq!(
+            acc.provider_usage(),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 12,
+                total_tokens: 21,
+                cached_prompt_tokens: None,
+                source: UsageSource::Provider,
+            })
+        );
+        assert_eq!(acc.chunks(), 1);
+    }
+
+    #[test]
+    fn a_chunk_with_choices_and_usage_is_a_chunk_whose_usage_counts() {
+        let mut acc = ChatStreamAccumulator::default();
+        let chunk = r#"{"choices":[{"index":0,"delta":{"content":"hi"}}],
+            "usage":{"prompt_tokens":3,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2}}}"#;
+        assert_eq!(acc.observe(&data(chunk)), Observed::Chunk);
+        let usage = acc.provider_usage().unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (3, 1, 4)
+        );
+        assert_eq!(usage.cached_prompt_tokens, Some(2));
+        assert_eq!(acc.completion_text(), "hi");
+    }
+
+    #[test]
+    fn the_last_non_null_usage_wins() {
+        let mut acc = ChatStreamAccumulator::default();
+        acc.observe(&data(
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        ));
+        acc.observe(&data(
+            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
+        ));
+        assert_eq!(
+            acc.observe(&data(r#"{"choices":[{"delta":{"content":"x"}}],"usage":null}"#)),
+            Observed::Chunk
+        );
+        assert_eq!(acc.provider_usage().map(|u| u.total_tokens), Some(11));
+    }
+
+    #[test]
+    fn done_ends_the_stream() {
+        let mut acc = ChatStreamAccumulator::default();
+        assert!(!acc.saw_done());
+        assert_eq!(acc.observe(&data("[DONE]")), Observed::Done);
+        assert!(acc.saw_done());
+        assert_eq!(acc.chunks(), 0);
+    }
+
+    #[test]
+    fn an_error_in_the_stream_is_an_error() {
+        let mut acc = ChatStreamAccumulator::default();
+        let error = r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
+        assert_eq!(acc.observe(&data(error)), Observed::Error);
+        let named = SseEvent {
+            event: Some("error".to_owned()),
+            data: Some("upstream overloaded".to_owned()),
+            id: None,
+        };
+        assert_eq!(acc.observe(&named), Observed::Error);
+        assert_eq!(
+            acc.observe(&data(r#"{"error":null,"choices":[]}"#)),
+            Observed::Chunk
+        );
+        assert!(!acc.saw_done());
+    }
+
+    #[test]
+    fn comments_and_garbage_are_forwarded_as_chunks() {
+        let mut acc = ChatStreamAccumulator::default();
+        assert_eq!(acc.observe(&parse_event(b": keep-alive\n\n")), Observed::Chunk);
+        assert_eq!(acc.chunks(), 0, "an event without data is not a chunk");
+        assert_eq!(acc.observe(&data("<html>")), Observed::Chunk);
+        assert_eq!(acc.observe(&data(r#"{"choices":"not a list"}"#)), Observed::Chunk);
+        assert_eq!(
+            acc.observe(&data(r#"{"choices":[{"delta":{"content":"x"}}]"#)),
+            Observed::Chunk
+        );
+        assert_eq!(acc.chunks(), 3);
+        assert_eq!(acc.completion_text(), "");
+        assert_eq!(acc.provider_usage(), None);
+    }
+
+    #[test]
+    fn text_is_content_refusal_and_function_calls_in_arrival_order() {
+        let mut acc = ChatStreamAccumulator::default();
+        for chunk in [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":null}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"refusal":"b"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"f","arguments":"{"}},
+                {"index":1,"function":{"name":"g","arguments":"["}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"function_call":{"name":"h","arguments":"(x)"}}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        ] {
+            assert_eq!(acc.observe(&data(chunk)), Observed::Chunk);
+        }
+        assert_eq!(acc.completion_text(), "abf{g[h(x)");
+    }
+
+    proptest! {
+        #[test]
+        fn the_openai_stream_meters_the_same_under_every_split(
+            points in proptest::collection::vec(any::<prop::sample::Index>(), 0..24),
+        ) {
+            let stream = openai_stream();
+            let (whole, whole_observed) = accumulate(std::slice::from_ref(&stream));
+            let (acc, observed) = accumulate(&cut_at(&stream, &points));
+
+            // Written out by hand from the fixture: choice 0's and choice 1's deltas in the order they arrived.
+            let expected = concat!(
+                "héllo ",
+                "wörld 🚀 ",
+                "日本語",
+                "Ño.",
+                "get_weather",
+                r#"{"city":"#,
+                r#""Zürich"}"#,
+            );
+            prop_assert_eq!(whole.completion_text(), expected);
+            prop_assert_eq!(acc.completion_text(), expected);
+
+            let usage = Usage {
+                prompt_tokens: 9,
+                completion_tokens: 12,
+                total_tokens: 21,
+                cached_prompt_tokens: Some(4),
+                source: UsageSource::Provider,
+            };
+            prop_assert_eq!(whole.provider_usage(), Some(usage));
+            prop_assert_eq!(acc.provider_usage(), Some(usage));
+            prop_assert!(whole.saw_done() && acc.saw_done());
+            prop_assert_eq!(acc.chunks(), 9);
+            prop_assert_eq!(acc.chunks(), whole.chunks());
+
+            use Observed::{Chunk, Done, UsageOnly};
+            let expected_observed = [Chunk, Chunk, Chunk, Chunk, Chunk, Chunk, Chunk, Chunk, Chunk, Chunk, UsageOnly, Done];
+            prop_assert_eq!(&whole_observed, &expected_observed);
+            prop_assert_eq!(&observed, &expected_observed);
+        }
+    }
+}
