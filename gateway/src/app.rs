@@ -46,7 +46,7 @@ pub struct AppState {
     pub router: Router,
     pub events: EventSender,
     /// The CloudEvents `source` of this replica's events.
-    pub event_source: String,
+    pub event_source: Arc<str>,
     pub metrics: PrometheusHandle,
 }
 
@@ -100,7 +100,7 @@ impl Gateway {
             keys: KeyStore::new(&config.consumers),
             router: Router::new(&config, &health),
             events,
-            event_source,
+            event_source: Arc::from(event_source),
             metrics,
             config: config.clone(),
         });

@@ -1,24 +1,26 @@
-//! `POST /v1/chat/completions` (non-streaming): the metered request path from admission to the usage event.
+//! `POST /v1/chat/completions`: the metered request path from admission to the usage event.
 //!
 //! 1. authenticate the consumer key → [`Principal`];
 //! 2. read and parse the body once → [`ChatRequest`];
-//! 3. resolve the route for `model`;
+//! 3. resolve the route for `model` on this path;
 //! 4. estimate the prompt with meter-sidecar (in-process fallback when it is slow or down);
 //! 5. follow the route's plan ([`RouteTable::plan`]): fail over only on retry-safe failures (see
 //!    [`crate::upstream`]), at most `failover.max_attempts` targets within `failover.deadline`, and report
-//!    every outcome to the instance's health;
-//! 6. settle usage: the provider's `usage` block, otherwise the estimate;
+//!    every outcome to the instance's health. For a stream, failover is possible until the response head: a
+//!    stream whose head said success is relayed, never retried;
+//! 6. answer: a whole body is returned unchanged and settled from its `usage` block (or the estimate); a stream
+//!    is relayed chunk by chunk by [`crate::streaming`], which settles it when it ends;
 //! 7. emit one `UsageRecorded` for every request that reached an upstream, without waiting for Kafka;
-//! 8. return the upstream's status and body unchanged, with `x-request-id` and `x-tollgate-instance`.
+//! 8. every response carries `x-request-id` and, when an instance answered, `x-tollgate-instance`.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
-use tollgate_schemas::usage::{AttemptError, UsageEvent};
-use tollgate_schemas::{Attempt, CloudEvent, Outcome, UsageRecorded};
+use tollgate_schemas::usage::AttemptError;
+use tollgate_schemas::{Attempt, Outcome};
 use uuid::Uuid;
 
 use crate::app::{AppState, WorkerClients};
@@ -26,15 +28,24 @@ use crate::auth::Principal;
 use crate::config::Instance;
 use crate::error::GatewayError;
 use crate::health::parse_retry_after;
-use crate::meter::Estimate;
 use crate::metrics as m;
+use crate::record::{PendingEvent, Settlement, millis, now_ms};
 use crate::request::{ChatRequest, read_body};
 use crate::routing::{HashKeys, RouteTable};
-use crate::upstream::{AttemptFailure, UpstreamResponse, status_is_retryable};
-use crate::usage::{self, Usage};
+use crate::streaming::{self, StreamJob};
+use crate::upstream::{AttemptFailure, UpstreamHead, UpstreamResponse, status_is_retryable};
+use crate::usage;
 
 pub const ENDPOINT: &str = "/v1/chat/completions";
 const UPSTREAM_PATH: &str = "chat/completions";
+
+/// When and as what a request arrived.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    request_id: Uuid,
+    started: Instant,
+    started_at_ms: u64,
+}
 
 /// The handler: runs the pipeline, turns its error into an OpenAI-shaped response, records metrics.
 pub async fn chat_completions(
@@ -43,58 +54,72 @@ pub async fn chat_completions(
     state: web::Data<AppState>,
     clients: web::Data<WorkerClients>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let started_at_ms = now_ms();
-    let request_id = Uuid::now_v7();
-    let (mut response, route) = match handle(
-        &req,
-        payload,
-        &state,
-        &clients,
-        request_id,
-        started,
-        started_at_ms,
-    )
-    .await
-    {
-        Ok((response, route)) => (response, route),
+    let arrival = Arrival {
+        request_id: Uuid::now_v7(),
+        started: Instant::now(),
+        started_at_ms: now_ms(),
+    };
+    let (mut response, route) = match handle(&req, payload, &state, &clients, arrival).await {
+        Ok((response, route)) => (response, Some(route)),
         Err(error) => {
             if matches!(error, GatewayError::MissingApiKey | GatewayError::InvalidApiKey) {
                 metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => error.kind()).increment(1);
             }
-            tracing::debug!(%request_id, kind = error.kind(), "request refused");
+            tracing::debug!(request_id = %arrival.request_id, kind = error.kind(), "request refused");
             (error.error_response(), None)
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id.to_string()) {
+    if let Ok(value) = HeaderValue::from_str(&arrival.request_id.to_string()) {
         response
             .headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), value);
     }
     let route = route.unwrap_or_else(|| "none".to_owned());
-    metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "status" => m::status_class(response.status().as_u16()))
-        .increment(1);
+    let status = m::status_class(response.status().as_u16());
+    metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+        .record(arrival.started.elapsed().as_secs_f64());
     response
+}
+
+/// What an attempt brought back.
+enum Answer {
+    /// A whole response body (non-streaming requests, and every error status).
+    Full(UpstreamResponse),
+    /// A successful response head whose body is to be relayed as a stream.
+    Stream(UpstreamHead),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Full(r) => r.status,
+            Self::Stream(h) => h.status,
+        }
+    }
+
+    fn retry_after(&self) -> Option<&HeaderValue> {
+        match self {
+            Self::Full(r) => r.retry_after.as_ref(),
+            Self::Stream(h) => h.retry_after.as_ref(),
+        }
+    }
 }
 
 /// The outcome of trying a route's targets.
 struct Forwarded<'a> {
     instance: &'a Instance,
-    result: Result<UpstreamResponse, AttemptFailure>,
+    result: Result<Answer, AttemptFailure>,
     attempts: Vec<Attempt>,
 }
 
 async fn handle(
     req: &HttpRequest,
     payload: web::Payload,
-    state: &AppState,
-    clients: &WorkerClients,
-    request_id: Uuid,
-    started: Instant,
-    started_at_ms: u64,
-) -> Result<(HttpResponse, Option<String>), GatewayError> {
+    state: &web::Data<AppState>,
+    clients: &web::Data<WorkerClients>,
+    arrival: Arrival,
+) -> Result<(HttpResponse, String), GatewayError> {
     let principal = state.keys.authenticate(
         req.headers()
             .get(header::AUTHORIZATION)
@@ -102,13 +127,6 @@ async fn handle(
     )?;
     let raw = read_body(payload, state.config.server.max_request_bytes).await?;
     let chat = ChatRequest::parse(raw)?;
-    if chat.stream {
-        return Err(GatewayError::UnsupportedParameter {
-            param: "stream",
-            message: "streamed responses are not served by this gateway version; send \"stream\": false"
-                .into(),
-        });
-    }
     let route = state
         .router
         .route(req.path(), &chat.model)
@@ -116,22 +134,54 @@ async fn handle(
     let estimate = clients.meter.estimate_chat(&chat.model, chat.messages()).await;
 
     let forwarded = forward(req, state, clients, route, &chat, &principal).await?;
-    let served_model = forwarded
-        .instance
-        .model
-        .clone()
-        .unwrap_or_else(|| chat.model.clone());
-    let (response, status, ttfb, usage) = match &forwarded.result {
-        Ok(upstream) => {
+    let instance = forwarded.instance;
+    let served_by = HeaderValue::from_str(&instance.name).ok();
+    let pending = PendingEvent {
+        request_id: arrival.request_id,
+        source: state.event_source.clone(),
+        principal,
+        endpoint: ENDPOINT,
+        route: route.name.clone(),
+        model_served: instance.model.clone().unwrap_or_else(|| chat.model.clone()),
+        model_requested: chat.model.clone(),
+        provider: instance.provider.as_str(),
+        instance: instance.name.clone(),
+        attempts: forwarded.attempts,
+        stream: chat.stream,
+        estimate,
+        started: arrival.started,
+        started_at_ms: arrival.started_at_ms,
+    };
+
+    let mut response = match forwarded.result {
+        Ok(Answer::Full(upstream)) => {
             let succeeded = upstream.status.is_success();
             let usage = usage::from_response_body(&upstream.body)
                 .unwrap_or_else(|| usage::estimated(estimate.tokens, succeeded));
-            (
-                pass_through(upstream),
-                upstream.status,
-                Some(upstream.ttfb),
+            let outcome = if succeeded {
+                Outcome::Ok
+            } else {
+                Outcome::UpstreamError
+            };
+            let ttfb = Some(upstream.head_at.saturating_duration_since(arrival.started));
+            let settled = Settlement {
+                outcome,
+                http_status: upstream.status.as_u16(),
                 usage,
-            )
+                ttfb,
+            };
+            state.events.emit(pending.finish(settled));
+            pass_through(&upstream)
+        }
+        Ok(Answer::Stream(head)) => {
+            let job = StreamJob {
+                pending,
+                strip_usage_chunk: !chat.client_wants_usage(),
+                state: state.clone(),
+                clients: clients.clone(),
+                ttfb: head.head_at.saturating_duration_since(arrival.started),
+            };
+            streaming::relay(head, job)
         }
         Err(failure) => {
             let error = match failure {
@@ -139,49 +189,22 @@ async fn handle(
                 AttemptFailure::Connect(_) => GatewayError::UpstreamUnreachable,
                 AttemptFailure::Protocol(_) => GatewayError::UpstreamBadResponse,
             };
-            (
-                error.error_response(),
-                error.status_code(),
-                None,
-                usage::estimated(estimate.tokens, false),
-            )
+            let settled = Settlement {
+                outcome: Outcome::UpstreamError,
+                http_status: error.status_code().as_u16(),
+                usage: usage::estimated(estimate.tokens, false),
+                ttfb: None,
+            };
+            state.events.emit(pending.finish(settled));
+            error.error_response()
         }
     };
-    let outcome = if status.is_success() {
-        Outcome::Ok
-    } else {
-        Outcome::UpstreamError
-    };
-
-    record_tokens(&route.name, &usage);
-    let served_by = HeaderValue::from_str(&forwarded.instance.name).ok();
-    let event = usage_event(
-        state,
-        request_id,
-        &principal,
-        route,
-        &chat,
-        served_model,
-        forwarded,
-        Settled {
-            outcome,
-            status,
-            estimate,
-            usage,
-            started,
-            started_at_ms,
-            ttfb,
-        },
-    );
-    state.events.emit(event);
-
-    let mut response = response;
     if let Some(instance) = served_by {
         response
             .headers_mut()
             .insert(header::HeaderName::from_static("x-tollgate-instance"), instance);
     }
-    Ok((response, Some(route.name.to_string())))
+    Ok((response, route.name.to_string()))
 }
 
 /// Tries the route's plan in order until an attempt gives an answer that is not a retry-safe failure, the plan
@@ -227,16 +250,7 @@ async fn forward<'a>(
         let body = chat.upstream_body(instance.model.as_deref())?;
         let path = target.path.as_deref().unwrap_or(UPSTREAM_PATH);
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
-        let result = clients
-            .upstreams
-            .send(
-                instance,
-                path,
-                body,
-                timeout,
-                state.config.server.max_response_bytes,
-            )
-            .await;
+        let result = attempt(clients, instance, path, body, timeout, chat.stream, state).await;
         let elapsed = now.elapsed();
         metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "instance" => instance.name.clone())
             .record(elapsed.as_secs_f64());
@@ -244,10 +258,9 @@ async fn forward<'a>(
         let (status, error, failure) = classify(&result, &route.failover.retry_on_status);
         match (&result, failure) {
             (_, None) => target.health.record_success(),
-            (Ok(r), Some(_)) => {
-                let retry_after = r
-                    .retry_after
-                    .as_ref()
+            (Ok(answer), Some(_)) => {
+                let retry_after = answer
+                    .retry_after()
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| parse_retry_after(v, Utc::now()));
                 target.health.record_failure(Instant::now(), retry_after);
@@ -294,22 +307,47 @@ async fn forward<'a>(
     Ok(forwarded)
 }
 
+/// One attempt: the head, then the whole body — unless it is a successful stream, which is relayed instead.
+async fn attempt(
+    clients: &WorkerClients,
+    instance: &Instance,
+    path: &str,
+    body: bytes::Bytes,
+    timeout: Duration,
+    stream: bool,
+    state: &AppState,
+) -> Result<Answer, AttemptFailure> {
+    let head = clients.upstreams.open(instance, path, body, timeout).await?;
+    if stream && head.status.is_success() {
+        return Ok(Answer::Stream(head));
+    }
+    head.read_to_end(state.config.server.max_response_bytes)
+        .await
+        .map(Answer::Full)
+}
+
 /// An attempt's status, error kind for the trail, and — when another instance may succeed — the failover reason.
 fn classify(
-    result: &Result<UpstreamResponse, AttemptFailure>,
+    result: &Result<Answer, AttemptFailure>,
     retry_on_status: &[u16],
 ) -> (Option<u16>, Option<AttemptError>, Option<&'static str>) {
     match result {
-        Ok(r) if status_is_retryable(r.status, retry_on_status) => {
-            let reason = if r.status.as_u16() == 429 {
-                "status_429"
+        Ok(answer) => {
+            let status = answer.status();
+            let code = Some(status.as_u16());
+            if status_is_retryable(status, retry_on_status) {
+                let reason = if status.as_u16() == 429 {
+                    "status_429"
+                } else {
+                    "status_5xx"
+                };
+                (code, Some(AttemptError::Status), Some(reason))
+            } else if status.is_success() {
+                (code, None, None)
             } else {
-                "status_5xx"
-            };
-            (Some(r.status.as_u16()), Some(AttemptError::Status), Some(reason))
+                (code, Some(AttemptError::Status), None)
+            }
         }
-        Ok(r) if r.status.is_success() => (Some(r.status.as_u16()), None, None),
-        Ok(r) => (Some(r.status.as_u16()), Some(AttemptError::Status), None),
         Err(f) => (None, Some(f.kind()), Some(f.kind().as_str())),
     }
 }
@@ -321,79 +359,4 @@ fn pass_through(upstream: &UpstreamResponse) -> HttpResponse {
         response.insert_header((header::CONTENT_TYPE, content_type.clone()));
     }
     response.body(upstream.body.clone())
-}
-
-fn record_tokens(route: &str, usage: &Usage) {
-    metrics::counter!(m::TOKENS_TOTAL, "route" => route.to_owned(), "kind" => "prompt")
-        .increment(u64::from(usage.prompt_tokens));
-    metrics::counter!(m::TOKENS_TOTAL, "route" => route.to_owned(), "kind" => "completion")
-        .increment(u64::from(usage.completion_tokens));
-}
-
-/// How the request ended, for the event.
-struct Settled {
-    outcome: Outcome,
-    status: StatusCode,
-    estimate: Estimate,
-    usage: Usage,
-    started: Instant,
-    started_at_ms: u64,
-    ttfb: Option<std::time::Duration>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn usage_event(
-    state: &AppState,
-    request_id: Uuid,
-    principal: &Principal,
-    route: &RouteTable,
-    chat: &ChatRequest,
-    model_served: String,
-    forwarded: Forwarded<'_>,
-    settled: Settled,
-) -> UsageEvent {
-    let finished_at_ms = now_ms();
-    let data = UsageRecorded {
-        request_id: request_id.to_string(),
-        consumer_id: principal.consumer.to_string(),
-        key_id: principal.key_id.to_string(),
-        endpoint: ENDPOINT.to_owned(),
-        route: route.name.to_string(),
-        model_requested: chat.model.clone(),
-        model_served,
-        provider: forwarded.instance.provider.as_str().to_owned(),
-        instance: forwarded.instance.name.clone(),
-        attempts: forwarded.attempts,
-        stream: chat.stream,
-        outcome: settled.outcome,
-        http_status: settled.status.as_u16(),
-        prompt_tokens_estimated: settled.estimate.tokens,
-        prompt_estimate_source: settled.estimate.source,
-        prompt_tokens: settled.usage.prompt_tokens,
-        completion_tokens: settled.usage.completion_tokens,
-        total_tokens: settled.usage.total_tokens,
-        cached_prompt_tokens: settled.usage.cached_prompt_tokens,
-        usage_source: settled.usage.source,
-        latency_ms: millis(settled.started.elapsed()),
-        ttfb_ms: settled.ttfb.map(millis),
-        started_at_ms: settled.started_at_ms,
-        finished_at_ms,
-    };
-    CloudEvent::with_id(
-        request_id,
-        state.event_source.as_str(),
-        principal.consumer.as_ref(),
-        Utc::now(),
-        data,
-    )
-}
-
-fn millis(d: std::time::Duration) -> u32 {
-    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

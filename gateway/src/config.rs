@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub max_response_bytes: usize,
     /// How long a graceful shutdown waits for requests in flight and for events to reach Kafka.
     pub shutdown_timeout: Duration,
+    /// A stream that sends nothing for this long is cut.
+    pub stream_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +251,9 @@ fn default_max_response_bytes() -> usize {
 fn default_shutdown_timeout() -> String {
     "10s".to_owned()
 }
+fn default_stream_idle_timeout() -> String {
+    "120s".to_owned()
+}
 fn default_meter_timeout() -> String {
     "250ms".to_owned()
 }
@@ -337,6 +342,8 @@ pub struct RawServer {
     pub max_response_bytes: usize,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: String,
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: String,
 }
 
 impl Default for RawServer {
@@ -348,6 +355,7 @@ impl Default for RawServer {
             max_request_bytes: default_max_request_bytes(),
             max_response_bytes: default_max_response_bytes(),
             shutdown_timeout: default_shutdown_timeout(),
+            stream_idle_timeout: default_stream_idle_timeout(),
         }
     }
 }
@@ -598,6 +606,7 @@ impl RawConfig {
             max_request_bytes: self.server.max_request_bytes,
             max_response_bytes: self.server.max_response_bytes,
             shutdown_timeout: p.duration("server.shutdown_timeout", &self.server.shutdown_timeout),
+            stream_idle_timeout: p.duration("server.stream_idle_timeout", &self.server.stream_idle_timeout),
         };
 
         let meter = MeterConfig {

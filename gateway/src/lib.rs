@@ -23,8 +23,12 @@ pub mod health;
 pub mod meter;
 pub mod metrics;
 pub mod probe;
+pub mod record;
 pub mod request;
 pub mod routing;
+pub mod sse;
+pub mod stream_usage;
+pub mod streaming;
 pub mod upstream;
 pub mod usage;
 

@@ -32,6 +32,12 @@ struct CountRequest<'a> {
     messages: &'a Value,
 }
 
+#[derive(Serialize)]
+struct CountTextRequest<'a> {
+    model: &'a str,
+    text: &'a str,
+}
+
 #[derive(Deserialize)]
 struct CountResponse {
     tokens: u32,
@@ -89,11 +95,30 @@ impl MeterClient {
         }
     }
 
+    /// The exact token count of `text` (a completion) for `model`; an error names why it could not be had.
+    pub async fn count_text(&self, model: &str, text: &str) -> Result<u32, &'static str> {
+        if text.is_empty() {
+            return Ok(0);
+        }
+        let result = self.post(&CountTextRequest { model, text }).await;
+        if let Err(reason) = result {
+            tracing::warn!(
+                reason,
+                "meter-sidecar could not count a completion; using the in-process estimate"
+            );
+        }
+        result
+    }
+
     async fn ask(&self, model: &str, messages: &Value) -> Result<u32, &'static str> {
+        self.post(&CountRequest { model, messages }).await
+    }
+
+    async fn post(&self, body: &impl Serialize) -> Result<u32, &'static str> {
         let mut response = self
             .client
             .post(&self.count_url)
-            .send_json(&CountRequest { model, messages })
+            .send_json(body)
             .await
             .map_err(|e| match e {
                 awc::error::SendRequestError::Timeout => "timeout",
@@ -122,6 +147,13 @@ pub fn fallback_chat_estimate(messages: &Value) -> u32 {
     text_tokens
         .saturating_add(count.saturating_mul(TOKENS_PER_MESSAGE))
         .saturating_add(TOKENS_FOR_REPLY)
+}
+
+/// The fallback's approximation of a text's tokens: one per four bytes.
+pub fn fallback_text_estimate(text: &str) -> u32 {
+    u32::try_from(text.len())
+        .unwrap_or(u32::MAX)
+        .div_ceil(BYTES_PER_TOKEN)
 }
 
 fn string_bytes(value: &Value) -> u32 {

@@ -21,6 +21,8 @@ pub const FAILOVERS_TOTAL: &str = "tollgate_failovers_total";
 pub const INSTANCE_HEALTHY: &str = "tollgate_instance_healthy";
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
+pub const STREAMS_ACTIVE: &str = "tollgate_streams_active";
+pub const STREAMS_TOTAL: &str = "tollgate_streams_total";
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to long completions.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -94,6 +96,11 @@ pub fn describe() {
         "Circuit breaker state by instance: 0 closed, 1 half-open, 2 open."
     );
     describe_counter!(PROBES_TOTAL, "Active health probes, by instance and result.");
+    describe_gauge!(STREAMS_ACTIVE, "Streamed responses being relayed now.");
+    describe_counter!(
+        STREAMS_TOTAL,
+        "Streamed responses finished, by outcome (ok, client_cancelled, upstream_cut)."
+    );
 }
 
 /// `2xx`, `4xx`, … for a status code: a bounded label.

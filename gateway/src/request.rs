@@ -81,19 +81,43 @@ impl ChatRequest {
         self.body.get("messages").unwrap_or(&Value::Null)
     }
 
-    /// The body to send to an instance: the client's bytes unchanged, or with `model` replaced.
+    /// Whether the client asked for the usage chunk at the end of a stream (`stream_options.include_usage`).
+    pub fn client_wants_usage(&self) -> bool {
+        self.body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    }
+
+    /// The body to send to an instance: the client's bytes unchanged, unless the instance has its own model
+    /// name, or the request streams without asking for usage — then the gateway asks for it
+    /// (`stream_options.include_usage`), to bill from the provider's numbers, and removes that chunk again
+    /// before it reaches the client.
     pub fn upstream_body(&self, model_override: Option<&str>) -> Result<Bytes, GatewayError> {
-        match model_override {
-            None => Ok(self.raw.clone()),
-            Some(model) if model == self.model => Ok(self.raw.clone()),
-            Some(model) => {
-                let mut body = self.body.clone();
-                body.insert("model".into(), Value::String(model.to_owned()));
-                serde_json::to_vec(&body)
-                    .map(Bytes::from)
-                    .map_err(|_| GatewayError::Internal)
+        let new_model = model_override.filter(|m| *m != self.model);
+        let ask_usage = self.stream && !self.client_wants_usage();
+        if new_model.is_none() && !ask_usage {
+            return Ok(self.raw.clone());
+        }
+        let mut body = self.body.clone();
+        if let Some(model) = new_model {
+            body.insert("model".into(), Value::String(model.to_owned()));
+        }
+        if ask_usage {
+            let options = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !options.is_object() {
+                *options = Value::Object(Map::new());
+            }
+            if let Value::Object(options) = options {
+                options.insert("include_usage".into(), Value::Bool(true));
             }
         }
+        serde_json::to_vec(&body)
+            .map(Bytes::from)
+            .map_err(|_| GatewayError::Internal)
     }
 }
 
@@ -123,6 +147,20 @@ mod tests {
         assert_eq!(out["model"], "real-model");
         assert_eq!(out["top_p"], 1);
         assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn a_stream_without_usage_asks_the_upstream_for_it_and_one_with_usage_is_left_alone() {
+        let req =
+            parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#).unwrap();
+        assert!(!req.client_wants_usage());
+        let out: Value = serde_json::from_slice(&req.upstream_body(None).unwrap()).unwrap();
+        assert_eq!(out["stream_options"]["include_usage"], true);
+
+        let text = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let req = parse(text).unwrap();
+        assert!(req.client_wants_usage());
+        assert_eq!(req.upstream_body(None).unwrap(), text.as_bytes());
     }
 
     #[test]

@@ -1,18 +1,21 @@
 //! One attempt against one provider instance: build the upstream request (the instance's URL, its model name,
-//! its key — never the client's), send it within the instance's deadline, read the response, and classify a
-//! failure by where it happened so the caller can decide whether another instance may be tried.
+//! its key — never the client's), send it within the attempt's deadline, hand back the response head (whose body
+//! the caller reads whole or streams), and classify a failure by where it happened so the caller can decide
+//! whether another instance may be tried.
 //!
 //! Retry-safe failures (nothing reached the client yet): connection errors, timeouts, and the statuses that mean
 //! "this instance, not this request" — 429, 500, 502, 503, 504. Others (400, 401, 403, 404, 422, …) are the
 //! client's or the configuration's problem and are returned as they are.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use awc::error::SendRequestError;
-use bytes::Bytes;
+use awc::error::{PayloadError, SendRequestError};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 use tollgate_schemas::usage::AttemptError;
 
 use crate::config::Instance;
@@ -31,6 +34,30 @@ impl std::fmt::Debug for Upstreams {
     }
 }
 
+/// An upstream's response head, its body not read yet: the point up to which a failover is still possible.
+pub struct UpstreamHead {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub retry_after: Option<HeaderValue>,
+    /// When the response head arrived.
+    pub head_at: Instant,
+    /// The body, chunk by chunk as the upstream sends it.
+    pub body: BodyStream,
+    /// When reading the body must have finished.
+    deadline: Instant,
+}
+
+/// An upstream body as a stream of chunks.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>>;
+
+impl std::fmt::Debug for UpstreamHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamHead")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An upstream's complete (non-streamed) answer.
 #[derive(Debug)]
 pub struct UpstreamResponse {
@@ -38,8 +65,38 @@ pub struct UpstreamResponse {
     pub content_type: Option<HeaderValue>,
     pub retry_after: Option<HeaderValue>,
     pub body: Bytes,
-    /// From sending the request to the response head.
-    pub ttfb: Duration,
+    /// When the response head arrived.
+    pub head_at: Instant,
+}
+
+impl UpstreamHead {
+    /// Reads the whole body, up to `limit` bytes, before the attempt's deadline.
+    pub async fn read_to_end(mut self, limit: usize) -> Result<UpstreamResponse, AttemptFailure> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let read = async {
+            let mut body = BytesMut::new();
+            while let Some(chunk) = self.body.next().await {
+                let chunk = chunk.map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(AttemptFailure::Protocol(format!(
+                        "response body over {limit} bytes"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body.freeze())
+        };
+        let body = tokio::time::timeout(remaining, read)
+            .await
+            .map_err(|_| AttemptFailure::Timeout)??;
+        Ok(UpstreamResponse {
+            status: self.status,
+            content_type: self.content_type,
+            retry_after: self.retry_after,
+            body,
+            head_at: self.head_at,
+        })
+    }
 }
 
 /// Why an attempt produced no usable response.
@@ -93,26 +150,23 @@ impl Upstreams {
         Self { clients }
     }
 
-    /// Sends `body` to `instance`'s `path` (see [`url_for`]) and reads the whole response, up to
-    /// `max_response_bytes`, all within `timeout`.
-    pub async fn send(
+    /// Sends `body` to `instance`'s `path` (see [`url_for`]) and returns the response head; the body is read
+    /// (or streamed) by the caller, and must be complete within `timeout` of sending.
+    pub async fn open(
         &self,
         instance: &Instance,
         path: &str,
         body: Bytes,
         timeout: Duration,
-        max_response_bytes: usize,
-    ) -> Result<UpstreamResponse, AttemptFailure> {
+    ) -> Result<UpstreamHead, AttemptFailure> {
         let client = self
             .clients
             .get(&instance.name)
             .ok_or_else(|| AttemptFailure::Connect(format!("no client for instance {}", instance.name)))?;
-
         let mut request = client
             .request(Method::POST, url_for(&instance.endpoint, path))
             .timeout(timeout)
-            .insert_header((header::CONTENT_TYPE, "application/json"))
-            .insert_header((header::ACCEPT, "application/json"));
+            .insert_header((header::CONTENT_TYPE, "application/json"));
         if let Some(key) = &instance.api_key {
             request = request.insert_header((header::AUTHORIZATION, format!("Bearer {}", key.expose())));
         }
@@ -122,28 +176,14 @@ impl Upstreams {
             SendRequestError::Connect(e) => AttemptFailure::Connect(e.to_string()),
             other => AttemptFailure::Protocol(other.to_string()),
         })?;
-        let ttfb = started.elapsed();
-        let remaining = timeout.saturating_sub(ttfb).max(Duration::from_millis(1));
-        let status = response.status();
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let body = response
-            .timeout(remaining)
-            .body()
-            .limit(max_response_bytes)
-            .await
-            .map_err(|e| match e {
-                awc::error::PayloadError::Io(ref io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                    AttemptFailure::Timeout
-                }
-                other => AttemptFailure::Protocol(other.to_string()),
-            })?;
-        Ok(UpstreamResponse {
-            status,
-            content_type,
-            retry_after,
-            body,
-            ttfb,
+        let header = |name| response.headers().get(name).cloned();
+        Ok(UpstreamHead {
+            status: response.status(),
+            content_type: header(header::CONTENT_TYPE),
+            retry_after: header(header::RETRY_AFTER),
+            head_at: Instant::now(),
+            deadline: started + timeout,
+            body: Box::pin(response),
         })
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -26,8 +27,13 @@ pub enum Behaviour {
     Delay { millis: u64 },
     /// 200 with a body that is not JSON.
     Garbage,
-    /// 200 without a `usage` block.
+    /// 200 without a `usage` block (streams: no usage chunk even when asked).
     NoUsage,
+    /// Streams only: the first `events` events, written a few milliseconds apart so they reach the client, then
+    /// the connection breaks.
+    CutStream { events: usize },
+    /// Streams only: wait this long before each piece of the stream.
+    SlowStream { millis: u64 },
 }
 
 /// One request as the mock received it.
@@ -178,8 +184,13 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
     if !authorized {
         return error(401, "Incorrect API key provided.", "invalid_api_key", None);
     }
+    if body["stream"] == true && !matches!(behaviour, Behaviour::Status { .. } | Behaviour::Garbage) {
+        return stream(&body, &behaviour);
+    }
     match behaviour {
-        Behaviour::Normal => completion(&body, true),
+        Behaviour::Normal | Behaviour::CutStream { .. } | Behaviour::SlowStream { .. } => {
+            completion(&body, true)
+        }
         Behaviour::NoUsage => completion(&body, false),
         Behaviour::Delay { millis } => {
             actix_web::rt::time::sleep(Duration::from_millis(millis)).await;
@@ -192,6 +203,79 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
             error(status, "The mock is misbehaving on purpose.", "mock", retry_after)
         }
     }
+}
+
+/// The SSE events the mock streams for a request `body`: a comment, one chunk per word of [`completion_text`]
+/// (the first also carrying the role), the usage-only chunk when `stream_options.include_usage` is set and
+/// `with_usage`, and `[DONE]` — each a complete event including its blank line.
+pub fn sse_events(body: &Value, with_usage: bool) -> Vec<String> {
+    let messages = &body["messages"];
+    let text = completion_text(messages);
+    let chunk = |delta: Value| {
+        let chunk = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_795_338_902,
+            "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": null}]
+        });
+        format!("data: {chunk}\n\n")
+    };
+    let mut events = vec![
+        ": mock keep-alive\n\n".to_owned(),
+        chunk(json!({"role": "assistant", "content": ""})),
+    ];
+    let words: Vec<&str> = text.split_inclusive(' ').collect();
+    events.extend(words.iter().map(|w| chunk(json!({"content": w}))));
+    if with_usage && body["stream_options"]["include_usage"] == true {
+        let (prompt, completion, cached) = reported_usage(messages);
+        let usage = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_795_338_902,
+            "model": body["model"], "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                      "prompt_tokens_details": {"cached_tokens": cached}}
+        });
+        events.push(format!("data: {usage}\r\n\r\n"));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    events
+}
+
+/// Sizes the mock cuts its stream into, in turn: small and odd, so that `data:` prefixes, JSON objects and
+/// multi-byte characters are split across writes.
+const PIECE_SIZES: [usize; 7] = [1, 7, 3, 13, 2, 29, 5];
+
+fn stream(body: &Value, behaviour: &Behaviour) -> HttpResponse {
+    let events = sse_events(body, !matches!(behaviour, Behaviour::NoUsage));
+    let (bytes, cut) = match behaviour {
+        Behaviour::CutStream { events: n } => (events[..(*n).min(events.len())].concat().into_bytes(), true),
+        _ => (events.concat().into_bytes(), false),
+    };
+    let mut pieces = Vec::new();
+    let mut at = 0;
+    for size in PIECE_SIZES.iter().cycle() {
+        if at >= bytes.len() {
+            break;
+        }
+        let end = (at + size).min(bytes.len());
+        pieces.push(bytes::Bytes::copy_from_slice(&bytes[at..end]));
+        at = end;
+    }
+    let delay = match behaviour {
+        Behaviour::SlowStream { millis } => Duration::from_millis(*millis),
+        Behaviour::CutStream { .. } => Duration::from_millis(2),
+        _ => Duration::ZERO,
+    };
+    let pieces = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, actix_web::Error>))
+        .then(move |piece| async move {
+            if !delay.is_zero() {
+                actix_web::rt::time::sleep(delay).await;
+            }
+            piece
+        })
+        .chain(futures_util::stream::iter(
+            cut.then(|| Err(actix_web::error::ErrorInternalServerError("cut"))),
+        ));
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(pieces)
 }
 
 fn completion(body: &Value, with_usage: bool) -> HttpResponse {

@@ -238,7 +238,9 @@ async fn a_failing_instance_fails_over_to_the_next_target_and_the_trail_shows_it
 async fn client_errors_from_the_provider_are_returned_as_they_are_and_not_retried() {
     let options = StackOptions {
         second_mock: true,
-        default_targets: Some(r#"[{ instance = "mock-openai", priority = 1 }, { instance = "backup" }]"#.into()),
+        default_targets: Some(
+            r#"[{ instance = "mock-openai", priority = 1 }, { instance = "backup" }]"#.into(),
+        ),
         extra_toml:
             "[[instances]]\nname = \"backup\"\nendpoint = \"{mock2}\"\napi_key_env = \"PROVIDER_KEY\"\n"
                 .into(),

@@ -1,0 +1,103 @@
+//! The usage record of one request. Everything known before the answer — who, which route and instance, the
+//! attempt trail, the prompt estimate, when it started — is collected into a [`PendingEvent`]; the path that
+//! settles the answer (a whole body in [`crate::chat`], a stream in [`crate::streaming`]) finishes it with what
+//! was consumed and how it ended, which also counts the tokens in metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::Utc;
+use tollgate_schemas::usage::UsageEvent;
+use tollgate_schemas::{Attempt, CloudEvent, Outcome, UsageRecorded};
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::meter::Estimate;
+use crate::metrics as m;
+use crate::usage::Usage;
+
+/// A usage event waiting for its outcome.
+#[derive(Debug)]
+pub struct PendingEvent {
+    pub request_id: Uuid,
+    /// The CloudEvents `source` of this replica.
+    pub source: Arc<str>,
+    pub principal: Principal,
+    pub endpoint: &'static str,
+    pub route: Arc<str>,
+    pub model_requested: String,
+    pub model_served: String,
+    pub provider: &'static str,
+    pub instance: String,
+    pub attempts: Vec<Attempt>,
+    pub stream: bool,
+    pub estimate: Estimate,
+    pub started: Instant,
+    pub started_at_ms: u64,
+}
+
+/// How a request ended and what it consumed.
+#[derive(Debug, Clone, Copy)]
+pub struct Settlement {
+    pub outcome: Outcome,
+    pub http_status: u16,
+    pub usage: Usage,
+    /// Arrival to the first upstream response byte.
+    pub ttfb: Option<Duration>,
+}
+
+impl PendingEvent {
+    /// The finished event; also counts its tokens in `tollgate_tokens_total`.
+    pub fn finish(self, settled: Settlement) -> UsageEvent {
+        let usage = settled.usage;
+        metrics::counter!(m::TOKENS_TOTAL, "route" => self.route.to_string(), "kind" => "prompt")
+            .increment(u64::from(usage.prompt_tokens));
+        metrics::counter!(m::TOKENS_TOTAL, "route" => self.route.to_string(), "kind" => "completion")
+            .increment(u64::from(usage.completion_tokens));
+        let data = UsageRecorded {
+            request_id: self.request_id.to_string(),
+            consumer_id: self.principal.consumer.to_string(),
+            key_id: self.principal.key_id.to_string(),
+            endpoint: self.endpoint.to_owned(),
+            route: self.route.to_string(),
+            model_requested: self.model_requested,
+            model_served: self.model_served,
+            provider: self.provider.to_owned(),
+            instance: self.instance,
+            attempts: self.attempts,
+            stream: self.stream,
+            outcome: settled.outcome,
+            http_status: settled.http_status,
+            prompt_tokens_estimated: self.estimate.tokens,
+            prompt_estimate_source: self.estimate.source,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+            cached_prompt_tokens: usage.cached_prompt_tokens,
+            usage_source: usage.source,
+            latency_ms: millis(self.started.elapsed()),
+            ttfb_ms: settled.ttfb.map(millis),
+            started_at_ms: self.started_at_ms,
+            finished_at_ms: now_ms(),
+        };
+        CloudEvent::with_id(
+            self.request_id,
+            &*self.source,
+            &*self.principal.consumer,
+            Utc::now(),
+            data,
+        )
+    }
+}
+
+/// Whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Now, in Unix epoch milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
