@@ -5,11 +5,15 @@
 //! - [`app`] — the server, shared state and the request pipeline (its doc lists the steps);
 //! - [`auth`] — consumer keys, stored as SHA-256 hashes → who is billed;
 //! - [`request`] — reading and parsing the body once;
-//! - [`routing`] — model name → route → ordered instances;
+//! - [`routing`] — model name → route → a plan of instances by priority, weight and health;
+//! - [`health`], [`probe`] — circuit breakers, `Retry-After` cooldowns and active health checks, shared by all
+//!   workers;
 //! - [`meter`] — prompt estimates from meter-sidecar, with an in-process fallback;
 //! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
 //! - [`chat`] — `POST /v1/chat/completions`, the pipeline end to end;
+//! - [`streaming`] — the SSE tee, reading along with [`sse`] (framing) and [`stream_usage`] (what was consumed);
 //! - [`usage`] — the provider's usage block, or the estimate;
+//! - [`record`] — the usage event of one request, finished by whichever path settles it;
 //! - [`events`] — usage events off the request path and into Kafka;
 //! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics.
 

@@ -5,8 +5,16 @@
 //!
 //! `POST /v1/tokens/count` reads the body itself (so that every failure, including an oversized body or
 //! malformed JSON, comes out as a [`MeterError`] naming the field at fault), picks the encoding, and counts
-//! with [`crate::count`]: inline for small bodies, on the blocking thread pool above
-//! [`INLINE_COUNT_MAX_BYTES`], so a large count never stalls the worker's other connections.
+//! through the [`CountCache`] (which counts with [`crate::count`]): inline for small bodies, on the blocking
+//! thread pool above [`INLINE_COUNT_MAX_BYTES`], so a large count never stalls the worker's other connections.
+//!
+//! `POST /v1/tokens/count/batch` takes `{"items": [<count request>, …]}` and answers
+//! `{"results": [<count response> | {"error": {…}}, …]}` in the same order: each item goes through exactly the
+//! single-count path ([`CountRequest::from_value`], then [`count_one`]), and an item that fails gets the
+//! OpenAI error object the single endpoint would have answered with (its `param` relative to the item)
+//! without failing the others. Only the envelope can fail the whole request: an empty or non-JSON body, a
+//! missing or non-array `items`, or more than `max_batch_items` items → 400. The whole batch is counted inline
+//! or on the blocking pool by the same rule as a single body.
 //!
 //! Request bodies are lenient about extra fields, so the gateway may forward a whole chat completion request:
 //! `model`, `text`, `messages` and `encoding` are read and everything else is ignored. A `null` field counts
@@ -20,10 +28,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::cache::CountCache;
 use crate::config::Config;
-use crate::count;
 use crate::encoding::Encoding;
-use crate::error::MeterError;
+use crate::error::{MeterError, OpenAiError};
 use crate::metrics::{self, InputKind};
 
 /// Bodies up to this size are counted on the worker thread; larger ones on the blocking pool. Counting runs at
@@ -37,6 +45,20 @@ pub struct AppState {
     pub config: Config,
     /// Renders the Prometheus text for `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Counts of recently seen texts, sized by `config.cache_entries`.
+    pub cache: CountCache,
+}
+
+impl AppState {
+    /// The state for `config`, with a count cache of `config.cache_entries` entries.
+    pub fn new(config: Config, metrics: PrometheusHandle) -> AppState {
+        let cache = CountCache::new(config.cache_entries);
+        AppState {
+            config,
+            metrics,
+            cache,
+        }
+    }
 }
 
 /// What to count.
@@ -56,14 +78,6 @@ impl CountInput {
             CountInput::Chat(_) => InputKind::Chat,
         }
     }
-
-    /// Counts the tokens with `encoding`.
-    pub fn tokens(&self, encoding: Encoding) -> usize {
-        match self {
-            CountInput::Text(text) => count::text_tokens(encoding, text),
-            CountInput::Chat(messages) => count::chat_tokens(encoding, messages),
-        }
-    }
 }
 
 /// A validated `POST /v1/tokens/count` body.
@@ -77,7 +91,7 @@ pub struct CountRequest {
     pub input: CountInput,
 }
 
-/// The `POST /v1/tokens/count` response: `{"tokens": N, "encoding": "o200k_base"}`.
+/// The `POST /v1/tokens/count` response, and a counted item of a batch: `{"tokens": N, "encoding": "o200k_base"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountResponse {
     /// Number of tokens.
@@ -87,24 +101,18 @@ pub struct CountResponse {
 }
 
 impl CountRequest {
-    /// Parses and validates a request body.
+    /// Parses and validates a request body: see [`CountRequest::from_value`].
+    pub fn from_json(body: &[u8]) -> Result<CountRequest, MeterError> {
+        parse_body(body).and_then(CountRequest::from_value)
+    }
+
+    /// Validates one count request, the body of `POST /v1/tokens/count` or an item of a batch.
     ///
     /// Messages must be JSON objects, and a message's `content`, when present, must be a string, an array of
-    /// content parts, or `null`; anything else inside a message is left to [`count::chat_tokens`], which counts
-    /// what it can read.
-    pub fn from_json(body: &[u8]) -> Result<CountRequest, MeterError> {
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(MeterError::EmptyBody);
-        }
-        let mut object = match serde_json::from_slice::<Value>(body).map_err(MeterError::InvalidJson)? {
-            Value::Object(object) => object,
-            other => {
-                return Err(MeterError::NotAnObject {
-                    found: json_type(&other),
-                });
-            }
-        };
-
+    /// content parts, or `null`; anything else inside a message is left to [`crate::count::chat_tokens`], which
+    /// counts what it can read.
+    pub fn from_value(value: Value) -> Result<CountRequest, MeterError> {
+        let mut object = into_object(value)?;
         let model = match take(&mut object, "model") {
             None => {
                 return Err(MeterError::MissingField {
@@ -141,6 +149,89 @@ impl CountRequest {
     pub fn encoding_or(&self, default: Encoding) -> Encoding {
         self.encoding
             .unwrap_or_else(|| Encoding::for_model(&self.model, default))
+    }
+}
+
+/// A validated `POST /v1/tokens/count/batch` envelope: one parsed request, or the reason it is invalid, per
+/// item, in order.
+#[derive(Debug)]
+pub struct BatchRequest {
+    /// The items, each validated on its own.
+    pub items: Vec<Result<CountRequest, MeterError>>,
+}
+
+impl BatchRequest {
+    /// Parses the envelope `{"items": [...]}` and validates each item with [`CountRequest::from_value`].
+    ///
+    /// Fails only for the envelope: the body is empty, not JSON or not an object, `items` is missing or not an
+    /// array, or it has more than `max_items` entries. An invalid item is an `Err` in [`BatchRequest::items`].
+    pub fn from_json(body: &[u8], max_items: usize) -> Result<BatchRequest, MeterError> {
+        let mut object = into_object(parse_body(body)?)?;
+        let items = match take(&mut object, "items") {
+            None => {
+                return Err(MeterError::MissingField {
+                    param: "items".to_owned(),
+                });
+            }
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(invalid("items", "an array of count requests")),
+        };
+        if items.len() > max_items {
+            return Err(MeterError::TooManyItems {
+                count: items.len(),
+                max: max_items,
+            });
+        }
+        Ok(BatchRequest {
+            items: items.into_iter().map(CountRequest::from_value).collect(),
+        })
+    }
+}
+
+/// The `POST /v1/tokens/count/batch` response: one result per item, in the order of the items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchResponse {
+    /// The results.
+    pub results: Vec<BatchResult>,
+}
+
+/// The result of one item: its count, or the error a single count would have answered with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum BatchResult {
+    /// `{"tokens": N, "encoding": "..."}`
+    Counted(CountResponse),
+    /// `{"error": {"message", "type", "param", "code"}}`
+    Failed(OpenAiError),
+}
+
+impl From<Result<CountResponse, MeterError>> for BatchResult {
+    fn from(result: Result<CountResponse, MeterError>) -> Self {
+        match result {
+            Ok(counted) => BatchResult::Counted(counted),
+            Err(error) => {
+                metrics::record_batch_item_error(&error);
+                BatchResult::Failed(error.to_openai())
+            }
+        }
+    }
+}
+
+/// Parses a body as JSON, refusing an empty one.
+fn parse_body(body: &[u8]) -> Result<Value, MeterError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(MeterError::EmptyBody);
+    }
+    serde_json::from_slice::<Value>(body).map_err(MeterError::InvalidJson)
+}
+
+/// The object inside `value`, or the error naming what it is instead.
+fn into_object(value: Value) -> Result<Map<String, Value>, MeterError> {
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(MeterError::NotAnObject {
+            found: json_type(&other),
+        }),
     }
 }
 
@@ -193,39 +284,76 @@ pub async fn count_tokens(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<web::Json<CountResponse>, MeterError> {
-    let limit = state.config.max_body_bytes;
-    let body = read_body(&request, payload, limit).await?;
+    let body = read_body(&request, payload, state.config.max_body_bytes).await?;
     let body_bytes = body.len();
     let parsed = CountRequest::from_json(&body)?;
     drop(body);
 
-    let encoding = parsed.encoding_or(state.config.default_encoding);
-    let kind = parsed.input.kind();
-    let input = parsed.input;
-    let tokens = if body_bytes <= INLINE_COUNT_MAX_BYTES {
-        count_guarded(encoding, &input)?
-    } else {
-        web::block(move || count_guarded(encoding, &input))
-            .await
-            .map_err(|_| MeterError::Counting)??
-    };
+    let counted =
+        off_the_worker_if_large(state, body_bytes, move |state| count_one(state, &parsed)).await??;
+    Ok(web::Json(counted))
+}
 
+/// `POST /v1/tokens/count/batch`: counts every item of `{"items": [...]}`, each as `POST /v1/tokens/count`
+/// would, and answers the results in the same order.
+pub async fn count_tokens_batch(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<web::Json<BatchResponse>, MeterError> {
+    let body = read_body(&request, payload, state.config.max_body_bytes).await?;
+    let body_bytes = body.len();
+    let batch = BatchRequest::from_json(&body, state.config.max_batch_items)?;
+    drop(body);
+
+    let results = off_the_worker_if_large(state, body_bytes, move |state| {
+        batch
+            .items
+            .into_iter()
+            .map(|item| BatchResult::from(item.and_then(|request| count_one(state, &request))))
+            .collect()
+    })
+    .await?;
+    Ok(web::Json(BatchResponse { results }))
+}
+
+/// Counts one validated request: picks its encoding (explicit, else the model's, else the default), counts
+/// through the cache, and records the tokens.
+pub fn count_one(state: &AppState, request: &CountRequest) -> Result<CountResponse, MeterError> {
+    let encoding = request.encoding_or(state.config.default_encoding);
+    let kind = request.input.kind();
+    let tokens = count_guarded(&state.cache, encoding, &request.input)?;
     metrics::record_tokens(encoding, kind, tokens);
     tracing::debug!(
-        model = %parsed.model,
+        model = %request.model,
         encoding = encoding.name(),
         kind = kind.label(),
-        body_bytes,
         tokens,
         "counted tokens"
     );
-    Ok(web::Json(CountResponse { tokens, encoding }))
+    Ok(CountResponse { tokens, encoding })
+}
+
+/// Runs `count` on the worker thread for bodies up to [`INLINE_COUNT_MAX_BYTES`], on the blocking pool for
+/// larger ones.
+async fn off_the_worker_if_large<T: Send + 'static>(
+    state: web::Data<AppState>,
+    body_bytes: usize,
+    count: impl FnOnce(&AppState) -> T + Send + 'static,
+) -> Result<T, MeterError> {
+    if body_bytes <= INLINE_COUNT_MAX_BYTES {
+        Ok(count(&state))
+    } else {
+        web::block(move || count(&state))
+            .await
+            .map_err(|_| MeterError::Counting)
+    }
 }
 
 /// Counts, turning a panic inside the tokenizer into an error rather than a lost worker. The counting
 /// functions are written not to panic; this is the second line of defence for the vendored tokenizer.
-fn count_guarded(encoding: Encoding, input: &CountInput) -> Result<usize, MeterError> {
-    catch_unwind(AssertUnwindSafe(|| input.tokens(encoding))).map_err(|_| {
+fn count_guarded(cache: &CountCache, encoding: Encoding, input: &CountInput) -> Result<usize, MeterError> {
+    catch_unwind(AssertUnwindSafe(|| cache.tokens(encoding, input))).map_err(|_| {
         tracing::error!(
             encoding = encoding.name(),
             kind = input.kind().label(),
@@ -270,7 +398,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-/// Any other method on `/v1/tokens/count`.
+/// Any other method on `/v1/tokens/count` or `/v1/tokens/count/batch`.
 pub async fn count_method_not_allowed() -> Result<HttpResponse, MeterError> {
     Err(MeterError::MethodNotAllowed { allow: "POST" })
 }
@@ -376,6 +504,52 @@ mod tests {
         assert!(matches!(
             parse(json!({"model": "m", "text": "a", "encoding": "gpt2"})),
             Err(MeterError::UnknownEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn a_batch_keeps_each_items_own_result_in_order() {
+        let body = json!({"items": [
+            {"model": "gpt-4o", "text": "a"},
+            {"text": "no model"},
+            7,
+            {"model": "m", "messages": []},
+        ]});
+        let batch = BatchRequest::from_json(body.to_string().as_bytes(), 4).unwrap();
+        assert_eq!(batch.items.len(), 4);
+        assert_eq!(
+            batch.items[0].as_ref().unwrap().input,
+            CountInput::Text("a".into())
+        );
+        assert!(matches!(&batch.items[1], Err(MeterError::MissingField { param }) if param == "model"));
+        assert!(matches!(
+            batch.items[2],
+            Err(MeterError::NotAnObject { found: "a number" })
+        ));
+        assert_eq!(batch.items[3].as_ref().unwrap().input, CountInput::Chat(vec![]));
+    }
+
+    #[test]
+    fn only_the_batch_envelope_fails_the_whole_batch() {
+        let envelope = |body: Value, max| BatchRequest::from_json(body.to_string().as_bytes(), max);
+        assert!(matches!(
+            envelope(json!({"items": [{}, {}, {}]}), 2),
+            Err(MeterError::TooManyItems { count: 3, max: 2 })
+        ));
+        assert!(envelope(json!({"items": [{}, {}]}), 2).is_ok());
+        assert_eq!(param_of(envelope(json!({}), 2).unwrap_err()), "items");
+        assert_eq!(param_of(envelope(json!({"items": "x"}), 2).unwrap_err()), "items");
+        assert!(matches!(
+            envelope(json!([]), 2),
+            Err(MeterError::NotAnObject { found: "an array" })
+        ));
+        assert!(matches!(
+            BatchRequest::from_json(b"", 2),
+            Err(MeterError::EmptyBody)
+        ));
+        assert!(matches!(
+            BatchRequest::from_json(b"{\"items\": [", 2),
+            Err(MeterError::InvalidJson(_))
         ));
     }
 

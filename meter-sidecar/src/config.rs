@@ -20,6 +20,16 @@ pub const DEFAULT_ENCODING: Encoding = Encoding::O200kBase;
 /// Default limit on a request body, in bytes (8 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
+/// Default number of token counts the count cache keeps (a few tens of MB at most).
+pub const DEFAULT_CACHE_ENTRIES: u64 = 100_000;
+
+/// Largest accepted cache capacity. An entry costs on the order of a hundred bytes whatever the text's size,
+/// so this bounds the cache to roughly a gigabyte.
+pub const MAX_CACHE_ENTRIES: u64 = 10_000_000;
+
+/// Default limit on the number of items in one `POST /v1/tokens/count/batch`.
+pub const DEFAULT_MAX_BATCH_ITEMS: usize = 1024;
+
 /// Validated settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -29,6 +39,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Number of HTTP worker threads (each runs its own event loop). At least 1.
     pub workers: usize,
+    /// Token counts kept by the count cache; 0 disables it. At most [`MAX_CACHE_ENTRIES`].
+    pub cache_entries: u64,
+    /// Most items accepted in one batch; more get 400. At least 1.
+    pub max_batch_items: usize,
 }
 
 impl Default for Config {
@@ -37,6 +51,8 @@ impl Default for Config {
             default_encoding: DEFAULT_ENCODING,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             workers: default_workers(),
+            cache_entries: DEFAULT_CACHE_ENTRIES,
+            max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
         }
     }
 }
@@ -55,6 +71,10 @@ pub struct RawConfig {
     pub max_body_bytes: usize,
     /// Worker threads; `None` means [`default_workers`]. Must be positive when given.
     pub workers: Option<usize>,
+    /// Count cache capacity in entries; 0 disables the cache, at most [`MAX_CACHE_ENTRIES`].
+    pub cache_entries: u64,
+    /// Items per batch; must be positive.
+    pub max_batch_items: usize,
 }
 
 /// The settings were invalid; the message lists every problem.
@@ -82,12 +102,22 @@ impl TryFrom<RawConfig> for Config {
         if workers == 0 {
             problems.push("workers: must be at least 1".to_owned());
         }
+        if raw.cache_entries > MAX_CACHE_ENTRIES {
+            problems.push(format!(
+                "cache_entries: must be at most {MAX_CACHE_ENTRIES} (0 disables the cache)"
+            ));
+        }
+        if raw.max_batch_items == 0 {
+            problems.push("max_batch_items: must be at least 1".to_owned());
+        }
 
         if problems.is_empty() {
             Ok(Config {
                 default_encoding,
                 max_body_bytes: raw.max_body_bytes,
                 workers,
+                cache_entries: raw.cache_entries,
+                max_batch_items: raw.max_batch_items,
             })
         } else {
             Err(ConfigError { problems })
@@ -104,6 +134,8 @@ mod tests {
             default_encoding: "cl100k_base".to_owned(),
             max_body_bytes: 1024,
             workers: Some(2),
+            cache_entries: 500,
+            max_batch_items: 16,
         }
     }
 
@@ -115,7 +147,9 @@ mod tests {
             Config {
                 default_encoding: Encoding::Cl100kBase,
                 max_body_bytes: 1024,
-                workers: 2
+                workers: 2,
+                cache_entries: 500,
+                max_batch_items: 16,
             }
         );
     }
@@ -137,9 +171,11 @@ mod tests {
             default_encoding: "gpt2".to_owned(),
             max_body_bytes: 0,
             workers: Some(0),
+            cache_entries: MAX_CACHE_ENTRIES + 1,
+            max_batch_items: 0,
         })
         .unwrap_err();
-        assert_eq!(err.problems.len(), 3);
+        assert_eq!(err.problems.len(), 5);
         let message = err.to_string();
         assert!(
             message.contains("default_encoding: unknown encoding `gpt2`"),
@@ -151,6 +187,30 @@ mod tests {
         );
         assert!(message.contains("max_body_bytes"), "{message}");
         assert!(message.contains("workers"), "{message}");
+        assert!(
+            message.contains("cache_entries: must be at most 10000000"),
+            "{message}"
+        );
+        assert!(
+            message.contains("max_batch_items: must be at least 1"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_zero_cache_capacity_is_valid_and_disables_the_cache() {
+        let config = Config::try_from(RawConfig {
+            cache_entries: 0,
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(config.cache_entries, 0);
+        let config = Config::try_from(RawConfig {
+            cache_entries: MAX_CACHE_ENTRIES,
+            ..raw()
+        })
+        .unwrap();
+        assert_eq!(config.cache_entries, MAX_CACHE_ENTRIES);
     }
 
     #[test]
@@ -158,5 +218,7 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.default_encoding, Encoding::O200kBase);
         assert_eq!(config.max_body_bytes, 8_388_608);
+        assert_eq!(config.cache_entries, 100_000);
+        assert_eq!(config.max_batch_items, 1024);
     }
 }

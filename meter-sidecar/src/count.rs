@@ -1,7 +1,8 @@
 //! Token counting: the heart of the sidecar, as pure functions.
 //!
 //! In: an [`Encoding`] and either a text or OpenAI chat messages (raw JSON values). Out: a token count. Nothing
-//! here touches HTTP, metrics or logs, and nothing panics on any input.
+//! here touches HTTP, metrics, logs or the cache, and nothing panics on any input. [`chat_tokens_with`] lets
+//! [`crate::cache`] apply the same chat rule with a cached text count.
 //!
 //! - **Text** is encoded as ordinary text: a special-token string such as `<|endoftext|>` inside the text counts
 //!   as the plain characters it is, which is how providers bill it.
@@ -55,28 +56,35 @@ pub fn text_tokens(encoding: Encoding, text: &str) -> usize {
 /// Malformed shapes never fail: what cannot be read as text adds nothing. Callers that want to reject
 /// malformed requests validate them before counting.
 pub fn chat_tokens(encoding: Encoding, messages: &[Value]) -> usize {
+    chat_tokens_with(messages, |text| text_tokens(encoding, text))
+}
+
+/// [`chat_tokens`] with the texts inside the messages counted by `text_tokens`, which must count as
+/// [`text_tokens`] does with one encoding. [`crate::cache::CountCache`] passes its cached lookup here, so the
+/// chat rule exists once.
+pub fn chat_tokens_with(messages: &[Value], text_tokens: impl Fn(&str) -> usize) -> usize {
     REPLY_PRIMING_TOKENS
         + messages
             .iter()
             .filter_map(Value::as_object)
-            .map(|message| message_tokens(encoding, message))
+            .map(|message| message_tokens(&text_tokens, message))
             .sum::<usize>()
 }
 
 /// Tokens of one message: its overhead plus everything countable in it.
-fn message_tokens(encoding: Encoding, message: &Map<String, Value>) -> usize {
+fn message_tokens(text_tokens: &impl Fn(&str) -> usize, message: &Map<String, Value>) -> usize {
     let mut tokens = TOKENS_PER_MESSAGE;
     for (field, value) in message {
         tokens += match (field.as_str(), value) {
-            ("name", Value::String(name)) => TOKENS_PER_NAME + text_tokens(encoding, name),
-            (_, Value::String(text)) => text_tokens(encoding, text),
-            ("content", Value::Array(parts)) => parts.iter().map(|part| part_tokens(encoding, part)).sum(),
+            ("name", Value::String(name)) => TOKENS_PER_NAME + text_tokens(name),
+            (_, Value::String(text)) => text_tokens(text),
+            ("content", Value::Array(parts)) => parts.iter().map(|part| part_tokens(text_tokens, part)).sum(),
             ("tool_calls", Value::Array(calls)) => calls
                 .iter()
                 .filter_map(|call| call.get("function"))
-                .map(|f| function_tokens(encoding, f))
+                .map(|f| function_tokens(text_tokens, f))
                 .sum(),
-            ("function_call", function) => function_tokens(encoding, function),
+            ("function_call", function) => function_tokens(text_tokens, function),
             _ => 0,
         };
     }
@@ -84,22 +92,21 @@ fn message_tokens(encoding: Encoding, message: &Map<String, Value>) -> usize {
 }
 
 /// Tokens of one content part: text and refusal parts count, other kinds (images, audio, files) do not.
-fn part_tokens(encoding: Encoding, part: &Value) -> usize {
+fn part_tokens(text_tokens: &impl Fn(&str) -> usize, part: &Value) -> usize {
     let text = match part.get("type").and_then(Value::as_str) {
         Some("text") => part.get("text"),
         Some("refusal") => part.get("refusal"),
         _ => None,
     };
-    text.and_then(Value::as_str)
-        .map_or(0, |text| text_tokens(encoding, text))
+    text.and_then(Value::as_str).map_or(0, text_tokens)
 }
 
 /// Tokens of a called function: its `name` and `arguments` strings as text (an approximation).
-fn function_tokens(encoding: Encoding, function: &Value) -> usize {
+fn function_tokens(text_tokens: &impl Fn(&str) -> usize, function: &Value) -> usize {
     ["name", "arguments"]
         .into_iter()
         .filter_map(|field| function.get(field).and_then(Value::as_str))
-        .map(|text| text_tokens(encoding, text))
+        .map(text_tokens)
         .sum()
 }
 

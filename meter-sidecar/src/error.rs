@@ -4,6 +4,9 @@
 //! variant, in one exhaustive `match`, to a status and an OpenAI-shaped body
 //! `{"error":{"message","type","param","code"}}`; [`MeterError::kind`] is the short, bounded label used in
 //! metrics and logs (the message never becomes a label).
+//!
+//! A batch answers 200 even when some of its items fail: each failed item's result carries
+//! [`MeterError::to_openai`], the same `{"error":{...}}` object a single count would have answered with.
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -16,13 +19,13 @@ use crate::encoding::UnknownEncoding;
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
     /// The body is empty.
-    #[error("the request body is empty; expected a JSON object with `model` and `text` or `messages`")]
+    #[error("the request body is empty; expected a JSON object")]
     EmptyBody,
     /// The body is not valid JSON.
     #[error("the request body is not valid JSON: {0}")]
     InvalidJson(#[source] serde_json::Error),
     /// The body is valid JSON but not an object.
-    #[error("the request body must be a JSON object, not {found}")]
+    #[error("expected a JSON object, not {found}")]
     NotAnObject {
         /// The JSON type that was sent instead (`an array`, `a string`, …).
         found: &'static str,
@@ -47,6 +50,14 @@ pub enum MeterError {
     /// Neither `text` nor `messages` was sent.
     #[error("one of `text` or `messages` is required")]
     NoInput,
+    /// A batch has more items than the configured limit.
+    #[error("`items` has {count} entries; at most {max} are accepted in one batch")]
+    TooManyItems {
+        /// Items sent.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
     /// The `encoding` field names an encoding the sidecar does not have.
     #[error(transparent)]
     UnknownEncoding(#[from] UnknownEncoding),
@@ -61,7 +72,8 @@ pub enum MeterError {
     Payload(String),
     /// No endpoint at this path.
     #[error(
-        "no endpoint at this path; the sidecar serves POST /v1/tokens/count, GET /healthz and GET /metrics"
+        "no endpoint at this path; the sidecar serves POST /v1/tokens/count, POST /v1/tokens/count/batch, \
+         GET /healthz and GET /metrics"
     )]
     NotFound,
     /// The endpoint exists but not for this method.
@@ -76,26 +88,34 @@ pub enum MeterError {
 }
 
 /// The `type` of an OpenAI error body.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-enum ErrorType {
+pub enum ErrorType {
+    /// The request (or batch item) is at fault.
     InvalidRequestError,
+    /// The sidecar is at fault.
     ServerError,
 }
 
 /// The OpenAI error envelope: `{"error": {...}}`.
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OpenAiError {
+    /// The error object.
+    pub error: ErrorObject,
 }
 
-#[derive(Debug, Serialize)]
-struct ErrorDetail<'a> {
-    message: String,
+/// An OpenAI error object: `{"message","type","param","code"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ErrorObject {
+    /// What went wrong, for a person.
+    pub message: String,
+    /// `invalid_request_error` or `server_error`.
     #[serde(rename = "type")]
-    kind: ErrorType,
-    param: Option<&'a str>,
-    code: &'static str,
+    pub kind: ErrorType,
+    /// The field at fault, if one is (for a batch item, relative to the item: `model`, `messages[1]`).
+    pub param: Option<String>,
+    /// [`MeterError::kind`].
+    pub code: &'static str,
 }
 
 impl MeterError {
@@ -109,12 +129,26 @@ impl MeterError {
             MeterError::InvalidField { .. } => "invalid_field",
             MeterError::TextAndMessages => "text_and_messages",
             MeterError::NoInput => "no_input",
+            MeterError::TooManyItems { .. } => "too_many_items",
             MeterError::UnknownEncoding(_) => "unknown_encoding",
             MeterError::PayloadTooLarge { .. } => "payload_too_large",
             MeterError::Payload(_) => "payload",
             MeterError::NotFound => "not_found",
             MeterError::MethodNotAllowed { .. } => "method_not_allowed",
             MeterError::Counting => "counting",
+        }
+    }
+
+    /// The OpenAI-shaped body this error renders as.
+    pub fn to_openai(&self) -> OpenAiError {
+        let (_, kind, param) = self.parts();
+        OpenAiError {
+            error: ErrorObject {
+                message: self.to_string(),
+                kind,
+                param: param.map(str::to_owned),
+                code: self.kind(),
+            },
         }
     }
 
@@ -130,6 +164,7 @@ impl MeterError {
             }
             MeterError::TextAndMessages => (StatusCode::BAD_REQUEST, Invalid, Some("messages")),
             MeterError::NoInput => (StatusCode::BAD_REQUEST, Invalid, Some("text")),
+            MeterError::TooManyItems { .. } => (StatusCode::BAD_REQUEST, Invalid, Some("items")),
             MeterError::UnknownEncoding(_) => (StatusCode::BAD_REQUEST, Invalid, Some("encoding")),
             MeterError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, Invalid, None),
             MeterError::Payload(_) => (StatusCode::BAD_REQUEST, Invalid, None),
@@ -146,20 +181,11 @@ impl ResponseError for MeterError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let (status, kind, param) = self.parts();
-        let body = ErrorBody {
-            error: ErrorDetail {
-                message: self.to_string(),
-                kind,
-                param,
-                code: self.kind(),
-            },
-        };
-        let mut response = HttpResponse::build(status);
+        let mut response = HttpResponse::build(self.status_code());
         if let MeterError::MethodNotAllowed { allow } = self {
             response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
         }
-        response.json(body)
+        response.json(self.to_openai())
     }
 }
 

@@ -31,6 +31,14 @@ struct Args {
     /// HTTP worker threads [default: the available parallelism].
     #[arg(long, env = "METER_WORKERS")]
     workers: Option<usize>,
+
+    /// Token counts kept by the count cache (0 disables it; at most 10000000).
+    #[arg(long, env = "METER_CACHE_ENTRIES", default_value_t = config::DEFAULT_CACHE_ENTRIES)]
+    cache_entries: u64,
+
+    /// Most items in one POST /v1/tokens/count/batch; more get 400.
+    #[arg(long, env = "METER_MAX_BATCH_ITEMS", default_value_t = config::DEFAULT_MAX_BATCH_ITEMS)]
+    max_batch_items: usize,
 }
 
 #[actix_web::main]
@@ -44,6 +52,8 @@ async fn main() -> anyhow::Result<()> {
         default_encoding: args.default_encoding,
         max_body_bytes: args.max_body_bytes,
         workers: args.workers,
+        cache_entries: args.cache_entries,
+        max_batch_items: args.max_batch_items,
     })?;
     let metrics = metrics::install_recorder().context("installing the Prometheus recorder")?;
     let listener = TcpListener::bind(&args.listen)
@@ -54,6 +64,8 @@ async fn main() -> anyhow::Result<()> {
         default_encoding = config.default_encoding.name(),
         max_body_bytes = config.max_body_bytes,
         workers = config.workers,
+        cache_entries = config.cache_entries,
+        max_batch_items = config.max_batch_items,
         "meter sidecar starting"
     );
     let server = server::build(config, listener, metrics).context("starting the HTTP server")?;

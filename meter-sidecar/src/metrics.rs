@@ -1,7 +1,7 @@
 //! The sidecar's Prometheus metrics: names, descriptions and the functions that record them.
 //!
 //! Every metric is described once, in [`describe`]; everything else records through the helpers here, so the
-//! names and label sets live in one file. Labels are bounded: the endpoint is one of four fixed names, the
+//! names and label sets live in one file. Labels are bounded: the endpoint is one of five fixed names, the
 //! status is an HTTP status code the sidecar itself produces, the encoding is one of [`Encoding::ALL`], and
 //! the error kind is a [`MeterError::kind`].
 //!
@@ -11,6 +11,9 @@
 //! | `meter_request_duration_seconds` | histogram | `endpoint` |
 //! | `meter_tokens_counted_total` | counter | `encoding`, `kind` (`text` or `chat`) |
 //! | `meter_errors_total` | counter | `kind` |
+//! | `meter_batch_item_errors_total` | counter | `kind` |
+//! | `meter_cache_hits_total` | counter | — |
+//! | `meter_cache_misses_total` | counter | — |
 
 use std::time::Duration;
 
@@ -29,6 +32,12 @@ pub const REQUEST_DURATION_SECONDS: &str = "meter_request_duration_seconds";
 pub const TOKENS_COUNTED_TOTAL: &str = "meter_tokens_counted_total";
 /// Failed requests, by error kind.
 pub const ERRORS_TOTAL: &str = "meter_errors_total";
+/// Items of a batch that could not be counted (the batch itself succeeded), by error kind.
+pub const BATCH_ITEM_ERRORS_TOTAL: &str = "meter_batch_item_errors_total";
+/// Texts whose count came from the count cache.
+pub const CACHE_HITS_TOTAL: &str = "meter_cache_hits_total";
+/// Cacheable texts that were not in the count cache and were tokenized.
+pub const CACHE_MISSES_TOTAL: &str = "meter_cache_misses_total";
 
 /// Histogram buckets for [`REQUEST_DURATION_SECONDS`]: 100 µs to 10 s — small counts take well under a
 /// millisecond, megabyte bodies take seconds.
@@ -77,6 +86,21 @@ pub fn describe() {
         Unit::Count,
         "Meter sidecar requests that failed, by error kind."
     );
+    describe_counter!(
+        BATCH_ITEM_ERRORS_TOTAL,
+        Unit::Count,
+        "Items of a batch count that failed while the batch succeeded, by error kind."
+    );
+    describe_counter!(
+        CACHE_HITS_TOTAL,
+        Unit::Count,
+        "Texts whose token count the meter sidecar took from its count cache."
+    );
+    describe_counter!(
+        CACHE_MISSES_TOTAL,
+        Unit::Count,
+        "Cacheable texts the meter sidecar had to tokenize because they were not in its count cache."
+    );
 }
 
 /// Installs the process-wide Prometheus recorder, with histogram buckets for the request duration, and returns
@@ -108,4 +132,19 @@ pub fn record_request(
 pub fn record_tokens(encoding: Encoding, kind: InputKind, tokens: usize) {
     let tokens = u64::try_from(tokens).unwrap_or(u64::MAX);
     counter!(TOKENS_COUNTED_TOTAL, "encoding" => encoding.name(), "kind" => kind.label()).increment(tokens);
+}
+
+/// Records one item of a batch that could not be counted.
+pub fn record_batch_item_error(error: &MeterError) {
+    counter!(BATCH_ITEM_ERRORS_TOTAL, "kind" => error.kind()).increment(1);
+}
+
+/// Records a text counted from the cache.
+pub fn record_cache_hit() {
+    counter!(CACHE_HITS_TOTAL).increment(1);
+}
+
+/// Records a cacheable text that had to be tokenized.
+pub fn record_cache_miss() {
+    counter!(CACHE_MISSES_TOTAL).increment(1);
 }

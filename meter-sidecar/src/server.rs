@@ -22,6 +22,8 @@ pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Path of the counting endpoint.
 pub const COUNT_PATH: &str = "/v1/tokens/count";
+/// Path of the batch counting endpoint.
+pub const COUNT_BATCH_PATH: &str = "/v1/tokens/count/batch";
 /// Path of the liveness endpoint.
 pub const HEALTHZ_PATH: &str = "/healthz";
 /// Path of the Prometheus endpoint.
@@ -29,14 +31,14 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// Builds the server on `listener`; it runs when awaited (or spawned) on an actix system.
 ///
-/// Before returning, it describes the metrics and loads every tokenizer, so the first request does not pay
-/// for either. The server does not install signal handlers: whoever runs it decides when to stop it,
+/// Before returning, it describes the metrics, loads every tokenizer and creates the count cache (one for all
+/// workers, `config.cache_entries` entries), so the first request does not pay for any of it. The server does not install signal handlers: whoever runs it decides when to stop it,
 /// through [`Server::handle`] (the binary stops it gracefully on SIGTERM or Ctrl-C).
 pub fn build(config: Config, listener: TcpListener, metrics: PrometheusHandle) -> std::io::Result<Server> {
     metrics::describe();
     Encoding::load_all();
     let workers = config.workers;
-    let state = web::Data::new(AppState { config, metrics });
+    let state = web::Data::new(AppState::new(config, metrics));
     let server = HttpServer::new(move || app(state.clone()))
         .workers(workers)
         .disable_signals()
@@ -50,12 +52,16 @@ pub fn build(config: Config, listener: TcpListener, metrics: PrometheusHandle) -
 ///
 /// A request goes through these steps, in order:
 /// 1. **Measure** (the `wrap_fn` middleware): notes the start time and the endpoint label (from the path:
-///    `count`, `healthz`, `metrics` or `unmatched`).
-/// 2. **Route**: `POST /v1/tokens/count` → [`api::count_tokens`]; other methods there → 405;
-///    `GET /healthz` → [`api::healthz`]; `GET /metrics` → [`api::metrics`]; anything else → 404.
+///    `count`, `count_batch`, `healthz`, `metrics` or `unmatched`).
+/// 2. **Route**: `POST /v1/tokens/count` → [`api::count_tokens`]; `POST /v1/tokens/count/batch` →
+///    [`api::count_tokens_batch`]; other methods on either → 405; `GET /healthz` → [`api::healthz`];
+///    `GET /metrics` → [`api::metrics`]; anything else → 404.
 /// 3. **Count** ([`api::count_tokens`]): reads the body up to `max_body_bytes` (413 beyond), parses and
 ///    validates it (400 naming the field), picks the encoding (explicit, else by model, else the default),
-///    and counts — inline for small bodies, on the blocking pool for large ones.
+///    and counts through the count cache — inline for small bodies, on the blocking pool for large ones.
+///    A batch ([`api::count_tokens_batch`]) validates its envelope (400 for a bad one or more than
+///    `max_batch_items` items), then runs each item through the same validation and counting, turning an
+///    item's failure into that item's error result.
 /// 4. **Respond**: the JSON result, or the [`MeterError`] rendered as an OpenAI-shaped error.
 /// 5. **Record** (back in the middleware): `meter_requests_total`, `meter_request_duration_seconds` and, for a
 ///    failure, `meter_errors_total{kind}` plus one log line with the endpoint, status and error kind.
@@ -100,6 +106,11 @@ pub fn app(
                 .route(web::post().to(api::count_tokens))
                 .default_service(web::to(api::count_method_not_allowed)),
         )
+        .service(
+            web::resource(COUNT_BATCH_PATH)
+                .route(web::post().to(api::count_tokens_batch))
+                .default_service(web::to(api::count_method_not_allowed)),
+        )
         .route(HEALTHZ_PATH, web::get().to(api::healthz))
         .route(METRICS_PATH, web::get().to(api::metrics))
         .default_service(web::to(api::not_found))
@@ -109,6 +120,7 @@ pub fn app(
 fn endpoint_label(path: &str) -> &'static str {
     match path {
         COUNT_PATH => "count",
+        COUNT_BATCH_PATH => "count_batch",
         HEALTHZ_PATH => "healthz",
         METRICS_PATH => "metrics",
         _ => "unmatched",

@@ -35,15 +35,25 @@ fn config() -> Config {
         default_encoding: Encoding::O200kBase,
         max_body_bytes: 8 << 20,
         workers: 1,
+        cache_entries: 1_000,
+        max_batch_items: 8,
     }
+}
+
+fn state_with(config: Config) -> web::Data<AppState> {
+    web::Data::new(AppState::new(config, prometheus()))
 }
 
 /// Sends `request` to an in-process app with `config` and returns the status, headers and body as JSON.
 async fn call_with(config: Config, request: TestRequest) -> (StatusCode, header::HeaderMap, Value) {
-    let state = web::Data::new(AppState {
-        config,
-        metrics: prometheus(),
-    });
+    call_state(state_with(config), request).await
+}
+
+/// Sends `request` to an in-process app sharing `state` (and so its cache) with other calls.
+async fn call_state(
+    state: web::Data<AppState>,
+    request: TestRequest,
+) -> (StatusCode, header::HeaderMap, Value) {
     let app = test::init_service(server::app(state)).await;
     let response = test::call_service(&app, request.to_request()).await;
     let status = response.status();
@@ -321,4 +331,278 @@ async fn the_built_server_serves_on_a_real_socket_and_stops_gracefully() {
 
     handle.stop(true).await;
     running.await.unwrap().unwrap();
+}
+
+// ---- POST /v1/tokens/count/batch ----
+
+fn batch(body: Value) -> TestRequest {
+    TestRequest::post().uri("/v1/tokens/count/batch").set_json(body)
+}
+
+/// The `results` array of a successful batch response.
+fn results(status: StatusCode, body: &Value) -> &Vec<Value> {
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results: {body}"))
+}
+
+#[actix_web::test]
+async fn a_batch_counts_each_item_as_the_single_endpoint_does_in_order() {
+    let chat = json!([
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello!"},
+    ]);
+    let items = vec![
+        json!({"model": "gpt-4", "text": "hello world"}),
+        json!({"model": "gpt-4o-mini", "messages": chat}),
+        json!({"model": "gpt-4o", "text": "Größenverhältnisse", "encoding": "r50k_base"}),
+        json!({"model": "llama-3.1-8b-instruct", "text": "hello world", "stream": true}),
+    ];
+    let (status, _, body) = call_with(config(), batch(json!({"items": items}))).await;
+    let batch_results = results(status, &body).clone();
+    assert_eq!(batch_results.len(), items.len());
+    assert_eq!(batch_results[0], json!({"tokens": 2, "encoding": "cl100k_base"}));
+    assert_eq!(batch_results[1], json!({"tokens": 19, "encoding": "o200k_base"}));
+    for (item, result) in items.into_iter().zip(batch_results) {
+        let (status, single) = call(count(item)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(result, single);
+    }
+}
+
+#[actix_web::test]
+async fn a_bad_item_gets_its_own_error_and_the_others_are_still_counted() {
+    let items = json!([
+        {"model": "gpt-4", "text": "hello world"},
+        {"text": "no model"},
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}, "hello"]},
+        "not an object",
+        {"model": "gpt-4o", "text": "hi", "encoding": "gpt2"},
+        {"model": "m", "text": "a", "messages": []},
+        {"model": "gpt-3.5-turbo", "text": "hello world"},
+    ]);
+    let (status, _, body) = call_with(config(), batch(json!({"items": items}))).await;
+    let results = results(status, &body);
+    assert_eq!(results.len(), 7, "{body}");
+    assert_eq!(results[0], json!({"tokens": 2, "encoding": "cl100k_base"}));
+    assert_eq!(results[6], json!({"tokens": 2, "encoding": "cl100k_base"}));
+
+    // Each failed item carries exactly the error object the single endpoint answers for it.
+    for index in 1..=5 {
+        let error = openai_error(&results[index]);
+        assert_eq!(error["type"], "invalid_request_error", "{body}");
+        let (status, single) = call(count(items[index].clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(results[index], single, "item {index}");
+    }
+    let codes: Vec<_> = (1..=5).map(|i| results[i]["error"]["code"].clone()).collect();
+    assert_eq!(
+        codes,
+        [
+            "missing_field",
+            "invalid_field",
+            "not_an_object",
+            "unknown_encoding",
+            "text_and_messages"
+        ]
+    );
+    assert_eq!(results[1]["error"]["param"], "model");
+    assert_eq!(results[2]["error"]["param"], "messages[1]");
+    assert_eq!(results[3]["error"]["param"], Value::Null);
+    assert_eq!(results[4]["error"]["param"], "encoding");
+}
+
+#[actix_web::test]
+async fn an_empty_batch_has_no_results() {
+    let (status, _, body) = call_with(config(), batch(json!({"items": []}))).await;
+    assert!(results(status, &body).is_empty());
+}
+
+#[actix_web::test]
+async fn a_malformed_envelope_is_a_400_in_the_openai_shape() {
+    let not_json = TestRequest::post()
+        .uri("/v1/tokens/count/batch")
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .set_payload(r#"{"items": ["#);
+    let empty = TestRequest::post().uri("/v1/tokens/count/batch").set_payload("");
+    let cases = [
+        (not_json, "invalid_json", Value::Null),
+        (empty, "empty_body", Value::Null),
+        (
+            batch(json!([{"model": "m", "text": "a"}])),
+            "not_an_object",
+            Value::Null,
+        ),
+        (
+            batch(json!({"model": "m", "text": "a"})),
+            "missing_field",
+            json!("items"),
+        ),
+        (batch(json!({"items": null})), "missing_field", json!("items")),
+        (
+            batch(json!({"items": {"model": "m"}})),
+            "invalid_field",
+            json!("items"),
+        ),
+    ];
+    for (request, code, param) in cases {
+        let (status, _, body) = call_with(config(), request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{code}: {body}");
+        let error = openai_error(&body);
+        assert_eq!(error["code"], code, "{body}");
+        assert_eq!(error["param"], param, "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn more_items_than_the_limit_is_a_400_and_exactly_the_limit_is_counted() {
+    let item = json!({"model": "gpt-4o", "text": "hello world"});
+    let limit = config().max_batch_items;
+
+    let (status, _, body) = call_with(config(), batch(json!({"items": vec![item.clone(); limit]}))).await;
+    assert_eq!(results(status, &body).len(), limit);
+
+    let (status, _, body) = call_with(config(), batch(json!({"items": vec![item; limit + 1]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = openai_error(&body);
+    assert_eq!(error["code"], "too_many_items");
+    assert_eq!(error["param"], "items");
+    assert_eq!(
+        error["message"],
+        format!(
+            "`items` has {} entries; at most {limit} are accepted in one batch",
+            limit + 1
+        )
+    );
+}
+
+#[actix_web::test]
+async fn a_large_batch_is_counted_off_the_worker_with_the_same_results() {
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(400);
+    let items: Vec<Value> = (0..4)
+        .map(|i| json!({"model": "gpt-4o", "text": format!("{i} {text}")}))
+        .collect();
+    let (status, _, body) = call_with(config(), batch(json!({"items": items}))).await;
+    for (i, result) in results(status, &body).iter().enumerate() {
+        let expected = text_tokens(Encoding::O200kBase, &format!("{i} {text}"));
+        assert_eq!(result["tokens"], expected, "{result}");
+    }
+}
+
+#[actix_web::test]
+async fn the_batch_endpoint_takes_only_post_and_is_over_the_body_limit_413() {
+    let (status, headers, body) = call_with(config(), TestRequest::get().uri("/v1/tokens/count/batch")).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers.get(header::ALLOW).unwrap(), "POST");
+    openai_error(&body);
+
+    let small = Config {
+        max_body_bytes: 64,
+        ..config()
+    };
+    let items = json!({"items": [{"model": "gpt-4o", "text": "x".repeat(100)}]});
+    let (status, _, body) = call_with(small, batch(items)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(openai_error(&body)["code"], "payload_too_large");
+}
+
+// ---- The count cache ----
+
+#[actix_web::test]
+async fn counts_are_the_same_with_and_without_the_cache_and_a_repeat_hits_it() {
+    let system =
+        "You are Tollgate's support assistant. Answer briefly, cite the docs, never guess. ".repeat(8);
+    let requests = [
+        json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": "How do I rotate a key?"}]}),
+        json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": "What does a 429 mean?"}]}),
+        json!({"model": "gpt-4", "text": system}),
+        json!({"model": "gpt-4", "text": system}),
+    ];
+    let cached = state_with(config());
+    let uncached = state_with(Config {
+        cache_entries: 0,
+        ..config()
+    });
+    assert!(cached.cache.is_enabled() && !uncached.cache.is_enabled());
+
+    for request in &requests {
+        let (_, _, with_cache) = call_state(cached.clone(), count(request.clone())).await;
+        let (_, _, without_cache) = call_state(uncached.clone(), count(request.clone())).await;
+        assert_eq!(with_cache, without_cache, "{request}");
+        assert!(with_cache["tokens"].as_u64().unwrap() > 100, "{with_cache}");
+    }
+    let (_, _, batch_cached) = call_state(cached.clone(), batch(json!({"items": requests}))).await;
+    let (_, _, batch_uncached) = call_state(uncached.clone(), batch(json!({"items": requests}))).await;
+    assert_eq!(batch_cached, batch_uncached);
+
+    // The system prompt is tokenized once per encoding: the second chat request hits although its user
+    // message differs, the repeated text hits, and the whole batch is hits.
+    let stats = cached.cache.stats();
+    assert_eq!(stats.misses, 2, "{stats:?}");
+    assert_eq!(stats.hits, 2 + 4, "{stats:?}");
+    assert_eq!(uncached.cache.stats(), Default::default());
+
+    let (_, _, metrics_text) = call_state(cached, TestRequest::get().uri("/metrics")).await;
+    let metrics_text = metrics_text.as_str().unwrap();
+    assert!(
+        metrics_text.contains("# HELP meter_cache_hits_total"),
+        "{metrics_text}"
+    );
+    assert!(
+        metrics_text.contains("# HELP meter_cache_misses_total"),
+        "{metrics_text}"
+    );
+    let hits = metric_value(metrics_text, "meter_cache_hits_total");
+    assert!(hits >= 6.0, "{metrics_text}");
+}
+
+/// The value of an unlabelled series in Prometheus text.
+fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+// ---- The binary's flags ----
+
+/// Runs the binary with `args` and returns its exit status and stderr; for flags it refuses before serving.
+fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_meter-sidecar"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_binary_refuses_a_cache_or_batch_setting_out_of_range() {
+    let (status, stderr) = run_binary(&["--cache-entries", "10000001"], &[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("cache_entries: must be at most 10000000"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = run_binary(
+        &[],
+        &[
+            ("METER_CACHE_ENTRIES", "20000000"),
+            ("METER_MAX_BATCH_ITEMS", "0"),
+        ],
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("cache_entries"), "{stderr}");
+    assert!(stderr.contains("max_batch_items: must be at least 1"), "{stderr}");
+
+    let (status, stderr) = run_binary(&["--cache-entries", "lots"], &[]);
+    assert!(!status.success());
+    assert!(stderr.contains("--cache-entries"), "{stderr}");
 }
