@@ -14,7 +14,8 @@
 //! 8. respond — upstream status and body unchanged, plus `x-request-id` and `x-tollgate-instance`.
 //!
 //! Any step's failure is a [`GatewayError`](crate::error::GatewayError), answered in OpenAI's error shape.
-//! `GET /healthz` and `GET /metrics` sit beside the API; every other path is an OpenAI-shaped 404.
+//! `GET /v1/models` lists the routed model names; `GET /healthz` and `GET /metrics` sit beside the API; every
+//! other path is an OpenAI-shaped 404.
 
 use std::any::Any;
 use std::net::TcpListener;
@@ -34,6 +35,7 @@ use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventSender, EventsError};
 use crate::meter::MeterClient;
+use crate::models;
 use crate::probe;
 use crate::routing::{self, Router};
 use crate::upstream::Upstreams;
@@ -114,6 +116,7 @@ impl Gateway {
                 .app_data(state.clone())
                 .app_data(web::Data::new(clients))
                 .route(chat::ENDPOINT, web::post().to(chat::chat_completions))
+                .route("/v1/models", web::get().to(models::list))
                 .route("/healthz", web::get().to(healthz))
                 .route("/metrics", web::get().to(render_metrics))
                 .default_service(web::to(unknown_url))

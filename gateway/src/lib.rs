@@ -10,7 +10,7 @@
 //!   workers;
 //! - [`meter`] — prompt estimates from meter-sidecar, with an in-process fallback;
 //! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
-//! - [`chat`] — `POST /v1/chat/completions`, the pipeline end to end;
+//! - [`chat`] — `POST /v1/chat/completions`, the pipeline end to end; [`models`] — `GET /v1/models`;
 //! - [`streaming`] — the SSE tee, reading along with [`sse`] (framing) and [`stream_usage`] (what was consumed);
 //! - [`usage`] — the provider's usage block, or the estimate;
 //! - [`record`] — the usage event of one request, finished by whichever path settles it;
@@ -26,6 +26,7 @@ pub mod events;
 pub mod health;
 pub mod meter;
 pub mod metrics;
+pub mod models;
 pub mod probe;
 pub mod record;
 pub mod request;

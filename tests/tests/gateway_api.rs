@@ -300,6 +300,21 @@ async fn garbage_from_the_provider_passes_through_unchanged() {
 }
 
 #[actix_rt::test]
+async fn the_model_list_shows_every_routed_model_to_an_authenticated_consumer() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let url = format!("{}/v1/models", stack.gateway_url);
+    let mut response = http().get(&url).bearer_auth(CONSUMERS[0].2).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let list: Value = response.json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], MODEL);
+    assert_eq!(list["data"][0]["object"], "model");
+    let refused = http().get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    stack.stop().await;
+}
+
+#[actix_rt::test]
 async fn metrics_describe_requests_tokens_and_events() {
     let stack = Stack::start(StackOptions::default()).await;
     assert_eq!(post(&stack, Some(&bearer(0)), &chat(MODEL)).await.status, 200);

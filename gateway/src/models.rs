@@ -1,0 +1,44 @@
+//! `GET /v1/models`: the model names (and aliases) this gateway routes, in OpenAI's list format, for an
+//! authenticated consumer — so OpenAI SDKs and tools that list models before calling one work unchanged.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use serde::Serialize;
+
+use crate::app::AppState;
+
+#[derive(Serialize)]
+struct ModelList<'a> {
+    object: &'static str,
+    data: Vec<Model<'a>>,
+}
+
+#[derive(Serialize)]
+struct Model<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Err(error) = state.keys.authenticate(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    ) {
+        return error.error_response();
+    }
+    let data = state
+        .router
+        .models()
+        .iter()
+        .map(|id| Model {
+            id,
+            object: "model",
+            created: 0,
+            owned_by: "tollgate",
+        })
+        .collect();
+    HttpResponse::Ok().json(ModelList { object: "list", data })
+}
