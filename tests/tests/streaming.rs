@@ -23,9 +23,17 @@ fn request(include_usage: bool) -> Value {
     body
 }
 
-/// Sends a streaming request and reads the whole response body.
-async fn stream(stack: &Stack, body: &Value) -> (u16, String, String) {
-    let mut response = http()
+/// Sends a streaming request as consumer team-a; returns the response (body unread) and its request id.
+async fn open_stream(
+    stack: &Stack,
+    body: &Value,
+) -> (
+    awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + use<>,
+    >,
+    String,
+) {
+    let response = http()
         .post(format!("{}/v1/chat/completions", stack.gateway_url))
         .bearer_auth(CONSUMERS[0].2)
         .send_json(body)
@@ -38,6 +46,12 @@ async fn stream(stack: &Stack, body: &Value) -> (u16, String, String) {
         .to_str()
         .unwrap()
         .to_owned();
+    (response, request_id)
+}
+
+/// Sends a streaming request and reads the whole response body.
+async fn stream(stack: &Stack, body: &Value) -> (u16, String, String) {
+    let (mut response, request_id) = open_stream(stack, body).await;
     let mut bytes = Vec::new();
     while let Some(chunk) = response.next().await {
         match chunk {
@@ -201,19 +215,7 @@ async fn a_client_that_goes_away_mid_stream_is_billed_for_what_was_streamed_unti
     stack.mock.set_behaviour(Behaviour::SlowStream { millis: 20 });
     let full = completion_text(&json!([{"role": "user", "content": PROMPT}]));
 
-    let mut response = http()
-        .post(format!("{}/v1/chat/completions", stack.gateway_url))
-        .bearer_auth(CONSUMERS[0].2)
-        .send_json(&request(false))
-        .await
-        .unwrap();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let (mut response, request_id) = open_stream(&stack, &request(false)).await;
     let mut seen = Vec::new();
     // Read until a few words of the completion arrived, then hang up.
     while !String::from_utf8_lossy(&seen).contains("\"said: \"") {
