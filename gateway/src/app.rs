@@ -1,6 +1,6 @@
 //! The application: shared state, per-worker clients, the route table, and the server that runs them.
 //!
-//! Request pipeline for `POST /v1/chat/completions` (details in [`crate::chat`]):
+//! Request pipeline for `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings` (details in [`crate::proxy`]):
 //! 1. accept — TCP_NODELAY on the client socket (no 40 ms Nagle stalls on kept-alive connections);
 //! 2. authenticate — `Authorization: Bearer` key → consumer and key id ([`crate::auth`]);
 //! 3. parse — body read once up to `server.max_request_bytes`, `model`/`messages`/`stream` checked
@@ -30,13 +30,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyStore;
-use crate::chat;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventSender, EventsError};
 use crate::meter::MeterClient;
 use crate::models;
 use crate::probe;
+use crate::proxy;
+use crate::request::Endpoint;
 use crate::routing::{self, Router};
 use crate::upstream::Upstreams;
 
@@ -115,7 +116,12 @@ impl Gateway {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(clients))
-                .route(chat::ENDPOINT, web::post().to(chat::chat_completions))
+                .route(
+                    Endpoint::ChatCompletions.path(),
+                    web::post().to(proxy::chat_completions),
+                )
+                .route(Endpoint::Completions.path(), web::post().to(proxy::completions))
+                .route(Endpoint::Embeddings.path(), web::post().to(proxy::embeddings))
                 .route("/v1/models", web::get().to(models::list))
                 .route("/healthz", web::get().to(healthz))
                 .route("/metrics", web::get().to(render_metrics))

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::request::Endpoint;
+
 /// A validated gateway configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -297,7 +299,7 @@ fn default_health_threshold() -> u32 {
     2
 }
 fn default_route_paths() -> Vec<String> {
-    vec![crate::chat::ENDPOINT.to_owned()]
+    Endpoint::ALL.iter().map(|e| e.path().to_owned()).collect()
 }
 fn default_weight() -> u32 {
     1
@@ -708,12 +710,12 @@ impl RawConfig {
                 p.push(format!("{path}.targets"), "must list at least one instance");
             }
             for (j, route_path) in raw.paths.iter().enumerate() {
-                if route_path != crate::chat::ENDPOINT {
+                if !Endpoint::ALL.iter().any(|e| e.path() == route_path) {
                     p.push(
                         format!("{path}.paths[{j}]"),
                         format!(
                             "`{route_path}` is not an endpoint this gateway serves ({})",
-                            crate::chat::ENDPOINT
+                            served_paths()
                         ),
                     );
                 }
@@ -831,6 +833,14 @@ impl RawConfig {
             Err(ConfigErrors(p.0))
         }
     }
+}
+
+fn served_paths() -> String {
+    Endpoint::ALL
+        .iter()
+        .map(|e| e.path())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn validate_balancer(p: &mut Problems, path: &str, balancer: &str, hash_on: Option<&str>) -> Balancer {

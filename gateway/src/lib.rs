@@ -10,7 +10,8 @@
 //!   workers;
 //! - [`meter`] — prompt estimates from meter-sidecar, with an in-process fallback;
 //! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
-//! - [`chat`] — `POST /v1/chat/completions`, the pipeline end to end; [`models`] — `GET /v1/models`;
+//! - [`proxy`] — `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: the pipeline end to end;
+//!   [`models`] — `GET /v1/models`;
 //! - [`streaming`] — the SSE tee, reading along with [`sse`] (framing) and [`stream_usage`] (what was consumed);
 //! - [`usage`] — the provider's usage block, or the estimate;
 //! - [`record`] — the usage event of one request, finished by whichever path settles it;
@@ -19,7 +20,7 @@
 
 pub mod app;
 pub mod auth;
-pub mod chat;
+
 pub mod config;
 pub mod error;
 pub mod events;
@@ -28,6 +29,7 @@ pub mod meter;
 pub mod metrics;
 pub mod models;
 pub mod probe;
+pub mod proxy;
 pub mod record;
 pub mod request;
 pub mod routing;

@@ -12,6 +12,7 @@ use tollgate_schemas::EstimateSource;
 
 use crate::config::MeterConfig;
 use crate::metrics as m;
+use crate::request::Prompt;
 
 /// OpenAI's chat-format overhead: tokens per message, and for priming the reply.
 const TOKENS_PER_MESSAGE: u32 = 3;
@@ -33,6 +34,21 @@ struct CountRequest<'a> {
 }
 
 #[derive(Serialize)]
+struct BatchRequest<'a> {
+    items: Vec<CountTextRequest<'a>>,
+}
+
+#[derive(Deserialize)]
+struct BatchResponse {
+    results: Vec<BatchResult>,
+}
+
+#[derive(Deserialize)]
+struct BatchResult {
+    tokens: Option<u32>,
+}
+
+#[derive(Serialize)]
 struct CountTextRequest<'a> {
     model: &'a str,
     text: &'a str,
@@ -47,6 +63,7 @@ struct CountResponse {
 pub struct MeterClient {
     client: awc::Client,
     count_url: String,
+    batch_url: String,
 }
 
 impl std::fmt::Debug for MeterClient {
@@ -64,8 +81,12 @@ impl MeterClient {
             .connector(awc::Connector::new().timeout(config.timeout))
             .disable_redirects()
             .finish();
-        let count_url = format!("{}/v1/tokens/count", config.url.as_str().trim_end_matches('/'));
-        Self { client, count_url }
+        let base = config.url.as_str().trim_end_matches('/');
+        Self {
+            client,
+            count_url: format!("{base}/v1/tokens/count"),
+            batch_url: format!("{base}/v1/tokens/count/batch"),
+        }
     }
 
     /// The prompt estimate for chat `messages` sent to `model`. Never fails: falls back in-process.
@@ -95,6 +116,64 @@ impl MeterClient {
         }
     }
 
+    /// The prompt estimate for a request to `model`. Never fails: falls back in-process.
+    pub async fn estimate(&self, model: &str, prompt: &Prompt<'_>) -> Estimate {
+        match prompt {
+            Prompt::Chat(messages) => self.estimate_chat(model, messages).await,
+            Prompt::Texts { texts, pretokenized } => {
+                let started = Instant::now();
+                let result = self.count_texts(model, texts).await;
+                metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+                let (tokens, source) = match result {
+                    Ok(tokens) => (tokens, EstimateSource::Meter),
+                    Err(reason) => {
+                        tracing::warn!(
+                            reason,
+                            "meter-sidecar unavailable; using the in-process prompt estimate"
+                        );
+                        let fallback = texts
+                            .iter()
+                            .map(|t| fallback_text_estimate(t))
+                            .fold(0, u32::saturating_add);
+                        (fallback, EstimateSource::Fallback)
+                    }
+                };
+                metrics::counter!(m::ESTIMATES_TOTAL, "source" => source.as_str()).increment(1);
+                Estimate {
+                    tokens: tokens.saturating_add(*pretokenized),
+                    source,
+                }
+            }
+        }
+    }
+
+    /// The sum of the exact counts of several texts, in one batch call.
+    async fn count_texts(&self, model: &str, texts: &[&str]) -> Result<u32, &'static str> {
+        if texts.is_empty() {
+            return Ok(0);
+        }
+        let items = texts
+            .iter()
+            .map(|text| CountTextRequest { model, text })
+            .collect();
+        let mut response = self
+            .client
+            .post(&self.batch_url)
+            .send_json(&BatchRequest { items })
+            .await
+            .map_err(send_error)?;
+        if !response.status().is_success() {
+            return Err("status");
+        }
+        let body: BatchResponse = response.json().limit(1 << 20).await.map_err(|_| "body")?;
+        if body.results.len() != texts.len() {
+            return Err("body");
+        }
+        body.results.iter().try_fold(0u32, |sum, r| {
+            r.tokens.map(|t| sum.saturating_add(t)).ok_or("item")
+        })
+    }
+
     /// The exact token count of `text` (a completion) for `model`; an error names why it could not be had.
     pub async fn count_text(&self, model: &str, text: &str) -> Result<u32, &'static str> {
         if text.is_empty() {
@@ -120,16 +199,20 @@ impl MeterClient {
             .post(&self.count_url)
             .send_json(body)
             .await
-            .map_err(|e| match e {
-                awc::error::SendRequestError::Timeout => "timeout",
-                awc::error::SendRequestError::Connect(_) => "connect",
-                _ => "send",
-            })?;
+            .map_err(send_error)?;
         if !response.status().is_success() {
             return Err("status");
         }
         let body: CountResponse = response.json().await.map_err(|_| "body")?;
         Ok(body.tokens)
+    }
+}
+
+fn send_error(e: awc::error::SendRequestError) -> &'static str {
+    match e {
+        awc::error::SendRequestError::Timeout => "timeout",
+        awc::error::SendRequestError::Connect(_) => "connect",
+        _ => "send",
     }
 }
 

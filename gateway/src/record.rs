@@ -1,6 +1,6 @@
 //! The usage record of one request. Everything known before the answer — who, which route and instance, the
 //! attempt trail, the prompt estimate, when it started — is collected into a [`PendingEvent`]; the path that
-//! settles the answer (a whole body in [`crate::chat`], a stream in [`crate::streaming`]) finishes it with what
+//! settles the answer (a whole body in [`crate::proxy`], a stream in [`crate::streaming`]) finishes it with what
 //! was consumed and how it ended, which also counts the tokens in metrics.
 
 use std::sync::Arc;

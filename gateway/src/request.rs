@@ -1,6 +1,6 @@
 //! Reading and parsing the client's request body, once. The body is read up to the configured limit and parsed
-//! into a JSON object; the fields the gateway needs (`model`, `stream`, `messages`) are checked and the rest is
-//! left for the upstream. The original bytes are kept so that an instance without a model override receives
+//! into a JSON object; the fields the gateway needs (`model`, `stream`, and the prompt: `messages`, `prompt` or
+//! `input` by [`Endpoint`]) are checked and the rest is left for the upstream. The original bytes are kept so that an instance without a model override receives
 //! exactly what the client sent.
 
 use actix_web::web;
@@ -23,17 +23,73 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes,
     Ok(body.freeze())
 }
 
-/// A chat completion request as the gateway sees it.
+/// The OpenAI-compatible endpoints the gateway meters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`: `messages`, streamable.
+    ChatCompletions,
+    /// `POST /v1/completions` (legacy): `prompt`, streamable.
+    Completions,
+    /// `POST /v1/embeddings`: `input`, never streamed.
+    Embeddings,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Self::ChatCompletions, Self::Completions, Self::Embeddings];
+
+    /// The client path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+            Self::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    /// The path relative to an instance's endpoint.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat/completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+
+    /// The field holding what is metered as the prompt.
+    fn prompt_field(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "messages",
+            Self::Completions => "prompt",
+            Self::Embeddings => "input",
+        }
+    }
+
+    fn streams(self) -> bool {
+        !matches!(self, Self::Embeddings)
+    }
+}
+
+/// What is counted as a request's prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt<'a> {
+    /// Chat messages, counted with OpenAI's chat overhead.
+    Chat(&'a Value),
+    /// Texts counted one by one, plus tokens the client sent already tokenized.
+    Texts { texts: Vec<&'a str>, pretokenized: u32 },
+}
+
+/// A request to a metered endpoint as the gateway sees it.
 #[derive(Debug)]
-pub struct ChatRequest {
+pub struct ApiRequest {
+    pub endpoint: Endpoint,
     pub raw: Bytes,
     pub body: Map<String, Value>,
     pub model: String,
     pub stream: bool,
 }
 
-impl ChatRequest {
-    pub fn parse(raw: Bytes) -> Result<Self, GatewayError> {
+impl ApiRequest {
+    pub fn parse(endpoint: Endpoint, raw: Bytes) -> Result<Self, GatewayError> {
         let value: Value =
             serde_json::from_slice(&raw).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
         let Value::Object(body) = value else {
@@ -49,19 +105,36 @@ impl ChatRequest {
                 });
             }
         };
-        match body.get("messages") {
-            None | Some(Value::Null) => return Err(GatewayError::MissingParameter("messages")),
-            Some(Value::Array(m)) if !m.is_empty() => {}
-            Some(_) => {
-                return Err(GatewayError::InvalidParameter {
-                    param: "messages",
-                    message: "expected a non-empty array of messages".into(),
-                });
-            }
+        let field = endpoint.prompt_field();
+        let valid = match (endpoint, body.get(field)) {
+            (_, None | Some(Value::Null)) => return Err(GatewayError::MissingParameter(field)),
+            (Endpoint::ChatCompletions, Some(Value::Array(m))) => !m.is_empty(),
+            (Endpoint::ChatCompletions, Some(_)) => false,
+            (_, Some(Value::String(_))) => true,
+            (_, Some(Value::Array(items))) => !items.is_empty() && items.iter().all(is_prompt_item),
+            (_, Some(_)) => false,
+        };
+        if !valid {
+            let message = match endpoint {
+                Endpoint::ChatCompletions => "expected a non-empty array of messages",
+                Endpoint::Completions | Endpoint::Embeddings => {
+                    "expected a string, an array of strings, an array of token ids, or an array of token id arrays"
+                }
+            };
+            return Err(GatewayError::InvalidParameter {
+                param: field,
+                message: message.into(),
+            });
         }
         let stream = match body.get("stream") {
             None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
+            Some(Value::Bool(b)) if endpoint.streams() => *b,
+            Some(Value::Bool(_)) => {
+                return Err(GatewayError::InvalidParameter {
+                    param: "stream",
+                    message: "this endpoint does not stream".into(),
+                });
+            }
             Some(_) => {
                 return Err(GatewayError::InvalidParameter {
                     param: "stream",
@@ -70,6 +143,7 @@ impl ChatRequest {
             }
         };
         Ok(Self {
+            endpoint,
             raw,
             body,
             model,
@@ -77,8 +151,35 @@ impl ChatRequest {
         })
     }
 
-    pub fn messages(&self) -> &Value {
-        self.body.get("messages").unwrap_or(&Value::Null)
+    /// What to count as the prompt.
+    pub fn prompt(&self) -> Prompt<'_> {
+        let value = self
+            .body
+            .get(self.endpoint.prompt_field())
+            .unwrap_or(&Value::Null);
+        if self.endpoint == Endpoint::ChatCompletions {
+            return Prompt::Chat(value);
+        }
+        let mut texts = Vec::new();
+        let mut pretokenized = 0u32;
+        let mut visit = |v: &'_ Value| match v {
+            Value::Array(tokens) => pretokenized = pretokenized.saturating_add(len_u32(tokens.len())),
+            Value::Number(_) => pretokenized = pretokenized.saturating_add(1),
+            _ => {}
+        };
+        match value {
+            Value::String(text) => texts.push(text.as_str()),
+            Value::Array(items) => {
+                for item in items {
+                    match item {
+                        Value::String(text) => texts.push(text.as_str()),
+                        other => visit(other),
+                    }
+                }
+            }
+            _ => {}
+        }
+        Prompt::Texts { texts, pretokenized }
     }
 
     /// Whether the client asked for the usage chunk at the end of a stream (`stream_options.include_usage`).
@@ -121,12 +222,78 @@ impl ChatRequest {
     }
 }
 
+/// A prompt item: a string, a token id, or an array of token ids.
+fn is_prompt_item(item: &Value) -> bool {
+    match item {
+        Value::String(_) | Value::Number(_) => true,
+        Value::Array(tokens) => tokens.iter().all(Value::is_number),
+        _ => false,
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<ChatRequest, GatewayError> {
-        ChatRequest::parse(Bytes::copy_from_slice(text.as_bytes()))
+    fn parse(text: &str) -> Result<ApiRequest, GatewayError> {
+        ApiRequest::parse(Endpoint::ChatCompletions, Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn parse_at(endpoint: Endpoint, text: &str) -> Result<ApiRequest, GatewayError> {
+        ApiRequest::parse(endpoint, Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    #[test]
+    fn completions_and_embeddings_take_strings_arrays_and_token_ids() {
+        let req = parse_at(Endpoint::Embeddings, r#"{"model":"e","input":["a b","c"]}"#).unwrap();
+        assert_eq!(
+            req.prompt(),
+            Prompt::Texts {
+                texts: vec!["a b", "c"],
+                pretokenized: 0
+            }
+        );
+        let req = parse_at(
+            Endpoint::Completions,
+            r#"{"model":"c","prompt":[[1,2,3],[4]],"stream":true}"#,
+        )
+        .unwrap();
+        assert!(req.stream);
+        assert_eq!(
+            req.prompt(),
+            Prompt::Texts {
+                texts: vec![],
+                pretokenized: 4
+            }
+        );
+        let req = parse_at(Endpoint::Completions, r#"{"model":"c","prompt":[5,6]}"#).unwrap();
+        assert_eq!(
+            req.prompt(),
+            Prompt::Texts {
+                texts: vec![],
+                pretokenized: 2
+            }
+        );
+    }
+
+    #[test]
+    fn each_endpoint_names_its_own_missing_or_invalid_prompt() {
+        assert!(matches!(
+            parse_at(Endpoint::Embeddings, r#"{"model":"e"}"#),
+            Err(GatewayError::MissingParameter("input"))
+        ));
+        assert!(matches!(
+            parse_at(Endpoint::Completions, r#"{"model":"c","prompt":{"x":1}}"#),
+            Err(GatewayError::InvalidParameter { param: "prompt", .. })
+        ));
+        assert!(matches!(
+            parse_at(Endpoint::Embeddings, r#"{"model":"e","input":"x","stream":true}"#),
+            Err(GatewayError::InvalidParameter { param: "stream", .. })
+        ));
     }
 
     #[test]

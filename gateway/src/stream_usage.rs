@@ -45,6 +45,8 @@ struct RawChunk {
 #[derive(Deserialize)]
 struct RawChoice {
     delta: Option<RawDelta>,
+    /// Legacy completions (`/v1/completions`) stream their text here instead of in a delta.
+    text: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -92,7 +94,11 @@ impl ChatStreamAccumulator {
             };
         };
         let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
-        for delta in chunk.choices.into_iter().flatten().filter_map(|c| c.delta) {
+        for choice in chunk.choices.into_iter().flatten() {
+            if let Some(text) = choice.text {
+                self.text.push_str(&text);
+            }
+            let Some(delta) = choice.delta else { continue };
             self.append(delta);
         }
         let has_usage = chunk.usage.is_some();

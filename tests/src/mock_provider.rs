@@ -79,6 +79,8 @@ impl MockProvider {
                 .app_data(data.clone())
                 .app_data(web::JsonConfig::default().limit(64 << 20))
                 .route("/{version}/chat/completions", web::post().to(chat))
+                .route("/{version}/completions", web::post().to(chat))
+                .route("/{version}/embeddings", web::post().to(chat))
                 .route("/_mock/behaviour", web::post().to(set_behaviour))
                 .route(
                     "/healthz",
@@ -118,6 +120,29 @@ impl MockProvider {
     pub async fn stop(&self) {
         self.handle.stop(false).await;
     }
+}
+
+/// A request's prompt as chat messages: `messages` itself, or a legacy `prompt` / embeddings `input` (a string or
+/// strings, joined by spaces) as one user message — so one set of rules answers every endpoint.
+pub fn as_messages(body: &Value) -> Value {
+    if body["messages"].is_array() {
+        return body["messages"].clone();
+    }
+    let prompt = if body["prompt"].is_null() {
+        &body["input"]
+    } else {
+        &body["prompt"]
+    };
+    let text = match prompt {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    };
+    json!([{"role": "user", "content": text}])
 }
 
 /// The completion text the mock answers `messages` with.
@@ -209,9 +234,18 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
 /// (the first also carrying the role), the usage-only chunk when `stream_options.include_usage` is set and
 /// `with_usage`, and `[DONE]` — each a complete event including its blank line.
 pub fn sse_events(body: &Value, with_usage: bool) -> Vec<String> {
-    let messages = &body["messages"];
+    let legacy = !body["prompt"].is_null();
+    let messages = &as_messages(body);
     let text = completion_text(messages);
     let chunk = |delta: Value| {
+        if legacy {
+            let text = delta["content"].as_str().unwrap_or("");
+            let chunk = json!({
+                "id": "cmpl-mock", "object": "text_completion", "created": 1_795_338_902,
+                "model": body["model"], "choices": [{"index": 0, "text": text, "finish_reason": null}]
+            });
+            return format!("data: {chunk}\n\n");
+        }
         let chunk = json!({
             "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_795_338_902,
             "model": body["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": null}]
@@ -279,8 +313,28 @@ fn stream(body: &Value, behaviour: &Behaviour) -> HttpResponse {
 }
 
 fn completion(body: &Value, with_usage: bool) -> HttpResponse {
-    let messages = &body["messages"];
+    let messages = &as_messages(body);
     let (prompt, completion, cached) = reported_usage(messages);
+    if !body["input"].is_null() {
+        let mut response = json!({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.015, -0.25, 0.5]}]
+        });
+        if with_usage {
+            response["usage"] = json!({"prompt_tokens": prompt, "total_tokens": prompt});
+        }
+        return HttpResponse::Ok().json(response);
+    }
+    if !body["prompt"].is_null() {
+        let mut response = json!({
+            "id": "cmpl-mock", "object": "text_completion", "created": 1_795_338_902, "model": body["model"],
+            "choices": [{"index": 0, "text": completion_text(messages), "finish_reason": "stop"}]
+        });
+        if with_usage {
+            response["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+        }
+        return HttpResponse::Ok().json(response);
+    }
     let mut response = json!({
         "id": "chatcmpl-mock",
         "object": "chat.completion",

@@ -245,6 +245,11 @@ mod tests {
             r#"[[routes]]
             name = "chat"
             models = ["gpt-4o", "chat-default"]
+            paths = ["/v1/chat/completions"]
+            targets = [{ instance = "cloud" }]
+            [[routes]]
+            name = "embed"
+            models = ["text-embedding-3-small"]
             targets = [{ instance = "cloud" }]"#,
         );
         assert!(Arc::ptr_eq(
@@ -252,8 +257,16 @@ mod tests {
             r.route(ENDPOINT, "chat-default").unwrap()
         ));
         assert!(r.route(ENDPOINT, "gpt-4").is_none());
-        assert!(r.route("/v1/embeddings", "gpt-4o").is_none());
-        assert_eq!(r.models(), ["chat-default", "gpt-4o"]);
+        assert!(
+            r.route("/v1/embeddings", "gpt-4o").is_none(),
+            "a route serves only its paths"
+        );
+        assert!(
+            r.route("/v1/embeddings", "text-embedding-3-small").is_some(),
+            "by default, every endpoint"
+        );
+        assert!(r.route("/v1/completions", "text-embedding-3-small").is_some());
+        assert_eq!(r.models(), ["chat-default", "gpt-4o", "text-embedding-3-small"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! `POST /v1/chat/completions`: the metered request path from admission to the usage event.
+//! The metered request path of the OpenAI-compatible endpoints — `POST /v1/chat/completions`,
+//! `/v1/completions` and `/v1/embeddings` — from admission to the usage event:
 //!
 //! 1. authenticate the consumer key → [`Principal`];
-//! 2. read and parse the body once → [`ChatRequest`];
+//! 2. read and parse the body once → [`ApiRequest`] (model, stream flag, and the prompt of its [`Endpoint`]);
 //! 3. resolve the route for `model` on this path;
 //! 4. estimate the prompt with meter-sidecar (in-process fallback when it is slow or down);
 //! 5. follow the route's plan ([`RouteTable::plan`]): fail over only on retry-safe failures (see
@@ -30,14 +31,11 @@ use crate::error::GatewayError;
 use crate::health::parse_retry_after;
 use crate::metrics as m;
 use crate::record::{PendingEvent, Settlement, millis, now_ms};
-use crate::request::{ChatRequest, read_body};
+use crate::request::{ApiRequest, Endpoint, read_body};
 use crate::routing::{HashKeys, RouteTable};
 use crate::streaming::{self, StreamJob};
 use crate::upstream::{AttemptFailure, UpstreamHead, UpstreamResponse, status_is_retryable};
 use crate::usage;
-
-pub const ENDPOINT: &str = "/v1/chat/completions";
-const UPSTREAM_PATH: &str = "chat/completions";
 
 /// When and as what a request arrived.
 #[derive(Debug, Clone, Copy)]
@@ -47,8 +45,39 @@ struct Arrival {
     started_at_ms: u64,
 }
 
-/// The handler: runs the pipeline, turns its error into an OpenAI-shaped response, records metrics.
+/// `POST /v1/chat/completions`.
 pub async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    clients: web::Data<WorkerClients>,
+) -> HttpResponse {
+    serve(Endpoint::ChatCompletions, req, payload, state, clients).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    clients: web::Data<WorkerClients>,
+) -> HttpResponse {
+    serve(Endpoint::Completions, req, payload, state, clients).await
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    clients: web::Data<WorkerClients>,
+) -> HttpResponse {
+    serve(Endpoint::Embeddings, req, payload, state, clients).await
+}
+
+/// Runs the pipeline, turns its error into an OpenAI-shaped response, records metrics.
+async fn serve(
+    endpoint: Endpoint,
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -59,7 +88,7 @@ pub async fn chat_completions(
         started: Instant::now(),
         started_at_ms: now_ms(),
     };
-    let (mut response, route) = match handle(&req, payload, &state, &clients, arrival).await {
+    let (mut response, route) = match handle(endpoint, &req, payload, &state, &clients, arrival).await {
         Ok((response, route)) => (response, Some(route)),
         Err(error) => {
             if matches!(error, GatewayError::MissingApiKey | GatewayError::InvalidApiKey) {
@@ -114,6 +143,7 @@ struct Forwarded<'a> {
 }
 
 async fn handle(
+    endpoint: Endpoint,
     req: &HttpRequest,
     payload: web::Payload,
     state: &web::Data<AppState>,
@@ -126,12 +156,12 @@ async fn handle(
             .map(HeaderValue::as_bytes),
     )?;
     let raw = read_body(payload, state.config.server.max_request_bytes).await?;
-    let chat = ChatRequest::parse(raw)?;
+    let chat = ApiRequest::parse(endpoint, raw)?;
     let route = state
         .router
         .route(req.path(), &chat.model)
         .ok_or_else(|| GatewayError::ModelNotFound(chat.model.clone()))?;
-    let estimate = clients.meter.estimate_chat(&chat.model, chat.messages()).await;
+    let estimate = clients.meter.estimate(&chat.model, &chat.prompt()).await;
 
     let forwarded = forward(req, state, clients, route, &chat, &principal).await?;
     let instance = forwarded.instance;
@@ -140,7 +170,7 @@ async fn handle(
         request_id: arrival.request_id,
         source: state.event_source.clone(),
         principal,
-        endpoint: ENDPOINT,
+        endpoint: endpoint.path(),
         route: route.name.clone(),
         model_served: instance.model.clone().unwrap_or_else(|| chat.model.clone()),
         model_requested: chat.model.clone(),
@@ -214,7 +244,7 @@ async fn forward<'a>(
     state: &AppState,
     clients: &WorkerClients,
     route: &'a RouteTable,
-    chat: &ChatRequest,
+    chat: &ApiRequest,
     principal: &Principal,
 ) -> Result<Forwarded<'a>, GatewayError> {
     let started = Instant::now();
@@ -248,7 +278,7 @@ async fn forward<'a>(
             continue;
         }
         let body = chat.upstream_body(instance.model.as_deref())?;
-        let path = target.path.as_deref().unwrap_or(UPSTREAM_PATH);
+        let path = target.path.as_deref().unwrap_or(chat.endpoint.upstream_path());
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
         let result = attempt(clients, instance, path, body, timeout, chat.stream, state).await;
         let elapsed = now.elapsed();
