@@ -122,6 +122,7 @@ impl Gateway {
                 )
                 .route(Endpoint::Completions.path(), web::post().to(proxy::completions))
                 .route(Endpoint::Embeddings.path(), web::post().to(proxy::embeddings))
+                .route(Endpoint::Messages.path(), web::post().to(proxy::messages))
                 .route("/v1/models", web::get().to(models::list))
                 .route("/healthz", web::get().to(healthz))
                 .route("/metrics", web::get().to(render_metrics))

@@ -43,11 +43,33 @@ impl KeyStore {
         Self { by_hash }
     }
 
+    /// Authenticates the key in an `Authorization: Bearer` header or, as Anthropic's SDKs send it, `x-api-key`.
+    pub fn authenticate_request(
+        &self,
+        headers: &actix_web::http::header::HeaderMap,
+    ) -> Result<Principal, GatewayError> {
+        match headers.get(actix_web::http::header::AUTHORIZATION) {
+            Some(authorization) => self.authenticate(Some(authorization.as_bytes())),
+            None => match headers
+                .get("x-api-key")
+                .map(|k| k.as_bytes().trim_ascii())
+                .filter(|k| !k.is_empty())
+            {
+                Some(key) => self.check(key),
+                None => Err(GatewayError::MissingApiKey),
+            },
+        }
+    }
+
     /// Authenticates the value of an `Authorization` header.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Principal, GatewayError> {
         let key = authorization
             .and_then(bearer_token)
             .ok_or(GatewayError::MissingApiKey)?;
+        self.check(key)
+    }
+
+    fn check(&self, key: &[u8]) -> Result<Principal, GatewayError> {
         let digest = hash_key(key);
         // The map lookup narrows by digest; the final comparison is constant-time over the whole digest.
         match self.by_hash.get(&digest) {

@@ -121,14 +121,17 @@ pub enum HealthMethod {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
-    /// OpenAI's API, or anything OpenAI-compatible (vLLM, SGLang, …).
+    /// OpenAI's API, or anything OpenAI-compatible (vLLM, SGLang, …): `Authorization: Bearer`.
     Openai,
+    /// Anthropic's Messages API: `x-api-key` and `anthropic-version`.
+    Anthropic,
 }
 
 impl Provider {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
         }
     }
 }
@@ -298,8 +301,13 @@ fn default_health_timeout() -> String {
 fn default_health_threshold() -> u32 {
     2
 }
-fn default_route_paths() -> Vec<String> {
-    Endpoint::ALL.iter().map(|e| e.path().to_owned()).collect()
+/// Every client path an instance of `provider` can serve.
+fn provider_paths(provider: Provider) -> Vec<String> {
+    Endpoint::ALL
+        .iter()
+        .filter(|e| e.provider() == provider)
+        .map(|e| e.path().to_owned())
+        .collect()
 }
 fn default_weight() -> u32 {
     1
@@ -444,8 +452,8 @@ pub struct RawHealthCheck {
 pub struct RawRoute {
     pub name: String,
     pub models: Vec<String>,
-    #[serde(default = "default_route_paths")]
-    pub paths: Vec<String>,
+    /// Default: every endpoint of the targets' protocol.
+    pub paths: Option<Vec<String>>,
     pub targets: Vec<RawTarget>,
     /// `weighted_round_robin` or `consistent_hash`.
     #[serde(default = "default_balancer")]
@@ -709,17 +717,6 @@ impl RawConfig {
             if raw.targets.is_empty() {
                 p.push(format!("{path}.targets"), "must list at least one instance");
             }
-            for (j, route_path) in raw.paths.iter().enumerate() {
-                if !Endpoint::ALL.iter().any(|e| e.path() == route_path) {
-                    p.push(
-                        format!("{path}.paths[{j}]"),
-                        format!(
-                            "`{route_path}` is not an endpoint this gateway serves ({})",
-                            served_paths()
-                        ),
-                    );
-                }
-            }
             let mut targets = Vec::with_capacity(raw.targets.len());
             let mut seen = HashSet::new();
             for (j, t) in raw.targets.into_iter().enumerate() {
@@ -759,6 +756,40 @@ impl RawConfig {
             }
             // Stable: equal priorities keep file order.
             targets.sort_by_key(|t| std::cmp::Reverse(t.priority));
+            let first_provider = targets
+                .first()
+                .and_then(|t| instances.get(t.instance))
+                .map(|i: &Instance| i.provider);
+            let paths = raw
+                .paths
+                .unwrap_or_else(|| provider_paths(first_provider.unwrap_or(Provider::Openai)));
+            for (j, route_path) in paths.iter().enumerate() {
+                let Some(endpoint) = Endpoint::ALL.iter().find(|e| e.path() == route_path) else {
+                    p.push(
+                        format!("{path}.paths[{j}]"),
+                        format!(
+                            "`{route_path}` is not an endpoint this gateway serves ({})",
+                            served_paths()
+                        ),
+                    );
+                    continue;
+                };
+                for t in &targets {
+                    if let Some(instance) = instances.get(t.instance)
+                        && instance.provider != endpoint.provider()
+                    {
+                        p.push(
+                            format!("{path}.paths[{j}]"),
+                            format!(
+                                "`{route_path}` speaks the {} protocol but target `{}` is a {} instance",
+                                endpoint.provider().as_str(),
+                                instance.name,
+                                instance.provider.as_str()
+                            ),
+                        );
+                    }
+                }
+            }
             let balancer = validate_balancer(&mut p, &path, &raw.balancer, raw.hash_on.as_deref());
             if raw.failover.max_attempts == 0 {
                 p.push(format!("{path}.failover.max_attempts"), "must be at least 1");
@@ -779,7 +810,7 @@ impl RawConfig {
             routes.push(Route {
                 name: raw.name,
                 models: raw.models,
-                paths: raw.paths,
+                paths,
                 targets,
                 balancer,
                 failover,
@@ -1053,6 +1084,29 @@ mod tests {
             found
                 .iter()
                 .any(|p| p.starts_with("routes[1].models[0]: `gpt-4o-mini` is already served"))
+        );
+    }
+
+    #[test]
+    fn a_route_cannot_send_one_protocol_to_another_protocols_instance() {
+        let mixed = format!(
+            "{VALID}\n[[instances]]\nname = \"claude\"\nprovider = \"anthropic\"\nendpoint = \"https://api.anthropic.com/v1\"\n\
+             [[routes]]\nname = \"mixed\"\nmodels = [\"m\"]\npaths = [\"/v1/messages\"]\ntargets = [{{ instance = \"openai\" }}, {{ instance = \"claude\" }}]\n"
+        );
+        let found = problems(&mixed);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with(
+            "routes[1].paths[0]: `/v1/messages` speaks the anthropic protocol but target `openai`"
+        ));
+        // Without `paths`, a route serves every endpoint of its targets' protocol.
+        let claude_only = mixed
+            .replace("paths = [\"/v1/messages\"]\n", "")
+            .replace("{ instance = \"openai\" }, ", "");
+        let config = Config::from_toml_with_env(&claude_only, env).unwrap();
+        assert_eq!(config.routes[1].paths, ["/v1/messages"]);
+        assert_eq!(
+            config.routes[0].paths,
+            ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
         );
     }
 

@@ -119,7 +119,7 @@ impl MeterClient {
     /// The prompt estimate for a request to `model`. Never fails: falls back in-process.
     pub async fn estimate(&self, model: &str, prompt: &Prompt<'_>) -> Estimate {
         match prompt {
-            Prompt::Chat(messages) => self.estimate_chat(model, messages).await,
+            Prompt::Chat(messages) => self.estimate_chat(model, messages.as_ref()).await,
             Prompt::Texts { texts, pretokenized } => {
                 let started = Instant::now();
                 let result = self.count_texts(model, texts).await;

@@ -1,7 +1,6 @@
 //! `GET /v1/models`: the model names (and aliases) this gateway routes, in OpenAI's list format, for an
 //! authenticated consumer — so OpenAI SDKs and tools that list models before calling one work unchanged.
 
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
@@ -22,11 +21,7 @@ struct Model<'a> {
 }
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(error) = state.keys.authenticate(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    ) {
+    if let Err(error) = state.keys.authenticate_request(req.headers()) {
         return error.error_response();
     }
     let data = state

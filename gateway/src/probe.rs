@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{HealthCheck, HealthMethod, Instance};
 use crate::health::InstanceHealth;
 use crate::metrics as m;
-use crate::upstream::url_for;
+use crate::upstream::{url_for, with_auth};
 
 /// Starts one probe task per instance that has a health check, in the current actix system. They stop when
 /// `stop` is cancelled.
@@ -53,10 +53,7 @@ async fn probe_once(client: &awc::Client, instance: &Instance, check: &HealthChe
         HealthMethod::Get => Method::GET,
         HealthMethod::Post => Method::POST,
     };
-    let mut request = client.request(method, url);
-    if let Some(key) = &instance.api_key {
-        request = request.insert_header((header::AUTHORIZATION, format!("Bearer {}", key.expose())));
-    }
+    let request = with_auth(client.request(method, url), instance);
     let sent = match &check.body {
         Some(body) => {
             request

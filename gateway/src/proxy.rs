@@ -1,5 +1,6 @@
 //! The metered request path of the OpenAI-compatible endpoints — `POST /v1/chat/completions`,
-//! `/v1/completions` and `/v1/embeddings` — from admission to the usage event:
+//! `/v1/completions` and `/v1/embeddings` — and of Anthropic's `POST /v1/messages`, from admission to the usage
+//! event:
 //!
 //! 1. authenticate the consumer key → [`Principal`];
 //! 2. read and parse the body once → [`ApiRequest`] (model, stream flag, and the prompt of its [`Endpoint`]);
@@ -17,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
 use tollgate_schemas::usage::AttemptError;
@@ -26,7 +27,7 @@ use uuid::Uuid;
 
 use crate::app::{AppState, WorkerClients};
 use crate::auth::Principal;
-use crate::config::Instance;
+use crate::config::{Instance, Provider};
 use crate::error::GatewayError;
 use crate::health::parse_retry_after;
 use crate::metrics as m;
@@ -73,6 +74,16 @@ pub async fn embeddings(
     clients: web::Data<WorkerClients>,
 ) -> HttpResponse {
     serve(Endpoint::Embeddings, req, payload, state, clients).await
+}
+
+/// `POST /v1/messages` (Anthropic's Messages API, served by Anthropic-type instances).
+pub async fn messages(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    clients: web::Data<WorkerClients>,
+) -> HttpResponse {
+    serve(Endpoint::Messages, req, payload, state, clients).await
 }
 
 /// Runs the pipeline, turns its error into an OpenAI-shaped response, records metrics.
@@ -150,11 +161,7 @@ async fn handle(
     clients: &web::Data<WorkerClients>,
     arrival: Arrival,
 ) -> Result<(HttpResponse, String), GatewayError> {
-    let principal = state.keys.authenticate(
-        req.headers()
-            .get(header::AUTHORIZATION)
-            .map(HeaderValue::as_bytes),
-    )?;
+    let principal = state.keys.authenticate_request(req.headers())?;
     let raw = read_body(payload, state.config.server.max_request_bytes).await?;
     let chat = ApiRequest::parse(endpoint, raw)?;
     let route = state
@@ -186,7 +193,7 @@ async fn handle(
     let mut response = match forwarded.result {
         Ok(Answer::Full(upstream)) => {
             let succeeded = upstream.status.is_success();
-            let usage = usage::from_response_body(&upstream.body)
+            let usage = usage::from_body(instance.provider, &upstream.body)
                 .unwrap_or_else(|| usage::estimated(estimate.tokens, succeeded));
             let outcome = if succeeded {
                 Outcome::Ok
@@ -206,10 +213,11 @@ async fn handle(
         Ok(Answer::Stream(head)) => {
             let job = StreamJob {
                 pending,
-                strip_usage_chunk: !chat.client_wants_usage(),
+                strip_usage_chunk: instance.provider == Provider::Openai && !chat.client_wants_usage(),
                 state: state.clone(),
                 clients: clients.clone(),
                 ttfb: head.head_at.saturating_duration_since(arrival.started),
+                provider: instance.provider,
             };
             streaming::relay(head, job)
         }
@@ -260,6 +268,7 @@ async fn forward<'a>(
         },
         started,
     );
+    let passthrough = passthrough_headers(req, chat.endpoint);
     let mut attempts = Vec::with_capacity(1);
     let mut last: Option<Forwarded<'a>> = None;
     for (n, &index) in plan.iter().enumerate() {
@@ -280,7 +289,14 @@ async fn forward<'a>(
         let body = chat.upstream_body(instance.model.as_deref())?;
         let path = target.path.as_deref().unwrap_or(chat.endpoint.upstream_path());
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
-        let result = attempt(clients, instance, path, body, timeout, chat.stream, state).await;
+        let outbound = Outbound {
+            path,
+            body,
+            timeout,
+            passthrough: &passthrough,
+            stream: chat.stream,
+        };
+        let result = attempt(clients, state, instance, outbound).await;
         let elapsed = now.elapsed();
         metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "instance" => instance.name.clone())
             .record(elapsed.as_secs_f64());
@@ -337,23 +353,53 @@ async fn forward<'a>(
     Ok(forwarded)
 }
 
+/// What one attempt sends.
+struct Outbound<'a> {
+    path: &'a str,
+    body: bytes::Bytes,
+    timeout: Duration,
+    passthrough: &'a [(HeaderName, HeaderValue)],
+    stream: bool,
+}
+
 /// One attempt: the head, then the whole body — unless it is a successful stream, which is relayed instead.
 async fn attempt(
     clients: &WorkerClients,
-    instance: &Instance,
-    path: &str,
-    body: bytes::Bytes,
-    timeout: Duration,
-    stream: bool,
     state: &AppState,
+    instance: &Instance,
+    outbound: Outbound<'_>,
 ) -> Result<Answer, AttemptFailure> {
-    let head = clients.upstreams.open(instance, path, body, timeout).await?;
+    let Outbound {
+        path,
+        body,
+        timeout,
+        passthrough,
+        stream,
+    } = outbound;
+    let head = clients
+        .upstreams
+        .open(instance, path, body, timeout, passthrough)
+        .await?;
     if stream && head.status.is_success() {
         return Ok(Answer::Stream(head));
     }
     head.read_to_end(state.config.server.max_response_bytes)
         .await
         .map(Answer::Full)
+}
+
+/// Client headers an endpoint's protocol needs upstream: Anthropic's API version and beta flags. Nothing else of
+/// the client's request headers is forwarded (in particular not its key).
+fn passthrough_headers(req: &HttpRequest, endpoint: Endpoint) -> Vec<(HeaderName, HeaderValue)> {
+    const ANTHROPIC: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+    let names: &[&str] = match endpoint {
+        Endpoint::Messages => &ANTHROPIC,
+        Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => &[],
+    };
+    names
+        .iter()
+        .filter_map(|name| Some((HeaderName::from_static(name), req.headers().get(*name)?.clone())))
+        .collect()
 }
 
 /// An attempt's status, error kind for the trail, and — when another instance may succeed — the failover reason.

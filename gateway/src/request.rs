@@ -6,7 +6,11 @@
 use actix_web::web;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
+
+use crate::config::Provider;
 
 use crate::error::GatewayError;
 
@@ -32,10 +36,25 @@ pub enum Endpoint {
     Completions,
     /// `POST /v1/embeddings`: `input`, never streamed.
     Embeddings,
+    /// `POST /v1/messages`: Anthropic's Messages API (`messages`, optional `system`), streamable.
+    Messages,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [Self::ChatCompletions, Self::Completions, Self::Embeddings];
+    pub const ALL: [Endpoint; 4] = [
+        Self::ChatCompletions,
+        Self::Completions,
+        Self::Embeddings,
+        Self::Messages,
+    ];
+
+    /// The protocol of the instances that serve it.
+    pub fn provider(self) -> Provider {
+        match self {
+            Self::ChatCompletions | Self::Completions | Self::Embeddings => Provider::Openai,
+            Self::Messages => Provider::Anthropic,
+        }
+    }
 
     /// The client path.
     pub fn path(self) -> &'static str {
@@ -43,6 +62,7 @@ impl Endpoint {
             Self::ChatCompletions => "/v1/chat/completions",
             Self::Completions => "/v1/completions",
             Self::Embeddings => "/v1/embeddings",
+            Self::Messages => "/v1/messages",
         }
     }
 
@@ -52,13 +72,14 @@ impl Endpoint {
             Self::ChatCompletions => "chat/completions",
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
+            Self::Messages => "messages",
         }
     }
 
     /// The field holding what is metered as the prompt.
     fn prompt_field(self) -> &'static str {
         match self {
-            Self::ChatCompletions => "messages",
+            Self::ChatCompletions | Self::Messages => "messages",
             Self::Completions => "prompt",
             Self::Embeddings => "input",
         }
@@ -73,7 +94,7 @@ impl Endpoint {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt<'a> {
     /// Chat messages, counted with OpenAI's chat overhead.
-    Chat(&'a Value),
+    Chat(Cow<'a, Value>),
     /// Texts counted one by one, plus tokens the client sent already tokenized.
     Texts { texts: Vec<&'a str>, pretokenized: u32 },
 }
@@ -108,15 +129,15 @@ impl ApiRequest {
         let field = endpoint.prompt_field();
         let valid = match (endpoint, body.get(field)) {
             (_, None | Some(Value::Null)) => return Err(GatewayError::MissingParameter(field)),
-            (Endpoint::ChatCompletions, Some(Value::Array(m))) => !m.is_empty(),
-            (Endpoint::ChatCompletions, Some(_)) => false,
+            (Endpoint::ChatCompletions | Endpoint::Messages, Some(Value::Array(m))) => !m.is_empty(),
+            (Endpoint::ChatCompletions | Endpoint::Messages, Some(_)) => false,
             (_, Some(Value::String(_))) => true,
             (_, Some(Value::Array(items))) => !items.is_empty() && items.iter().all(is_prompt_item),
             (_, Some(_)) => false,
         };
         if !valid {
             let message = match endpoint {
-                Endpoint::ChatCompletions => "expected a non-empty array of messages",
+                Endpoint::ChatCompletions | Endpoint::Messages => "expected a non-empty array of messages",
                 Endpoint::Completions | Endpoint::Embeddings => {
                     "expected a string, an array of strings, an array of token ids, or an array of token id arrays"
                 }
@@ -157,8 +178,18 @@ impl ApiRequest {
             .body
             .get(self.endpoint.prompt_field())
             .unwrap_or(&Value::Null);
-        if self.endpoint == Endpoint::ChatCompletions {
-            return Prompt::Chat(value);
+        match self.endpoint {
+            Endpoint::ChatCompletions => return Prompt::Chat(Cow::Borrowed(value)),
+            // Anthropic's `system` is a separate field: estimate it as the leading system message it stands for.
+            Endpoint::Messages => {
+                let mut messages = Vec::new();
+                if let Some(system) = self.body.get("system").filter(|s| !s.is_null()) {
+                    messages.push(serde_json::json!({"role": "system", "content": system}));
+                }
+                messages.extend(value.as_array().into_iter().flatten().cloned());
+                return Prompt::Chat(Cow::Owned(Value::Array(messages)));
+            }
+            Endpoint::Completions | Endpoint::Embeddings => {}
         }
         let mut texts = Vec::new();
         let mut pretokenized = 0u32;
@@ -197,7 +228,8 @@ impl ApiRequest {
     /// before it reaches the client.
     pub fn upstream_body(&self, model_override: Option<&str>) -> Result<Bytes, GatewayError> {
         let new_model = model_override.filter(|m| *m != self.model);
-        let ask_usage = self.stream && !self.client_wants_usage();
+        let openai_stream = matches!(self.endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
+        let ask_usage = openai_stream && self.stream && !self.client_wants_usage();
         if new_model.is_none() && !ask_usage {
             return Ok(self.raw.clone());
         }

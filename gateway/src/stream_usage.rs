@@ -8,8 +8,9 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use crate::config::Provider;
 use crate::sse::SseEvent;
-use crate::usage::{self, Usage};
+use crate::usage::{self, AnthropicUsage, Usage};
 
 /// Accumulates a streamed chat completion as its events pass.
 #[derive(Debug, Default)]
@@ -153,9 +154,181 @@ impl ChatStreamAccumulator {
     }
 }
 
+/// What an Anthropic Messages stream consumed: `message_start` carries the input (and cache) tokens,
+/// `content_block_delta` the text (`text_delta`, `input_json_delta` of tool calls, `thinking_delta`), each
+/// `message_delta` the output tokens so far, and `message_stop` ends it.
+#[derive(Debug, Default)]
+pub struct AnthropicStreamAccumulator {
+    text: String,
+    usage: Option<AnthropicUsage>,
+    done: bool,
+    chunks: u64,
+}
+
+#[derive(Deserialize)]
+struct AnthropicEvent {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    message: Option<AnthropicMessage>,
+    delta: Option<AnthropicDelta>,
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessage {
+    usage: Option<AnthropicUsage>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicDelta {
+    text: Option<String>,
+    partial_json: Option<String>,
+    thinking: Option<String>,
+}
+
+impl AnthropicStreamAccumulator {
+    pub fn observe(&mut self, event: &SseEvent) -> Observed {
+        let Some(data) = event.data.as_deref() else {
+            return Observed::Chunk;
+        };
+        self.chunks += 1;
+        let Ok(parsed) = serde_json::from_str::<AnthropicEvent>(data) else {
+            return Observed::Chunk;
+        };
+        match parsed.kind.as_deref() {
+            Some("message_start") => {
+                if let Some(usage) = parsed.message.and_then(|m| m.usage) {
+                    self.usage = Some(usage);
+                }
+            }
+            Some("content_block_delta") => {
+                if let Some(delta) = parsed.delta {
+                    for piece in [delta.text, delta.partial_json, delta.thinking]
+                        .into_iter()
+                        .flatten()
+                    {
+                        self.text.push_str(&piece);
+                    }
+                }
+            }
+            Some("message_delta") => {
+                if let Some(update) = parsed.usage {
+                    // Output tokens are cumulative; input figures may be repeated: the latest value wins.
+                    let usage = self.usage.get_or_insert_with(AnthropicUsage::default);
+                    usage.output_tokens = update.output_tokens.or(usage.output_tokens);
+                    usage.input_tokens = update.input_tokens.or(usage.input_tokens);
+                    usage.cache_creation_input_tokens = update
+                        .cache_creation_input_tokens
+                        .or(usage.cache_creation_input_tokens);
+                    usage.cache_read_input_tokens =
+                        update.cache_read_input_tokens.or(usage.cache_read_input_tokens);
+                }
+            }
+            Some("message_stop") => {
+                self.done = true;
+                return Observed::Done;
+            }
+            Some("error") => return Observed::Error,
+            _ => {}
+        }
+        Observed::Chunk
+    }
+}
+
+/// The accumulator for a stream of either protocol, as the tee uses it.
+#[derive(Debug)]
+pub enum StreamMeter {
+    OpenAi(ChatStreamAccumulator),
+    Anthropic(AnthropicStreamAccumulator),
+}
+
+impl StreamMeter {
+    pub fn for_provider(provider: Provider) -> Self {
+        match provider {
+            Provider::Openai => Self::OpenAi(ChatStreamAccumulator::default()),
+            Provider::Anthropic => Self::Anthropic(AnthropicStreamAccumulator::default()),
+        }
+    }
+
+    pub fn observe(&mut self, event: &SseEvent) -> Observed {
+        match self {
+            Self::OpenAi(a) => a.observe(event),
+            Self::Anthropic(a) => a.observe(event),
+        }
+    }
+
+    pub fn completion_text(&self) -> &str {
+        match self {
+            Self::OpenAi(a) => a.completion_text(),
+            Self::Anthropic(a) => &a.text,
+        }
+    }
+
+    pub fn provider_usage(&self) -> Option<Usage> {
+        match self {
+            Self::OpenAi(a) => a.provider_usage(),
+            Self::Anthropic(a) => a
+                .usage
+                .filter(|u| u.input_tokens.is_some())
+                .map(AnthropicUsage::to_usage),
+        }
+    }
+
+    pub fn saw_done(&self) -> bool {
+        match self {
+            Self::OpenAi(a) => a.saw_done(),
+            Self::Anthropic(a) => a.done,
+        }
+    }
+
+    pub fn chunks(&self) -> u64 {
+        match self {
+            Self::OpenAi(a) => a.chunks(),
+            Self::Anthropic(a) => a.chunks,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_anthropic_stream_bills_input_cache_and_output_tokens_and_ends_at_message_stop() {
+        let events = [
+            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":25,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"lo"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#,
+        ];
+        let mut meter = StreamMeter::for_provider(Provider::Anthropic);
+        for e in events {
+            assert_eq!(
+                meter.observe(&SseEvent {
+                    data: Some(e.into()),
+                    ..SseEvent::default()
+                }),
+                Observed::Chunk
+            );
+        }
+        assert!(!meter.saw_done());
+        let stop = SseEvent {
+            data: Some(r#"{"type":"message_stop"}"#.into()),
+            ..SseEvent::default()
+        };
+        assert_eq!(meter.observe(&stop), Observed::Done);
+        assert!(meter.saw_done());
+        assert_eq!(meter.completion_text(), "Hello{\"a\":1}");
+        let usage = meter.provider_usage().unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (125, 15, 140)
+        );
+    }
+
     use crate::sse::tests::{cut_at, openai_stream};
     use crate::sse::{EventSplitter, parse_event};
     use proptest::prelude::*;

@@ -27,11 +27,12 @@ use tokio::sync::mpsc;
 use tollgate_schemas::{Outcome, UsageSource};
 
 use crate::app::{AppState, WorkerClients};
+use crate::config::Provider;
 use crate::meter::fallback_text_estimate;
 use crate::metrics as m;
 use crate::record::{PendingEvent, Settlement};
 use crate::sse::{EventSplitter, parse_event};
-use crate::stream_usage::{ChatStreamAccumulator, Observed};
+use crate::stream_usage::{Observed, StreamMeter};
 use crate::upstream::UpstreamHead;
 use crate::usage::Usage;
 
@@ -50,6 +51,8 @@ pub struct StreamJob {
     pub clients: web::Data<WorkerClients>,
     /// Arrival to the upstream's response head.
     pub ttfb: Duration,
+    /// The protocol of the stream's events.
+    pub provider: Provider,
 }
 
 /// Starts relaying `head`'s body; returns the client's response.
@@ -73,7 +76,7 @@ pub fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
 async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
     let idle_timeout = job.state.config.server.stream_idle_timeout;
     let mut splitter = EventSplitter::new(MAX_EVENT_BYTES);
-    let mut stream = ChatStreamAccumulator::default();
+    let mut stream = StreamMeter::for_provider(job.provider);
     let mut outcome = Outcome::Ok;
     loop {
         let next = tokio::select! {
@@ -170,7 +173,7 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
 
 /// The provider's numbers when a chunk carried them; otherwise the prompt estimate and the streamed text
 /// counted by meter-sidecar (or approximated in-process when it is down).
-async fn settle(job: &StreamJob, stream: &ChatStreamAccumulator) -> Usage {
+async fn settle(job: &StreamJob, stream: &StreamMeter) -> Usage {
     if let Some(usage) = stream.provider_usage() {
         return usage;
     }

@@ -11,14 +11,14 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use awc::error::{PayloadError, SendRequestError};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tollgate_schemas::usage::AttemptError;
 
-use crate::config::Instance;
+use crate::config::{Instance, Provider};
 
 /// HTTP clients for every instance, one set per worker (each with its own connection pool and connect timeout).
 #[derive(Default)]
@@ -123,6 +123,30 @@ pub fn status_is_retryable(status: StatusCode, extra: &[u16]) -> bool {
     matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504) || extra.contains(&status.as_u16())
 }
 
+/// The default `anthropic-version` sent to Anthropic instances when the client names none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Adds the instance's credentials as its provider expects them: `Authorization: Bearer` for OpenAI-compatible
+/// APIs, `x-api-key` (and a default `anthropic-version`) for Anthropic. Never the client's key.
+pub fn with_auth(mut request: awc::ClientRequest, instance: &Instance) -> awc::ClientRequest {
+    match instance.provider {
+        Provider::Openai => {
+            if let Some(key) = &instance.api_key {
+                request = request.insert_header((header::AUTHORIZATION, format!("Bearer {}", key.expose())));
+            }
+        }
+        Provider::Anthropic => {
+            if let Some(key) = &instance.api_key {
+                request = request.insert_header(("x-api-key", key.expose()));
+            }
+            if !request.headers().contains_key("anthropic-version") {
+                request = request.insert_header(("anthropic-version", ANTHROPIC_VERSION));
+            }
+        }
+    }
+    request
+}
+
 /// The URL for `path` on an instance: relative paths extend the endpoint (`chat/completions` →
 /// `https://host/v1/chat/completions`), absolute ones replace its path (`/v2/chat/completions`).
 pub fn url_for(endpoint: &url::Url, path: &str) -> String {
@@ -158,6 +182,7 @@ impl Upstreams {
         path: &str,
         body: Bytes,
         timeout: Duration,
+        passthrough: &[(HeaderName, HeaderValue)],
     ) -> Result<UpstreamHead, AttemptFailure> {
         let client = self
             .clients
@@ -167,9 +192,10 @@ impl Upstreams {
             .request(Method::POST, url_for(&instance.endpoint, path))
             .timeout(timeout)
             .insert_header((header::CONTENT_TYPE, "application/json"));
-        if let Some(key) = &instance.api_key {
-            request = request.insert_header((header::AUTHORIZATION, format!("Bearer {}", key.expose())));
+        for (name, value) in passthrough {
+            request = request.insert_header((name.clone(), value.clone()));
         }
+        request = with_auth(request, instance);
         let started = Instant::now();
         let response = request.send_body(body).await.map_err(|e| match e {
             SendRequestError::Timeout => AttemptFailure::Timeout,

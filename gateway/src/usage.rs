@@ -52,6 +52,51 @@ pub fn from_response_body(body: &[u8]) -> Option<Usage> {
     })
 }
 
+#[derive(Deserialize)]
+struct AnthropicEnvelope {
+    usage: Option<AnthropicUsage>,
+}
+
+/// Anthropic's usage object: input (uncached), cache writes, cache reads, output.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct AnthropicUsage {
+    pub input_tokens: Option<u32>,
+    pub cache_creation_input_tokens: Option<u32>,
+    pub cache_read_input_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+}
+
+impl AnthropicUsage {
+    /// As billed: every prompt token — uncached, written to and read from the cache — is a prompt token, and the
+    /// total includes them (not only the output, as some gateways count Anthropic streams).
+    pub fn to_usage(self) -> Usage {
+        let prompt_tokens = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0));
+        let completion_tokens = self.output_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            cached_prompt_tokens: self.cache_read_input_tokens,
+            source: UsageSource::Provider,
+        }
+    }
+}
+
+/// The provider's usage in a whole response body, read the way `provider` reports it.
+pub fn from_body(provider: crate::config::Provider, body: &[u8]) -> Option<Usage> {
+    match provider {
+        crate::config::Provider::Openai => from_response_body(body),
+        crate::config::Provider::Anthropic => {
+            let usage = serde_json::from_slice::<AnthropicEnvelope>(body).ok()?.usage?;
+            (usage.input_tokens.is_some() || usage.output_tokens.is_some()).then(|| usage.to_usage())
+        }
+    }
+}
+
 /// What is billed when the provider reported nothing: the prompt estimate for a successful response (the
 /// provider processed the prompt), nothing for a failed one.
 pub fn estimated(prompt_estimate: u32, succeeded: bool) -> Usage {
@@ -81,6 +126,18 @@ mod tests {
         );
         assert_eq!(usage.cached_prompt_tokens, Some(16));
         assert_eq!(usage.source, UsageSource::Provider);
+    }
+
+    #[test]
+    fn anthropic_totals_include_every_input_token() {
+        let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":4,
+            "cache_read_input_tokens":100,"output_tokens":7}}"#;
+        let usage = from_body(crate::config::Provider::Anthropic, body).unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (114, 7, 121)
+        );
+        assert_eq!(usage.cached_prompt_tokens, Some(100));
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl MockProvider {
                 .route("/{version}/chat/completions", web::post().to(chat))
                 .route("/{version}/completions", web::post().to(chat))
                 .route("/{version}/embeddings", web::post().to(chat))
+                .route("/{version}/messages", web::post().to(chat))
                 .route("/_mock/behaviour", web::post().to(set_behaviour))
                 .route(
                     "/healthz",
@@ -185,10 +186,15 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let authorized = state
-        .expected_key
-        .as_ref()
-        .is_none_or(|k| authorization.as_deref() == Some(format!("Bearer {k}").as_str()));
+    let api_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
+    let anthropic = req.path().ends_with("/messages");
+    let authorized = state.expected_key.as_ref().is_none_or(|k| {
+        if anthropic {
+            api_key == Some(k.as_str())
+        } else {
+            authorization.as_deref() == Some(format!("Bearer {k}").as_str())
+        }
+    });
     let status = match (&behaviour, authorized) {
         (_, false) => 401,
         (Behaviour::Status { status, .. }, true) => *status,
@@ -208,6 +214,9 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         });
     if !authorized {
         return error(401, "Incorrect API key provided.", "invalid_api_key", None);
+    }
+    if anthropic && !matches!(behaviour, Behaviour::Status { .. } | Behaviour::Garbage) {
+        return anthropic_message(&body, &behaviour);
     }
     if body["stream"] == true && !matches!(behaviour, Behaviour::Status { .. } | Behaviour::Garbage) {
         return stream(&body, &behaviour);
@@ -272,12 +281,78 @@ pub fn sse_events(body: &Value, with_usage: bool) -> Vec<String> {
     events
 }
 
+/// The usage the mock reports for an Anthropic request: (input, cache read, output).
+pub fn anthropic_usage(body: &Value) -> (u32, u32, u32) {
+    let (prompt, completion, cached) = reported_usage(&as_messages(body));
+    (prompt, cached, completion)
+}
+
+/// The events of the mock's Anthropic Messages stream, each with its `event:` line.
+pub fn anthropic_events(body: &Value) -> Vec<String> {
+    let messages = as_messages(body);
+    let (input, cache_read, output) = anthropic_usage(body);
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message",
+            "role": "assistant", "model": body["model"], "content": [],
+            "usage": {"input_tokens": input, "cache_read_input_tokens": cache_read, "output_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        event("ping", json!({"type": "ping"})),
+    ];
+    let text = completion_text(&messages);
+    events.extend(text.split_inclusive(' ').map(|w| {
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": w}}),
+        )
+    }));
+    events.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(event(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}}),
+    ));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    events
+}
+
+fn anthropic_message(body: &Value, behaviour: &Behaviour) -> HttpResponse {
+    if body["stream"] == true {
+        return pieces_response(anthropic_events(body), behaviour);
+    }
+    let (input, cache_read, output) = anthropic_usage(body);
+    HttpResponse::Ok().json(json!({
+        "id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"],
+        "content": [{"type": "text", "text": completion_text(&as_messages(body))}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": input, "cache_read_input_tokens": cache_read, "output_tokens": output}
+    }))
+}
+
 /// Sizes the mock cuts its stream into, in turn: small and odd, so that `data:` prefixes, JSON objects and
 /// multi-byte characters are split across writes.
 const PIECE_SIZES: [usize; 7] = [1, 7, 3, 13, 2, 29, 5];
 
 fn stream(body: &Value, behaviour: &Behaviour) -> HttpResponse {
-    let events = sse_events(body, !matches!(behaviour, Behaviour::NoUsage));
+    pieces_response(
+        sse_events(body, !matches!(behaviour, Behaviour::NoUsage)),
+        behaviour,
+    )
+}
+
+/// Streams `events` in odd-sized pieces, slowed down or cut as `behaviour` says.
+fn pieces_response(events: Vec<String>, behaviour: &Behaviour) -> HttpResponse {
     let (bytes, cut) = match behaviour {
         Behaviour::CutStream { events: n } => (events[..(*n).min(events.len())].concat().into_bytes(), true),
         _ => (events.concat().into_bytes(), false),

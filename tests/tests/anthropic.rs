@@ -1,0 +1,172 @@
+//! Anthropic's Messages API passed through to Anthropic-type instances on the real stack: the client's key is
+//! replaced by the instance's `x-api-key`, bodies and streams pass unchanged, and usage — input, cache and
+//! output tokens, from the body or from `message_start`/`message_delta` — is billed with totals that include
+//! every input token.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code: a failed expectation fails the test
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tollgate_meter_sidecar::count::chat_tokens;
+use tollgate_meter_sidecar::encoding::Encoding;
+use tollgate_tests::mock_provider::{anthropic_events, anthropic_usage};
+use tollgate_tests::stack::{CONSUMERS, PROVIDER_KEY, Stack, StackOptions, http};
+
+const CLAUDE: &str = r#"
+[[instances]]
+name = "claude"
+provider = "anthropic"
+endpoint = "{mock}"
+api_key_env = "PROVIDER_KEY"
+[[routes]]
+name = "claude"
+models = ["claude-sonnet"]
+targets = [{ instance = "claude" }]
+"#;
+
+fn request(stream: bool) -> Value {
+    json!({
+        "model": "claude-sonnet", "max_tokens": 64, "stream": stream,
+        "system": "You are terse.",
+        "messages": [{"role": "user", "content": "Say hello to Tollgate, in Anthropic's dialect."}]
+    })
+}
+
+async fn post(stack: &Stack, path: &str, body: &Value) -> (u16, String, Vec<u8>) {
+    let mut response = http()
+        .post(format!("{}{path}", stack.gateway_url))
+        .insert_header(("x-api-key", CONSUMERS[1].2))
+        .insert_header(("anthropic-version", "2023-06-01"))
+        .send_json(body)
+        .await
+        .unwrap();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let mut bytes = Vec::new();
+    while let Some(Ok(chunk)) = response.next().await {
+        bytes.extend_from_slice(&chunk);
+    }
+    (response.status().as_u16(), request_id, bytes)
+}
+
+async fn row(stack: &Stack, request_id: &str, expected_rows: usize) -> Value {
+    let rows = stack
+        .wait_for_usage_rows(expected_rows, Duration::from_secs(30))
+        .await;
+    rows.into_iter()
+        .find(|r| r["request_id"] == request_id)
+        .expect("a usage row")
+}
+
+fn assert_billed_with_input_tokens(row: &Value, body: &Value) {
+    let (input, cache_read, output) = anthropic_usage(body);
+    assert_eq!(row["endpoint"], "/v1/messages");
+    assert_eq!(row["provider"], "anthropic");
+    assert_eq!(row["consumer_id"], "team-b");
+    assert_eq!(row["usage_source"], "provider");
+    assert_eq!(
+        row["prompt_tokens"],
+        input + cache_read,
+        "uncached and cached input are both prompt tokens"
+    );
+    assert_eq!(row["cached_prompt_tokens"], cache_read);
+    assert_eq!(row["completion_tokens"], output);
+    assert_eq!(
+        row["total_tokens"],
+        input + cache_read + output,
+        "the total includes the input tokens"
+    );
+}
+
+#[actix_rt::test]
+async fn a_message_passes_through_with_the_instance_key_and_is_billed_with_its_input_tokens() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: CLAUDE.into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let body = request(false);
+    let (status, request_id, bytes) = post(&stack, "/v1/messages", &body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let answer: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(answer["type"], "message");
+
+    let received = &stack.mock.received()[0];
+    assert_eq!(received.path, "/v1/messages");
+    let header = |name: &str| {
+        received
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        header("x-api-key"),
+        Some(PROVIDER_KEY),
+        "the instance's key, not the consumer's"
+    );
+    assert_eq!(header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(header("authorization"), None);
+
+    let row = row(&stack, &request_id, 1).await;
+    assert_billed_with_input_tokens(&row, &body);
+    // The estimate counts `system` as the leading system message it stands for.
+    let as_chat = [
+        json!({"role": "system", "content": "You are terse."}),
+        body["messages"][0].clone(),
+    ];
+    assert_eq!(
+        row["prompt_tokens_estimated"],
+        chat_tokens(Encoding::O200kBase, &as_chat)
+    );
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_streamed_message_passes_unchanged_and_is_billed_from_message_start_and_message_delta() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: CLAUDE.into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let body = request(true);
+    let (status, request_id, bytes) = post(&stack, "/v1/messages", &body).await;
+    assert_eq!(status, 200);
+    let upstream = &stack.mock.received()[0].body;
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        anthropic_events(upstream).concat(),
+        "byte for byte"
+    );
+
+    let row = row(&stack, &request_id, 1).await;
+    assert_eq!(row["stream"], 1);
+    assert_eq!(row["outcome"], "ok");
+    assert_billed_with_input_tokens(&row, &body);
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn an_anthropic_route_serves_only_the_messages_api() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: CLAUDE.into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let chat = json!({"model": "claude-sonnet", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, bytes) = post(&stack, "/v1/chat/completions", &chat).await;
+    let error: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    assert!(stack.mock.received().is_empty());
+    stack.stop().await;
+}
