@@ -129,6 +129,24 @@ fn local_listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind a local port")
 }
 
+/// A response read to its end.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub request_id: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
 /// The test client: one per thread, reused, because building an awc client sets up a TLS connector each time.
 pub fn http() -> awc::Client {
     thread_local! {
@@ -274,6 +292,30 @@ impl Stack {
         self.mock.stop().await;
         if let Some(mock2) = &self.mock2 {
             mock2.stop().await;
+        }
+    }
+
+    /// POSTs `body` to the gateway's `path` with `headers` and reads the response to its end (a stream too).
+    pub async fn post_json(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+        let mut request = http().post(format!("{}{path}", self.gateway_url));
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
+        let mut response = request.send_json(body).await.expect("the gateway answers");
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut bytes = Vec::new();
+        while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut response).await {
+            bytes.extend_from_slice(&chunk);
+        }
+        Reply {
+            status: response.status().as_u16(),
+            request_id,
+            body: bytes,
         }
     }
 

@@ -7,12 +7,11 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tollgate_meter_sidecar::count::chat_tokens;
 use tollgate_meter_sidecar::encoding::Encoding;
 use tollgate_tests::mock_provider::{anthropic_events, anthropic_usage};
-use tollgate_tests::stack::{CONSUMERS, PROVIDER_KEY, Stack, StackOptions, http};
+use tollgate_tests::stack::{CONSUMERS, PROVIDER_KEY, Stack, StackOptions};
 
 const CLAUDE: &str = r#"
 [[instances]]
@@ -35,25 +34,9 @@ fn request(stream: bool) -> Value {
 }
 
 async fn post(stack: &Stack, path: &str, body: &Value) -> (u16, String, Vec<u8>) {
-    let mut response = http()
-        .post(format!("{}{path}", stack.gateway_url))
-        .insert_header(("x-api-key", CONSUMERS[1].2))
-        .insert_header(("anthropic-version", "2023-06-01"))
-        .send_json(body)
-        .await
-        .unwrap();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let mut bytes = Vec::new();
-    while let Some(Ok(chunk)) = response.next().await {
-        bytes.extend_from_slice(&chunk);
-    }
-    (response.status().as_u16(), request_id, bytes)
+    let headers = [("x-api-key", CONSUMERS[1].2), ("anthropic-version", "2023-06-01")];
+    let reply = stack.post_json(path, &headers, body).await;
+    (reply.status, reply.request_id, reply.body)
 }
 
 async fn row(stack: &Stack, request_id: &str, expected_rows: usize) -> Value {

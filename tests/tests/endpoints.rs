@@ -6,34 +6,18 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tollgate_tests::mock_provider::{Behaviour, as_messages, completion_text, reported_usage, sse_events};
-use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, UPSTREAM_MODEL, http};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, UPSTREAM_MODEL};
 
 fn tiktoken(text: &str) -> usize {
     tiktoken_rs::o200k_base().unwrap().encode_ordinary(text).len()
 }
 
 async fn post(stack: &Stack, path: &str, body: &Value) -> (u16, String, Vec<u8>) {
-    let mut response = http()
-        .post(format!("{}{path}", stack.gateway_url))
-        .bearer_auth(CONSUMERS[2].2)
-        .send_json(body)
-        .await
-        .unwrap();
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let mut bytes = Vec::new();
-    while let Some(Ok(chunk)) = response.next().await {
-        bytes.extend_from_slice(&chunk);
-    }
-    (response.status().as_u16(), request_id, bytes)
+    let bearer = format!("Bearer {}", CONSUMERS[2].2);
+    let reply = stack.post_json(path, &[("authorization", &bearer)], body).await;
+    (reply.status, reply.request_id, reply.body)
 }
 
 async fn row(stack: &Stack, request_id: &str) -> Value {

@@ -49,21 +49,13 @@ async fn open_stream(
     (response, request_id)
 }
 
-/// Sends a streaming request and reads the whole response body.
+/// Sends a streaming request as consumer team-a and reads the whole response body.
 async fn stream(stack: &Stack, body: &Value) -> (u16, String, String) {
-    let (mut response, request_id) = open_stream(stack, body).await;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response.next().await {
-        match chunk {
-            Ok(chunk) => bytes.extend_from_slice(&chunk),
-            Err(_) => break,
-        }
-    }
-    (
-        response.status().as_u16(),
-        request_id,
-        String::from_utf8(bytes).unwrap(),
-    )
+    let bearer = format!("Bearer {}", CONSUMERS[0].2);
+    let reply = stack
+        .post_json("/v1/chat/completions", &[("authorization", &bearer)], body)
+        .await;
+    (reply.status, reply.request_id.clone(), reply.text())
 }
 
 /// The `data` payloads of an SSE body, read independently of the gateway's parser.
