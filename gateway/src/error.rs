@@ -22,8 +22,6 @@ pub enum GatewayError {
     MissingParameter(&'static str),
     #[error("Invalid value for '{param}': {message}")]
     InvalidParameter { param: &'static str, message: String },
-    #[error("'{param}' is not supported on this endpoint yet: {message}")]
-    UnsupportedParameter { param: &'static str, message: String },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("The request body is larger than the limit of {limit} bytes.")]
@@ -66,7 +64,6 @@ impl GatewayError {
             Self::InvalidJson(_) => "invalid_json",
             Self::MissingParameter(_) => "missing_parameter",
             Self::InvalidParameter { .. } => "invalid_parameter",
-            Self::UnsupportedParameter { .. } => "unsupported_parameter",
             Self::ModelNotFound(_) => "model_not_found",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RequestBody(_) => "request_body",
@@ -103,12 +100,6 @@ impl GatewayError {
                 INVALID,
                 Some(param),
                 Some("invalid_value"),
-            ),
-            Self::UnsupportedParameter { param, .. } => (
-                StatusCode::BAD_REQUEST,
-                INVALID,
-                Some(param),
-                Some("unsupported_parameter"),
             ),
             Self::ModelNotFound(_) => (
                 StatusCode::NOT_FOUND,
@@ -196,10 +187,6 @@ mod tests {
             GatewayError::InvalidParameter {
                 param: "messages",
                 message: "must be an array".into(),
-            },
-            GatewayError::UnsupportedParameter {
-                param: "stream",
-                message: "x".into(),
             },
             GatewayError::ModelNotFound("gpt-9".into()),
             GatewayError::PayloadTooLarge { limit: 10 },

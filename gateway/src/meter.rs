@@ -90,7 +90,7 @@ impl MeterClient {
     }
 
     /// The prompt estimate for chat `messages` sent to `model`. Never fails: falls back in-process.
-    pub async fn estimate_chat(&self, model: &str, messages: &Value) -> Estimate {
+    async fn estimate_chat(&self, model: &str, messages: &Value) -> Estimate {
         let started = Instant::now();
         let result = self.ask(model, messages).await;
         metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
