@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -17,12 +18,30 @@ use crate::error::GatewayError;
 pub struct Principal {
     pub consumer: Arc<str>,
     pub key_id: Arc<str>,
+    /// The models this key may use; all when `None`.
+    pub models: Option<Arc<[String]>>,
+}
+
+impl Principal {
+    /// May this key use `model`?
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|models| models.iter().any(|m| m == model))
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    principal: Principal,
+    sha256: [u8; 32],
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// Every consumer key, by the SHA-256 of the key.
 #[derive(Debug, Default)]
 pub struct KeyStore {
-    by_hash: HashMap<[u8; 32], (Principal, [u8; 32])>,
+    by_hash: HashMap<[u8; 32], Entry>,
 }
 
 impl KeyStore {
@@ -35,8 +54,16 @@ impl KeyStore {
                     let principal = Principal {
                         consumer: consumer.clone(),
                         key_id: Arc::from(k.id.as_str()),
+                        models: k.models.as_deref().map(Arc::from),
                     };
-                    (k.sha256, (principal, k.sha256))
+                    (
+                        k.sha256,
+                        Entry {
+                            principal,
+                            sha256: k.sha256,
+                            expires_at: k.expires_at,
+                        },
+                    )
                 })
             })
             .collect();
@@ -70,10 +97,19 @@ impl KeyStore {
     }
 
     fn check(&self, key: &[u8]) -> Result<Principal, GatewayError> {
+        self.check_at(key, Utc::now())
+    }
+
+    fn check_at(&self, key: &[u8], now: DateTime<Utc>) -> Result<Principal, GatewayError> {
         let digest = hash_key(key);
         // The map lookup narrows by digest; the final comparison is constant-time over the whole digest.
         match self.by_hash.get(&digest) {
-            Some((principal, stored)) if bool::from(stored.ct_eq(&digest)) => Ok(principal.clone()),
+            Some(entry) if bool::from(entry.sha256.ct_eq(&digest)) => {
+                if entry.expires_at.is_some_and(|at| now >= at) {
+                    return Err(GatewayError::ExpiredApiKey);
+                }
+                Ok(entry.principal.clone())
+            }
             _ => Err(GatewayError::InvalidApiKey),
         }
     }
@@ -99,27 +135,29 @@ mod tests {
     use super::*;
     use crate::config::ConsumerKey;
 
+    fn key(id: &str, secret: &[u8]) -> ConsumerKey {
+        ConsumerKey {
+            id: id.into(),
+            sha256: hash_key(secret),
+            expires_at: None,
+            models: None,
+        }
+    }
+
     fn store() -> KeyStore {
+        let limited = ConsumerKey {
+            expires_at: Some(expiry()),
+            models: Some(vec!["gpt-4o".into()]),
+            ..key("a-2", b"sk-a-two")
+        };
         KeyStore::new(&[
             Consumer {
                 name: "team-a".into(),
-                keys: vec![
-                    ConsumerKey {
-                        id: "a-1".into(),
-                        sha256: hash_key(b"sk-a-one"),
-                    },
-                    ConsumerKey {
-                        id: "a-2".into(),
-                        sha256: hash_key(b"sk-a-two"),
-                    },
-                ],
+                keys: vec![key("a-1", b"sk-a-one"), limited],
             },
             Consumer {
                 name: "team-b".into(),
-                keys: vec![ConsumerKey {
-                    id: "b-1".into(),
-                    sha256: hash_key(b"sk-b"),
-                }],
+                keys: vec![key("b-1", b"sk-b")],
             },
         ])
     }
@@ -147,6 +185,41 @@ mod tests {
                 "{header:?}"
             );
         }
+    }
+
+    fn expiry() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2030-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    #[test]
+    fn a_key_is_refused_from_its_expiry_on() {
+        let store = store();
+        assert!(
+            store
+                .check_at(b"sk-a-two", expiry() - chrono::Duration::seconds(1))
+                .is_ok()
+        );
+        assert!(matches!(
+            store.check_at(b"sk-a-two", expiry()),
+            Err(GatewayError::ExpiredApiKey)
+        ));
+        assert!(
+            store.check_at(b"sk-a-one", expiry()).is_ok(),
+            "a key without expiry never expires"
+        );
+    }
+
+    #[test]
+    fn a_key_with_models_may_use_only_those() {
+        let limited = store()
+            .check_at(b"sk-a-two", expiry() - chrono::Duration::days(1))
+            .unwrap();
+        assert!(limited.may_use("gpt-4o"));
+        assert!(!limited.may_use("gpt-4o-mini"));
+        let open = store().authenticate(Some(b"Bearer sk-b")).unwrap();
+        assert!(open.may_use("anything"));
     }
 
     #[test]

@@ -202,6 +202,10 @@ pub struct ConsumerKey {
     pub id: String,
     /// SHA-256 of the key.
     pub sha256: [u8; 32],
+    /// After this instant the key is refused.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The model names this key may use; every routed model when absent.
+    pub models: Option<Vec<String>>,
 }
 
 /// A secret value that never prints.
@@ -508,6 +512,9 @@ pub struct RawConsumer {
 pub struct RawKey {
     pub id: String,
     pub sha256: String,
+    /// RFC 3339, e.g. "2027-01-01T00:00:00Z".
+    pub expires_at: Option<String>,
+    pub models: Option<Vec<String>>,
 }
 
 impl Config {
@@ -846,7 +853,33 @@ impl RawConfig {
                 } else if !key_hashes.insert(sha256) {
                     p.push(format!("{kpath}.sha256"), "the same key is configured twice");
                 }
-                keys.push(ConsumerKey { id: key.id, sha256 });
+                let expires_at =
+                    key.expires_at
+                        .as_deref()
+                        .and_then(|at| match chrono::DateTime::parse_from_rfc3339(at) {
+                            Ok(at) => Some(at.to_utc()),
+                            Err(e) => {
+                                p.push(
+                                    format!("{kpath}.expires_at"),
+                                    format!("`{at}` is not an RFC 3339 time: {e}"),
+                                );
+                                None
+                            }
+                        });
+                for (m, model) in key.models.iter().flatten().enumerate() {
+                    if !model_owner.contains_key(model) {
+                        p.push(
+                            format!("{kpath}.models[{m}]"),
+                            format!("no route serves `{model}`"),
+                        );
+                    }
+                }
+                keys.push(ConsumerKey {
+                    id: key.id,
+                    sha256,
+                    expires_at,
+                    models: key.models,
+                });
             }
             consumers.push(Consumer { name: raw.name, keys });
         }
@@ -1107,6 +1140,24 @@ mod tests {
         assert_eq!(
             config.routes[0].paths,
             ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+        );
+    }
+
+    #[test]
+    fn key_expiry_and_models_are_checked_when_the_file_loads() {
+        let text = VALID.replace(
+            r#"keys = [{ id = "a-1", sha256 = "75cf857b6872c3d729faf2b92788a91fff3bc594f5a693ed02e6175a5bbac874" }]"#,
+            r#"keys = [{ id = "a-1", sha256 = "75cf857b6872c3d729faf2b92788a91fff3bc594f5a693ed02e6175a5bbac874", expires_at = "next week", models = ["gpt-4o-mini", "gpt-5"] }]"#,
+        );
+        let found = problems(&text);
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "consumers[0].keys[0].expires_at",
+                "consumers[0].keys[0].models[1]"
+            ],
+            "{found:?}"
         );
     }
 

@@ -16,6 +16,8 @@ pub enum GatewayError {
     MissingApiKey,
     #[error("Incorrect API key provided.")]
     InvalidApiKey,
+    #[error("This API key has expired.")]
+    ExpiredApiKey,
     #[error("The request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("Missing required parameter: '{0}'.")]
@@ -61,6 +63,7 @@ impl GatewayError {
         match self {
             Self::MissingApiKey => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::ExpiredApiKey => "expired_api_key",
             Self::InvalidJson(_) => "invalid_json",
             Self::MissingParameter(_) => "missing_parameter",
             Self::InvalidParameter { .. } => "invalid_parameter",
@@ -88,6 +91,7 @@ impl GatewayError {
         match self {
             Self::MissingApiKey => (StatusCode::UNAUTHORIZED, INVALID, None, Some("missing_api_key")),
             Self::InvalidApiKey => (StatusCode::UNAUTHORIZED, INVALID, None, Some("invalid_api_key")),
+            Self::ExpiredApiKey => (StatusCode::UNAUTHORIZED, INVALID, None, Some("expired_api_key")),
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, INVALID, None, Some("invalid_json")),
             Self::MissingParameter(param) => (
                 StatusCode::BAD_REQUEST,
@@ -182,6 +186,7 @@ mod tests {
         let all = [
             GatewayError::MissingApiKey,
             GatewayError::InvalidApiKey,
+            GatewayError::ExpiredApiKey,
             GatewayError::InvalidJson("expected value at line 1 column 1".into()),
             GatewayError::MissingParameter("model"),
             GatewayError::InvalidParameter {

@@ -1,5 +1,5 @@
-//! `GET /v1/models`: the model names (and aliases) this gateway routes, in OpenAI's list format, for an
-//! authenticated consumer — so OpenAI SDKs and tools that list models before calling one work unchanged.
+//! `GET /v1/models`: the model names (and aliases) this gateway routes that the caller's key may use, in OpenAI's
+//! list format — so OpenAI SDKs and tools that list models before calling one work unchanged.
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
@@ -21,13 +21,15 @@ struct Model<'a> {
 }
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    if let Err(error) = state.keys.authenticate_request(req.headers()) {
-        return error.error_response();
-    }
+    let principal = match state.keys.authenticate_request(req.headers()) {
+        Ok(principal) => principal,
+        Err(error) => return error.error_response(),
+    };
     let data = state
         .router
         .models()
         .iter()
+        .filter(|id| principal.may_use(id))
         .map(|id| Model {
             id,
             object: "model",

@@ -102,7 +102,10 @@ async fn serve(
     let (mut response, route) = match handle(endpoint, &req, payload, &state, &clients, arrival).await {
         Ok((response, route)) => (response, Some(route)),
         Err(error) => {
-            if matches!(error, GatewayError::MissingApiKey | GatewayError::InvalidApiKey) {
+            if matches!(
+                error,
+                GatewayError::MissingApiKey | GatewayError::InvalidApiKey | GatewayError::ExpiredApiKey
+            ) {
                 metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => error.kind()).increment(1);
             }
             tracing::debug!(request_id = %arrival.request_id, kind = error.kind(), "request refused");
@@ -164,9 +167,10 @@ async fn handle(
     let principal = state.keys.authenticate_request(req.headers())?;
     let raw = read_body(payload, state.config.server.max_request_bytes).await?;
     let chat = ApiRequest::parse(endpoint, raw)?;
-    let route = state
-        .router
-        .route(req.path(), &chat.model)
+    // A model the key may not use is answered as OpenAI does: as if it did not exist.
+    let route = Some(&chat.model)
+        .filter(|model| principal.may_use(model))
+        .and_then(|model| state.router.route(req.path(), model))
         .ok_or_else(|| GatewayError::ModelNotFound(chat.model.clone()))?;
     let estimate = clients.meter.estimate(&chat.model, &chat.prompt()).await;
 

@@ -315,6 +315,58 @@ async fn the_model_list_shows_every_routed_model_to_an_authenticated_consumer() 
 }
 
 #[actix_rt::test]
+async fn a_key_limited_to_some_models_sees_and_uses_only_those_and_an_expired_key_is_refused() {
+    let sha = |key: &str| hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
+    let options = StackOptions {
+        extra_toml: format!(
+            "[[routes]]\nname = \"other\"\nmodels = [\"other-model\"]\ntargets = [{{ instance = \"mock-openai\" }}]\n\n\
+             [[consumers]]\nname = \"team-limited\"\nkeys = [\n\
+               {{ id = \"limited-1\", sha256 = \"{}\", models = [\"other-model\"] }},\n\
+               {{ id = \"expired-1\", sha256 = \"{}\", expires_at = \"2020-01-01T00:00:00Z\" }},\n]\n",
+            sha("sk-limited"),
+            sha("sk-expired"),
+        ),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(options).await;
+
+    let mut listed = http()
+        .get(format!("{}/v1/models", stack.gateway_url))
+        .bearer_auth("sk-limited")
+        .send()
+        .await
+        .unwrap();
+    let list: Value = listed.json().await.unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    assert_eq!(list["data"][0]["id"], "other-model");
+
+    assert_eq!(
+        post(&stack, Some("Bearer sk-limited"), &chat("other-model"))
+            .await
+            .status,
+        200
+    );
+    assert_openai_error(
+        &post(&stack, Some("Bearer sk-limited"), &chat(MODEL)).await,
+        404,
+        "model_not_found",
+        Some("model"),
+    );
+    assert_openai_error(
+        &post(&stack, Some("Bearer sk-expired"), &chat(MODEL)).await,
+        401,
+        "expired_api_key",
+        None,
+    );
+    assert_eq!(
+        stack.mock.received().len(),
+        1,
+        "only the permitted request reached the provider"
+    );
+    stack.stop().await;
+}
+
+#[actix_rt::test]
 async fn metrics_describe_requests_tokens_and_events() {
     let stack = Stack::start(StackOptions::default()).await;
     assert_eq!(post(&stack, Some(&bearer(0)), &chat(MODEL)).await.status, 200);
