@@ -266,7 +266,31 @@ pub fn sse_events(body: &Value, with_usage: bool) -> Vec<String> {
         chunk(json!({"role": "assistant", "content": ""})),
     ];
     let words: Vec<&str> = text.split_inclusive(' ').collect();
-    events.extend(words.iter().map(|w| chunk(json!({"content": w}))));
+    if body["n"] == 2 && !legacy {
+        // Two choices, interleaved chunk by chunk as OpenAI sends them.
+        events.extend(words.iter().map(|w| {
+            let chunk = json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_795_338_902, "model": body["model"],
+                "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null},
+                            {"index": 1, "delta": {"content": w.to_uppercase()}, "finish_reason": null}]
+            });
+            format!("data: {chunk}\n\n")
+        }));
+    } else {
+        events.extend(words.iter().map(|w| chunk(json!({"content": w}))));
+    }
+    if body["tools"].is_array() && !legacy {
+        // A tool call: its name first, then its JSON arguments in fragments.
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_mock", "type": "function",
+            "function": {"name": "get_weather", "arguments": ""}}]}),
+        ));
+        for fragment in ["{\"city\": ", "\"Zürich\", ", "\"unit\": \"c\"}"] {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}),
+            ));
+        }
+    }
     if with_usage && body["stream_options"]["include_usage"] == true {
         let (prompt, completion, cached) = reported_usage(messages);
         let usage = json!({
@@ -340,9 +364,23 @@ fn anthropic_message(body: &Value, behaviour: &Behaviour) -> HttpResponse {
     }))
 }
 
-/// Sizes the mock cuts its stream into, in turn: small and odd, so that `data:` prefixes, JSON objects and
-/// multi-byte characters are split across writes.
-const PIECE_SIZES: [usize; 7] = [1, 7, 3, 13, 2, 29, 5];
+/// The largest piece the mock writes at once: pieces are 1 to this many bytes, so that `data:` prefixes, JSON
+/// objects and multi-byte characters are split across writes.
+const MAX_PIECE_BYTES: u64 = 48;
+
+/// Piece sizes at random byte boundaries: a xorshift sequence seeded from the stream itself, so every request
+/// is cut differently and every cut is reproducible from the bytes.
+fn piece_sizes(bytes: &[u8]) -> impl Iterator<Item = usize> {
+    let mut state = bytes.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) | 1;
+    std::iter::repeat_with(move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % MAX_PIECE_BYTES + 1).unwrap_or(1)
+    })
+}
 
 fn stream(body: &Value, behaviour: &Behaviour) -> HttpResponse {
     pieces_response(
@@ -359,7 +397,7 @@ fn pieces_response(events: Vec<String>, behaviour: &Behaviour) -> HttpResponse {
     };
     let mut pieces = Vec::new();
     let mut at = 0;
-    for size in PIECE_SIZES.iter().cycle() {
+    for size in piece_sizes(&bytes) {
         if at >= bytes.len() {
             break;
         }

@@ -71,18 +71,21 @@ fn data_payloads(body: &str) -> Vec<String> {
         .collect()
 }
 
-/// The completion text in an SSE body: every `delta.content`, in order.
+/// The completion text in an SSE body: every choice's `delta.content` and tool-call name and arguments, in the
+/// order they arrived.
 fn streamed_text(body: &str) -> String {
     data_payloads(body)
         .iter()
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .flat_map(|chunk| {
-            chunk["choices"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|c| c["delta"]["content"].as_str().map(str::to_owned))
+        .flat_map(|chunk| chunk["choices"].as_array().cloned().unwrap_or_default())
+        .flat_map(|choice| {
+            let delta = &choice["delta"];
+            let mut pieces: Vec<String> = delta["content"].as_str().map(str::to_owned).into_iter().collect();
+            for call in delta["tool_calls"].as_array().into_iter().flatten() {
+                pieces.extend(call["function"]["name"].as_str().map(str::to_owned));
+                pieces.extend(call["function"]["arguments"].as_str().map(str::to_owned));
+            }
+            pieces
         })
         .collect()
 }
@@ -178,6 +181,38 @@ async fn without_provider_usage_the_streamed_text_is_counted_exactly() {
         "exactly tiktoken's count of the concatenated text"
     );
     assert_eq!(row["prompt_tokens"], row["prompt_tokens_estimated"]);
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn two_choices_and_a_tool_call_are_counted_exactly_whatever_the_chunking() {
+    let stack = Stack::start(StackOptions::default()).await;
+    stack.mock.set_behaviour(Behaviour::NoUsage);
+    let mut body = request(false);
+    body["n"] = json!(2);
+    body["tools"] =
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let (status, request_id, text) = stream(&stack, &body).await;
+    assert_eq!(status, 200);
+    let upstream = &stack.mock.received()[0].body;
+    assert_eq!(
+        text,
+        sse_events(upstream, false).concat(),
+        "passed through unchanged"
+    );
+    let streamed = streamed_text(&text);
+    assert!(
+        streamed.contains("HÉLLO") && streamed.contains("get_weather{\"city\": \"Zürich\""),
+        "{streamed}"
+    );
+
+    let row = the_row(&stack, &request_id).await;
+    assert_eq!(row["usage_source"], "counted");
+    assert_eq!(
+        row["completion_tokens"],
+        tiktoken(&streamed),
+        "both choices and the tool call, exactly"
+    );
     stack.stop().await;
 }
 
