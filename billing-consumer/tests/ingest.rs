@@ -25,6 +25,39 @@ const DISTINCT_FIRST: usize = 480;
 const DISTINCT_LATER: usize = 20;
 const DEADLINE: Duration = Duration::from_secs(90);
 
+/// A run of its own: a topic, a consumer group and a ClickHouse database named for it, migrated, and a producer.
+struct Fixture {
+    brokers: String,
+    ch: ClickHouseSettings,
+    topic: String,
+    group: String,
+    producer: FutureProducer,
+}
+
+impl Fixture {
+    async fn new() -> Self {
+        let brokers = common::brokers();
+        let suffix = common::unique_suffix();
+        let ch = common::clickhouse(&suffix);
+        let topic = format!("tollgate.usage.it.{suffix}");
+        let group = format!("tollgate-billing-it-{suffix}");
+        topics::ensure(&brokers, &topic, PARTITIONS).await.unwrap();
+        migrations::apply(&ch).await.unwrap();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("message.timeout.ms", "30000")
+            .create()
+            .unwrap();
+        Self {
+            brokers,
+            ch,
+            topic,
+            group,
+            producer,
+        }
+    }
+}
+
 async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
     producer
         .send(
@@ -97,21 +130,14 @@ async fn wait_until_committed_to_the_end(brokers: &str, group: &str, topic: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_writes_each_event_once_keeps_malformed_ones_and_commits_to_the_end() {
-    let brokers = common::brokers();
-    let suffix = common::unique_suffix();
-    let ch = common::clickhouse(&suffix);
-    let topic = format!("tollgate.usage.it.{suffix}");
-    let group = format!("tollgate-billing-it-{suffix}");
-
-    topics::ensure(&brokers, &topic, PARTITIONS).await.unwrap();
+    let Fixture {
+        brokers,
+        ch,
+        topic,
+        group,
+        producer,
+    } = Fixture::new().await;
     topics::ensure(&brokers, &topic, PARTITIONS).await.unwrap(); // already exists: fine
-    migrations::apply(&ch).await.unwrap();
-
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("message.timeout.ms", "30000")
-        .create()
-        .unwrap();
 
     // Phase 1, before the consumer starts: 480 distinct events, 20 of them sent twice (the gateway's spool
     // retried), and two messages that are not usage events.
@@ -230,19 +256,13 @@ async fn ingest_writes_each_event_once_keeps_malformed_ones_and_commits_to_the_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clickhouse_outage_commits_nothing_and_loses_nothing() {
-    let brokers = common::brokers();
-    let suffix = common::unique_suffix();
-    let ch = common::clickhouse(&suffix);
-    let topic = format!("tollgate.usage.it.{suffix}");
-    let group = format!("tollgate-billing-it-{suffix}");
-    topics::ensure(&brokers, &topic, PARTITIONS).await.unwrap();
-    migrations::apply(&ch).await.unwrap();
-
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("message.timeout.ms", "30000")
-        .create()
-        .unwrap();
+    let Fixture {
+        brokers,
+        ch,
+        topic,
+        group,
+        producer,
+    } = Fixture::new().await;
     let events: Vec<UsageEvent> = (0..30).map(common::event).collect();
     for event in &events {
         produce_event(&producer, &topic, event).await;
