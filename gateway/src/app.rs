@@ -5,7 +5,7 @@
 //! 2. authenticate — `Authorization: Bearer` key → consumer and key id ([`crate::auth`]);
 //! 3. parse — body read once up to `server.max_request_bytes`, `model`/`messages`/`stream` checked
 //!    ([`crate::request`]);
-//! 4. route — `model` → route → a plan of targets by priority, weight and health ([`crate::routing`],
+//! 4. route — `model` → route (then the consumer's request rate, [`crate::limits`]) → a plan of targets by priority, weight and health ([`crate::routing`],
 //!    [`crate::health`]; active probes run in the background, [`crate::probe`]);
 //! 5. estimate — meter-sidecar prompt count, in-process fallback ([`crate::meter`]);
 //! 6. forward — instance URL, model and key; failover on retry-safe failures ([`crate::upstream`]);
@@ -33,6 +33,7 @@ use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventSender, EventsError};
+use crate::limits::RequestLimits;
 use crate::meter::MeterClient;
 use crate::models;
 use crate::probe;
@@ -46,6 +47,7 @@ use crate::upstream::Upstreams;
 pub struct AppState {
     pub config: Arc<Config>,
     pub keys: KeyStore,
+    pub limits: RequestLimits,
     pub router: Router,
     pub events: EventSender,
     /// The CloudEvents `source` of this replica's events.
@@ -101,6 +103,7 @@ impl Gateway {
         probe::spawn(&config.instances, &health, &probes);
         let state = web::Data::new(AppState {
             keys: KeyStore::new(&config.consumers),
+            limits: RequestLimits::new(&config.consumers),
             router: Router::new(&config, &health),
             events,
             event_source: Arc::from(event_source),

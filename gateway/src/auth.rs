@@ -154,10 +154,12 @@ mod tests {
             Consumer {
                 name: "team-a".into(),
                 keys: vec![key("a-1", b"sk-a-one"), limited],
+                limit_count: None,
             },
             Consumer {
                 name: "team-b".into(),
                 keys: vec![key("b-1", b"sk-b")],
+                limit_count: None,
             },
         ])
     }

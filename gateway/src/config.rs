@@ -194,6 +194,19 @@ pub struct FailoverConfig {
 pub struct Consumer {
     pub name: String,
     pub keys: Vec<ConsumerKey>,
+    /// At most this many requests per window, when set.
+    pub limit_count: Option<LimitCount>,
+}
+
+/// A request-rate limit (APISIX's `limit-count`): `count` requests per `time_window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitCount {
+    pub count: u32,
+    pub time_window: Duration,
+    /// The status of a rejection (default 429).
+    pub rejected_code: u16,
+    /// The message of a rejection.
+    pub rejected_msg: String,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +296,12 @@ fn default_upstream_timeout() -> String {
 }
 fn default_provider() -> Provider {
     Provider::Openai
+}
+fn default_rejected_code() -> u16 {
+    429
+}
+fn default_rejected_msg() -> String {
+    "Rate limit reached for requests. Try again after the time given in Retry-After.".to_owned()
 }
 fn default_breaker_failures() -> u32 {
     3
@@ -505,6 +524,18 @@ impl Default for RawFailover {
 pub struct RawConsumer {
     pub name: String,
     pub keys: Vec<RawKey>,
+    pub limit_count: Option<RawLimitCount>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimitCount {
+    pub count: u32,
+    pub time_window: String,
+    #[serde(default = "default_rejected_code")]
+    pub rejected_code: u16,
+    #[serde(default = "default_rejected_msg")]
+    pub rejected_msg: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -881,7 +912,29 @@ impl RawConfig {
                     models: key.models,
                 });
             }
-            consumers.push(Consumer { name: raw.name, keys });
+            let limit_count = raw.limit_count.map(|l| {
+                let lpath = format!("{path}.limit_count");
+                if l.count == 0 {
+                    p.push(format!("{lpath}.count"), "must be at least 1");
+                }
+                if !(400..=599).contains(&l.rejected_code) {
+                    p.push(
+                        format!("{lpath}.rejected_code"),
+                        format!("{} is not an error status", l.rejected_code),
+                    );
+                }
+                LimitCount {
+                    count: l.count,
+                    time_window: p.duration(format!("{lpath}.time_window"), &l.time_window),
+                    rejected_code: l.rejected_code,
+                    rejected_msg: l.rejected_msg,
+                }
+            });
+            consumers.push(Consumer {
+                name: raw.name,
+                keys,
+                limit_count,
+            });
         }
 
         if p.0.is_empty() {
@@ -1156,6 +1209,31 @@ mod tests {
             [
                 "consumers[0].keys[0].expires_at",
                 "consumers[0].keys[0].models[1]"
+            ],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_limit_is_checked_when_the_file_loads() {
+        let with = |limit: &str| format!("{VALID}limit_count = {limit}\n");
+        let config =
+            Config::from_toml_with_env(&with(r#"{ count = 600, time_window = "1m" }"#), env).unwrap();
+        let limit = config.consumers[0].limit_count.as_ref().unwrap();
+        assert_eq!(
+            (limit.count, limit.time_window, limit.rejected_code),
+            (600, Duration::from_secs(60), 429)
+        );
+        let found = problems(&with(
+            r#"{ count = 0, time_window = "soon", rejected_code = 200 }"#,
+        ));
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "consumers[0].limit_count.count",
+                "consumers[0].limit_count.rejected_code",
+                "consumers[0].limit_count.time_window"
             ],
             "{found:?}"
         );

@@ -24,6 +24,12 @@ pub enum GatewayError {
     MissingParameter(&'static str),
     #[error("Invalid value for '{param}': {message}")]
     InvalidParameter { param: &'static str, message: String },
+    #[error("{message}")]
+    RateLimited {
+        status: u16,
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("The request body is larger than the limit of {limit} bytes.")]
@@ -67,6 +73,7 @@ impl GatewayError {
             Self::InvalidJson(_) => "invalid_json",
             Self::MissingParameter(_) => "missing_parameter",
             Self::InvalidParameter { .. } => "invalid_parameter",
+            Self::RateLimited { .. } => "rate_limited",
             Self::ModelNotFound(_) => "model_not_found",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RequestBody(_) => "request_body",
@@ -104,6 +111,12 @@ impl GatewayError {
                 INVALID,
                 Some(param),
                 Some("invalid_value"),
+            ),
+            Self::RateLimited { status, .. } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                "requests",
+                None,
+                Some("rate_limit_exceeded"),
             ),
             Self::ModelNotFound(_) => (
                 StatusCode::NOT_FOUND,
@@ -157,7 +170,13 @@ impl ResponseError for GatewayError {
                 code,
             },
         };
-        HttpResponse::build(status)
+        let mut response = HttpResponse::build(status);
+        if let Self::RateLimited { retry_after, .. } = self {
+            // Whole seconds, rounded up, as the header requires.
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+        }
+        response
             .insert_header(ContentType::json())
             .body(serde_json::to_string(&body).unwrap_or_default())
     }
@@ -192,6 +211,11 @@ mod tests {
             GatewayError::InvalidParameter {
                 param: "messages",
                 message: "must be an array".into(),
+            },
+            GatewayError::RateLimited {
+                status: 429,
+                message: "slow down".into(),
+                retry_after: std::time::Duration::from_millis(1500),
             },
             GatewayError::ModelNotFound("gpt-9".into()),
             GatewayError::PayloadTooLarge { limit: 10 },

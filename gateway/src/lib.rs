@@ -8,6 +8,7 @@
 //! - [`routing`] — model name → route → a plan of instances by priority, weight and health;
 //! - [`health`], [`probe`] — circuit breakers, `Retry-After` cooldowns and active health checks, shared by all
 //!   workers;
+//! - [`limits`] — request-rate limits per consumer (governor), with OpenAI's `x-ratelimit-*` figures;
 //! - [`meter`] — prompt estimates from meter-sidecar, with an in-process fallback;
 //! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
 //! - [`proxy`] — `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: the pipeline end to end;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod limits;
 pub mod meter;
 pub mod metrics;
 pub mod models;

@@ -124,25 +124,24 @@ impl MeterClient {
                 let started = Instant::now();
                 let result = self.count_texts(model, texts).await;
                 metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
-                let (tokens, source) = match result {
-                    Ok(tokens) => (tokens, EstimateSource::Meter),
+                let estimate = match result {
+                    Ok(tokens) => Estimate {
+                        tokens: tokens.saturating_add(*pretokenized),
+                        source: EstimateSource::Meter,
+                    },
                     Err(reason) => {
                         tracing::warn!(
                             reason,
                             "meter-sidecar unavailable; using the in-process prompt estimate"
                         );
-                        let fallback = texts
-                            .iter()
-                            .map(|t| fallback_text_estimate(t))
-                            .fold(0, u32::saturating_add);
-                        (fallback, EstimateSource::Fallback)
+                        Estimate {
+                            tokens: fallback_estimate(prompt),
+                            source: EstimateSource::Fallback,
+                        }
                     }
                 };
-                metrics::counter!(m::ESTIMATES_TOTAL, "source" => source.as_str()).increment(1);
-                Estimate {
-                    tokens: tokens.saturating_add(*pretokenized),
-                    source,
-                }
+                metrics::counter!(m::ESTIMATES_TOTAL, "source" => estimate.source.as_str()).increment(1);
+                estimate
             }
         }
     }
@@ -205,6 +204,17 @@ impl MeterClient {
         }
         let body: CountResponse = response.json().await.map_err(|_| "body")?;
         Ok(body.tokens)
+    }
+}
+
+/// The in-process approximation of a prompt's tokens (see [`fallback_chat_estimate`]), without any I/O.
+pub fn fallback_estimate(prompt: &Prompt<'_>) -> u32 {
+    match prompt {
+        Prompt::Chat(messages) => fallback_chat_estimate(messages),
+        Prompt::Texts { texts, pretokenized } => texts
+            .iter()
+            .map(|t| fallback_text_estimate(t))
+            .fold(*pretokenized, u32::saturating_add),
     }
 }
 

@@ -23,6 +23,7 @@ pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
 pub const STREAMS_ACTIVE: &str = "tollgate_streams_active";
 pub const STREAMS_TOTAL: &str = "tollgate_streams_total";
+pub const RATE_LIMITED_TOTAL: &str = "tollgate_rate_limited_total";
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to long completions.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -97,6 +98,10 @@ pub fn describe() {
     );
     describe_counter!(PROBES_TOTAL, "Active health probes, by instance and result.");
     describe_gauge!(STREAMS_ACTIVE, "Streamed responses being relayed now.");
+    describe_counter!(
+        RATE_LIMITED_TOTAL,
+        "Requests rejected because the consumer was over its request rate, by route."
+    );
     describe_counter!(
         STREAMS_TOTAL,
         "Streamed responses finished, by outcome (ok, client_cancelled, upstream_cut)."

@@ -22,7 +22,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
 use tollgate_schemas::usage::AttemptError;
-use tollgate_schemas::{Attempt, Outcome};
+use tollgate_schemas::{Attempt, EstimateSource, Outcome};
 use uuid::Uuid;
 
 use crate::app::{AppState, WorkerClients};
@@ -30,6 +30,8 @@ use crate::auth::Principal;
 use crate::config::{Instance, Provider};
 use crate::error::GatewayError;
 use crate::health::parse_retry_after;
+use crate::limits::{RateFigures, format_reset};
+use crate::meter::{Estimate, fallback_estimate};
 use crate::metrics as m;
 use crate::record::{PendingEvent, Settlement, millis, now_ms};
 use crate::request::{ApiRequest, Endpoint, read_body};
@@ -99,23 +101,28 @@ async fn serve(
         started: Instant::now(),
         started_at_ms: now_ms(),
     };
-    let (mut response, route) = match handle(endpoint, &req, payload, &state, &clients, arrival).await {
-        Ok((response, route)) => (response, Some(route)),
-        Err(error) => {
-            if matches!(
-                error,
-                GatewayError::MissingApiKey | GatewayError::InvalidApiKey | GatewayError::ExpiredApiKey
-            ) {
-                metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => error.kind()).increment(1);
+    let mut rate = None;
+    let (mut response, route) =
+        match handle(endpoint, &req, payload, &state, &clients, arrival, &mut rate).await {
+            Ok((response, route)) => (response, Some(route)),
+            Err(error) => {
+                if matches!(
+                    error,
+                    GatewayError::MissingApiKey | GatewayError::InvalidApiKey | GatewayError::ExpiredApiKey
+                ) {
+                    metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => error.kind()).increment(1);
+                }
+                tracing::debug!(request_id = %arrival.request_id, kind = error.kind(), "request refused");
+                (error.error_response(), None)
             }
-            tracing::debug!(request_id = %arrival.request_id, kind = error.kind(), "request refused");
-            (error.error_response(), None)
-        }
-    };
+        };
     if let Ok(value) = HeaderValue::from_str(&arrival.request_id.to_string()) {
         response
             .headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), value);
+    }
+    if let Some(figures) = rate {
+        insert_rate_headers(&mut response, figures);
     }
     let route = route.unwrap_or_else(|| "none".to_owned());
     let status = m::status_class(response.status().as_u16());
@@ -123,6 +130,52 @@ async fn serve(
     metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route)
         .record(arrival.started.elapsed().as_secs_f64());
     response
+}
+
+/// OpenAI's request-rate headers, on every response to a consumer that has a request limit.
+fn insert_rate_headers(response: &mut HttpResponse, figures: RateFigures) {
+    let headers = [
+        ("x-ratelimit-limit-requests", figures.limit.to_string()),
+        ("x-ratelimit-remaining-requests", figures.remaining.to_string()),
+        ("x-ratelimit-reset-requests", format_reset(figures.reset)),
+    ];
+    for (name, value) in headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+impl PendingEvent {
+    /// The event of a request admitted to `route`, before any upstream was tried.
+    fn before_upstream(
+        arrival: Arrival,
+        state: &AppState,
+        principal: Principal,
+        endpoint: Endpoint,
+        route: &std::sync::Arc<str>,
+        chat: &ApiRequest,
+        estimate: Estimate,
+    ) -> Self {
+        PendingEvent {
+            request_id: arrival.request_id,
+            source: state.event_source.clone(),
+            principal,
+            endpoint: endpoint.path(),
+            route: route.clone(),
+            model_requested: chat.model.clone(),
+            model_served: chat.model.clone(),
+            provider: "",
+            instance: String::new(),
+            attempts: Vec::new(),
+            stream: chat.stream,
+            estimate,
+            started: arrival.started,
+            started_at_ms: arrival.started_at_ms,
+        }
+    }
 }
 
 /// What an attempt brought back.
@@ -163,6 +216,7 @@ async fn handle(
     state: &web::Data<AppState>,
     clients: &web::Data<WorkerClients>,
     arrival: Arrival,
+    rate: &mut Option<RateFigures>,
 ) -> Result<(HttpResponse, String), GatewayError> {
     let principal = state.keys.authenticate_request(req.headers())?;
     let raw = read_body(payload, state.config.server.max_request_bytes).await?;
@@ -172,26 +226,56 @@ async fn handle(
         .filter(|model| principal.may_use(model))
         .and_then(|model| state.router.route(req.path(), model))
         .ok_or_else(|| GatewayError::ModelNotFound(chat.model.clone()))?;
+    match state.limits.check(&principal.consumer) {
+        Ok(figures) => *rate = figures,
+        Err(rejection) => {
+            *rate = Some(rejection.figures);
+            metrics::counter!(m::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
+            tracing::info!(
+                request_id = %arrival.request_id,
+                consumer = %principal.consumer,
+                route = %route.name,
+                retry_after_ms = rejection.retry_after.as_millis() as u64,
+                "request rejected: the consumer is over its request rate"
+            );
+            let estimate = Estimate {
+                tokens: fallback_estimate(&chat.prompt()),
+                source: EstimateSource::Fallback,
+            };
+            let pending = PendingEvent::before_upstream(
+                arrival,
+                state,
+                principal,
+                endpoint,
+                &route.name,
+                &chat,
+                estimate,
+            );
+            let settled = Settlement {
+                outcome: Outcome::RejectedRateLimit,
+                http_status: rejection.status,
+                usage: usage::estimated(0, false),
+                ttfb: None,
+            };
+            state.events.emit(pending.finish(settled));
+            return Err(GatewayError::RateLimited {
+                status: rejection.status,
+                message: rejection.message,
+                retry_after: rejection.retry_after,
+            });
+        }
+    }
     let estimate = clients.meter.estimate(&chat.model, &chat.prompt()).await;
 
     let forwarded = forward(req, state, clients, route, &chat, &principal).await?;
     let instance = forwarded.instance;
     let served_by = HeaderValue::from_str(&instance.name).ok();
     let pending = PendingEvent {
-        request_id: arrival.request_id,
-        source: state.event_source.clone(),
-        principal,
-        endpoint: endpoint.path(),
-        route: route.name.clone(),
         model_served: instance.model.clone().unwrap_or_else(|| chat.model.clone()),
-        model_requested: chat.model.clone(),
         provider: instance.provider.as_str(),
         instance: instance.name.clone(),
         attempts: forwarded.attempts,
-        stream: chat.stream,
-        estimate,
-        started: arrival.started,
-        started_at_ms: arrival.started_at_ms,
+        ..PendingEvent::before_upstream(arrival, state, principal, endpoint, &route.name, &chat, estimate)
     };
 
     let mut response = match forwarded.result {

@@ -367,6 +367,82 @@ async fn a_key_limited_to_some_models_sees_and_uses_only_those_and_an_expired_ke
 }
 
 #[actix_rt::test]
+async fn a_consumer_over_its_request_rate_gets_a_429_with_retry_after_and_the_rejection_is_an_event() {
+    let sha = hex::encode(tollgate_gateway::auth::hash_key(b"sk-rated"));
+    let options = StackOptions {
+        extra_toml: format!(
+            "[[consumers]]\nname = \"team-rated\"\nkeys = [{{ id = \"rated-1\", sha256 = \"{sha}\" }}]\n\
+             limit_count = {{ count = 3, time_window = \"60s\", rejected_msg = \"Slow down, team.\" }}\n"
+        ),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(options).await;
+    let send = || async {
+        let mut response = http()
+            .post(format!("{}/v1/chat/completions", stack.gateway_url))
+            .bearer_auth("sk-rated")
+            .send_body(chat(MODEL))
+            .await
+            .unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let (remaining, retry_after) = (header("x-ratelimit-remaining-requests"), header("retry-after"));
+        assert_eq!(header("x-ratelimit-limit-requests").as_deref(), Some("3"));
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        (response.status().as_u16(), remaining, retry_after, body)
+    };
+    for expected_remaining in ["2", "1", "0"] {
+        let (status, remaining, _, _) = send().await;
+        assert_eq!((status, remaining.as_deref()), (200, Some(expected_remaining)));
+    }
+    let (status, remaining, retry_after, body) = send().await;
+    assert_eq!(
+        (status, remaining.as_deref(), retry_after.as_deref()),
+        (429, Some("0"), Some("20"))
+    );
+    assert_eq!(body["error"]["message"], "Slow down, team.");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(
+        stack.mock.received().len(),
+        3,
+        "the rejected request never reached the provider"
+    );
+
+    let rows = stack.wait_for_usage_rows(4, Duration::from_secs(30)).await;
+    let rejected: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["outcome"] == "rejected_rate_limit")
+        .collect();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(
+        (
+            rejected[0]["http_status"].clone(),
+            rejected[0]["total_tokens"].clone()
+        ),
+        (json!(429), json!(0))
+    );
+    assert_eq!(rejected[0]["consumer_id"], "team-rated");
+    assert_eq!(rejected[0]["instance"], "");
+
+    // Consumers without a limit get no rate headers.
+    let mut free = http()
+        .post(format!("{}/v1/chat/completions", stack.gateway_url))
+        .bearer_auth(CONSUMERS[0].2)
+        .send_body(chat(MODEL))
+        .await
+        .unwrap();
+    assert_eq!(free.status(), 200);
+    assert!(free.headers().get("x-ratelimit-limit-requests").is_none());
+    let _ = free.body().await;
+    stack.stop().await;
+}
+
+#[actix_rt::test]
 async fn metrics_describe_requests_tokens_and_events() {
     let stack = Stack::start(StackOptions::default()).await;
     assert_eq!(post(&stack, Some(&bearer(0)), &chat(MODEL)).await.status, 200);
