@@ -89,61 +89,35 @@ impl MeterClient {
         }
     }
 
-    /// The prompt estimate for chat `messages` sent to `model`. Never fails: falls back in-process.
-    async fn estimate_chat(&self, model: &str, messages: &Value) -> Estimate {
+    /// The prompt estimate for a request to `model`. Never fails: falls back in-process.
+    pub async fn estimate(&self, model: &str, prompt: &Prompt<'_>) -> Estimate {
         let started = Instant::now();
-        let result = self.ask(model, messages).await;
+        let counted = match prompt {
+            Prompt::Chat(messages) => self.ask(model, messages).await,
+            Prompt::Texts { texts, pretokenized } => self
+                .count_texts(model, texts)
+                .await
+                .map(|tokens| tokens.saturating_add(*pretokenized)),
+        };
         metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(tokens) => {
-                metrics::counter!(m::ESTIMATES_TOTAL, "source" => "meter").increment(1);
-                Estimate {
-                    tokens,
-                    source: EstimateSource::Meter,
-                }
-            }
+        let estimate = match counted {
+            Ok(tokens) => Estimate {
+                tokens,
+                source: EstimateSource::Meter,
+            },
             Err(reason) => {
-                metrics::counter!(m::ESTIMATES_TOTAL, "source" => "fallback").increment(1);
                 tracing::warn!(
                     reason,
                     "meter-sidecar unavailable; using the in-process prompt estimate"
                 );
                 Estimate {
-                    tokens: fallback_chat_estimate(messages),
+                    tokens: fallback_estimate(prompt),
                     source: EstimateSource::Fallback,
                 }
             }
-        }
-    }
-
-    /// The prompt estimate for a request to `model`. Never fails: falls back in-process.
-    pub async fn estimate(&self, model: &str, prompt: &Prompt<'_>) -> Estimate {
-        match prompt {
-            Prompt::Chat(messages) => self.estimate_chat(model, messages.as_ref()).await,
-            Prompt::Texts { texts, pretokenized } => {
-                let started = Instant::now();
-                let result = self.count_texts(model, texts).await;
-                metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
-                let estimate = match result {
-                    Ok(tokens) => Estimate {
-                        tokens: tokens.saturating_add(*pretokenized),
-                        source: EstimateSource::Meter,
-                    },
-                    Err(reason) => {
-                        tracing::warn!(
-                            reason,
-                            "meter-sidecar unavailable; using the in-process prompt estimate"
-                        );
-                        Estimate {
-                            tokens: fallback_estimate(prompt),
-                            source: EstimateSource::Fallback,
-                        }
-                    }
-                };
-                metrics::counter!(m::ESTIMATES_TOTAL, "source" => estimate.source.as_str()).increment(1);
-                estimate
-            }
-        }
+        };
+        metrics::counter!(m::ESTIMATES_TOTAL, "source" => estimate.source.as_str()).increment(1);
+        estimate
     }
 
     /// The sum of the exact counts of several texts, in one batch call.
