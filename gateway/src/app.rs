@@ -116,19 +116,27 @@ impl Gateway {
                 meter: MeterClient::new(&worker_config.meter),
                 upstreams: Upstreams::new(&worker_config.instances),
             };
-            App::new()
+            let app = App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(clients))
-                .route(
-                    Endpoint::ChatCompletions.path(),
-                    web::post().to(proxy::chat_completions),
-                )
-                .route(Endpoint::Completions.path(), web::post().to(proxy::completions))
-                .route(Endpoint::Embeddings.path(), web::post().to(proxy::embeddings))
-                .route(Endpoint::Messages.path(), web::post().to(proxy::messages))
                 .route("/v1/models", web::get().to(models::list))
                 .route("/healthz", web::get().to(healthz))
-                .route("/metrics", web::get().to(render_metrics))
+                .route("/metrics", web::get().to(render_metrics));
+            Endpoint::ALL
+                .into_iter()
+                .fold(app, |app, endpoint| {
+                    app.route(
+                        endpoint.path(),
+                        web::post().to(
+                            move |req: HttpRequest,
+                                  payload: web::Payload,
+                                  state: web::Data<AppState>,
+                                  clients: web::Data<WorkerClients>| {
+                                proxy::serve(endpoint, req, payload, state, clients)
+                            },
+                        ),
+                    )
+                })
                 .default_service(web::to(unknown_url))
         })
         .on_connect(set_nodelay)

@@ -48,48 +48,9 @@ struct Arrival {
     started_at_ms: u64,
 }
 
-/// `POST /v1/chat/completions`.
-pub async fn chat_completions(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    clients: web::Data<WorkerClients>,
-) -> HttpResponse {
-    serve(Endpoint::ChatCompletions, req, payload, state, clients).await
-}
-
-/// `POST /v1/completions`.
-pub async fn completions(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    clients: web::Data<WorkerClients>,
-) -> HttpResponse {
-    serve(Endpoint::Completions, req, payload, state, clients).await
-}
-
-/// `POST /v1/embeddings`.
-pub async fn embeddings(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    clients: web::Data<WorkerClients>,
-) -> HttpResponse {
-    serve(Endpoint::Embeddings, req, payload, state, clients).await
-}
-
-/// `POST /v1/messages` (Anthropic's Messages API, served by Anthropic-type instances).
-pub async fn messages(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    clients: web::Data<WorkerClients>,
-) -> HttpResponse {
-    serve(Endpoint::Messages, req, payload, state, clients).await
-}
-
-/// Runs the pipeline, turns its error into an OpenAI-shaped response, records metrics.
-async fn serve(
+/// The handler of every metered endpoint (`app.rs` registers it once per [`Endpoint`]): runs the pipeline,
+/// turns its error into an OpenAI-shaped response, records metrics.
+pub async fn serve(
     endpoint: Endpoint,
     req: HttpRequest,
     payload: web::Payload,
@@ -156,7 +117,7 @@ impl PendingEvent {
         principal: Principal,
         endpoint: Endpoint,
         route: &std::sync::Arc<str>,
-        chat: &ApiRequest,
+        api: &ApiRequest,
         estimate: Estimate,
     ) -> Self {
         PendingEvent {
@@ -165,12 +126,12 @@ impl PendingEvent {
             principal,
             endpoint: endpoint.path(),
             route: route.clone(),
-            model_requested: chat.model.clone(),
-            model_served: chat.model.clone(),
+            model_requested: api.model.clone(),
+            model_served: api.model.clone(),
             provider: "",
             instance: String::new(),
             attempts: Vec::new(),
-            stream: chat.stream,
+            stream: api.stream,
             estimate,
             started: arrival.started,
             started_at_ms: arrival.started_at_ms,
@@ -220,12 +181,12 @@ async fn handle(
 ) -> Result<(HttpResponse, String), GatewayError> {
     let principal = state.keys.authenticate_request(req.headers())?;
     let raw = read_body(payload, state.config.server.max_request_bytes).await?;
-    let chat = ApiRequest::parse(endpoint, raw)?;
+    let api = ApiRequest::parse(endpoint, raw)?;
     // A model the key may not use is answered as OpenAI does: as if it did not exist.
-    let route = Some(&chat.model)
+    let route = Some(&api.model)
         .filter(|model| principal.may_use(model))
         .and_then(|model| state.router.route(req.path(), model))
-        .ok_or_else(|| GatewayError::ModelNotFound(chat.model.clone()))?;
+        .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?;
     match state.limits.check(&principal.consumer) {
         Ok(figures) => *rate = figures,
         Err(rejection) => {
@@ -239,7 +200,7 @@ async fn handle(
                 "request rejected: the consumer is over its request rate"
             );
             let estimate = Estimate {
-                tokens: fallback_estimate(&chat.prompt()),
+                tokens: fallback_estimate(&api.prompt()),
                 source: EstimateSource::Fallback,
             };
             let pending = PendingEvent::before_upstream(
@@ -248,7 +209,7 @@ async fn handle(
                 principal,
                 endpoint,
                 &route.name,
-                &chat,
+                &api,
                 estimate,
             );
             let settled = Settlement {
@@ -265,17 +226,17 @@ async fn handle(
             });
         }
     }
-    let estimate = clients.meter.estimate(&chat.model, &chat.prompt()).await;
+    let estimate = clients.meter.estimate(&api.model, &api.prompt()).await;
 
-    let forwarded = forward(req, state, clients, route, &chat, &principal).await?;
+    let forwarded = forward(req, state, clients, route, &api, &principal).await?;
     let instance = forwarded.instance;
     let served_by = HeaderValue::from_str(&instance.name).ok();
     let pending = PendingEvent {
-        model_served: instance.model.clone().unwrap_or_else(|| chat.model.clone()),
+        model_served: instance.model.clone().unwrap_or_else(|| api.model.clone()),
         provider: instance.provider.as_str(),
         instance: instance.name.clone(),
         attempts: forwarded.attempts,
-        ..PendingEvent::before_upstream(arrival, state, principal, endpoint, &route.name, &chat, estimate)
+        ..PendingEvent::before_upstream(arrival, state, principal, endpoint, &route.name, &api, estimate)
     };
 
     let mut response = match forwarded.result {
@@ -301,7 +262,7 @@ async fn handle(
         Ok(Answer::Stream(head)) => {
             let job = StreamJob {
                 pending,
-                strip_usage_chunk: instance.provider == Provider::Openai && !chat.client_wants_usage(),
+                strip_usage_chunk: instance.provider == Provider::Openai && !api.client_wants_usage(),
                 state: state.clone(),
                 clients: clients.clone(),
                 ttfb: head.head_at.saturating_duration_since(arrival.started),
@@ -340,7 +301,7 @@ async fn forward<'a>(
     state: &AppState,
     clients: &WorkerClients,
     route: &'a RouteTable,
-    chat: &ApiRequest,
+    api: &ApiRequest,
     principal: &Principal,
 ) -> Result<Forwarded<'a>, GatewayError> {
     let started = Instant::now();
@@ -356,7 +317,7 @@ async fn forward<'a>(
         },
         started,
     );
-    let passthrough = passthrough_headers(req, chat.endpoint);
+    let passthrough = passthrough_headers(req, api.endpoint);
     let mut attempts = Vec::with_capacity(1);
     let mut last: Option<Forwarded<'a>> = None;
     for (n, &index) in plan.iter().enumerate() {
@@ -374,15 +335,15 @@ async fn forward<'a>(
         if !(claimed || nothing_else_left) {
             continue;
         }
-        let body = chat.upstream_body(instance.model.as_deref())?;
-        let path = target.path.as_deref().unwrap_or(chat.endpoint.upstream_path());
+        let body = api.upstream_body(instance.model.as_deref())?;
+        let path = target.path.as_deref().unwrap_or(api.endpoint.upstream_path());
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
         let outbound = Outbound {
             path,
             body,
             timeout,
             passthrough: &passthrough,
-            stream: chat.stream,
+            stream: api.stream,
         };
         let result = attempt(clients, state, instance, outbound).await;
         let elapsed = now.elapsed();
