@@ -6,11 +6,19 @@
 
 use schemars::schema_for;
 
+use crate::quota::{QuotaHeartbeatEvent, QuotaSnapshotEvent};
 use crate::usage::UsageEvent;
 
 /// Every published schema: (file name under `json-schema/`, pretty-printed JSON Schema).
 pub fn all() -> Vec<(&'static str, String)> {
-    vec![("tollgate.usage.v1.json", render(schema_for!(UsageEvent)))]
+    vec![
+        ("tollgate.usage.v1.json", render(schema_for!(UsageEvent))),
+        ("tollgate.quota.v1.json", render(schema_for!(QuotaSnapshotEvent))),
+        (
+            "tollgate.quota.heartbeat.v1.json",
+            render(schema_for!(QuotaHeartbeatEvent)),
+        ),
+    ]
 }
 
 fn render(schema: schemars::Schema) -> String {

@@ -3,6 +3,8 @@
 //!
 //! - [`envelope`] — the CloudEvents 1.0 structured-mode JSON envelope that wraps every event.
 //! - [`usage`] — `tollgate.usage.v1`: one [`UsageRecorded`] per request that reached an upstream.
+//! - [`quota`] — `tollgate.quota.v1`: quota scopes, fixed windows, limit strategies, and the snapshots and
+//!   heartbeats billing-consumer publishes for gateways.
 //! - [`topics`] — topic names and what keys them.
 //! - [`json_schema`] — JSON Schema documents generated from these types, checked in under `json-schema/` for
 //!   consumers that are not written in Rust.
@@ -13,6 +15,7 @@
 
 pub mod envelope;
 pub mod json_schema;
+pub mod quota;
 pub mod topics;
 pub mod usage;
 

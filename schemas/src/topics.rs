@@ -5,7 +5,8 @@
 /// one partition and the billing side can deduplicate and window them per consumer.
 pub const USAGE_V1: &str = "tollgate.usage.v1";
 
-/// Quota snapshots published by billing-consumer. Compacted; key: the quota scope.
+/// Quota snapshots ([`crate::quota::QuotaSnapshot`]) and heartbeats published by billing-consumer. Compacted; key:
+/// the quota scope's key, or [`crate::quota::HEARTBEAT_KEY`].
 pub const QUOTA_V1: &str = "tollgate.quota.v1";
 
 /// Admin configuration changes. Compacted; key: resource kind and id.

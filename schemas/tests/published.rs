@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use tollgate_schemas::quota::{LimitStrategy, QuotaHeartbeat, QuotaSnapshot};
+use tollgate_schemas::quota::{QuotaHeartbeatEvent, QuotaSnapshotEvent};
 use tollgate_schemas::usage::UsageEvent;
 use tollgate_schemas::{EventData, Outcome, UsageRecorded, UsageSource};
 
@@ -41,6 +43,31 @@ fn unknown_fields_are_refused_so_a_typo_cannot_hide_data() {
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
     value["data"]["prompt_tokenz"] = 3.into();
     assert!(serde_json::from_value::<UsageEvent>(value).is_err());
+}
+
+#[test]
+fn quota_v1_golden_fixture_still_deserializes() {
+    let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.quota.v1.json")).unwrap();
+    let event: QuotaSnapshotEvent = serde_json::from_str(&text).unwrap();
+
+    assert!(event.is_expected_type());
+    assert_eq!(event.event_type, QuotaSnapshot::TYPE);
+    assert_eq!(event.subject, event.data.scope);
+    assert_eq!(event.data.strategy, LimitStrategy::TotalTokens);
+    assert_eq!(event.data.window_end_ms - event.data.window_start_ms, 3_600_000);
+    assert!(event.data.covers("tollgate-gateway/gw-1", 1, 88_123));
+    let again: QuotaSnapshotEvent = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+    assert_eq!(event, again);
+}
+
+#[test]
+fn quota_heartbeat_v1_golden_fixture_still_deserializes() {
+    let text =
+        std::fs::read_to_string(crate_dir().join("fixtures/tollgate.quota.heartbeat.v1.json")).unwrap();
+    let event: QuotaHeartbeatEvent = serde_json::from_str(&text).unwrap();
+    assert!(event.is_expected_type());
+    assert_eq!(event.event_type, QuotaHeartbeat::TYPE);
+    assert!(!event.data.rebuilding);
 }
 
 #[test]
