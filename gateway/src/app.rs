@@ -7,7 +7,9 @@
 //!    ([`crate::request`]);
 //! 4. route — `model` → route (then the consumer's request rate, [`crate::limits`]) → a plan of targets by priority, weight and health ([`crate::routing`],
 //!    [`crate::health`]; active probes run in the background, [`crate::probe`]);
-//! 5. estimate — meter-sidecar prompt count, in-process fallback ([`crate::meter`]);
+//! 5. estimate and admit — meter-sidecar prompt count, in-process fallback ([`crate::meter`]); token quotas of
+//!    the consumer and the model against billing-consumer's snapshots plus this replica's own pending usage
+//!    ([`crate::quota`], fed from the quota topic by [`crate::quota::feed`]);
 //! 6. forward — instance URL, model and key; failover on retry-safe failures ([`crate::upstream`]);
 //! 7. settle and emit — usage from the provider or the estimate; one event, queued without waiting
 //!    ([`crate::usage`], [`crate::events`]);
@@ -30,6 +32,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyStore;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventSender, EventsError};
@@ -38,6 +41,8 @@ use crate::meter::MeterClient;
 use crate::models;
 use crate::probe;
 use crate::proxy;
+use crate::quota::Quotas;
+use crate::quota::feed::{FeedError, QuotaFeed};
 use crate::request::Endpoint;
 use crate::routing::{self, Router};
 use crate::upstream::Upstreams;
@@ -48,10 +53,13 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub keys: KeyStore,
     pub limits: RequestLimits,
+    pub quotas: Arc<Quotas>,
     pub router: Router,
     pub events: EventSender,
     /// The CloudEvents `source` of this replica's events.
     pub event_source: Arc<str>,
+    /// Now, for quota windows and event timestamps.
+    pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
 }
 
@@ -67,6 +75,8 @@ pub struct WorkerClients {
 pub enum StartError {
     #[error(transparent)]
     Events(#[from] EventsError),
+    #[error(transparent)]
+    QuotaFeed(#[from] FeedError),
     #[error("could not start the HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }
@@ -75,6 +85,7 @@ pub enum StartError {
 pub struct Gateway {
     server: Server,
     pipeline: EventPipeline,
+    feed: Option<QuotaFeed>,
     probes: CancellationToken,
     shutdown_timeout: Duration,
 }
@@ -95,8 +106,20 @@ impl Gateway {
         listener: TcpListener,
         metrics: PrometheusHandle,
     ) -> Result<Self, StartError> {
-        let event_source = format!("tollgate-gateway/{}", config.server.instance_id);
+        Self::start_with_clock(config, listener, metrics, Arc::new(SystemClock))
+    }
+
+    /// [`Gateway::start`] with the clock quota windows and event times are read from (tests move it).
+    pub fn start_with_clock(
+        config: Config,
+        listener: TcpListener,
+        metrics: PrometheusHandle,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartError> {
+        let event_source: Arc<str> = Arc::from(format!("tollgate-gateway/{}", config.server.instance_id));
         let (events, pipeline) = EventPipeline::start(&config.kafka, &event_source)?;
+        let quotas = Arc::new(Quotas::new(&config, event_source.clone(), clock.clone()));
+        let feed = QuotaFeed::start(&config, quotas.clone())?;
         let config = Arc::new(config);
         let health = routing::health_of(&config);
         let probes = CancellationToken::new();
@@ -105,8 +128,10 @@ impl Gateway {
             keys: KeyStore::new(&config.consumers),
             limits: RequestLimits::new(&config.consumers),
             router: Router::new(&config, &health),
+            quotas,
             events,
-            event_source: Arc::from(event_source),
+            event_source,
+            clock,
             metrics,
             config: config.clone(),
         });
@@ -148,6 +173,7 @@ impl Gateway {
         Ok(Self {
             server,
             pipeline,
+            feed,
             probes,
             shutdown_timeout: config.server.shutdown_timeout,
         })
@@ -162,6 +188,9 @@ impl Gateway {
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.probes.cancel();
+        if let Some(feed) = self.feed {
+            feed.stop();
+        }
         if !self.pipeline.shutdown(self.shutdown_timeout).await {
             tracing::error!("shutdown timed out before every usage event reached Kafka");
         }

@@ -155,11 +155,13 @@ mod tests {
                 name: "team-a".into(),
                 keys: vec![key("a-1", b"sk-a-one"), limited],
                 limit_count: None,
+                token_limits: Vec::new(),
             },
             Consumer {
                 name: "team-b".into(),
                 keys: vec![key("b-1", b"sk-b")],
                 limit_count: None,
+                token_limits: Vec::new(),
             },
         ])
     }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 use url::Url;
 
 use crate::request::Endpoint;
@@ -25,6 +26,37 @@ pub struct Config {
     pub instances: Vec<Instance>,
     pub routes: Vec<Route>,
     pub consumers: Vec<Consumer>,
+    /// Token limits not tied to one consumer: per model (global) or over everything (`[[token_limits]]`).
+    pub token_limits: Vec<TokenLimit>,
+    pub quota: QuotaConfig,
+}
+
+/// The gateway's side of the quota loop (`[quota]`).
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    /// The compacted topic billing-consumer publishes snapshots to.
+    pub topic: String,
+    /// Reserve the request's `max_tokens` (besides the prompt estimate) at admission, when it gives one.
+    pub reserve_max_tokens: bool,
+    /// Snapshots older than this (no heartbeat either) put the gateway in degraded mode: it keeps enforcing from
+    /// its last snapshots plus its own usage, logs it and sets `tollgate_quota_degraded`.
+    pub max_snapshot_age: Duration,
+}
+
+/// A token limit (APISIX's `ai-rate-limiting`): at most `limit` tokens of its scope per fixed window.
+#[derive(Debug, Clone)]
+pub struct TokenLimit {
+    /// Which usage counts, over which window, with which strategy.
+    pub scope: QuotaScope,
+    /// `scope.key()`: the Kafka key of its snapshots.
+    pub key: String,
+    pub limit: u64,
+    /// The status of a rejection (default 429).
+    pub rejected_code: u16,
+    /// The message of a rejection.
+    pub rejected_msg: String,
+    /// The OpenAI error `type` of a rejection.
+    pub rejected_type: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +115,8 @@ pub struct Instance {
     pub circuit_breaker: BreakerConfig,
     /// Active health: a background probe, when configured.
     pub health_check: Option<HealthCheck>,
+    /// The instance's own token quota: when it is used up, requests fail over to the next target.
+    pub token_limit: Option<TokenLimit>,
 }
 
 /// Passive health: `failures` consecutive retry-worthy failures open the circuit for `cooldown`; then one trial
@@ -196,6 +230,8 @@ pub struct Consumer {
     pub keys: Vec<ConsumerKey>,
     /// At most this many requests per window, when set.
     pub limit_count: Option<LimitCount>,
+    /// The consumer's token quotas, checked before the global ones.
+    pub token_limits: Vec<TokenLimit>,
 }
 
 /// A request-rate limit (APISIX's `limit-count`): `count` requests per `time_window`.
@@ -303,6 +339,18 @@ fn default_rejected_code() -> u16 {
 fn default_rejected_msg() -> String {
     "Rate limit reached for requests. Try again after the time given in Retry-After.".to_owned()
 }
+fn default_token_rejected_msg() -> String {
+    "Token quota exceeded for the current window. Try again after the time given in Retry-After.".to_owned()
+}
+fn default_quota_topic() -> String {
+    tollgate_schemas::topics::QUOTA_V1.to_owned()
+}
+fn default_max_snapshot_age() -> String {
+    "10s".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
 fn default_breaker_failures() -> u32 {
     3
 }
@@ -358,6 +406,31 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub consumers: Vec<RawConsumer>,
+    #[serde(default)]
+    pub token_limits: Vec<TokenLimitConfig>,
+    #[serde(default)]
+    pub quota: RawQuota,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    #[serde(default = "default_quota_topic")]
+    pub topic: String,
+    #[serde(default = "default_true")]
+    pub reserve_max_tokens: bool,
+    #[serde(default = "default_max_snapshot_age")]
+    pub max_snapshot_age: String,
+}
+
+impl Default for RawQuota {
+    fn default() -> Self {
+        Self {
+            topic: default_quota_topic(),
+            reserve_max_tokens: true,
+            max_snapshot_age: default_max_snapshot_age(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -431,6 +504,7 @@ pub struct RawInstance {
     #[serde(default)]
     pub circuit_breaker: RawBreaker,
     pub health_check: Option<RawHealthCheck>,
+    pub token_limit: Option<TokenLimitConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -525,6 +599,8 @@ pub struct RawConsumer {
     pub name: String,
     pub keys: Vec<RawKey>,
     pub limit_count: Option<RawLimitCount>,
+    #[serde(default)]
+    pub token_limits: Vec<TokenLimitConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -684,6 +760,7 @@ impl RawConfig {
 
         let mut instance_index = HashMap::new();
         let mut instances = Vec::with_capacity(self.instances.len());
+        let mut instance_limits = Vec::new();
         for (i, raw) in self.instances.into_iter().enumerate() {
             let path = format!("instances[{i}]");
             p.name(format!("{path}.name"), &raw.name);
@@ -717,6 +794,9 @@ impl RawConfig {
                 ),
             };
             let health_check = raw.health_check.map(|h| validate_health_check(&mut p, &path, h));
+            if let Some(limit) = raw.token_limit {
+                instance_limits.push((i, limit));
+            }
             instances.push(Instance {
                 circuit_breaker,
                 health_check,
@@ -727,6 +807,7 @@ impl RawConfig {
                 provider: raw.provider,
                 model: raw.model,
                 api_key,
+                token_limit: None,
             });
         }
 
@@ -855,6 +936,25 @@ impl RawConfig {
             });
         }
 
+        let mut limits = LimitRules {
+            models: &model_owner,
+            instances: &instance_index,
+            keys: HashSet::new(),
+        };
+        for (i, raw) in instance_limits {
+            let name = instances.get(i).map(|instance| instance.name.clone());
+            let limit = limits.validate(
+                &mut p,
+                &format!("instances[{i}].token_limit"),
+                None,
+                name.as_deref(),
+                raw,
+            );
+            if let Some(instance) = instances.get_mut(i) {
+                instance.token_limit = limit;
+            }
+        }
+
         let mut consumer_names = HashSet::new();
         let mut key_ids = HashSet::new();
         let mut key_hashes = HashSet::new();
@@ -930,12 +1030,44 @@ impl RawConfig {
                     rejected_msg: l.rejected_msg,
                 }
             });
+            let token_limits = raw
+                .token_limits
+                .into_iter()
+                .enumerate()
+                .filter_map(|(j, limit)| {
+                    limits.validate(
+                        &mut p,
+                        &format!("{path}.token_limits[{j}]"),
+                        Some(&raw.name),
+                        None,
+                        limit,
+                    )
+                })
+                .collect();
             consumers.push(Consumer {
                 name: raw.name,
                 keys,
                 limit_count,
+                token_limits,
             });
         }
+        let token_limits = self
+            .token_limits
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, limit)| {
+                limits.validate(&mut p, &format!("token_limits[{j}]"), None, None, limit)
+            })
+            .collect();
+
+        if self.quota.topic.trim().is_empty() {
+            p.push("quota.topic", "must not be empty");
+        }
+        let quota = QuotaConfig {
+            topic: self.quota.topic,
+            reserve_max_tokens: self.quota.reserve_max_tokens,
+            max_snapshot_age: p.duration("quota.max_snapshot_age", &self.quota.max_snapshot_age),
+        };
 
         if p.0.is_empty() {
             Ok(Config {
@@ -945,10 +1077,77 @@ impl RawConfig {
                 instances,
                 routes,
                 consumers,
+                token_limits,
+                quota,
             })
         } else {
             Err(ConfigErrors(p.0))
         }
+    }
+}
+
+/// What a token limit may refer to, and the scopes already taken (two limits on one scope would contradict
+/// each other's snapshot).
+struct LimitRules<'a> {
+    models: &'a HashMap<String, String>,
+    instances: &'a HashMap<String, usize>,
+    keys: HashSet<String>,
+}
+
+impl LimitRules<'_> {
+    /// Validates one token limit set on `consumer` (or globally) and, for an instance's own quota, `instance`.
+    fn validate(
+        &mut self,
+        p: &mut Problems,
+        path: &str,
+        consumer: Option<&str>,
+        instance: Option<&str>,
+        raw: TokenLimitConfig,
+    ) -> Option<TokenLimit> {
+        for (j, model) in raw.models.iter().enumerate() {
+            if !model.is_empty() && !self.models.contains_key(model) {
+                p.push(
+                    format!("{path}.models[{j}]"),
+                    format!("no route serves `{model}`"),
+                );
+            }
+        }
+        if let Some(name) = &raw.instance
+            && !self.instances.contains_key(name)
+        {
+            p.push(
+                format!("{path}.instance"),
+                format!("no instance is named `{name}`"),
+            );
+        }
+        let scope = match QuotaScope::from_limit(consumer, instance, &raw) {
+            Ok(scope) => scope,
+            Err(problems) => {
+                for (field, message) in problems {
+                    p.push(format!("{path}.{field}"), message);
+                }
+                return None;
+            }
+        };
+        let key = scope.key();
+        if !self.keys.insert(key.clone()) {
+            p.push(
+                path,
+                format!("another token limit already covers the same scope (`{key}`)"),
+            );
+            return None;
+        }
+        Some(TokenLimit {
+            scope,
+            key,
+            limit: raw.limit,
+            rejected_code: raw.rejected_code.unwrap_or(429),
+            rejected_msg: raw.rejected_msg.unwrap_or_else(default_token_rejected_msg),
+            rejected_type: match raw.rejected_type.as_deref() {
+                Some("insufficient_quota") => "insufficient_quota",
+                _ => "rate_limit_exceeded",
+            },
+        })
     }
 }
 
@@ -1234,6 +1433,61 @@ mod tests {
                 "consumers[0].limit_count.count",
                 "consumers[0].limit_count.rejected_code",
                 "consumers[0].limit_count.time_window"
+            ],
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn token_limits_are_checked_when_the_file_loads() {
+        let text = format!(
+            r#"{VALID}token_limits = [{{ models = ["gpt-4o-mini"], limit = 10000, time_window = "1h" }}]
+
+            [[token_limits]]
+            models = ["gpt-4o-mini"]
+            limit = 50000
+            time_window = "1h"
+            limit_strategy = "completion_tokens"
+            rejected_type = "insufficient_quota"
+            "#
+        );
+        let config = Config::from_toml_with_env(&text, env).unwrap();
+        let own = &config.consumers[0].token_limits[0];
+        assert_eq!(
+            own.key,
+            "consumer=team-a;models=gpt-4o-mini;window=3600s;strategy=total_tokens"
+        );
+        assert_eq!(
+            (own.limit, own.rejected_code, own.rejected_type),
+            (10000, 429, "rate_limit_exceeded")
+        );
+        let global = &config.token_limits[0];
+        assert_eq!(
+            global.key,
+            "models=gpt-4o-mini;window=3600s;strategy=completion_tokens"
+        );
+        assert_eq!(global.rejected_type, "insufficient_quota");
+        assert!(config.quota.reserve_max_tokens);
+        assert_eq!(config.quota.max_snapshot_age, Duration::from_secs(10));
+
+        let bad = format!(
+            r#"{VALID}token_limits = [
+                {{ models = ["gpt-5"], limit = 0, time_window = "1h" }},
+                {{ instance = "nowhere", limit = 5, time_window = "1h" }},
+                {{ models = ["gpt-4o-mini"], limit = 1, time_window = "1h" }},
+                {{ models = ["gpt-4o-mini"], limit = 2, time_window = "60m" }},
+            ]
+            "#
+        );
+        let found = problems(&bad);
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "consumers[0].token_limits[0].models[0]",
+                "consumers[0].token_limits[0].limit",
+                "consumers[0].token_limits[1].instance",
+                "consumers[0].token_limits[3]",
             ],
             "{found:?}"
         );

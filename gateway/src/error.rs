@@ -30,6 +30,18 @@ pub enum GatewayError {
         message: String,
         retry_after: std::time::Duration,
     },
+    /// A token quota of the consumer or of the model is used up for the current window.
+    #[error("{message}")]
+    QuotaExceeded {
+        status: u16,
+        message: String,
+        /// `rate_limit_exceeded` or `insufficient_quota`, as configured.
+        error_type: &'static str,
+        retry_after: std::time::Duration,
+    },
+    /// Every instance that could serve the request has used its own token quota for the current window.
+    #[error("Every instance serving this model has used its token quota for the current window.")]
+    InstanceQuotaExhausted { retry_after: std::time::Duration },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
     #[error("The request body is larger than the limit of {limit} bytes.")]
@@ -74,6 +86,8 @@ impl GatewayError {
             Self::MissingParameter(_) => "missing_parameter",
             Self::InvalidParameter { .. } => "invalid_parameter",
             Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::InstanceQuotaExhausted { .. } => "instance_quota_exhausted",
             Self::ModelNotFound(_) => "model_not_found",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RequestBody(_) => "request_body",
@@ -117,6 +131,20 @@ impl GatewayError {
                 "requests",
                 None,
                 Some("rate_limit_exceeded"),
+            ),
+            Self::QuotaExceeded {
+                status, error_type, ..
+            } => (
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                error_type,
+                None,
+                Some(error_type),
+            ),
+            Self::InstanceQuotaExhausted { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                None,
+                Some("instance_quota_exhausted"),
             ),
             Self::ModelNotFound(_) => (
                 StatusCode::NOT_FOUND,
@@ -171,7 +199,10 @@ impl ResponseError for GatewayError {
             },
         };
         let mut response = HttpResponse::build(status);
-        if let Self::RateLimited { retry_after, .. } = self {
+        if let Self::RateLimited { retry_after, .. }
+        | Self::QuotaExceeded { retry_after, .. }
+        | Self::InstanceQuotaExhausted { retry_after } = self
+        {
             // Whole seconds, rounded up, as the header requires.
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
@@ -217,6 +248,15 @@ mod tests {
                 message: "slow down".into(),
                 retry_after: std::time::Duration::from_millis(1500),
             },
+            GatewayError::QuotaExceeded {
+                status: 429,
+                message: "over quota".into(),
+                error_type: "insufficient_quota",
+                retry_after: std::time::Duration::from_secs(60),
+            },
+            GatewayError::InstanceQuotaExhausted {
+                retry_after: std::time::Duration::from_secs(1),
+            },
             GatewayError::ModelNotFound("gpt-9".into()),
             GatewayError::PayloadTooLarge { limit: 10 },
             GatewayError::RequestBody("reset".into()),
@@ -250,6 +290,23 @@ mod tests {
         assert_eq!(GatewayError::PayloadTooLarge { limit: 1 }.status_code(), 413);
         assert_eq!(GatewayError::UpstreamUnreachable.status_code(), 502);
         assert_eq!(GatewayError::UpstreamTimeout.status_code(), 504);
+    }
+
+    #[test]
+    fn quota_rejections_carry_the_configured_type_and_retry_after() {
+        let err = GatewayError::QuotaExceeded {
+            status: 429,
+            message: "Team A is over its hourly tokens.".into(),
+            error_type: "insufficient_quota",
+            retry_after: std::time::Duration::from_millis(2_100),
+        };
+        let body = body_of(&err);
+        assert_eq!(body["error"]["type"], "insufficient_quota");
+        assert_eq!(body["error"]["code"], "insufficient_quota");
+        assert_eq!(body["error"]["message"], "Team A is over its hourly tokens.");
+        let response = err.error_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "3");
     }
 
     #[test]

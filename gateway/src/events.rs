@@ -1,10 +1,11 @@
 //! Usage events out of the request path and into Kafka.
 //!
-//! Handlers call [`EventSender::emit`], which never waits: it puts the event into a bounded queue or, when the
+//! Handlers call [`EventSender::emit`] with an [`Outgoing`] event, which never waits: it puts the event into a bounded queue or, when the
 //! queue is full, drops it with a metric and an error log naming the event id (the durable spool that removes
 //! that case is a later step). A dedicated thread — the pump — owns the rdkafka producer (idempotent, `acks=all`,
 //! key = consumer id), serializes each event once, hands it to librdkafka and counts the broker's
-//! acknowledgements. On shutdown the queue is closed, everything in it is produced, and the pump waits (bounded)
+//! acknowledgements. When an event counts against token quotas, the acknowledgement's partition and offset go to
+//! its [`LocalUsage`], so that the quota books know when a snapshot covers it. On shutdown the queue is closed, everything in it is produced, and the pump waits (bounded)
 //! for the broker to acknowledge what is in flight.
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use tollgate_schemas::usage::UsageEvent;
 
 use crate::config::KafkaConfig;
 use crate::metrics as m;
+use crate::quota::LocalUsage;
 
 /// How long the pump waits before retrying when librdkafka's own queue is full.
 const LOCAL_QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
@@ -34,23 +36,30 @@ pub enum EventsError {
     Runtime(#[from] std::io::Error),
 }
 
+/// A finished usage event, and the quota books' record of it when token limits count it.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub event: UsageEvent,
+    pub local: Option<Arc<LocalUsage>>,
+}
+
 /// The request path's handle: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct EventSender {
-    tx: mpsc::Sender<UsageEvent>,
+    tx: mpsc::Sender<Outgoing>,
     queued: Arc<AtomicI64>,
 }
 
 impl EventSender {
     /// Queues an event for Kafka. Returns immediately.
-    pub fn emit(&self, event: UsageEvent) {
+    pub fn emit(&self, event: Outgoing) {
         match self.tx.try_send(event) {
             Ok(()) => {
                 let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
                 metrics::gauge!(m::EVENTS_QUEUED).set(queued as f64);
             }
-            Err(mpsc::error::TrySendError::Full(event)) => dropped(&event, "queue_full"),
-            Err(mpsc::error::TrySendError::Closed(event)) => dropped(&event, "shutting_down"),
+            Err(mpsc::error::TrySendError::Full(out)) => dropped(&out.event, "queue_full"),
+            Err(mpsc::error::TrySendError::Closed(out)) => dropped(&out.event, "shutting_down"),
         }
     }
 }
@@ -138,7 +147,7 @@ struct Pump {
 }
 
 impl Pump {
-    async fn run(self, mut rx: mpsc::Receiver<UsageEvent>, close: oneshot::Receiver<()>, flush: Duration) {
+    async fn run(self, mut rx: mpsc::Receiver<Outgoing>, close: oneshot::Receiver<()>, flush: Duration) {
         let mut inflight = FuturesUnordered::new();
         let mut close = std::pin::pin!(close);
         let mut closing = false;
@@ -148,7 +157,7 @@ impl Pump {
                     Some(event) => {
                         let queued = self.queued.fetch_sub(1, Ordering::Relaxed) - 1;
                         metrics::gauge!(m::EVENTS_QUEUED).set(queued as f64);
-                        if let Some(delivery) = self.produce(&event).await {
+                        if let Some(delivery) = self.produce(event).await {
                             inflight.push(delivery);
                         }
                     }
@@ -173,8 +182,9 @@ impl Pump {
     }
 
     /// Hands one event to librdkafka; the returned future settles when the broker acknowledged it (or gave up).
-    async fn produce(&self, event: &UsageEvent) -> Option<impl Future<Output = ()> + use<>> {
-        let payload = match serde_json::to_vec(event) {
+    async fn produce(&self, out: Outgoing) -> Option<impl Future<Output = ()> + use<>> {
+        let Outgoing { event, local } = out;
+        let payload = match serde_json::to_vec(&event) {
             Ok(p) => p,
             Err(e) => {
                 metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => "serialize").increment(1);
@@ -191,7 +201,12 @@ impl Pump {
                     let event_id = event.id;
                     return Some(async move {
                         match delivery.await {
-                            Ok(Ok(_)) => metrics::counter!(m::EVENTS_EMITTED_TOTAL).increment(1),
+                            Ok(Ok(delivery)) => {
+                                if let Some(local) = local {
+                                    local.delivered(delivery.partition, delivery.offset);
+                                }
+                                metrics::counter!(m::EVENTS_EMITTED_TOTAL).increment(1);
+                            }
                             Ok(Err((e, _))) => failed(event_id, "broker", &e),
                             Err(_) => failed(event_id, "cancelled", &KafkaError::Canceled),
                         }

@@ -10,6 +10,8 @@
 //!   workers;
 //! - [`limits`] — request-rate limits per consumer (governor), with OpenAI's `x-ratelimit-*` figures;
 //! - [`meter`] — prompt estimates from meter-sidecar, with an in-process fallback;
+//! - [`quota`] — token quotas per consumer, model and instance: admission against billing-consumer's snapshots
+//!   (kept in a moka cache by [`quota::feed`]) plus this replica's own usage not counted yet;
 //! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
 //! - [`proxy`] — `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: the pipeline end to end;
 //!   [`models`] — `GET /v1/models`;
@@ -17,11 +19,12 @@
 //! - [`usage`] — the provider's usage block, or the estimate;
 //! - [`record`] — the usage event of one request, finished by whichever path settles it;
 //! - [`events`] — usage events off the request path and into Kafka;
-//! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics.
+//! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics;
+//! - [`clock`] — the time quota windows and event timestamps are read from (tests inject their own).
 
 pub mod app;
 pub mod auth;
-
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -32,6 +35,7 @@ pub mod metrics;
 pub mod models;
 pub mod probe;
 pub mod proxy;
+pub mod quota;
 pub mod record;
 pub mod request;
 pub mod routing;

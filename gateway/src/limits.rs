@@ -155,6 +155,7 @@ mod tests {
                 models: None,
             }],
             limit_count: limit,
+            token_limits: Vec::new(),
         }
     }
 

@@ -24,6 +24,13 @@ pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
 pub const STREAMS_ACTIVE: &str = "tollgate_streams_active";
 pub const STREAMS_TOTAL: &str = "tollgate_streams_total";
 pub const RATE_LIMITED_TOTAL: &str = "tollgate_rate_limited_total";
+pub const QUOTA_REJECTIONS_TOTAL: &str = "tollgate_quota_rejections_total";
+pub const QUOTA_INSTANCE_SKIPS_TOTAL: &str = "tollgate_quota_instance_skips_total";
+pub const QUOTA_SNAPSHOTS_TOTAL: &str = "tollgate_quota_snapshots_received_total";
+pub const QUOTA_SNAPSHOT_AGE_SECONDS: &str = "tollgate_quota_snapshot_age_seconds";
+pub const QUOTA_SNAPSHOT_LAG_SECONDS: &str = "tollgate_quota_snapshot_lag_seconds";
+pub const QUOTA_DEGRADED: &str = "tollgate_quota_degraded";
+pub const QUOTA_PENDING_TOKENS: &str = "tollgate_quota_pending_tokens";
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to long completions.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -101,6 +108,37 @@ pub fn describe() {
     describe_counter!(
         RATE_LIMITED_TOTAL,
         "Requests rejected because the consumer was over its request rate, by route."
+    );
+    describe_counter!(
+        QUOTA_REJECTIONS_TOTAL,
+        "Requests rejected because a token quota was used up, by scope kind (consumer, global)."
+    );
+    describe_counter!(
+        QUOTA_INSTANCE_SKIPS_TOTAL,
+        "Targets passed over because their instance's token quota was used up, by instance."
+    );
+    describe_counter!(
+        QUOTA_SNAPSHOTS_TOTAL,
+        "Quota snapshots taken into the cache from the quota topic."
+    );
+    describe_gauge!(
+        QUOTA_SNAPSHOT_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the newest word (snapshot or heartbeat) from billing-consumer's quota loop."
+    );
+    describe_histogram!(
+        QUOTA_SNAPSHOT_LAG_SECONDS,
+        Unit::Seconds,
+        "From the newest usage event a snapshot counts being produced to the snapshot reaching this cache."
+    );
+    describe_gauge!(
+        QUOTA_DEGRADED,
+        "1 while quota snapshots are older than quota.max_snapshot_age: limits hold from the local view only."
+    );
+    describe_gauge!(
+        QUOTA_PENDING_TOKENS,
+        Unit::Count,
+        "Tokens this replica reserved or used that no snapshot counts yet, summed over scopes."
     );
     describe_counter!(
         STREAMS_TOTAL,

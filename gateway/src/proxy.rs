@@ -4,16 +4,21 @@
 //!
 //! 1. authenticate the consumer key → [`Principal`];
 //! 2. read and parse the body once → [`ApiRequest`] (model, stream flag, and the prompt of its [`Endpoint`]);
-//! 3. resolve the route for `model` on this path;
-//! 4. estimate the prompt with meter-sidecar (in-process fallback when it is slow or down);
+//! 3. resolve the route for `model` on this path, then take one request from the consumer's request rate
+//!    ([`crate::limits`]);
+//! 4. estimate the prompt with meter-sidecar (in-process fallback when it is slow or down), and admit it against
+//!    the token quotas of the consumer, then of the model ([`crate::quota`]): the estimate plus `max_tokens` is
+//!    reserved, a used-up quota answers 429. Rejections are usage events too (zero tokens);
 //! 5. follow the route's plan ([`RouteTable::plan`]): fail over only on retry-safe failures (see
 //!    [`crate::upstream`]), at most `failover.max_attempts` targets within `failover.deadline`, and report
-//!    every outcome to the instance's health. For a stream, failover is possible until the response head: a
-//!    stream whose head said success is relayed, never retried;
+//!    every outcome to the instance's health. A target whose instance quota is used up is passed over. For a
+//!    stream, failover is possible until the response head: a stream whose head said success is relayed, never
+//!    retried;
 //! 6. answer: a whole body is returned unchanged and settled from its `usage` block (or the estimate); a stream
 //!    is relayed chunk by chunk by [`crate::streaming`], which settles it when it ends;
 //! 7. emit one `UsageRecorded` for every request that reached an upstream, without waiting for Kafka;
-//! 8. every response carries `x-request-id` and, when an instance answered, `x-tollgate-instance`.
+//! 8. every response carries `x-request-id`, when an instance answered `x-tollgate-instance`, and OpenAI's
+//!    `x-ratelimit-*-requests` / `x-ratelimit-*-tokens` when the consumer has such limits.
 
 use std::time::{Duration, Instant};
 
@@ -33,7 +38,8 @@ use crate::health::parse_retry_after;
 use crate::limits::{RateFigures, format_reset};
 use crate::meter::{Estimate, fallback_estimate};
 use crate::metrics as m;
-use crate::record::{PendingEvent, Settlement, millis, now_ms};
+use crate::quota::{QuotaTicket, TokenFigures};
+use crate::record::{PendingEvent, Settlement, millis};
 use crate::request::{ApiRequest, Endpoint, read_body};
 use crate::routing::{HashKeys, RouteTable};
 use crate::streaming::{self, StreamJob};
@@ -60,11 +66,11 @@ pub async fn serve(
     let arrival = Arrival {
         request_id: Uuid::now_v7(),
         started: Instant::now(),
-        started_at_ms: now_ms(),
+        started_at_ms: state.clock.now_ms(),
     };
-    let mut rate = None;
+    let mut limits = LimitFigures::default();
     let (mut response, route) =
-        match handle(endpoint, &req, payload, &state, &clients, arrival, &mut rate).await {
+        match handle(endpoint, &req, payload, &state, &clients, arrival, &mut limits).await {
             Ok((response, route)) => (response, Some(route)),
             Err(error) => {
                 if matches!(
@@ -82,9 +88,7 @@ pub async fn serve(
             .headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), value);
     }
-    if let Some(figures) = rate {
-        insert_rate_headers(&mut response, figures);
-    }
+    insert_limit_headers(&mut response, limits);
     let route = route.unwrap_or_else(|| "none".to_owned());
     let status = m::status_class(response.status().as_u16());
     metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
@@ -93,14 +97,30 @@ pub async fn serve(
     response
 }
 
-/// OpenAI's request-rate headers, on every response to a consumer that has a request limit.
-fn insert_rate_headers(response: &mut HttpResponse, figures: RateFigures) {
-    let headers = [
-        ("x-ratelimit-limit-requests", figures.limit.to_string()),
-        ("x-ratelimit-remaining-requests", figures.remaining.to_string()),
-        ("x-ratelimit-reset-requests", format_reset(figures.reset)),
-    ];
-    for (name, value) in headers {
+/// Where the consumer stands against its limits, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitFigures {
+    requests: Option<RateFigures>,
+    tokens: Option<TokenFigures>,
+}
+
+/// OpenAI's rate-limit headers, on every response to a consumer that has a request limit or a token quota.
+fn insert_limit_headers(response: &mut HttpResponse, figures: LimitFigures) {
+    let requests = figures.requests.into_iter().flat_map(|f| {
+        [
+            ("x-ratelimit-limit-requests", f.limit.to_string()),
+            ("x-ratelimit-remaining-requests", f.remaining.to_string()),
+            ("x-ratelimit-reset-requests", format_reset(f.reset)),
+        ]
+    });
+    let tokens = figures.tokens.into_iter().flat_map(|f| {
+        [
+            ("x-ratelimit-limit-tokens", f.limit.to_string()),
+            ("x-ratelimit-remaining-tokens", f.remaining.to_string()),
+            ("x-ratelimit-reset-tokens", format_reset(f.reset)),
+        ]
+    });
+    for (name, value) in requests.chain(tokens) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response
                 .headers_mut()
@@ -135,7 +155,20 @@ impl PendingEvent {
             estimate,
             started: arrival.started,
             started_at_ms: arrival.started_at_ms,
+            clock: state.clock.clone(),
+            quota: None,
         }
+    }
+
+    /// Records a request rejected before any upstream (a request rate or a token quota): zero tokens.
+    fn rejected(self, state: &AppState, outcome: Outcome, http_status: u16) {
+        let settled = Settlement {
+            outcome,
+            http_status,
+            usage: usage::estimated(0, false),
+            ttfb: None,
+        };
+        state.events.emit(self.finish(settled));
     }
 }
 
@@ -177,7 +210,7 @@ async fn handle(
     state: &web::Data<AppState>,
     clients: &web::Data<WorkerClients>,
     arrival: Arrival,
-    rate: &mut Option<RateFigures>,
+    limits: &mut LimitFigures,
 ) -> Result<(HttpResponse, String), GatewayError> {
     let principal = state.keys.authenticate_request(req.headers())?;
     let raw = read_body(payload, state.config.server.max_request_bytes).await?;
@@ -188,9 +221,9 @@ async fn handle(
         .and_then(|model| state.router.route(req.path(), model))
         .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?;
     match state.limits.check(&principal.consumer) {
-        Ok(figures) => *rate = figures,
+        Ok(figures) => limits.requests = figures,
         Err(rejection) => {
-            *rate = Some(rejection.figures);
+            limits.requests = Some(rejection.figures);
             metrics::counter!(m::RATE_LIMITED_TOTAL, "route" => route.name.to_string()).increment(1);
             tracing::info!(
                 request_id = %arrival.request_id,
@@ -203,22 +236,8 @@ async fn handle(
                 tokens: fallback_estimate(&api.prompt()),
                 source: EstimateSource::Fallback,
             };
-            let pending = PendingEvent::before_upstream(
-                arrival,
-                state,
-                principal,
-                endpoint,
-                &route.name,
-                &api,
-                estimate,
-            );
-            let settled = Settlement {
-                outcome: Outcome::RejectedRateLimit,
-                http_status: rejection.status,
-                usage: usage::estimated(0, false),
-                ttfb: None,
-            };
-            state.events.emit(pending.finish(settled));
+            PendingEvent::before_upstream(arrival, state, principal, endpoint, &route.name, &api, estimate)
+                .rejected(state, Outcome::RejectedRateLimit, rejection.status);
             return Err(GatewayError::RateLimited {
                 status: rejection.status,
                 message: rejection.message,
@@ -227,8 +246,53 @@ async fn handle(
         }
     }
     let estimate = clients.meter.estimate(&api.model, &api.prompt()).await;
+    let demand = state.quotas.demand(estimate.tokens, api.max_output_tokens());
+    let mut ticket = match state.quotas.admit(&principal.consumer, &api.model, demand) {
+        Ok((ticket, figures)) => {
+            limits.tokens = figures;
+            ticket
+        }
+        Err(rejection) => {
+            limits.tokens = Some(rejection.figures);
+            metrics::counter!(m::QUOTA_REJECTIONS_TOTAL, "kind" => rejection.kind).increment(1);
+            tracing::info!(
+                request_id = %arrival.request_id,
+                consumer = %principal.consumer,
+                route = %route.name,
+                scope = %rejection.scope,
+                limit = rejection.figures.limit,
+                remaining = rejection.figures.remaining,
+                requested = demand.prompt + demand.completion,
+                retry_after_s = rejection.retry_after.as_secs(),
+                "request rejected: a token quota is used up for this window"
+            );
+            PendingEvent::before_upstream(arrival, state, principal, endpoint, &route.name, &api, estimate)
+                .rejected(state, Outcome::RejectedQuota, rejection.status);
+            return Err(GatewayError::QuotaExceeded {
+                status: rejection.status,
+                message: rejection.message,
+                error_type: rejection.error_type,
+                retry_after: rejection.retry_after,
+            });
+        }
+    };
 
-    let forwarded = forward(req, state, clients, route, &api, &principal).await?;
+    let forwarded = match forward(req, state, clients, route, &api, &principal, &mut ticket).await {
+        Err(GatewayError::InstanceQuotaExhausted { retry_after }) => {
+            metrics::counter!(m::QUOTA_REJECTIONS_TOTAL, "kind" => "instance").increment(1);
+            tracing::info!(
+                request_id = %arrival.request_id,
+                consumer = %principal.consumer,
+                route = %route.name,
+                "request rejected: every instance of the route has used its token quota"
+            );
+            drop(ticket);
+            PendingEvent::before_upstream(arrival, state, principal, endpoint, &route.name, &api, estimate)
+                .rejected(state, Outcome::RejectedQuota, 429);
+            return Err(GatewayError::InstanceQuotaExhausted { retry_after });
+        }
+        other => other?,
+    };
     let instance = forwarded.instance;
     let served_by = HeaderValue::from_str(&instance.name).ok();
     let pending = PendingEvent {
@@ -236,6 +300,7 @@ async fn handle(
         provider: instance.provider.as_str(),
         instance: instance.name.clone(),
         attempts: forwarded.attempts,
+        quota: Some(ticket),
         ..PendingEvent::before_upstream(arrival, state, principal, endpoint, &route.name, &api, estimate)
     };
 
@@ -303,6 +368,7 @@ async fn forward<'a>(
     route: &'a RouteTable,
     api: &ApiRequest,
     principal: &Principal,
+    ticket: &mut QuotaTicket,
 ) -> Result<Forwarded<'a>, GatewayError> {
     let started = Instant::now();
     let deadline = started + route.failover.deadline;
@@ -320,6 +386,7 @@ async fn forward<'a>(
     let passthrough = passthrough_headers(req, api.endpoint);
     let mut attempts = Vec::with_capacity(1);
     let mut last: Option<Forwarded<'a>> = None;
+    let mut quota_exhausted: Option<Duration> = None;
     for (n, &index) in plan.iter().enumerate() {
         let target = &route.targets[index];
         let instance = &*target.instance;
@@ -328,11 +395,24 @@ async fn forward<'a>(
         if last.is_some() && remaining.is_zero() {
             break;
         }
+        // An instance whose own token quota is used up is passed over, as if it were down.
+        if let Err(retry_after) =
+            state
+                .quotas
+                .hold_instance(ticket, &principal.consumer, &api.model, &instance.name)
+        {
+            metrics::counter!(m::QUOTA_INSTANCE_SKIPS_TOTAL, "instance" => instance.name.clone())
+                .increment(1);
+            tracing::debug!(route = %route.name, instance = %instance.name, "instance token quota used up; next target");
+            quota_exhausted = Some(quota_exhausted.map_or(retry_after, |r| r.min(retry_after)));
+            continue;
+        }
         // Another request may hold this instance's half-open trial; skip it unless nothing else is left to try.
         let is_last = n + 1 == plan.len();
         let claimed = target.health.begin_attempt(now);
         let nothing_else_left = is_last && last.is_none();
         if !(claimed || nothing_else_left) {
+            ticket.release_attempt();
             continue;
         }
         let body = api.upstream_body(instance.model.as_deref())?;
@@ -380,6 +460,7 @@ async fn forward<'a>(
         let Some(reason) = failure.filter(|_| can_go_on) else {
             break;
         };
+        ticket.release_attempt();
         metrics::counter!(
             m::FAILOVERS_TOTAL,
             "route" => route.name.to_string(),
@@ -397,7 +478,10 @@ async fn forward<'a>(
             "upstream attempt failed; failing over to the next target"
         );
     }
-    let mut forwarded = last.ok_or(GatewayError::Internal)?;
+    let mut forwarded = last.ok_or(match quota_exhausted {
+        Some(retry_after) => GatewayError::InstanceQuotaExhausted { retry_after },
+        None => GatewayError::Internal,
+    })?;
     forwarded.attempts = attempts;
     Ok(forwarded)
 }

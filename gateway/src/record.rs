@@ -1,19 +1,22 @@
 //! The usage record of one request. Everything known before the answer — who, which route and instance, the
 //! attempt trail, the prompt estimate, when it started — is collected into a [`PendingEvent`]; the path that
 //! settles the answer (a whole body in [`crate::proxy`], a stream in [`crate::streaming`]) finishes it with what
-//! was consumed and how it ended, which also counts the tokens in metrics.
+//! was consumed and how it ended, which also counts the tokens in metrics and settles the request's quota
+//! reservation with the same numbers the event carries.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use tollgate_schemas::usage::UsageEvent;
+use chrono::{DateTime, Utc};
 use tollgate_schemas::{Attempt, CloudEvent, Outcome, UsageRecorded};
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::clock::Clock;
+use crate::events::Outgoing;
 use crate::meter::Estimate;
 use crate::metrics as m;
+use crate::quota::QuotaTicket;
 use crate::usage::Usage;
 
 /// A usage event waiting for its outcome.
@@ -34,6 +37,10 @@ pub struct PendingEvent {
     pub estimate: Estimate,
     pub started: Instant,
     pub started_at_ms: u64,
+    /// The clock event times are read from.
+    pub clock: Arc<dyn Clock>,
+    /// The request's token quota reservations, settled when the event is finished.
+    pub quota: Option<QuotaTicket>,
 }
 
 /// How a request ended and what it consumed.
@@ -47,13 +54,21 @@ pub struct Settlement {
 }
 
 impl PendingEvent {
-    /// The finished event; also counts its tokens in `tollgate_tokens_total`.
-    pub fn finish(self, settled: Settlement) -> UsageEvent {
+    /// The finished event; also counts its tokens in `tollgate_tokens_total` and settles the quota reservation.
+    pub fn finish(self, settled: Settlement) -> Outgoing {
         let usage = settled.usage;
         metrics::counter!(m::TOKENS_TOTAL, "route" => self.route.to_string(), "kind" => "prompt")
             .increment(u64::from(usage.prompt_tokens));
         metrics::counter!(m::TOKENS_TOTAL, "route" => self.route.to_string(), "kind" => "completion")
             .increment(u64::from(usage.completion_tokens));
+        let finished_at_ms = self.clock.now_ms();
+        let local = self.quota.and_then(|ticket| {
+            ticket.settle(
+                u64::from(usage.prompt_tokens),
+                u64::from(usage.completion_tokens),
+                finished_at_ms,
+            )
+        });
         let data = UsageRecorded {
             request_id: self.request_id.to_string(),
             consumer_id: self.principal.consumer.to_string(),
@@ -78,26 +93,24 @@ impl PendingEvent {
             latency_ms: millis(self.started.elapsed()),
             ttfb_ms: settled.ttfb.map(millis),
             started_at_ms: self.started_at_ms,
-            finished_at_ms: now_ms(),
+            finished_at_ms,
         };
-        CloudEvent::with_id(
+        let time = i64::try_from(finished_at_ms)
+            .ok()
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let event = CloudEvent::with_id(
             self.request_id,
             &*self.source,
             &*self.principal.consumer,
-            Utc::now(),
+            time,
             data,
-        )
+        );
+        Outgoing { event, local }
     }
 }
 
 /// Whole milliseconds, saturating.
 pub fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-}
-
-/// Now, in Unix epoch milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

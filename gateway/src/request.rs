@@ -172,6 +172,17 @@ impl ApiRequest {
         })
     }
 
+    /// The most output tokens the request can produce, when it says: `max_completion_tokens` or `max_tokens`,
+    /// times `n` choices. Quota admission reserves it besides the prompt. A value that is not a non-negative
+    /// integer counts as absent here; the provider refuses it with its own error.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        let limit = ["max_completion_tokens", "max_tokens"]
+            .iter()
+            .find_map(|field| self.body.get(*field).and_then(Value::as_u64))?;
+        let choices = self.body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+        Some(limit.saturating_mul(choices))
+    }
+
     /// What to count as the prompt.
     pub fn prompt(&self) -> Prompt<'_> {
         let value = self
@@ -270,6 +281,23 @@ fn len_u32(n: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_output_tokens_reads_either_field_and_multiplies_by_choices() {
+        let with = |extra: &str| {
+            parse(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
+            ))
+            .unwrap()
+            .max_output_tokens()
+        };
+        assert_eq!(with(""), None);
+        assert_eq!(with(r#","max_tokens":100"#), Some(100));
+        assert_eq!(with(r#","max_completion_tokens":50,"max_tokens":100"#), Some(50));
+        assert_eq!(with(r#","max_tokens":100,"n":3"#), Some(300));
+        assert_eq!(with(r#","max_tokens":-1"#), None);
+        assert_eq!(with(r#","max_tokens":"lots""#), None);
+    }
 
     fn parse(text: &str) -> Result<ApiRequest, GatewayError> {
         ApiRequest::parse(Endpoint::ChatCompletions, Bytes::copy_from_slice(text.as_bytes()))

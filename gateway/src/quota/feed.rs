@@ -1,0 +1,233 @@
+//! The quota feed: billing-consumer's snapshots from the compacted quota topic into [`Quotas`]' moka cache.
+//!
+//! A dedicated thread owns an rdkafka consumer that reads every partition of the topic from the beginning (a
+//! compacted topic is the current state: one snapshot per scope) and then follows it. It never joins a consumer
+//! group and never commits: every replica reads everything. Until the topic exists it retries every second.
+//!
+//! Once a second the thread publishes how old billing-consumer's newest word (snapshot or heartbeat) is, in
+//! `tollgate_quota_snapshot_age_seconds`. Past `quota.max_snapshot_age` — the topic unreachable, billing-consumer
+//! down or lagging — the gateway is **degraded**: it logs it once, sets `tollgate_quota_degraded`, and keeps
+//! enforcing from its local view (the last snapshots plus every token this replica spent since, which no
+//! longer leave its books); it does not fail open. A gateway that has not heard anything since it started is
+//! degraded too until the first heartbeat arrives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshotEvent};
+
+use crate::clock::wall_ms;
+use crate::config::Config;
+use crate::metrics as m;
+
+use super::Quotas;
+
+/// How long one poll waits; also the longest a stop request waits for the thread.
+const POLL: Duration = Duration::from_millis(100);
+/// How often the staleness gauge is refreshed and the topic looked for while it does not exist.
+const TICK: Duration = Duration::from_secs(1);
+
+/// The running feed; [`QuotaFeed::stop`] ends it.
+#[derive(Debug)]
+pub struct QuotaFeed {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl QuotaFeed {
+    /// Starts following `quota.topic`, unless no token limit is configured (then there is nothing to feed).
+    pub fn start(config: &Config, quotas: Arc<Quotas>) -> Result<Option<Self>, FeedError> {
+        if quotas.is_empty() {
+            return Ok(None);
+        }
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set(
+                "group.id",
+                format!("tollgate-gateway-quota-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set(
+                "client.id",
+                format!("tollgate-gateway-quota/{}", config.server.instance_id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", "50")
+            .create()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = Follower {
+            consumer,
+            topic: config.quota.topic.clone(),
+            quotas,
+            max_age: config.quota.max_snapshot_age,
+            stop: stop.clone(),
+            started_at_ms: wall_ms(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("tollgate-quota-feed".into())
+            .spawn(move || follower.run())?;
+        Ok(Some(Self {
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
+    /// Stops the thread and waits for it (at most about one poll).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why the feed could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("invalid Kafka consumer configuration for the quota feed: {0}")]
+    Consumer(#[from] KafkaError),
+    #[error("could not start the quota feed thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+struct Follower {
+    consumer: BaseConsumer,
+    topic: String,
+    quotas: Arc<Quotas>,
+    max_age: Duration,
+    stop: Arc<AtomicBool>,
+    started_at_ms: u64,
+}
+
+impl Follower {
+    fn run(self) {
+        let mut assigned = false;
+        let mut waiting_logged = false;
+        let mut degraded: Option<bool> = None;
+        let mut last_tick = Instant::now().checked_sub(TICK).unwrap_or_else(Instant::now);
+        while !self.stop.load(Ordering::Acquire) {
+            if !assigned {
+                match self.assign() {
+                    Ok(partitions) => {
+                        assigned = true;
+                        tracing::info!(topic = %self.topic, partitions, "Following quota snapshots.");
+                    }
+                    Err(reason) => {
+                        if !waiting_logged {
+                            tracing::warn!(topic = %self.topic, %reason, "Quota topic not available yet; retrying every second.");
+                            waiting_logged = true;
+                        }
+                        self.sleep(TICK);
+                    }
+                }
+            }
+            if assigned {
+                match self.consumer.poll(POLL) {
+                    Some(Ok(message)) => self.take(&message),
+                    Some(Err(error)) => tracing::debug!(%error, "Quota feed read error."),
+                    None => {}
+                }
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                degraded = Some(self.tick(degraded));
+            }
+        }
+    }
+
+    /// Assigns every partition of the topic from its beginning; the partition count, or why not.
+    fn assign(&self) -> Result<usize, String> {
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), Duration::from_secs(2))
+            .map_err(|e| e.to_string())?;
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == self.topic)
+            .ok_or("not in the broker's metadata")?;
+        if let Some(error) = topic.error() {
+            return Err(format!("{error:?}"));
+        }
+        if topic.partitions().is_empty() {
+            return Err("no partitions".into());
+        }
+        let mut list = TopicPartitionList::new();
+        for partition in topic.partitions() {
+            list.add_partition_offset(&self.topic, partition.id(), Offset::Beginning)
+                .map_err(|e| e.to_string())?;
+        }
+        self.consumer.assign(&list).map_err(|e| e.to_string())?;
+        Ok(topic.partitions().len())
+    }
+
+    fn take(&self, message: &BorrowedMessage<'_>) {
+        let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
+            return; // a tombstone: a scope was removed
+        };
+        if message.key() == Some(HEARTBEAT_KEY.as_bytes()) {
+            match serde_json::from_slice::<QuotaHeartbeatEvent>(payload) {
+                Ok(beat) if beat.is_expected_type() => self.quotas.heard(beat.data.published_at_ms),
+                _ => self.undecodable(message),
+            }
+            return;
+        }
+        match serde_json::from_slice::<QuotaSnapshotEvent>(payload) {
+            Ok(event) if event.is_expected_type() => {
+                let snapshot = event.data;
+                let live = snapshot.published_at_ms >= self.started_at_ms;
+                let newest_event_ms = snapshot.newest_event_ms;
+                if self.quotas.accept(snapshot) {
+                    metrics::counter!(m::QUOTA_SNAPSHOTS_TOTAL).increment(1);
+                    if live && newest_event_ms > 0 {
+                        let lag = wall_ms().saturating_sub(newest_event_ms);
+                        metrics::histogram!(m::QUOTA_SNAPSHOT_LAG_SECONDS).record(lag as f64 / 1000.0);
+                    }
+                }
+            }
+            _ => self.undecodable(message),
+        }
+    }
+
+    fn undecodable(&self, message: &BorrowedMessage<'_>) {
+        tracing::warn!(
+            topic = %self.topic,
+            partition = message.partition(),
+            offset = message.offset(),
+            "Skipped a quota message that is not a tollgate.quota.v1 snapshot or heartbeat."
+        );
+    }
+
+    /// Refreshes the staleness gauges; logs when the gateway enters or leaves degraded mode.
+    fn tick(&self, was_degraded: Option<bool>) -> bool {
+        let age = self.quotas.staleness();
+        let degraded = age.is_none_or(|age| age > self.max_age);
+        metrics::gauge!(m::QUOTA_SNAPSHOT_AGE_SECONDS).set(age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
+        metrics::gauge!(m::QUOTA_DEGRADED).set(if degraded { 1.0 } else { 0.0 });
+        metrics::gauge!(m::QUOTA_PENDING_TOKENS).set(self.quotas.pending_tokens() as f64);
+        match (was_degraded, degraded) {
+            (Some(false) | None, true) if age.is_some() => tracing::warn!(
+                age_ms = age.map_or(0, |a| a.as_millis() as u64),
+                max_age_ms = self.max_age.as_millis() as u64,
+                "Quota snapshots are stale: enforcing token limits from this replica's local view until they resume."
+            ),
+            (Some(true), false) => tracing::info!("Quota snapshots are current again."),
+            _ => {}
+        }
+        degraded
+    }
+
+    fn sleep(&self, total: Duration) {
+        let until = Instant::now() + total;
+        while !self.stop.load(Ordering::Acquire) && Instant::now() < until {
+            std::thread::sleep(POLL);
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! Token quotas: admission against the shared view of usage that billing-consumer computes from the event log.
+//!
+//! Every configured token limit is a **scope** ([`QuotaScope`]) with a book of this replica's usage that no
+//! snapshot counts yet. A request is admitted when, for every scope it falls in,
+//!
+//! ```text
+//! snapshot.used + own pending + estimate ≤ limit
+//! ```
+//!
+//! where `snapshot.used` comes from the newest [`QuotaSnapshot`] in the moka cache (fed by [`feed`]), `own
+//! pending` sums this replica's reservations and settled requests the snapshot does not cover yet, and the
+//! estimate is the prompt estimate plus `max_tokens` when the request gives one (`quota.reserve_max_tokens`).
+//! The check and the reservation happen under the scope's lock, so concurrent requests on one replica cannot
+//! all pass on the same remaining tokens.
+//!
+//! A request's reservation is one [`LocalUsage`]: it starts as the estimate, becomes the actual usage when the
+//! request settles ([`QuotaTicket::settle`]), and learns from the event pump where in Kafka its event landed.
+//! A snapshot covers it once the snapshot's watermark for this gateway and that partition reaches its offset;
+//! then it leaves the book, because `snapshot.used` counts it. An event that never reaches Kafka is never
+//! covered and stays counted locally until its window ends.
+//!
+//! Scopes without an instance are checked at admission: the consumer's first, then the global ones, and the
+//! first one used up answers 429 ([`QuotaRejection`]). Scopes with an instance — an instance's own quota, or a
+//! consumer's share of one instance — are checked per attempt ([`Quotas::hold_instance`]): a used-up instance
+//! is passed over for the next target, never a 429 while another target can serve.
+//!
+//! Windows are fixed and aligned to the epoch; "now" comes from the injected [`Clock`], so tests cross windows
+//! without sleeping.
+
+pub mod feed;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use tollgate_schemas::quota::{QuotaScope, QuotaSnapshot, Window};
+
+use crate::clock::{Clock, wall_ms};
+use crate::config::{Config, TokenLimit};
+
+/// A request's usage as this replica knows it before billing-consumer counted it.
+#[derive(Debug)]
+pub struct LocalUsage {
+    prompt: AtomicU64,
+    completion: AtomicU64,
+    /// The event time once the request settled; 0 while in flight (it then counts in the current window).
+    settled_at_ms: AtomicU64,
+    /// Where Kafka put its event: -1 until acknowledged.
+    partition: AtomicI32,
+    offset: AtomicI64,
+}
+
+impl LocalUsage {
+    fn reserve(demand: Demand) -> Self {
+        Self {
+            prompt: AtomicU64::new(demand.prompt),
+            completion: AtomicU64::new(demand.completion),
+            settled_at_ms: AtomicU64::new(0),
+            partition: AtomicI32::new(-1),
+            offset: AtomicI64::new(-1),
+        }
+    }
+
+    /// Records where the broker stored this request's usage event.
+    pub fn delivered(&self, partition: i32, offset: i64) {
+        self.offset.store(offset, Ordering::Release);
+        self.partition.store(partition, Ordering::Release);
+    }
+
+    fn tokens(&self, scope: &QuotaScope) -> u64 {
+        scope.strategy.tokens(
+            self.prompt.load(Ordering::Acquire),
+            self.completion.load(Ordering::Acquire),
+        )
+    }
+
+    /// The start of the window it counts in; a request in flight counts in the current one.
+    fn window_start(&self, scope: &QuotaScope, current: Window) -> u64 {
+        match self.settled_at_ms.load(Ordering::Acquire) {
+            0 => current.start_ms,
+            at => scope.window_at(at).start_ms,
+        }
+    }
+
+    fn covered_by(&self, gateway: &str, snapshot: &QuotaSnapshot) -> bool {
+        let partition = self.partition.load(Ordering::Acquire);
+        partition >= 0 && snapshot.covers(gateway, partition, self.offset.load(Ordering::Acquire))
+    }
+}
+
+/// What a request may consume, reserved at admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Demand {
+    /// The prompt estimate.
+    pub prompt: u64,
+    /// `max_tokens` when given and reserved, else 0.
+    pub completion: u64,
+}
+
+/// The `x-ratelimit-*-tokens` figures, for the scope closest to its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenFigures {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the window ends.
+    pub reset: Duration,
+}
+
+/// A request refused because a scope is used up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRejection {
+    pub figures: TokenFigures,
+    pub retry_after: Duration,
+    pub status: u16,
+    pub message: String,
+    pub error_type: &'static str,
+    /// `consumer` or `global`: a metric label.
+    pub kind: &'static str,
+    /// The scope's key, for the log line.
+    pub scope: String,
+}
+
+/// One scope and this replica's usage in it that no snapshot counts yet.
+#[derive(Debug)]
+struct ScopeBook {
+    limit: TokenLimit,
+    kind: &'static str,
+    pending: Mutex<Vec<Arc<LocalUsage>>>,
+}
+
+impl ScopeBook {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<LocalUsage>>> {
+        // A panic while holding the lock cannot leave the list half-updated: every change is one Vec call.
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remove(&self, usage: &Arc<LocalUsage>) {
+        self.lock().retain(|u| !Arc::ptr_eq(u, usage));
+    }
+}
+
+/// Where a scope stands now.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    window: Window,
+    /// Counted by the snapshot (0 when the cached snapshot is of an earlier window).
+    used: u64,
+    /// This replica's usage the snapshot does not count.
+    pending: u64,
+}
+
+/// Every scope, the snapshot cache and this replica's books.
+#[derive(Debug)]
+pub struct Quotas {
+    /// This replica's CloudEvents `source`: the gateway name in snapshot watermarks.
+    gateway: Arc<str>,
+    clock: Arc<dyn Clock>,
+    reserve_max_tokens: bool,
+    /// Admission-time scopes of each consumer, in configuration order.
+    by_consumer: HashMap<String, Vec<Arc<ScopeBook>>>,
+    /// Admission-time scopes over every consumer, in configuration order.
+    global: Vec<Arc<ScopeBook>>,
+    /// Scopes tied to an instance, checked per attempt.
+    per_instance: Vec<Arc<ScopeBook>>,
+    by_key: HashMap<String, Arc<ScopeBook>>,
+    snapshots: Cache<String, Arc<QuotaSnapshot>>,
+    /// Wall-clock `published_at_ms` of the newest snapshot or heartbeat received; 0 before the first.
+    heard_at_ms: AtomicU64,
+}
+
+impl Quotas {
+    pub fn new(config: &Config, gateway: Arc<str>, clock: Arc<dyn Clock>) -> Self {
+        let book = |limit: &TokenLimit, kind| {
+            Arc::new(ScopeBook {
+                limit: limit.clone(),
+                kind,
+                pending: Mutex::new(Vec::new()),
+            })
+        };
+        let mut by_consumer: HashMap<String, Vec<Arc<ScopeBook>>> = HashMap::new();
+        let mut global = Vec::new();
+        let mut per_instance = Vec::new();
+        let mut by_key = HashMap::new();
+        let consumer_limits = config
+            .consumers
+            .iter()
+            .flat_map(|c| c.token_limits.iter().map(move |l| (Some(c.name.as_str()), l)));
+        let global_limits = config.token_limits.iter().map(|l| (None, l));
+        let instance_limits = config
+            .instances
+            .iter()
+            .filter_map(|i| i.token_limit.as_ref())
+            .map(|l| (None, l));
+        for (consumer, limit) in consumer_limits.chain(global_limits).chain(instance_limits) {
+            let kind = if consumer.is_some() { "consumer" } else { "global" };
+            let scope = book(limit, kind);
+            by_key.insert(limit.key.clone(), scope.clone());
+            if limit.scope.instance.is_some() {
+                per_instance.push(scope);
+            } else if let Some(consumer) = consumer {
+                by_consumer.entry(consumer.to_owned()).or_default().push(scope);
+            } else {
+                global.push(scope);
+            }
+        }
+        let capacity = u64::try_from(by_key.len().max(1)).unwrap_or(u64::MAX);
+        Self {
+            gateway,
+            clock,
+            reserve_max_tokens: config.quota.reserve_max_tokens,
+            by_consumer,
+            global,
+            per_instance,
+            by_key,
+            snapshots: Cache::new(capacity),
+            heard_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// True when no token limit is configured: admission has nothing to check.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+
+    /// What a request reserves: its prompt estimate, plus its `max_tokens` when configured to.
+    pub fn demand(&self, prompt_estimate: u32, max_output_tokens: Option<u64>) -> Demand {
+        Demand {
+            prompt: u64::from(prompt_estimate),
+            completion: max_output_tokens.filter(|_| self.reserve_max_tokens).unwrap_or(0),
+        }
+    }
+
+    /// Admits a request by `consumer` for `model` and reserves `demand` in every scope it falls in, or names the
+    /// first used-up scope (the consumer's are checked before the global ones).
+    pub fn admit(
+        &self,
+        consumer: &str,
+        model: &str,
+        demand: Demand,
+    ) -> Result<(QuotaTicket, Option<TokenFigures>), Box<QuotaRejection>> {
+        let applies = |book: &&Arc<ScopeBook>| book.limit.scope.matches(consumer, model, "");
+        let books: Vec<Arc<ScopeBook>> = self
+            .by_consumer
+            .get(consumer)
+            .into_iter()
+            .flatten()
+            .filter(applies)
+            .chain(self.global.iter().filter(applies))
+            .cloned()
+            .collect();
+        let usage = Arc::new(LocalUsage::reserve(demand));
+        let figures = self
+            .reserve(&books, &usage, demand)
+            .map_err(|(book, standing)| Box::new(self.rejection(book, standing)))?;
+        Ok((
+            QuotaTicket {
+                usage,
+                books,
+                attempt_books: Vec::new(),
+                settled: false,
+            },
+            figures,
+        ))
+    }
+
+    /// Reserves the ticket's demand on the scopes of `instance` (its own quota, the consumer's share of it);
+    /// `Err` with the time until the used-up scope's window ends when the request must go elsewhere.
+    pub fn hold_instance(
+        &self,
+        ticket: &mut QuotaTicket,
+        consumer: &str,
+        model: &str,
+        instance: &str,
+    ) -> Result<(), Duration> {
+        ticket.release_attempt();
+        let books: Vec<Arc<ScopeBook>> = self
+            .per_instance
+            .iter()
+            .filter(|b| b.limit.scope.matches(consumer, model, instance))
+            .cloned()
+            .collect();
+        if books.is_empty() {
+            return Ok(());
+        }
+        let demand = Demand {
+            prompt: ticket.usage.prompt.load(Ordering::Acquire),
+            completion: ticket.usage.completion.load(Ordering::Acquire),
+        };
+        match self.reserve(&books, &ticket.usage, demand) {
+            Ok(_) => {
+                ticket.attempt_books = books;
+                Ok(())
+            }
+            Err((_, standing)) => Err(standing.window.remaining(self.clock.now_ms())),
+        }
+    }
+
+    /// Under the locks of every book (taken in a fixed order), checks that `demand` fits each and then adds
+    /// `usage` to all of them; or returns the first book it does not fit.
+    fn reserve<'b>(
+        &self,
+        books: &'b [Arc<ScopeBook>],
+        usage: &Arc<LocalUsage>,
+        demand: Demand,
+    ) -> Result<Option<TokenFigures>, (&'b ScopeBook, Standing)> {
+        if books.is_empty() {
+            return Ok(None);
+        }
+        let now = self.clock.now_ms();
+        let mut guards: Vec<_> = books.iter().map(|b| b.lock()).collect();
+        let mut tightest: Option<TokenFigures> = None;
+        for (book, pending) in books.iter().zip(guards.iter_mut()) {
+            let standing = self.standing(book, pending, now);
+            let need = book.limit.scope.strategy.tokens(demand.prompt, demand.completion);
+            let committed = standing.used.saturating_add(standing.pending);
+            if committed.saturating_add(need) > book.limit.limit {
+                return Err((book, standing));
+            }
+            let figures = TokenFigures {
+                limit: book.limit.limit,
+                remaining: book.limit.limit - committed - need,
+                reset: standing.window.remaining(now),
+            };
+            if tightest.is_none_or(|t| figures.remaining < t.remaining) {
+                tightest = Some(figures);
+            }
+        }
+        for pending in &mut guards {
+            pending.push(usage.clone());
+        }
+        Ok(tightest)
+    }
+
+    fn rejection(&self, book: &ScopeBook, standing: Standing) -> QuotaRejection {
+        let now = self.clock.now_ms();
+        let committed = standing.used.saturating_add(standing.pending);
+        let reset = standing.window.remaining(now);
+        QuotaRejection {
+            figures: TokenFigures {
+                limit: book.limit.limit,
+                remaining: book.limit.limit.saturating_sub(committed),
+                reset,
+            },
+            retry_after: reset.max(Duration::from_secs(1)),
+            status: book.limit.rejected_code,
+            message: book.limit.rejected_msg.clone(),
+            error_type: book.limit.rejected_type,
+            kind: book.kind,
+            scope: book.limit.key.clone(),
+        }
+    }
+
+    /// Where `book` stands at `now`; drops from `pending` what the snapshot covers and what belongs to windows
+    /// that have ended.
+    fn standing(&self, book: &ScopeBook, pending: &mut Vec<Arc<LocalUsage>>, now: u64) -> Standing {
+        let scope = &book.limit.scope;
+        let window = scope.window_at(now);
+        let snapshot = self
+            .snapshots
+            .get(&book.limit.key)
+            .filter(|s| s.window_start_ms == window.start_ms);
+        pending.retain(|usage| {
+            let start = usage.window_start(scope, window);
+            start > window.start_ms
+                || (start == window.start_ms
+                    && !snapshot
+                        .as_deref()
+                        .is_some_and(|s| usage.covered_by(&self.gateway, s)))
+        });
+        let pending_tokens = pending
+            .iter()
+            .filter(|u| u.window_start(scope, window) == window.start_ms)
+            .map(|u| u.tokens(scope))
+            .fold(0u64, u64::saturating_add);
+        Standing {
+            window,
+            used: snapshot.map_or(0, |s| s.used),
+            pending: pending_tokens,
+        }
+    }
+
+    /// Takes a snapshot from the quota topic into the cache (scopes this gateway does not enforce are ignored)
+    /// and drops from the scope's book what it covers.
+    pub fn accept(&self, snapshot: QuotaSnapshot) -> bool {
+        self.heard(snapshot.published_at_ms);
+        let Some(book) = self.by_key.get(&snapshot.scope) else {
+            return false;
+        };
+        // Cache first, prune second: in between, an admission may count an event twice (safe), never zero times.
+        self.snapshots.insert(snapshot.scope.clone(), Arc::new(snapshot));
+        let now = self.clock.now_ms();
+        self.standing(book, &mut book.lock(), now);
+        true
+    }
+
+    /// Notes a sign of life from billing-consumer's quota loop.
+    pub fn heard(&self, published_at_ms: u64) {
+        self.heard_at_ms.fetch_max(published_at_ms, Ordering::AcqRel);
+    }
+
+    /// How long since billing-consumer's quota loop was last heard of; `None` before it ever was.
+    pub fn staleness(&self) -> Option<Duration> {
+        match self.heard_at_ms.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Duration::from_millis(wall_ms().saturating_sub(at))),
+        }
+    }
+
+    /// Tokens this replica holds in its books that no snapshot counts yet, over every scope.
+    pub fn pending_tokens(&self) -> u64 {
+        let now = self.clock.now_ms();
+        self.by_key
+            .values()
+            .map(|book| self.standing(book, &mut book.lock(), now).pending)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The cached snapshot of a scope, if any.
+    pub fn snapshot(&self, key: &str) -> Option<Arc<QuotaSnapshot>> {
+        self.snapshots.get(key)
+    }
+}
+
+/// A request's reservations; settled with its actual usage, or released when dropped unsettled.
+#[derive(Debug)]
+pub struct QuotaTicket {
+    usage: Arc<LocalUsage>,
+    books: Vec<Arc<ScopeBook>>,
+    /// The current attempt's instance scopes.
+    attempt_books: Vec<Arc<ScopeBook>>,
+    settled: bool,
+}
+
+impl QuotaTicket {
+    /// Gives back the reservation on the current attempt's instance (the request fails over elsewhere).
+    pub fn release_attempt(&mut self) {
+        for book in self.attempt_books.drain(..) {
+            book.remove(&self.usage);
+        }
+    }
+
+    /// Replaces the reservation by what the request consumed, counted in the window of `at_ms`. Returns the
+    /// local usage for the event pump to tell where the event landed, or `None` when no scope counts it.
+    pub fn settle(mut self, prompt: u64, completion: u64, at_ms: u64) -> Option<Arc<LocalUsage>> {
+        self.settled = true;
+        if self.books.is_empty() && self.attempt_books.is_empty() {
+            return None;
+        }
+        self.usage.prompt.store(prompt, Ordering::Release);
+        self.usage.completion.store(completion, Ordering::Release);
+        self.usage.settled_at_ms.store(at_ms.max(1), Ordering::Release);
+        Some(self.usage.clone())
+    }
+}
+
+impl Drop for QuotaTicket {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.release_attempt();
+            for book in &self.books {
+                book.remove(&self.usage);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

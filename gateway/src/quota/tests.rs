@@ -1,0 +1,263 @@
+//! Admission against snapshots and this replica's own books, with a clock the tests move.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_schemas::quota::{LimitStrategy, QuotaSnapshot, Watermark};
+
+use super::{Demand, Quotas};
+use crate::clock::{Clock, ManualClock};
+use crate::config::Config;
+
+const GATEWAY: &str = "tollgate-gateway/gw-test";
+const TEAM_A: &str = "consumer=team-a;models=gpt-4o-mini;window=3600s;strategy=total_tokens";
+const MODEL: &str = "models=gpt-4o-mini;window=3600s;strategy=total_tokens";
+
+/// Reference scenario 4, scaled: team-a 1,000 and team-b 2,000 tokens an hour on a model with 2,500 in all;
+/// instance `small` has 300 tokens a minute of its own.
+fn quotas(clock: Arc<ManualClock>) -> Quotas {
+    let config = Config::from_toml_with_env(
+        r#"
+[meter]
+url = "http://127.0.0.1:1"
+[kafka]
+brokers = "127.0.0.1:1"
+[[instances]]
+name = "big"
+endpoint = "http://127.0.0.1:2/v1"
+[[instances]]
+name = "small"
+endpoint = "http://127.0.0.1:3/v1"
+token_limit = { limit = 300, time_window = "1m" }
+[[routes]]
+name = "mini"
+models = ["gpt-4o-mini"]
+targets = [{ instance = "small" }, { instance = "big" }]
+[[token_limits]]
+models = ["gpt-4o-mini"]
+limit = 2500
+time_window = "1h"
+[[consumers]]
+name = "team-a"
+keys = [{ id = "a1", sha256 = "0000000000000000000000000000000000000000000000000000000000000001" }]
+token_limits = [{ models = ["gpt-4o-mini"], limit = 1000, time_window = "1h", rejected_msg = "team-a is out of tokens" }]
+[[consumers]]
+name = "team-b"
+keys = [{ id = "b1", sha256 = "0000000000000000000000000000000000000000000000000000000000000002" }]
+token_limits = [{ models = ["gpt-4o-mini"], limit = 2000, time_window = "1h", rejected_type = "insufficient_quota" }]
+"#,
+        |_| None,
+    )
+    .unwrap();
+    Quotas::new(&config, Arc::from(GATEWAY), clock)
+}
+
+fn demand(prompt: u64, completion: u64) -> Demand {
+    Demand { prompt, completion }
+}
+
+fn snapshot(
+    quotas: &Quotas,
+    clock: &ManualClock,
+    scope: &str,
+    used: u64,
+    watermark: Option<(i32, i64)>,
+) -> QuotaSnapshot {
+    let window = tollgate_schemas::quota::Window::containing(clock.now_ms(), 3_600_000);
+    QuotaSnapshot {
+        scope: scope.to_owned(),
+        limit: 0,
+        strategy: LimitStrategy::TotalTokens,
+        window_start_ms: window.start_ms,
+        window_end_ms: window.end_ms,
+        used,
+        events: 1,
+        watermarks: watermark
+            .map(|(partition, offset)| Watermark {
+                gateway: quotas.gateway.to_string(),
+                partition,
+                offset,
+            })
+            .into_iter()
+            .collect(),
+        newest_event_ms: 0,
+        published_at_ms: clock.now_ms(),
+    }
+}
+
+#[test]
+fn admits_while_the_estimate_fits_and_rejects_the_request_that_would_cross_the_limit() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let mut tickets = Vec::new();
+    for _ in 0..4 {
+        let (ticket, figures) = quotas.admit("team-a", "gpt-4o-mini", demand(200, 50)).unwrap();
+        tickets.push(ticket);
+        assert!(figures.unwrap().remaining <= 1000);
+    }
+    // 4 × 250 = 1,000: exactly the limit. One more token does not fit.
+    let rejection = quotas.admit("team-a", "gpt-4o-mini", demand(1, 0)).unwrap_err();
+    assert_eq!(rejection.kind, "consumer");
+    assert_eq!(rejection.scope, TEAM_A);
+    assert_eq!(rejection.message, "team-a is out of tokens");
+    assert_eq!(rejection.error_type, "rate_limit_exceeded");
+    assert_eq!((rejection.figures.limit, rejection.figures.remaining), (1000, 0));
+    assert!(rejection.retry_after >= Duration::from_secs(1));
+    assert!(rejection.retry_after <= Duration::from_secs(3600));
+    // Another consumer and other models are not affected.
+    assert!(quotas.admit("team-b", "gpt-4o-mini", demand(1, 0)).is_ok());
+    assert!(quotas.admit("team-a", "gpt-4o", demand(5000, 0)).is_ok());
+}
+
+#[test]
+fn the_tightest_scope_sets_the_token_headers() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (_ticket, figures) = quotas.admit("team-b", "gpt-4o-mini", demand(100, 0)).unwrap();
+    // team-b: 2,000 − 100; the model: 2,500 − 100. The consumer's is tighter.
+    assert_eq!(figures.unwrap().remaining, 1900);
+    quotas.accept(snapshot(&quotas, &clock, MODEL, 2300, None));
+    let (_ticket2, figures) = quotas.admit("team-b", "gpt-4o-mini", demand(50, 0)).unwrap();
+    assert_eq!(figures.unwrap().remaining, 2500 - 2300 - 100 - 50);
+}
+
+#[test]
+fn the_consumer_is_checked_before_the_model_and_either_rejects() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    quotas.accept(snapshot(&quotas, &clock, MODEL, 2400, None));
+    let rejection = quotas.admit("team-b", "gpt-4o-mini", demand(101, 0)).unwrap_err();
+    assert_eq!(rejection.kind, "global");
+    assert_eq!(rejection.scope, MODEL);
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 1000, None));
+    let rejection = quotas.admit("team-a", "gpt-4o-mini", demand(1, 0)).unwrap_err();
+    assert_eq!(
+        rejection.kind, "consumer",
+        "both are used up; the consumer's answers"
+    );
+}
+
+#[test]
+fn settling_replaces_the_reservation_and_a_covering_snapshot_takes_it_over() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 500)).unwrap();
+    // Reserved 600 of 1,000: a 401-token request does not fit, a 400-token one does.
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(401, 0)).is_err());
+    let local = ticket.settle(120, 30, clock.now_ms()).unwrap();
+    // Actual usage 150: now 850 fit.
+    let (probe, _) = quotas.admit("team-a", "gpt-4o-mini", demand(850, 0)).unwrap();
+    drop(probe);
+    local.delivered(2, 17);
+    // A snapshot that does not reach offset 17 counts other usage only: ours stays pending on top.
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 300, Some((2, 16))));
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(551, 0)).is_err());
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(550, 0)).is_ok());
+    // One that does counts it: 450 used in all, never 600.
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 450, Some((2, 17))));
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(551, 0)).is_err());
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(550, 0)).is_ok());
+    // The model's scope holds the same request until its own snapshot covers it.
+    assert_eq!(quotas.pending_tokens(), 150);
+    quotas.accept(snapshot(&quotas, &clock, MODEL, 450, Some((2, 17))));
+    assert_eq!(quotas.pending_tokens(), 0);
+}
+
+#[test]
+fn a_watermark_of_another_partition_or_gateway_does_not_cover_our_event() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
+    ticket.settle(100, 0, clock.now_ms()).unwrap().delivered(1, 5);
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 0, Some((0, 99))));
+    let mut other = snapshot(&quotas, &clock, TEAM_A, 0, Some((1, 99)));
+    other.watermarks[0].gateway = "tollgate-gateway/other".into();
+    quotas.accept(other);
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(901, 0)).is_err());
+}
+
+#[test]
+fn a_dropped_ticket_gives_its_reservation_back() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(1000, 0)).unwrap();
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(1, 0)).is_err());
+    drop(ticket);
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(1000, 0)).is_ok());
+}
+
+#[test]
+fn windows_roll_over_on_the_hour_and_the_old_usage_stops_counting() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(1000, 0)).unwrap();
+    ticket.settle(1000, 0, clock.now_ms());
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 1000, None));
+    let rejection = quotas.admit("team-a", "gpt-4o-mini", demand(1, 0)).unwrap_err();
+    let reset = rejection.figures.reset;
+    clock.advance(reset);
+    // The next window: the old snapshot and the settled request belong to the previous hour.
+    let (_ticket, figures) = quotas.admit("team-a", "gpt-4o-mini", demand(1000, 0)).unwrap();
+    let figures = figures.unwrap();
+    assert_eq!(figures.remaining, 0);
+    assert!(figures.reset > Duration::from_secs(3599));
+}
+
+#[test]
+fn a_request_in_flight_across_the_window_boundary_counts_in_the_window_it_finishes_in() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (ticket, figures) = quotas.admit("team-a", "gpt-4o-mini", demand(400, 0)).unwrap();
+    clock.advance(figures.unwrap().reset);
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(601, 0)).is_err());
+    ticket.settle(400, 0, clock.now_ms());
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(601, 0)).is_err());
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(600, 0)).is_ok());
+}
+
+#[test]
+fn concurrent_admissions_cannot_share_the_same_remaining_tokens() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = Arc::new(quotas(clock));
+    let admitted: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..64)
+            .map(|_| {
+                let quotas = quotas.clone();
+                s.spawn(move || {
+                    quotas
+                        .admit("team-a", "gpt-4o-mini", demand(90, 10))
+                        .map(|(ticket, _)| std::mem::forget(ticket))
+                        .is_ok()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| usize::from(h.join().unwrap())).sum()
+    });
+    assert_eq!(
+        admitted, 10,
+        "1,000 tokens hold exactly ten 100-token reservations"
+    );
+}
+
+#[test]
+fn an_instance_with_its_quota_used_up_is_refused_per_attempt_and_released_on_failover() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (mut first, _) = quotas.admit("team-b", "gpt-4o-mini", demand(200, 0)).unwrap();
+    quotas
+        .hold_instance(&mut first, "team-b", "gpt-4o-mini", "small")
+        .unwrap();
+    let (mut second, _) = quotas.admit("team-b", "gpt-4o-mini", demand(200, 0)).unwrap();
+    let retry = quotas
+        .hold_instance(&mut second, "team-b", "gpt-4o-mini", "small")
+        .unwrap_err();
+    assert!(retry <= Duration::from_secs(60));
+    quotas
+        .hold_instance(&mut second, "team-b", "gpt-4o-mini", "big")
+        .unwrap();
+    // The first request fails over away from `small`: its hold there is given back.
+    first.release_attempt();
+    quotas
+        .hold_instance(&mut second, "team-b", "gpt-4o-mini", "small")
+        .unwrap();
+}
