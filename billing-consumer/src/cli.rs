@@ -1,14 +1,16 @@
 //! The command line: global connection flags (each also read from the environment) and the subcommands
-//! `migrate`, `run` and `usage`. Parsing only; `main.rs` dispatches.
+//! `migrate`, `run`, `quota` and `usage`. Parsing only; `main.rs` dispatches.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
 use crate::error::BillingError;
-use crate::settings::{ClickHouseSettings, IngestSettings, KafkaSettings};
+use crate::quota::policy::ConfiguredScope;
+use crate::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
 
 /// The only way to give the ClickHouse password: it never appears on a command line or in a log.
 pub const CLICKHOUSE_PASSWORD_ENV: &str = "TOLLGATE_CLICKHOUSE_PASSWORD";
@@ -63,8 +65,12 @@ pub struct Cli {
 pub enum Command {
     /// Create the database and apply the missing migrations, then exit.
     Migrate,
-    /// Ensure the topic exists, migrate, then ingest usage events until SIGTERM or Ctrl-C.
+    /// Ensure the topic exists, migrate, then ingest usage events until SIGTERM or Ctrl-C; with --quota-config,
+    /// also run the quota loop.
     Run(RunArgs),
+    /// Run only the quota loop until SIGTERM or Ctrl-C: the one quota writer beside any number of `run`
+    /// replicas started without --quota-config.
+    Quota(QuotaArgs),
     /// Print one consumer's usage (requests and tokens per model) from ClickHouse.
     Usage(UsageArgs),
 }
@@ -95,6 +101,35 @@ pub struct RunArgs {
     /// …or this long after its first message (e.g. 200ms, 1s).
     #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
+
+    /// Address of the Prometheus metrics endpoint.
+    #[arg(long, env = "BILLING_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+
+    /// The gateway's configuration file (its tollgate.toml): when given, the quota loop runs in this process too
+    /// and computes the token limits configured there. Run it in one process only.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub quota_config: Option<PathBuf>,
+
+    /// The quota topic the quota loop publishes to.
+    #[arg(long, default_value = tollgate_schemas::topics::QUOTA_V1)]
+    pub quota_topic: String,
+}
+
+/// Flags of `quota`.
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    /// The gateway's configuration file (its tollgate.toml), whose token limits are computed.
+    #[arg(long, env = "TOLLGATE_CONFIG")]
+    pub config: PathBuf,
+
+    /// The usage topic.
+    #[arg(long, default_value = tollgate_schemas::topics::USAGE_V1)]
+    pub topic: String,
+
+    /// The quota topic to publish to.
+    #[arg(long, default_value = tollgate_schemas::topics::QUOTA_V1)]
+    pub quota_topic: String,
 
     /// Address of the Prometheus metrics endpoint.
     #[arg(long, env = "BILLING_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
@@ -150,10 +185,30 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// The quota loop's settings for `scopes` ([`crate::quota::policy::load`]), between `usage_topic` and
+    /// `quota_topic`, with the default intervals and a CloudEvents source naming this host.
+    pub fn quota(&self, usage_topic: &str, quota_topic: &str, scopes: Vec<ConfiguredScope>) -> QuotaSettings {
+        QuotaSettings::new(&self.brokers, usage_topic, quota_topic, scopes, quota_source())
+    }
+}
+
+/// `tollgate-billing-consumer/<hostname>`: the CloudEvents source of what the quota loop publishes.
+fn quota_source() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    format!("{}/{host}", crate::kafka::CLIENT_ID)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::path::Path;
 
     #[test]
     fn cli_is_well_formed() {
@@ -170,9 +225,60 @@ mod tests {
         assert_eq!(run.batch_size, 5000);
         assert_eq!(run.batch_wait, Duration::from_millis(200));
         assert_eq!(run.partitions, 3);
+        assert_eq!(run.quota_topic, "tollgate.quota.v1");
         let settings = cli.ingest(run);
         assert_eq!(settings.kafka.group_id, "tollgate-billing");
         assert_eq!(settings.clickhouse.database, "tollgate");
+    }
+
+    #[test]
+    fn run_takes_the_quota_config() {
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "run",
+            "--quota-config",
+            "/etc/tollgate/tollgate.toml",
+            "--quota-topic",
+            "quota.test",
+        ])
+        .unwrap();
+        let Command::Run(run) = &cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(
+            run.quota_config.as_deref(),
+            Some(Path::new("/etc/tollgate/tollgate.toml"))
+        );
+        assert_eq!(run.quota_topic, "quota.test");
+    }
+
+    #[test]
+    fn quota_runs_the_quota_loop_alone() {
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "quota",
+            "--config",
+            "tollgate.toml",
+            "--brokers",
+            "kafka:9092",
+        ])
+        .unwrap();
+        let Command::Quota(quota) = &cli.command else {
+            panic!("expected quota")
+        };
+        assert_eq!(quota.config, Path::new("tollgate.toml"));
+        assert_eq!(quota.topic, "tollgate.usage.v1");
+        assert_eq!(quota.quota_topic, "tollgate.quota.v1");
+        let settings = cli.quota(&quota.topic, &quota.quota_topic, Vec::new());
+        assert_eq!(settings.brokers, "kafka:9092");
+        assert_eq!(settings.publish_interval, Duration::from_millis(20));
+        assert_eq!(settings.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(settings.dedup_capacity, 1_000_000);
+        assert!(
+            settings.source.starts_with("tollgate-billing-consumer/"),
+            "{}",
+            settings.source
+        );
     }
 
     #[test]

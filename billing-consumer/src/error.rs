@@ -1,6 +1,6 @@
 //! [`BillingError`]: every way billing-consumer can fail, in one enum. Each variant says which boundary failed
-//! (Kafka, ClickHouse, the migrations, the command line) and [`BillingError::kind`] gives a short, bounded name
-//! for logs and metric labels; the message itself never becomes a label.
+//! (Kafka, ClickHouse, the migrations, the quota policy, the command line) and [`BillingError::kind`] gives a
+//! short, bounded name for logs and metric labels; the message itself never becomes a label.
 
 use rdkafka::error::KafkaError;
 
@@ -91,6 +91,24 @@ pub enum BillingError {
     /// Writing a report to the terminal failed.
     #[error("writing the report failed: {0}")]
     Output(String),
+
+    /// The quota sections of the gateway's configuration file cannot be read or are invalid.
+    #[error("quota policy in `{path}` is invalid: {}", problems.join("; "))]
+    QuotaPolicy {
+        /// The configuration file.
+        path: String,
+        /// Every problem, each prefixed with its path in the file (`consumers[0].token_limits[1].limit: …`).
+        problems: Vec<String>,
+    },
+
+    /// An event could not be serialized for publishing.
+    #[error("encoding {what} failed: {message}")]
+    Encode {
+        /// What was being encoded, e.g. `quota snapshot`.
+        what: &'static str,
+        /// The serializer's message.
+        message: String,
+    },
 }
 
 /// Why a Kafka message was rejected instead of ingested. Bounded: a metric label and a column value.
@@ -140,6 +158,8 @@ impl BillingError {
             Self::Decode { .. } => "decode",
             Self::Metrics(_) => "metrics",
             Self::Output(_) => "output",
+            Self::QuotaPolicy { .. } => "quota_policy",
+            Self::Encode { .. } => "encode",
         }
     }
 

@@ -4,7 +4,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::cli::{Cli, Command};
-use tollgate_billing_consumer::{ingest, metrics, migrations, report, topics};
+use tollgate_billing_consumer::{BillingError, ingest, metrics, migrations, quota, report, topics};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -27,6 +27,15 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(database = %clickhouse.database, ?applied, "Schema is current.");
         }
         Command::Run(run) => {
+            let quota_settings = match &run.quota_config {
+                Some(path) => Some(cli.quota(&run.topic, &run.quota_topic, quota::policy::load(path)?)),
+                None => {
+                    tracing::info!(
+                        "No --quota-config (TOLLGATE_CONFIG) given: this process does not compute quotas."
+                    );
+                    None
+                }
+            };
             metrics::install_exporter(run.metrics_listen)?;
             let settings = cli.ingest(run);
             topics::ensure_with_replication(
@@ -36,10 +45,31 @@ async fn main() -> anyhow::Result<()> {
                 run.replication_factor,
             )
             .await?;
+            if let Some(quota_settings) = &quota_settings {
+                topics::ensure_quota(&quota_settings.brokers, &quota_settings.quota_topic).await?;
+            }
             migrations::apply(&clickhouse).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            ingest::run(settings, shutdown).await?;
+            match quota_settings {
+                Some(quota_settings) => {
+                    let (ingested, quotas) = tokio::join!(
+                        stop_all_on_error(ingest::run(settings, shutdown.clone()), &shutdown),
+                        stop_all_on_error(quota::run(quota_settings, shutdown.clone()), &shutdown),
+                    );
+                    ingested?;
+                    quotas?;
+                }
+                None => ingest::run(settings, shutdown).await?,
+            }
+        }
+        Command::Quota(args) => {
+            let settings = cli.quota(&args.topic, &args.quota_topic, quota::policy::load(&args.config)?);
+            metrics::install_exporter(args.metrics_listen)?;
+            topics::ensure_quota(&settings.brokers, &settings.quota_topic).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            quota::run(settings, shutdown).await?;
         }
         Command::Usage(usage) => {
             let report = report::usage(&clickhouse, &usage.consumer, usage.since).await?;
@@ -56,6 +86,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `task`; if it fails, cancels `shutdown` so that the loops beside it stop too.
+async fn stop_all_on_error(
+    task: impl Future<Output = Result<(), BillingError>>,
+    shutdown: &CancellationToken,
+) -> Result<(), BillingError> {
+    let result = task.await;
+    if let Err(error) = &result {
+        tracing::error!(error_kind = error.kind(), %error, "A loop failed; stopping the others.");
+        shutdown.cancel();
+    }
+    result
+}
+
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.
 async fn cancel_on_signal(shutdown: CancellationToken) {
     let terminate = async {
@@ -64,7 +107,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
                 signal.recv().await;
             }
             Err(error) => {
-                tracing::warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops ingest.");
+                tracing::warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops the process.");
                 std::future::pending::<()>().await;
             }
         }
@@ -73,6 +116,6 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
-    tracing::info!("Shutdown requested; settling the batch in hand.");
+    tracing::info!("Shutdown requested; settling the batch in hand and the pending quota snapshots.");
     shutdown.cancel();
 }

@@ -1,10 +1,11 @@
 //! Every metric billing-consumer exports, named and described once in [`describe`], and the Prometheus
 //! exporter's HTTP listener. Units are base units (seconds, events); labels are bounded (`reason` is a
-//! [`crate::error::RejectReason`]).
+//! [`crate::error::RejectReason`]). Ingest's metrics start with `billing_`, the quota loop's with
+//! `billing_quota_`.
 
 use std::net::SocketAddr;
 
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::error::{BillingError, RejectReason};
@@ -27,6 +28,25 @@ pub const COMMIT_FAILURES: &str = "billing_commit_failures_total";
 pub const CONSUME_ERRORS: &str = "billing_consume_errors_total";
 /// Events dropped inside one batch because their id already appeared earlier in that batch.
 pub const DUPLICATES_IN_BATCH: &str = "billing_duplicate_events_in_batch_total";
+
+/// Usage events the quota loop counted (in every scope they match, possibly none).
+pub const QUOTA_EVENTS_APPLIED: &str = "billing_quota_events_applied_total";
+/// Usage events the quota loop skipped because their id was counted before.
+pub const QUOTA_EVENTS_DUPLICATE: &str = "billing_quota_events_duplicate_total";
+/// Messages on the usage topic the quota loop could not decode, by `reason`.
+pub const QUOTA_EVENTS_UNDECODABLE: &str = "billing_quota_events_undecodable_total";
+/// Quota snapshots delivered to the quota topic.
+pub const QUOTA_SNAPSHOTS_PUBLISHED: &str = "billing_quota_snapshots_published_total";
+/// Quota snapshots that could not be delivered (each is published again).
+pub const QUOTA_PUBLISH_FAILURES: &str = "billing_quota_publish_failures_total";
+/// Scopes the quota loop computes.
+pub const QUOTA_SCOPES: &str = "billing_quota_scopes";
+/// How long the last rebuild of the quota windows from the usage topic took.
+pub const QUOTA_REBUILD_DURATION: &str = "billing_quota_rebuild_duration_seconds";
+/// Heartbeats delivered to the quota topic.
+pub const QUOTA_HEARTBEATS: &str = "billing_quota_heartbeats_total";
+/// Per live snapshot: its delivery time minus the Kafka timestamp of the newest event it counts.
+pub const QUOTA_LAG: &str = "billing_quota_lag_seconds";
 
 /// Describes every metric to the installed recorder and registers the counters at zero, so that a scrape
 /// before the first batch already shows them. Call once at start-up.
@@ -69,6 +89,48 @@ pub fn describe() {
         "Events whose id appeared twice within one batch; written once."
     );
 
+    describe_counter!(
+        QUOTA_EVENTS_APPLIED,
+        Unit::Count,
+        "Usage events the quota loop counted, in every scope they match (possibly none)."
+    );
+    describe_counter!(
+        QUOTA_EVENTS_DUPLICATE,
+        Unit::Count,
+        "Usage events the quota loop skipped because their id was counted before."
+    );
+    describe_counter!(
+        QUOTA_EVENTS_UNDECODABLE,
+        Unit::Count,
+        "Messages on the usage topic the quota loop could not decode and skipped, by reason."
+    );
+    describe_counter!(
+        QUOTA_SNAPSHOTS_PUBLISHED,
+        Unit::Count,
+        "Quota snapshots delivered to the quota topic."
+    );
+    describe_counter!(
+        QUOTA_PUBLISH_FAILURES,
+        Unit::Count,
+        "Quota snapshots that could not be delivered (each is published again)."
+    );
+    describe_gauge!(QUOTA_SCOPES, Unit::Count, "Quota scopes being computed.");
+    describe_gauge!(
+        QUOTA_REBUILD_DURATION,
+        Unit::Seconds,
+        "Time the last rebuild of the quota windows from the usage topic took."
+    );
+    describe_counter!(
+        QUOTA_HEARTBEATS,
+        Unit::Count,
+        "Heartbeats delivered to the quota topic."
+    );
+    describe_histogram!(
+        QUOTA_LAG,
+        Unit::Seconds,
+        "Delivery time of a live quota snapshot minus the Kafka timestamp of the newest event it counts."
+    );
+
     for counter in [
         EVENTS_INGESTED,
         BATCHES_INSERTED,
@@ -76,11 +138,17 @@ pub fn describe() {
         COMMIT_FAILURES,
         CONSUME_ERRORS,
         DUPLICATES_IN_BATCH,
+        QUOTA_EVENTS_APPLIED,
+        QUOTA_EVENTS_DUPLICATE,
+        QUOTA_SNAPSHOTS_PUBLISHED,
+        QUOTA_PUBLISH_FAILURES,
+        QUOTA_HEARTBEATS,
     ] {
         metrics::counter!(counter).increment(0);
     }
     for reason in RejectReason::ALL {
         metrics::counter!(EVENTS_REJECTED, "reason" => reason.as_str()).increment(0);
+        metrics::counter!(QUOTA_EVENTS_UNDECODABLE, "reason" => reason.as_str()).increment(0);
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::BillingError;
+use crate::quota::policy::ConfiguredScope;
 
 /// Where the ledger lives.
 #[derive(Clone, PartialEq, Eq)]
@@ -92,6 +93,55 @@ pub struct IngestSettings {
     pub batch_size: usize,
     /// …or when this long has passed since its first message, whichever comes first.
     pub batch_wait: Duration,
+}
+
+/// Everything [`crate::quota::run`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaSettings {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// The usage topic to count, normally [`tollgate_schemas::topics::USAGE_V1`].
+    pub usage_topic: String,
+    /// The compacted topic snapshots and heartbeats go to, normally [`tollgate_schemas::topics::QUOTA_V1`].
+    pub quota_topic: String,
+    /// The scopes to compute ([`crate::quota::policy`]).
+    pub scopes: Vec<ConfiguredScope>,
+    /// While events keep arriving, changed snapshots are published this often; whenever the usage topic has
+    /// nothing more to read, at once.
+    pub publish_interval: Duration,
+    /// A heartbeat is published this often.
+    pub heartbeat_interval: Duration,
+    /// Event ids remembered for deduplication.
+    pub dedup_capacity: usize,
+    /// The CloudEvents `source` of what the loop publishes, e.g. `tollgate-billing-consumer/host-1`.
+    pub source: String,
+}
+
+impl QuotaSettings {
+    /// Default of [`Self::publish_interval`].
+    pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
+    /// Default of [`Self::heartbeat_interval`].
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Settings with the default intervals and deduplication capacity.
+    pub fn new(
+        brokers: impl Into<String>,
+        usage_topic: impl Into<String>,
+        quota_topic: impl Into<String>,
+        scopes: Vec<ConfiguredScope>,
+        source: impl Into<String>,
+    ) -> Self {
+        Self {
+            brokers: brokers.into(),
+            usage_topic: usage_topic.into(),
+            quota_topic: quota_topic.into(),
+            scopes,
+            publish_interval: Self::DEFAULT_PUBLISH_INTERVAL,
+            heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
+            dedup_capacity: crate::quota::windows::DEFAULT_DEDUP_CAPACITY,
+            source: source.into(),
+        }
+    }
 }
 
 #[cfg(test)]

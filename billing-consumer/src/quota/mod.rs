@@ -1,0 +1,284 @@
+//! The quota loop: the single writer of quota state. It counts `tollgate.usage.v1` events into each configured
+//! scope's windows and publishes a [`QuotaSnapshot`](tollgate_schemas::quota::QuotaSnapshot) per changed scope on
+//! the compacted `tollgate.quota.v1` topic, where gateways read them.
+//!
+//! 1. **Rebuild.** Nothing is stored between runs: on start the loop reads every partition of the usage topic
+//!    from the first offset after `now − longest window − 5 min` ([`reader`]) up to the high watermarks it had at
+//!    the start, counting events but publishing nothing, so a gateway never sees a half-rebuilt, lower `used`.
+//!    Once caught up it publishes every scope's snapshot at once.
+//! 2. **Live.** Each event is counted ([`windows`]); changed snapshots are published as soon as the usage topic
+//!    has nothing more to read (so sequential traffic sees little lag), and at least every `publish_interval`
+//!    while events keep coming. A snapshot that fails to publish stays marked and goes out in the next round.
+//! 3. **Heartbeat** every `heartbeat_interval`, also while waiting for the topic and while rebuilding (then with
+//!    `rebuilding = true`).
+//! 4. **Shutdown** (the token is cancelled): publish what is pending — unless still rebuilding — flush, return.
+//!
+//! [`policy`] reads the scopes from the gateway's configuration file; [`publisher`] writes to the quota topic.
+
+pub mod policy;
+pub mod publisher;
+pub mod reader;
+pub mod windows;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::FutureExt as _;
+use rdkafka::Message;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tollgate_schemas::quota::QuotaHeartbeat;
+
+use crate::error::{BillingError, RejectReason};
+use crate::metrics as m;
+use crate::settings::QuotaSettings;
+
+use self::publisher::Publisher;
+use self::reader::Reader;
+use self::windows::{Applied, Position, QuotaState};
+
+/// How far before the longest window the rebuild starts: room for clock skew between gateways and Kafka.
+pub const REBUILD_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Messages read at most in one go before timers (heartbeat, publishing) get their turn.
+const DRAIN_MAX: usize = 1000;
+/// Pause after the consumer reported an error, before reading again.
+const CONSUME_ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+/// How far back the rebuild reads: the longest configured window plus [`REBUILD_MARGIN`].
+pub fn rebuild_lookback(settings: &QuotaSettings) -> Duration {
+    let longest = settings
+        .scopes
+        .iter()
+        .map(|s| s.scope.window_ms)
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(longest).saturating_add(REBUILD_MARGIN)
+}
+
+/// Runs the quota loop until `shutdown` is cancelled. The quota topic should exist
+/// ([`crate::topics::ensure_quota`]); the usage topic need not yet (the loop waits for it).
+pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
+    let publisher = Publisher::new(&settings.brokers, &settings.quota_topic, &settings.source)?;
+    let lookback = rebuild_lookback(&settings);
+    let scopes = settings.scopes.len();
+    metrics::gauge!(m::QUOTA_SCOPES).set(scopes as f64);
+    tracing::info!(
+        brokers = %settings.brokers,
+        usage_topic = %settings.usage_topic,
+        quota_topic = %settings.quota_topic,
+        scopes,
+        rebuild_from = %humantime::format_duration(lookback),
+        publish_interval = %humantime::format_duration(settings.publish_interval),
+        "Quota loop started."
+    );
+    if scopes == 0 {
+        tracing::info!("No token limits are configured; the quota loop only publishes heartbeats.");
+    }
+
+    let mut quota = QuotaLoop {
+        state: QuotaState::new(settings.scopes.clone(), settings.dedup_capacity),
+        publisher,
+        publish_interval: settings.publish_interval,
+        rebuilding: true,
+        started: Instant::now(),
+        rebuild_events: 0,
+    };
+    let mut heartbeat = tokio::time::interval(settings.heartbeat_interval.max(Duration::from_millis(1)));
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+    // Wait for the usage topic, heartbeating meanwhile.
+    let opening = reader::open(&settings.brokers, &settings.usage_topic, lookback);
+    tokio::pin!(opening);
+    let mut reader = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                quota.publisher.flush().await;
+                tracing::info!("Quota loop stopped before the usage topic was read.");
+                return Ok(());
+            }
+            opened = &mut opening => break opened?,
+            _ = heartbeat.tick() => quota.heartbeat().await,
+        }
+    };
+    quota.started = Instant::now();
+    if reader.rebuilt() {
+        quota.finish_rebuild(&reader).await;
+    }
+
+    let consumer = Arc::clone(&reader.consumer);
+    let mut next_publish = tokio::time::Instant::now();
+    loop {
+        let publish_due = !quota.rebuilding && quota.state.has_changed();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            _ = heartbeat.tick() => quota.heartbeat().await,
+            () = tokio::time::sleep_until(next_publish), if publish_due => {
+                quota.publish().await;
+                next_publish = tokio::time::Instant::now() + quota.publish_interval;
+            }
+            received = consumer.recv() => {
+                let idle = if quota.handle(&mut reader, received) {
+                    quota.drain(&consumer, &mut reader)
+                } else {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(CONSUME_ERROR_PAUSE) => {}
+                    }
+                    false
+                };
+                if quota.rebuilding && reader.rebuilt() {
+                    quota.finish_rebuild(&reader).await;
+                    next_publish = tokio::time::Instant::now() + quota.publish_interval;
+                } else if idle && !quota.rebuilding && quota.state.has_changed() {
+                    quota.publish().await;
+                    next_publish = tokio::time::Instant::now() + quota.publish_interval;
+                }
+            }
+        }
+    }
+
+    if quota.rebuilding {
+        tracing::info!("Shutting down during the rebuild; nothing is published.");
+    } else if quota.state.has_changed() {
+        quota.publish().await;
+    }
+    quota.publisher.flush().await;
+    tracing::info!("Quota loop stopped.");
+    Ok(())
+}
+
+/// The loop's state between messages.
+#[derive(Debug)]
+struct QuotaLoop {
+    state: QuotaState,
+    publisher: Publisher,
+    publish_interval: Duration,
+    rebuilding: bool,
+    started: Instant,
+    rebuild_events: u64,
+}
+
+impl QuotaLoop {
+    /// Counts one message. Returns false when the consumer reported an error instead of a message.
+    fn handle(&mut self, reader: &mut Reader, received: Result<BorrowedMessage<'_>, KafkaError>) -> bool {
+        let message = match received {
+            Ok(message) => message,
+            Err(error) => {
+                metrics::counter!(m::CONSUME_ERRORS).increment(1);
+                tracing::warn!(%error, "Reading the usage topic failed; retrying.");
+                return false;
+            }
+        };
+        let (partition, offset) = (message.partition(), message.offset());
+        reader.read(partition, offset);
+        let event = match crate::ingest::batch::decode(message.payload()) {
+            Ok(event) => event,
+            Err(error) => {
+                let reason = match &error {
+                    BillingError::Decode { reason, .. } => *reason,
+                    _ => RejectReason::InvalidJson,
+                };
+                metrics::counter!(m::QUOTA_EVENTS_UNDECODABLE, "reason" => reason.as_str()).increment(1);
+                tracing::warn!(
+                    partition,
+                    offset,
+                    reason = reason.as_str(),
+                    %error,
+                    "Skipped a message on the usage topic that is not a usage event."
+                );
+                return true;
+            }
+        };
+        let at = Position {
+            partition,
+            offset,
+            timestamp_ms: message
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok()),
+        };
+        match self.state.apply(&event, at) {
+            Applied::Counted(_) => {
+                metrics::counter!(m::QUOTA_EVENTS_APPLIED).increment(1);
+                if self.rebuilding {
+                    self.rebuild_events += 1;
+                }
+            }
+            Applied::Duplicate => {
+                metrics::counter!(m::QUOTA_EVENTS_DUPLICATE).increment(1);
+                tracing::debug!(id = %event.id, partition, offset, "Skipped a usage event counted before.");
+            }
+        }
+        true
+    }
+
+    /// Counts what the consumer has ready without waiting, up to [`DRAIN_MAX`] messages. Returns true when
+    /// that emptied it (the usage topic has nothing more to read right now).
+    fn drain(&mut self, consumer: &StreamConsumer, reader: &mut Reader) -> bool {
+        for _ in 0..DRAIN_MAX {
+            match consumer.recv().now_or_never() {
+                None => return true,
+                Some(received) => {
+                    if !self.handle(reader, received) {
+                        return false;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Ends the rebuild: publishes every scope's snapshot and goes live.
+    async fn finish_rebuild(&mut self, reader: &Reader) {
+        let snapshots = self.state.all_snapshots(now_ms());
+        let published = snapshots.len();
+        let failed = self.publisher.snapshots(snapshots, false).await;
+        for key in &failed {
+            self.state.mark_changed(key);
+        }
+        self.rebuilding = false;
+        let took = self.started.elapsed();
+        metrics::gauge!(m::QUOTA_REBUILD_DURATION).set(took.as_secs_f64());
+        tracing::info!(
+            events = self.rebuild_events,
+            partitions = reader.partitions(),
+            start_by_time = reader.start_by_time,
+            snapshots = published - failed.len(),
+            seconds = took.as_secs_f64(),
+            "Quota windows rebuilt from the usage topic."
+        );
+    }
+
+    /// Publishes the changed snapshots; those that fail stay marked.
+    async fn publish(&mut self) {
+        let snapshots = self.state.take_changed(now_ms());
+        if snapshots.is_empty() {
+            return;
+        }
+        for key in self.publisher.snapshots(snapshots, true).await {
+            self.state.mark_changed(&key);
+        }
+    }
+
+    async fn heartbeat(&self) {
+        let heartbeat = QuotaHeartbeat {
+            published_at_ms: now_ms(),
+            scopes: u32::try_from(self.state.scope_count()).unwrap_or(u32::MAX),
+            rebuilding: self.rebuilding,
+        };
+        if let Err(error) = self.publisher.heartbeat(heartbeat).await {
+            metrics::counter!(m::QUOTA_PUBLISH_FAILURES).increment(1);
+            tracing::warn!(error_kind = error.kind(), %error, "Publishing a quota heartbeat failed.");
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
+}

@@ -1,0 +1,347 @@
+//! The quota policy: which scopes the quota loop computes and their limits, read from the gateway's own TOML
+//! file so that both sides derive the same scope keys from the same text.
+//!
+//! Only the quota sections are read, leniently: every other section (and every other field of `[[consumers]]`
+//! and `[[instances]]`) is ignored — the gateway validates the whole file. Three places hold token limits:
+//!
+//! - `[[consumers.token_limits]]` — a consumer's own limits;
+//! - top-level `[[token_limits]]` — limits on everyone's usage (of some models, or of one instance);
+//! - `[instances.token_limit]` — an instance's capacity, over every consumer.
+//!
+//! Every problem is reported at once with its path (`consumers[0].token_limits[1].time_window: …`).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
+
+use crate::error::BillingError;
+
+/// One scope to compute, with its limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfiguredScope {
+    /// Which usage counts, over which window.
+    pub scope: QuotaScope,
+    /// [`QuotaScope::key`], computed once: the Kafka key of the scope's snapshots.
+    pub key: String,
+    /// Tokens allowed per window.
+    pub limit: u64,
+}
+
+/// The gateway file, as far as quotas are concerned.
+#[derive(Debug, Deserialize)]
+struct GatewayFile {
+    #[serde(default)]
+    consumers: Vec<ConsumerSection>,
+    #[serde(default)]
+    token_limits: Vec<toml::Value>,
+    #[serde(default)]
+    instances: Vec<InstanceSection>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConsumerSection {
+    name: Option<String>,
+    #[serde(default)]
+    token_limits: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InstanceSection {
+    name: Option<String>,
+    token_limit: Option<toml::Value>,
+}
+
+/// Reads the quota policy from the gateway configuration file at `path`.
+pub fn load(path: &Path) -> Result<Vec<ConfiguredScope>, BillingError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| BillingError::QuotaPolicy {
+        path: shown.clone(),
+        problems: vec![format!("cannot be read: {e}")],
+    })?;
+    from_gateway_toml(&text).map_err(|problems| BillingError::QuotaPolicy {
+        path: shown,
+        problems,
+    })
+}
+
+/// The configured scopes of a gateway configuration file's text, deduplicated by key, in the order they first
+/// appear; or every problem, each with its path.
+pub fn from_gateway_toml(text: &str) -> Result<Vec<ConfiguredScope>, Vec<String>> {
+    let file: GatewayFile = toml::from_str(text).map_err(|e| vec![e.to_string().trim_end().to_owned()])?;
+    let mut collector = Collector::default();
+
+    for (i, consumer) in file.consumers.iter().enumerate() {
+        for (j, limit) in consumer.token_limits.iter().enumerate() {
+            let path = format!("consumers[{i}].token_limits[{j}]");
+            match &consumer.name {
+                Some(name) => collector.add(&path, Some(name), None, limit),
+                None => collector.problem(format!("consumers[{i}].name: missing")),
+            }
+        }
+    }
+    for (i, limit) in file.token_limits.iter().enumerate() {
+        collector.add(&format!("token_limits[{i}]"), None, None, limit);
+    }
+    for (i, instance) in file.instances.iter().enumerate() {
+        let Some(limit) = &instance.token_limit else {
+            continue;
+        };
+        let path = format!("instances[{i}].token_limit");
+        match &instance.name {
+            Some(name) => collector.add(&path, None, Some(name), limit),
+            None => collector.problem(format!("instances[{i}].name: missing")),
+        }
+    }
+    collector.finish()
+}
+
+/// Scopes and problems gathered so far.
+#[derive(Debug, Default)]
+struct Collector {
+    scopes: Vec<ConfiguredScope>,
+    /// Index into `scopes` and the path of the limit that defined it, by key.
+    seen: HashMap<String, (usize, String)>,
+    problems: Vec<String>,
+}
+
+impl Collector {
+    fn problem(&mut self, problem: String) {
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
+    }
+
+    fn add(&mut self, path: &str, consumer: Option<&str>, instance: Option<&str>, raw: &toml::Value) {
+        let limit = match raw.clone().try_into::<TokenLimitConfig>() {
+            Ok(limit) => limit,
+            Err(e) => {
+                self.problem(format!("{path}: {}", e.to_string().trim_end()));
+                return;
+            }
+        };
+        let scope = match QuotaScope::from_limit(consumer, instance, &limit) {
+            Ok(scope) => scope,
+            Err(problems) => {
+                for (field, problem) in problems {
+                    self.problem(format!("{path}.{field}: {problem}"));
+                }
+                return;
+            }
+        };
+        let key = scope.key();
+        match self.seen.get(&key) {
+            Some((index, first)) => {
+                let configured = self.scopes.get(*index).map_or(limit.limit, |s| s.limit);
+                if configured != limit.limit {
+                    self.problem(format!(
+                        "{path}.limit: {} differs from the limit {configured} of the same scope `{key}` at {first}",
+                        limit.limit
+                    ));
+                }
+            }
+            None => {
+                self.seen
+                    .insert(key.clone(), (self.scopes.len(), path.to_owned()));
+                self.scopes.push(ConfiguredScope {
+                    scope,
+                    key,
+                    limit: limit.limit,
+                });
+            }
+        }
+    }
+
+    fn finish(self) -> Result<Vec<ConfiguredScope>, Vec<String>> {
+        if self.problems.is_empty() {
+            Ok(self.scopes)
+        } else {
+            Err(self.problems)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_schemas::quota::LimitStrategy;
+
+    const GATEWAY: &str = r#"
+        [server]
+        listen = "127.0.0.1:8080"
+        some_future_setting = true
+
+        [kafka]
+        brokers = "127.0.0.1:9092"
+
+        [[instances]]
+        name = "openai-1"
+        provider = "openai"
+        endpoint = "https://api.openai.com/v1"
+        [instances.token_limit]
+        limit = 1000000
+        time_window = "1m"
+
+        [[instances]]
+        name = "vllm"
+        provider = "openai"
+        endpoint = "http://vllm:8000/v1"
+
+        [[routes]]
+        name = "gpt-4o-mini"
+        models = ["gpt-4o-mini"]
+        targets = [{ instance = "openai-1" }]
+
+        [[consumers]]
+        name = "team-a"
+        keys = [{ id = "a-1", sha256 = "00" }]
+        [[consumers.token_limits]]
+        models = ["gpt-4o-mini", "mini"]
+        limit = 50000
+        time_window = "1h"
+        [[consumers.token_limits]]
+        limit = 10000
+        time_window = "1m"
+        limit_strategy = "completion_tokens"
+        instance = "vllm"
+
+        [[consumers]]
+        name = "team-b"
+        keys = [{ id = "b-1", sha256 = "11" }]
+
+        [[token_limits]]
+        models = ["gpt-4o-mini"]
+        limit = 2000000
+        time_window = "24h"
+        limit_strategy = "prompt_tokens"
+        rejected_type = "insufficient_quota"
+    "#;
+
+    #[test]
+    fn reads_every_kind_of_limit_and_ignores_the_rest() {
+        let scopes = from_gateway_toml(GATEWAY).unwrap();
+        let keys: Vec<_> = scopes.iter().map(|s| (s.key.as_str(), s.limit)).collect();
+        assert_eq!(
+            keys,
+            [
+                (
+                    "consumer=team-a;models=gpt-4o-mini,mini;window=3600s;strategy=total_tokens",
+                    50_000
+                ),
+                (
+                    "consumer=team-a;instance=vllm;window=60s;strategy=completion_tokens",
+                    10_000
+                ),
+                (
+                    "models=gpt-4o-mini;window=86400s;strategy=prompt_tokens",
+                    2_000_000
+                ),
+                ("instance=openai-1;window=60s;strategy=total_tokens", 1_000_000),
+            ]
+        );
+        let team_a = &scopes[0].scope;
+        assert_eq!(team_a.consumer.as_deref(), Some("team-a"));
+        assert_eq!(team_a.window_ms, 3_600_000);
+        assert_eq!(scopes[2].scope.strategy, LimitStrategy::PromptTokens);
+        assert_eq!(scopes[3].scope.instance.as_deref(), Some("openai-1"));
+        assert!(scopes.iter().all(|s| s.key == s.scope.key()));
+    }
+
+    #[test]
+    fn a_file_without_limits_has_no_scopes() {
+        assert_eq!(from_gateway_toml("").unwrap(), []);
+        assert_eq!(
+            from_gateway_toml("[[consumers]]\nname = \"demo\"\nkeys = []\n").unwrap(),
+            []
+        );
+    }
+
+    #[test]
+    fn the_same_scope_twice_is_one_scope_unless_the_limits_differ() {
+        let twice = r#"
+            [[token_limits]]
+            limit = 10
+            time_window = "1h"
+            [[token_limits]]
+            limit = 10
+            time_window = "60m"
+        "#;
+        let scopes = from_gateway_toml(twice).unwrap();
+        assert_eq!(scopes.len(), 1);
+
+        let conflicting = twice.replacen(
+            "limit = 10\n            time_window = \"60m\"",
+            "limit = 11\n            time_window = \"60m\"",
+            1,
+        );
+        let problems = from_gateway_toml(&conflicting).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("token_limits[1].limit: 11 differs from the limit 10"),
+            "{problems:?}"
+        );
+        assert!(problems[0].ends_with("at token_limits[0]"), "{problems:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let bad = r#"
+            [[consumers]]
+            name = "team-a"
+            [[consumers.token_limits]]
+            limit = 10
+            time_window = "1h"
+            [[consumers.token_limits]]
+            limit = 0
+            time_window = "soon"
+            [[consumers.token_limits]]
+            limit = 5
+            time_window = "1h"
+            colour = "blue"
+
+            [[consumers]]
+            [[consumers.token_limits]]
+            limit = 5
+            time_window = "1h"
+
+            [[instances]]
+            name = "vllm"
+            [instances.token_limit]
+            limit = 5
+            time_window = "1h"
+            instance = "other"
+        "#;
+        let problems = from_gateway_toml(bad).unwrap_err();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        assert!(problems[0].starts_with("consumers[0].token_limits[1].time_window: `soon`"));
+        assert_eq!(
+            problems[1],
+            "consumers[0].token_limits[1].limit: must be at least 1"
+        );
+        assert!(
+            problems[2].starts_with("consumers[0].token_limits[2]: unknown field `colour`"),
+            "{problems:#?}"
+        );
+        assert_eq!(problems[3], "consumers[1].name: missing");
+        assert_eq!(
+            problems[4],
+            "instances[0].token_limit.instance: is implied by the instance the limit is set on"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_is_one_problem() {
+        let problems = from_gateway_toml("[[consumers]\nname = ").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        let problems = from_gateway_toml("token_limits = 3").unwrap_err();
+        assert_eq!(problems.len(), 1);
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let err = load(Path::new("/nonexistent/tollgate.toml")).unwrap_err();
+        assert_eq!(err.kind(), "quota_policy");
+        assert!(err.to_string().contains("/nonexistent/tollgate.toml"), "{err}");
+    }
+}

@@ -1,0 +1,153 @@
+//! What the quota loop writes to the quota topic: each [`QuotaSnapshot`] in its CloudEvent keyed by its scope,
+//! and [`QuotaHeartbeat`]s keyed [`HEARTBEAT_KEY`], from an idempotent producer (`acks=all`) so that a retried
+//! send neither reorders nor duplicates a scope's snapshots on the compacted topic.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Serialize;
+use tollgate_schemas::CloudEvent;
+use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeat, QuotaSnapshot};
+
+use crate::error::BillingError;
+use crate::metrics as m;
+
+/// How long a message may wait for delivery (including the producer's own retries).
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a send may wait for room in the producer's queue.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The producer and where it writes.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    source: String,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// A publisher to `topic`, signing events with `source`.
+    pub fn new(brokers: &str, topic: &str, source: &str) -> Result<Self, BillingError> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", crate::kafka::CLIENT_ID)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
+            .create()
+            .map_err(BillingError::kafka("create quota producer"))?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+            source: source.to_owned(),
+        })
+    }
+
+    /// Sends every snapshot at once and waits for all deliveries. Returns the scope keys whose snapshot was
+    /// not delivered (logged and counted here), to be published again. `record_lag` adds each delivered
+    /// snapshot's lag to the lag histogram (live snapshots only: after a rebuild the newest event may be old).
+    pub async fn snapshots(&self, snapshots: Vec<QuotaSnapshot>, record_lag: bool) -> Vec<String> {
+        let mut failed = Vec::new();
+        let mut encoded = Vec::with_capacity(snapshots.len());
+        for snapshot in snapshots {
+            let key = snapshot.scope.clone();
+            let newest_event_ms = snapshot.newest_event_ms;
+            let (used, events) = (snapshot.used, snapshot.events);
+            match self.encode("quota snapshot", &key, snapshot) {
+                Ok(payload) => encoded.push((key, payload, newest_event_ms, used, events)),
+                Err(error) => {
+                    failure(&key, &error);
+                    failed.push(key);
+                }
+            }
+        }
+        let deliveries = encoded.iter().map(|(key, payload, ..)| self.send(key, payload));
+        let results = futures_util::future::join_all(deliveries).await;
+        let now_ms = Utc::now().timestamp_millis().max(0) as u64;
+        for ((key, _, newest_event_ms, used, events), result) in encoded.into_iter().zip(results) {
+            match result {
+                Ok(offset) => {
+                    metrics::counter!(m::QUOTA_SNAPSHOTS_PUBLISHED).increment(1);
+                    let lag_ms = now_ms.saturating_sub(newest_event_ms);
+                    if record_lag {
+                        metrics::histogram!(m::QUOTA_LAG).record(lag_ms as f64 / 1000.0);
+                    }
+                    tracing::debug!(scope = %key, used, events, offset, lag_ms, "Published a quota snapshot.");
+                }
+                Err(error) => {
+                    failure(&key, &error);
+                    failed.push(key);
+                }
+            }
+        }
+        failed
+    }
+
+    /// Sends a heartbeat and waits for its delivery.
+    pub async fn heartbeat(&self, heartbeat: QuotaHeartbeat) -> Result<(), BillingError> {
+        let payload = self.encode("quota heartbeat", HEARTBEAT_KEY, heartbeat)?;
+        self.send(HEARTBEAT_KEY, &payload).await?;
+        metrics::counter!(m::QUOTA_HEARTBEATS).increment(1);
+        Ok(())
+    }
+
+    /// Waits until everything sent is delivered (or `DELIVERY_TIMEOUT` passed).
+    pub async fn flush(&self) {
+        let producer = self.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(DELIVERY_TIMEOUT)).await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "Flushing the quota producer failed."),
+            Err(join) => tracing::warn!(error = %join, "Flushing the quota producer did not finish."),
+        }
+    }
+
+    fn encode<T: tollgate_schemas::EventData + Serialize>(
+        &self,
+        what: &'static str,
+        subject: &str,
+        data: T,
+    ) -> Result<Vec<u8>, BillingError> {
+        let event = CloudEvent::new(self.source.as_str(), subject, Utc::now(), data);
+        serde_json::to_vec(&event).map_err(|e| BillingError::Encode {
+            what,
+            message: e.to_string(),
+        })
+    }
+
+    /// Sends one message and waits for its delivery; returns its offset.
+    async fn send(&self, key: &str, payload: &[u8]) -> Result<i64, BillingError> {
+        let record = FutureRecord::to(&self.topic).key(key).payload(payload);
+        self.producer
+            .send(record, QUEUE_TIMEOUT)
+            .await
+            .map(|delivery| delivery.offset)
+            .map_err(|(source, _)| BillingError::Kafka {
+                operation: "publish to the quota topic",
+                source,
+            })
+    }
+}
+
+fn failure(key: &str, error: &BillingError) {
+    metrics::counter!(m::QUOTA_PUBLISH_FAILURES).increment(1);
+    tracing::warn!(
+        scope = %key,
+        error_kind = error.kind(),
+        %error,
+        "Publishing a quota snapshot failed; it will be published again."
+    );
+}

@@ -1,0 +1,604 @@
+//! The quota loop's state, without any I/O: per configured scope, the usage counted in its newest windows, and
+//! which scopes have a snapshot to publish.
+//!
+//! Windows are by **event time** (`finished_at_ms` of each usage event), never by the loop's clock, so a rebuild
+//! from the usage topic and a live run count every event into the same window. Each scope keeps its newest two
+//! windows: the current one, and the previous one for events that arrive late. Only the newest window is
+//! published (the compacted quota topic holds one snapshot per scope); a late event for the previous window is
+//! counted there but changes nothing a gateway sees.
+//!
+//! Events are deduplicated by their envelope id over the most recent `dedup_capacity` ids that counted anywhere:
+//! a gateway's spool may deliver an event twice. A duplicate adds no tokens, but it still advances its gateway's
+//! watermark, because the event it repeats is counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use tollgate_schemas::quota::{QuotaSnapshot, Watermark, Window};
+use tollgate_schemas::usage::UsageEvent;
+use uuid::Uuid;
+
+use crate::quota::policy::ConfiguredScope;
+
+/// Event ids remembered for deduplication by default.
+pub const DEFAULT_DEDUP_CAPACITY: usize = 1_000_000;
+
+/// Windows kept per scope: the newest and the one before it.
+pub const WINDOWS_KEPT: usize = 2;
+
+/// Usage of one scope in one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowUsage {
+    /// The window's bounds.
+    pub window: Window,
+    /// Tokens counted under the scope's strategy.
+    pub used: u64,
+    /// Events counted.
+    pub events: u64,
+    /// Per (gateway, partition), the highest offset of an event counted here.
+    pub watermarks: BTreeMap<(String, i32), i64>,
+    /// The newest Kafka timestamp (or, without one, `finished_at_ms`) of an event counted here.
+    pub newest_event_ms: u64,
+}
+
+impl WindowUsage {
+    fn new(window: Window) -> Self {
+        Self {
+            window,
+            used: 0,
+            events: 0,
+            watermarks: BTreeMap::new(),
+            newest_event_ms: 0,
+        }
+    }
+
+    fn advance(&mut self, gateway: &str, partition: i32, offset: i64, event_ms: u64) {
+        let key = (gateway.to_owned(), partition);
+        let watermark = self.watermarks.entry(key).or_insert(offset);
+        *watermark = (*watermark).max(offset);
+        self.newest_event_ms = self.newest_event_ms.max(event_ms);
+    }
+}
+
+/// Where an event was read from: what the watermarks and lag are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+    /// The message's Kafka timestamp, Unix epoch milliseconds, when it has one.
+    pub timestamp_ms: Option<u64>,
+}
+
+/// What [`QuotaState::apply`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Counted in this many scopes (zero when no scope matches it).
+    Counted(usize),
+    /// Its id was counted before; only watermarks moved.
+    Duplicate,
+}
+
+#[derive(Debug)]
+struct ScopeState {
+    configured: ConfiguredScope,
+    /// By window start.
+    windows: BTreeMap<u64, WindowUsage>,
+    changed: bool,
+}
+
+impl ScopeState {
+    fn newest(&self) -> Option<&WindowUsage> {
+        self.windows.values().next_back()
+    }
+
+    fn is_newest(&self, window_start_ms: u64) -> bool {
+        self.windows
+            .keys()
+            .next_back()
+            .is_none_or(|newest| window_start_ms >= *newest)
+    }
+
+    fn snapshot(&self, published_at_ms: u64) -> Option<QuotaSnapshot> {
+        let usage = self.newest()?;
+        Some(QuotaSnapshot {
+            scope: self.configured.key.clone(),
+            limit: self.configured.limit,
+            strategy: self.configured.scope.strategy,
+            window_start_ms: usage.window.start_ms,
+            window_end_ms: usage.window.end_ms,
+            used: usage.used,
+            events: usage.events,
+            watermarks: usage
+                .watermarks
+                .iter()
+                .map(|((gateway, partition), offset)| Watermark {
+                    gateway: gateway.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+            newest_event_ms: usage.newest_event_ms,
+            published_at_ms,
+        })
+    }
+}
+
+/// The most recent event ids, bounded: the oldest is forgotten when a new one would exceed the capacity.
+#[derive(Debug)]
+struct RecentIds {
+    capacity: usize,
+    ids: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn remember(&mut self, id: Uuid) {
+        if self.capacity == 0 || !self.ids.insert(id) {
+            return;
+        }
+        self.order.push_back(id);
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// Every configured scope's windows, and the ids of recently counted events.
+#[derive(Debug)]
+pub struct QuotaState {
+    scopes: Vec<ScopeState>,
+    by_key: HashMap<String, usize>,
+    recent: RecentIds,
+}
+
+impl QuotaState {
+    /// An empty state for `scopes`, remembering up to `dedup_capacity` event ids (0 turns deduplication off).
+    pub fn new(scopes: Vec<ConfiguredScope>, dedup_capacity: usize) -> Self {
+        let by_key = scopes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.clone(), i))
+            .collect();
+        Self {
+            scopes: scopes
+                .into_iter()
+                .map(|configured| ScopeState {
+                    configured,
+                    windows: BTreeMap::new(),
+                    changed: false,
+                })
+                .collect(),
+            by_key,
+            recent: RecentIds::new(dedup_capacity),
+        }
+    }
+
+    /// Scopes being computed.
+    pub fn scope_count(&self) -> usize {
+        self.scopes.len()
+    }
+
+    /// Counts `event`, read at `at`, in every scope it matches, in the window containing its `finished_at_ms`.
+    pub fn apply(&mut self, event: &UsageEvent, at: Position) -> Applied {
+        let data = &event.data;
+        let event_ms = at.timestamp_ms.unwrap_or(data.finished_at_ms);
+        let duplicate = self.recent.contains(&event.id);
+        let mut counted = 0;
+        for scope in &mut self.scopes {
+            if !scope.configured.scope.matches_event(data) {
+                continue;
+            }
+            let window = scope.configured.scope.window_at(data.finished_at_ms);
+            let newest = scope.is_newest(window.start_ms);
+            if duplicate {
+                // The repeated event is counted already; only say that this offset is covered too.
+                if let Some(usage) = scope.windows.get_mut(&window.start_ms) {
+                    usage.advance(&event.source, at.partition, at.offset, event_ms);
+                    scope.changed |= newest;
+                }
+                continue;
+            }
+            let usage = scope
+                .windows
+                .entry(window.start_ms)
+                .or_insert_with(|| WindowUsage::new(window));
+            usage.used = usage
+                .used
+                .saturating_add(scope.configured.scope.strategy.event_tokens(data));
+            usage.events += 1;
+            usage.advance(&event.source, at.partition, at.offset, event_ms);
+            scope.changed |= newest;
+            while scope.windows.len() > WINDOWS_KEPT {
+                scope.windows.pop_first();
+            }
+            counted += 1;
+        }
+        if duplicate {
+            return Applied::Duplicate;
+        }
+        if counted > 0 {
+            self.recent.remember(event.id);
+        }
+        Applied::Counted(counted)
+    }
+
+    /// True when some scope has a snapshot to publish.
+    pub fn has_changed(&self) -> bool {
+        self.scopes.iter().any(|s| s.changed)
+    }
+
+    /// Snapshots of the newest window of every scope changed since the last call, which clears the marks.
+    pub fn take_changed(&mut self, published_at_ms: u64) -> Vec<QuotaSnapshot> {
+        let mut snapshots = Vec::new();
+        for scope in &mut self.scopes {
+            if std::mem::take(&mut scope.changed)
+                && let Some(snapshot) = scope.snapshot(published_at_ms)
+            {
+                snapshots.push(snapshot);
+            }
+        }
+        snapshots
+    }
+
+    /// Snapshots of the newest window of every scope that has counted anything (after a rebuild); clears
+    /// every mark.
+    pub fn all_snapshots(&mut self, published_at_ms: u64) -> Vec<QuotaSnapshot> {
+        self.scopes
+            .iter_mut()
+            .filter_map(|scope| {
+                scope.changed = false;
+                scope.snapshot(published_at_ms)
+            })
+            .collect()
+    }
+
+    /// Marks a scope changed again, e.g. because publishing its snapshot failed.
+    pub fn mark_changed(&mut self, scope_key: &str) {
+        if let Some(scope) = self.by_key.get(scope_key).and_then(|i| self.scopes.get_mut(*i)) {
+            scope.changed = true;
+        }
+    }
+
+    /// The usage of `scope_key` in the window starting at `window_start_ms`, if it is kept.
+    pub fn window(&self, scope_key: &str, window_start_ms: u64) -> Option<&WindowUsage> {
+        let scope = self.scopes.get(*self.by_key.get(scope_key)?)?;
+        scope.windows.get(&window_start_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use tollgate_schemas::CloudEvent;
+    use tollgate_schemas::quota::{LimitStrategy, QuotaScope, TokenLimitConfig};
+    use tollgate_schemas::usage::{EstimateSource, Outcome, UsageRecorded, UsageSource};
+
+    const HOUR: u64 = 3_600_000;
+    /// 2026-11-20T00:00:00Z, on an hour boundary.
+    const T0: u64 = 1_795_132_800_000;
+
+    fn scope(
+        consumer: Option<&str>,
+        instance: Option<&str>,
+        models: &[&str],
+        strategy: LimitStrategy,
+    ) -> ConfiguredScope {
+        let limit = TokenLimitConfig {
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            instance: None,
+            limit: 1000,
+            time_window: "1h".into(),
+            limit_strategy: strategy,
+            rejected_code: None,
+            rejected_msg: None,
+            rejected_type: None,
+        };
+        let scope = QuotaScope::from_limit(consumer, instance, &limit).unwrap();
+        ConfiguredScope {
+            key: scope.key(),
+            scope,
+            limit: 1000,
+        }
+    }
+
+    fn event(
+        consumer: &str,
+        model: &str,
+        instance: &str,
+        prompt: u32,
+        completion: u32,
+        at_ms: u64,
+    ) -> UsageEvent {
+        let time = DateTime::<Utc>::from_timestamp_millis(at_ms as i64).unwrap();
+        CloudEvent::new(
+            "tollgate-gateway/gw-1",
+            consumer,
+            time,
+            UsageRecorded {
+                request_id: "req".into(),
+                consumer_id: consumer.into(),
+                key_id: "key".into(),
+                endpoint: "/v1/chat/completions".into(),
+                route: model.into(),
+                model_requested: model.into(),
+                model_served: model.into(),
+                provider: "openai".into(),
+                instance: instance.into(),
+                attempts: vec![],
+                stream: false,
+                outcome: Outcome::Ok,
+                http_status: 200,
+                prompt_tokens_estimated: prompt,
+                prompt_estimate_source: EstimateSource::Meter,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                total_tokens: prompt + completion,
+                cached_prompt_tokens: None,
+                usage_source: UsageSource::Provider,
+                latency_ms: 10,
+                ttfb_ms: None,
+                started_at_ms: at_ms - 10,
+                finished_at_ms: at_ms,
+            },
+        )
+    }
+
+    fn at(partition: i32, offset: i64) -> Position {
+        Position {
+            partition,
+            offset,
+            timestamp_ms: Some(T0 + 5 * HOUR + offset as u64),
+        }
+    }
+
+    fn by_scope(snapshots: Vec<QuotaSnapshot>) -> BTreeMap<String, QuotaSnapshot> {
+        snapshots.into_iter().map(|s| (s.scope.clone(), s)).collect()
+    }
+
+    #[test]
+    fn each_strategy_sums_its_tokens() {
+        let scopes = [
+            LimitStrategy::TotalTokens,
+            LimitStrategy::PromptTokens,
+            LimitStrategy::CompletionTokens,
+        ]
+        .map(|s| scope(Some("team-a"), None, &[], s));
+        let keys = scopes.clone().map(|s| s.key);
+        let mut state = QuotaState::new(scopes.to_vec(), 100);
+        assert_eq!(
+            state.apply(&event("team-a", "m", "i", 10, 3, T0 + 1), at(0, 0)),
+            Applied::Counted(3)
+        );
+        assert_eq!(
+            state.apply(&event("team-a", "m", "i", 20, 4, T0 + 2), at(0, 1)),
+            Applied::Counted(3)
+        );
+        let snapshots = by_scope(state.take_changed(T0 + HOUR));
+        let used: Vec<_> = keys
+            .iter()
+            .map(|k| (snapshots[k].used, snapshots[k].events))
+            .collect();
+        assert_eq!(used, [(37, 2), (30, 2), (7, 2)]);
+        let first = &snapshots[&keys[0]];
+        assert_eq!((first.window_start_ms, first.window_end_ms), (T0, T0 + HOUR));
+        assert_eq!(first.limit, 1000);
+        assert_eq!(first.strategy, LimitStrategy::TotalTokens);
+        assert_eq!(first.published_at_ms, T0 + HOUR);
+        assert_eq!(first.newest_event_ms, T0 + 5 * HOUR + 1);
+        assert!(
+            state.take_changed(T0 + HOUR).is_empty(),
+            "taking clears the marks"
+        );
+    }
+
+    #[test]
+    fn consumer_global_and_instance_scopes_count_what_they_cover() {
+        let team_a_mini = scope(Some("team-a"), None, &["gpt-4o-mini"], LimitStrategy::TotalTokens);
+        let global_mini = scope(None, None, &["gpt-4o-mini"], LimitStrategy::TotalTokens);
+        let everything = scope(None, None, &[], LimitStrategy::TotalTokens);
+        let vllm = scope(None, Some("vllm"), &[], LimitStrategy::TotalTokens);
+        let keys = [&team_a_mini, &global_mini, &everything, &vllm].map(|s| s.key.clone());
+        let mut state = QuotaState::new(vec![team_a_mini, global_mini, everything, vllm], 100);
+
+        state.apply(&event("team-a", "gpt-4o-mini", "openai", 1, 0, T0), at(0, 0));
+        state.apply(&event("team-b", "gpt-4o-mini", "vllm", 10, 0, T0), at(1, 0));
+        state.apply(&event("team-a", "claude", "vllm", 100, 0, T0), at(0, 1));
+        assert_eq!(
+            state.apply(&event("team-c", "llama", "local", 1000, 0, T0), at(2, 0)),
+            Applied::Counted(1)
+        );
+        let snapshots = by_scope(state.take_changed(T0));
+        let used: Vec<_> = keys.iter().map(|k| snapshots[k].used).collect();
+        assert_eq!(used, [1, 11, 1111, 110]);
+    }
+
+    #[test]
+    fn an_event_no_scope_matches_is_counted_nowhere_and_changes_nothing() {
+        let mut state = QuotaState::new(
+            vec![scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens)],
+            100,
+        );
+        assert_eq!(
+            state.apply(&event("team-b", "m", "i", 5, 5, T0), at(0, 0)),
+            Applied::Counted(0)
+        );
+        assert!(!state.has_changed());
+        assert!(
+            state.all_snapshots(T0).is_empty(),
+            "a scope without usage has no snapshot"
+        );
+    }
+
+    #[test]
+    fn a_new_window_by_event_time_starts_from_zero() {
+        let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let key = team_a.key.clone();
+        let mut state = QuotaState::new(vec![team_a], 100);
+        state.apply(&event("team-a", "m", "i", 10, 0, T0 + HOUR - 1), at(0, 0));
+        let before = state.take_changed(1).remove(0);
+        assert_eq!((before.window_start_ms, before.used), (T0, 10));
+
+        state.apply(&event("team-a", "m", "i", 7, 0, T0 + HOUR), at(0, 1));
+        let after = state.take_changed(2).remove(0);
+        assert_eq!(
+            (after.window_start_ms, after.window_end_ms),
+            (T0 + HOUR, T0 + 2 * HOUR)
+        );
+        assert_eq!((after.used, after.events), (7, 1));
+        assert_eq!(
+            after.watermarks,
+            [Watermark {
+                gateway: "tollgate-gateway/gw-1".into(),
+                partition: 0,
+                offset: 1
+            }]
+        );
+        assert_eq!(
+            state.window(&key, T0).unwrap().used,
+            10,
+            "the previous window is kept"
+        );
+    }
+
+    #[test]
+    fn a_late_event_for_the_previous_window_is_counted_but_not_published() {
+        let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let key = team_a.key.clone();
+        let mut state = QuotaState::new(vec![team_a], 100);
+        state.apply(&event("team-a", "m", "i", 10, 0, T0 + 5), at(0, 0));
+        state.apply(&event("team-a", "m", "i", 20, 0, T0 + HOUR + 5), at(0, 1));
+        assert_eq!(state.take_changed(1).len(), 1);
+
+        state.apply(&event("team-a", "m", "i", 3, 0, T0 + 6), at(0, 2));
+        assert!(
+            !state.has_changed(),
+            "the late event does not change the newest window"
+        );
+        assert!(state.take_changed(2).is_empty());
+        assert_eq!(state.window(&key, T0).unwrap().used, 13);
+        assert_eq!(state.window(&key, T0).unwrap().events, 2);
+
+        // Only the newest two windows are kept; an event older than both is dropped with its window.
+        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR), at(0, 3));
+        assert!(state.window(&key, T0).is_none());
+        state.apply(&event("team-a", "m", "i", 99, 0, T0 + 7), at(0, 4));
+        assert!(state.window(&key, T0).is_none());
+        let snapshot = state.take_changed(3).remove(0);
+        assert_eq!((snapshot.window_start_ms, snapshot.used), (T0 + 2 * HOUR, 1));
+    }
+
+    #[test]
+    fn a_duplicate_id_counts_once_but_moves_the_watermark() {
+        let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let mut state = QuotaState::new(vec![team_a], 100);
+        let once = event("team-a", "m", "i", 10, 5, T0);
+        assert_eq!(state.apply(&once, at(0, 3)), Applied::Counted(1));
+        state.take_changed(1);
+        assert_eq!(state.apply(&once, at(0, 9)), Applied::Duplicate);
+        let snapshot = state.take_changed(2).remove(0);
+        assert_eq!((snapshot.used, snapshot.events), (15, 1));
+        assert_eq!(snapshot.watermarks[0].offset, 9);
+    }
+
+    #[test]
+    fn deduplication_remembers_only_the_most_recent_ids() {
+        let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let key = team_a.key.clone();
+        let mut state = QuotaState::new(vec![team_a], 2);
+        let events: Vec<_> = (0..3).map(|i| event("team-a", "m", "i", 1, 0, T0 + i)).collect();
+        for (i, e) in events.iter().enumerate() {
+            state.apply(e, at(0, i as i64));
+        }
+        assert_eq!(state.apply(&events[2], at(0, 10)), Applied::Duplicate);
+        assert_eq!(state.apply(&events[1], at(0, 11)), Applied::Duplicate);
+        assert_eq!(
+            state.apply(&events[0], at(0, 12)),
+            Applied::Counted(1),
+            "forgotten"
+        );
+        assert_eq!(state.window(&key, T0).unwrap().events, 4);
+
+        let mut off = QuotaState::new(
+            vec![scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens)],
+            0,
+        );
+        assert_eq!(off.apply(&events[0], at(0, 0)), Applied::Counted(1));
+        assert_eq!(off.apply(&events[0], at(0, 1)), Applied::Counted(1));
+    }
+
+    #[test]
+    fn watermarks_are_the_highest_offset_per_gateway_and_partition() {
+        let everything = scope(None, None, &[], LimitStrategy::TotalTokens);
+        let mut state = QuotaState::new(vec![everything], 100);
+        let mut from_gw2 = event("team-b", "m", "i", 1, 0, T0);
+        from_gw2.source = "tollgate-gateway/gw-2".into();
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 7));
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 4));
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(1, 2));
+        state.apply(&from_gw2, at(0, 5));
+        let snapshot = state.take_changed(1).remove(0);
+        let marks: Vec<_> = snapshot
+            .watermarks
+            .iter()
+            .map(|w| (w.gateway.as_str(), w.partition, w.offset))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                ("tollgate-gateway/gw-1", 0, 7),
+                ("tollgate-gateway/gw-1", 1, 2),
+                ("tollgate-gateway/gw-2", 0, 5)
+            ]
+        );
+        assert_eq!(snapshot.newest_event_ms, T0 + 5 * HOUR + 7);
+        assert!(snapshot.covers("tollgate-gateway/gw-1", 0, 6));
+        assert!(!snapshot.covers("tollgate-gateway/gw-2", 0, 6));
+    }
+
+    #[test]
+    fn without_a_kafka_timestamp_the_event_time_is_the_newest_event() {
+        let mut state = QuotaState::new(vec![scope(None, None, &[], LimitStrategy::TotalTokens)], 100);
+        let position = Position {
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        };
+        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 42), position);
+        assert_eq!(state.take_changed(1)[0].newest_event_ms, T0 + 42);
+    }
+
+    #[test]
+    fn all_snapshots_covers_every_scope_with_usage_and_clears_marks() {
+        let a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let b = scope(Some("team-b"), None, &[], LimitStrategy::TotalTokens);
+        let c = scope(Some("team-c"), None, &[], LimitStrategy::TotalTokens);
+        let mut state = QuotaState::new(vec![a, b, c.clone()], 100);
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 0));
+        state.apply(&event("team-b", "m", "i", 2, 0, T0 + 3 * HOUR), at(0, 1));
+        let all = state.all_snapshots(9);
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|s| s.published_at_ms == 9));
+        assert!(!state.has_changed());
+        state.mark_changed(&c.key);
+        assert!(state.has_changed());
+        assert!(
+            state.take_changed(10).is_empty(),
+            "a scope without usage has nothing to publish"
+        );
+        assert_eq!(state.scope_count(), 3);
+    }
+}
