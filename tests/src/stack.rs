@@ -1,23 +1,30 @@
 //! A whole Tollgate in one test process, against real infrastructure.
 //!
 //! [`Stack::start`] binds every service to port 0: the mock provider, meter-sidecar, the gateway (configured
-//! from TOML like in production) and billing-consumer's ingest loop. Kafka and ClickHouse are the real ones
+//! from TOML like in production; optionally a second replica of it), billing-consumer's ingest loop and — when
+//! the configuration has token limits — its quota loop, built from the same TOML. Kafka and ClickHouse are the real ones
 //! started by `compose/test`, whose addresses arrive in `TOLLGATE_TEST_KAFKA_BROKERS` and
-//! `TOLLGATE_TEST_CLICKHOUSE_URL`. Each stack gets its own topic, consumer group and ClickHouse database, so
+//! `TOLLGATE_TEST_CLICKHOUSE_URL`. Each stack gets its own topics, consumer group and ClickHouse database, so
 //! tests run in parallel and never see each other's rows.
 
 #![allow(clippy::expect_used, clippy::panic)] // test support: a failed expectation is a failed test
 
+use std::collections::HashMap;
 use std::net::TcpListener;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
 use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings};
+use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
+use tollgate_gateway::clock::{Clock, ManualClock, SystemClock};
 use tollgate_gateway::{Config, Gateway};
+use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaSnapshot, QuotaSnapshotEvent};
 
 use crate::mock_provider::MockProvider;
 
@@ -74,6 +81,15 @@ pub struct StackOptions {
     pub default_targets: Option<String>,
     /// Start a second mock provider, reachable as `{mock2}` in `extra_toml`.
     pub second_mock: bool,
+    /// TOML added inside a consumer's `[[consumers]]` table, e.g. its `token_limits`.
+    pub consumer_toml: Vec<(&'static str, String)>,
+    /// Run billing-consumer's quota loop when the configuration has token limits (off: gateways see no
+    /// snapshots, as when the quota topic is unreachable).
+    pub quota_loop: bool,
+    /// Start a second gateway replica with the same configuration (`gateway2_url`).
+    pub second_gateway: bool,
+    /// The gateways' clock; the wall clock when `None`.
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 impl Default for StackOptions {
@@ -83,6 +99,10 @@ impl Default for StackOptions {
             extra_toml: String::new(),
             default_targets: None,
             second_mock: false,
+            consumer_toml: Vec::new(),
+            quota_loop: true,
+            second_gateway: false,
+            clock: None,
         }
     }
 }
@@ -94,15 +114,65 @@ pub struct Stack {
     pub mock: MockProvider,
     pub mock2: Option<MockProvider>,
     pub gateway_url: String,
+    /// The second replica, when [`StackOptions::second_gateway`] asked for one.
+    pub gateway2_url: Option<String>,
     pub meter_url: String,
     pub topic: String,
+    /// The compacted topic of quota snapshots.
+    pub quota_topic: String,
+    /// The gateways' configuration, as billing-consumer's quota loop reads it too.
+    pub gateway_toml: String,
     pub clickhouse: ClickHouseSettings,
     pub metrics: PrometheusHandle,
-    gateway: ServerHandle,
-    gateway_done: tokio::sync::oneshot::Receiver<()>,
+    gateways: Vec<(ServerHandle, tokio::sync::oneshot::Receiver<()>)>,
     meter: Option<ServerHandle>,
     ingest_shutdown: CancellationToken,
     ingest: Option<std::thread::JoinHandle<()>>,
+    quota_loop: Option<QuotaLoop>,
+}
+
+/// billing-consumer's quota loop on its own thread and runtime.
+#[derive(Debug)]
+pub struct QuotaLoop {
+    shutdown: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl QuotaLoop {
+    /// Starts the loop for the token limits of `gateway_toml`; `None` when it has none.
+    pub fn start(brokers: &str, usage_topic: &str, quota_topic: &str, gateway_toml: &str) -> Option<Self> {
+        let scopes = tollgate_billing_consumer::quota::policy::from_gateway_toml(gateway_toml)
+            .unwrap_or_else(|e| panic!("quota policy of the test config: {e:?}"));
+        if scopes.is_empty() {
+            return None;
+        }
+        let settings = QuotaSettings::new(
+            brokers,
+            usage_topic,
+            quota_topic,
+            scopes,
+            "tollgate-billing-consumer/test",
+        );
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("quota runtime");
+            if let Err(e) = runtime.block_on(tollgate_billing_consumer::quota::run(settings, token)) {
+                panic!("billing-consumer quota loop failed: {e}");
+            }
+        });
+        Some(Self { shutdown, thread })
+    }
+
+    /// Stops the loop and waits for it.
+    pub fn stop(self) {
+        self.shutdown.cancel();
+        self.thread.join().expect("quota thread");
+    }
 }
 
 /// The process-wide Prometheus recorder (one per process; every in-process service renders from it).
@@ -134,10 +204,16 @@ fn local_listener() -> TcpListener {
 pub struct Reply {
     pub status: u16,
     pub request_id: String,
+    pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
 }
 
 impl Reply {
+    /// A response header, parsed as a number.
+    pub fn header_u64(&self, name: &str) -> Option<u64> {
+        self.headers.get(name)?.parse().ok()
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -168,6 +244,7 @@ impl Stack {
         let infra = Infra::from_env();
         let run = uuid::Uuid::now_v7().simple().to_string();
         let topic = format!("tollgate.usage.v1.test-{run}");
+        let quota_topic = format!("tollgate.quota.v1.test-{run}");
         let clickhouse = ClickHouseSettings {
             url: infra.clickhouse_url.clone(),
             database: format!("tollgate_test_{run}"),
@@ -181,6 +258,13 @@ impl Stack {
         while let Err(e) = tollgate_billing_consumer::topics::ensure(&infra.brokers, &topic, 3).await {
             tries += 1;
             assert!(tries < 5, "create the usage topic: {e}");
+            actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+        }
+        let mut tries = 0;
+        while let Err(e) = tollgate_billing_consumer::topics::ensure_quota(&infra.brokers, &quota_topic).await
+        {
+            tries += 1;
+            assert!(tries < 5, "create the quota topic: {e}");
             actix_web::rt::time::sleep(Duration::from_millis(500)).await;
         }
         tollgate_billing_consumer::migrations::apply(&clickhouse)
@@ -213,30 +297,55 @@ impl Stack {
             (closed_endpoint().trim_end_matches("/v1").to_owned(), None)
         };
 
-        let listener = local_listener();
-        let gateway_url = format!("http://{}", listener.local_addr().expect("gateway address"));
         let mock2_endpoint = mock2
             .as_ref()
             .map_or_else(closed_endpoint, MockProvider::endpoint);
         let toml = gateway_toml(
             &infra,
             &topic,
+            &quota_topic,
             &meter_url,
             &mock.endpoint(),
             &mock2_endpoint,
             &options,
         );
-        let config = Config::from_toml_with_env(&toml, |name| {
-            (name == "PROVIDER_KEY").then(|| PROVIDER_KEY.into())
-        })
-        .unwrap_or_else(|e| panic!("test gateway config:\n{e}\n{toml}"));
-        let gateway = Gateway::start(config, listener, metrics.clone()).expect("gateway");
-        let gateway_handle = gateway.handle();
-        let (done_tx, gateway_done) = tokio::sync::oneshot::channel();
-        actix_web::rt::spawn(async move {
-            let _ = gateway.run().await;
-            let _ = done_tx.send(());
-        });
+        let clock: Arc<dyn Clock> = match &options.clock {
+            Some(clock) => clock.clone(),
+            None => Arc::new(SystemClock),
+        };
+        let replicas = if options.second_gateway { 2 } else { 1 };
+        let mut gateways = Vec::new();
+        let mut urls = Vec::new();
+        for replica in 1..=replicas {
+            let text = toml.replace(
+                "instance_id = \"test-gw\"",
+                &format!("instance_id = \"test-gw-{replica}\""),
+            );
+            let config = Config::from_toml_with_env(&text, |name| {
+                (name == "PROVIDER_KEY").then(|| PROVIDER_KEY.into())
+            })
+            .unwrap_or_else(|e| panic!("test gateway config:\n{e}\n{text}"));
+            let listener = local_listener();
+            urls.push(format!(
+                "http://{}",
+                listener.local_addr().expect("gateway address")
+            ));
+            let gateway =
+                Gateway::start_with_clock(config, listener, metrics.clone(), clock.clone()).expect("gateway");
+            let handle = gateway.handle();
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            actix_web::rt::spawn(async move {
+                let _ = gateway.run().await;
+                let _ = done_tx.send(());
+            });
+            gateways.push((handle, done));
+        }
+        let gateway_url = urls.remove(0);
+        let gateway2_url = urls.pop();
+        let quota_loop = options
+            .quota_loop
+            .then(|| QuotaLoop::start(&infra.brokers, &topic, &quota_topic, &toml))
+            .flatten();
 
         let ingest_shutdown = CancellationToken::new();
         let settings = IngestSettings {
@@ -266,23 +375,31 @@ impl Stack {
             mock,
             mock2,
             gateway_url,
+            gateway2_url,
             meter_url,
             topic,
+            quota_topic,
+            gateway_toml: toml,
             clickhouse,
             metrics,
-            gateway: gateway_handle,
-            gateway_done,
+            gateways,
             meter,
             ingest_shutdown,
             ingest: Some(ingest),
+            quota_loop,
         }
     }
 
     /// Stops the gateway gracefully (its queued events reach Kafka), then the ingest loop and the other services.
     pub async fn stop(mut self) {
-        self.gateway.stop(true).await;
-        let _ = (&mut self.gateway_done).await;
+        for (handle, done) in &mut self.gateways {
+            handle.stop(true).await;
+            let _ = done.await;
+        }
         self.ingest_shutdown.cancel();
+        if let Some(quota_loop) = self.quota_loop.take() {
+            quota_loop.stop();
+        }
         if let Some(ingest) = self.ingest.take() {
             ingest.join().expect("ingest thread");
         }
@@ -295,9 +412,77 @@ impl Stack {
         }
     }
 
+    /// Stops billing-consumer's quota loop (as a crash or a deploy would).
+    pub fn stop_quota_loop(&mut self) {
+        if let Some(quota_loop) = self.quota_loop.take() {
+            quota_loop.stop();
+        }
+    }
+
+    /// Starts a new quota loop on the same topics; it rebuilds its windows from the usage topic.
+    pub fn start_quota_loop(&mut self) {
+        self.stop_quota_loop();
+        self.quota_loop = QuotaLoop::start(
+            &self.infra.brokers,
+            &self.topic,
+            &self.quota_topic,
+            &self.gateway_toml,
+        );
+    }
+
+    /// The newest snapshot of every scope on the quota topic, read from its beginning to its end.
+    pub fn latest_snapshots(&self) -> HashMap<String, QuotaSnapshot> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.infra.brokers)
+            .set(
+                "group.id",
+                format!("test-reader-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("quota reader");
+        let (_, high) = consumer
+            .fetch_watermarks(&self.quota_topic, 0, Duration::from_secs(10))
+            .expect("quota topic watermarks");
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.quota_topic, 0, Offset::Beginning)
+            .expect("partition list");
+        consumer.assign(&list).expect("assign");
+        let mut latest = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut next = 0;
+        while next < high && Instant::now() < deadline {
+            let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            next = message.offset() + 1;
+            if message.key() == Some(HEARTBEAT_KEY.as_bytes()) {
+                continue;
+            }
+            if let Some(Ok(event)) = message
+                .payload()
+                .map(serde_json::from_slice::<QuotaSnapshotEvent>)
+            {
+                latest.insert(event.data.scope.clone(), event.data);
+            }
+        }
+        latest
+    }
+
     /// POSTs `body` to the gateway's `path` with `headers` and reads the response to its end (a stream too).
     pub async fn post_json(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
-        let mut request = http().post(format!("{}{path}", self.gateway_url));
+        self.post_json_to(&self.gateway_url, path, headers, body).await
+    }
+
+    /// [`Stack::post_json`] against a given gateway replica.
+    pub async fn post_json_to(
+        &self,
+        base: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Reply {
+        let mut request = http().post(format!("{base}{path}"));
         for (name, value) in headers {
             request = request.insert_header((*name, *value));
         }
@@ -315,6 +500,11 @@ impl Stack {
         Reply {
             status: response.status().as_u16(),
             request_id,
+            headers: response
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
             body: bytes,
         }
     }
@@ -362,6 +552,7 @@ impl Stack {
 fn gateway_toml(
     infra: &Infra,
     topic: &str,
+    quota_topic: &str,
     meter_url: &str,
     mock: &str,
     mock2: &str,
@@ -371,8 +562,14 @@ fn gateway_toml(
         .iter()
         .map(|(name, key_id, key)| {
             let sha = hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
+            let own: String = options
+                .consumer_toml
+                .iter()
+                .filter(|(consumer, _)| consumer == name)
+                .map(|(_, toml)| format!("{toml}\n"))
+                .collect();
             format!(
-                "[[consumers]]\nname = \"{name}\"\nkeys = [{{ id = \"{key_id}\", sha256 = \"{sha}\" }}]\n\n"
+                "[[consumers]]\nname = \"{name}\"\nkeys = [{{ id = \"{key_id}\", sha256 = \"{sha}\" }}]\n{own}\n"
             )
         })
         .collect();
@@ -401,6 +598,10 @@ timeout = "500ms"
 brokers = "{brokers}"
 usage_topic = "{topic}"
 message_timeout = "20s"
+
+[quota]
+topic = "{quota_topic}"
+max_snapshot_age = "3s"
 
 [[instances]]
 name = "mock-openai"
