@@ -5,16 +5,20 @@
 //! The rebuild point of each partition is the first offset whose Kafka timestamp is at or after
 //! `now − lookback` (ListOffsets by timestamp); a broker that cannot answer that gets read from the beginning,
 //! which counts the same windows, only slower.
+//!
+//! Tansu (0.6) answers a time after a partition's last record with offset 0 where Kafka answers "the end";
+//! so when the answer is the partition's first offset, the timestamp of its last record decides: older than
+//! the rebuild point means there is nothing to rebuild in that partition.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::error::BillingError;
 
@@ -93,16 +97,18 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
     let starts = loop {
         let probe = Arc::clone(&consumer);
         let owned_topic = topic.to_owned();
-        let found = tokio::task::spawn_blocking(move || locate(&probe, &owned_topic, since_ms))
-            .await
-            .map_err(|join| {
-                tracing::warn!(error = %join, "The usage topic lookup did not finish.");
-                BillingError::Kafka {
-                    operation: "look up the usage topic",
-                    source: rdkafka::error::KafkaError::Canceled,
-                }
-            })
-            .and_then(|result| result);
+        let owned_brokers = brokers.to_owned();
+        let found =
+            tokio::task::spawn_blocking(move || locate(&probe, &owned_brokers, &owned_topic, since_ms))
+                .await
+                .map_err(|join| {
+                    tracing::warn!(error = %join, "The usage topic lookup did not finish.");
+                    BillingError::Kafka {
+                        operation: "look up the usage topic",
+                        source: rdkafka::error::KafkaError::Canceled,
+                    }
+                })
+                .and_then(|result| result);
         match found {
             Ok(Some(starts)) => break starts,
             Ok(None) if !waiting_logged => {
@@ -149,6 +155,7 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
 /// offsets-by-time lookup; `None` while the topic does not exist. Blocking.
 fn locate(
     consumer: &StreamConsumer,
+    brokers: &str,
     topic: &str,
     since_ms: i64,
 ) -> Result<Option<(Vec<PartitionStart>, bool)>, BillingError> {
@@ -196,7 +203,22 @@ fn locate(
                 .and_then(|list| list.find_partition(topic, partition))
                 .map(|element| (element.error(), element.offset()));
             let start = match found {
-                Some((Ok(()), Offset::Offset(offset))) if offset >= 0 => offset.clamp(low, high.max(low)),
+                Some((Ok(()), Offset::Offset(offset))) if offset >= 0 => {
+                    let offset = offset.clamp(low, high.max(low));
+                    let quiet = offset == low
+                        && high > low
+                        && last_timestamp_ms(brokers, topic, partition, high).is_some_and(|t| t < since_ms);
+                    if quiet {
+                        tracing::debug!(
+                            %topic,
+                            partition,
+                            "The partition's last record is older than the rebuild point; nothing to rebuild."
+                        );
+                        high
+                    } else {
+                        offset
+                    }
+                }
                 // No message at or after the time: nothing to rebuild in this partition.
                 Some((Ok(()), Offset::End)) => high,
                 other => {
@@ -220,4 +242,36 @@ fn locate(
         })
         .collect();
     Ok(Some((starts, all_by_time)))
+}
+
+/// The Kafka timestamp of the record just before `high` in `partition`, if it can be read. Blocking.
+fn last_timestamp_ms(brokers: &str, topic: &str, partition: i32, high: i64) -> Option<i64> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("tollgate-billing-quota-probe-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("client.id", crate::kafka::CLIENT_ID)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .ok()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(high - 1))
+        .ok()?;
+    probe.assign(&assignment).ok()?;
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    while Instant::now() < deadline {
+        match probe.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => return message.timestamp().to_millis(),
+            Some(Err(error)) => {
+                tracing::debug!(%error, %topic, partition, "Reading a partition's last record failed.");
+                return None;
+            }
+            None => {}
+        }
+    }
+    None
 }

@@ -156,3 +156,34 @@ pub fn expected_usage(
         .map(|(m, (r, p, c, t))| (m, r, p, c, t))
         .collect()
 }
+
+/// A usage event produced by gateway `source` (e.g. `tollgate-gateway/gw-1`): `consumer` asked for `model` and
+/// used `prompt` + `completion` tokens, finishing at `finished_at_ms`; everything else as in [`event`].
+pub fn usage_event(
+    source: &str,
+    consumer: &str,
+    model: &str,
+    prompt: u32,
+    completion: u32,
+    finished_at_ms: u64,
+) -> UsageEvent {
+    let mut event = event(0);
+    let time = DateTime::from_timestamp_millis(finished_at_ms as i64).unwrap();
+    event.source = source.into();
+    event.subject = consumer.into();
+    event.time = time;
+    let data = &mut event.data;
+    data.request_id = format!("req-{}", event.id.simple());
+    data.consumer_id = consumer.into();
+    data.key_id = format!("{consumer}-key");
+    data.route = model.into();
+    data.model_requested = model.into();
+    data.model_served = format!("{model}-served");
+    data.prompt_tokens_estimated = prompt;
+    data.prompt_tokens = prompt;
+    data.completion_tokens = completion;
+    data.total_tokens = prompt + completion;
+    data.started_at_ms = finished_at_ms - 50;
+    data.finished_at_ms = finished_at_ms;
+    event
+}
