@@ -3,8 +3,9 @@
 //! the compacted `tollgate.quota.v1` topic, where gateways read them.
 //!
 //! 1. **Rebuild.** Nothing is stored between runs: on start the loop reads every partition of the usage topic
-//!    from the first offset after `now − longest window − 5 min` ([`reader`]) up to the high watermarks it had at
-//!    the start, counting events but publishing nothing, so a gateway never sees a half-rebuilt, lower `used`.
+//!    from the first record at or after `now − longest window − 5 min` by Kafka time ([`reader`]) up to the high
+//!    watermarks it had at the start, counting events but publishing nothing, so a gateway never sees a
+//!    half-rebuilt, lower `used`.
 //!    Once caught up it publishes every scope's snapshot at once.
 //! 2. **Live.** Each event is counted ([`windows`]); changed snapshots are published as soon as the usage topic
 //!    has nothing more to read (so sequential traffic sees little lag), and at least every `publish_interval`

@@ -136,7 +136,8 @@ impl Collector {
                 let configured = self.scopes.get(*index).map_or(limit.limit, |s| s.limit);
                 if configured != limit.limit {
                     self.problem(format!(
-                        "{path}.limit: {} differs from the limit {configured} of the same scope `{key}` at {first}",
+                        "{path}.limit: {} differs from the limit {configured} of the same scope `{key}` \
+                         at {first}",
                         limit.limit
                     ));
                 }

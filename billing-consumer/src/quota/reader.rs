@@ -91,10 +91,10 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
         .map_err(BillingError::kafka("create quota consumer"))?;
     let consumer = Arc::new(consumer);
     let lookback_ms = i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX);
-    let since_ms = Utc::now().timestamp_millis().saturating_sub(lookback_ms).max(0);
 
     let mut waiting_logged = false;
     let starts = loop {
+        let since_ms = Utc::now().timestamp_millis().saturating_sub(lookback_ms).max(0);
         let probe = Arc::clone(&consumer);
         let owned_topic = topic.to_owned();
         let owned_brokers = brokers.to_owned();
@@ -117,7 +117,12 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::warn!(error_kind = error.kind(), %error, %topic, "Looking up the usage topic failed; retrying.");
+                tracing::warn!(
+                    error_kind = error.kind(),
+                    %error,
+                    %topic,
+                    "Looking up the usage topic failed; retrying."
+                );
             }
         }
         tokio::time::sleep(RETRY_PAUSE).await;
