@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
 use tollgate_gateway::clock::{Clock, ManualClock, SystemClock};
 use tollgate_gateway::{Config, Gateway};
-use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaSnapshot, QuotaSnapshotEvent};
+use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshot, QuotaSnapshotEvent};
 
 use crate::mock_provider::MockProvider;
 
@@ -346,6 +346,9 @@ impl Stack {
             .quota_loop
             .then(|| QuotaLoop::start(&infra.brokers, &topic, &quota_topic, &toml))
             .flatten();
+        if quota_loop.is_some() {
+            wait_for_live_quota_loop(&infra.brokers, &quota_topic);
+        }
 
         let ingest_shutdown = CancellationToken::new();
         let settings = IngestSettings {
@@ -432,40 +435,15 @@ impl Stack {
 
     /// The newest snapshot of every scope on the quota topic, read from its beginning to its end.
     pub fn latest_snapshots(&self) -> HashMap<String, QuotaSnapshot> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.infra.brokers)
-            .set(
-                "group.id",
-                format!("test-reader-{}", uuid::Uuid::now_v7().simple()),
-            )
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("quota reader");
-        let (_, high) = consumer
-            .fetch_watermarks(&self.quota_topic, 0, Duration::from_secs(10))
-            .expect("quota topic watermarks");
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.quota_topic, 0, Offset::Beginning)
-            .expect("partition list");
-        consumer.assign(&list).expect("assign");
         let mut latest = HashMap::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut next = 0;
-        while next < high && Instant::now() < deadline {
-            let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
-            };
-            next = message.offset() + 1;
-            if message.key() == Some(HEARTBEAT_KEY.as_bytes()) {
-                continue;
-            }
-            if let Some(Ok(event)) = message
-                .payload()
-                .map(serde_json::from_slice::<QuotaSnapshotEvent>)
+        read_quota_topic(&self.infra.brokers, &self.quota_topic, |key, payload| {
+            if key != Some(HEARTBEAT_KEY.as_bytes())
+                && let Ok(event) = serde_json::from_slice::<QuotaSnapshotEvent>(payload)
             {
                 latest.insert(event.data.scope.clone(), event.data);
             }
-        }
+            false
+        });
         latest
     }
 
@@ -546,6 +524,63 @@ impl Stack {
             }
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Reads the quota topic from its beginning to its end (or until `visit` returns true), handing every message's
+/// key and payload to `visit`.
+fn read_quota_topic(brokers: &str, topic: &str, mut visit: impl FnMut(Option<&[u8]>, &[u8]) -> bool) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("test-reader-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .expect("quota reader");
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("quota topic watermarks");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("partition list");
+    consumer.assign(&list).expect("assign");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut next = 0;
+    while next < high && Instant::now() < deadline {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        next = message.offset() + 1;
+        if let Some(payload) = message.payload()
+            && visit(message.key(), payload)
+        {
+            return;
+        }
+    }
+}
+
+/// Waits until the quota loop has rebuilt its windows and is publishing live (a heartbeat says so).
+fn wait_for_live_quota_loop(brokers: &str, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut live = false;
+        read_quota_topic(brokers, topic, |key, payload| {
+            live = key == Some(HEARTBEAT_KEY.as_bytes())
+                && serde_json::from_slice::<QuotaHeartbeatEvent>(payload)
+                    .is_ok_and(|beat| !beat.data.rebuilding);
+            live
+        });
+        if live {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quota loop never finished its rebuild"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -368,6 +368,21 @@ async fn two_replicas_sharing_a_quota_converge_within_the_snapshot_lag() {
         "replica 2 refused the probe {} ms after replica 1's last request",
         converged_after.as_millis()
     );
+    let rendered = stack.metrics.render();
+    for name in ["billing_quota_lag_seconds", "tollgate_quota_snapshot_lag_seconds"] {
+        let value = |suffix: &str| {
+            rendered
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}_{suffix} ")))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let (sum, count) = (value("sum"), value("count"));
+        eprintln!(
+            "{name}: {count} snapshots, mean {:.1} ms",
+            1000.0 * sum / count.max(1.0)
+        );
+    }
     assert!(converged_after < Duration::from_secs(5));
     settle(&stack, sent).await;
     let (_, used, _) = ledger(&stack).await["team-c"];

@@ -75,6 +75,9 @@ impl Reader {
     }
 }
 
+/// The longest a fetch waits at the broker for new usage events, in milliseconds.
+const FETCH_WAIT_MAX_MS: &str = "10";
+
 /// Creates the consumer and waits until `topic` exists (forever: the caller drops this future to stop), then
 /// assigns every partition from the rebuild point `now − lookback`.
 pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Reader, BillingError> {
@@ -87,6 +90,9 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // Snapshot lag is quota overshoot between replicas: ask for new events often rather than let an idle
+        // fetch wait the default 500 ms (a broker without long-poll wake-ups holds it that long).
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .create()
         .map_err(BillingError::kafka("create quota consumer"))?;
     let consumer = Arc::new(consumer);

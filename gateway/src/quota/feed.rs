@@ -59,7 +59,7 @@ impl QuotaFeed {
             )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "50")
+            .set("fetch.wait.max.ms", "10")
             .create()?;
         let stop = Arc::new(AtomicBool::new(false));
         let follower = Follower {
