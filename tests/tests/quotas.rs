@@ -538,3 +538,26 @@ async fn a_restarted_quota_loop_rebuilds_its_windows_from_the_usage_topic() {
     assert_eq!(snapshot.events, 15);
     stack.stop().await;
 }
+
+#[test]
+fn the_gateway_and_billing_consumer_read_the_same_scopes_from_one_file() {
+    let text = include_str!("../../compose/tollgate.toml");
+    let config = tollgate_gateway::Config::from_toml_with_env(text, |_| Some("x".into())).unwrap();
+    let mut gateway: Vec<(String, u64)> = config
+        .consumers
+        .iter()
+        .flat_map(|c| c.token_limits.iter())
+        .chain(&config.token_limits)
+        .chain(config.instances.iter().filter_map(|i| i.token_limit.as_ref()))
+        .map(|l| (l.key.clone(), l.limit))
+        .collect();
+    let mut billing: Vec<(String, u64)> = tollgate_billing_consumer::quota::policy::from_gateway_toml(text)
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.key, s.limit))
+        .collect();
+    gateway.sort();
+    billing.sort();
+    assert_eq!(gateway.len(), 2, "the demo config has a consumer quota and a model quota");
+    assert_eq!(gateway, billing);
+}
