@@ -317,10 +317,15 @@ impl Stack {
         let mut gateways = Vec::new();
         let mut urls = Vec::new();
         for replica in 1..=replicas {
-            let text = toml.replace(
-                "instance_id = \"test-gw\"",
-                &format!("instance_id = \"test-gw-{replica}\""),
-            );
+            // The first replica is `test-gw`; a second one is `test-gw-2`.
+            let text = if replica == 1 {
+                toml.clone()
+            } else {
+                toml.replace(
+                    "instance_id = \"test-gw\"",
+                    &format!("instance_id = \"test-gw-{replica}\""),
+                )
+            };
             let config = Config::from_toml_with_env(&text, |name| {
                 (name == "PROVIDER_KEY").then(|| PROVIDER_KEY.into())
             })

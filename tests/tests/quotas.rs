@@ -558,6 +558,10 @@ fn the_gateway_and_billing_consumer_read_the_same_scopes_from_one_file() {
         .collect();
     gateway.sort();
     billing.sort();
-    assert_eq!(gateway.len(), 2, "the demo config has a consumer quota and a model quota");
+    assert_eq!(
+        gateway.len(),
+        2,
+        "the demo config has a consumer quota and a model quota"
+    );
     assert_eq!(gateway, billing);
 }
