@@ -85,13 +85,22 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# still_alive NAME — true while the process recorded for NAME exists. Weaker than running_pid on purpose: right
+# after the fork, before exec, its environment does not show TOLLGATE_PROCESS yet, and a start-up wait must not
+# take that moment for a crash.
+still_alive() {
+    local pid
+    pid=$(cat "$(pid_file "$1")" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+}
+
 # wait_for_port PORT TIMEOUT_SECONDS [NAME] — wait until 127.0.0.1:PORT accepts connections.
 # With NAME, give up early when that process died.
 wait_for_port() {
     local port=$1 timeout=$2 name=${3:-}
     local deadline=$((SECONDS + timeout))
     until port_open "$port"; do
-        if [[ -n $name ]] && ! running_pid "$name" >/dev/null; then
+        if [[ -n $name ]] && ! still_alive "$name"; then
             return 1
         fi
         ((SECONDS < deadline)) || return 1
@@ -105,7 +114,7 @@ wait_for_http() {
     local url=$1 timeout=$2 name=${3:-}
     local deadline=$((SECONDS + timeout))
     until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
-        if [[ -n $name ]] && ! running_pid "$name" >/dev/null; then
+        if [[ -n $name ]] && ! still_alive "$name"; then
             return 1
         fi
         ((SECONDS < deadline)) || return 1
