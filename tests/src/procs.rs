@@ -1,0 +1,263 @@
+//! Processes a fault test owns outright, so that it can kill them without disturbing the tests that share the
+//! stack's broker and ClickHouse:
+//!
+//! - [`workspace_binary`] — a Tollgate binary built by cargo, to run as a child process that can be `kill -9`ed;
+//! - [`PrivateBroker`] — a Kafka-protocol broker (Tansu, SQLite storage) of its own on a free port, that can be
+//!   stopped and started again on the same port and storage;
+//! - [`PrivateClickHouse`] — a ClickHouse server of its own, from the same configuration `compose/infra-up` uses.
+//!
+//! Where the broker and ClickHouse binaries are comes from `TOLLGATE_TEST_TANSU_BIN` and
+//! `TOLLGATE_TEST_CLICKHOUSE_BIN` (set by `compose/test`), with the locations `compose/install` uses as defaults.
+
+#![allow(clippy::expect_used, clippy::panic)] // test support: a failed expectation is a failed test
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The path of `bin` from `package`, built (debug profile) the first time a process asks for it.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(Vec::new()));
+    let mut built = built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let root = workspace_root();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let path = target.join("debug").join(bin);
+    if !built.iter().any(|b| b == bin) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", package, "--bin", bin])
+            .current_dir(&root)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+        built.push(bin.to_owned());
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A free local port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A fresh scratch directory under the system's temp dir.
+pub fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-{what}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
+
+/// Sends SIGTERM (a graceful stop) to a child and waits for it, at most `grace`, then SIGKILL.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill9(child);
+}
+
+/// `kill -9`: no chance to flush or say goodbye.
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not come up within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Kafka-protocol broker of the test's own.
+#[derive(Debug)]
+pub struct PrivateBroker {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    /// Starts a broker on a free port with empty storage and waits until it answers metadata requests.
+    pub fn start() -> Self {
+        let mut broker = Self {
+            port: free_port(),
+            dir: scratch_dir("broker"),
+            child: None,
+        };
+        broker.resume();
+        broker
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGTERM); its storage stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(10));
+        }
+    }
+
+    /// Starts it again on the same port and storage, and waits until it answers.
+    pub fn resume(&mut self) {
+        let bin = std::env::var_os("TOLLGATE_TEST_TANSU_BIN")
+            .map_or_else(|| home().join(".cache/tollgate/tansu/bin/tansu"), PathBuf::from);
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .expect("broker log");
+        let child = Command::new(&bin)
+            .args(["broker", "--cluster-id", "tollgate-test"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .env("RUST_LOG", "warn")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("broker log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the broker {}: {e}", bin.display()));
+        self.child = Some(child);
+        let brokers = self.brokers();
+        wait_until("the private broker", Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok() && answers_metadata(&brokers)
+        });
+    }
+}
+
+fn answers_metadata(brokers: &str) -> bool {
+    let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tollgate-test-probe")
+        .create();
+    consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill9(&mut child);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A ClickHouse server of the test's own.
+#[derive(Debug)]
+pub struct PrivateClickHouse {
+    http_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateClickHouse {
+    /// Starts a server on free ports with an empty data directory and waits until it answers `/ping`.
+    pub fn start() -> Self {
+        let dir = scratch_dir("clickhouse");
+        let http_port = free_port();
+        let tcp_port = free_port();
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).expect("clickhouse etc");
+        let compose = workspace_root().join("compose/clickhouse");
+        let config = std::fs::read_to_string(compose.join("config.xml"))
+            .expect("compose/clickhouse/config.xml")
+            .replace("@DATA_DIR@", &dir.join("db").display().to_string())
+            .replace("@LOG_DIR@", &dir.join("log").display().to_string())
+            .replace("@HTTP_PORT@", &http_port.to_string())
+            .replace("@TCP_PORT@", &tcp_port.to_string());
+        std::fs::write(etc.join("config.xml"), config).expect("write config.xml");
+        std::fs::copy(compose.join("users.xml"), etc.join("users.xml")).expect("copy users.xml");
+        let mut server = Self {
+            http_port,
+            dir,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// The HTTP endpoint.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Stops the server (SIGTERM); its data stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(20));
+        }
+    }
+
+    /// Starts it again on the same ports and data, and waits until it answers.
+    pub fn resume(&mut self) {
+        let bin = std::env::var_os("TOLLGATE_TEST_CLICKHOUSE_BIN")
+            .map_or_else(|| PathBuf::from("/usr/sbin/clickhouse-server"), PathBuf::from);
+        let db = self.dir.join("db");
+        std::fs::create_dir_all(&db).expect("clickhouse db dir");
+        let child = Command::new(&bin)
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("etc/config.xml").display()
+            ))
+            .current_dir(&db)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start ClickHouse {}: {e}", bin.display()));
+        self.child = Some(child);
+        let ping = format!("{}/ping", self.url());
+        wait_until("the private ClickHouse", Duration::from_secs(60), || {
+            Command::new("curl")
+                .args(["-fsS", "-o", "/dev/null", "--max-time", "1", &ping])
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+    }
+}
+
+impl Drop for PrivateClickHouse {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill9(&mut child);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+}
