@@ -19,6 +19,11 @@ use crate::settings::KafkaSettings;
 /// The `client.id` Tollgate's billing consumers present to the broker.
 pub const CLIENT_ID: &str = "tollgate-billing-consumer";
 
+/// How long the group waits for a silent member before giving its partitions to the others.
+const SESSION_TIMEOUT_MS: &str = "10000";
+/// How often a member tells the group it is alive (a third of the session timeout, as Kafka recommends).
+const HEARTBEAT_INTERVAL_MS: &str = "3000";
+
 /// The ingest consumer.
 pub type IngestConsumer = StreamConsumer<IngestContext>;
 
@@ -68,6 +73,10 @@ pub fn subscribe(settings: &KafkaSettings) -> Result<IngestConsumer, BillingErro
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // A consumer that died without leaving (kill -9, a lost host) holds its partitions until its session
+        // times out; librdkafka's 45 s default would stall those partitions that long after every crash.
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+        .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)
         .create_with_context(IngestContext)
         .map_err(BillingError::kafka("create consumer"))?;
     consumer
