@@ -5,14 +5,17 @@
 //! 2. authenticate — `Authorization: Bearer` key → consumer and key id ([`crate::auth`]);
 //! 3. parse — body read once up to `server.max_request_bytes`, `model`/`messages`/`stream` checked
 //!    ([`crate::request`]);
-//! 4. route — `model` → route (then the consumer's request rate, [`crate::limits`]) → a plan of targets by priority, weight and health ([`crate::routing`],
-//!    [`crate::health`]; active probes run in the background, [`crate::probe`]);
+//! 4. route — `model` → route; refused (503) while the usage spool is full and `spool.on_full = "reject"`
+//!    ([`crate::events`]); then the consumer's request rate ([`crate::limits`]) → a plan of targets by priority,
+//!    weight and health ([`crate::routing`], [`crate::health`]; active probes run in the background,
+//!    [`crate::probe`]);
 //! 5. estimate and admit — meter-sidecar prompt count, in-process fallback ([`crate::meter`]); token quotas of
 //!    the consumer and the model against billing-consumer's snapshots plus this replica's own pending usage
 //!    ([`crate::quota`], fed from the quota topic by [`crate::quota::feed`]);
 //! 6. forward — instance URL, model and key; failover on retry-safe failures ([`crate::upstream`]);
 //! 7. settle and emit — usage from the provider or the estimate; one event, queued without waiting
-//!    ([`crate::usage`], [`crate::events`]);
+//!    ([`crate::usage`], [`crate::events`]), to Kafka or, while Kafka does not acknowledge, the spool
+//!    ([`crate::spool`]);
 //! 8. respond — upstream status and body unchanged, plus `x-request-id` and `x-tollgate-instance`.
 //!
 //! Any step's failure is a [`GatewayError`](crate::error::GatewayError), answered in OpenAI's error shape.
@@ -117,7 +120,7 @@ impl Gateway {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, StartError> {
         let event_source: Arc<str> = Arc::from(format!("tollgate-gateway/{}", config.server.instance_id));
-        let (events, pipeline) = EventPipeline::start(&config.kafka, &event_source)?;
+        let (events, pipeline) = EventPipeline::start(&config.kafka, &config.spool, &event_source)?;
         let quotas = Arc::new(Quotas::new(&config, event_source.clone(), clock.clone()));
         let feed = QuotaFeed::start(&config, quotas.clone())?;
         let config = Arc::new(config);
@@ -184,7 +187,8 @@ impl Gateway {
         self.server.handle()
     }
 
-    /// Serves until stopped, then drains the usage events still queued to Kafka (bounded).
+    /// Serves until stopped, then drains the usage events still queued to Kafka, or to the spool what Kafka
+    /// does not acknowledge within `server.shutdown_timeout`.
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
         self.probes.cancel();
@@ -192,7 +196,7 @@ impl Gateway {
             feed.stop();
         }
         if !self.pipeline.shutdown(self.shutdown_timeout).await {
-            tracing::error!("shutdown timed out before every usage event reached Kafka");
+            tracing::error!("shutdown timed out before every usage event reached Kafka or the spool");
         }
         served
     }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +29,42 @@ pub struct Config {
     /// Token limits not tied to one consumer: per model (global) or over everything (`[[token_limits]]`).
     pub token_limits: Vec<TokenLimit>,
     pub quota: QuotaConfig,
+    pub spool: SpoolConfig,
+}
+
+/// The durable spool of usage events Kafka has not acknowledged (`[spool]`; see [`crate::spool`]).
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// The directory of segment files; relative paths are relative to the gateway's working directory.
+    pub dir: PathBuf,
+    /// The spool's largest total size; past it, `on_full` applies.
+    pub max_bytes: u64,
+    /// A segment file is sealed (and fsynced) at this size and a new one started.
+    pub segment_bytes: u64,
+    /// Appends are fsynced in batches this often.
+    pub fsync_interval: Duration,
+    /// An event Kafka has not acknowledged this long after it was handed over is spooled (and so is every event
+    /// after it until the spool is drained).
+    pub after: Duration,
+    pub on_full: OnFull,
+}
+
+/// What the gateway does while the spool is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// New metered requests are answered 503 before they reach any upstream: no usage goes unrecorded.
+    Reject,
+    /// Requests are served and their usage events dropped, each counted and logged.
+    ServeUnmetered,
+}
+
+impl OnFull {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reject => "reject",
+            Self::ServeUnmetered => "serve_unmetered",
+        }
+    }
 }
 
 /// The gateway's side of the quota loop (`[quota]`).
@@ -89,7 +125,7 @@ pub struct MeterConfig {
 pub struct KafkaConfig {
     pub brokers: String,
     pub usage_topic: String,
-    /// Events waiting for the producer; when full, events are dropped and counted (the spool comes later).
+    /// Events waiting for the event pump; when full, events are dropped and counted.
     pub queue_capacity: usize,
     /// How long librdkafka keeps retrying one event before reporting it failed.
     pub message_timeout: Duration,
@@ -348,6 +384,26 @@ fn default_quota_topic() -> String {
 fn default_max_snapshot_age() -> String {
     "10s".to_owned()
 }
+fn default_spool_dir() -> String {
+    "spool".to_owned()
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_spool_segment_bytes() -> u64 {
+    16 << 20
+}
+fn default_spool_fsync_interval() -> String {
+    "20ms".to_owned()
+}
+fn default_spool_after() -> String {
+    "1s".to_owned()
+}
+fn default_spool_on_full() -> String {
+    "reject".to_owned()
+}
+/// The smallest segment accepted: a few events.
+const MIN_SPOOL_SEGMENT_BYTES: u64 = 4096;
 fn default_true() -> bool {
     true
 }
@@ -410,6 +466,39 @@ pub struct RawConfig {
     pub token_limits: Vec<TokenLimitConfig>,
     #[serde(default)]
     pub quota: RawQuota,
+    #[serde(default)]
+    pub spool: RawSpool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpool {
+    #[serde(default = "default_spool_dir")]
+    pub dir: String,
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_spool_segment_bytes")]
+    pub segment_bytes: u64,
+    #[serde(default = "default_spool_fsync_interval")]
+    pub fsync_interval: String,
+    #[serde(default = "default_spool_after")]
+    pub after: String,
+    /// `reject` or `serve_unmetered`.
+    #[serde(default = "default_spool_on_full")]
+    pub on_full: String,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        Self {
+            dir: default_spool_dir(),
+            max_bytes: default_spool_max_bytes(),
+            segment_bytes: default_spool_segment_bytes(),
+            fsync_interval: default_spool_fsync_interval(),
+            after: default_spool_after(),
+            on_full: default_spool_on_full(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1069,6 +1158,8 @@ impl RawConfig {
             max_snapshot_age: p.duration("quota.max_snapshot_age", &self.quota.max_snapshot_age),
         };
 
+        let spool = validate_spool(&mut p, self.spool, kafka.message_timeout);
+
         if p.0.is_empty() {
             Ok(Config {
                 server,
@@ -1079,6 +1170,7 @@ impl RawConfig {
                 consumers,
                 token_limits,
                 quota,
+                spool,
             })
         } else {
             Err(ConfigErrors(p.0))
@@ -1194,6 +1286,54 @@ fn validate_balancer(p: &mut Problems, path: &str, balancer: &str, hash_on: Opti
             );
             Balancer::WeightedRoundRobin
         }
+    }
+}
+
+fn validate_spool(p: &mut Problems, raw: RawSpool, message_timeout: Duration) -> SpoolConfig {
+    if raw.dir.trim().is_empty() {
+        p.push("spool.dir", "must name a directory");
+    }
+    if raw.segment_bytes < MIN_SPOOL_SEGMENT_BYTES {
+        p.push(
+            "spool.segment_bytes",
+            format!("must be at least {MIN_SPOOL_SEGMENT_BYTES}"),
+        );
+    }
+    if raw.max_bytes < raw.segment_bytes {
+        p.push(
+            "spool.max_bytes",
+            format!("must be at least spool.segment_bytes ({})", raw.segment_bytes),
+        );
+    }
+    let after = p.duration("spool.after", &raw.after);
+    if !message_timeout.is_zero() && after >= message_timeout {
+        p.push(
+            "spool.after",
+            format!(
+                "must be shorter than kafka.message_timeout ({}): an event is spooled while librdkafka still \
+                 holds it, not after it gave up",
+                humantime::format_duration(message_timeout)
+            ),
+        );
+    }
+    let on_full = match raw.on_full.as_str() {
+        "reject" => OnFull::Reject,
+        "serve_unmetered" => OnFull::ServeUnmetered,
+        other => {
+            p.push(
+                "spool.on_full",
+                format!("`{other}` is not reject or serve_unmetered"),
+            );
+            OnFull::Reject
+        }
+    };
+    SpoolConfig {
+        dir: PathBuf::from(raw.dir),
+        max_bytes: raw.max_bytes,
+        segment_bytes: raw.segment_bytes,
+        fsync_interval: p.duration("spool.fsync_interval", &raw.fsync_interval),
+        after,
+        on_full,
     }
 }
 
@@ -1490,6 +1630,52 @@ mod tests {
                 "consumers[0].token_limits[3]",
             ],
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn the_spool_has_defaults_and_is_checked_when_the_file_loads() {
+        let config = Config::from_toml_with_env(VALID, env).unwrap();
+        let spool = &config.spool;
+        assert_eq!(spool.dir, PathBuf::from("spool"));
+        assert_eq!((spool.max_bytes, spool.segment_bytes), (1 << 30, 16 << 20));
+        assert_eq!(spool.fsync_interval, Duration::from_millis(20));
+        assert_eq!(spool.after, Duration::from_secs(1));
+        assert_eq!(spool.on_full, OnFull::Reject);
+
+        let custom = format!(
+            "{VALID}\n[spool]\ndir = \"/var/lib/tollgate/spool\"\nmax_bytes = 65536\nsegment_bytes = 8192\n\
+             fsync_interval = \"5ms\"\nafter = \"250ms\"\non_full = \"serve_unmetered\"\n"
+        );
+        let spool = Config::from_toml_with_env(&custom, env).unwrap().spool;
+        assert_eq!(spool.dir, PathBuf::from("/var/lib/tollgate/spool"));
+        assert_eq!((spool.max_bytes, spool.segment_bytes), (65536, 8192));
+        assert_eq!(spool.after, Duration::from_millis(250));
+        assert_eq!(spool.on_full, OnFull::ServeUnmetered);
+
+        let bad = format!(
+            "{VALID}\n[spool]\ndir = \"\"\nmax_bytes = 4096\nsegment_bytes = 1000\nfsync_interval = \"0s\"\n\
+             after = \"1m\"\non_full = \"drop\"\n"
+        );
+        let found = problems(&bad);
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "spool.dir",
+                "spool.segment_bytes",
+                "spool.after",
+                "spool.on_full",
+                "spool.fsync_interval"
+            ],
+            "{found:?}"
+        );
+        let found = problems(&format!(
+            "{VALID}\n[spool]\nmax_bytes = 8192\nsegment_bytes = 16384\n"
+        ));
+        assert_eq!(
+            found,
+            ["spool.max_bytes: must be at least spool.segment_bytes (16384)"]
         );
     }
 

@@ -56,6 +56,12 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("The upstream for this model sent a response that could not be read.")]
     UpstreamBadResponse,
+    /// The usage spool is full (`spool.on_full = "reject"`): the gateway could not record what the request
+    /// consumes, so it does not serve it.
+    #[error(
+        "The gateway cannot record usage right now, so it is not serving metered requests. Try again later."
+    )]
+    UsageSpoolFull,
     #[error("The gateway failed to process the request.")]
     Internal,
 }
@@ -95,6 +101,7 @@ impl GatewayError {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamBadResponse => "upstream_bad_response",
+            Self::UsageSpoolFull => "usage_spool_full",
             Self::Internal => "internal",
         }
     }
@@ -177,6 +184,12 @@ impl GatewayError {
                 "upstream_error",
                 None,
                 Some("upstream_bad_response"),
+            ),
+            Self::UsageSpoolFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                Some("usage_spool_full"),
             ),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, None),
         }
@@ -267,6 +280,7 @@ mod tests {
             GatewayError::UpstreamUnreachable,
             GatewayError::UpstreamTimeout,
             GatewayError::UpstreamBadResponse,
+            GatewayError::UsageSpoolFull,
             GatewayError::Internal,
         ];
         for err in &all {
@@ -290,6 +304,7 @@ mod tests {
         assert_eq!(GatewayError::PayloadTooLarge { limit: 1 }.status_code(), 413);
         assert_eq!(GatewayError::UpstreamUnreachable.status_code(), 502);
         assert_eq!(GatewayError::UpstreamTimeout.status_code(), 504);
+        assert_eq!(GatewayError::UsageSpoolFull.status_code(), 503);
     }
 
     #[test]

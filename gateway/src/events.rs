@@ -1,39 +1,88 @@
-//! Usage events out of the request path and into Kafka.
+//! Usage events out of the request path and into Kafka — or, while Kafka does not acknowledge them, into the
+//! durable spool ([`crate::spool`]) until it does. Usage events are money: none may be lost or doubled.
 //!
-//! Handlers call [`EventSender::emit`] with an [`Outgoing`] event, which never waits: it puts the event into a bounded queue or, when the
-//! queue is full, drops it with a metric and an error log naming the event id (the durable spool that removes
-//! that case is a later step). A dedicated thread — the pump — owns the rdkafka producer (idempotent, `acks=all`,
-//! key = consumer id), serializes each event once, hands it to librdkafka and counts the broker's
-//! acknowledgements. When an event counts against token quotas, the acknowledgement's partition and offset go to
-//! its [`LocalUsage`], so that the quota books know when a snapshot covers it. On shutdown the queue is closed, everything in it is produced, and the pump waits (bounded)
-//! for the broker to acknowledge what is in flight.
+//! Handlers call [`EventSender::emit`] with an [`Outgoing`] event, which never waits: it puts the event into a
+//! bounded queue or, when the queue is full, drops it with a metric and an error log naming the event id. A
+//! dedicated thread — the pump — owns the rdkafka producer (idempotent, `acks=all`, key = consumer id) and the
+//! spool, serializes each event once and works in one of two modes:
+//!
+//! - **Direct** (the spool is empty): the event is handed to librdkafka and kept in memory until the broker
+//!   acknowledges it. When the broker has not acknowledged the oldest of them within `spool.after` (default 1 s),
+//!   when a send fails, or when librdkafka refuses one, the pump switches to spooling: every event librdkafka
+//!   still holds is appended to the spool in the order it was sent, and one log line says so.
+//! - **Spooling** (the spool is not empty): every new event is appended to the spool behind the older ones, so
+//!   order holds, and the spool is drained to Kafka in order ([`crate::spool::drain`]); a segment file is deleted
+//!   once every record in it is acknowledged. An event that was spooled while librdkafka still held it is sent
+//!   from the spool only if librdkafka gives up on it (after `kafka.message_timeout`), so a slow broker does
+//!   not double it. When the spool is empty again the pump goes back to direct mode and logs the episode's
+//!   counts.
+//!
+//! **The window in which an event is only in memory** is from `emit` until Kafka acknowledged it or, at most
+//! `spool.after` after it was handed to librdkafka, it was appended to the spool (the page cache: a `kill -9`
+//! cannot lose it from then on; the pump fsyncs the spool every `spool.fsync_interval`, and on segment roll and
+//! shutdown, against power loss). So a `kill -9` can lose only events whose requests finished less than
+//! `spool.after` (+ the time the pump takes to notice, a few milliseconds) before it; a power loss, those of the
+//! last `spool.after + spool.fsync_interval`. A crash can also make the next start send again some records that
+//! Kafka had acknowledged (those acknowledged after the last `cursor` write, or still in librdkafka when they
+//! were spooled): duplicates by event id, which the ledger (`ReplacingMergeTree` by event id) and the quota loop
+//! (dedup by id) absorb.
+//!
+//! When the spool is full (`spool.max_bytes`), `spool.on_full` decides: `reject` (the default) makes
+//! [`EventSender::accepts_metered_requests`] false, and the proxy answers new metered requests 503 before they
+//! reach an upstream (the events of requests already admitted are still spooled, past `max_bytes` if need be);
+//! `serve_unmetered` serves them and drops their events, each counted in `tollgate_events_unmetered_total` and
+//! logged.
+//!
+//! When an event counts against token quotas, the acknowledgement's partition and offset go to its
+//! [`LocalUsage`], so that the quota books know when a snapshot covers it — for an event drained from the spool
+//! too, when this process spooled it (the drain keeps its `LocalUsage` in memory). Events found in the spool at
+//! start-up have none: the quotas of the replica that spooled them held them until their window ended.
+//!
+//! On shutdown the queue is closed and everything in it is sent (or spooled); the pump waits, until shortly
+//! before the shutdown budget runs out, for Kafka to acknowledge what is in flight, then appends whatever is
+//! still unacknowledged to the spool, fsyncs it and stops: nothing is lost on a clean stop with the broker down.
+//! At start-up the spool is opened ([`Spool::open`]) and a spool left by an earlier run is drained as soon as the
+//! broker answers.
 
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
 use tollgate_schemas::usage::UsageEvent;
+use uuid::Uuid;
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, OnFull, SpoolConfig};
 use crate::metrics as m;
 use crate::quota::LocalUsage;
+use crate::spool::drain::{Drain, Refused, Sink};
+use crate::spool::{AppendError, Pos, Spool, SpoolError, SpoolStatus};
 
-/// How long the pump waits before retrying when librdkafka's own queue is full.
-const LOCAL_QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+/// At most this much of the shutdown budget is kept back for writing and fsyncing the spool.
+const SHUTDOWN_SPOOL_MARGIN: Duration = Duration::from_secs(2);
+/// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): the spool
+/// drains soon after the broker is back.
+const RECONNECT_BACKOFF_MAX: &str = "1000";
 
 /// Why the event pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
     #[error("invalid Kafka producer configuration: {0}")]
     Producer(#[from] KafkaError),
+    #[error("could not open the usage event spool: {0}")]
+    Spool(#[from] SpoolError),
     #[error("could not start the event pump: {0}")]
-    Runtime(#[from] std::io::Error),
+    Runtime(#[from] io::Error),
 }
 
 /// A finished usage event, and the quota books' record of it when token limits count it.
@@ -48,6 +97,8 @@ pub struct Outgoing {
 pub struct EventSender {
     tx: mpsc::Sender<Outgoing>,
     queued: Arc<AtomicI64>,
+    spool: Arc<SpoolStatus>,
+    on_full: OnFull,
 }
 
 impl EventSender {
@@ -58,54 +109,78 @@ impl EventSender {
                 let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
                 metrics::gauge!(m::EVENTS_QUEUED).set(queued as f64);
             }
-            Err(mpsc::error::TrySendError::Full(out)) => dropped(&out.event, "queue_full"),
-            Err(mpsc::error::TrySendError::Closed(out)) => dropped(&out.event, "shutting_down"),
+            Err(mpsc::error::TrySendError::Full(out)) => {
+                dropped(out.event.id, &out.event.subject, "queue_full", None);
+            }
+            Err(mpsc::error::TrySendError::Closed(out)) => {
+                dropped(out.event.id, &out.event.subject, "shutting_down", None);
+            }
         }
+    }
+
+    /// False while the spool is full and `spool.on_full = "reject"`: new metered requests are then refused
+    /// before they reach an upstream, because their usage could not be recorded.
+    pub fn accepts_metered_requests(&self) -> bool {
+        !(self.on_full == OnFull::Reject && self.spool.is_full())
     }
 }
 
-fn dropped(event: &UsageEvent, reason: &'static str) {
+fn dropped(event_id: Uuid, consumer: &str, reason: &'static str, error: Option<&dyn Display>) {
     metrics::counter!(m::EVENTS_DROPPED_TOTAL, "reason" => reason).increment(1);
     tracing::error!(
-        event_id = %event.id,
-        consumer = %event.subject,
+        %event_id,
+        consumer,
         reason,
-        "usage event dropped before reaching Kafka"
+        error = error.map(ToString::to_string),
+        "usage event dropped before reaching Kafka or the spool"
+    );
+}
+
+fn unmetered(event_id: Uuid, consumer: &str) {
+    metrics::counter!(m::EVENTS_UNMETERED_TOTAL).increment(1);
+    tracing::error!(
+        %event_id,
+        consumer,
+        "usage event dropped: the spool is full and spool.on_full = \"serve_unmetered\"; the request was served \
+         unmetered"
     );
 }
 
 /// The running pump; [`EventPipeline::shutdown`] drains it.
 #[derive(Debug)]
 pub struct EventPipeline {
-    close: Option<oneshot::Sender<()>>,
+    close: Option<oneshot::Sender<Instant>>,
     done: oneshot::Receiver<()>,
 }
 
 impl EventPipeline {
-    /// Creates the producer and starts the pump thread.
-    pub fn start(config: &KafkaConfig, client_id: &str) -> Result<(EventSender, Self), EventsError> {
-        let producer: FutureProducer = producer_config(config, client_id).create()?;
-        let (tx, rx) = mpsc::channel(config.queue_capacity);
+    /// Opens the spool, creates the producer and starts the pump thread.
+    pub fn start(
+        kafka: &KafkaConfig,
+        spool: &SpoolConfig,
+        client_id: &str,
+    ) -> Result<(EventSender, Self), EventsError> {
+        let producer: FutureProducer = producer_config(kafka, client_id).create()?;
+        let opened = Spool::open(spool)?;
+        let status = opened.status();
+        let (tx, rx) = mpsc::channel(kafka.queue_capacity);
         let queued = Arc::new(AtomicI64::new(0));
         let (close_tx, close_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
-        let pump = Pump {
-            producer,
-            topic: config.usage_topic.clone(),
-            queued: queued.clone(),
-        };
-        let flush_timeout = config.message_timeout;
+        let pump = Pump::new(producer, kafka, spool, opened, queued.clone());
         std::thread::Builder::new()
             .name("tollgate-events".into())
-            .spawn(move || {
-                runtime.block_on(pump.run(rx, close_rx, flush_timeout));
-                let _ = done_tx.send(());
-            })?;
+            .spawn(move || runtime.block_on(pump.run(rx, close_rx, done_tx)))?;
         Ok((
-            EventSender { tx, queued },
+            EventSender {
+                tx,
+                queued,
+                spool: status,
+                on_full: spool.on_full,
+            },
             Self {
                 close: Some(close_tx),
                 done: done_rx,
@@ -113,11 +188,13 @@ impl EventPipeline {
         ))
     }
 
-    /// Stops accepting events, produces everything queued and waits up to `timeout` for acknowledgements.
-    /// Returns false when the timeout ran out first.
+    /// Stops accepting events, sends everything queued, waits for Kafka's acknowledgements until shortly before
+    /// `timeout` runs out, then spools (and fsyncs) whatever is unacknowledged. Returns false when the pump did
+    /// not finish within `timeout`.
     pub async fn shutdown(mut self, timeout: Duration) -> bool {
+        let margin = (timeout / 5).min(SHUTDOWN_SPOOL_MARGIN);
         if let Some(close) = self.close.take() {
-            let _ = close.send(());
+            let _ = close.send(Instant::now() + timeout.saturating_sub(margin));
         }
         tokio::time::timeout(timeout, self.done).await.is_ok()
     }
@@ -130,6 +207,7 @@ fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX)
         .set(
             "message.timeout.ms",
             config.message_timeout.as_millis().to_string(),
@@ -140,91 +218,475 @@ fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     c
 }
 
+/// A send's acknowledgement (or failure), tagged with what was sent.
+type Delivery = Pin<Box<dyn Future<Output = Delivered> + Send>>;
+
+struct Delivered {
+    origin: Origin,
+    result: Result<(i32, i64), (&'static str, KafkaError)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// Sent directly; the sequence number of its [`Direct`] entry.
+    Direct(u64),
+    /// Sent from the spool.
+    Spool(Pos),
+}
+
+/// Hands one record to librdkafka; its outcome arrives through `deliveries`.
+fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &[u8],
+    payload: &[u8],
+    origin: Origin,
+    deliveries: &FuturesUnordered<Delivery>,
+) -> Result<(), KafkaError> {
+    let record = FutureRecord::to(topic).key(key).payload(payload);
+    let delivery = producer.send_result(record).map_err(|(e, _)| e)?;
+    deliveries.push(Box::pin(async move {
+        let result = match delivery.await {
+            Ok(Ok(delivery)) => Ok((delivery.partition, delivery.offset)),
+            Ok(Err((e, _))) => Err(("broker", e)),
+            Err(_) => Err(("cancelled", KafkaError::Canceled)),
+        };
+        Delivered { origin, result }
+    }));
+    Ok(())
+}
+
+/// The drain's way to Kafka.
+struct KafkaSink<'a> {
+    producer: &'a FutureProducer,
+    topic: &'a str,
+    deliveries: &'a FuturesUnordered<Delivery>,
+}
+
+impl Sink for KafkaSink<'_> {
+    fn send(&mut self, pos: Pos, key: &[u8], payload: &[u8]) -> Result<(), Refused> {
+        send(
+            self.producer,
+            self.topic,
+            key,
+            payload,
+            Origin::Spool(pos),
+            self.deliveries,
+        )
+        .map_err(|_| Refused)
+    }
+}
+
+/// An event handed to librdkafka directly and not acknowledged yet.
+struct Direct {
+    event_id: Uuid,
+    consumer: String,
+    payload: Vec<u8>,
+    sent_at: Instant,
+    local: Option<Arc<LocalUsage>>,
+    /// Where its copy is, once it was spooled.
+    spooled: Option<Pos>,
+}
+
+/// One period of spooling, from the switch to the spool until it is empty again.
+struct Episode {
+    since: Instant,
+    spooled: u64,
+    drained: u64,
+    /// Spooled while librdkafka held them, then acknowledged from there after all.
+    acknowledged_directly: u64,
+}
+
+impl Episode {
+    fn new() -> Self {
+        Self {
+            since: Instant::now(),
+            spooled: 0,
+            drained: 0,
+            acknowledged_directly: 0,
+        }
+    }
+}
+
 struct Pump {
     producer: FutureProducer,
     topic: String,
     queued: Arc<AtomicI64>,
+    spool: Spool,
+    drain: Drain,
+    after: Duration,
+    fsync_interval: Duration,
+    /// Whether appends past `spool.max_bytes` are made (`reject`: the events of admitted requests are kept).
+    force_appends: bool,
+    /// Sent directly, by sequence number (the order they were sent in).
+    direct: BTreeMap<u64, Direct>,
+    next_seq: u64,
+    deliveries: FuturesUnordered<Delivery>,
+    /// Some while spooling.
+    episode: Option<Episode>,
+    syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    /// Whether the last fsync, or the last spool read or release, failed (logged once until it works again).
+    sync_failing: bool,
+    drain_failing: bool,
 }
 
 impl Pump {
-    async fn run(self, mut rx: mpsc::Receiver<Outgoing>, close: oneshot::Receiver<()>, flush: Duration) {
-        let mut inflight = FuturesUnordered::new();
-        let mut close = std::pin::pin!(close);
-        let mut closing = false;
-        loop {
-            tokio::select! {
-                event = rx.recv() => match event {
-                    Some(event) => {
-                        let queued = self.queued.fetch_sub(1, Ordering::Relaxed) - 1;
-                        metrics::gauge!(m::EVENTS_QUEUED).set(queued as f64);
-                        if let Some(delivery) = self.produce(event).await {
-                            inflight.push(delivery);
-                        }
-                    }
-                    None => break,
-                },
-                Some(()) = inflight.next(), if !inflight.is_empty() => {}
-                _ = &mut close, if !closing => {
-                    // New events are refused from now on; the ones already queued are still received.
-                    closing = true;
-                    rx.close();
-                }
-            }
-        }
-        let drained = tokio::time::timeout(flush, async { while inflight.next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::error!(
-                in_flight = inflight.len(),
-                "Kafka did not acknowledge every usage event before shutdown"
+    fn new(
+        producer: FutureProducer,
+        kafka: &KafkaConfig,
+        config: &SpoolConfig,
+        spool: Spool,
+        queued: Arc<AtomicI64>,
+    ) -> Self {
+        let episode = (!spool.is_empty()).then(|| {
+            tracing::info!(
+                dir = %spool.dir().display(),
+                events = spool.recovered(),
+                bytes = spool.bytes(),
+                segments = spool.segments(),
+                "the usage event spool holds events from an earlier run: sending them to Kafka as soon as it answers"
             );
+            Episode::new()
+        });
+        Self {
+            producer,
+            topic: kafka.usage_topic.clone(),
+            queued,
+            drain: Drain::new(spool.start()),
+            spool,
+            after: config.after,
+            fsync_interval: config.fsync_interval,
+            force_appends: config.on_full == OnFull::Reject,
+            direct: BTreeMap::new(),
+            next_seq: 0,
+            deliveries: FuturesUnordered::new(),
+            episode,
+            syncing: None,
+            sync_failing: false,
+            drain_failing: false,
         }
-        let _ = self.producer.flush(Duration::from_secs(1));
     }
 
-    /// Hands one event to librdkafka; the returned future settles when the broker acknowledged it (or gave up).
-    async fn produce(&self, out: Outgoing) -> Option<impl Future<Output = ()> + use<>> {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Outgoing>,
+        close: oneshot::Receiver<Instant>,
+        done: oneshot::Sender<()>,
+    ) {
+        let mut close = std::pin::pin!(close);
+        let mut deadline: Option<Instant> = None;
+        let mut receiving = true;
+        let mut fsync = tokio::time::interval(self.fsync_interval);
+        fsync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.pump_spool();
+        loop {
+            let spool_at = self.spool_deadline();
+            let retry_at = self.drain.retry_at();
+            tokio::select! {
+                event = rx.recv(), if receiving => match event {
+                    Some(out) => self.accept(out),
+                    None => receiving = false,
+                },
+                Some(delivered) = self.deliveries.next(), if !self.deliveries.is_empty() => {
+                    self.delivered(delivered);
+                }
+                () = sleep_until(spool_at) => self.start_spooling("unacknowledged", None),
+                () = sleep_until(retry_at) => {}
+                _ = fsync.tick() => self.sync(),
+                at = &mut close, if deadline.is_none() => {
+                    // New events are refused from now on; the ones already queued are still received.
+                    deadline = Some(at.unwrap_or_else(|_| Instant::now()));
+                    rx.close();
+                    self.drain.close();
+                }
+                () = sleep_until(deadline) => break,
+            }
+            self.pump_spool();
+            if deadline.is_some() && !receiving && self.settled() {
+                break;
+            }
+        }
+        self.finish();
+        let _ = done.send(());
+    }
+
+    /// When the oldest event librdkafka holds must be spooled (direct mode only).
+    fn spool_deadline(&self) -> Option<Instant> {
+        if self.episode.is_some() {
+            return None;
+        }
+        self.direct.values().next().map(|d| d.sent_at + self.after)
+    }
+
+    fn accept(&mut self, out: Outgoing) {
+        let queued = self.queued.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!(m::EVENTS_QUEUED).set(queued as f64);
         let Outgoing { event, local } = out;
         let payload = match serde_json::to_vec(&event) {
             Ok(p) => p,
             Err(e) => {
                 metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => "serialize").increment(1);
                 tracing::error!(event_id = %event.id, error = %e, "usage event could not be serialized");
-                return None;
+                return;
             }
         };
-        loop {
-            let record = FutureRecord::to(&self.topic)
-                .key(event.subject.as_bytes())
-                .payload(&payload);
-            match self.producer.send_result(record) {
-                Ok(delivery) => {
-                    let event_id = event.id;
-                    return Some(async move {
-                        match delivery.await {
-                            Ok(Ok(delivery)) => {
-                                if let Some(local) = local {
-                                    local.delivered(delivery.partition, delivery.offset);
-                                }
-                                metrics::counter!(m::EVENTS_EMITTED_TOTAL).increment(1);
-                            }
-                            Ok(Err((e, _))) => failed(event_id, "broker", &e),
-                            Err(_) => failed(event_id, "cancelled", &KafkaError::Canceled),
-                        }
-                    });
+        if self.episode.is_none() {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let origin = Origin::Direct(seq);
+            let key = event.subject.as_bytes();
+            match send(
+                &self.producer,
+                &self.topic,
+                key,
+                &payload,
+                origin,
+                &self.deliveries,
+            ) {
+                Ok(()) => {
+                    let direct = Direct {
+                        event_id: event.id,
+                        consumer: event.subject,
+                        payload,
+                        sent_at: Instant::now(),
+                        local,
+                        spooled: None,
+                    };
+                    self.direct.insert(seq, direct);
+                    return;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    tokio::time::sleep(LOCAL_QUEUE_FULL_BACKOFF).await;
+                Err(e) => self.start_spooling("refused", Some(&e)),
+            }
+        }
+        self.spool_event(event.id, &event.subject, &payload, local);
+    }
+
+    /// Appends an event to the spool (or drops it, counted, when that is impossible).
+    fn spool_event(
+        &mut self,
+        event_id: Uuid,
+        consumer: &str,
+        payload: &[u8],
+        local: Option<Arc<LocalUsage>>,
+    ) {
+        match self
+            .spool
+            .append(consumer.as_bytes(), payload, self.force_appends)
+        {
+            Ok(pos) => {
+                metrics::counter!(m::EVENTS_SPOOLED_TOTAL).increment(1);
+                if let Some(episode) = &mut self.episode {
+                    episode.spooled += 1;
                 }
-                Err((e, _)) => {
-                    failed(event.id, "produce", &e);
-                    return None;
+                if let Some(local) = local {
+                    self.drain.remember(pos, local);
+                }
+            }
+            Err(AppendError::Full { .. }) => unmetered(event_id, consumer),
+            Err(e @ AppendError::Encode(_)) => dropped(event_id, consumer, "too_large", Some(&e)),
+            Err(e @ AppendError::Io(_)) => dropped(event_id, consumer, "spool_io", Some(&e)),
+        }
+    }
+
+    /// Switches to spooling: every event librdkafka holds is appended to the spool, in the order it was sent, so
+    /// that a crash cannot lose it; its copy is sent from the spool only if librdkafka gives up on it.
+    fn start_spooling(&mut self, reason: &'static str, error: Option<&KafkaError>) {
+        if self.episode.is_some() {
+            return;
+        }
+        let mut episode = Episode::new();
+        tracing::warn!(
+            reason,
+            error = error.map(ToString::to_string),
+            in_flight = self.direct.len(),
+            oldest_unacknowledged_ms = self.direct.values().next().map(|d| d.sent_at.elapsed().as_millis() as u64),
+            dir = %self.spool.dir().display(),
+            "Kafka is not acknowledging usage events in time: spooling them to disk until it does"
+        );
+        for direct in self.direct.values_mut().filter(|d| d.spooled.is_none()) {
+            match self
+                .spool
+                .append(direct.consumer.as_bytes(), &direct.payload, self.force_appends)
+            {
+                Ok(pos) => {
+                    direct.spooled = Some(pos);
+                    self.drain.spooled_pending(pos);
+                    episode.spooled += 1;
+                    metrics::counter!(m::EVENTS_SPOOLED_TOTAL).increment(1);
+                }
+                // Still in librdkafka's hands; if it gives up on them, they are tried again then.
+                Err(e) => {
+                    tracing::error!(error = %e, "events librdkafka holds could not be spooled");
+                    break;
+                }
+            }
+        }
+        self.episode = Some(episode);
+    }
+
+    fn delivered(&mut self, delivered: Delivered) {
+        let now = Instant::now();
+        match (delivered.origin, delivered.result) {
+            (Origin::Direct(seq), Ok((partition, offset))) => {
+                let Some(direct) = self.direct.remove(&seq) else {
+                    return;
+                };
+                if let Some(local) = &direct.local {
+                    local.delivered(partition, offset);
+                }
+                metrics::counter!(m::EVENTS_EMITTED_TOTAL).increment(1);
+                if let Some(pos) = direct.spooled {
+                    self.drain.original_settled(pos, true, None, now);
+                    if let Some(episode) = &mut self.episode {
+                        episode.acknowledged_directly += 1;
+                    }
+                }
+            }
+            (Origin::Direct(seq), Err((reason, error))) => {
+                metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => reason).increment(1);
+                if self.direct.get(&seq).is_some_and(|d| d.spooled.is_none()) {
+                    // Spools it together with every other event librdkafka holds, in order.
+                    self.start_spooling("send_failed", Some(&error));
+                }
+                let Some(direct) = self.direct.remove(&seq) else {
+                    return;
+                };
+                match direct.spooled {
+                    Some(pos) => self.drain.original_settled(pos, false, direct.local, now),
+                    None => {
+                        self.spool_event(direct.event_id, &direct.consumer, &direct.payload, direct.local)
+                    }
+                }
+            }
+            (Origin::Spool(pos), Ok((partition, offset))) => {
+                if self.drain.acknowledged(pos, partition, offset) {
+                    metrics::counter!(m::EVENTS_EMITTED_TOTAL).increment(1);
+                    metrics::counter!(m::SPOOL_DRAINED_TOTAL).increment(1);
+                    if let Some(episode) = &mut self.episode {
+                        episode.drained += 1;
+                    }
+                }
+            }
+            (Origin::Spool(pos), Err((reason, error))) => {
+                metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => reason).increment(1);
+                if self.drain.failed(pos, now) {
+                    tracing::warn!(
+                        %error,
+                        retry_in_ms = crate::spool::drain::RETRY_AFTER.as_millis() as u64,
+                        "Kafka did not acknowledge usage events sent from the spool; sending them again"
+                    );
                 }
             }
         }
     }
+
+    /// While spooling: sends what the drain has due, deletes acknowledged segments, and goes back to direct mode
+    /// when the spool is empty.
+    fn pump_spool(&mut self) {
+        if self.episode.is_none() {
+            return;
+        }
+        let mut sink = KafkaSink {
+            producer: &self.producer,
+            topic: &self.topic,
+            deliveries: &self.deliveries,
+        };
+        let drained = self
+            .drain
+            .fill(&mut self.spool, &mut sink, Instant::now())
+            .and_then(|()| self.drain.release(&mut self.spool));
+        match drained {
+            Ok(()) => self.drain_failing = false,
+            Err(e) => {
+                if !self.drain_failing {
+                    tracing::error!(error = %e, dir = %self.spool.dir().display(), "reading or releasing the usage event spool failed");
+                }
+                self.drain_failing = true;
+            }
+        }
+        if self.spool.is_empty()
+            && let Some(episode) = self.episode.take()
+        {
+            tracing::info!(
+                spooled = episode.spooled,
+                drained = episode.drained,
+                acknowledged_directly = episode.acknowledged_directly,
+                seconds = episode.since.elapsed().as_secs_f64(),
+                "usage event spool drained: events go directly to Kafka again"
+            );
+        }
+    }
+
+    /// Fsyncs what was appended since the last fsync, off the pump's thread (one fsync at a time).
+    fn sync(&mut self) {
+        if self
+            .syncing
+            .as_ref()
+            .is_some_and(|running| !running.is_finished())
+        {
+            return;
+        }
+        if let Some(finished) = self.syncing.take() {
+            match finished.now_or_never() {
+                Some(Ok(Ok(()))) | None => self.sync_failing = false,
+                Some(Ok(Err(e))) => self.sync_failed(&e),
+                Some(Err(e)) => self.sync_failed(&e),
+            }
+        }
+        match self.spool.sync_target() {
+            Ok(Some(file)) => self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data())),
+            Ok(None) => {}
+            Err(e) => self.sync_failed(&e),
+        }
+    }
+
+    fn sync_failed(&mut self, error: &dyn Display) {
+        if !self.sync_failing {
+            tracing::error!(%error, dir = %self.spool.dir().display(), "fsync of the usage event spool failed");
+        }
+        self.sync_failing = true;
+    }
+
+    /// Nothing sent is waiting for Kafka's answer.
+    fn settled(&self) -> bool {
+        self.direct.is_empty() && self.drain.in_flight() == 0
+    }
+
+    /// At shutdown: whatever Kafka did not acknowledge goes to the spool, and the spool to disk.
+    fn finish(mut self) {
+        let unacknowledged: Vec<Direct> = std::mem::take(&mut self.direct)
+            .into_values()
+            .filter(|d| d.spooled.is_none())
+            .collect();
+        let spooled_now = unacknowledged.len();
+        for direct in unacknowledged {
+            self.spool_event(direct.event_id, &direct.consumer, &direct.payload, direct.local);
+        }
+        if let Err(e) = self.drain.release(&mut self.spool) {
+            tracing::error!(error = %e, "releasing acknowledged spool segments failed at shutdown");
+        }
+        if let Err(e) = self.spool.sync_now() {
+            tracing::error!(error = %e, dir = %self.spool.dir().display(), "fsync of the usage event spool failed at shutdown");
+        }
+        if self.spool.is_empty() {
+            tracing::debug!("event pump stopped: every usage event was acknowledged by Kafka");
+        } else {
+            tracing::warn!(
+                dir = %self.spool.dir().display(),
+                bytes = self.spool.bytes(),
+                segments = self.spool.segments(),
+                spooled_at_shutdown = spooled_now,
+                "event pump stopped with usage events in the spool: the next start sends them to Kafka"
+            );
+        }
+        // Dropping the producer purges what librdkafka still holds: all of it is in the spool.
+    }
 }
 
-fn failed(event_id: uuid::Uuid, reason: &'static str, error: &KafkaError) {
-    metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => reason).increment(1);
-    tracing::error!(%event_id, reason, error = %error, "usage event was not acknowledged by Kafka");
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
 }

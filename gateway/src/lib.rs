@@ -18,7 +18,8 @@
 //! - [`streaming`] — the SSE tee, reading along with [`sse`] (framing) and [`stream_usage`] (what was consumed);
 //! - [`usage`] — the provider's usage block, or the estimate;
 //! - [`record`] — the usage event of one request, finished by whichever path settles it;
-//! - [`events`] — usage events off the request path and into Kafka;
+//! - [`events`] — usage events off the request path and into Kafka, or into [`spool`] — segment files on local
+//!   disk, drained to Kafka in order — while Kafka does not acknowledge them;
 //! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics;
 //! - [`clock`] — the time quota windows and event timestamps are read from (tests inject their own).
 
@@ -39,6 +40,7 @@ pub mod quota;
 pub mod record;
 pub mod request;
 pub mod routing;
+pub mod spool;
 pub mod sse;
 pub mod stream_usage;
 pub mod streaming;

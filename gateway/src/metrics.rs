@@ -17,6 +17,12 @@ pub const EVENTS_EMITTED_TOTAL: &str = "tollgate_events_emitted_total";
 pub const EVENTS_FAILED_TOTAL: &str = "tollgate_events_failed_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "tollgate_events_dropped_total";
 pub const EVENTS_QUEUED: &str = "tollgate_events_queued";
+pub const EVENTS_SPOOLED_TOTAL: &str = "tollgate_events_spooled_total";
+pub const EVENTS_UNMETERED_TOTAL: &str = "tollgate_events_unmetered_total";
+pub const SPOOL_BYTES: &str = "tollgate_spool_bytes";
+pub const SPOOL_SEGMENTS: &str = "tollgate_spool_segments";
+pub const SPOOL_DRAINED_TOTAL: &str = "tollgate_spool_drained_total";
+pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "tollgate_spool_corrupt_records_total";
 pub const FAILOVERS_TOTAL: &str = "tollgate_failovers_total";
 pub const INSTANCE_HEALTHY: &str = "tollgate_instance_healthy";
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
@@ -81,16 +87,38 @@ pub fn describe() {
         AUTH_FAILURES_TOTAL,
         "Requests refused for a missing or invalid key, by reason."
     );
-    describe_counter!(EVENTS_EMITTED_TOTAL, "Usage events acknowledged by Kafka.");
+    describe_counter!(
+        EVENTS_EMITTED_TOTAL,
+        "Usage events acknowledged by Kafka, sent directly or drained from the spool."
+    );
     describe_counter!(
         EVENTS_FAILED_TOTAL,
-        "Usage events Kafka did not acknowledge, by reason."
+        "Sends of usage events Kafka did not acknowledge, by reason; the event is (or stays) in the spool."
     );
     describe_counter!(
         EVENTS_DROPPED_TOTAL,
-        "Usage events dropped before reaching the producer, by reason."
+        "Usage events lost before reaching Kafka or the spool, by reason (queue_full, shutting_down, spool_io, \
+         too_large)."
     );
-    describe_gauge!(EVENTS_QUEUED, "Usage events waiting for the producer.");
+    describe_gauge!(EVENTS_QUEUED, "Usage events waiting for the event pump.");
+    describe_counter!(
+        EVENTS_SPOOLED_TOTAL,
+        "Usage events written to the spool because Kafka was unreachable or slow, or the spool was not empty."
+    );
+    describe_counter!(
+        EVENTS_UNMETERED_TOTAL,
+        "Requests served without a usage event because the spool was full (spool.on_full = serve_unmetered)."
+    );
+    describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes in the spool's segment files.");
+    describe_gauge!(SPOOL_SEGMENTS, "Segment files in the spool.");
+    describe_counter!(
+        SPOOL_DRAINED_TOTAL,
+        "Spooled usage events sent from the spool and acknowledged by Kafka."
+    );
+    describe_counter!(
+        SPOOL_CORRUPT_RECORDS_TOTAL,
+        "Torn or corrupt stretches of spool segments skipped, by reason (torn, checksum, garbage)."
+    );
     describe_counter!(
         FAILOVERS_TOTAL,
         "Requests moved to another target, by route, instance left and reason."

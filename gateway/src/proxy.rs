@@ -4,8 +4,9 @@
 //!
 //! 1. authenticate the consumer key → [`Principal`];
 //! 2. read and parse the body once → [`ApiRequest`] (model, stream flag, and the prompt of its [`Endpoint`]);
-//! 3. resolve the route for `model` on this path, then take one request from the consumer's request rate
-//!    ([`crate::limits`]);
+//! 3. resolve the route for `model` on this path; refuse it (503) while the usage spool is full and
+//!    `spool.on_full = "reject"`, because its usage could not be recorded ([`crate::events`]); then take one
+//!    request from the consumer's request rate ([`crate::limits`]);
 //! 4. estimate the prompt with meter-sidecar (in-process fallback when it is slow or down), and admit it against
 //!    the token quotas of the consumer, then of the model ([`crate::quota`]): the estimate plus `max_tokens` is
 //!    reserved, a used-up quota answers 429. Rejections are usage events too (zero tokens);
@@ -220,6 +221,14 @@ async fn handle(
         .filter(|model| principal.may_use(model))
         .and_then(|model| state.router.route(req.path(), model))
         .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?;
+    if !state.events.accepts_metered_requests() {
+        tracing::debug!(
+            request_id = %arrival.request_id,
+            consumer = %principal.consumer,
+            "request refused: the usage spool is full"
+        );
+        return Err(GatewayError::UsageSpoolFull);
+    }
     match state.limits.check(&principal.consumer) {
         Ok(figures) => limits.requests = figures,
         Err(rejection) => {

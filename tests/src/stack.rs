@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,14 @@ pub struct StackOptions {
     pub second_gateway: bool,
     /// The gateways' clock; the wall clock when `None`.
     pub clock: Option<Arc<ManualClock>>,
+    /// The broker the gateways, billing-consumer's loops and the topic set-up use instead of the shared one
+    /// (e.g. a [`crate::procs::PrivateBroker`] a fault test stops and resumes); [`Stack::infra`] names it.
+    pub brokers: Option<String>,
+    /// The first gateway's spool directory (a second replica's is the same path with `-2` appended); a fresh
+    /// scratch directory, removed by [`Stack::stop`], when `None`.
+    pub spool_dir: Option<PathBuf>,
+    /// TOML added inside the gateways' `[spool]` table, e.g. `max_bytes = 65536` or `after = "200ms"`.
+    pub spool_toml: String,
 }
 
 impl Default for StackOptions {
@@ -103,6 +112,9 @@ impl Default for StackOptions {
             quota_loop: true,
             second_gateway: false,
             clock: None,
+            brokers: None,
+            spool_dir: None,
+            spool_toml: String::new(),
         }
     }
 }
@@ -124,6 +136,10 @@ pub struct Stack {
     pub gateway_toml: String,
     pub clickhouse: ClickHouseSettings,
     pub metrics: PrometheusHandle,
+    /// The first gateway's spool directory.
+    pub spool_dir: PathBuf,
+    /// Spool directories the stack made, removed by [`Stack::stop`].
+    scratch_spools: Vec<PathBuf>,
     gateways: Vec<(ServerHandle, tokio::sync::oneshot::Receiver<()>)>,
     meter: Option<ServerHandle>,
     ingest_shutdown: CancellationToken,
@@ -241,7 +257,10 @@ impl Stack {
     /// Starts a stack inside the current actix system (`#[actix_rt::test]`).
     pub async fn start(options: StackOptions) -> Self {
         init_tracing();
-        let infra = Infra::from_env();
+        let mut infra = Infra::from_env();
+        if let Some(brokers) = &options.brokers {
+            infra.brokers.clone_from(brokers);
+        }
         let run = uuid::Uuid::now_v7().simple().to_string();
         let topic = format!("tollgate.usage.v1.test-{run}");
         let quota_topic = format!("tollgate.quota.v1.test-{run}");
@@ -300,8 +319,16 @@ impl Stack {
         let mock2_endpoint = mock2
             .as_ref()
             .map_or_else(closed_endpoint, MockProvider::endpoint);
+        let (spool_dir, scratch_spools) = match &options.spool_dir {
+            Some(dir) => (dir.clone(), Vec::new()),
+            None => {
+                let dir = crate::procs::scratch_dir("spool");
+                (dir.clone(), vec![dir])
+            }
+        };
         let toml = gateway_toml(
             &infra,
+            &spool_dir,
             &topic,
             &quota_topic,
             &meter_url,
@@ -317,13 +344,17 @@ impl Stack {
         let mut gateways = Vec::new();
         let mut urls = Vec::new();
         for replica in 1..=replicas {
-            // The first replica is `test-gw`; a second one is `test-gw-2`.
+            // The first replica is `test-gw`; a second one is `test-gw-2`, with a spool directory of its own.
             let text = if replica == 1 {
                 toml.clone()
             } else {
                 toml.replace(
                     "instance_id = \"test-gw\"",
                     &format!("instance_id = \"test-gw-{replica}\""),
+                )
+                .replace(
+                    &spool_dir_line(&spool_dir),
+                    &spool_dir_line(&PathBuf::from(format!("{}-{replica}", spool_dir.display()))),
                 )
             };
             let config = Config::from_toml_with_env(&text, |name| {
@@ -390,6 +421,8 @@ impl Stack {
             gateway_toml: toml,
             clickhouse,
             metrics,
+            spool_dir,
+            scratch_spools,
             gateways,
             meter,
             ingest_shutdown,
@@ -403,6 +436,11 @@ impl Stack {
         for (handle, done) in &mut self.gateways {
             handle.stop(true).await;
             let _ = done.await;
+        }
+        for dir in &self.scratch_spools {
+            for replica in [dir.clone(), PathBuf::from(format!("{}-2", dir.display()))] {
+                let _ = std::fs::remove_dir_all(replica);
+            }
         }
         self.ingest_shutdown.cancel();
         if let Some(quota_loop) = self.quota_loop.take() {
@@ -589,8 +627,14 @@ fn wait_for_live_quota_loop(brokers: &str, topic: &str) {
     }
 }
 
+/// The `dir = …` line of a gateway's `[spool]` table.
+fn spool_dir_line(dir: &std::path::Path) -> String {
+    format!("dir = {:?}", dir.display().to_string())
+}
+
 fn gateway_toml(
     infra: &Infra,
+    spool_dir: &std::path::Path,
     topic: &str,
     quota_topic: &str,
     meter_url: &str,
@@ -643,6 +687,10 @@ message_timeout = "20s"
 topic = "{quota_topic}"
 max_snapshot_age = "3s"
 
+[spool]
+{spool_dir}
+{spool}
+
 [[instances]]
 name = "mock-openai"
 endpoint = "{mock}"
@@ -659,5 +707,7 @@ targets = {targets}
 
 {consumers}"#,
         brokers = infra.brokers,
+        spool_dir = spool_dir_line(spool_dir),
+        spool = options.spool_toml,
     )
 }

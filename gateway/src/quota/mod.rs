@@ -90,6 +90,20 @@ impl LocalUsage {
     }
 }
 
+#[cfg(test)]
+impl LocalUsage {
+    /// An empty reservation.
+    pub(crate) fn for_test() -> Self {
+        Self::reserve(Demand::default())
+    }
+
+    /// Where Kafka put its event, once acknowledged.
+    pub(crate) fn landed(&self) -> Option<(i32, i64)> {
+        let partition = self.partition.load(Ordering::Acquire);
+        (partition >= 0).then(|| (partition, self.offset.load(Ordering::Acquire)))
+    }
+}
+
 /// What a request may consume, reserved at admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Demand {

@@ -1,0 +1,414 @@
+//! The spool on disk: appends and reads in order across segments, the size bound, reopening after a crash, torn
+//! and corrupt records, the cursor and the lock.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use proptest::prelude::*;
+
+use super::*;
+
+/// A fresh directory, removed when dropped.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Self {
+        Self(std::env::temp_dir().join(format!("tollgate-spool-{name}-{}", uuid::Uuid::now_v7().simple())))
+    }
+
+    fn config(&self, segment_bytes: u64, max_bytes: u64) -> SpoolConfig {
+        SpoolConfig {
+            dir: self.0.clone(),
+            max_bytes,
+            segment_bytes,
+            fsync_interval: Duration::from_millis(20),
+            after: Duration::from_secs(1),
+            on_full: OnFull::Reject,
+        }
+    }
+
+    fn segment(&self, id: u64) -> PathBuf {
+        self.0.join(format!("{id:020}.spool"))
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every record from the start, as payload strings.
+fn read_all(spool: &mut Spool) -> Vec<String> {
+    let (records, next) = spool.read(spool.start(), usize::MAX, usize::MAX).unwrap();
+    assert_eq!(next, spool.end(), "reading stops at the end");
+    records
+        .into_iter()
+        .map(|r| String::from_utf8(r.payload).unwrap())
+        .collect()
+}
+
+fn append_all(spool: &mut Spool, payloads: &[String]) -> Vec<Pos> {
+    payloads
+        .iter()
+        .map(|p| spool.append(b"team-a", p.as_bytes(), false).unwrap())
+        .collect()
+}
+
+fn events(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!(r#"{{"id":"event-{i:04}"}}"#)).collect()
+}
+
+/// The frame of one event as [`events`] makes it, under key `team-a`.
+const FRAME: u64 = 12 + 2 + 6 + 19;
+
+/// Runs `f` with a recorder of its own and returns the Prometheus text of what it recorded.
+fn with_metrics(f: impl FnOnce()) -> String {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, f);
+    handle.render()
+}
+
+fn corrupt_count(rendered: &str, reason: &str) -> u64 {
+    let prefix = format!("tollgate_spool_corrupt_records_total{{reason=\"{reason}\"}} ");
+    rendered
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+fn truncate(path: &Path, by: u64) {
+    let file = OpenOptions::new().write(true).open(path).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len - by).unwrap();
+}
+
+#[test]
+fn records_read_back_in_the_order_they_were_appended_across_segments() {
+    let dir = Dir::new("order");
+    let mut spool = Spool::open(&dir.config(4 * FRAME, 1 << 20)).unwrap();
+    assert!(spool.is_empty());
+    let written = events(0..10);
+    let pos = append_all(&mut spool, &written);
+    assert_eq!(spool.segments(), 3, "4 + 4 + 2 records");
+    assert_eq!(spool.bytes(), 10 * FRAME);
+    assert_eq!(
+        pos[4],
+        Pos {
+            segment: 2,
+            offset: 0
+        },
+        "the fifth record opens segment 2"
+    );
+    assert!(pos.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(read_all(&mut spool), written);
+    // Reading in small steps gives the same records.
+    let mut at = spool.start();
+    let mut seen = Vec::new();
+    loop {
+        let (records, next) = spool.read(at, 3, usize::MAX).unwrap();
+        if records.is_empty() {
+            break;
+        }
+        seen.extend(records.into_iter().map(|r| String::from_utf8(r.payload).unwrap()));
+        at = next;
+    }
+    assert_eq!(seen, written);
+}
+
+#[test]
+fn a_record_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let dir = Dir::new("large");
+    let mut spool = Spool::open(&dir.config(2 * FRAME, 1 << 20)).unwrap();
+    let big = format!(r#"{{"id":"{}"}}"#, "x".repeat(500));
+    let written = [events(0..1), vec![big], events(1..2)].concat();
+    append_all(&mut spool, &written);
+    assert_eq!(spool.segments(), 3);
+    assert_eq!(read_all(&mut spool), written);
+}
+
+#[test]
+fn the_spool_is_bounded_by_max_bytes_unless_an_append_is_forced() {
+    let dir = Dir::new("bounded");
+    let mut spool = Spool::open(&dir.config(2 * FRAME, 5 * FRAME)).unwrap();
+    let status = spool.status();
+    append_all(&mut spool, &events(0..5));
+    assert!(status.is_full(), "5 of 5 records' worth");
+    assert_eq!(status.bytes(), 5 * FRAME);
+    let refused = spool.append(b"team-a", events(5..6)[0].as_bytes(), false);
+    assert!(
+        matches!(refused, Err(AppendError::Full { bytes, max_bytes }) if bytes == 5 * FRAME && max_bytes == 5 * FRAME)
+    );
+    assert_eq!(spool.bytes(), 5 * FRAME, "a refused append writes nothing");
+    // An event of a request admitted before the spool filled up is kept.
+    spool.append(b"team-a", events(5..6)[0].as_bytes(), true).unwrap();
+    assert_eq!(spool.bytes(), 6 * FRAME);
+    // Releasing the first two segments (four records) makes room again.
+    let (records, _) = spool.read(spool.start(), 4, usize::MAX).unwrap();
+    let fifth = Pos {
+        segment: records[3].pos.segment + 1,
+        offset: 0,
+    };
+    spool.release(fifth).unwrap();
+    assert_eq!(spool.segments(), 1);
+    assert_eq!(spool.bytes(), 2 * FRAME);
+    assert!(!status.is_full());
+    assert_eq!(read_all(&mut spool), events(4..6));
+}
+
+#[test]
+fn releasing_everything_deletes_every_segment_and_appends_start_a_new_one() {
+    let dir = Dir::new("release");
+    let mut spool = Spool::open(&dir.config(2 * FRAME, 1 << 20)).unwrap();
+    append_all(&mut spool, &events(0..3));
+    spool.release(spool.end()).unwrap();
+    assert!(spool.is_empty());
+    assert_eq!(spool.bytes(), 0);
+    assert_eq!(segment_ids(&dir.0).unwrap(), Vec::<u64>::new());
+    let pos = append_all(&mut spool, &events(3..4));
+    assert_eq!(
+        pos[0],
+        Pos {
+            segment: 3,
+            offset: 0
+        },
+        "segment numbers never repeat"
+    );
+    assert_eq!(read_all(&mut spool), events(3..4));
+}
+
+#[test]
+fn a_spool_reopened_after_a_crash_holds_every_record() {
+    let dir = Dir::new("reopen");
+    let config = dir.config(3 * FRAME, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        append_all(&mut spool, &events(0..7));
+        // Dropped without a sync, as after kill -9: the page cache has it all.
+    }
+    let mut spool = Spool::open(&config).unwrap();
+    assert_eq!(spool.recovered(), 7);
+    assert_eq!(spool.segments(), 3);
+    assert_eq!(read_all(&mut spool), events(0..7));
+    // Appends continue in the last segment, which had room for two more.
+    let pos = append_all(&mut spool, &events(7..10));
+    assert_eq!(
+        pos[0],
+        Pos {
+            segment: 3,
+            offset: FRAME
+        }
+    );
+    assert_eq!(
+        pos[2],
+        Pos {
+            segment: 4,
+            offset: 0
+        }
+    );
+    assert_eq!(read_all(&mut spool), events(0..10));
+}
+
+#[test]
+fn a_second_gateway_cannot_open_a_spool_in_use() {
+    let dir = Dir::new("lock");
+    let config = dir.config(1 << 16, 1 << 20);
+    let first = Spool::open(&config).unwrap();
+    assert!(matches!(Spool::open(&config), Err(SpoolError::Locked { .. })));
+    drop(first);
+    Spool::open(&config).unwrap();
+}
+
+#[test]
+fn a_torn_header_at_the_end_is_cut_off_counted_and_appends_continue() {
+    let dir = Dir::new("torn-header");
+    let config = dir.config(1 << 16, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        append_all(&mut spool, &events(0..3));
+    }
+    // The last record lost all but 5 bytes of its header.
+    truncate(&dir.segment(1), FRAME - 5);
+    let rendered = with_metrics(|| {
+        let mut spool = Spool::open(&config).unwrap();
+        assert_eq!(spool.recovered(), 2);
+        assert_eq!(spool.bytes(), 2 * FRAME);
+        assert_eq!(
+            std::fs::metadata(dir.segment(1)).unwrap().len(),
+            2 * FRAME,
+            "truncated"
+        );
+        append_all(&mut spool, &events(3..4));
+        let mut written = events(0..2);
+        written.extend(events(3..4));
+        assert_eq!(read_all(&mut spool), written);
+    });
+    assert_eq!(corrupt_count(&rendered, "torn"), 1);
+    // Opened again, nothing is reported twice: the tail is gone.
+    let rendered = with_metrics(|| {
+        Spool::open(&config).unwrap();
+    });
+    assert_eq!(corrupt_count(&rendered, "torn"), 0);
+}
+
+#[test]
+fn a_torn_payload_at_the_end_is_cut_off() {
+    let dir = Dir::new("torn-payload");
+    let config = dir.config(1 << 16, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        append_all(&mut spool, &events(0..3));
+    }
+    truncate(&dir.segment(1), 4);
+    let rendered = with_metrics(|| {
+        let mut spool = Spool::open(&config).unwrap();
+        assert_eq!(read_all(&mut spool), events(0..2));
+    });
+    assert_eq!(corrupt_count(&rendered, "torn"), 1);
+}
+
+#[test]
+fn garbage_after_the_last_record_is_cut_off() {
+    let dir = Dir::new("garbage");
+    let config = dir.config(1 << 16, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        append_all(&mut spool, &events(0..3));
+    }
+    let mut bytes = std::fs::read(dir.segment(1)).unwrap();
+    bytes.extend_from_slice(&[0u8; 100]);
+    std::fs::write(dir.segment(1), &bytes).unwrap();
+    let rendered = with_metrics(|| {
+        let mut spool = Spool::open(&config).unwrap();
+        assert_eq!(read_all(&mut spool), events(0..3));
+        assert_eq!(spool.bytes(), 3 * FRAME);
+    });
+    assert_eq!(corrupt_count(&rendered, "garbage"), 1);
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_loses_that_record_only_and_is_counted_once() {
+    let dir = Dir::new("bit-flip");
+    let config = dir.config(1 << 16, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        append_all(&mut spool, &events(0..5));
+    }
+    let mut bytes = std::fs::read(dir.segment(1)).unwrap();
+    bytes[(2 * FRAME + 30) as usize] ^= 0x10; // inside the third record's payload
+    std::fs::write(dir.segment(1), &bytes).unwrap();
+    let rendered = with_metrics(|| {
+        let mut spool = Spool::open(&config).unwrap();
+        assert_eq!(spool.recovered(), 4);
+        assert_eq!(
+            spool.bytes(),
+            5 * FRAME,
+            "a middle record is skipped, not cut off"
+        );
+        let expected = [events(0..2), events(3..5)].concat();
+        assert_eq!(read_all(&mut spool), expected);
+        assert_eq!(read_all(&mut spool), expected, "read twice");
+    });
+    assert_eq!(corrupt_count(&rendered, "checksum"), 1);
+}
+
+#[test]
+fn a_torn_tail_in_an_older_segment_is_cut_off_and_later_segments_still_read() {
+    let dir = Dir::new("older");
+    let config = dir.config(2 * FRAME, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        append_all(&mut spool, &events(0..4));
+    }
+    truncate(&dir.segment(1), 7);
+    let mut spool = Spool::open(&config).unwrap();
+    let expected = [events(0..1), events(2..4)].concat();
+    assert_eq!(read_all(&mut spool), expected);
+}
+
+#[test]
+fn the_cursor_skips_what_kafka_acknowledged_before_a_stop() {
+    let dir = Dir::new("cursor");
+    let config = dir.config(3 * FRAME, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        let pos = append_all(&mut spool, &events(0..7));
+        // Records 0..4 were acknowledged: segment 1 goes, segment 2 starts after its first record.
+        spool.release(pos[4]).unwrap();
+        assert_eq!(spool.segments(), 2);
+        spool.sync_now().unwrap();
+    }
+    let mut spool = Spool::open(&config).unwrap();
+    assert_eq!(
+        spool.start(),
+        Pos {
+            segment: 2,
+            offset: FRAME
+        }
+    );
+    assert_eq!(spool.recovered(), 3);
+    assert_eq!(read_all(&mut spool), events(4..7));
+}
+
+#[test]
+fn a_stale_cursor_is_ignored() {
+    let dir = Dir::new("stale-cursor");
+    let config = dir.config(1 << 16, 1 << 20);
+    {
+        let mut spool = Spool::open(&config).unwrap();
+        append_all(&mut spool, &events(0..2));
+    }
+    std::fs::write(dir.0.join("cursor"), "9 0\n").unwrap();
+    let mut spool = Spool::open(&config).unwrap();
+    assert_eq!(read_all(&mut spool), events(0..2));
+}
+
+#[test]
+fn a_corrupt_record_met_while_draining_is_skipped_and_counted_once() {
+    let dir = Dir::new("drain-corrupt");
+    let config = dir.config(1 << 16, 1 << 20);
+    let mut spool = Spool::open(&config).unwrap();
+    append_all(&mut spool, &events(0..3));
+    // Corrupted behind the spool's back while it runs.
+    let file = OpenOptions::new().write(true).open(dir.segment(1)).unwrap();
+    file.write_all_at(b"\xff", FRAME + 20).unwrap();
+    let rendered = with_metrics(|| {
+        let expected = [events(0..1), events(2..3)].concat();
+        assert_eq!(read_all(&mut spool), expected);
+        assert_eq!(read_all(&mut spool), expected);
+    });
+    assert_eq!(corrupt_count(&rendered, "checksum"), 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A crash can cut the spool's last segment anywhere: reopened, it holds exactly the records that were whole,
+    /// in order, and appends after them read back too.
+    #[test]
+    fn reopening_after_any_truncation_keeps_exactly_the_whole_records(
+        sizes in prop::collection::vec(0usize..60, 1..12),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let dir = Dir::new("prop");
+        let config = dir.config(1 << 16, 1 << 20);
+        let written: Vec<String> = sizes.iter().enumerate().map(|(i, n)| format!("{i}:{}", "y".repeat(*n))).collect();
+        let ends: Vec<u64> = {
+            let mut spool = Spool::open(&config).unwrap();
+            append_all(&mut spool, &written);
+            let mut end = 0;
+            written.iter().map(|p| { end += frame::frame_len(b"team-a", p.as_bytes()) as u64; end }).collect()
+        };
+        let total = *ends.last().unwrap();
+        let cut = cut.index(total as usize + 1) as u64;
+        truncate(&dir.segment(1), total - cut);
+        let whole = ends.iter().take_while(|&&end| end <= cut).count();
+        let mut spool = Spool::open(&config).unwrap();
+        prop_assert_eq!(read_all(&mut spool), written[..whole].to_vec());
+        let more = events(100..102);
+        append_all(&mut spool, &more);
+        prop_assert_eq!(read_all(&mut spool), [written[..whole].to_vec(), more].concat());
+    }
+}
