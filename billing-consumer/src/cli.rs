@@ -1,19 +1,26 @@
 //! The command line: global connection flags (each also read from the environment) and the subcommands
-//! `migrate`, `run`, `quota` and `usage`. Parsing only; `main.rs` dispatches.
+//! `migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild` and `check-prices`. Parsing only;
+//! `main.rs` dispatches.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::audit::AuditSettings;
 use crate::error::BillingError;
+use crate::invoice::Period;
+use crate::pricing::PriceTable;
 use crate::quota::policy::ConfiguredScope;
+use crate::rebuild::RebuildSettings;
 use crate::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
 
 /// The only way to give the ClickHouse password: it never appears on a command line or in a log.
 pub const CLICKHOUSE_PASSWORD_ENV: &str = "TOLLGATE_CLICKHOUSE_PASSWORD";
+/// The environment variable naming the price file, for every command that takes `--prices`.
+pub const PRICES_ENV: &str = "TOLLGATE_PRICES";
 
 /// Tollgate's ledger: ingests usage events from Kafka into ClickHouse and reports usage.
 #[derive(Debug, Parser)]
@@ -73,6 +80,17 @@ pub enum Command {
     Quota(QuotaArgs),
     /// Print one consumer's usage (requests and tokens per model) from ClickHouse.
     Usage(UsageArgs),
+    /// Print one consumer's invoice for a calendar month (UTC) from ClickHouse: line items per model and price
+    /// version, totals per currency.
+    Invoice(InvoiceArgs),
+    /// Recompute a time range's usage and costs from the Kafka topic and compare them with ClickHouse; print
+    /// every difference. Exit status: 0 when both agree, 1 when they differ, 2 when the audit could not run.
+    Audit(AuditArgs),
+    /// Re-ingest a time range from the Kafka topic into a fresh table like usage_events, priced with the
+    /// current prices.
+    Rebuild(RebuildArgs),
+    /// Validate a price file and list its versions.
+    CheckPrices(CheckPricesArgs),
 }
 
 /// Flags of `run`.
@@ -114,6 +132,11 @@ pub struct RunArgs {
     /// The quota topic the quota loop publishes to.
     #[arg(long, default_value = tollgate_schemas::topics::QUOTA_V1)]
     pub quota_topic: String,
+
+    /// The price file: every event is stored with its cost. Without it, events are stored unpriced (cost 0)
+    /// and invoices show them so.
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: Option<PathBuf>,
 }
 
 /// Flags of `quota`.
@@ -153,8 +176,124 @@ pub struct UsageArgs {
     pub json: bool,
 }
 
+/// How an invoice is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InvoiceFormat {
+    /// An aligned text table.
+    Table,
+    /// JSON, amounts as exact decimal strings beside their micro-units.
+    Json,
+    /// CSV with a header: line items, then one record per currency total.
+    Csv,
+}
+
+/// Flags of `invoice`.
+#[derive(Debug, Args)]
+pub struct InvoiceArgs {
+    /// The consumer id.
+    #[arg(long)]
+    pub consumer: String,
+
+    /// The calendar month, UTC, e.g. 2026-11.
+    #[arg(long, value_parser = Period::parse)]
+    pub period: Period,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = InvoiceFormat::Table)]
+    pub format: InvoiceFormat,
+
+    /// The price file, for the unit prices shown (amounts are the stored per-event costs either way).
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: Option<PathBuf>,
+
+    /// The table to read, e.g. one written by `rebuild`.
+    #[arg(long, default_value = crate::store::USAGE_TABLE)]
+    pub table: String,
+}
+
+/// Flags of `audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Start of the range (included), by event time: RFC 3339, a date (midnight UTC) or a duration ago.
+    #[arg(long, value_parser = since_now)]
+    pub from: DateTime<Utc>,
+
+    /// End of the range (excluded), same forms.
+    #[arg(long, value_parser = since_now)]
+    pub to: DateTime<Utc>,
+
+    /// The price file to recompute costs with; without it only counts and tokens are compared.
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: Option<PathBuf>,
+
+    /// The usage topic.
+    #[arg(long, default_value = tollgate_schemas::topics::USAGE_V1)]
+    pub topic: String,
+
+    /// The ClickHouse table to compare with.
+    #[arg(long, default_value = crate::store::USAGE_TABLE)]
+    pub table: String,
+
+    /// Start reading Kafka this long before --from (by Kafka time), for gateway clocks ahead of the producer's.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub margin: Duration,
+
+    /// List at most this many events that differ.
+    #[arg(long, default_value_t = crate::audit::DEFAULT_MAX_EVENTS)]
+    pub max_events: usize,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `rebuild`.
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Start of the range (included), by event time: RFC 3339, a date (midnight UTC) or a duration ago.
+    #[arg(long, value_parser = since_now)]
+    pub from: DateTime<Utc>,
+
+    /// End of the range (excluded), same forms.
+    #[arg(long, value_parser = since_now)]
+    pub to: DateTime<Utc>,
+
+    /// The table to create (it must not exist), in the ledger database.
+    #[arg(long)]
+    pub table: String,
+
+    /// The price file; without it every row is stored unpriced.
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: Option<PathBuf>,
+
+    /// The usage topic.
+    #[arg(long, default_value = tollgate_schemas::topics::USAGE_V1)]
+    pub topic: String,
+
+    /// Start reading Kafka this long before --from (by Kafka time).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub margin: Duration,
+
+    /// Rows per INSERT.
+    #[arg(long, default_value_t = RebuildSettings::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
+}
+
+/// Flags of `check-prices`.
+#[derive(Debug, Args)]
+pub struct CheckPricesArgs {
+    /// The price file.
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: PathBuf,
+}
+
 fn since_now(input: &str) -> Result<DateTime<Utc>, BillingError> {
     crate::report::parse_since(input, Utc::now())
+}
+
+/// The price table at `path`, if one is given.
+pub fn load_prices(path: Option<&PathBuf>) -> Result<Option<PriceTable>, BillingError> {
+    path.map(|p| PriceTable::load(p)).transpose()
 }
 
 impl Cli {
@@ -181,6 +320,42 @@ impl Cli {
             clickhouse: self.clickhouse(),
             batch_size: run.batch_size,
             batch_wait: run.batch_wait,
+        }
+    }
+}
+
+impl Cli {
+    /// The audit's settings, with `prices` loaded from `--prices`.
+    pub fn audit(&self, args: &AuditArgs, prices: Option<PriceTable>) -> AuditSettings {
+        AuditSettings {
+            table: args.table.clone(),
+            margin: args.margin,
+            max_events: args.max_events,
+            ..AuditSettings::new(
+                &self.brokers,
+                &args.topic,
+                self.clickhouse(),
+                args.from,
+                args.to,
+                prices.map(std::sync::Arc::new),
+            )
+        }
+    }
+
+    /// The rebuild's settings, with `prices` loaded from `--prices` (empty: unpriced).
+    pub fn rebuild(&self, args: &RebuildArgs, prices: Option<PriceTable>) -> RebuildSettings {
+        RebuildSettings {
+            margin: args.margin,
+            batch_size: args.batch_size,
+            ..RebuildSettings::new(
+                &self.brokers,
+                &args.topic,
+                self.clickhouse(),
+                &args.table,
+                args.from,
+                args.to,
+                std::sync::Arc::new(prices.unwrap_or_default()),
+            )
         }
     }
 }
@@ -302,6 +477,128 @@ mod tests {
         assert_eq!(usage.consumer, "team-a");
         assert!(usage.json);
         assert_eq!(usage.since.unwrap().to_rfc3339(), "2026-11-22T00:00:00+00:00");
+    }
+
+    #[test]
+    fn run_takes_the_prices() {
+        let cli = Cli::try_parse_from(["billing-consumer", "run", "--prices", "/etc/tollgate/prices.toml"])
+            .unwrap();
+        let Command::Run(run) = &cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(
+            run.prices.as_deref(),
+            Some(Path::new("/etc/tollgate/prices.toml"))
+        );
+    }
+
+    #[test]
+    fn invoice_takes_a_month_and_a_format() {
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "invoice",
+            "--consumer",
+            "team-a",
+            "--period",
+            "2026-11",
+            "--format",
+            "csv",
+        ])
+        .unwrap();
+        let Command::Invoice(invoice) = &cli.command else {
+            panic!("expected invoice")
+        };
+        assert_eq!(invoice.consumer, "team-a");
+        assert_eq!(invoice.period.to_string(), "2026-11");
+        assert_eq!(invoice.format, InvoiceFormat::Csv);
+        assert_eq!(invoice.table, "usage_events");
+        let table = Cli::try_parse_from([
+            "billing-consumer",
+            "invoice",
+            "--consumer",
+            "a",
+            "--period",
+            "2026-11",
+        ]);
+        let Command::Invoice(invoice) = table.unwrap().command else {
+            panic!("expected invoice")
+        };
+        assert_eq!(invoice.format, InvoiceFormat::Table);
+        for bad in [["--period", "2026-13"], ["--format", "pdf"]] {
+            let mut args = vec![
+                "billing-consumer",
+                "invoice",
+                "--consumer",
+                "a",
+                "--period",
+                "2026-11",
+            ];
+            args.extend(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn audit_takes_a_range_and_builds_its_settings() {
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "audit",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01T00:00:00Z",
+            "--table",
+            "usage_events_rebuilt",
+            "--max-events",
+            "5",
+        ])
+        .unwrap();
+        let Command::Audit(args) = &cli.command else {
+            panic!("expected audit")
+        };
+        assert!(!args.json);
+        let settings = cli.audit(args, None);
+        assert_eq!(settings.from.to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        assert_eq!(settings.to.to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        assert_eq!(settings.topic, "tollgate.usage.v1");
+        assert_eq!(settings.table, "usage_events_rebuilt");
+        assert_eq!(settings.margin, Duration::from_secs(3600));
+        assert_eq!(settings.max_events, 5);
+        assert_eq!(settings.prices, None);
+        assert!(Cli::try_parse_from(["billing-consumer", "audit", "--from", "2026-11-01"]).is_err());
+    }
+
+    #[test]
+    fn rebuild_needs_a_table() {
+        assert!(
+            Cli::try_parse_from([
+                "billing-consumer",
+                "rebuild",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-12-01"
+            ])
+            .is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "rebuild",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01",
+            "--table",
+            "usage_events_2026_11",
+        ])
+        .unwrap();
+        let Command::Rebuild(args) = &cli.command else {
+            panic!("expected rebuild")
+        };
+        let settings = cli.rebuild(args, None);
+        assert_eq!(settings.table, "usage_events_2026_11");
+        assert_eq!(settings.batch_size, 50_000);
+        assert!(settings.prices.is_empty());
     }
 
     #[test]

@@ -101,6 +101,22 @@ pub enum BillingError {
         problems: Vec<String>,
     },
 
+    /// The price file cannot be read or is invalid.
+    #[error("price table `{path}` is invalid: {}", problems.join("; "))]
+    Prices {
+        /// The price file.
+        path: String,
+        /// Every problem, each prefixed with its path in the file (`prices[2].input_per_mtok: …`).
+        problems: Vec<String>,
+    },
+
+    /// An invoice period is not a calendar month.
+    #[error("cannot read `{input}` as an invoice period: expected a calendar month such as 2026-11")]
+    InvalidPeriod {
+        /// What the operator typed.
+        input: String,
+    },
+
     /// An event could not be serialized for publishing.
     #[error("encoding {what} failed: {message}")]
     Encode {
@@ -160,6 +176,8 @@ impl BillingError {
             Self::Output(_) => "output",
             Self::QuotaPolicy { .. } => "quota_policy",
             Self::Encode { .. } => "encode",
+            Self::Prices { .. } => "prices",
+            Self::InvalidPeriod { .. } => "invalid_period",
         }
     }
 

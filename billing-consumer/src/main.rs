@@ -1,19 +1,25 @@
 //! The `billing-consumer` binary: parses the command line, installs logging, dispatches to the library.
+//! Results go to stdout, logs to stderr. Exit status: 0 on success, 1 on an error — except `audit`, which exits
+//! 1 when it found differences and 2 when it could not run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
-use tollgate_billing_consumer::cli::{Cli, Command};
-use tollgate_billing_consumer::{BillingError, ingest, metrics, migrations, quota, report, topics};
+use tollgate_billing_consumer::cli::{self, Cli, Command, InvoiceFormat};
+use tollgate_billing_consumer::{
+    BillingError, audit, ingest, invoice, metrics, migrations, pricing, quota, rebuild, report, topics,
+};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Usage(_)) {
-        "warn"
-    } else {
-        "info"
+    let default_level = match cli.command {
+        Command::Usage(_) | Command::Invoice(_) | Command::CheckPrices(_) => "warn",
+        _ => "info",
     };
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
@@ -27,6 +33,23 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(database = %clickhouse.database, ?applied, "Schema is current.");
         }
         Command::Run(run) => {
+            let prices = match cli::load_prices(run.prices.as_ref())? {
+                Some(prices) => {
+                    tracing::info!(
+                        versions = prices.versions().len(),
+                        "Prices loaded; events are stored with their cost."
+                    );
+                    prices
+                }
+                None => {
+                    tracing::warn!(
+                        "No --prices (TOLLGATE_PRICES) given: events are stored unpriced (cost 0) and invoices will \
+                         show them so; `rebuild` can price them later."
+                    );
+                    pricing::PriceTable::default()
+                }
+            };
+            let prices = Arc::new(prices);
             let quota_settings = match &run.quota_config {
                 Some(path) => Some(cli.quota(&run.topic, &run.quota_topic, quota::policy::load(path)?)),
                 None => {
@@ -54,13 +77,16 @@ async fn main() -> anyhow::Result<()> {
             match quota_settings {
                 Some(quota_settings) => {
                     let (ingested, quotas) = tokio::join!(
-                        stop_all_on_error(ingest::run(settings, shutdown.clone()), &shutdown),
+                        stop_all_on_error(
+                            ingest::run_with_prices(settings, prices, shutdown.clone()),
+                            &shutdown
+                        ),
                         stop_all_on_error(quota::run(quota_settings, shutdown.clone()), &shutdown),
                     );
                     ingested?;
                     quotas?;
                 }
-                None => ingest::run(settings, shutdown).await?,
+                None => ingest::run_with_prices(settings, prices, shutdown).await?,
             }
         }
         Command::Quota(args) => {
@@ -82,8 +108,82 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", report.to_table());
             }
         }
+        Command::Invoice(args) => {
+            let prices = cli::load_prices(args.prices.as_ref())?;
+            let invoice = invoice::invoice_from(
+                &clickhouse,
+                &args.table,
+                &args.consumer,
+                args.period,
+                prices.as_ref(),
+            )
+            .await?;
+            match args.format {
+                InvoiceFormat::Table => print!("{}", invoice.to_table()),
+                InvoiceFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&invoice).context("serializing the invoice")?
+                ),
+                InvoiceFormat::Csv => print!("{}", invoice.to_csv()?),
+            }
+        }
+        Command::Audit(args) => {
+            let audited = match cli::load_prices(args.prices.as_ref()) {
+                Ok(prices) => {
+                    if prices.is_none() {
+                        tracing::info!("No --prices (TOLLGATE_PRICES) given: costs are not compared.");
+                    }
+                    audit::run(&cli.audit(args, prices)).await
+                }
+                Err(error) => Err(error),
+            };
+            let report = match audited {
+                Ok(report) => report,
+                Err(error) => {
+                    tracing::error!(error_kind = error.kind(), %error, "The audit could not run.");
+                    eprintln!("Error: {error}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("serializing the audit")?
+                );
+            } else {
+                print!("{}", report.to_text());
+            }
+            return Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        Command::Rebuild(args) => {
+            let prices = cli::load_prices(args.prices.as_ref())?;
+            if prices.is_none() {
+                tracing::warn!("No --prices (TOLLGATE_PRICES) given: every rebuilt row is stored unpriced.");
+            }
+            let summary = rebuild::run(&cli.rebuild(args, prices)).await?;
+            println!(
+                "Rebuilt {}: {} rows from {} messages ({} duplicates, {} outside the range, {} undecodable, {} \
+                 unpriced) in {:.1} s.",
+                summary.table,
+                summary.rows,
+                summary.messages,
+                summary.duplicates,
+                summary.outside_range,
+                summary.undecodable,
+                summary.unpriced,
+                summary.seconds
+            );
+        }
+        Command::CheckPrices(args) => {
+            let prices = pricing::PriceTable::load(&args.prices)?;
+            print!("{}", pricing::describe(&prices));
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs `task`; if it fails, cancels `shutdown` so that the loops beside it stop too.

@@ -1,7 +1,8 @@
 //! Every metric billing-consumer exports, named and described once in [`describe`], and the Prometheus
 //! exporter's HTTP listener. Units are base units (seconds, events); labels are bounded (`reason` is a
-//! [`crate::error::RejectReason`]). Ingest's metrics start with `billing_`, the quota loop's with
-//! `billing_quota_`.
+//! [`crate::error::RejectReason`]; no metric is labelled by model or consumer). Ingest's metrics start with
+//! `billing_`, the quota loop's with `billing_quota_`. The one-shot commands (`invoice`, `audit`, `rebuild`)
+//! export nothing: they log what they did and print their result.
 
 use std::net::SocketAddr;
 
@@ -28,6 +29,12 @@ pub const COMMIT_FAILURES: &str = "billing_commit_failures_total";
 pub const CONSUME_ERRORS: &str = "billing_consume_errors_total";
 /// Events dropped inside one batch because their id already appeared earlier in that batch.
 pub const DUPLICATES_IN_BATCH: &str = "billing_duplicate_events_in_batch_total";
+/// Usage events written with no price in force for their model at their time (cost 0). No model label: the
+/// models are logged once each instead, so the label set cannot grow with what clients send.
+pub const EVENTS_UNPRICED: &str = "billing_events_unpriced_total";
+/// Messages of the usage topic not yet committed by the ingest group: high watermark − committed offset, summed
+/// over the topic's partitions.
+pub const CONSUMER_LAG: &str = "billing_consumer_lag_events";
 
 /// Usage events the quota loop counted (in every scope they match, possibly none).
 pub const QUOTA_EVENTS_APPLIED: &str = "billing_quota_events_applied_total";
@@ -88,6 +95,16 @@ pub fn describe() {
         Unit::Count,
         "Events whose id appeared twice within one batch; written once."
     );
+    describe_counter!(
+        EVENTS_UNPRICED,
+        Unit::Count,
+        "Usage events written with no price in force for their model at their time (stored with cost 0)."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "Messages of the usage topic the ingest group has not committed yet, summed over partitions."
+    );
 
     describe_counter!(
         QUOTA_EVENTS_APPLIED,
@@ -138,6 +155,7 @@ pub fn describe() {
         COMMIT_FAILURES,
         CONSUME_ERRORS,
         DUPLICATES_IN_BATCH,
+        EVENTS_UNPRICED,
         QUOTA_EVENTS_APPLIED,
         QUOTA_EVENTS_DUPLICATE,
         QUOTA_SNAPSHOTS_PUBLISHED,

@@ -9,6 +9,10 @@
 //! CTEs, window functions or LowCardinality; `ENGINE = X PARTITION BY … ORDER BY …`), and be idempotent
 //! (`IF NOT EXISTS`): ClickHouse has no transactional DDL, so two consumers starting together may both apply a
 //! migration, which must then be harmless. A file may hold several statements separated by `;`.
+//!
+//! 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the runner provides it: a statement
+//! `ALTER TABLE t ADD COLUMN c …` (one column per statement, checked) is skipped when `system.columns` shows
+//! that `t` has `c` already.
 
 use sha2::{Digest, Sha256};
 
@@ -37,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "usage_events_rejected",
         sql: include_str!("../migrations/0002_usage_events_rejected.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "usage_events_cost",
+        sql: include_str!("../migrations/0003_usage_events_cost.sql"),
     },
 ];
 
@@ -105,6 +114,17 @@ pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
     let mut newly_applied = Vec::new();
     for migration in pending(MIGRATIONS, &applied)? {
         for statement in migration.statements() {
+            if let Some((table, column)) = added_column(&statement)
+                && column_exists(ch, &client, table, column).await?
+            {
+                tracing::info!(
+                    version = migration.version,
+                    table,
+                    column,
+                    "The column exists already; skipping its ADD COLUMN."
+                );
+                continue;
+            }
             client
                 .query(&statement)
                 .execute()
@@ -163,7 +183,42 @@ pub fn pending<'a>(
     Ok(todo)
 }
 
-/// Versions strictly increasing from 1 without gaps, and no file without a statement.
+/// True when `table` of the database has `column`.
+async fn column_exists(
+    ch: &ClickHouseSettings,
+    client: &clickhouse::Client,
+    table: &str,
+    column: &str,
+) -> Result<bool, BillingError> {
+    let found: u64 = client
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(ch.database.as_str())
+        .bind(table)
+        .bind(column)
+        .fetch_one()
+        .await
+        .map_err(BillingError::clickhouse("read system.columns"))?;
+    Ok(found > 0)
+}
+
+/// The table and column of an `ALTER TABLE t ADD COLUMN c …` statement (keywords in any case, names bare or in
+/// backquotes); `None` for any other statement.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let mut words = statement.split_whitespace();
+    let mut keyword = |expected: &str| words.next().is_some_and(|w| w.eq_ignore_ascii_case(expected));
+    if !(keyword("ALTER") && keyword("TABLE")) {
+        return None;
+    }
+    let table = words.next()?;
+    let mut keyword = |expected: &str| words.next().is_some_and(|w| w.eq_ignore_ascii_case(expected));
+    if !(keyword("ADD") && keyword("COLUMN")) {
+        return None;
+    }
+    let column = words.next()?;
+    Some((table.trim_matches('`'), column.trim_matches('`')))
+}
+
+/// Versions strictly increasing from 1 without gaps, no file without a statement, one column per ADD COLUMN.
 fn check_set(known: &[Migration]) -> Result<(), BillingError> {
     for (index, migration) in known.iter().enumerate() {
         let expected = u32::try_from(index + 1).unwrap_or(u32::MAX);
@@ -173,11 +228,21 @@ fn check_set(known: &[Migration]) -> Result<(), BillingError> {
                 migration.name, migration.version
             )));
         }
-        if migration.statements().is_empty() {
+        let statements = migration.statements();
+        if statements.is_empty() {
             return Err(BillingError::MigrationSet(format!(
                 "migration {} `{}` has no statement",
                 migration.version, migration.name
             )));
+        }
+        for statement in statements.iter().filter(|s| added_column(s).is_some()) {
+            if statement.to_ascii_uppercase().matches("ADD COLUMN").count() > 1 {
+                return Err(BillingError::MigrationSet(format!(
+                    "migration {} `{}` adds several columns in one statement; add one per statement, so that \
+                     a column that exists already can be skipped: {statement}",
+                    migration.version, migration.name
+                )));
+            }
         }
     }
     Ok(())
@@ -343,6 +408,52 @@ mod tests {
             sql: "-- nothing;\n ; ",
         };
         assert_eq!(pending(&[empty], &[]).unwrap_err().kind(), "migration_set");
+    }
+
+    #[test]
+    fn add_column_statements_name_their_table_and_column() {
+        assert_eq!(
+            added_column("ALTER TABLE usage_events ADD COLUMN cost_micros Int64 DEFAULT 0"),
+            Some(("usage_events", "cost_micros"))
+        );
+        assert_eq!(
+            added_column("alter table `usage_events`\n  add column `currency` String"),
+            Some(("usage_events", "currency"))
+        );
+        for other in [
+            "ALTER TABLE usage_events DROP COLUMN cost_micros",
+            "ALTER TABLE usage_events ADD INDEX i x TYPE minmax GRANULARITY 1",
+            "CREATE TABLE IF NOT EXISTS a (x UInt8) ENGINE = Memory",
+            "ALTER TABLE",
+        ] {
+            assert_eq!(added_column(other), None, "{other}");
+        }
+        // The embedded cost migration adds its three columns one per statement.
+        let added: Vec<_> = MIGRATIONS[2]
+            .statements()
+            .iter()
+            .filter_map(|s| added_column(s).map(|(t, c)| format!("{t}.{c}")))
+            .collect();
+        assert_eq!(
+            added,
+            [
+                "usage_events.cost_micros",
+                "usage_events.currency",
+                "usage_events.price_version"
+            ]
+        );
+    }
+
+    #[test]
+    fn several_columns_in_one_add_column_statement_are_refused() {
+        let two = Migration {
+            version: 1,
+            name: "two_columns",
+            sql: "ALTER TABLE a ADD COLUMN x UInt8, ADD COLUMN y UInt8",
+        };
+        let err = pending(&[two], &[]).unwrap_err();
+        assert_eq!(err.kind(), "migration_set");
+        assert!(err.to_string().contains("one per statement"), "{err}");
     }
 
     #[test]

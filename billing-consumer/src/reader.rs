@@ -1,14 +1,16 @@
-//! The quota loop's reader of the usage topic: a consumer assigned every partition (no group membership, no
-//! commits — the quota state is rebuilt from the topic on every start), positioned at the rebuild point, and
-//! the high watermarks that tell when the rebuild is done.
+//! Reading the usage topic by time, outside any consumer group: a consumer assigned every partition (never
+//! joined, never committed), positioned at the first record at or after a point in time, and the high watermarks
+//! it had when it started, which tell when everything that existed then has been read. Two readers use it: the
+//! quota loop rebuilding its windows from `now − lookback` ([`open`], waiting for the topic), and the replay of a
+//! time range for the audit and the rebuild ([`open_at`], [`crate::replay`]).
 //!
-//! The rebuild point of each partition is the first offset whose Kafka timestamp is at or after
-//! `now − lookback` (ListOffsets by timestamp); a broker that cannot answer that gets read from the beginning,
-//! which counts the same windows, only slower.
+//! The start of each partition is the first offset whose Kafka timestamp is at or after the point in time
+//! (ListOffsets by timestamp); a broker that cannot answer that gets read from the beginning, which gives the
+//! same result, only slower.
 //!
 //! Tansu (0.6) answers a time after a partition's last record with offset 0 where Kafka answers "the end";
 //! so when the answer is the partition's first offset, the timestamp of its last record decides: older than
-//! the rebuild point means there is nothing to rebuild in that partition.
+//! the point in time means there is nothing to read in that partition.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,24 +29,26 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before looking for the topic again, or after a failed lookup.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// Where one partition is read from and up to where it belongs to the rebuild.
+/// Where one partition is read from and up to where it was when reading started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PartitionStart {
     partition: i32,
     /// The first offset to read.
     start: i64,
-    /// The high watermark when the loop started: everything before it is rebuilt, not live.
-    rebuild_end: i64,
+    /// The high watermark when reading started: the quota loop's rebuild, or a replay, reads up to here.
+    end: i64,
 }
 
 /// The usage topic, assigned and positioned.
 pub struct Reader {
     /// The consumer to read messages from.
     pub consumer: Arc<StreamConsumer>,
-    /// Per partition: the next offset to read and the offset the rebuild must reach.
+    /// Per partition: the next offset to read and the end (the high watermark when reading started).
     progress: BTreeMap<i32, (i64, i64)>,
     /// How the start offsets were found, for the log.
     pub start_by_time: bool,
+    /// Messages from the starts to the ends, when positioned.
+    pub to_read: u64,
 }
 
 impl fmt::Debug for Reader {
@@ -52,6 +56,7 @@ impl fmt::Debug for Reader {
         f.debug_struct("Reader")
             .field("progress", &self.progress)
             .field("start_by_time", &self.start_by_time)
+            .field("to_read", &self.to_read)
             .finish_non_exhaustive()
     }
 }
@@ -64,8 +69,23 @@ impl Reader {
         }
     }
 
-    /// True once every partition was read up to the high watermark it had when the loop started.
-    pub fn rebuilt(&self) -> bool {
+    /// Notes that `partition` has nothing more to read right now (librdkafka's partition EOF): it is at its
+    /// end even if offsets before the end were never delivered (e.g. control records).
+    pub fn exhausted(&mut self, partition: i32) {
+        if let Some((next, end)) = self.progress.get_mut(&partition) {
+            *next = (*next).max(*end);
+        }
+    }
+
+    /// True when the message at `offset` of `partition` existed when reading started (it is before the end).
+    pub fn before_end(&self, partition: i32, offset: i64) -> bool {
+        self.progress
+            .get(&partition)
+            .is_some_and(|(_, end)| offset < *end)
+    }
+
+    /// True once every partition was read up to the high watermark it had when reading started.
+    pub fn reached_end(&self) -> bool {
         self.progress.values().all(|(next, end)| next >= end)
     }
 
@@ -78,11 +98,11 @@ impl Reader {
 /// The longest a fetch waits at the broker for new usage events, in milliseconds.
 const FETCH_WAIT_MAX_MS: &str = "10";
 
-/// Creates the consumer and waits until `topic` exists (forever: the caller drops this future to stop), then
-/// assigns every partition from the rebuild point `now − lookback`.
-pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Reader, BillingError> {
+/// A consumer outside any group. With `eof`, it reports the end of each partition (for a replay, which stops
+/// there; the quota loop reads on).
+fn consumer(brokers: &str, purpose: &str, eof: bool) -> Result<Arc<StreamConsumer>, BillingError> {
     // librdkafka needs a group to assign partitions; a fresh one per run, never joined and never committed.
-    let group = format!("tollgate-billing-quota-{}", uuid::Uuid::now_v7().simple());
+    let group = format!("tollgate-billing-{purpose}-{}", uuid::Uuid::now_v7().simple());
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &group)
@@ -90,32 +110,58 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
         // Snapshot lag is quota overshoot between replicas: ask for new events often rather than let an idle
         // fetch wait the default 500 ms (a broker without long-poll wake-ups holds it that long).
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .create()
-        .map_err(BillingError::kafka("create quota consumer"))?;
-    let consumer = Arc::new(consumer);
+        .map_err(BillingError::kafka("create usage topic reader"))?;
+    Ok(Arc::new(consumer))
+}
+
+/// Creates a reader positioned at the first record of every partition at or after `since_ms` (Kafka time, epoch
+/// milliseconds) that reports each partition's end (partition EOF) — or `None` when `topic` does not exist.
+/// For a replay: one attempt, no waiting.
+pub async fn open_at(brokers: &str, topic: &str, since_ms: i64) -> Result<Option<Reader>, BillingError> {
+    let consumer = consumer(brokers, "replay", true)?;
+    match lookup(&consumer, brokers, topic, since_ms.max(0)).await? {
+        Some((partitions, start_by_time)) => assign(consumer, topic, &partitions, start_by_time).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Looks up the partitions of `topic` and where to start reading them, off the async runtime.
+async fn lookup(
+    consumer: &Arc<StreamConsumer>,
+    brokers: &str,
+    topic: &str,
+    since_ms: i64,
+) -> Result<Option<(Vec<PartitionStart>, bool)>, BillingError> {
+    let probe = Arc::clone(consumer);
+    let owned_topic = topic.to_owned();
+    let owned_brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || locate(&probe, &owned_brokers, &owned_topic, since_ms))
+        .await
+        .map_err(|join| {
+            tracing::warn!(error = %join, "The usage topic lookup did not finish.");
+            BillingError::Kafka {
+                operation: "look up the usage topic",
+                source: rdkafka::error::KafkaError::Canceled,
+            }
+        })
+        .and_then(|result| result)
+}
+
+/// Creates the quota loop's reader and waits until `topic` exists (forever: the caller drops this future to
+/// stop), then assigns every partition from the rebuild point `now − lookback`.
+pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Reader, BillingError> {
+    let consumer = consumer(brokers, "quota", false)?;
     let lookback_ms = i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX);
 
     let mut waiting_logged = false;
     let starts = loop {
         let since_ms = Utc::now().timestamp_millis().saturating_sub(lookback_ms).max(0);
-        let probe = Arc::clone(&consumer);
-        let owned_topic = topic.to_owned();
-        let owned_brokers = brokers.to_owned();
-        let found =
-            tokio::task::spawn_blocking(move || locate(&probe, &owned_brokers, &owned_topic, since_ms))
-                .await
-                .map_err(|join| {
-                    tracing::warn!(error = %join, "The usage topic lookup did not finish.");
-                    BillingError::Kafka {
-                        operation: "look up the usage topic",
-                        source: rdkafka::error::KafkaError::Canceled,
-                    }
-                })
-                .and_then(|result| result);
-        match found {
+        match lookup(&consumer, brokers, topic, since_ms).await {
             Ok(Some(starts)) => break starts,
             Ok(None) if !waiting_logged => {
                 tracing::info!(%topic, "The usage topic does not exist yet; waiting for it.");
@@ -135,34 +181,45 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
     };
 
     let (partitions, start_by_time) = starts;
+    assign(consumer, topic, &partitions, start_by_time)
+}
+
+/// Assigns every partition of `topic` to `consumer` at its start.
+fn assign(
+    consumer: Arc<StreamConsumer>,
+    topic: &str,
+    partitions: &[PartitionStart],
+    start_by_time: bool,
+) -> Result<Reader, BillingError> {
     let mut assignment = TopicPartitionList::new();
-    for p in &partitions {
+    for p in partitions {
         assignment
             .add_partition_offset(topic, p.partition, Offset::Offset(p.start))
-            .map_err(BillingError::kafka("build quota assignment"))?;
+            .map_err(BillingError::kafka("build usage topic assignment"))?;
     }
     consumer
         .assign(&assignment)
         .map_err(BillingError::kafka("assign usage partitions"))?;
-    let to_rebuild: i64 = partitions.iter().map(|p| (p.rebuild_end - p.start).max(0)).sum();
+    let to_read: i64 = partitions.iter().map(|p| (p.end - p.start).max(0)).sum();
     tracing::info!(
         %topic,
         partitions = partitions.len(),
         start_by_time,
-        messages_to_rebuild = to_rebuild,
-        "Reading the usage topic from the rebuild point."
+        messages_to_read = to_read,
+        "Reading the usage topic from the first record at or after the starting time."
     );
     Ok(Reader {
         consumer,
         progress: partitions
             .iter()
-            .map(|p| (p.partition, (p.start, p.rebuild_end)))
+            .map(|p| (p.partition, (p.start, p.end)))
             .collect(),
         start_by_time,
+        to_read: u64::try_from(to_read).unwrap_or(0),
     })
 }
 
-/// The partitions of `topic` with their start and rebuild end, and whether the starts came from the broker's
+/// The partitions of `topic` with their start and end, and whether the starts came from the broker's
 /// offsets-by-time lookup; `None` while the topic does not exist. Blocking.
 fn locate(
     consumer: &StreamConsumer,
@@ -200,7 +257,7 @@ fn locate(
             tracing::info!(
                 %error,
                 %topic,
-                "The broker did not look up offsets by time; rebuilding from the beginning of every partition."
+                "The broker did not look up offsets by time; reading every partition from its beginning."
             );
             None
         }
@@ -223,14 +280,14 @@ fn locate(
                         tracing::debug!(
                             %topic,
                             partition,
-                            "The partition's last record is older than the rebuild point; nothing to rebuild."
+                            "The partition's last record is older than the starting time; nothing to read there."
                         );
                         high
                     } else {
                         offset
                     }
                 }
-                // No message at or after the time: nothing to rebuild in this partition.
+                // No message at or after the time: nothing to read in this partition.
                 Some((Ok(()), Offset::End)) => high,
                 other => {
                     if by_time.is_some() {
@@ -238,7 +295,7 @@ fn locate(
                             %topic,
                             partition,
                             answer = ?other,
-                            "No offset by time for this partition; rebuilding it from the beginning."
+                            "No offset by time for this partition; reading it from its beginning."
                         );
                     }
                     all_by_time = false;
@@ -248,7 +305,7 @@ fn locate(
             PartitionStart {
                 partition,
                 start,
-                rebuild_end: high,
+                end: high,
             }
         })
         .collect();
@@ -261,7 +318,7 @@ fn last_timestamp_ms(brokers: &str, topic: &str, partition: i32, high: i64) -> O
         .set("bootstrap.servers", brokers)
         .set(
             "group.id",
-            format!("tollgate-billing-quota-probe-{}", uuid::Uuid::now_v7().simple()),
+            format!("tollgate-billing-probe-{}", uuid::Uuid::now_v7().simple()),
         )
         .set("client.id", crate::kafka::CLIENT_ID)
         .set("enable.auto.commit", "false")

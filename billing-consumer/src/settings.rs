@@ -45,18 +45,23 @@ impl ClickHouseSettings {
 
     /// The database name, checked to be a plain identifier so it can be spliced into DDL.
     pub(crate) fn checked_database(&self) -> Result<&str, BillingError> {
-        let name = self.database.as_str();
-        let plain = !name.is_empty()
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if plain {
-            Ok(name)
-        } else {
-            Err(BillingError::Config {
-                setting: "clickhouse-database",
-                reason: format!("`{name}` is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"),
-            })
-        }
+        plain_identifier(&self.database, "clickhouse-database")
+    }
+}
+
+/// `name`, checked to be a plain identifier (`[A-Za-z_][A-Za-z0-9_]*`) so that it can be spliced into SQL as a
+/// database or table name; otherwise a configuration error naming `setting`.
+pub fn plain_identifier<'a>(name: &'a str, setting: &'static str) -> Result<&'a str, BillingError> {
+    let plain = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if plain {
+        Ok(name)
+    } else {
+        Err(BillingError::Config {
+            setting,
+            reason: format!("`{name}` is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*)"),
+        })
     }
 }
 

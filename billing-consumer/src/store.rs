@@ -1,5 +1,5 @@
 //! The ClickHouse side of ingest: the row types of `usage_events` and `usage_events_rejected`, the mapping from a
-//! decoded [`UsageEvent`] to its row, and the batch INSERTs.
+//! decoded [`UsageEvent`] to its row (priced by [`crate::pricing`]), and the batch INSERTs.
 //!
 //! Rows go in as `RowBinary` in the struct's field order, which names the columns of the INSERT; the table
 //! definitions are in `migrations/`. Times are stored as `DateTime` (Unix seconds, `u32` on the wire) and the
@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tollgate_schemas::usage::UsageEvent;
 
 use crate::error::{BillingError, RejectReason};
+use crate::pricing::{PriceTable, TokenUsage};
 
 /// The `usage_events` table.
 pub const USAGE_TABLE: &str = "usage_events";
@@ -66,6 +67,19 @@ pub struct UsageRow {
     pub kafka_offset: i64,
     /// When this consumer wrote the row, Unix seconds.
     pub ingested_at: u32,
+    /// The event's cost in micro-units of `currency`; 0 when unpriced.
+    pub cost_micros: i64,
+    /// ISO 4217 code of the price that applied; `""` when unpriced.
+    pub currency: String,
+    /// The price version that applied (`model@effective_from`); `""` when no price was in force.
+    pub price_version: String,
+}
+
+impl UsageRow {
+    /// True when no price was in force for the event.
+    pub fn is_unpriced(&self) -> bool {
+        self.price_version.is_empty()
+    }
 }
 
 /// One row of `usage_events_rejected`: a message that is not a usage event, kept verbatim.
@@ -89,9 +103,15 @@ pub fn datetime_seconds(time: DateTime<Utc>) -> Option<u32> {
     u32::try_from(time.timestamp()).ok()
 }
 
-/// Flattens a decoded event into its row.
-pub fn usage_row(event: &UsageEvent, at: &Position, ingested_at: u32) -> Result<UsageRow, BillingError> {
+/// Flattens a decoded event into its row, priced by `prices` at the event's `finished_at_ms`.
+pub fn usage_row(
+    event: &UsageEvent,
+    at: &Position,
+    ingested_at: u32,
+    prices: &PriceTable,
+) -> Result<UsageRow, BillingError> {
     let data = &event.data;
+    let charge = prices.charge(&data.model_requested, data.finished_at_ms, &TokenUsage::of(data));
     let event_time = datetime_seconds(event.time).ok_or_else(|| BillingError::Decode {
         reason: RejectReason::Unrepresentable,
         message: format!("event time {} is outside 1970..2106", event.time.to_rfc3339()),
@@ -132,6 +152,9 @@ pub fn usage_row(event: &UsageEvent, at: &Position, ingested_at: u32) -> Result<
         kafka_partition: at.partition,
         kafka_offset: at.offset,
         ingested_at,
+        cost_micros: charge.cost_micros,
+        currency: charge.currency().to_owned(),
+        price_version: charge.price_version().to_owned(),
     })
 }
 
@@ -155,21 +178,17 @@ pub fn rejected_row(
 }
 
 /// Writes `rows` into `table` in one INSERT. Succeeds only when ClickHouse acknowledged the whole INSERT.
-pub async fn insert_all<T>(
-    client: &clickhouse::Client,
-    table: &'static str,
-    rows: &[T],
-) -> Result<(), BillingError>
+pub async fn insert_all<T>(client: &clickhouse::Client, table: &str, rows: &[T]) -> Result<(), BillingError>
 where
     T: clickhouse::RowOwned + clickhouse::RowWrite,
 {
     if rows.is_empty() {
         return Ok(());
     }
-    let operation = if table == USAGE_TABLE {
-        "insert usage_events"
-    } else {
-        "insert usage_events_rejected"
+    let operation = match table {
+        USAGE_TABLE => "insert usage_events",
+        REJECTED_TABLE => "insert usage_events_rejected",
+        _ => "insert rebuilt usage rows",
     };
     let mut insert = client
         .insert::<T>(table)
@@ -205,7 +224,7 @@ mod tests {
     #[test]
     fn golden_event_maps_every_field() {
         let event: UsageEvent = serde_json::from_str(FIXTURE).unwrap();
-        let row = usage_row(&event, &at(), 1_800_000_000).unwrap();
+        let row = usage_row(&event, &at(), 1_800_000_000, &PriceTable::default()).unwrap();
         let expected = UsageRow {
             event_id: "019a9b8e-4f3c-7a21-9d4e-2b6c1f0e8a57".into(),
             event_time: 1_795_338_902, // 2026-11-22T09:15:02.481Z, truncated to the second
@@ -238,6 +257,9 @@ mod tests {
             kafka_partition: 2,
             kafka_offset: 41,
             ingested_at: 1_800_000_000,
+            cost_micros: 0,
+            currency: String::new(),
+            price_version: String::new(),
         };
         assert_eq!(row, expected);
         // The attempt trail round-trips to what the event carried.
@@ -290,7 +312,7 @@ mod tests {
     #[test]
     fn options_flags_and_enums_map_to_their_columns() {
         let event = streamed_event();
-        let row = usage_row(&event, &at(), 0).unwrap();
+        let row = usage_row(&event, &at(), 0, &PriceTable::default()).unwrap();
         assert_eq!(row.event_id, event.id.to_string());
         assert_eq!(row.event_time, 1_795_341_600);
         assert_eq!(row.stream, 1);
@@ -307,10 +329,39 @@ mod tests {
     }
 
     #[test]
+    fn the_row_carries_the_price_in_force_at_the_event_and_its_cost() {
+        let prices = PriceTable::from_toml(
+            r#"
+            [[prices]]
+            model = "llama-3"
+            effective_from = "2026-11-01"
+            currency = "EUR"
+            input_per_mtok = "2"
+            cached_input_per_mtok = "0.5"
+            output_per_mtok = "8"
+            "#,
+        )
+        .unwrap();
+        // 12 prompt tokens of which 8 cached, 40 completion: 4 × 2 + 8 × 0.5 + 40 × 8 = 332 micro-EUR.
+        let row = usage_row(&streamed_event(), &at(), 0, &prices).unwrap();
+        assert_eq!(
+            (row.cost_micros, row.currency.as_str(), row.price_version.as_str()),
+            (332, "EUR", "llama-3@2026-11-01")
+        );
+        assert!(!row.is_unpriced());
+
+        let mut other = streamed_event();
+        other.data.model_requested = "gpt-5".into();
+        let row = usage_row(&other, &at(), 0, &prices).unwrap();
+        assert_eq!((row.cost_micros, row.currency.as_str()), (0, ""));
+        assert!(row.is_unpriced());
+    }
+
+    #[test]
     fn an_empty_attempt_trail_is_an_empty_json_array() {
         let mut event = streamed_event();
         event.data.attempts.clear();
-        let row = usage_row(&event, &at(), 0).unwrap();
+        let row = usage_row(&event, &at(), 0, &PriceTable::default()).unwrap();
         assert_eq!((row.attempts.as_str(), row.attempt_count), ("[]", 0));
     }
 
@@ -320,7 +371,7 @@ mod tests {
         event.time = DateTime::parse_from_rfc3339("1969-12-31T23:59:59Z")
             .unwrap()
             .with_timezone(&Utc);
-        match usage_row(&event, &at(), 0) {
+        match usage_row(&event, &at(), 0, &PriceTable::default()) {
             Err(BillingError::Decode { reason, .. }) => assert_eq!(reason, RejectReason::Unrepresentable),
             other => panic!("expected a decode error, got {other:?}"),
         }

@@ -8,125 +8,18 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use common::ledger::{
+    Fixture, PARTITIONS, count, offsets, produce, produce_event, wait_until_committed_to_the_end,
+};
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings};
-use tollgate_billing_consumer::{ingest, migrations, report, topics};
+use tollgate_billing_consumer::{ingest, report, topics};
 use tollgate_schemas::usage::UsageEvent;
 
-const PARTITIONS: i32 = 3;
 const DISTINCT_FIRST: usize = 480;
 const DISTINCT_LATER: usize = 20;
-const DEADLINE: Duration = Duration::from_secs(90);
-
-/// A run of its own: a topic, a consumer group and a ClickHouse database named for it, migrated, and a producer.
-struct Fixture {
-    brokers: String,
-    ch: ClickHouseSettings,
-    topic: String,
-    group: String,
-    producer: FutureProducer,
-}
-
-impl Fixture {
-    async fn new() -> Self {
-        let brokers = common::brokers();
-        let suffix = common::unique_suffix();
-        let ch = common::clickhouse(&suffix);
-        let topic = format!("tollgate.usage.it.{suffix}");
-        let group = format!("tollgate-billing-it-{suffix}");
-        topics::ensure(&brokers, &topic, PARTITIONS).await.unwrap();
-        migrations::apply(&ch).await.unwrap();
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("message.timeout.ms", "30000")
-            .create()
-            .unwrap();
-        Self {
-            brokers,
-            ch,
-            topic,
-            group,
-            producer,
-        }
-    }
-}
-
-async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
-    producer
-        .send(
-            FutureRecord::to(topic).key(key).payload(payload),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
-}
-
-async fn produce_event(producer: &FutureProducer, topic: &str, event: &UsageEvent) {
-    produce(
-        producer,
-        topic,
-        &event.data.consumer_id,
-        &serde_json::to_vec(event).unwrap(),
-    )
-    .await;
-}
-
-/// (committed, end) offset per partition of `topic` for `group`.
-fn offsets(brokers: &str, group: &str, topic: &str) -> BTreeMap<i32, (i64, i64)> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for partition in 0..PARTITIONS {
-        list.add_partition(topic, partition);
-    }
-    let committed = probe.committed_offsets(list, Duration::from_secs(10)).unwrap();
-    (0..PARTITIONS)
-        .map(|partition| {
-            let committed = match committed.find_partition(topic, partition).unwrap().offset() {
-                Offset::Offset(o) => o,
-                // Nothing committed: the same as committed at the start of this fresh topic.
-                _ => 0,
-            };
-            let (_, end) = probe
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .unwrap();
-            (partition, (committed, end))
-        })
-        .collect()
-}
-
-async fn count(ch: &ClickHouseSettings, sql: &str) -> u64 {
-    ch.client().query(sql).fetch_one().await.unwrap()
-}
-
-/// Polls until the group has committed every partition to its end.
-async fn wait_until_committed_to_the_end(brokers: &str, group: &str, topic: &str, expected_messages: i64) {
-    let started = Instant::now();
-    loop {
-        let offsets = offsets(brokers, group, topic);
-        let end: i64 = offsets.values().map(|(_, end)| end).sum();
-        if end == expected_messages && offsets.values().all(|(committed, end)| committed == end) {
-            return;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "offsets not committed to the end within {DEADLINE:?}: {offsets:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_writes_each_event_once_keeps_malformed_ones_and_commits_to_the_end() {

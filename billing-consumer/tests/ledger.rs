@@ -7,6 +7,7 @@
 mod common;
 
 use tollgate_billing_consumer::migrations::{self, MIGRATIONS};
+use tollgate_billing_consumer::pricing::PriceTable;
 use tollgate_billing_consumer::report;
 use tollgate_billing_consumer::store::{self, Position};
 
@@ -36,13 +37,16 @@ async fn migrations_apply_once_and_refuse_a_changed_migration() {
         "attempts",
         "cached_prompt_tokens",
         "kafka_offset",
+        "cost_micros",
+        "currency",
+        "price_version",
     ] {
         assert!(
             columns.iter().any(|c| c == column),
             "missing {column} in {columns:?}"
         );
     }
-    assert_eq!(columns.len(), 31);
+    assert_eq!(columns.len(), 34);
 
     // Somebody edited migration 1 after it was applied: the record no longer matches the embedded SQL.
     ch.client()
@@ -72,7 +76,7 @@ async fn redelivered_rows_count_once_and_the_report_matches() {
                 partition: 0,
                 offset: i as i64,
             };
-            store::usage_row(e, &at, 1_800_000_000).unwrap()
+            store::usage_row(e, &at, 1_800_000_000, &PriceTable::default()).unwrap()
         })
         .collect();
     // The first 40 are written twice, as after a crash between INSERT and commit.

@@ -1,12 +1,13 @@
-//! One batch of Kafka messages on its way to ClickHouse: each message decoded into a `usage_events` row or a
-//! `usage_events_rejected` row, and the offsets to commit once both are written (the highest offset + 1 per
+//! One batch of Kafka messages on its way to ClickHouse: each message decoded into a priced `usage_events` row
+//! or a `usage_events_rejected` row, and the offsets to commit once both are written (the highest offset + 1 per
 //! partition — every message of the batch, good or bad, is settled by the same INSERTs).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tollgate_schemas::usage::UsageEvent;
 
 use crate::error::{BillingError, RejectReason};
+use crate::pricing::PriceTable;
 use crate::store::{self, Position, RejectedRow, UsageRow};
 
 /// Messages read since the last commit, decoded.
@@ -20,14 +21,19 @@ pub struct Batch {
     pub rejected_by_reason: HashMap<RejectReason, u64>,
     /// Events whose id already appeared earlier in this batch (redelivered or produced twice).
     pub duplicates_in_batch: usize,
+    /// Rows with no price in force (cost 0).
+    pub unpriced: u64,
+    /// The requested models of those rows.
+    pub unpriced_models: BTreeSet<String>,
     messages: usize,
     next_offsets: BTreeMap<(String, i32), i64>,
     event_ids: HashSet<String>,
 }
 
 impl Batch {
-    /// Decodes one message and adds it to the batch. `now` is the current time in Unix seconds.
-    pub fn push(&mut self, at: Position, payload: Option<&[u8]>, now: u32) {
+    /// Decodes one message, prices it with `prices` and adds it to the batch. `now` is the current time in Unix
+    /// seconds.
+    pub fn push(&mut self, at: Position, payload: Option<&[u8]>, now: u32, prices: &PriceTable) {
         self.messages += 1;
         let next = self
             .next_offsets
@@ -35,9 +41,15 @@ impl Batch {
             .or_insert(at.offset + 1);
         *next = (*next).max(at.offset + 1);
 
-        match decode(payload).and_then(|event| store::usage_row(&event, &at, now)) {
+        match decode(payload).and_then(|event| store::usage_row(&event, &at, now, prices)) {
             Ok(row) => {
                 if self.event_ids.insert(row.event_id.clone()) {
+                    if row.is_unpriced() {
+                        self.unpriced += 1;
+                        if !self.unpriced_models.contains(&row.model_requested) {
+                            self.unpriced_models.insert(row.model_requested.clone());
+                        }
+                    }
                     self.rows.push(row);
                 } else {
                     self.duplicates_in_batch += 1;
@@ -154,13 +166,45 @@ mod tests {
         FIXTURE.replace("019a9b8e-4f3c-7a21-9d4e-2b6c1f0e8a57", id)
     }
 
+    fn none() -> PriceTable {
+        PriceTable::default()
+    }
+
+    #[test]
+    fn rows_are_priced_and_unpriced_ones_counted_by_model() {
+        let prices = PriceTable::from_toml(
+            r#"
+            [[prices]]
+            model = "gpt-4o-mini"
+            effective_from = "2026-11-01"
+            currency = "USD"
+            input_per_mtok = "0.15"
+            output_per_mtok = "0.60"
+            "#,
+        )
+        .unwrap();
+        let mut batch = Batch::default();
+        batch.push(at(0, 0), Some(FIXTURE.as_bytes()), 0, &prices);
+        let other = with_id("019a9b8e-0000-7000-8000-000000000002").replace(
+            "\"model_requested\": \"gpt-4o-mini\"",
+            "\"model_requested\": \"gpt-5\"",
+        );
+        batch.push(at(0, 1), Some(other.as_bytes()), 0, &prices);
+        // The golden event: 21 prompt × 0.15 + 9 completion × 0.60 = 8.55 → 9 micro-USD.
+        assert_eq!(batch.rows[0].cost_micros, 9);
+        assert_eq!(batch.rows[0].price_version, "gpt-4o-mini@2026-11-01");
+        assert_eq!(batch.rows[1].model_requested, "gpt-5");
+        assert_eq!(batch.unpriced, 1);
+        assert_eq!(batch.unpriced_models.iter().collect::<Vec<_>>(), ["gpt-5"]);
+    }
+
     #[test]
     fn commit_offsets_are_the_highest_offset_plus_one_per_partition() {
         let mut batch = Batch::default();
         let payload = with_id("019a9b8e-0000-7000-8000-000000000001");
         // Out of order within a partition (as after a rebalance redelivery), several partitions and topics.
         for (partition, offset) in [(0, 10), (1, 3), (0, 12), (0, 11), (2, 0), (1, 2)] {
-            batch.push(at(partition, offset), Some(payload.as_bytes()), 0);
+            batch.push(at(partition, offset), Some(payload.as_bytes()), 0, &none());
         }
         batch.push(
             Position {
@@ -170,6 +214,7 @@ mod tests {
             },
             Some(b"x"),
             0,
+            &none(),
         );
         let expected: BTreeMap<(String, i32), i64> = [
             (("other".to_owned(), 0), 100),
@@ -186,8 +231,8 @@ mod tests {
     #[test]
     fn rejected_messages_still_advance_their_partition() {
         let mut batch = Batch::default();
-        batch.push(at(0, 5), Some(b"{garbage"), 0);
-        batch.push(at(0, 6), None, 0);
+        batch.push(at(0, 5), Some(b"{garbage"), 0, &none());
+        batch.push(at(0, 6), None, 0, &none());
         assert_eq!(batch.next_offsets().get(&("usage".to_owned(), 0)), Some(&7));
         assert!(batch.rows.is_empty());
         assert_eq!(batch.rejected.len(), 2);
@@ -203,9 +248,9 @@ mod tests {
         let mut batch = Batch::default();
         let a = with_id("019a9b8e-0000-7000-8000-00000000000a");
         let b = with_id("019a9b8e-0000-7000-8000-00000000000b");
-        batch.push(at(0, 0), Some(a.as_bytes()), 0);
-        batch.push(at(0, 1), Some(b.as_bytes()), 0);
-        batch.push(at(1, 0), Some(a.as_bytes()), 0);
+        batch.push(at(0, 0), Some(a.as_bytes()), 0, &none());
+        batch.push(at(0, 1), Some(b.as_bytes()), 0, &none());
+        batch.push(at(1, 0), Some(a.as_bytes()), 0, &none());
         assert_eq!(batch.rows.len(), 2);
         assert_eq!(batch.duplicates_in_batch, 1);
         assert_eq!(batch.rows[0].kafka_offset, 0, "the first delivery is kept");

@@ -15,10 +15,17 @@
 //! where exactly-once comes from. While a batch is being retried the consumer does not poll; after
 //! `max.poll.interval.ms` it leaves the group, its commit fails harmlessly, and it rejoins on its next read.
 //!
+//! Each event is priced while its row is built ([`crate::pricing`], the table loaded at start): cost, currency and
+//! price version go into the row, so invoices are sums of stored per-event costs. An event with no price in
+//! force is stored with cost 0, counted in `billing_events_unpriced_total` and logged once per model.
+//! [`lag`] keeps `billing_consumer_lag_events` current beside the loop.
+//!
 //! Shutdown (the token is cancelled) stops collecting, settles the batch in hand (write + commit) and returns.
 
 pub mod batch;
+pub mod lag;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BillingError;
 use crate::kafka::{self, IngestConsumer};
 use crate::metrics as m;
+use crate::pricing::PriceTable;
 use crate::settings::IngestSettings;
 use crate::store::{self, Position};
 
@@ -41,11 +49,22 @@ pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Pause after the consumer reported an error, before reading again.
 const CONSUME_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
-/// Runs the ingest loop until `shutdown` is cancelled, then settles the batch in hand and returns.
+/// Runs the ingest loop without prices (every row is stored unpriced: cost 0, no currency, no price version)
+/// until `shutdown` is cancelled; see [`run_with_prices`].
+pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
+    run_with_prices(settings, Arc::new(PriceTable::default()), shutdown).await
+}
+
+/// Runs the ingest loop, pricing every event with `prices`, until `shutdown` is cancelled, then settles the
+/// batch in hand and returns.
 ///
 /// The database must be migrated first ([`crate::migrations::apply`]); the topic need not exist yet (the
 /// consumer picks it up once it does).
-pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
+pub async fn run_with_prices(
+    settings: IngestSettings,
+    prices: Arc<PriceTable>,
+    shutdown: CancellationToken,
+) -> Result<(), BillingError> {
     let consumer = Arc::new(kafka::subscribe(&settings.kafka)?);
     let client = settings.clickhouse.client();
     let batch_size = settings.batch_size.max(1);
@@ -56,18 +75,43 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
         database = %settings.clickhouse.database,
         batch_size,
         batch_wait = %humantime::format_duration(settings.batch_wait),
+        price_versions = prices.versions().len(),
         "Ingest started."
     );
+    let watching = shutdown.child_token();
+    let lag_task = tokio::spawn(lag::watch(
+        Arc::clone(&consumer),
+        settings.kafka.topic.clone(),
+        watching.clone(),
+    ));
 
+    let mut logged_unpriced = HashSet::new();
     loop {
-        let batch = collect(&consumer, batch_size, settings.batch_wait, &shutdown).await;
-        if !batch.is_empty() && !settle(&consumer, &client, batch, &shutdown).await {
-            break;
+        let batch = collect(&consumer, batch_size, settings.batch_wait, &prices, &shutdown).await;
+        if !batch.is_empty() {
+            let unpriced_models = batch.unpriced_models.clone();
+            if !settle(&consumer, &client, batch, &shutdown).await {
+                break;
+            }
+            if !prices.is_empty() {
+                for model in unpriced_models {
+                    if !logged_unpriced.contains(&model) {
+                        tracing::warn!(
+                            %model,
+                            "No price is in force for this model at its events' time; they are stored with cost \
+                             0 (logged once per model, counted in billing_events_unpriced_total)."
+                        );
+                        logged_unpriced.insert(model);
+                    }
+                }
+            }
         }
         if shutdown.is_cancelled() {
             break;
         }
     }
+    watching.cancel();
+    let _ = lag_task.await;
     tracing::info!(group = %settings.kafka.group_id, "Ingest stopped.");
     Ok(())
 }
@@ -77,6 +121,7 @@ async fn collect(
     consumer: &IngestConsumer,
     batch_size: usize,
     batch_wait: Duration,
+    prices: &PriceTable,
     shutdown: &CancellationToken,
 ) -> Batch {
     let mut batch = Batch::default();
@@ -100,7 +145,7 @@ async fn collect(
                         partition: message.partition(),
                         offset: message.offset(),
                     };
-                    batch.push(at, message.payload(), now_seconds());
+                    batch.push(at, message.payload(), now_seconds(), prices);
                     if deadline.is_none() {
                         deadline = Some(tokio::time::Instant::now() + batch_wait);
                     }
@@ -166,6 +211,7 @@ async fn settle(
     metrics::counter!(m::BATCHES_INSERTED).increment(1);
     metrics::counter!(m::EVENTS_INGESTED).increment(batch.rows.len() as u64);
     metrics::counter!(m::DUPLICATES_IN_BATCH).increment(batch.duplicates_in_batch as u64);
+    metrics::counter!(m::EVENTS_UNPRICED).increment(batch.unpriced);
     for (reason, count) in &batch.rejected_by_reason {
         metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.as_str()).increment(*count);
     }

@@ -3,7 +3,7 @@
 //! the compacted `tollgate.quota.v1` topic, where gateways read them.
 //!
 //! 1. **Rebuild.** Nothing is stored between runs: on start the loop reads every partition of the usage topic
-//!    from the first record at or after `now − longest window − 5 min` by Kafka time ([`reader`]) up to the high
+//!    from the first record at or after `now − longest window − 5 min` by Kafka time ([`crate::reader`]) up to the high
 //!    watermarks it had at the start, counting events but publishing nothing, so a gateway never sees a
 //!    half-rebuilt, lower `used`.
 //!    Once caught up it publishes every scope's snapshot at once.
@@ -18,7 +18,6 @@
 
 pub mod policy;
 pub mod publisher;
-pub mod reader;
 pub mod windows;
 
 use std::sync::Arc;
@@ -39,8 +38,8 @@ use crate::metrics as m;
 use crate::settings::QuotaSettings;
 
 use self::publisher::Publisher;
-use self::reader::Reader;
 use self::windows::{Applied, Position, QuotaState};
+use crate::reader::{self, Reader};
 
 /// How far before the longest window the rebuild starts: room for clock skew between gateways and Kafka.
 pub const REBUILD_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -107,7 +106,7 @@ pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result
         }
     };
     quota.started = Instant::now();
-    if reader.rebuilt() {
+    if reader.reached_end() {
         quota.finish_rebuild(&reader).await;
     }
 
@@ -133,7 +132,7 @@ pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result
                     }
                     false
                 };
-                if quota.rebuilding && reader.rebuilt() {
+                if quota.rebuilding && reader.reached_end() {
                     quota.finish_rebuild(&reader).await;
                     next_publish = tokio::time::Instant::now() + quota.publish_interval;
                 } else if idle && !quota.rebuilding && quota.state.has_changed() {

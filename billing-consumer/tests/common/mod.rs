@@ -4,6 +4,8 @@
 // Test support: a panic here is a failed test, not a crash in production.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod ledger;
+
 use chrono::{DateTime, Duration, Utc};
 use tollgate_billing_consumer::settings::ClickHouseSettings;
 use tollgate_schemas::CloudEvent;

@@ -1,0 +1,220 @@
+//! Rebuilding a time range of the ledger from Kafka into a fresh table: `CREATE TABLE NAME AS usage_events`
+//! (same columns, engine, sorting and partition keys), then every event of the usage topic whose
+//! `finished_at_ms` is in `[from, to)` — replayed like the audit does ([`crate::replay`]), decoded and turned
+//! into rows exactly as ingest does ([`crate::ingest::batch::decode`], [`crate::store::usage_row`]), priced with
+//! the price table given now — inserted in batches, each event id once.
+//!
+//! The table must not exist: a rebuild never writes into a table that holds anything else. If an INSERT fails
+//! the rebuild stops with the error and the partial table stays for inspection; drop it and run again. Uses: a
+//! re-priced copy of a month to compare (`invoice --table`, `audit --table`) or to swap in for a closed month
+//! (`ALTER TABLE usage_events REPLACE PARTITION 202611 FROM NAME`, which 18.16 supports), and a ledger
+//! recovered from the topic.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::BillingError;
+use crate::ingest::batch::decode;
+use crate::pricing::PriceTable;
+use crate::replay::Replay;
+use crate::settings::{ClickHouseSettings, plain_identifier};
+use crate::store::{self, Position, UsageRow};
+
+/// Everything [`run`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildSettings {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// The usage topic.
+    pub topic: String,
+    /// The ledger database (must be migrated: `usage_events` is the template).
+    pub clickhouse: ClickHouseSettings,
+    /// The table to create and fill; must not exist.
+    pub table: String,
+    /// Start of the range (included), by event time.
+    pub from: DateTime<Utc>,
+    /// End of the range (excluded).
+    pub to: DateTime<Utc>,
+    /// Prices for the rows (an empty table stores every row unpriced).
+    pub prices: Arc<PriceTable>,
+    /// How far before `from` reading starts, by Kafka time ([`crate::replay`]).
+    pub margin: Duration,
+    /// Rows per INSERT.
+    pub batch_size: usize,
+}
+
+impl RebuildSettings {
+    /// Rows per INSERT unless told otherwise.
+    pub const DEFAULT_BATCH_SIZE: usize = 50_000;
+
+    /// Settings with the default margin and batch size.
+    pub fn new(
+        brokers: impl Into<String>,
+        topic: impl Into<String>,
+        clickhouse: ClickHouseSettings,
+        table: impl Into<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        prices: Arc<PriceTable>,
+    ) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            clickhouse,
+            table: table.into(),
+            from,
+            to,
+            prices,
+            margin: crate::replay::DEFAULT_MARGIN,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RebuildSummary {
+    /// The table written, `database.table`.
+    pub table: String,
+    /// Messages read from Kafka.
+    pub messages: u64,
+    /// Rows written: the distinct events of the range.
+    pub rows: u64,
+    /// Messages repeating an event id written before.
+    pub duplicates: u64,
+    /// Events outside the range.
+    pub outside_range: u64,
+    /// Messages that are not usage events (ingest keeps those in `usage_events_rejected`; a rebuild skips them).
+    pub undecodable: u64,
+    /// Rows with no price in force.
+    pub unpriced: u64,
+    /// Seconds the whole rebuild took.
+    pub seconds: f64,
+}
+
+/// Creates `settings.table` like `usage_events` and fills it with the range's events from Kafka.
+pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingError> {
+    let started = Instant::now();
+    let table = plain_identifier(&settings.table, "table")?;
+    let (from_ms, to_ms) = crate::audit::range_ms(settings.from, settings.to)?;
+    let client = settings.clickhouse.client();
+    let existing: u64 = client
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+        .bind(settings.clickhouse.database.as_str())
+        .bind(table)
+        .fetch_one()
+        .await
+        .map_err(BillingError::clickhouse("look up the rebuild table"))?;
+    if existing > 0 {
+        return Err(BillingError::Config {
+            setting: "table",
+            reason: format!(
+                "`{}.{table}` exists; a rebuild writes a fresh table: drop it or choose another name",
+                settings.clickhouse.database
+            ),
+        });
+    }
+    let mut replay = Replay::open(
+        &settings.brokers,
+        &settings.topic,
+        settings.from,
+        settings.margin,
+        "rebuild",
+    )
+    .await?;
+    client
+        .query(&format!("CREATE TABLE {table} AS {}", store::USAGE_TABLE))
+        .execute()
+        .await
+        .map_err(BillingError::clickhouse("create the rebuild table"))?;
+    tracing::info!(
+        table = %format!("{}.{table}", settings.clickhouse.database),
+        topic = %settings.topic,
+        from = %settings.from.to_rfc3339(),
+        to = %settings.to.to_rfc3339(),
+        price_versions = settings.prices.versions().len(),
+        messages_to_read = replay.to_read(),
+        "Rebuild started."
+    );
+
+    let mut summary = RebuildSummary {
+        table: format!("{}.{table}", settings.clickhouse.database),
+        messages: 0,
+        rows: 0,
+        duplicates: 0,
+        outside_range: 0,
+        undecodable: 0,
+        unpriced: 0,
+        seconds: 0.0,
+    };
+    let now = store::datetime_seconds(Utc::now()).unwrap_or(u32::MAX);
+    let mut seen: HashSet<u128> = HashSet::new();
+    let mut unpriced_models = BTreeSet::new();
+    let mut rows: Vec<UsageRow> = Vec::with_capacity(settings.batch_size.max(1));
+    loop {
+        let more = replay
+            .read(settings.batch_size.max(1), |partition, offset, payload| {
+                summary.messages += 1;
+                let Ok(event) = decode(payload) else {
+                    summary.undecodable += 1;
+                    return;
+                };
+                let finished = event.data.finished_at_ms;
+                if finished < from_ms || finished >= to_ms {
+                    summary.outside_range += 1;
+                    return;
+                }
+                if !seen.insert(event.id.as_u128()) {
+                    summary.duplicates += 1;
+                    return;
+                }
+                let at = Position {
+                    topic: settings.topic.clone(),
+                    partition,
+                    offset,
+                };
+                match store::usage_row(&event, &at, now, &settings.prices) {
+                    Ok(row) => {
+                        if row.is_unpriced() {
+                            summary.unpriced += 1;
+                            unpriced_models.insert(row.model_requested.clone());
+                        }
+                        rows.push(row);
+                    }
+                    Err(_) => summary.undecodable += 1,
+                }
+            })
+            .await?;
+        store::insert_all(&client, table, &rows).await?;
+        summary.rows += rows.len() as u64;
+        rows.clear();
+        if !more {
+            break;
+        }
+    }
+    replay.finish();
+    summary.seconds = started.elapsed().as_secs_f64();
+    if !unpriced_models.is_empty() {
+        tracing::warn!(
+            models = ?unpriced_models,
+            rows = summary.unpriced,
+            "Some rows had no price in force; they are stored with cost 0."
+        );
+    }
+    tracing::info!(
+        table = %summary.table,
+        messages = summary.messages,
+        rows = summary.rows,
+        duplicates = summary.duplicates,
+        outside_range = summary.outside_range,
+        undecodable = summary.undecodable,
+        unpriced = summary.unpriced,
+        seconds = summary.seconds,
+        "Rebuild finished."
+    );
+    Ok(summary)
+}
