@@ -532,27 +532,7 @@ impl Stack {
 
     /// Runs a query in this stack's database and returns the rows (`FORMAT JSONEachRow`, numbers unquoted).
     pub async fn query(&self, sql: &str) -> Vec<Value> {
-        let url = format!(
-            "{}/?database={}&wait_end_of_query=1&output_format_json_quote_64bit_integers=0",
-            self.clickhouse.url.trim_end_matches('/'),
-            self.clickhouse.database
-        );
-        let mut response = http()
-            .post(url)
-            .send_body(format!("{sql} FORMAT JSONEachRow"))
-            .await
-            .expect("ClickHouse answers");
-        let body = response.body().limit(256 << 20).await.expect("ClickHouse body");
-        assert!(
-            response.status().is_success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        String::from_utf8_lossy(&body)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).expect("a JSON row"))
-            .collect()
+        query(&self.clickhouse.url, &self.clickhouse.database, sql).await
     }
 
     /// Waits until the deduplicated usage table holds `expected` rows, and returns them all.
@@ -568,6 +548,31 @@ impl Stack {
             actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Runs a query in `database` on the ClickHouse at `url` and returns the rows (`FORMAT JSONEachRow`, numbers
+/// unquoted); reads wait for the end of the query, as billing reads do.
+pub async fn query(url: &str, database: &str, sql: &str) -> Vec<Value> {
+    let url = format!(
+        "{}/?database={database}&wait_end_of_query=1&output_format_json_quote_64bit_integers=0",
+        url.trim_end_matches('/'),
+    );
+    let mut response = http()
+        .post(url)
+        .send_body(format!("{sql} FORMAT JSONEachRow"))
+        .await
+        .expect("ClickHouse answers");
+    let body = response.body().limit(256 << 20).await.expect("ClickHouse body");
+    assert!(
+        response.status().is_success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect()
 }
 
 /// Reads the quota topic from its beginning to its end (or until `visit` returns true), handing every message's
