@@ -68,6 +68,8 @@ use crate::quota::LocalUsage;
 use crate::spool::drain::{Drain, Refused, Sink};
 use crate::spool::{AppendError, Pos, Spool, SpoolError, SpoolStatus};
 
+/// A line about sends Kafka did not acknowledge is logged at most this often while they go on failing.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// At most this much of the shutdown budget is kept back for writing and fsyncing the spool.
 const SHUTDOWN_SPOOL_MARGIN: Duration = Duration::from_secs(2);
 /// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): the spool
@@ -160,7 +162,8 @@ impl EventPipeline {
         spool: &SpoolConfig,
         client_id: &str,
     ) -> Result<(EventSender, Self), EventsError> {
-        let producer: FutureProducer = producer_config(kafka, client_id).create()?;
+        let config = producer_config(kafka, client_id);
+        let producer: FutureProducer = config.create()?;
         let opened = Spool::open(spool)?;
         let status = opened.status();
         let (tx, rx) = mpsc::channel(kafka.queue_capacity);
@@ -170,7 +173,7 @@ impl EventPipeline {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
-        let pump = Pump::new(producer, kafka, spool, opened, queued.clone());
+        let pump = Pump::new(producer, config, kafka, spool, opened, queued.clone());
         std::thread::Builder::new()
             .name("tollgate-events".into())
             .spawn(move || runtime.block_on(pump.run(rx, close_rx, done_tx)))?;
@@ -288,6 +291,39 @@ struct Direct {
     spooled: Option<Pos>,
 }
 
+/// Rate-limits the line about sends from the spool that Kafka did not acknowledge: the first failure of an
+/// episode is logged at once, later ones at most every [`FAILURE_LOG_INTERVAL`] with their count.
+#[derive(Debug, Default)]
+struct FailureLog {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl FailureLog {
+    fn record(&mut self, error: &KafkaError, now: Instant) {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < FAILURE_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            %error,
+            failed = self.unlogged,
+            retry_in_ms = crate::spool::drain::RETRY_AFTER.as_millis() as u64,
+            "Kafka did not acknowledge usage events sent from the spool; they stay there and are sent again"
+        );
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+    }
+
+    /// The episode is over: the next failure is news again.
+    fn flush(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// One period of spooling, from the switch to the spool until it is empty again.
 struct Episode {
     since: Instant,
@@ -310,6 +346,11 @@ impl Episode {
 
 struct Pump {
     producer: FutureProducer,
+    /// How to make a new producer (see [`Pump::renew_producer`]).
+    producer_config: ClientConfig,
+    /// A send failed: the next retry from the spool goes through a new producer.
+    renew_producer: bool,
+    failures: FailureLog,
     topic: String,
     queued: Arc<AtomicI64>,
     spool: Spool,
@@ -333,6 +374,7 @@ struct Pump {
 impl Pump {
     fn new(
         producer: FutureProducer,
+        producer_config: ClientConfig,
         kafka: &KafkaConfig,
         config: &SpoolConfig,
         spool: Spool,
@@ -350,6 +392,9 @@ impl Pump {
         });
         Self {
             producer,
+            producer_config,
+            renew_producer: false,
+            failures: FailureLog::default(),
             topic: kafka.usage_topic.clone(),
             queued,
             drain: Drain::new(spool.start()),
@@ -381,7 +426,8 @@ impl Pump {
         self.pump_spool();
         loop {
             let spool_at = self.spool_deadline();
-            let retry_at = self.drain.retry_at();
+            // While a renewal waits for the producer's sends to resolve, their outcomes wake the pump.
+            let retry_at = self.drain.retry_at().filter(|_| !self.renew_producer);
             tokio::select! {
                 event = rx.recv(), if receiving => match event {
                     Some(out) => self.accept(out),
@@ -544,6 +590,7 @@ impl Pump {
             }
             (Origin::Direct(seq), Err((reason, error))) => {
                 metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => reason).increment(1);
+                self.renew_producer = true;
                 if self.direct.get(&seq).is_some_and(|d| d.spooled.is_none()) {
                     // Spools it together with every other event librdkafka holds, in order.
                     self.start_spooling("send_failed", Some(&error));
@@ -569,13 +616,9 @@ impl Pump {
             }
             (Origin::Spool(pos), Err((reason, error))) => {
                 metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => reason).increment(1);
-                if self.drain.failed(pos, now) {
-                    tracing::warn!(
-                        %error,
-                        retry_in_ms = crate::spool::drain::RETRY_AFTER.as_millis() as u64,
-                        "Kafka did not acknowledge usage events sent from the spool; sending them again"
-                    );
-                }
+                self.drain.failed(pos, now);
+                self.renew_producer = true;
+                self.failures.record(&error, now);
             }
         }
     }
@@ -583,6 +626,9 @@ impl Pump {
     /// While spooling: sends what the drain has due, deletes acknowledged segments, and goes back to direct mode
     /// when the spool is empty.
     fn pump_spool(&mut self) {
+        if self.renew_producer && self.direct.is_empty() && self.drain.in_flight() == 0 {
+            self.renew_producer();
+        }
         if self.episode.is_none() {
             return;
         }
@@ -591,10 +637,13 @@ impl Pump {
             topic: &self.topic,
             deliveries: &self.deliveries,
         };
-        let drained = self
-            .drain
-            .fill(&mut self.spool, &mut sink, Instant::now())
-            .and_then(|()| self.drain.release(&mut self.spool));
+        // After a failed send, nothing goes out until the producer holds nothing and is renewed.
+        let filled = if self.renew_producer {
+            Ok(())
+        } else {
+            self.drain.fill(&mut self.spool, &mut sink, Instant::now())
+        };
+        let drained = filled.and_then(|()| self.drain.release(&mut self.spool));
         match drained {
             Ok(()) => self.drain_failing = false,
             Err(e) => {
@@ -607,6 +656,7 @@ impl Pump {
         if self.spool.is_empty()
             && let Some(episode) = self.episode.take()
         {
+            self.failures.flush();
             tracing::info!(
                 spooled = episode.spooled,
                 drained = episode.drained,
@@ -614,6 +664,25 @@ impl Pump {
                 seconds = episode.since.elapsed().as_secs_f64(),
                 "usage event spool drained: events go directly to Kafka again"
             );
+        }
+    }
+
+    /// Replaces the producer, once it holds nothing, before records are sent again after a failed send. After
+    /// sends that timed out, librdkafka's idempotent producer must move to a new epoch, and a broker that cannot
+    /// follow it (Tansu) fails every later send; a new producer starts a new idempotent session.
+    fn renew_producer(&mut self) {
+        self.renew_producer = false;
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(producer) => {
+                let old = std::mem::replace(&mut self.producer, producer);
+                drop(old);
+                tracing::info!(
+                    "new Kafka producer for the events to send again (the old one's sends were not acknowledged)"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not create a new Kafka producer; keeping the old one")
+            }
         }
     }
 

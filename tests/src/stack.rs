@@ -255,7 +255,7 @@ pub fn closed_endpoint() -> String {
 
 impl Stack {
     /// Starts a stack inside the current actix system (`#[actix_rt::test]`).
-    pub async fn start(options: StackOptions) -> Self {
+    pub async fn start(mut options: StackOptions) -> Self {
         init_tracing();
         let mut infra = Infra::from_env();
         if let Some(brokers) = &options.brokers {
@@ -326,9 +326,9 @@ impl Stack {
                 (dir.clone(), vec![dir])
             }
         };
+        options.spool_dir = Some(spool_dir.clone());
         let toml = gateway_toml(
             &infra,
-            &spool_dir,
             &topic,
             &quota_topic,
             &meter_url,
@@ -639,7 +639,6 @@ fn spool_dir_line(dir: &std::path::Path) -> String {
 
 fn gateway_toml(
     infra: &Infra,
-    spool_dir: &std::path::Path,
     topic: &str,
     quota_topic: &str,
     meter_url: &str,
@@ -712,7 +711,11 @@ targets = {targets}
 
 {consumers}"#,
         brokers = infra.brokers,
-        spool_dir = spool_dir_line(spool_dir),
+        spool_dir = options
+            .spool_dir
+            .as_deref()
+            .map(spool_dir_line)
+            .unwrap_or_default(),
         spool = options.spool_toml,
     )
 }

@@ -162,20 +162,17 @@ impl Drain {
         true
     }
 
-    /// Kafka did not acknowledge the record at `pos`: it is sent again after [`RETRY_AFTER`]. True when this
-    /// begins a round of retries (the first failure since the drain last went on), for a log line per round.
-    pub fn failed(&mut self, pos: Pos, now: Instant) -> bool {
+    /// Kafka did not acknowledge the record at `pos`: it is sent again after [`RETRY_AFTER`].
+    pub fn failed(&mut self, pos: Pos, now: Instant) {
         let Some(Slot::InFlight(_)) = self.window.get(&pos) else {
-            return false;
+            return;
         };
         let Some(Slot::InFlight(record)) = self.window.remove(&pos) else {
-            return false;
+            return;
         };
         let retry_at = now + RETRY_AFTER;
         self.window.insert(pos, Slot::Failed { record, retry_at });
-        let first = self.retry_at.is_none();
         self.retry_at = Some(self.retry_at.map_or(retry_at, |at| at.min(retry_at)));
-        first
     }
 
     /// When the drain wants to run again to send failed records.
@@ -371,7 +368,7 @@ mod tests {
         let mut kafka = Recorder::default();
         let now = Instant::now();
         drain.fill(&mut spool, &mut kafka, now).unwrap();
-        assert!(drain.failed(pos[0], now), "the first failure starts a round");
+        drain.failed(pos[0], now);
         assert!(drain.acknowledged(pos[1], 0, 7));
         append(&mut spool, &["e3"]);
         drain.fill(&mut spool, &mut kafka, now).unwrap();
