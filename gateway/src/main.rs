@@ -70,6 +70,7 @@ async fn serve(cli: &Cli) -> anyhow::Result<()> {
         instance_id = %config.server.instance_id,
         routes = config.routes.len(),
         consumers = config.consumers.len(),
+        spool_dir = %config.spool.dir.display(),
         "gateway starting"
     );
     let gateway = Gateway::start(config, listener, metrics)?;
