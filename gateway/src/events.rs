@@ -27,6 +27,13 @@
 //! were spooled): duplicates by event id, which the ledger (`ReplacingMergeTree` by event id) and the quota loop
 //! (dedup by id) absorb.
 //!
+//! After a failed send nothing more goes out until the producer holds nothing; then it is replaced by a new one
+//! before the spool's records are sent again. (After sends that timed out, librdkafka's idempotent producer moves
+//! to a new epoch; a broker that cannot follow — Tansu answers every later produce with an unknown error — would
+//! otherwise never take another event from it. A new producer is a new idempotent session.) librdkafka
+//! reconnects to a broker that went away at least every second (`reconnect.backoff.max.ms`), so the spool drains
+//! soon after the broker is back.
+//!
 //! When the spool is full (`spool.max_bytes`), `spool.on_full` decides: `reject` (the default) makes
 //! [`EventSender::accepts_metered_requests`] false, and the proxy answers new metered requests 503 before they
 //! reach an upstream (the events of requests already admitted are still spooled, past `max_bytes` if need be);
