@@ -42,8 +42,10 @@
 //!
 //! When an event counts against token quotas, the acknowledgement's partition and offset go to its
 //! [`LocalUsage`], so that the quota books know when a snapshot covers it — for an event drained from the spool
-//! too, when this process spooled it (the drain keeps its `LocalUsage` in memory). Events found in the spool at
-//! start-up have none: the quotas of the replica that spooled them held them until their window ended.
+//! too, when this process spooled it (the drain keeps its `LocalUsage` in memory, so the books let go of it as
+//! soon as a snapshot covers it). Events found in the spool at start-up have none — the books that counted them
+//! died with the process that spooled them — and count in quotas once the quota loop reads them from Kafka, like
+//! any usage a restarted replica did not see.
 //!
 //! On shutdown the queue is closed and everything in it is sent (or spooled); the pump waits, until shortly
 //! before the shutdown budget runs out, for Kafka to acknowledge what is in flight, then appends whatever is
