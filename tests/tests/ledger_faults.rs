@@ -1,7 +1,8 @@
 //! The ledger under faults (issue 6): usage events are money, so no outage and no crash may lose one or count
-//! one twice. billing-consumer runs as a real process that is `kill -9`ed mid-ingest; ClickHouse is a server of
-//! the test's own that is stopped for 30 s while events keep coming. Afterwards the deduplicated ledger holds
-//! every event exactly once, and its totals are the totals of what was produced.
+//! one twice. The broker is one of the test's own, stopped for 30 s while 5,000 requests flow through the
+//! gateway; billing-consumer runs as a real process that is `kill -9`ed mid-ingest; ClickHouse is a server of
+//! the test's own, stopped for 30 s while events keep coming. Afterwards the deduplicated ledger holds every
+//! event exactly once, and its totals are the totals of what was produced.
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code: a failed expectation fails the test
 
@@ -12,10 +13,11 @@ use chrono::Utc;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
+use serde_json::json;
 use tollgate_schemas::CloudEvent;
 use tollgate_schemas::usage::{EstimateSource, Outcome, UsageEvent, UsageRecorded, UsageSource};
-use tollgate_tests::procs::{PrivateClickHouse, free_port, kill9, workspace_binary};
-use tollgate_tests::stack::{Infra, query};
+use tollgate_tests::procs::{PrivateBroker, PrivateClickHouse, free_port, kill9, workspace_binary};
+use tollgate_tests::stack::{CONSUMERS as KEYS, Infra, MODEL, Stack, StackOptions, http, query};
 
 const CONSUMERS: [&str; 3] = ["team-a", "team-b", "team-c"];
 
@@ -246,4 +248,93 @@ async fn a_clickhouse_outage_of_30_seconds_pauses_ingest_and_loses_nothing() {
     eprintln!("after a 30 s ClickHouse outage: {once} events counted once ({stored} rows stored)");
     assert_eq!(once, u64::from(BEFORE + DURING), "nothing was lost");
     assert_eq!(tokens, expected_tokens(&events));
+}
+
+#[actix_rt::test]
+async fn a_broker_outage_of_30_seconds_while_5000_requests_flow_loses_no_event_and_doubles_none() {
+    const REQUESTS: usize = 5_000;
+    const CLIENTS: usize = 8;
+    let mut broker = PrivateBroker::start();
+    let stack = Stack::start(StackOptions {
+        brokers: Some(broker.brokers()),
+        ..StackOptions::default()
+    })
+    .await;
+    // Eight clients, paced so that the 5,000 requests span the outage: about 125 requests a second.
+    let started = Instant::now();
+    let gateway = stack.gateway_url.clone();
+    let client = |c: usize| {
+        let gateway = gateway.clone();
+        async move {
+            let mut ids = Vec::new();
+            for n in (c..REQUESTS).step_by(CLIENTS) {
+                let key = KEYS[n % KEYS.len()].2;
+                let body = json!({"model": MODEL, "messages": [{"role": "user", "content": format!("request {n}")}]});
+                let mut response = http()
+                    .post(format!("{gateway}/v1/chat/completions"))
+                    .bearer_auth(key)
+                    .send_json(&body)
+                    .await
+                    .expect("the gateway answers");
+                let _ = response.body().await;
+                assert_eq!(
+                    response.status(),
+                    200,
+                    "every request is served during the outage"
+                );
+                ids.push(
+                    response
+                        .headers()
+                        .get("x-request-id")
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+                actix_web::rt::time::sleep(Duration::from_millis(60)).await;
+            }
+            ids
+        }
+    };
+    let outage = async {
+        actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+        broker.stop();
+        let down = Instant::now();
+        actix_web::rt::time::sleep(Duration::from_secs(30)).await;
+        broker.resume();
+        down.elapsed()
+    };
+    let (ids, down) = futures_util::join!(futures_util::future::join_all((0..CLIENTS).map(client)), outage);
+    let ids: std::collections::HashSet<String> = ids.into_iter().flatten().collect();
+    eprintln!(
+        "{} requests in {:?}, the broker down for {down:?} of it",
+        ids.len(),
+        started.elapsed()
+    );
+    assert_eq!(ids.len(), REQUESTS);
+
+    let rows = stack
+        .wait_for_usage_rows(REQUESTS, Duration::from_secs(120))
+        .await;
+    let landed: std::collections::HashSet<String> = rows
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    let stored = stack
+        .query("SELECT count() AS n, uniqExact(event_id) AS ids FROM usage_events")
+        .await;
+    eprintln!(
+        "after the outage: {} events counted once, {} rows stored for {} distinct ids",
+        rows.len(),
+        stored[0]["n"],
+        stored[0]["ids"]
+    );
+    assert_eq!(
+        rows.len(),
+        REQUESTS,
+        "every request's event is in the ledger exactly once"
+    );
+    assert_eq!(landed, ids, "and they are the events of exactly these requests");
+    assert_eq!(stored[0]["ids"], REQUESTS as u64);
+    stack.stop().await;
 }
