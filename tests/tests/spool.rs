@@ -333,6 +333,13 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
 
     let mut sent: HashSet<String> = send_ok(&stack.gateway_url, 0..BEFORE).await.into_iter().collect();
     stack.wait_for_usage_rows(BEFORE, Duration::from_secs(60)).await;
+    // On a busy machine even these may have waited for Kafka longer than spool.after: count from here.
+    eventually("the spool to be empty", Duration::from_secs(30), async || {
+        metric("tollgate_spool_bytes") == 0.0
+    })
+    .await;
+    let spooled_before = metric("tollgate_events_spooled_total");
+    let drained_before = metric("tollgate_spool_drained_total");
 
     // The broker goes away; clients notice nothing. The first half of the outage's events are with librdkafka
     // until spool.after (1 s) passes and they are spooled; the second half go straight to the spool.
@@ -341,14 +348,14 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
     eventually(
         "the first events to be spooled",
         Duration::from_secs(20),
-        async || metric("tollgate_events_spooled_total") == (DURING / 2) as f64,
+        async || metric("tollgate_events_spooled_total") - spooled_before == (DURING / 2) as f64,
     )
     .await;
     sent.extend(send_ok(&stack.gateway_url, BEFORE + DURING / 2..BEFORE + DURING).await);
     eventually(
         "the outage's events to be spooled",
         Duration::from_secs(20),
-        async || metric("tollgate_events_spooled_total") == DURING as f64,
+        async || metric("tollgate_events_spooled_total") - spooled_before == DURING as f64,
     )
     .await;
     assert!(!segment_files(&stack.spool_dir).is_empty());
@@ -365,10 +372,13 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
         (BEFORE + DURING) as f64,
         "acknowledged once each"
     );
-    assert_eq!(metric("tollgate_events_spooled_total"), DURING as f64);
+    assert_eq!(
+        metric("tollgate_events_spooled_total") - spooled_before,
+        DURING as f64
+    );
     // The first half was acknowledged from librdkafka after all (its spooled copies are never sent), the
     // second half was sent from the spool.
-    let drained = metric("tollgate_spool_drained_total");
+    let drained = metric("tollgate_spool_drained_total") - drained_before;
     assert!(
         drained >= (DURING / 2) as f64 && drained <= DURING as f64,
         "drained {drained}"
@@ -413,9 +423,13 @@ async fn an_outage_longer_than_librdkafkas_message_timeout_loses_nothing_and_dou
             && sample(&text, "tollgate_events_emitted_total") == Some(40.0)
     })
     .await;
+    // One line when an episode of spooling starts and one when it ends, never one per event. (The first
+    // events may make an episode of their own: a fresh producer's first acknowledgements can take longer than
+    // spool.after = 300 ms on a busy machine.)
     let log = gateway.log_text();
-    assert_eq!(log.matches("spooling them to disk").count(), 1, "{log}");
-    assert_eq!(log.matches("usage event spool drained").count(), 1, "{log}");
+    let started = log.matches("spooling them to disk").count();
+    assert!((1..=2).contains(&started), "{log}");
+    assert_eq!(log.matches("usage event spool drained").count(), started, "{log}");
     drop(gateway);
     stack.stop().await;
     let _ = std::fs::remove_dir_all(scratch);
