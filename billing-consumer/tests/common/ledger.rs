@@ -149,12 +149,23 @@ pub async fn count(ch: &ClickHouseSettings, sql: &str) -> u64 {
     ch.client().query(sql).fetch_one().await.unwrap()
 }
 
-/// Polls until the group has committed every partition to its end.
+/// Polls until the group has committed every partition to its end, at most [`DEADLINE`].
 pub async fn wait_until_committed_to_the_end(
     brokers: &str,
     group: &str,
     topic: &str,
     expected_messages: i64,
+) {
+    wait_until_committed_within(brokers, group, topic, expected_messages, DEADLINE).await;
+}
+
+/// Polls until the group has committed every partition to its end, at most `deadline`.
+pub async fn wait_until_committed_within(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    expected_messages: i64,
+    deadline: Duration,
 ) {
     let started = Instant::now();
     loop {
@@ -164,8 +175,8 @@ pub async fn wait_until_committed_to_the_end(
             return;
         }
         assert!(
-            started.elapsed() < DEADLINE,
-            "offsets not committed to the end within {DEADLINE:?}: {offsets:?}"
+            started.elapsed() < deadline,
+            "offsets not committed to the end within {deadline:?}: {offsets:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
