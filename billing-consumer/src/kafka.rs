@@ -24,6 +24,10 @@ const SESSION_TIMEOUT_MS: &str = "10000";
 /// How often a member tells the group it is alive (a third of the session timeout, as Kafka recommends).
 const HEARTBEAT_INTERVAL_MS: &str = "3000";
 
+/// The rebalance timeout (and the longest the ingest loop may go without reading, e.g. while it retries a
+/// ClickHouse write; past it the consumer leaves the group and rejoins on its next read).
+const MAX_POLL_INTERVAL_MS: &str = "15000";
+
 /// The longest a fetch waits at the broker when there is nothing to read, in milliseconds.
 const FETCH_WAIT_MAX_MS: &str = "100";
 /// The most a fetch returns per partition, in bytes (8 MiB).
@@ -71,7 +75,8 @@ fn describe(partitions: &TopicPartitionList) -> String {
 
 /// A consumer in `settings.group_id`, subscribed to `settings.topic`.
 pub fn subscribe(settings: &KafkaSettings) -> Result<IngestConsumer, BillingError> {
-    let consumer: IngestConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
         .set("client.id", CLIENT_ID)
@@ -82,12 +87,25 @@ pub fn subscribe(settings: &KafkaSettings) -> Result<IngestConsumer, BillingErro
         // times out; librdkafka's 45 s default would stall those partitions that long after every crash.
         .set("session.timeout.ms", SESSION_TIMEOUT_MS)
         .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS)
+        // The rebalance timeout: how long the group waits for members to rejoin before it reassigns. A member
+        // that died never rejoins, and Tansu waits the whole timeout (librdkafka's default: 5 min).
+        .set("max.poll.interval.ms", MAX_POLL_INTERVAL_MS)
         // An idle fetch returns within 100 ms rather than librdkafka's 500 (a broker without long-poll wake-ups,
         // like Tansu, holds it that long, so a new event would wait up to that long before its batch starts), and
         // a fetch carries up to 8 MiB per partition instead of 1 MiB (about 1,200 events), fewer round trips
         // while catching up. On Tansu here the broker's CPU bounds ingest either way (throughput.rs).
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
         .set("max.partition.fetch.bytes", MAX_PARTITION_FETCH_BYTES)
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+    // Static membership (KIP-345): a restarted replica with the same instance id takes its partitions back at
+    // once instead of waiting for the group to give up on its dead predecessor.
+    if let Some(instance) = std::env::var("TOLLGATE_BILLING_INSTANCE_ID")
+        .ok()
+        .filter(|i| !i.is_empty())
+    {
+        config.set("group.instance.id", instance);
+    }
+    let consumer: IngestConsumer = config
         .create_with_context(IngestContext)
         .map_err(BillingError::kafka("create consumer"))?;
     consumer

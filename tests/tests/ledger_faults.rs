@@ -120,10 +120,35 @@ fn billing_consumer(infra: &Infra, clickhouse_url: &str, database: &str, topic: 
         .args(["--batch-size", "1000", "--batch-wait", "50ms"])
         .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
         .env("RUST_LOG", "warn")
+        .env("TOLLGATE_BILLING_INSTANCE_ID", format!("{group}-1"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .expect("start billing-consumer")
+}
+
+/// Replays the topic over the last hour and compares it with the ledger: the audit must find nothing.
+async fn audit_is_clean(brokers: &str, topic: &str, clickhouse_url: &str, database: &str) {
+    let clickhouse = tollgate_billing_consumer::settings::ClickHouseSettings {
+        url: clickhouse_url.to_owned(),
+        database: database.to_owned(),
+        user: "default".into(),
+        password: None,
+    };
+    let now = Utc::now();
+    let settings = tollgate_billing_consumer::audit::AuditSettings::new(
+        brokers,
+        topic,
+        clickhouse,
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::minutes(1),
+        None,
+    );
+    let report = tollgate_billing_consumer::audit::run(&settings)
+        .await
+        .expect("the audit runs");
+    eprintln!("audit: {}", report.summary());
+    assert!(report.is_clean(), "{}", report.to_text());
 }
 
 async fn wait_for(url: &str, database: &str, expected: u64, deadline: Duration) -> (u64, u64, u64) {
@@ -205,6 +230,7 @@ async fn billing_consumer_killed_nine_times_five_during_ingest_still_counts_ever
         "every event is in the ledger exactly once"
     );
     assert_eq!(tokens, expected_tokens(&events), "and the totals are exact");
+    audit_is_clean(&infra.brokers, &topic, &url, &database).await;
     let _ = query(&url, "default", &format!("DROP DATABASE IF EXISTS {database}")).await;
 }
 
@@ -336,5 +362,12 @@ async fn a_broker_outage_of_30_seconds_while_5000_requests_flow_loses_no_event_a
     );
     assert_eq!(landed, ids, "and they are the events of exactly these requests");
     assert_eq!(stored[0]["ids"], REQUESTS as u64);
+    audit_is_clean(
+        &stack.infra.brokers,
+        &stack.topic,
+        &stack.clickhouse.url,
+        &stack.clickhouse.database,
+    )
+    .await;
     stack.stop().await;
 }
