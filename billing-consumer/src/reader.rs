@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::error::BillingError;
 
@@ -28,6 +30,26 @@ use crate::error::BillingError;
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before looking for the topic again, or after a failed lookup.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// The reader's consumer.
+pub type ReaderConsumer = StreamConsumer<ReaderContext>;
+
+/// Logs librdkafka's client errors as its default context does, except the end of a partition: a replay asks
+/// for it (`enable.partition.eof`) and reads it from the message stream, so it is not an error.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::trace!(reason, "End of a partition of the usage topic.");
+        } else {
+            tracing::error!(%error, reason, "librdkafka reported an error.");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
 
 /// Where one partition is read from and up to where it was when reading started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +64,7 @@ struct PartitionStart {
 /// The usage topic, assigned and positioned.
 pub struct Reader {
     /// The consumer to read messages from.
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<ReaderConsumer>,
     /// Per partition: the next offset to read and the end (the high watermark when reading started).
     progress: BTreeMap<i32, (i64, i64)>,
     /// How the start offsets were found, for the log.
@@ -100,10 +122,10 @@ const FETCH_WAIT_MAX_MS: &str = "10";
 
 /// A consumer outside any group. With `eof`, it reports the end of each partition (for a replay, which stops
 /// there; the quota loop reads on).
-fn consumer(brokers: &str, purpose: &str, eof: bool) -> Result<Arc<StreamConsumer>, BillingError> {
+fn consumer(brokers: &str, purpose: &str, eof: bool) -> Result<Arc<ReaderConsumer>, BillingError> {
     // librdkafka needs a group to assign partitions; a fresh one per run, never joined and never committed.
     let group = format!("tollgate-billing-{purpose}-{}", uuid::Uuid::now_v7().simple());
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: ReaderConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", &group)
         .set("client.id", crate::kafka::CLIENT_ID)
@@ -114,7 +136,7 @@ fn consumer(brokers: &str, purpose: &str, eof: bool) -> Result<Arc<StreamConsume
         // Snapshot lag is quota overshoot between replicas: ask for new events often rather than let an idle
         // fetch wait the default 500 ms (a broker without long-poll wake-ups holds it that long).
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
-        .create()
+        .create_with_context(ReaderContext)
         .map_err(BillingError::kafka("create usage topic reader"))?;
     Ok(Arc::new(consumer))
 }
@@ -132,7 +154,7 @@ pub async fn open_at(brokers: &str, topic: &str, since_ms: i64) -> Result<Option
 
 /// Looks up the partitions of `topic` and where to start reading them, off the async runtime.
 async fn lookup(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<ReaderConsumer>,
     brokers: &str,
     topic: &str,
     since_ms: i64,
@@ -186,7 +208,7 @@ pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Read
 
 /// Assigns every partition of `topic` to `consumer` at its start.
 fn assign(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<ReaderConsumer>,
     topic: &str,
     partitions: &[PartitionStart],
     start_by_time: bool,
@@ -222,7 +244,7 @@ fn assign(
 /// The partitions of `topic` with their start and end, and whether the starts came from the broker's
 /// offsets-by-time lookup; `None` while the topic does not exist. Blocking.
 fn locate(
-    consumer: &StreamConsumer,
+    consumer: &ReaderConsumer,
     brokers: &str,
     topic: &str,
     since_ms: i64,

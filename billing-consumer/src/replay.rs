@@ -151,7 +151,7 @@ fn progress_bar(total: u64, label: &str) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} messages ({per_sec}, {eta} left)",
+        "{msg} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} messages ({eta} left)",
     ) {
         bar.set_style(style);
     }

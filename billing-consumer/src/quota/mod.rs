@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::FutureExt as _;
 use rdkafka::Message;
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use tokio::time::MissedTickBehavior;
@@ -39,7 +38,7 @@ use crate::settings::QuotaSettings;
 
 use self::publisher::Publisher;
 use self::windows::{Applied, Position, QuotaState};
-use crate::reader::{self, Reader};
+use crate::reader::{self, Reader, ReaderConsumer};
 
 /// How far before the longest window the rebuild starts: room for clock skew between gateways and Kafka.
 pub const REBUILD_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -220,7 +219,7 @@ impl QuotaLoop {
 
     /// Counts what the consumer has ready without waiting, up to [`DRAIN_MAX`] messages. Returns true when
     /// that emptied it (the usage topic has nothing more to read right now).
-    fn drain(&mut self, consumer: &StreamConsumer, reader: &mut Reader) -> bool {
+    fn drain(&mut self, consumer: &ReaderConsumer, reader: &mut Reader) -> bool {
         for _ in 0..DRAIN_MAX {
             match consumer.recv().now_or_never() {
                 None => return true,
