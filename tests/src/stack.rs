@@ -503,11 +503,20 @@ impl Stack {
         headers: &[(&str, &str)],
         body: &Value,
     ) -> Reply {
-        let mut request = http().post(format!("{base}{path}"));
-        for (name, value) in headers {
-            request = request.insert_header((*name, *value));
+        let request = || {
+            let mut request = http().post(format!("{base}{path}"));
+            for (name, value) in headers {
+                request = request.insert_header((*name, *value));
+            }
+            request
+        };
+        // A kept-alive connection the server closed while the test was busy elsewhere fails to connect; the
+        // request was never sent, so sending it again is safe.
+        let mut response = match request().send_json(body).await {
+            Err(awc::error::SendRequestError::Connect(_)) => request().send_json(body).await,
+            other => other,
         }
-        let mut response = request.send_json(body).await.expect("the gateway answers");
+        .expect("the gateway answers");
         let request_id = response
             .headers()
             .get("x-request-id")
