@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 use super::{Pos, Record, Spool};
 use crate::quota::LocalUsage;
 
-/// Records sent from the spool and not acknowledged yet, at most.
-pub const WINDOW_RECORDS: usize = 4096;
+/// Records sent from the spool and not acknowledged yet, at most. Small enough that a broker just back from an
+/// outage, busy and slow, acknowledges a window well within `kafka.message_timeout` (a window that times out
+/// as a whole is sent again, and a too-large one could time out forever).
+pub const WINDOW_RECORDS: usize = 1024;
 /// Bytes of records held for the window, about at most.
-pub const WINDOW_BYTES: usize = 8 << 20;
+pub const WINDOW_BYTES: usize = 2 << 20;
 /// How long after a failed send records are sent again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
