@@ -20,10 +20,10 @@
 //!
 //! Any step's failure is a [`GatewayError`](crate::error::GatewayError), answered in OpenAI's error shape.
 //! `GET /v1/models` lists the routed model names; `GET /healthz` and `GET /metrics` sit beside the API; every
-//! other path is an OpenAI-shaped 404.
+//! other path is an OpenAI-shaped 404. The admin API runs beside it on its own listener ([`crate::admin`]).
 
 use std::any::Any;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminServer;
 use crate::auth::KeyStore;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
@@ -82,11 +83,18 @@ pub enum StartError {
     QuotaFeed(#[from] FeedError),
     #[error("could not start the HTTP server: {0}")]
     Http(#[from] std::io::Error),
+    #[error("could not start the admin API on {listen}: {source}")]
+    Admin {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A gateway ready to run: the HTTP server and the event pipeline behind it.
 pub struct Gateway {
     server: Server,
+    /// The admin API, when an admin key is configured.
+    admin: Option<AdminServer>,
     pipeline: EventPipeline,
     feed: Option<QuotaFeed>,
     probes: CancellationToken,
@@ -173,8 +181,13 @@ impl Gateway {
         .disable_signals()
         .listen(listener)?
         .run();
+        let admin = AdminServer::start(&config).map_err(|source| StartError::Admin {
+            listen: config.admin.listen,
+            source,
+        })?;
         Ok(Self {
             server,
+            admin,
             pipeline,
             feed,
             probes,
@@ -187,10 +200,20 @@ impl Gateway {
         self.server.handle()
     }
 
+    /// The admin API's bound address; `None` when no admin key is configured (the listener did not start).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminServer::addr)
+    }
+
     /// Serves until stopped, then drains the usage events still queued to Kafka, or to the spool what Kafka
     /// does not acknowledge within `server.shutdown_timeout`.
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
+        if let Some(admin) = self.admin
+            && let Err(e) = admin.stop().await
+        {
+            tracing::error!(error = %e, "the admin API did not stop cleanly");
+        }
         self.probes.cancel();
         if let Some(feed) = self.feed {
             feed.stop();

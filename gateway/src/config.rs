@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 use url::Url;
@@ -30,6 +31,47 @@ pub struct Config {
     pub token_limits: Vec<TokenLimit>,
     pub quota: QuotaConfig,
     pub spool: SpoolConfig,
+    /// The admin listener (`[admin]`); it starts only when at least one admin key is configured.
+    pub admin: AdminConfig,
+}
+
+/// The admin API's listener and who may use it (`[admin]`; see [`crate::admin`]).
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Address the admin API listens on (default loopback).
+    pub listen: SocketAddr,
+    /// Admin keys, stored as SHA-256 hashes; none → the admin listener does not start.
+    pub keys: Vec<AdminKey>,
+    /// Source addresses allowed to reach the admin API.
+    pub allow: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// One admin key: its public id, the SHA-256 of the key, and what it may do.
+#[derive(Debug, Clone)]
+pub struct AdminKey {
+    pub id: String,
+    pub sha256: [u8; 32],
+    pub role: AdminRole,
+}
+
+/// What an admin key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRole {
+    /// Read and (once writes exist) change the configuration.
+    Admin,
+    /// Read only: any method other than GET and HEAD is refused with 403.
+    Viewer,
+}
+
+impl AdminRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Viewer => "viewer",
+        }
+    }
 }
 
 /// The durable spool of usage events Kafka has not acknowledged (`[spool]`; see [`crate::spool`]).
@@ -468,6 +510,53 @@ pub struct RawConfig {
     pub quota: RawQuota,
     #[serde(default)]
     pub spool: RawSpool,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9180".to_owned()
+}
+fn default_admin_allow() -> Vec<String> {
+    vec!["127.0.0.1/32".to_owned(), "::1/128".to_owned()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub keys: Vec<RawAdminKey>,
+    /// CIDRs; loopback only by default.
+    #[serde(default = "default_admin_allow")]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Accept an allowlist that contains 0.0.0.0/0 or ::/0.
+    #[serde(default)]
+    pub allow_any: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            keys: Vec::new(),
+            allow: default_admin_allow(),
+            trusted_proxies: Vec::new(),
+            allow_any: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminKey {
+    pub id: String,
+    pub sha256: String,
+    /// `admin` or `viewer`.
+    pub role: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1159,6 +1248,7 @@ impl RawConfig {
         };
 
         let spool = validate_spool(&mut p, self.spool, kafka.message_timeout);
+        let admin = validate_admin(&mut p, self.admin, &key_hashes);
 
         if p.0.is_empty() {
             Ok(Config {
@@ -1171,6 +1261,7 @@ impl RawConfig {
                 token_limits,
                 quota,
                 spool,
+                admin,
             })
         } else {
             Err(ConfigErrors(p.0))
@@ -1335,6 +1426,105 @@ fn validate_spool(p: &mut Problems, raw: RawSpool, message_timeout: Duration) ->
         after,
         on_full,
     }
+}
+
+/// `consumer_hashes`: an admin key must not also be a consumer key.
+fn validate_admin(p: &mut Problems, raw: RawAdmin, consumer_hashes: &HashSet<[u8; 32]>) -> AdminConfig {
+    let listen = raw.listen.parse().unwrap_or_else(|e| {
+        p.push(
+            "admin.listen",
+            format!("`{}` is not an address like 127.0.0.1:9180: {e}", raw.listen),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    let mut keys = Vec::with_capacity(raw.keys.len());
+    for (i, key) in raw.keys.into_iter().enumerate() {
+        let path = format!("admin.keys[{i}]");
+        p.name(format!("{path}.id"), &key.id);
+        if !ids.insert(key.id.clone()) {
+            p.push(format!("{path}.id"), format!("`{}` is used twice", key.id));
+        }
+        let mut sha256 = [0u8; 32];
+        if hex::decode_to_slice(key.sha256.to_ascii_lowercase(), &mut sha256).is_err() {
+            p.push(
+                format!("{path}.sha256"),
+                "must be the 64-hex-digit SHA-256 of the key (`gateway hash-key` prints it)",
+            );
+        } else if !hashes.insert(sha256) {
+            p.push(format!("{path}.sha256"), "the same key is configured twice");
+        } else if consumer_hashes.contains(&sha256) {
+            p.push(
+                format!("{path}.sha256"),
+                "is also a consumer key; use a key of its own",
+            );
+        }
+        let role = match key.role.as_str() {
+            "admin" => AdminRole::Admin,
+            "viewer" => AdminRole::Viewer,
+            other => {
+                p.push(
+                    format!("{path}.role"),
+                    format!("`{other}` is not admin or viewer"),
+                );
+                AdminRole::Viewer
+            }
+        };
+        keys.push(AdminKey {
+            id: key.id,
+            sha256,
+            role,
+        });
+    }
+    let allow = cidrs(p, "admin.allow", &raw.allow);
+    if raw.allow.is_empty() {
+        p.push(
+            "admin.allow",
+            "must list at least one CIDR (default: loopback only)",
+        );
+    }
+    for (i, net) in raw.allow.iter().enumerate() {
+        if let Ok(net) = net.parse::<IpNet>()
+            && net.prefix_len() == 0
+            && !raw.allow_any
+        {
+            p.push(
+                format!("admin.allow[{i}]"),
+                format!("`{net}` admits every address; set admin.allow_any = true to mean it"),
+            );
+        }
+    }
+    AdminConfig {
+        listen,
+        keys,
+        allow,
+        trusted_proxies: cidrs(p, "admin.trusted_proxies", &raw.trusted_proxies),
+    }
+}
+
+fn cidrs(p: &mut Problems, path: &str, values: &[String]) -> Vec<IpNet> {
+    values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, value)| match value.parse::<IpNet>() {
+            Ok(net) if net.trunc() == net => Some(net),
+            Ok(net) => {
+                p.push(
+                    format!("{path}[{i}]"),
+                    format!("`{value}` has host bits set; did you mean {}?", net.trunc()),
+                );
+                None
+            }
+            Err(e) => {
+                p.push(
+                    format!("{path}[{i}]"),
+                    format!("`{value}` is not a CIDR like 10.0.0.0/8 or ::1/128: {e}"),
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 fn validate_health_check(p: &mut Problems, instance_path: &str, raw: RawHealthCheck) -> HealthCheck {
@@ -1677,6 +1867,73 @@ mod tests {
             found,
             ["spool.max_bytes: must be at least spool.segment_bytes (16384)"]
         );
+    }
+
+    #[test]
+    fn the_admin_api_has_no_default_key_and_listens_on_loopback_only() {
+        let admin = Config::from_toml_with_env(VALID, env).unwrap().admin;
+        assert!(
+            admin.keys.is_empty(),
+            "no key → the admin listener does not start"
+        );
+        assert_eq!(admin.listen, "127.0.0.1:9180".parse().unwrap());
+        let allow: Vec<String> = admin.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["127.0.0.1/32", "::1/128"]);
+        assert!(admin.trusted_proxies.is_empty());
+
+        let text = format!(
+            "{VALID}\n[admin]\nlisten = \"0.0.0.0:9180\"\nallow = [\"10.0.0.0/8\"]\ntrusted_proxies = [\"192.168.0.0/16\"]\n\
+             keys = [{{ id = \"ops\", sha256 = \"{hash}\", role = \"admin\" }}, \
+             {{ id = \"dash\", sha256 = \"{other}\", role = \"viewer\" }}]\n",
+            hash = "ab".repeat(32),
+            other = "cd".repeat(32),
+        );
+        let admin = Config::from_toml_with_env(&text, env).unwrap().admin;
+        let roles: Vec<(&str, AdminRole)> = admin.keys.iter().map(|k| (k.id.as_str(), k.role)).collect();
+        assert_eq!(roles, [("ops", AdminRole::Admin), ("dash", AdminRole::Viewer)]);
+        assert_eq!(admin.keys[0].sha256, [0xab; 32]);
+    }
+
+    #[test]
+    fn an_allowlist_of_every_address_is_refused_unless_forced() {
+        let with = |admin: &str| format!("{VALID}\n[admin]\n{admin}\n");
+        let found = problems(&with(r#"allow = ["127.0.0.1/32", "0.0.0.0/0", "::/0"]"#));
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(paths, ["admin.allow[1]", "admin.allow[2]"], "{found:?}");
+        assert!(found[0].contains("allow_any"), "{found:?}");
+        let forced =
+            Config::from_toml_with_env(&with("allow = [\"0.0.0.0/0\"]\nallow_any = true"), env).unwrap();
+        assert_eq!(forced.admin.allow[0].to_string(), "0.0.0.0/0");
+    }
+
+    #[test]
+    fn admin_problems_are_reported_with_their_paths() {
+        let consumer_hash = "75cf857b6872c3d729faf2b92788a91fff3bc594f5a693ed02e6175a5bbac874";
+        let text = format!(
+            "{VALID}\n[admin]\nlisten = \"everywhere\"\nallow = [\"10.0.0.0/33\", \"10.1.2.3/8\", \"nowhere\"]\n\
+             trusted_proxies = [\"proxy\"]\n\
+             keys = [{{ id = \"ops\", sha256 = \"zz\", role = \"root\" }}, \
+             {{ id = \"ops\", sha256 = \"{consumer_hash}\", role = \"viewer\" }}]\n"
+        );
+        let found = problems(&text);
+        let paths: Vec<&str> = found.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            [
+                "admin.listen",
+                "admin.keys[0].sha256",
+                "admin.keys[0].role",
+                "admin.keys[1].id",
+                "admin.keys[1].sha256",
+                "admin.allow[0]",
+                "admin.allow[1]",
+                "admin.allow[2]",
+                "admin.trusted_proxies[0]",
+            ],
+            "{found:#?}"
+        );
+        assert!(found[4].contains("also a consumer key"), "{found:?}");
+        assert!(found[6].contains("10.0.0.0/8"), "host bits: {found:?}");
     }
 
     #[test]

@@ -21,8 +21,10 @@
 //! - [`events`] — usage events off the request path and into Kafka, or into [`spool`] — segment files on local
 //!   disk, drained to Kafka in order — while Kafka does not acknowledge them;
 //! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics;
+//! - [`admin`] — the admin API on its own listener: allowlist, admin keys and roles, read-only resources;
 //! - [`clock`] — the time quota windows and event timestamps are read from (tests inject their own).
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod clock;

@@ -37,6 +37,7 @@ pub const QUOTA_SNAPSHOT_AGE_SECONDS: &str = "tollgate_quota_snapshot_age_second
 pub const QUOTA_SNAPSHOT_LAG_SECONDS: &str = "tollgate_quota_snapshot_lag_seconds";
 pub const QUOTA_DEGRADED: &str = "tollgate_quota_degraded";
 pub const QUOTA_PENDING_TOKENS: &str = "tollgate_quota_pending_tokens";
+pub const ADMIN_REQUESTS_TOTAL: &str = "tollgate_admin_requests_total";
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to long completions.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -54,6 +55,11 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
 
 /// Describes every gateway metric (idempotent).
 pub fn describe() {
+    describe_counter!(
+        ADMIN_REQUESTS_TOTAL,
+        "Admin API requests answered, by status and outcome (ok, not_found, or the refusal: missing_admin_key, \
+         invalid_admin_key, address_not_allowed, bad_forwarded_address, read_only_key)."
+    );
     describe_counter!(
         REQUESTS_TOTAL,
         "Requests answered, by route, status class and outcome."

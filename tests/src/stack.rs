@@ -128,6 +128,9 @@ pub struct Stack {
     pub gateway_url: String,
     /// The second replica, when [`StackOptions::second_gateway`] asked for one.
     pub gateway2_url: Option<String>,
+    /// The first gateway's admin API, when `extra_toml` configures an admin key (`[admin] listen` port 0 picks
+    /// a free port).
+    pub admin_url: Option<String>,
     pub meter_url: String,
     pub topic: String,
     /// The compacted topic of quota snapshots.
@@ -343,6 +346,7 @@ impl Stack {
         let replicas = if options.second_gateway { 2 } else { 1 };
         let mut gateways = Vec::new();
         let mut urls = Vec::new();
+        let mut admin_urls = Vec::new();
         for replica in 1..=replicas {
             // The first replica is `test-gw`; a second one is `test-gw-2`, with a spool directory of its own.
             let text = if replica == 1 {
@@ -368,6 +372,7 @@ impl Stack {
             ));
             let gateway =
                 Gateway::start_with_clock(config, listener, metrics.clone(), clock.clone()).expect("gateway");
+            admin_urls.push(gateway.admin_addr().map(|addr| format!("http://{addr}")));
             let handle = gateway.handle();
             let (done_tx, done) = tokio::sync::oneshot::channel();
             actix_web::rt::spawn(async move {
@@ -378,6 +383,7 @@ impl Stack {
         }
         let gateway_url = urls.remove(0);
         let gateway2_url = urls.pop();
+        let admin_url = admin_urls.into_iter().next().flatten();
         let quota_loop = options
             .quota_loop
             .then(|| QuotaLoop::start(&infra.brokers, &topic, &quota_topic, &toml))
@@ -415,6 +421,7 @@ impl Stack {
             mock2,
             gateway_url,
             gateway2_url,
+            admin_url,
             meter_url,
             topic,
             quota_topic,

@@ -1,0 +1,173 @@
+//! The admin API: a second HTTP server on `admin.listen` (default loopback), separate from the public API.
+//! This first part serves read-only resources under `/admin/v1` ([`resources`]); writes, live apply and the
+//! config topic are not built yet.
+//!
+//! Every request passes one guard, before routing, in this order:
+//! 1. source address — the TCP peer, or what a trusted proxy forwards, must be inside `admin.allow`, else 403
+//!    ([`allowlist`]);
+//! 2. admin key — `X-API-KEY`, SHA-256 and a constant-time compare; missing or unknown → 401 ([`auth`]);
+//! 3. role — a viewer key may only GET and HEAD, else 403.
+//!
+//! Every refusal is logged (peer, judged client address, reason, key id when known — never the key) and every
+//! answer counted in `tollgate_admin_requests_total{status,outcome}`. There is no default key: without an
+//! admin key configured the listener does not start.
+
+pub mod allowlist;
+pub mod auth;
+pub mod error;
+pub mod resources;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+
+use crate::admin::allowlist::Allowlist;
+use crate::admin::auth::AdminKeys;
+use crate::admin::error::AdminError;
+use crate::config::Config;
+use crate::metrics as m;
+
+/// What the guard checks every admin request against.
+#[derive(Debug)]
+struct Guard {
+    allowlist: Allowlist,
+    keys: AdminKeys,
+}
+
+/// The running admin listener.
+pub struct AdminServer {
+    handle: ServerHandle,
+    /// The server runs only while polled, so it is spawned; `stop` waits for it.
+    task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for AdminServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminServer {
+    /// Binds `admin.listen` and starts serving, or returns `None` (and says so in one log line) when no admin
+    /// key is configured. Must be called inside an actix system.
+    pub fn start(config: &Arc<Config>) -> std::io::Result<Option<Self>> {
+        let admin = &config.admin;
+        if admin.keys.is_empty() {
+            tracing::info!("no admin key configured ([admin] keys): the admin API is not started");
+            return Ok(None);
+        }
+        let listener = TcpListener::bind(admin.listen)?;
+        let addr = listener.local_addr()?;
+        let guard = web::Data::new(Guard {
+            allowlist: Allowlist::new(admin.allow.clone(), admin.trusted_proxies.clone()),
+            keys: AdminKeys::new(&admin.keys),
+        });
+        let data = web::Data::from(config.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(guard.clone())
+                .app_data(data.clone())
+                .wrap(from_fn(check))
+                .service(
+                    web::scope("/admin/v1")
+                        .route("/instances", web::get().to(resources::instances))
+                        .route("/instances/{name}", web::get().to(resources::one_instance))
+                        .route("/routes", web::get().to(resources::routes))
+                        .route("/routes/{name}", web::get().to(resources::one_route))
+                        .route("/consumers", web::get().to(resources::consumers))
+                        .route("/consumers/{name}", web::get().to(resources::one_consumer))
+                        .route("/limits", web::get().to(resources::limits)),
+                )
+                .default_service(web::to(unknown_url))
+        })
+        .workers(1)
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs())
+        .disable_signals()
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        let task = actix_web::rt::spawn(server);
+        tracing::info!(listen = %addr, keys = admin.keys.len(), "admin API listening");
+        Ok(Some(Self { handle, task, addr }))
+    }
+
+    /// The address the admin API is bound to (the real port when `admin.listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the admin listener gracefully and waits for it.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.handle.stop(true).await;
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// The guard in front of every admin route: address, key, role — then the route.
+async fn check(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(guard) = req.app_data::<web::Data<Guard>>().cloned() else {
+        return Err(actix_web::error::ErrorInternalServerError("admin guard missing"));
+    };
+    let peer = req.peer_addr().map(|a| a.ip());
+    let (client, allowed) = match peer {
+        Some(peer) => guard.allowlist.judge(peer, req.headers()),
+        None => (None, Err(AdminError::AddressNotAllowed)),
+    };
+    let mut key_id = None;
+    let verdict = allowed
+        .and_then(|()| guard.keys.authenticate(req.headers()))
+        .and_then(|principal| {
+            key_id = Some(principal.key_id.clone());
+            auth::authorize(principal.role, req.method())
+        });
+    if let Err(refusal) = verdict {
+        tracing::warn!(
+            peer = ?peer,
+            client = ?client,
+            method = %req.method(),
+            path = req.path(),
+            key_id = key_id.as_deref(),
+            reason = refusal.outcome(),
+            "admin request refused"
+        );
+        count(refusal.status_code().as_u16(), refusal.outcome());
+        let response = refusal.error_response();
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    let response = next.call(req).await?;
+    let status = response.status();
+    let outcome = match status.as_u16() {
+        200..=399 => "ok",
+        404 => "not_found",
+        _ => "error",
+    };
+    count(status.as_u16(), outcome);
+    Ok(response.map_into_left_body())
+}
+
+fn count(status: u16, outcome: &'static str) {
+    metrics::counter!(
+        m::ADMIN_REQUESTS_TOTAL,
+        "status" => status.to_string(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+async fn unknown_url(req: HttpRequest) -> HttpResponse {
+    AdminError::UnknownUrl {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    }
+    .error_response()
+}
