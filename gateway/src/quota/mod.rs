@@ -432,11 +432,6 @@ impl Quotas {
             .map(|book| self.standing(book, &mut book.lock(), now).pending)
             .fold(0, u64::saturating_add)
     }
-
-    /// The cached snapshot of a scope, if any.
-    pub fn snapshot(&self, key: &str) -> Option<Arc<QuotaSnapshot>> {
-        self.snapshots.get(key)
-    }
 }
 
 /// A request's reservations; settled with its actual usage, or released when dropped unsettled.
