@@ -6,6 +6,7 @@
 
 use schemars::schema_for;
 
+use crate::config::ConfigChangeEvent;
 use crate::quota::{QuotaHeartbeatEvent, QuotaSnapshotEvent};
 use crate::usage::UsageEvent;
 
@@ -14,6 +15,7 @@ pub fn all() -> Vec<(&'static str, String)> {
     vec![
         ("tollgate.usage.v1.json", render(schema_for!(UsageEvent))),
         ("tollgate.quota.v1.json", render(schema_for!(QuotaSnapshotEvent))),
+        ("tollgate.config.v1.json", render(schema_for!(ConfigChangeEvent))),
         (
             "tollgate.quota.heartbeat.v1.json",
             render(schema_for!(QuotaHeartbeatEvent)),

@@ -5,6 +5,8 @@
 //! - [`usage`] — `tollgate.usage.v1`: one [`UsageRecorded`] per request that reached an upstream.
 //! - [`quota`] — `tollgate.quota.v1`: quota scopes, fixed windows, limit strategies, and the snapshots and
 //!   heartbeats billing-consumer publishes for gateways.
+//! - [`config`] — `tollgate.config.v1`: the admin API's changes to instances, routes, consumers, limits and
+//!   prices, which every gateway replica applies in topic order.
 //! - [`topics`] — topic names and what keys them.
 //! - [`json_schema`] — JSON Schema documents generated from these types, checked in under `json-schema/` for
 //!   consumers that are not written in Rust.
@@ -13,6 +15,7 @@
 //! schema; `fixtures/` holds one golden JSON document per published version and a test proves each still
 //! deserializes.
 
+pub mod config;
 pub mod envelope;
 pub mod json_schema;
 pub mod quota;

@@ -88,3 +88,18 @@ fn checked_in_schemas_are_current() {
         );
     }
 }
+
+#[test]
+fn config_v1_golden_fixture_still_deserializes() {
+    let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.config.v1.json")).unwrap();
+    let event: tollgate_schemas::config::ConfigChangeEvent = serde_json::from_str(&text).unwrap();
+
+    assert!(event.is_expected_type());
+    assert_eq!(event.subject, event.data.key());
+    assert_eq!(event.data.kind, tollgate_schemas::config::ResourceKind::Route);
+    assert_eq!(event.data.action, tollgate_schemas::config::ChangeAction::Put);
+    assert_eq!(event.data.resource.as_ref().unwrap()["targets"][1]["weight"], 20);
+    let again: tollgate_schemas::config::ConfigChangeEvent =
+        serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+    assert_eq!(event, again);
+}
