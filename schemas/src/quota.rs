@@ -69,13 +69,18 @@ impl LimitStrategy {
 
 /// A token limit as written in the gateway's TOML (`[[consumers.token_limits]]`, `[[token_limits]]`,
 /// `[instances.token_limit]`), named after APISIX's `ai-rate-limiting`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenLimitConfig {
+    /// The limit's name in the admin API (`/admin/v1/limits/{id}`); for `[[token_limits]]` only. When absent,
+    /// the scope's key names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The requested model names the limit covers (list a model's aliases together); every model when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
     /// Only usage served by this instance counts (a consumer's share of one instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
     /// Tokens per window.
     pub limit: u64,
@@ -84,10 +89,13 @@ pub struct TokenLimitConfig {
     #[serde(default)]
     pub limit_strategy: LimitStrategy,
     /// Status of a rejection (default 429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_code: Option<u16>,
     /// Message of a rejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_msg: Option<String>,
     /// OpenAI error `type` of a rejection: `rate_limit_exceeded` (default) or `insufficient_quota`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_type: Option<String>,
 }
 
@@ -317,6 +325,7 @@ mod tests {
     fn limit(toml_like: (&[&str], Option<&str>, u64, &str)) -> TokenLimitConfig {
         let (models, instance, limit, window) = toml_like;
         TokenLimitConfig {
+            id: None,
             models: models.iter().map(|m| (*m).to_owned()).collect(),
             instance: instance.map(str::to_owned),
             limit,

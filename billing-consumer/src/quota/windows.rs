@@ -298,6 +298,7 @@ mod tests {
         strategy: LimitStrategy,
     ) -> ConfiguredScope {
         let limit = TokenLimitConfig {
+            id: None,
             models: models.iter().map(|m| (*m).to_owned()).collect(),
             instance: None,
             limit: 1000,
