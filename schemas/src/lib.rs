@@ -7,6 +7,8 @@
 //!   heartbeats billing-consumer publishes for gateways.
 //! - [`config`] — `tollgate.config.v1`: the admin API's changes to instances, routes, consumers, limits and
 //!   prices, which every gateway replica applies in topic order.
+//! - [`prices`] — price entries (`[[prices]]` of billing-consumer's price file, `price` resources of the admin
+//!   API) and the one validation both apply: exact decimal prices into micro-units, dates, currencies.
 //! - [`topics`] — topic names and what keys them.
 //! - [`json_schema`] — JSON Schema documents generated from these types, checked in under `json-schema/` for
 //!   consumers that are not written in Rust.
@@ -18,6 +20,7 @@
 pub mod config;
 pub mod envelope;
 pub mod json_schema;
+pub mod prices;
 pub mod quota;
 pub mod topics;
 pub mod usage;
