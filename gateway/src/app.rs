@@ -35,30 +35,28 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminServer;
-use crate::auth::KeyStore;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventSender, EventsError};
-use crate::limits::RequestLimits;
+use crate::live::{LiveConfig, LiveError, LiveHandles};
 use crate::meter::MeterClient;
 use crate::models;
-use crate::probe;
 use crate::proxy;
 use crate::quota::Quotas;
 use crate::quota::feed::{FeedError, QuotaFeed};
 use crate::request::Endpoint;
-use crate::routing::{self, Router};
 use crate::upstream::Upstreams;
 
-/// State shared by every worker. Immutable for the life of the server.
+/// State shared by every worker. What the admin API can change lives in [`LiveConfig`]; a request loads its
+/// [`Runtime`](crate::live::runtime::Runtime) once and keeps it to the end.
 #[derive(Debug)]
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub keys: KeyStore,
-    pub limits: RequestLimits,
+    /// `[server]`: fixed for the life of the process.
+    pub server: ServerConfig,
+    /// Routes, instances, consumers, keys and limits: swapped whole by the admin API's changes.
+    pub live: Arc<LiveConfig>,
     pub quotas: Arc<Quotas>,
-    pub router: Router,
     pub events: EventSender,
     /// The CloudEvents `source` of this replica's events.
     pub event_source: Arc<str>,
@@ -81,6 +79,8 @@ pub enum StartError {
     Events(#[from] EventsError),
     #[error(transparent)]
     QuotaFeed(#[from] FeedError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
     #[error("could not start the HTTP server: {0}")]
     Http(#[from] std::io::Error),
     #[error("could not start the admin API on {listen}: {source}")]
@@ -97,6 +97,7 @@ pub struct Gateway {
     admin: Option<AdminServer>,
     pipeline: EventPipeline,
     feed: Option<QuotaFeed>,
+    live: LiveHandles,
     probes: CancellationToken,
     shutdown_timeout: Duration,
 }
@@ -131,26 +132,26 @@ impl Gateway {
         let (events, pipeline) = EventPipeline::start(&config.kafka, &config.spool, &event_source)?;
         let quotas = Arc::new(Quotas::new(&config, event_source.clone(), clock.clone()));
         let feed = QuotaFeed::start(&config, quotas.clone())?;
-        let config = Arc::new(config);
-        let health = routing::health_of(&config);
         let probes = CancellationToken::new();
-        probe::spawn(&config.instances, &health, &probes);
+        let server_config = config.server.clone();
+        let admin_config = config.admin.clone();
+        let (live, live_handles) =
+            LiveConfig::start(config, quotas.clone(), probes.clone(), event_source.clone())?;
         let state = web::Data::new(AppState {
-            keys: KeyStore::new(&config.consumers),
-            limits: RequestLimits::new(&config.consumers),
-            router: Router::new(&config, &health),
+            server: server_config.clone(),
+            live: live.clone(),
             quotas,
             events,
             event_source,
             clock,
             metrics,
-            config: config.clone(),
         });
-        let worker_config = config.clone();
+        let worker_live = live.clone();
         let server = HttpServer::new(move || {
+            let runtime = worker_live.runtime();
             let clients = WorkerClients {
-                meter: MeterClient::new(&worker_config.meter),
-                upstreams: Upstreams::new(&worker_config.instances),
+                meter: MeterClient::new(&runtime.config.meter),
+                upstreams: Upstreams::new(&runtime.config.instances),
             };
             let app = App::new()
                 .app_data(state.clone())
@@ -176,22 +177,24 @@ impl Gateway {
                 .default_service(web::to(unknown_url))
         })
         .on_connect(set_nodelay)
-        .workers(config.server.workers)
-        .shutdown_timeout(config.server.shutdown_timeout.as_secs())
+        .workers(server_config.workers)
+        .shutdown_timeout(server_config.shutdown_timeout.as_secs())
         .disable_signals()
         .listen(listener)?
         .run();
-        let admin = AdminServer::start(&config).map_err(|source| StartError::Admin {
-            listen: config.admin.listen,
-            source,
-        })?;
+        let admin =
+            AdminServer::start(&admin_config, &server_config, live).map_err(|source| StartError::Admin {
+                listen: admin_config.listen,
+                source,
+            })?;
         Ok(Self {
             server,
             admin,
             pipeline,
             feed,
+            live: live_handles,
             probes,
-            shutdown_timeout: config.server.shutdown_timeout,
+            shutdown_timeout: server_config.shutdown_timeout,
         })
     }
 
@@ -214,6 +217,7 @@ impl Gateway {
         {
             tracing::error!(error = %e, "the admin API did not stop cleanly");
         }
+        self.live.stop();
         self.probes.cancel();
         if let Some(feed) = self.feed {
             feed.stop();

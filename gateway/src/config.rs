@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 use url::Url;
 
@@ -33,6 +33,12 @@ pub struct Config {
     pub spool: SpoolConfig,
     /// The admin listener (`[admin]`); it starts only when at least one admin key is configured.
     pub admin: AdminConfig,
+    /// The file as parsed: the live configuration ([`crate::live`]) re-assembles from it, with the instances,
+    /// routes, consumers and limits replaced by the admin API's.
+    pub source: std::sync::Arc<RawConfig>,
+    /// Provider keys read from the environment at load, by variable name: the live configuration reads the same
+    /// values when an instance names the same variable.
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// The admin API's listener and who may use it (`[admin]`; see [`crate::admin`]).
@@ -46,6 +52,9 @@ pub struct AdminConfig {
     pub allow: Vec<IpNet>,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The compacted topic admin changes are published to and every replica applies from; `None`: standalone
+    /// (the file is the configuration; admin changes apply to this replica only, until it restarts).
+    pub config_topic: Option<String>,
 }
 
 /// One admin key: its public id, the SHA-256 of the key, and what it may do.
@@ -124,6 +133,9 @@ pub struct QuotaConfig {
 /// A token limit (APISIX's `ai-rate-limiting`): at most `limit` tokens of its scope per fixed window.
 #[derive(Debug, Clone)]
 pub struct TokenLimit {
+    /// The limit's name in the admin API: its `id`, or its scope key when it has none. Only `[[token_limits]]`
+    /// entries have one of their own.
+    pub id: String,
     /// Which usage counts, over which window, with which strategy.
     pub scope: QuotaScope,
     /// `scope.key()`: the Kafka key of its snapshots.
@@ -222,7 +234,7 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum HealthMethod {
     Get,
@@ -230,7 +242,7 @@ pub enum HealthMethod {
 }
 
 /// The protocol an instance speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
     /// OpenAI's API, or anything OpenAI-compatible (vLLM, SGLang, …): `Authorization: Bearer`.
@@ -491,7 +503,7 @@ fn default_failover_deadline() -> String {
     "120s".to_owned()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     #[serde(default)]
@@ -521,7 +533,7 @@ fn default_admin_allow() -> Vec<String> {
     vec!["127.0.0.1/32".to_owned(), "::1/128".to_owned()]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     #[serde(default = "default_admin_listen")]
@@ -536,6 +548,8 @@ pub struct RawAdmin {
     /// Accept an allowlist that contains 0.0.0.0/0 or ::/0.
     #[serde(default)]
     pub allow_any: bool,
+    /// The config topic, e.g. "tollgate.config.v1"; absent: standalone.
+    pub config_topic: Option<String>,
 }
 
 impl Default for RawAdmin {
@@ -546,11 +560,12 @@ impl Default for RawAdmin {
             allow: default_admin_allow(),
             trusted_proxies: Vec::new(),
             allow_any: false,
+            config_topic: None,
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdminKey {
     pub id: String,
@@ -559,7 +574,7 @@ pub struct RawAdminKey {
     pub role: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSpool {
     #[serde(default = "default_spool_dir")]
@@ -590,7 +605,7 @@ impl Default for RawSpool {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawQuota {
     #[serde(default = "default_quota_topic")]
@@ -611,7 +626,7 @@ impl Default for RawQuota {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
     #[serde(default = "default_listen")]
@@ -644,7 +659,7 @@ impl Default for RawServer {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMeter {
     pub url: String,
@@ -652,7 +667,7 @@ pub struct RawMeter {
     pub timeout: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKafka {
     pub brokers: String,
@@ -666,7 +681,7 @@ pub struct RawKafka {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawInstance {
     pub name: String,
@@ -685,7 +700,7 @@ pub struct RawInstance {
     pub token_limit: Option<TokenLimitConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     #[serde(default = "default_breaker_failures")]
@@ -703,7 +718,7 @@ impl Default for RawBreaker {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     #[serde(default = "default_health_method")]
@@ -722,7 +737,7 @@ pub struct RawHealthCheck {
     pub unhealthy_threshold: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -739,7 +754,7 @@ pub struct RawRoute {
     pub failover: RawFailover,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub instance: String,
@@ -750,7 +765,7 @@ pub struct RawTarget {
     pub path: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFailover {
     #[serde(default = "default_max_attempts")]
@@ -771,7 +786,7 @@ impl Default for RawFailover {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConsumer {
     pub name: String,
@@ -781,7 +796,7 @@ pub struct RawConsumer {
     pub token_limits: Vec<TokenLimitConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimitCount {
     pub count: u32,
@@ -792,7 +807,7 @@ pub struct RawLimitCount {
     pub rejected_msg: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub id: String,
@@ -821,6 +836,11 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigErrors> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigErrors(vec![toml_error(&e)]))?;
+        Self::from_raw(raw, env)
+    }
+
+    /// Validates a parsed configuration, reading secrets through `env`.
+    pub fn from_raw(raw: RawConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
         raw.validate(&env)
     }
 }
@@ -833,6 +853,23 @@ fn toml_error(e: &toml::de::Error) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// The admin API's name for a `[[token_limits]]` entry without an `id`: its scope key in URL-safe characters,
+/// e.g. `models:gpt-4o-mini.window:3600s.strategy:total_tokens`.
+pub fn derived_limit_id(scope_key: &str) -> String {
+    scope_key
+        .chars()
+        .map(|c| match c {
+            ';' => '.',
+            '=' => ':',
+            ',' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+const LIMIT_ID_ONLY_GLOBAL: &str =
+    "only [[token_limits]] entries have an id; a consumer's or an instance's limit is named by its owner";
 
 /// Collects problems while validating.
 struct Problems(Vec<String>);
@@ -876,6 +913,7 @@ impl Problems {
 
 impl RawConfig {
     fn validate(self, env: &impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let source = std::sync::Arc::new(self.clone());
         let mut p = Problems(Vec::new());
         // Stands in for an invalid URL so validation can go on; never reaches a valid `Config`.
         let placeholder =
@@ -936,6 +974,7 @@ impl RawConfig {
             properties: self.kafka.properties,
         };
 
+        let mut secrets = BTreeMap::new();
         let mut instance_index = HashMap::new();
         let mut instances = Vec::with_capacity(self.instances.len());
         let mut instance_limits = Vec::new();
@@ -946,7 +985,11 @@ impl RawConfig {
                 p.push(format!("{path}.name"), format!("`{}` is defined twice", raw.name));
             }
             let api_key = raw.api_key_env.as_deref().and_then(|var| match env(var) {
-                Some(value) if !value.is_empty() => Some(Secret::new(value)),
+                Some(value) if !value.is_empty() => {
+                    let secret = Secret::new(value);
+                    secrets.insert(var.to_owned(), secret.clone());
+                    Some(secret)
+                }
                 _ => {
                     p.push(
                         format!("{path}.api_key_env"),
@@ -973,6 +1016,9 @@ impl RawConfig {
             };
             let health_check = raw.health_check.map(|h| validate_health_check(&mut p, &path, h));
             if let Some(limit) = raw.token_limit {
+                if limit.id.is_some() {
+                    p.push(format!("{path}.token_limit.id"), LIMIT_ID_ONLY_GLOBAL);
+                }
                 instance_limits.push((i, limit));
             }
             instances.push(Instance {
@@ -1208,6 +1254,11 @@ impl RawConfig {
                     rejected_msg: l.rejected_msg,
                 }
             });
+            for (j, limit) in raw.token_limits.iter().enumerate() {
+                if limit.id.is_some() {
+                    p.push(format!("{path}.token_limits[{j}].id"), LIMIT_ID_ONLY_GLOBAL);
+                }
+            }
             let token_limits = raw
                 .token_limits
                 .into_iter()
@@ -1229,12 +1280,24 @@ impl RawConfig {
                 token_limits,
             });
         }
+        let mut limit_ids = HashSet::new();
+        for (j, limit) in self.token_limits.iter().enumerate() {
+            if let Some(id) = &limit.id {
+                p.name(format!("token_limits[{j}].id"), id);
+                if !limit_ids.insert(id.clone()) {
+                    p.push(format!("token_limits[{j}].id"), format!("`{id}` is used twice"));
+                }
+            }
+        }
         let token_limits = self
             .token_limits
             .into_iter()
             .enumerate()
             .filter_map(|(j, limit)| {
-                limits.validate(&mut p, &format!("token_limits[{j}]"), None, None, limit)
+                let id = limit.id.clone();
+                let mut limit = limits.validate(&mut p, &format!("token_limits[{j}]"), None, None, limit)?;
+                limit.id = id.unwrap_or_else(|| derived_limit_id(&limit.key));
+                Some(limit)
             })
             .collect();
 
@@ -1262,6 +1325,8 @@ impl RawConfig {
                 quota,
                 spool,
                 admin,
+                source,
+                secrets,
             })
         } else {
             Err(ConfigErrors(p.0))
@@ -1321,6 +1386,7 @@ impl LimitRules<'_> {
             return None;
         }
         Some(TokenLimit {
+            id: key.clone(),
             scope,
             key,
             limit: raw.limit,
@@ -1495,7 +1561,14 @@ fn validate_admin(p: &mut Problems, raw: RawAdmin, consumer_hashes: &HashSet<[u8
             );
         }
     }
+    if raw.config_topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        p.push(
+            "admin.config_topic",
+            "must name a topic (leave it out to run standalone)",
+        );
+    }
     AdminConfig {
+        config_topic: raw.config_topic,
         listen,
         keys,
         allow,

@@ -212,7 +212,7 @@ impl EventPipeline {
     }
 }
 
-fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+pub(crate) fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
         .set("client.id", client_id)

@@ -21,7 +21,8 @@
 //! - [`events`] — usage events off the request path and into Kafka, or into [`spool`] — segment files on local
 //!   disk, drained to Kafka in order — while Kafka does not acknowledge them;
 //! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics;
-//! - [`admin`] — the admin API on its own listener: allowlist, admin keys and roles, read-only resources;
+//! - [`admin`] — the admin API on its own listener: allowlist, admin keys and roles, resources to read and write;
+//! - [`live`] — the live configuration: changes from the config topic, validated whole and swapped in atomically;
 //! - [`clock`] — the time quota windows and event timestamps are read from (tests inject their own).
 
 pub mod admin;
@@ -33,6 +34,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod limits;
+pub mod live;
 pub mod meter;
 pub mod metrics;
 pub mod models;

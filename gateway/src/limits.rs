@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -48,7 +49,7 @@ struct ConsumerLimit<C: Clock> {
 
 /// Every consumer's request limiter.
 pub struct RequestLimits<C: Clock = DefaultClock> {
-    by_consumer: HashMap<String, ConsumerLimit<C>>,
+    by_consumer: HashMap<String, Arc<ConsumerLimit<C>>>,
     clock: C,
 }
 
@@ -68,25 +69,41 @@ impl RequestLimits<DefaultClock> {
 
 impl<C: Clock + Clone> RequestLimits<C> {
     pub fn with_clock(consumers: &[Consumer], clock: C) -> Self {
+        Self {
+            by_consumer: HashMap::new(),
+            clock,
+        }
+        .rebuilt(consumers)
+    }
+
+    /// The limiters of a new configuration: a consumer whose `limit_count` is unchanged keeps its limiter (and
+    /// what it has used of it); a new or changed limit starts full.
+    pub fn rebuilt(&self, consumers: &[Consumer]) -> Self {
         let by_consumer = consumers
             .iter()
             .filter_map(|c| {
                 let config = c.limit_count.clone()?;
+                if let Some(kept) = self.by_consumer.get(&c.name).filter(|l| l.config == config) {
+                    return Some((c.name.clone(), kept.clone()));
+                }
                 let count = NonZeroU32::new(config.count)?;
                 let period = config.time_window / config.count;
                 let quota = Quota::with_period(period)?.allow_burst(count);
-                let limiter = RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware();
+                let limiter = RateLimiter::direct_with_clock(quota, self.clock.clone()).with_middleware();
                 Some((
                     c.name.clone(),
-                    ConsumerLimit {
+                    Arc::new(ConsumerLimit {
                         limiter,
                         config,
                         period,
-                    },
+                    }),
                 ))
             })
             .collect();
-        Self { by_consumer, clock }
+        Self {
+            by_consumer,
+            clock: self.clock.clone(),
+        }
     }
 
     /// Takes one request from `consumer`'s allowance: `Ok(None)` when the consumer has no limit, `Ok(figures)`

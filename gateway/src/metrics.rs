@@ -38,6 +38,10 @@ pub const QUOTA_SNAPSHOT_LAG_SECONDS: &str = "tollgate_quota_snapshot_lag_second
 pub const QUOTA_DEGRADED: &str = "tollgate_quota_degraded";
 pub const QUOTA_PENDING_TOKENS: &str = "tollgate_quota_pending_tokens";
 pub const ADMIN_REQUESTS_TOTAL: &str = "tollgate_admin_requests_total";
+pub const CONFIG_CHANGES_TOTAL: &str = "tollgate_config_changes_total";
+pub const CONFIG_VERSION: &str = "tollgate_config_version";
+pub const CONFIG_APPLY_SECONDS: &str = "tollgate_config_apply_seconds";
+pub const CONFIG_RESOURCES: &str = "tollgate_config_resources";
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to long completions.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -59,6 +63,25 @@ pub fn describe() {
         ADMIN_REQUESTS_TOTAL,
         "Admin API requests answered, by status and outcome (ok, not_found, or the refusal: missing_admin_key, \
          invalid_admin_key, address_not_allowed, bad_forwarded_address, read_only_key)."
+    );
+    describe_counter!(
+        CONFIG_CHANGES_TOTAL,
+        "Configuration changes read from the config topic (or accepted standalone), by kind, action and result \
+         (applied, rejected)."
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        "The config-topic offset of the last change this replica applied; -1 while it runs on its file."
+    );
+    describe_histogram!(
+        CONFIG_APPLY_SECONDS,
+        Unit::Seconds,
+        "From a change being accepted by the admin API (on any replica) to it being live on this replica."
+    );
+    describe_gauge!(
+        CONFIG_RESOURCES,
+        Unit::Count,
+        "Resources in the live configuration, by kind."
     );
     describe_counter!(
         REQUESTS_TOTAL,

@@ -21,11 +21,12 @@ struct Model<'a> {
 }
 
 pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let principal = match state.keys.authenticate_request(req.headers()) {
+    let runtime = state.live.runtime();
+    let principal = match runtime.keys.authenticate_request(req.headers()) {
         Ok(principal) => principal,
         Err(error) => return error.error_response(),
     };
-    let data = state
+    let data = runtime
         .router
         .models()
         .iter()

@@ -15,13 +15,11 @@ use crate::health::InstanceHealth;
 use crate::metrics as m;
 use crate::upstream::{url_for, with_auth};
 
-/// Starts one probe task per instance that has a health check, in the current actix system. They stop when
-/// `stop` is cancelled.
-pub fn spawn(instances: &[Instance], health: &[Arc<InstanceHealth>], stop: &CancellationToken) {
-    for (instance, health) in instances.iter().zip(health) {
-        if let Some(check) = &instance.health_check {
-            actix_web::rt::spawn(run(instance.clone(), check.clone(), health.clone(), stop.clone()));
-        }
+/// Starts `instance`'s probe task in the current actix system, when it has a health check; it stops when
+/// `stop` is cancelled (the instance changed or went away, or the gateway stops).
+pub fn spawn_one(instance: &Instance, health: &Arc<InstanceHealth>, stop: &CancellationToken) {
+    if let Some(check) = &instance.health_check {
+        actix_web::rt::spawn(run(instance.clone(), check.clone(), health.clone(), stop.clone()));
     }
 }
 

@@ -213,13 +213,15 @@ async fn handle(
     arrival: Arrival,
     limits: &mut LimitFigures,
 ) -> Result<(HttpResponse, String), GatewayError> {
-    let principal = state.keys.authenticate_request(req.headers())?;
-    let raw = read_body(payload, state.config.server.max_request_bytes).await?;
+    // This request's configuration, kept to its end whatever the admin API changes meanwhile.
+    let runtime = state.live.runtime();
+    let principal = runtime.keys.authenticate_request(req.headers())?;
+    let raw = read_body(payload, state.server.max_request_bytes).await?;
     let api = ApiRequest::parse(endpoint, raw)?;
     // A model the key may not use is answered as OpenAI does: as if it did not exist.
     let route = Some(&api.model)
         .filter(|model| principal.may_use(model))
-        .and_then(|model| state.router.route(req.path(), model))
+        .and_then(|model| runtime.router.route(req.path(), model))
         .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?;
     if !state.events.accepts_metered_requests() {
         tracing::debug!(
@@ -229,7 +231,7 @@ async fn handle(
         );
         return Err(GatewayError::UsageSpoolFull);
     }
-    match state.limits.check(&principal.consumer) {
+    match runtime.limits.check(&principal.consumer) {
         Ok(figures) => limits.requests = figures,
         Err(rejection) => {
             limits.requests = Some(rejection.figures);
@@ -525,7 +527,7 @@ async fn attempt(
     if stream && head.status.is_success() {
         return Ok(Answer::Stream(head));
     }
-    head.read_to_end(state.config.server.max_response_bytes)
+    head.read_to_end(state.server.max_response_bytes)
         .await
         .map(Answer::Full)
 }

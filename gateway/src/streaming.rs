@@ -74,7 +74,7 @@ pub fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
 }
 
 async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
-    let idle_timeout = job.state.config.server.stream_idle_timeout;
+    let idle_timeout = job.state.server.stream_idle_timeout;
     let mut splitter = EventSplitter::new(MAX_EVENT_BYTES);
     let mut stream = StreamMeter::for_provider(job.provider);
     let mut outcome = Outcome::Ok;

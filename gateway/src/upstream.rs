@@ -7,6 +7,7 @@
 //! "this instance, not this request" — 429, 500, 502, 503, 504. Others (400, 401, 403, 404, 422, …) are the
 //! client's or the configuration's problem and are returned as they are.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -21,15 +22,23 @@ use tollgate_schemas::usage::AttemptError;
 use crate::config::{Instance, Provider};
 
 /// HTTP clients for every instance, one set per worker (each with its own connection pool and connect timeout).
+/// A client is made on an instance's first request and made again when a live change alters its timeouts;
+/// instances that stay keep their pooled connections.
 #[derive(Default)]
 pub struct Upstreams {
-    clients: HashMap<String, awc::Client>,
+    clients: RefCell<HashMap<String, PooledClient>>,
+}
+
+struct PooledClient {
+    connect_timeout: Duration,
+    timeout: Duration,
+    client: awc::Client,
 }
 
 impl std::fmt::Debug for Upstreams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstreams")
-            .field("instances", &self.clients.keys().collect::<Vec<_>>())
+            .field("instances", &self.clients.borrow().keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -159,19 +168,37 @@ pub fn url_for(endpoint: &url::Url, path: &str) -> String {
 
 impl Upstreams {
     pub fn new(instances: &[Instance]) -> Self {
-        let clients = instances
-            .iter()
-            .map(|i| {
-                let client = awc::Client::builder()
-                    .connector(awc::Connector::new().timeout(i.connect_timeout))
-                    .timeout(i.timeout)
-                    .disable_redirects()
-                    .no_default_headers()
-                    .finish();
-                (i.name.clone(), client)
-            })
-            .collect();
-        Self { clients }
+        let upstreams = Self::default();
+        for instance in instances {
+            upstreams.client(instance);
+        }
+        upstreams
+    }
+
+    /// The worker's client for `instance`, made (or made again, when its timeouts changed) on demand.
+    fn client(&self, instance: &Instance) -> awc::Client {
+        let mut clients = self.clients.borrow_mut();
+        if let Some(pooled) = clients.get(&instance.name)
+            && pooled.connect_timeout == instance.connect_timeout
+            && pooled.timeout == instance.timeout
+        {
+            return pooled.client.clone();
+        }
+        let client = awc::Client::builder()
+            .connector(awc::Connector::new().timeout(instance.connect_timeout))
+            .timeout(instance.timeout)
+            .disable_redirects()
+            .no_default_headers()
+            .finish();
+        clients.insert(
+            instance.name.clone(),
+            PooledClient {
+                connect_timeout: instance.connect_timeout,
+                timeout: instance.timeout,
+                client: client.clone(),
+            },
+        );
+        client
     }
 
     /// Sends `body` to `instance`'s `path` (see [`url_for`]) and returns the response head; the body is read
@@ -184,10 +211,7 @@ impl Upstreams {
         timeout: Duration,
         passthrough: &[(HeaderName, HeaderValue)],
     ) -> Result<UpstreamHead, AttemptFailure> {
-        let client = self
-            .clients
-            .get(&instance.name)
-            .ok_or_else(|| AttemptFailure::Connect(format!("no client for instance {}", instance.name)))?;
+        let client = self.client(instance);
         let mut request = client
             .request(Method::POST, url_for(&instance.endpoint, path))
             .timeout(timeout)

@@ -28,6 +28,29 @@ pub enum AdminError {
     NotFound { kind: &'static str, name: String },
     #[error("Invalid URL ({method} {path}).")]
     UnknownUrl { method: String, path: String },
+    /// The body is not the JSON object the resource needs.
+    #[error("{0}")]
+    InvalidBody(String),
+    /// The change would leave the configuration invalid; every problem, with its path.
+    #[error("The change would leave the configuration invalid: {}", .0.join("; "))]
+    InvalidConfig(Vec<String>),
+    /// Published, but a conflicting change by another replica came first in the config topic.
+    #[error("A conflicting change by another replica was applied first: {}", .0.join("; "))]
+    Conflict(Vec<String>),
+    #[error(
+        "Price version `{0}` already exists with other figures; price versions never change once created. Add a new version with a later effective_from."
+    )]
+    PriceVersionImmutable(String),
+    #[error("Price version `{0}` is already in force and may have priced events; it cannot be deleted.")]
+    PriceVersionInForce(String),
+    #[error("{method} is not supported on {path}.")]
+    MethodNotAllowed { method: String, path: String },
+    /// The config topic did not take the change; nothing changed.
+    #[error("The configuration store is unavailable; nothing was changed: {0}")]
+    StoreUnavailable(String),
+    /// The change was published but had not applied on this replica in time; it applies when it arrives.
+    #[error("The change was accepted but has not applied yet; check GET /admin/v1/history.")]
+    NotApplied,
 }
 
 impl AdminError {
@@ -41,6 +64,14 @@ impl AdminError {
             Self::ReadOnlyKey => "read_only_key",
             Self::NotFound { .. } => "not_found",
             Self::UnknownUrl { .. } => "unknown_url",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::InvalidConfig(_) => "invalid_config",
+            Self::Conflict(_) => "config_conflict",
+            Self::PriceVersionImmutable(_) => "price_version_immutable",
+            Self::PriceVersionInForce(_) => "price_version_in_force",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::StoreUnavailable(_) => "config_store_unavailable",
+            Self::NotApplied => "config_not_applied",
         }
     }
 
@@ -53,6 +84,21 @@ impl AdminError {
                 (StatusCode::FORBIDDEN, "permission_error")
             }
             Self::NotFound { .. } | Self::UnknownUrl { .. } => (StatusCode::NOT_FOUND, INVALID),
+            Self::InvalidBody(_) | Self::InvalidConfig(_) => (StatusCode::BAD_REQUEST, INVALID),
+            Self::Conflict(_) | Self::PriceVersionImmutable(_) | Self::PriceVersionInForce(_) => {
+                (StatusCode::CONFLICT, INVALID)
+            }
+            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, INVALID),
+            Self::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+            Self::NotApplied => (StatusCode::GATEWAY_TIMEOUT, "server_error"),
+        }
+    }
+
+    /// Every problem behind a validation refusal or conflict, for the body's `errors`.
+    fn problems(&self) -> Option<&[String]> {
+        match self {
+            Self::InvalidConfig(problems) | Self::Conflict(problems) => Some(problems),
+            _ => None,
         }
     }
 }
@@ -72,9 +118,13 @@ impl ResponseError for AdminError {
                 code: Some(self.outcome()),
             },
         };
+        let mut body = serde_json::to_value(&body).unwrap_or_default();
+        if let Some(problems) = self.problems() {
+            body["error"]["errors"] = serde_json::json!(problems);
+        }
         HttpResponse::build(status)
             .insert_header(ContentType::json())
-            .body(serde_json::to_string(&body).unwrap_or_default())
+            .body(body.to_string())
     }
 }
 
@@ -97,9 +147,24 @@ mod tests {
                 },
                 404,
             ),
+            (AdminError::InvalidConfig(vec!["routes/x.targets: …".into()]), 400),
+            (AdminError::Conflict(Vec::new()), 409),
+            (AdminError::PriceVersionImmutable("m@d".into()), 409),
+            (AdminError::StoreUnavailable("down".into()), 503),
         ];
         for (error, status) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");
         }
+    }
+
+    #[test]
+    fn a_validation_refusal_lists_every_problem_in_the_body() {
+        let error = AdminError::InvalidConfig(vec!["a: one".into(), "b: two".into()]);
+        let response = error.error_response();
+        let body = actix_web::body::to_bytes(response.into_body());
+        let body = futures_util::FutureExt::now_or_never(body).unwrap().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_config");
+        assert_eq!(body["error"]["errors"], serde_json::json!(["a: one", "b: two"]));
     }
 }

@@ -1,6 +1,10 @@
-//! The admin API: a second HTTP server on `admin.listen` (default loopback), separate from the public API.
-//! This first part serves read-only resources under `/admin/v1` ([`resources`]); writes, live apply and the
-//! config topic are not built yet.
+//! The admin API: a second HTTP server on `admin.listen` (default loopback), separate from the public API, that
+//! reads and changes the live configuration ([`crate::live`]) under `/admin/v1`:
+//! - `GET /{instances,routes,consumers,limits,prices}` and `GET /{collection}/{id}` ([`resources`]);
+//! - `PUT`, `PATCH` (JSON merge patch) and `DELETE` on `/{collection}/{id}` ([`writes`]);
+//! - `GET /history` — every change, newest first, with its admin key id, replica and time.
+//!
+//! The whole API is described in `docs/admin-api.openapi.json`.
 //!
 //! Every request passes one guard, before routing, in this order:
 //! 1. source address — the TCP peer, or what a trusted proxy forwards, must be inside `admin.allow`, else 403
@@ -9,13 +13,14 @@
 //! 3. role — a viewer key may only GET and HEAD, else 403.
 //!
 //! Every refusal is logged (peer, judged client address, reason, key id when known — never the key) and every
-//! answer counted in `tollgate_admin_requests_total{status,outcome}`. There is no default key: without an
-//! admin key configured the listener does not start.
+//! answer counted in `tollgate_admin_requests_total`. There is no default key: without an admin key configured
+//! the listener does not start.
 
 pub mod allowlist;
 pub mod auth;
 pub mod error;
 pub mod resources;
+pub mod writes;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -23,13 +28,18 @@ use std::sync::Arc;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 
 use crate::admin::allowlist::Allowlist;
 use crate::admin::auth::AdminKeys;
 use crate::admin::error::AdminError;
-use crate::config::Config;
+use crate::admin::writes::Actor;
+use crate::config::{AdminConfig, ServerConfig};
+use crate::live::LiveConfig;
 use crate::metrics as m;
+
+/// The largest admin request body: a resource is a few kilobytes.
+const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// What the guard checks every admin request against.
 #[derive(Debug)]
@@ -57,8 +67,11 @@ impl std::fmt::Debug for AdminServer {
 impl AdminServer {
     /// Binds `admin.listen` and starts serving, or returns `None` (and says so in one log line) when no admin
     /// key is configured. Must be called inside an actix system.
-    pub fn start(config: &Arc<Config>) -> std::io::Result<Option<Self>> {
-        let admin = &config.admin;
+    pub fn start(
+        admin: &AdminConfig,
+        server: &ServerConfig,
+        live: Arc<LiveConfig>,
+    ) -> std::io::Result<Option<Self>> {
         if admin.keys.is_empty() {
             tracing::info!("no admin key configured ([admin] keys): the admin API is not started");
             return Ok(None);
@@ -69,26 +82,26 @@ impl AdminServer {
             allowlist: Allowlist::new(admin.allow.clone(), admin.trusted_proxies.clone()),
             keys: AdminKeys::new(&admin.keys),
         });
-        let data = web::Data::from(config.clone());
+        let live = web::Data::from(live);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(guard.clone())
-                .app_data(data.clone())
+                .app_data(live.clone())
+                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
                 .wrap(from_fn(check))
                 .service(
                     web::scope("/admin/v1")
-                        .route("/instances", web::get().to(resources::instances))
-                        .route("/instances/{name}", web::get().to(resources::one_instance))
-                        .route("/routes", web::get().to(resources::routes))
-                        .route("/routes/{name}", web::get().to(resources::one_route))
-                        .route("/consumers", web::get().to(resources::consumers))
-                        .route("/consumers/{name}", web::get().to(resources::one_consumer))
-                        .route("/limits", web::get().to(resources::limits)),
+                        .route("/history", web::get().to(resources::history))
+                        .route("/{collection}", web::get().to(resources::list))
+                        .route("/{collection}/{id}", web::get().to(resources::one))
+                        .route("/{collection}/{id}", web::put().to(writes::put))
+                        .route("/{collection}/{id}", web::patch().to(writes::patch))
+                        .route("/{collection}/{id}", web::delete().to(writes::delete)),
                 )
                 .default_service(web::to(unknown_url))
         })
         .workers(1)
-        .shutdown_timeout(config.server.shutdown_timeout.as_secs())
+        .shutdown_timeout(server.shutdown_timeout.as_secs())
         .disable_signals()
         .listen(listener)?
         .run();
@@ -130,6 +143,9 @@ async fn check(
             key_id = Some(principal.key_id.clone());
             auth::authorize(principal.role, req.method())
         });
+    if let Some(key_id) = &key_id {
+        req.extensions_mut().insert(Actor(key_id.to_string()));
+    }
     if let Err(refusal) = verdict {
         tracing::warn!(
             peer = ?peer,

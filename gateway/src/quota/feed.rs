@@ -42,9 +42,11 @@ pub struct QuotaFeed {
 }
 
 impl QuotaFeed {
-    /// Starts following `quota.topic`, unless no token limit is configured (then there is nothing to feed).
+    /// Starts following `quota.topic`, unless no token limit is configured and none can be added live (then
+    /// there is nothing to feed).
     pub fn start(config: &Config, quotas: Arc<Quotas>) -> Result<Option<Self>, FeedError> {
-        if quotas.is_empty() {
+        // With a config topic, token limits can arrive at any time; without one, only the file has them.
+        if quotas.is_empty() && config.admin.config_topic.is_none() {
             return Ok(None);
         }
         let consumer: BaseConsumer = ClientConfig::new()

@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use moka::sync::Cache;
 use tollgate_schemas::quota::{QuotaScope, QuotaSnapshot, Window};
 
@@ -139,7 +140,9 @@ pub struct QuotaRejection {
 /// One scope and this replica's usage in it that no snapshot counts yet.
 #[derive(Debug)]
 struct ScopeBook {
-    limit: TokenLimit,
+    /// Swapped in place when a live change edits the limit (same scope, new figure or message), so tickets
+    /// in flight keep settling into the same book.
+    limit: ArcSwap<TokenLimit>,
     kind: &'static str,
     pending: Mutex<Vec<Arc<LocalUsage>>>,
 }
@@ -154,6 +157,66 @@ impl ScopeBook {
 
     fn remove(&self, usage: &Arc<LocalUsage>) {
         self.lock().retain(|u| !Arc::ptr_eq(u, usage));
+    }
+
+    fn limit(&self) -> Arc<TokenLimit> {
+        self.limit.load_full()
+    }
+}
+
+/// Which books apply to whom: rebuilt on every configuration change, reusing the book of every scope that
+/// stays (its pending usage with it).
+#[derive(Debug, Default)]
+struct Layout {
+    /// Admission-time scopes of each consumer, in configuration order.
+    by_consumer: HashMap<String, Vec<Arc<ScopeBook>>>,
+    /// Admission-time scopes over every consumer, in configuration order.
+    global: Vec<Arc<ScopeBook>>,
+    /// Scopes tied to an instance, checked per attempt.
+    per_instance: Vec<Arc<ScopeBook>>,
+    by_key: HashMap<String, Arc<ScopeBook>>,
+}
+
+impl Layout {
+    fn new(config: &Config, previous: &Layout) -> Self {
+        let mut layout = Layout::default();
+        let consumer_limits = config
+            .consumers
+            .iter()
+            .flat_map(|c| c.token_limits.iter().map(move |l| (Some(c.name.as_str()), l)));
+        let global_limits = config.token_limits.iter().map(|l| (None, l));
+        let instance_limits = config
+            .instances
+            .iter()
+            .filter_map(|i| i.token_limit.as_ref())
+            .map(|l| (None, l));
+        for (consumer, limit) in consumer_limits.chain(global_limits).chain(instance_limits) {
+            let kind = if consumer.is_some() { "consumer" } else { "global" };
+            let book = match previous.by_key.get(&limit.key) {
+                Some(book) => {
+                    book.limit.store(Arc::new(limit.clone()));
+                    book.clone()
+                }
+                None => Arc::new(ScopeBook {
+                    limit: ArcSwap::from_pointee(limit.clone()),
+                    kind,
+                    pending: Mutex::new(Vec::new()),
+                }),
+            };
+            layout.by_key.insert(limit.key.clone(), book.clone());
+            if limit.scope.instance.is_some() {
+                layout.per_instance.push(book);
+            } else if let Some(consumer) = consumer {
+                layout
+                    .by_consumer
+                    .entry(consumer.to_owned())
+                    .or_default()
+                    .push(book);
+            } else {
+                layout.global.push(book);
+            }
+        }
+        layout
     }
 }
 
@@ -174,70 +237,39 @@ pub struct Quotas {
     gateway: Arc<str>,
     clock: Arc<dyn Clock>,
     reserve_max_tokens: bool,
-    /// Admission-time scopes of each consumer, in configuration order.
-    by_consumer: HashMap<String, Vec<Arc<ScopeBook>>>,
-    /// Admission-time scopes over every consumer, in configuration order.
-    global: Vec<Arc<ScopeBook>>,
-    /// Scopes tied to an instance, checked per attempt.
-    per_instance: Vec<Arc<ScopeBook>>,
-    by_key: HashMap<String, Arc<ScopeBook>>,
+    layout: ArcSwap<Layout>,
     snapshots: Cache<String, Arc<QuotaSnapshot>>,
     /// Wall-clock `published_at_ms` of the newest snapshot or heartbeat received; 0 before the first.
     heard_at_ms: AtomicU64,
 }
 
+/// Snapshots cached at most: far more scopes than any configuration has.
+const SNAPSHOT_CACHE_CAPACITY: u64 = 1 << 16;
+
 impl Quotas {
     pub fn new(config: &Config, gateway: Arc<str>, clock: Arc<dyn Clock>) -> Self {
-        let book = |limit: &TokenLimit, kind| {
-            Arc::new(ScopeBook {
-                limit: limit.clone(),
-                kind,
-                pending: Mutex::new(Vec::new()),
-            })
-        };
-        let mut by_consumer: HashMap<String, Vec<Arc<ScopeBook>>> = HashMap::new();
-        let mut global = Vec::new();
-        let mut per_instance = Vec::new();
-        let mut by_key = HashMap::new();
-        let consumer_limits = config
-            .consumers
-            .iter()
-            .flat_map(|c| c.token_limits.iter().map(move |l| (Some(c.name.as_str()), l)));
-        let global_limits = config.token_limits.iter().map(|l| (None, l));
-        let instance_limits = config
-            .instances
-            .iter()
-            .filter_map(|i| i.token_limit.as_ref())
-            .map(|l| (None, l));
-        for (consumer, limit) in consumer_limits.chain(global_limits).chain(instance_limits) {
-            let kind = if consumer.is_some() { "consumer" } else { "global" };
-            let scope = book(limit, kind);
-            by_key.insert(limit.key.clone(), scope.clone());
-            if limit.scope.instance.is_some() {
-                per_instance.push(scope);
-            } else if let Some(consumer) = consumer {
-                by_consumer.entry(consumer.to_owned()).or_default().push(scope);
-            } else {
-                global.push(scope);
-            }
-        }
-        let capacity = u64::try_from(by_key.len().max(1)).unwrap_or(u64::MAX);
         Self {
             gateway,
             clock,
             reserve_max_tokens: config.quota.reserve_max_tokens,
-            by_consumer,
-            global,
-            per_instance,
-            by_key,
-            snapshots: Cache::new(capacity),
+            layout: ArcSwap::from_pointee(Layout::new(config, &Layout::default())),
+            snapshots: Cache::new(SNAPSHOT_CACHE_CAPACITY),
             heard_at_ms: AtomicU64::new(0),
         }
     }
 
+    /// Takes the limits of a new configuration. A scope that stays keeps its book — the reservations and
+    /// uncounted usage in it — and takes the new figure; a new scope starts empty (its snapshot, once
+    /// billing-consumer computes it, brings the usage so far); a removed scope's book is dropped once the
+    /// requests holding it finish.
+    pub fn reconfigure(&self, config: &Config) {
+        let layout = Layout::new(config, &self.layout.load());
+        self.layout.store(Arc::new(layout));
+    }
+
     /// True when no token limit is configured: admission has nothing to check.
     pub fn is_empty(&self) -> bool {
-        self.by_key.is_empty()
+        self.layout.load().by_key.is_empty()
     }
 
     /// What a request reserves: its prompt estimate, plus its `max_tokens` when configured to.
@@ -256,14 +288,15 @@ impl Quotas {
         model: &str,
         demand: Demand,
     ) -> Result<(QuotaTicket, Option<TokenFigures>), Box<QuotaRejection>> {
-        let applies = |book: &&Arc<ScopeBook>| book.limit.scope.matches(consumer, model, "");
-        let books: Vec<Arc<ScopeBook>> = self
+        let applies = |book: &&Arc<ScopeBook>| book.limit().scope.matches(consumer, model, "");
+        let layout = self.layout.load();
+        let books: Vec<Arc<ScopeBook>> = layout
             .by_consumer
             .get(consumer)
             .into_iter()
             .flatten()
             .filter(applies)
-            .chain(self.global.iter().filter(applies))
+            .chain(layout.global.iter().filter(applies))
             .cloned()
             .collect();
         let usage = Arc::new(LocalUsage::reserve(demand));
@@ -292,9 +325,11 @@ impl Quotas {
     ) -> Result<(), Duration> {
         ticket.release_attempt();
         let books: Vec<Arc<ScopeBook>> = self
+            .layout
+            .load()
             .per_instance
             .iter()
-            .filter(|b| b.limit.scope.matches(consumer, model, instance))
+            .filter(|b| b.limit().scope.matches(consumer, model, instance))
             .cloned()
             .collect();
         if books.is_empty() {
@@ -329,14 +364,15 @@ impl Quotas {
         let mut tightest: Option<TokenFigures> = None;
         for (book, pending) in books.iter().zip(guards.iter_mut()) {
             let standing = self.standing(book, pending, now);
-            let need = book.limit.scope.strategy.tokens(demand.prompt, demand.completion);
+            let limit = book.limit();
+            let need = limit.scope.strategy.tokens(demand.prompt, demand.completion);
             let committed = standing.used.saturating_add(standing.pending);
-            if committed.saturating_add(need) > book.limit.limit {
+            if committed.saturating_add(need) > limit.limit {
                 return Err((book, standing));
             }
             let figures = TokenFigures {
-                limit: book.limit.limit,
-                remaining: book.limit.limit - committed - need,
+                limit: limit.limit,
+                remaining: limit.limit - committed - need,
                 reset: standing.window.remaining(now),
             };
             if tightest.is_none_or(|t| figures.remaining < t.remaining) {
@@ -353,29 +389,31 @@ impl Quotas {
         let now = self.clock.now_ms();
         let committed = standing.used.saturating_add(standing.pending);
         let reset = standing.window.remaining(now);
+        let limit = book.limit();
         QuotaRejection {
             figures: TokenFigures {
-                limit: book.limit.limit,
-                remaining: book.limit.limit.saturating_sub(committed),
+                limit: limit.limit,
+                remaining: limit.limit.saturating_sub(committed),
                 reset,
             },
             retry_after: reset.max(Duration::from_secs(1)),
-            status: book.limit.rejected_code,
-            message: book.limit.rejected_msg.clone(),
-            error_type: book.limit.rejected_type,
+            status: limit.rejected_code,
+            message: limit.rejected_msg.clone(),
+            error_type: limit.rejected_type,
             kind: book.kind,
-            scope: book.limit.key.clone(),
+            scope: limit.key.clone(),
         }
     }
 
     /// Where `book` stands at `now`; drops from `pending` what the snapshot covers and what belongs to windows
     /// that have ended.
     fn standing(&self, book: &ScopeBook, pending: &mut Vec<Arc<LocalUsage>>, now: u64) -> Standing {
-        let scope = &book.limit.scope;
+        let limit = book.limit();
+        let scope = &limit.scope;
         let window = scope.window_at(now);
         let snapshot = self
             .snapshots
-            .get(&book.limit.key)
+            .get(&limit.key)
             .filter(|s| s.window_start_ms == window.start_ms);
         pending.retain(|usage| {
             let start = usage.window_start(scope, window);
@@ -401,13 +439,13 @@ impl Quotas {
     /// and drops from the scope's book what it covers.
     pub fn accept(&self, snapshot: QuotaSnapshot) -> bool {
         self.heard(snapshot.published_at_ms);
-        let Some(book) = self.by_key.get(&snapshot.scope) else {
+        let Some(book) = self.layout.load().by_key.get(&snapshot.scope).cloned() else {
             return false;
         };
         // Cache first, prune second: in between, an admission may count an event twice (safe), never zero times.
         self.snapshots.insert(snapshot.scope.clone(), Arc::new(snapshot));
         let now = self.clock.now_ms();
-        self.standing(book, &mut book.lock(), now);
+        self.standing(&book, &mut book.lock(), now);
         true
     }
 
@@ -427,7 +465,9 @@ impl Quotas {
     /// Tokens this replica holds in its books that no snapshot counts yet, over every scope.
     pub fn pending_tokens(&self) -> u64 {
         let now = self.clock.now_ms();
-        self.by_key
+        self.layout
+            .load()
+            .by_key
             .values()
             .map(|book| self.standing(book, &mut book.lock(), now).pending)
             .fold(0, u64::saturating_add)

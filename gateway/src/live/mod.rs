@@ -1,0 +1,500 @@
+//! The live configuration: what the admin API changes without a restart, and how every replica converges on it.
+//!
+//! - **Resources** ([`resources`]): instances, routes, consumers, global token limits and prices, one JSON
+//!   document each, with the fields of their TOML tables. The file's other sections (server, Kafka, quota,
+//!   spool, admin) are fixed for the life of the process.
+//! - **One order for everyone** ([`topic`]): with `admin.config_topic` set, an accepted change is published to
+//!   that compacted, one-partition topic, and every replica — the accepting one included — applies changes as it
+//!   reads them, in offset order. At start a replica reads the topic to its end before it serves; an empty topic
+//!   is seeded from the replica's file (actor `seed`), a non-empty one replaces the file's resources. Without a
+//!   config topic the gateway is standalone: changes go straight to this replica's applier, in memory.
+//! - **Whole or nothing**: the admin API validates the configuration a change would produce before publishing it
+//!   ([`LiveConfig::write`]); the applier validates again in topic order, so two replicas accepting conflicting
+//!   changes at once end in the same state everywhere (the later change is rejected and logged on every replica).
+//! - **Atomic swap** ([`runtime`]): an applied change builds a new [`Runtime`] and swaps it in; requests in
+//!   flight keep the one they loaded. Instance health and probes, request limiters and quota books of what did
+//!   not change carry over.
+//! - **History** ([`history`]): every change read, newest first, with its actor, source and time.
+//!
+//! Metrics: `tollgate_config_changes_total{kind,action,result}`, `tollgate_config_version`,
+//! `tollgate_config_apply_seconds` (accepted on any replica → live here), `tollgate_config_resources{kind}`.
+
+pub mod history;
+pub mod resources;
+pub mod runtime;
+pub mod topic;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tollgate_schemas::CloudEvent;
+use tollgate_schemas::config::{ChangeAction, ConfigChange, ConfigChangeEvent, ResourceKind};
+
+use crate::config::{Config, RawConfig, Secret};
+use crate::metrics as m;
+use crate::quota::Quotas;
+use history::{Entry, History};
+use resources::ResourceSet;
+use runtime::{Instances, Runtime};
+use topic::{ConfigFeed, Publisher, TopicError};
+
+/// How long an admin write waits for its own change to come back from the topic and apply.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// One change to apply: read from the topic, or accepted standalone.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The topic offset (standalone: the sequence number).
+    pub version: i64,
+    pub kind: ResourceKind,
+    pub id: String,
+    /// `None`: a tombstone (the resource is deleted).
+    pub event: Option<ConfigChangeEvent>,
+}
+
+/// What the applier task receives.
+#[derive(Debug)]
+pub enum Feed {
+    /// Changes read live, one at a time.
+    Change(Box<Incoming>),
+    /// The topic's content up to its end at the time of reading, when it arrives after the gateway started on
+    /// its file (the broker was slow or down at start).
+    Catchup(Vec<Incoming>),
+}
+
+/// Why a write was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The configuration the change would produce is invalid; every problem, with its path.
+    #[error("the change would leave the configuration invalid")]
+    Invalid(Vec<String>),
+    /// The change was published, but a conflicting change from another replica came first in the topic.
+    #[error("a conflicting change by another replica was applied first")]
+    Conflict(Vec<String>),
+    #[error("the config topic did not take the change: {0}")]
+    Publish(String),
+    /// Published, but not back from the topic in time; it will apply when it arrives.
+    #[error("the change was published but did not apply within {0:?}")]
+    NotApplied(Duration),
+}
+
+/// A write that was made (or found already in place).
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// `false` when the resource was already exactly so: nothing was published.
+    pub changed: bool,
+    pub version: i64,
+    pub change_id: Option<uuid::Uuid>,
+}
+
+/// Where accepted changes go.
+enum Store {
+    Topic(Publisher),
+    Standalone {
+        next: AtomicI64,
+        feed: mpsc::UnboundedSender<Feed>,
+    },
+}
+
+struct Applied {
+    set: Arc<ResourceSet>,
+    /// The version of the last change applied (or skipped); -1 before any.
+    version: i64,
+}
+
+/// The live configuration of one replica. Shared by the request path (through [`LiveConfig::runtime`]), the
+/// admin API (reads and writes) and the applier task.
+pub struct LiveConfig {
+    base: Arc<RawConfig>,
+    secrets: BTreeMap<String, Secret>,
+    current: ArcSwap<Runtime>,
+    applied: Mutex<Applied>,
+    version: watch::Sender<i64>,
+    history: Mutex<History>,
+    instances: Instances,
+    quotas: Arc<Quotas>,
+    store: Store,
+    /// Admin writes on this replica, one at a time: each is validated against the state the previous one left.
+    writes: tokio::sync::Mutex<()>,
+    /// The CloudEvents `source` of changes accepted here.
+    source: Arc<str>,
+}
+
+impl std::fmt::Debug for LiveConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveConfig")
+            .field("version", &*self.version.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The running parts of the live configuration, stopped with the gateway.
+#[derive(Debug)]
+pub struct LiveHandles {
+    feed: Option<ConfigFeed>,
+    applier: CancellationToken,
+}
+
+impl LiveHandles {
+    pub fn stop(self) {
+        self.applier.cancel();
+        if let Some(feed) = self.feed {
+            feed.stop();
+        }
+    }
+}
+
+/// Why the live configuration could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+}
+
+impl LiveConfig {
+    /// Starts from `config` (the validated file). With a config topic, reads it to its end first (seeding it
+    /// when empty) and applies what it holds; then follows it. Must be called inside the actix system: the
+    /// applier task and instance probes run on it.
+    pub fn start(
+        config: Config,
+        quotas: Arc<Quotas>,
+        probes: CancellationToken,
+        source: Arc<str>,
+    ) -> Result<(Arc<Self>, LiveHandles), LiveError> {
+        let config = Arc::new(config);
+        let instances = Instances::new(probes);
+        let runtime = Runtime::build(config.clone(), -1, &instances, None);
+        let file_set = ResourceSet::from_file(&config.source);
+        let (feed_tx, feed_rx) = mpsc::unbounded_channel();
+        let (store, feed, initial) = match &config.admin.config_topic {
+            Some(topic) => {
+                let publisher = Publisher::new(&config, topic)?;
+                let (feed, initial) = ConfigFeed::start(&config, topic, &file_set, &source, feed_tx)?;
+                (Store::Topic(publisher), Some(feed), initial)
+            }
+            None => (
+                Store::Standalone {
+                    next: AtomicI64::new(0),
+                    feed: feed_tx,
+                },
+                None,
+                None,
+            ),
+        };
+        set_resource_gauges(&file_set);
+        let live = Arc::new(Self {
+            base: config.source.clone(),
+            secrets: config.secrets.clone(),
+            current: ArcSwap::from_pointee(runtime),
+            applied: Mutex::new(Applied {
+                set: Arc::new(file_set),
+                version: -1,
+            }),
+            version: watch::Sender::new(-1),
+            history: Mutex::new(History::default()),
+            instances,
+            quotas,
+            store,
+            writes: tokio::sync::Mutex::new(()),
+            source,
+        });
+        metrics::gauge!(m::CONFIG_VERSION).set(-1.0);
+        if let Some(initial) = initial {
+            live.catch_up(initial);
+        }
+        let applier = CancellationToken::new();
+        actix_web::rt::spawn(live.clone().run_applier(feed_rx, applier.clone()));
+        Ok((live, LiveHandles { feed, applier }))
+    }
+
+    /// The configuration new requests use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// The resources as applied, and the version they are at.
+    pub fn resources(&self) -> (Arc<ResourceSet>, i64) {
+        let applied = self.lock_applied();
+        (applied.set.clone(), applied.version)
+    }
+
+    /// The newest `limit` changes (of `kind` and `id`, when given), newest first.
+    pub fn history(&self, kind: Option<ResourceKind>, id: Option<&str>, limit: usize) -> Vec<Entry> {
+        self.lock_history().query(kind, id, limit)
+    }
+
+    /// Sets resource `kind/id` to `resource` (`None`: deletes it) as `actor`, if the whole configuration stays
+    /// valid; returns once this replica applies it. `check` sees the current resource (if any) and may refuse.
+    pub async fn write(
+        &self,
+        kind: ResourceKind,
+        id: &str,
+        resource: Option<Value>,
+        actor: &str,
+    ) -> Result<Written, WriteError> {
+        let _one_at_a_time = self.writes.lock().await;
+        let (set, version) = self.resources();
+        if set.get(kind, id) == resource.as_ref() {
+            return Ok(Written {
+                changed: false,
+                version,
+                change_id: None,
+            });
+        }
+        let mut next = (*set).clone();
+        match &resource {
+            Some(value) => next.put(kind, id, value.clone()),
+            None => {
+                next.remove(kind, id);
+            }
+        }
+        next.assemble(&self.base, &self.secrets)
+            .map_err(WriteError::Invalid)?;
+        let action = if resource.is_some() {
+            ChangeAction::Put
+        } else {
+            ChangeAction::Delete
+        };
+        let event = CloudEvent::new(
+            self.source.to_string(),
+            tollgate_schemas::config::resource_key(kind, id),
+            Utc::now(),
+            ConfigChange {
+                kind,
+                id: id.to_owned(),
+                action,
+                resource,
+                actor: actor.to_owned(),
+            },
+        );
+        let change_id = event.id;
+        let version = match &self.store {
+            Store::Topic(publisher) => publisher
+                .publish(&event)
+                .await
+                .map_err(|e| WriteError::Publish(e.to_string()))?,
+            Store::Standalone { next, feed } => {
+                let version = next.fetch_add(1, Ordering::AcqRel);
+                feed.send(Feed::Change(Box::new(Incoming {
+                    version,
+                    kind,
+                    id: id.to_owned(),
+                    event: Some(event),
+                })))
+                .map_err(|_| WriteError::Publish("the applier has stopped".into()))?;
+                version
+            }
+        };
+        let mut applied = self.version.subscribe();
+        tokio::time::timeout(APPLY_WAIT, applied.wait_for(|v| *v >= version))
+            .await
+            .map_err(|_| WriteError::NotApplied(APPLY_WAIT))?
+            .map_err(|_| WriteError::NotApplied(APPLY_WAIT))?;
+        match self.lock_history().at(version) {
+            Some(entry) if entry.result == "rejected" => Err(WriteError::Conflict(entry.problems.clone())),
+            _ => Ok(Written {
+                changed: true,
+                version,
+                change_id: Some(change_id),
+            }),
+        }
+    }
+
+    async fn run_applier(self: Arc<Self>, mut feed: mpsc::UnboundedReceiver<Feed>, stop: CancellationToken) {
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = feed.recv() => next,
+            };
+            match next {
+                Some(Feed::Change(incoming)) => self.apply(*incoming),
+                Some(Feed::Catchup(batch)) => self.catch_up(batch),
+                None => return,
+            }
+        }
+    }
+
+    /// Applies one change read live: validates the configuration it produces, swaps it in, records it.
+    fn apply(&self, incoming: Incoming) {
+        let mut applied = self.lock_applied();
+        let mut set = (*applied.set).clone();
+        if let Some(config) = self.fold(&mut applied, &mut set, &incoming, true) {
+            self.install(config, incoming.version);
+            set_resource_gauges(&set);
+            applied.set = Arc::new(set);
+        }
+        self.version.send_replace(applied.version);
+    }
+
+    /// Replaces the file's resources by the topic's: folds every change in order from an empty set (each
+    /// validated against the state before it, as live replicas did) and installs the result once.
+    fn catch_up(&self, batch: Vec<Incoming>) {
+        let mut applied = self.lock_applied();
+        if batch.is_empty() {
+            tracing::info!(
+                "The config topic is empty and nothing was seeded: running on the file's resources."
+            );
+            return;
+        }
+        let mut set = ResourceSet::default();
+        let mut last = None;
+        for incoming in &batch {
+            if let Some(config) = self.fold(&mut applied, &mut set, incoming, false) {
+                last = Some(config);
+            }
+        }
+        let version = applied.version;
+        if let Some(config) = last {
+            self.install(config, version);
+        }
+        tracing::info!(
+            changes = batch.len(),
+            resources = set.len(),
+            version,
+            "Configuration loaded from the config topic."
+        );
+        set_resource_gauges(&set);
+        applied.set = Arc::new(set);
+        drop(applied);
+        self.version.send_replace(version);
+    }
+
+    /// Applies `incoming` to `set` when the result is valid, and records it; the validated configuration when
+    /// `set` changed.
+    fn fold(
+        &self,
+        applied: &mut Applied,
+        set: &mut ResourceSet,
+        incoming: &Incoming,
+        live: bool,
+    ) -> Option<Config> {
+        if incoming.version <= applied.version {
+            return None;
+        }
+        applied.version = incoming.version;
+        metrics::gauge!(m::CONFIG_VERSION).set(incoming.version as f64);
+        let (kind, id) = (incoming.kind, incoming.id.as_str());
+        let change = incoming.event.as_ref().map(|e| &e.data);
+        let action = change.map_or(ChangeAction::Delete, |c| c.action);
+        let mut next = set.clone();
+        match (action, change.and_then(|c| c.resource.clone())) {
+            (ChangeAction::Put, Some(resource)) => next.put(kind, id, resource),
+            (ChangeAction::Put, None) => {
+                tracing::warn!(kind = %kind, id, version = incoming.version, "Skipped a put change without a resource.");
+                return None;
+            }
+            (ChangeAction::Delete, _) => {
+                next.remove(kind, id);
+            }
+        }
+        let outcome = if next == *set {
+            Ok(None)
+        } else {
+            next.assemble(&self.base, &self.secrets).map(Some)
+        };
+        let result = if outcome.is_ok() { "applied" } else { "rejected" };
+        metrics::counter!(
+            m::CONFIG_CHANGES_TOTAL,
+            "kind" => kind.as_str(),
+            "action" => match action { ChangeAction::Put => "put", ChangeAction::Delete => "delete" },
+            "result" => result
+        )
+        .increment(1);
+        if let Some(event) = &incoming.event {
+            let problems = outcome.as_ref().err().cloned().unwrap_or_default();
+            if live {
+                let age = Utc::now().signed_duration_since(event.time);
+                metrics::histogram!(m::CONFIG_APPLY_SECONDS)
+                    .record(age.num_microseconds().unwrap_or(0) as f64 / 1e6);
+                tracing::info!(
+                    kind = %kind,
+                    id,
+                    action = ?action,
+                    actor = %event.data.actor,
+                    source = %event.source,
+                    version = incoming.version,
+                    result,
+                    "Configuration change {result}."
+                );
+            }
+            if !problems.is_empty() {
+                tracing::warn!(
+                    kind = %kind,
+                    id,
+                    version = incoming.version,
+                    problems = %problems.join("; "),
+                    "Configuration change rejected: it would leave the configuration invalid."
+                );
+            }
+            self.lock_history().record(Entry {
+                version: incoming.version,
+                change_id: event.id,
+                time: event.time,
+                source: event.source.clone(),
+                actor: event.data.actor.clone(),
+                kind,
+                id: id.to_owned(),
+                action,
+                resource: event.data.resource.as_ref().map(|r| shown(kind, r)),
+                result,
+                problems,
+            });
+        }
+        match outcome {
+            Ok(config) => {
+                *set = next;
+                config
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Makes `config` the one new requests use.
+    fn install(&self, config: Config, version: i64) {
+        let config = Arc::new(config);
+        self.quotas.reconfigure(&config);
+        let previous = self.current.load_full();
+        let runtime = Runtime::build(config, version, &self.instances, Some(&previous));
+        self.current.store(Arc::new(runtime));
+    }
+
+    fn lock_applied(&self) -> MutexGuard<'_, Applied> {
+        self.applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_history(&self) -> MutexGuard<'_, History> {
+        self.history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A resource as the admin API shows it: consumer keys without their hashes.
+pub fn shown(kind: ResourceKind, resource: &Value) -> Value {
+    let mut resource = resource.clone();
+    if kind == ResourceKind::Consumer
+        && let Some(keys) = resource.get_mut("keys").and_then(Value::as_array_mut)
+    {
+        for key in keys {
+            if let Some(key) = key.as_object_mut() {
+                key.remove("sha256");
+            }
+        }
+    }
+    resource
+}
+
+fn set_resource_gauges(set: &ResourceSet) {
+    for kind in ResourceKind::ALL {
+        metrics::gauge!(m::CONFIG_RESOURCES, "kind" => kind.as_str()).set(set.list(kind).count() as f64);
+    }
+}

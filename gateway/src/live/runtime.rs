@@ -1,0 +1,153 @@
+//! The request path's view of the configuration: one immutable [`Runtime`] — configuration, key store, request
+//! limiters and route table — built from a validated [`Config`] and swapped in whole. A request loads the
+//! current runtime once, at its start, and keeps it to the end: a change never meets a request halfway.
+//!
+//! What must outlive a swap lives beside the runtime: [`Instances`] keeps each instance's health (circuit
+//! breaker, cooldowns, probe verdicts) and its probe task while the instance's endpoint, provider, key, breaker
+//! and health check stay the same; the request limiters of consumers whose `limit_count` is unchanged carry
+//! over ([`RequestLimits::rebuilt`]); quota books live in [`crate::quota::Quotas`] and are re-laid, not reset.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::KeyStore;
+use crate::config::{BreakerConfig, Config, HealthCheck, Instance, Provider, Secret};
+use crate::health::InstanceHealth;
+use crate::limits::RequestLimits;
+use crate::probe;
+use crate::routing::Router;
+
+/// One configuration, ready for requests.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub keys: KeyStore,
+    pub limits: RequestLimits,
+    pub router: Router,
+    /// The config-topic offset of the last change in it (standalone: a local sequence number); -1 for the
+    /// file as loaded.
+    pub version: i64,
+}
+
+impl Runtime {
+    /// Builds the runtime of `config`, carrying over what `previous` had for the same consumers.
+    pub fn build(
+        config: Arc<Config>,
+        version: i64,
+        instances: &Instances,
+        previous: Option<&Runtime>,
+    ) -> Self {
+        let health = instances.update(&config.instances);
+        let limits = match previous {
+            Some(previous) => previous.limits.rebuilt(&config.consumers),
+            None => RequestLimits::new(&config.consumers),
+        };
+        Self {
+            keys: KeyStore::new(&config.consumers),
+            router: Router::new(&config, &health),
+            limits,
+            config,
+            version,
+        }
+    }
+}
+
+/// What makes an instance the same instance for its health: change any of it and the health starts over.
+#[derive(Debug, Clone, PartialEq)]
+struct Identity {
+    endpoint: url::Url,
+    provider: Provider,
+    api_key: Option<Secret>,
+    breaker: BreakerConfig,
+    health_check: Option<HealthCheck>,
+}
+
+impl Identity {
+    fn of(instance: &Instance) -> Self {
+        Self {
+            endpoint: instance.endpoint.clone(),
+            provider: instance.provider,
+            api_key: instance.api_key.clone(),
+            breaker: instance.circuit_breaker,
+            health_check: instance.health_check.clone(),
+        }
+    }
+}
+
+struct Slot {
+    identity: Identity,
+    health: Arc<InstanceHealth>,
+    /// Stops this instance's probe; a child of the gateway's probe token.
+    probe: CancellationToken,
+}
+
+/// Every instance's health and probe, by name, across configuration changes.
+pub struct Instances {
+    slots: Mutex<HashMap<String, Slot>>,
+    /// Cancelled at shutdown: every probe stops.
+    probes: CancellationToken,
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instances").finish_non_exhaustive()
+    }
+}
+
+impl Instances {
+    pub fn new(probes: CancellationToken) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            probes,
+        }
+    }
+
+    /// The health of each of `instances`, in order: kept for an unchanged instance, new (and probed anew) for a
+    /// new or changed one. Instances no longer configured have their probes stopped. Must run inside the actix
+    /// system (probes are spawned on it).
+    pub fn update(&self, instances: &[Instance]) -> Vec<Arc<InstanceHealth>> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = HashMap::with_capacity(instances.len());
+        let health = instances
+            .iter()
+            .map(|instance| {
+                let identity = Identity::of(instance);
+                let slot = match slots.remove(&instance.name) {
+                    Some(slot) if slot.identity == identity => slot,
+                    replaced => {
+                        if let Some(old) = replaced {
+                            old.probe.cancel();
+                            tracing::info!(instance = %instance.name, "instance changed: its health starts over");
+                        }
+                        let health = Arc::new(InstanceHealth::new(
+                            &instance.name,
+                            instance.circuit_breaker,
+                            instance.health_check.as_ref(),
+                        ));
+                        let probe = self.probes.child_token();
+                        probe::spawn_one(instance, &health, &probe);
+                        Slot {
+                            identity,
+                            health,
+                            probe,
+                        }
+                    }
+                };
+                let health = slot.health.clone();
+                next.insert(instance.name.clone(), slot);
+                health
+            })
+            .collect();
+        for (name, gone) in slots.drain() {
+            gone.probe.cancel();
+            tracing::info!(instance = %name, "instance removed: its probe stops");
+        }
+        *slots = next;
+        health
+    }
+}

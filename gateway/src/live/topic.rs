@@ -1,0 +1,409 @@
+//! The config topic (`admin.config_topic`, e.g. `tollgate.config.v1`): [`Publisher`] sends the admin API's
+//! accepted changes; [`ConfigFeed`] — a thread with its own rdkafka consumer, no group, partition 0 from the
+//! beginning — reads them back, for this replica and every other, in offset order.
+//!
+//! At start the feed makes sure the topic exists (one partition, so one order; `cleanup.policy=compact`, so the
+//! latest change of every resource survives; the broker's default replication), reads its watermarks, seeds it
+//! from the file when it has never held anything, and reads it to its end. That content goes to
+//! [`super::LiveConfig::start`], which waits up to [`LOAD_TIMEOUT`] for it before the gateway serves; if the
+//! broker is slower than that, the gateway starts on its file and the content follows as a catch-up as soon as
+//! it is read. Then the feed follows the topic and hands every change to the applier task.
+//!
+//! A record's key is `kind/id`; its value a `tollgate.config.v1` CloudEvent, or null (a tombstone: deleted).
+//! Records that are neither are logged and skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc::UnboundedSender;
+use tollgate_schemas::CloudEvent;
+use tollgate_schemas::config::{
+    ChangeAction, ConfigChange, ConfigChangeEvent, SEED_ACTOR, parse_key, resource_key,
+};
+
+use super::resources::ResourceSet;
+use super::{Feed, Incoming};
+use crate::config::Config;
+use crate::events::producer_config;
+
+/// How long a start waits for the topic's content before serving on the file.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one poll waits; also the longest a stop request waits for the thread.
+const POLL: Duration = Duration::from_millis(100);
+/// Retry interval while the broker or topic is not reachable.
+const RETRY: Duration = Duration::from_secs(1);
+/// How long publishing one change may take.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the config topic could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("invalid Kafka configuration for the config topic: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("could not start the config feed thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("the config topic refused the change: {0}")]
+    Refused(KafkaError),
+    #[error("a change could not be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Sends accepted changes to the config topic.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(config: &Config, topic: &str) -> Result<Self, TopicError> {
+        let client_id = format!("tollgate-gateway-config/{}", config.server.instance_id);
+        let producer = producer_config(&config.kafka, &client_id)
+            .set("linger.ms", "0")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
+    }
+
+    /// Publishes `event` and returns its offset; a delete is followed by a tombstone for the same key.
+    pub async fn publish(&self, event: &ConfigChangeEvent) -> Result<i64, TopicError> {
+        let key = event.data.key();
+        let payload = serde_json::to_vec(event)?;
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+        let delivery = self
+            .producer
+            .send(record, Timeout::After(PUBLISH_TIMEOUT))
+            .await
+            .map_err(|(e, _)| TopicError::Refused(e))?;
+        if event.data.action == ChangeAction::Delete {
+            let tombstone: FutureRecord<'_, String, [u8]> = FutureRecord::to(&self.topic).key(&key);
+            if let Err((error, _)) = self
+                .producer
+                .send(tombstone, Timeout::After(PUBLISH_TIMEOUT))
+                .await
+            {
+                // The delete change itself is in the topic and applies; only compaction keeps the key longer.
+                tracing::warn!(%key, %error, "The tombstone after a delete was not published.");
+            }
+        }
+        Ok(delivery.offset)
+    }
+}
+
+/// The running feed thread; [`ConfigFeed::stop`] ends it.
+#[derive(Debug)]
+pub struct ConfigFeed {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConfigFeed {
+    /// Starts the feed and waits up to [`LOAD_TIMEOUT`] for the topic's content up to its end (seeding it
+    /// from `file` when it never held anything); `None` when it did not come in time.
+    pub fn start(
+        config: &Config,
+        topic: &str,
+        file: &ResourceSet,
+        source: &str,
+        applier: UnboundedSender<Feed>,
+    ) -> Result<(Self, Option<Vec<Incoming>>), TopicError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set(
+                "group.id",
+                format!("tollgate-gateway-config-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set(
+                "client.id",
+                format!("tollgate-gateway-config/{}", config.server.instance_id),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()?;
+        let seeder: BaseProducer = producer_config(
+            &config.kafka,
+            &format!("tollgate-gateway-config-seed/{}", config.server.instance_id),
+        )
+        .create()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (initial_tx, initial_rx) = sync_channel(0);
+        let follower = Follower {
+            consumer,
+            seeder,
+            brokers: config.kafka.brokers.clone(),
+            topic: topic.to_owned(),
+            seeds: seeds(file, source),
+            stop: stop.clone(),
+            applier,
+        };
+        let thread = std::thread::Builder::new()
+            .name("tollgate-config-feed".into())
+            .spawn(move || follower.run(initial_tx))?;
+        let initial = wait_for_initial(&initial_rx, topic);
+        Ok((
+            Self {
+                stop,
+                thread: Some(thread),
+            },
+            initial,
+        ))
+    }
+
+    /// Stops the thread and waits for it (at most about one poll).
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn wait_for_initial(initial: &Receiver<Vec<Incoming>>, topic: &str) -> Option<Vec<Incoming>> {
+    match initial.recv_timeout(LOAD_TIMEOUT) {
+        Ok(batch) => Some(batch),
+        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+            tracing::error!(
+                %topic,
+                timeout_s = LOAD_TIMEOUT.as_secs(),
+                "The config topic could not be read in time: serving on the file's resources until it is."
+            );
+            None
+        }
+    }
+}
+
+/// The file's resources as seed changes, kinds in dependency order.
+fn seeds(file: &ResourceSet, source: &str) -> Vec<ConfigChangeEvent> {
+    file.iter()
+        .map(|(kind, id, resource)| {
+            CloudEvent::new(
+                source,
+                resource_key(kind, id),
+                Utc::now(),
+                ConfigChange {
+                    kind,
+                    id: id.to_owned(),
+                    action: ChangeAction::Put,
+                    resource: Some(resource.clone()),
+                    actor: SEED_ACTOR.to_owned(),
+                },
+            )
+        })
+        .collect()
+}
+
+struct Follower {
+    consumer: BaseConsumer,
+    seeder: BaseProducer,
+    brokers: String,
+    topic: String,
+    seeds: Vec<ConfigChangeEvent>,
+    stop: Arc<AtomicBool>,
+    applier: UnboundedSender<Feed>,
+}
+
+impl Follower {
+    fn run(self, initial: SyncSender<Vec<Incoming>>) {
+        let mut logged = false;
+        let batch = loop {
+            if self.stopped() {
+                return;
+            }
+            match self.load() {
+                Ok(batch) => break batch,
+                Err(reason) => {
+                    if !logged {
+                        tracing::warn!(topic = %self.topic, %reason, "Config topic not readable yet; retrying every second.");
+                        logged = true;
+                    }
+                    self.sleep(RETRY);
+                }
+            }
+        };
+        // A rendezvous: if `start` gave up waiting, the content goes to the applier as a catch-up instead.
+        if let Err(unsent) = initial.send(batch)
+            && self.applier.send(Feed::Catchup(unsent.0)).is_err()
+        {
+            return;
+        }
+        while !self.stopped() {
+            match self.consumer.poll(POLL) {
+                Some(Ok(message)) => {
+                    if let Some(incoming) = self.decode(&message)
+                        && self.applier.send(Feed::Change(Box::new(incoming))).is_err()
+                    {
+                        return;
+                    }
+                }
+                Some(Err(error)) => tracing::debug!(%error, "Config feed read error."),
+                None => {}
+            }
+        }
+    }
+
+    /// Ensures the topic, seeds it when it never held anything, and reads it from the beginning to its end.
+    fn load(&self) -> Result<Vec<Incoming>, String> {
+        ensure_topic(&self.brokers, &self.topic)?;
+        let (_, mut high) = self
+            .consumer
+            .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        if high == 0 && !self.seeds.is_empty() {
+            self.seed()?;
+            high = self
+                .consumer
+                .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
+                .map_err(|e| e.to_string())?
+                .1;
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.topic, 0, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+        self.consumer.assign(&list).map_err(|e| e.to_string())?;
+        let mut batch = Vec::new();
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        let mut next = 0;
+        while next < high {
+            if self.stopped() || Instant::now() > deadline {
+                return Err(format!("read {next} of {high} records before giving up"));
+            }
+            match self.consumer.poll(POLL) {
+                Some(Ok(message)) => {
+                    next = message.offset() + 1;
+                    batch.extend(self.decode(&message));
+                }
+                Some(Err(error)) => tracing::debug!(%error, "Config feed read error."),
+                None => {
+                    // Compaction may have removed the last offsets below `high`: past the low watermark of an
+                    // empty fetch, what was read is all there is.
+                    if let Ok(position) = self.consumer.position()
+                        && let Some(p) = position.find_partition(&self.topic, 0)
+                        && let Offset::Offset(at) = p.offset()
+                        && at >= high
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(topic = %self.topic, records = high, changes = batch.len(), "Read the config topic to its end.");
+        Ok(batch)
+    }
+
+    /// Publishes the file's resources as the topic's first changes.
+    fn seed(&self) -> Result<(), String> {
+        for event in &self.seeds {
+            let key = event.data.key();
+            let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+            self.seeder
+                .send(BaseRecord::to(&self.topic).key(&key).payload(&payload))
+                .map_err(|(e, _)| e.to_string())?;
+        }
+        self.seeder
+            .flush(Timeout::After(Duration::from_secs(10)))
+            .map_err(|e| format!("seeding did not complete: {e}"))?;
+        tracing::info!(topic = %self.topic, resources = self.seeds.len(), "Seeded the empty config topic from the file.");
+        Ok(())
+    }
+
+    fn decode(&self, message: &BorrowedMessage<'_>) -> Option<Incoming> {
+        let version = message.offset();
+        let key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        let Some((kind, id)) = key.and_then(parse_key) else {
+            tracing::warn!(topic = %self.topic, offset = version, "Skipped a config record without a kind/id key.");
+            return None;
+        };
+        let event = match message.payload().filter(|p| !p.is_empty()) {
+            None => None,
+            Some(payload) => match serde_json::from_slice::<ConfigChangeEvent>(payload) {
+                Ok(event) if event.is_expected_type() && event.data.kind == kind && event.data.id == id => {
+                    Some(event)
+                }
+                _ => {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        offset = version,
+                        "Skipped a config record that is not a tollgate.config.v1 change of its key."
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Incoming {
+            version,
+            kind,
+            id: id.to_owned(),
+            event,
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn sleep(&self, total: Duration) {
+        let until = Instant::now() + total;
+        while !self.stopped() && Instant::now() < until {
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+/// Creates the topic — one partition, compacted, the broker's default replication — unless it exists. A broker
+/// that refuses compaction gets it without (every change is then kept, which gives the same state).
+fn ensure_topic(brokers: &str, topic: &str) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "tollgate-gateway-config-admin")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let create = |topic: NewTopic<'_>| -> Result<Result<(), RDKafkaErrorCode>, String> {
+        let results = runtime
+            .block_on(admin.create_topics([&topic], &options))
+            .map_err(|e| e.to_string())?;
+        Ok(results
+            .into_iter()
+            .next()
+            .map_or(Ok(()), |r| r.map(drop).map_err(|(_, code)| code)))
+    };
+    let replication = || TopicReplication::Fixed(-1);
+    match create(NewTopic::new(topic, 1, replication()).set("cleanup.policy", "compact"))? {
+        Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists) => Ok(()),
+        Err(refused) => {
+            tracing::warn!(%topic, code = %refused, "The broker refused a compacted config topic; creating it without.");
+            match create(NewTopic::new(topic, 1, replication()))? {
+                Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists) => Ok(()),
+                Err(code) => Err(format!("could not create the config topic: {code}")),
+            }
+        }
+    }
+}
