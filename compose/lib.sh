@@ -25,6 +25,9 @@ GATEWAY_PORT=${GATEWAY_PORT:-8080}
 METER_PORT=${METER_PORT:-8081}
 MOCK_PROVIDER_PORT=${MOCK_PROVIDER_PORT:-8090}
 BILLING_METRICS_PORT=${BILLING_METRICS_PORT:-9464}
+ADMIN_PORT=${ADMIN_PORT:-9180}
+# The compacted topic admin changes go through; every gateway replica and billing-consumer follow it.
+CONFIG_TOPIC=${TOLLGATE_CONFIG_TOPIC:-tollgate.config.v1}
 
 # The fake instance key the gateway sends to the mock provider. Local only: it protects nothing.
 MOCK_PROVIDER_API_KEY=${MOCK_PROVIDER_API_KEY:-mock-provider-local-secret}
@@ -283,22 +286,36 @@ kafka_metadata_ok() {
 # cargo_bin NAME — path of a workspace binary built by `cargo build --bins` (debug profile).
 cargo_bin() { printf '%s/debug/%s' "$CARGO_TARGET_DIR" "$1"; }
 
-# gateway_config — path of the gateway config to run: compose/tollgate.toml, rendered into
-# $TOLLGATE_HOME with the overridden ports when any differs from the defaults the file is written for.
+# admin_key — the local stack's admin API key: made once (256 random bits) into $DATA_DIR/admin-key, mode 600.
+# There is no default admin key; this one exists only on this machine.
+admin_key() {
+    local file=$DATA_DIR/admin-key
+    if [[ ! -s $file ]]; then
+        mkdir -p "$DATA_DIR"
+        (umask 077 && printf 'tga-%s\n' "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')" >"$file")
+    fi
+    head -n 1 "$file"
+}
+
+# gateway_config — path of the gateway config to run: compose/tollgate.toml rendered into $DATA_DIR/gateway with
+# the overridden ports, and an [admin] table: loopback only, the config topic, and the key of admin_key.
 gateway_config() {
     local src=$TOLLGATE_ROOT/compose/tollgate.toml
     [[ -r $src ]] || die "missing $src"
-    if [[ $GATEWAY_PORT == 8080 && $METER_PORT == 8081 && $MOCK_PROVIDER_PORT == 8090 && $KAFKA_PORT == 9092 ]]; then
-        printf '%s\n' "$src"
-        return 0
-    fi
     local out=$DATA_DIR/gateway/tollgate.toml
     mkdir -p "${out%/*}"
-    sed -e "s/\(127\.0\.0\.1\|localhost\):8080\b/\1:$GATEWAY_PORT/g" \
-        -e "s/\(127\.0\.0\.1\|localhost\):8081\b/\1:$METER_PORT/g" \
-        -e "s/\(127\.0\.0\.1\|localhost\):8090\b/\1:$MOCK_PROVIDER_PORT/g" \
-        -e "s/\(127\.0\.0\.1\|localhost\):9092\b/\1:$KAFKA_PORT/g" \
-        "$src" >"$out"
+    local sha
+    sha=$(printf '%s' "$(admin_key)" | sha256sum | cut -d' ' -f1)
+    {
+        sed -e "s/\(127\.0\.0\.1\|localhost\):8080\b/\1:$GATEWAY_PORT/g" \
+            -e "s/\(127\.0\.0\.1\|localhost\):8081\b/\1:$METER_PORT/g" \
+            -e "s/\(127\.0\.0\.1\|localhost\):8090\b/\1:$MOCK_PROVIDER_PORT/g" \
+            -e "s/\(127\.0\.0\.1\|localhost\):9092\b/\1:$KAFKA_PORT/g" \
+            "$src"
+        printf '\n# Added by compose/up: the admin API on loopback, its key from compose/admin-key.\n'
+        printf '[admin]\nlisten = "127.0.0.1:%s"\nconfig_topic = "%s"\n' "$ADMIN_PORT" "$CONFIG_TOPIC"
+        printf 'keys = [{ id = "local-admin", sha256 = "%s", role = "admin" }]\n' "$sha"
+    } >"$out"
     printf '%s\n' "$out"
 }
 

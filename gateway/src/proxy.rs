@@ -18,7 +18,8 @@
 //! 6. answer: a whole body is returned unchanged and settled from its `usage` block (or the estimate); a stream
 //!    is relayed chunk by chunk by [`crate::streaming`], which settles it when it ends;
 //! 7. emit one `UsageRecorded` for every request that reached an upstream, without waiting for Kafka;
-//! 8. every response carries `x-request-id`, when an instance answered `x-tollgate-instance`, and OpenAI's
+//! 8. every response carries `x-request-id`; a routed one `x-tollgate-config-version` (the live configuration
+//!    that routed it) and, when an instance answered, `x-tollgate-instance`; and OpenAI's
 //!    `x-ratelimit-*-requests` / `x-ratelimit-*-tokens` when the consumer has such limits.
 
 use std::time::{Duration, Instant};
@@ -367,6 +368,11 @@ async fn handle(
             .headers_mut()
             .insert(header::HeaderName::from_static("x-tollgate-instance"), instance);
     }
+    // Which configuration routed it: during a change, says whether a request was served before or after it.
+    response.headers_mut().insert(
+        header::HeaderName::from_static("x-tollgate-config-version"),
+        HeaderValue::from(runtime.version),
+    );
     Ok((response, route.name.to_string()))
 }
 

@@ -6,11 +6,13 @@
 //!   billing-consumer's ingest and quota loops — against the REAL broker and the REAL ClickHouse that
 //!   `compose/test` starts, each run on its own topics, consumer group and database, and reads back what landed
 //!   in ClickHouse.
+//! - [`admin`] — an `[admin]` table with known keys, and a JSON client for the admin API.
 //! - [`procs`] — what fault tests kill: Tollgate binaries as child processes, and a private broker and
 //!   ClickHouse that can be stopped and started again.
 //!
 //! The specifications themselves are in `tests/tests/*.rs`.
 
+pub mod admin;
 pub mod mock_provider;
 pub mod procs;
 pub mod stack;

@@ -131,10 +131,14 @@ pub struct Stack {
     /// The first gateway's admin API, when `extra_toml` configures an admin key (`[admin] listen` port 0 picks
     /// a free port).
     pub admin_url: Option<String>,
+    /// The second replica's admin API, when there is a second replica and an admin key.
+    pub admin2_url: Option<String>,
     pub meter_url: String,
     pub topic: String,
     /// The compacted topic of quota snapshots.
     pub quota_topic: String,
+    /// A config topic of this stack's own, which `extra_toml` names as `{config_topic}` (e.g. in `[admin]`).
+    pub config_topic: String,
     /// The gateways' configuration, as billing-consumer's quota loop reads it too.
     pub gateway_toml: String,
     pub clickhouse: ClickHouseSettings,
@@ -267,6 +271,8 @@ impl Stack {
         let run = uuid::Uuid::now_v7().simple().to_string();
         let topic = format!("tollgate.usage.v1.test-{run}");
         let quota_topic = format!("tollgate.quota.v1.test-{run}");
+        let config_topic = format!("tollgate.config.v1.test-{run}");
+        options.extra_toml = options.extra_toml.replace("{config_topic}", &config_topic);
         let clickhouse = ClickHouseSettings {
             url: infra.clickhouse_url.clone(),
             database: format!("tollgate_test_{run}"),
@@ -383,7 +389,9 @@ impl Stack {
         }
         let gateway_url = urls.remove(0);
         let gateway2_url = urls.pop();
-        let admin_url = admin_urls.into_iter().next().flatten();
+        let mut admin_urls = admin_urls.into_iter().flatten();
+        let admin_url = admin_urls.next();
+        let admin2_url = admin_urls.next();
         let quota_loop = options
             .quota_loop
             .then(|| QuotaLoop::start(&infra.brokers, &topic, &quota_topic, &toml))
@@ -422,9 +430,11 @@ impl Stack {
             gateway_url,
             gateway2_url,
             admin_url,
+            admin2_url,
             meter_url,
             topic,
             quota_topic,
+            config_topic,
             gateway_toml: toml,
             clickhouse,
             metrics,

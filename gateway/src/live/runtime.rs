@@ -151,3 +151,46 @@ impl Instances {
         health
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+        [meter]
+        url = "http://127.0.0.1:9/"
+        [kafka]
+        brokers = "127.0.0.1:9092"
+
+        [[instances]]
+        name = "primary"
+        endpoint = "http://127.0.0.1:1/v1"
+
+        [[instances]]
+        name = "canary"
+        endpoint = "http://127.0.0.1:2/v1"
+    "#;
+
+    #[test]
+    fn an_unchanged_instance_keeps_its_health_and_a_changed_one_starts_over() {
+        let config = Config::from_toml_with_env(CONFIG, |_| None).unwrap();
+        let instances = Instances::new(CancellationToken::new());
+        let first = instances.update(&config.instances);
+        let again = instances.update(&config.instances);
+        assert!(Arc::ptr_eq(&first[0], &again[0]) && Arc::ptr_eq(&first[1], &again[1]));
+
+        // A new endpoint is another upstream: its health starts over. A new timeout is the same upstream.
+        let mut changed = config.instances.clone();
+        changed[0].endpoint = url::Url::parse("http://127.0.0.1:3/v1").unwrap();
+        changed[1].timeout = std::time::Duration::from_secs(1);
+        let after = instances.update(&changed);
+        assert!(!Arc::ptr_eq(&first[0], &after[0]));
+        assert!(Arc::ptr_eq(&first[1], &after[1]));
+
+        // A removed instance is forgotten: put back, it starts over.
+        let only_primary = instances.update(&changed[..1]);
+        assert_eq!(only_primary.len(), 1);
+        let back = instances.update(&changed);
+        assert!(!Arc::ptr_eq(&after[1], &back[1]));
+    }
+}

@@ -1,0 +1,552 @@
+//! Live configuration through the admin API, on the real stack (real broker, two gateway replicas): a change
+//! accepted by one replica is published to the config topic and applied by both, without a restart; a change
+//! that would leave the configuration invalid is refused whole; only an admin key from an allowed address may
+//! write. Reference scenarios 1 and 2: routes, a canary split moved from 50/50 to 80/20 under load, consumers.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code: a failed expectation fails the test
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate_tests::admin::{ADMIN_KEY, AdminReply, VIEWER_KEY, admin, admin_toml};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions};
+
+/// A canary instance on the second mock, and the default route split 50/50 between it and the primary.
+const CANARY: &str = r#"
+[[instances]]
+name = "mock-canary"
+endpoint = "{mock2}"
+api_key_env = "PROVIDER_KEY"
+timeout = "5s"
+"#;
+const SPLIT_50_50: &str =
+    r#"[{ instance = "mock-openai", weight = 50 }, { instance = "mock-canary", weight = 50 }]"#;
+
+/// Two replicas sharing a config topic of their own.
+async fn replicas() -> Stack {
+    Stack::start(StackOptions {
+        extra_toml: format!("{}\n{CANARY}", admin_toml("config_topic = \"{config_topic}\"")),
+        second_mock: true,
+        second_gateway: true,
+        default_targets: Some(SPLIT_50_50.into()),
+        quota_loop: false,
+        ..StackOptions::default()
+    })
+    .await
+}
+
+fn admin_urls(stack: &Stack) -> (String, String) {
+    (
+        stack.admin_url.clone().expect("replica 1's admin API"),
+        stack.admin2_url.clone().expect("replica 2's admin API"),
+    )
+}
+
+fn chat() -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": "hello"}]})
+}
+
+/// One answered request: which replica, status, which instance served it, which config version routed it.
+#[derive(Debug, Clone)]
+struct Served {
+    replica: usize,
+    status: u16,
+    instance: String,
+    version: i64,
+}
+
+/// Polls `GET path` on `base` until its config version reaches `version`; how long that took from `since`.
+async fn until_version(base: &str, version: i64, since: Instant) -> Duration {
+    loop {
+        let reply = admin(base, "GET", "/admin/v1/history?limit=1", Some(VIEWER_KEY), None).await;
+        if reply.version() >= version {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "replica never reached version {version}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_canary_split_moves_from_50_50_to_80_20_under_load_without_a_failed_request() {
+    let stack = Arc::new(replicas().await);
+    let (admin1, admin2) = admin_urls(&stack);
+    let key = format!("Bearer {}", CONSUMERS[0].2);
+
+    // Eight clients, four per replica, send requests back to back through the change.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client in 0..8 {
+        let (stack, stop, key) = (stack.clone(), stop.clone(), key.clone());
+        clients.push(actix_web::rt::spawn(async move {
+            let replica = client % 2;
+            let base = if replica == 0 {
+                stack.gateway_url.clone()
+            } else {
+                stack.gateway2_url.clone().unwrap()
+            };
+            let mut served = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                let reply = stack
+                    .post_json_to(&base, "/v1/chat/completions", &[("authorization", &key)], &chat())
+                    .await;
+                served.push(Served {
+                    replica,
+                    status: reply.status,
+                    instance: reply
+                        .headers
+                        .get("x-tollgate-instance")
+                        .cloned()
+                        .unwrap_or_default(),
+                    version: reply
+                        .header_u64("x-tollgate-config-version")
+                        .map_or(-2, |v| v as i64),
+                });
+            }
+            served
+        }));
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+
+    let started = Instant::now();
+    let patched = admin(
+        &admin1,
+        "PATCH",
+        &format!("/admin/v1/routes/{MODEL}"),
+        Some(ADMIN_KEY),
+        Some(&json!({"targets": [
+            {"instance": "mock-openai", "weight": 80},
+            {"instance": "mock-canary", "weight": 20},
+        ]})),
+    )
+    .await;
+    let accepted = started.elapsed();
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    assert_eq!(patched.body["changed"], true);
+    assert_eq!(patched.body["resource"]["targets"][0]["weight"], 80);
+    let version = patched.version();
+    let on_replica_2 = until_version(&admin2, version, started).await;
+    println!(
+        "split 50/50 → 80/20: accepted and live on replica 1 after {:.1} ms, live on replica 2 after {:.1} ms",
+        accepted.as_secs_f64() * 1e3,
+        on_replica_2.as_secs_f64() * 1e3
+    );
+
+    actix_web::rt::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::Release);
+    let mut served = Vec::new();
+    for client in clients {
+        served.extend(client.await.unwrap());
+    }
+
+    let failed: Vec<&Served> = served.iter().filter(|s| s.status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        served.len()
+    );
+    for replica in 0..2 {
+        let mine = |after: bool| -> HashMap<String, usize> {
+            let mut counts = HashMap::new();
+            for s in served
+                .iter()
+                .filter(|s| s.replica == replica && (s.version >= version) == after)
+            {
+                *counts.entry(s.instance.clone()).or_default() += 1;
+            }
+            counts
+        };
+        let (before, after) = (mine(false), mine(true));
+        let (b_primary, b_canary) = (before["mock-openai"], before["mock-canary"]);
+        assert!(
+            b_primary.abs_diff(b_canary) <= 1,
+            "replica {replica} before: {before:?}"
+        );
+        // Smooth weighted round-robin on a fresh table: every 5 consecutive picks are 4 primary, 1 canary.
+        let (a_primary, a_canary) = (after["mock-openai"], after["mock-canary"]);
+        let n = a_primary + a_canary;
+        assert!(
+            n >= 50,
+            "replica {replica} served only {n} requests after the change"
+        );
+        assert!(
+            a_canary == n / 5 || a_canary == n.div_ceil(5),
+            "replica {replica} after: {after:?} is not exactly 80/20"
+        );
+        println!("replica {}: before {before:?}, after {after:?}", replica + 1);
+    }
+    Arc::into_inner(stack).expect("clients finished").stop().await;
+}
+
+#[actix_rt::test]
+async fn a_new_consumer_can_call_both_replicas_within_a_second_and_its_key_is_shown_once() {
+    let stack = replicas().await;
+    let (admin1, admin2) = admin_urls(&stack);
+
+    let created = admin(
+        &admin1,
+        "PUT",
+        "/admin/v1/consumers/acme",
+        Some(ADMIN_KEY),
+        Some(&json!({"keys": [{"id": "acme-1"}], "limit_count": {"count": 1000, "time_window": "1m"}})),
+    )
+    .await;
+    let accepted = Instant::now();
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key = created.body["api_keys"]["acme-1"]
+        .as_str()
+        .expect("the new key, once")
+        .to_owned();
+    assert!(key.starts_with("tg-"), "{key}");
+    assert!(!created.body.to_string().contains("sha256"), "{}", created.body);
+
+    let bearer = format!("Bearer {key}");
+    let mut usable = [None, None];
+    while usable.iter().any(Option::is_none) {
+        for (replica, base) in [&stack.gateway_url, stack.gateway2_url.as_ref().unwrap()]
+            .into_iter()
+            .enumerate()
+        {
+            if usable[replica].is_none() {
+                let reply = stack
+                    .post_json_to(
+                        base,
+                        "/v1/chat/completions",
+                        &[("authorization", &bearer)],
+                        &chat(),
+                    )
+                    .await;
+                if reply.status == 200 {
+                    usable[replica] = Some(accepted.elapsed());
+                }
+            }
+        }
+        assert!(
+            accepted.elapsed() < Duration::from_secs(1),
+            "the key was not usable on both replicas within 1 s: {usable:?}"
+        );
+    }
+    println!(
+        "new consumer key usable: replica 1 after {:?}, replica 2 after {:?}",
+        usable[0], usable[1]
+    );
+
+    // Read back on the other replica: the key by id, never the key or its hash; the change in the history.
+    let shown = admin(&admin2, "GET", "/admin/v1/consumers/acme", Some(VIEWER_KEY), None).await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.body["keys"][0]["id"], "acme-1");
+    let text = shown.body.to_string();
+    assert!(!text.contains("sha256") && !text.contains(&key), "{text}");
+    let history = admin(
+        &admin2,
+        "GET",
+        "/admin/v1/history?kind=consumer&id=acme",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    let entry = &history.body["data"][0];
+    assert_eq!(entry["actor"], "ops", "{}", history.body);
+    assert_eq!(entry["source"], "tollgate-gateway/test-gw-1");
+    assert_eq!(entry["action"], "put");
+    assert_eq!(entry["result"], "applied");
+    assert!(!history.body.to_string().contains("sha256"));
+    let seeded = admin(
+        &admin2,
+        "GET",
+        "/admin/v1/history?kind=instance&id=mock-openai",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        seeded.body["data"][0]["actor"], "seed",
+        "the file seeded the empty topic: {}",
+        seeded.body
+    );
+
+    // Rotation: a new key id gets a new key, the one left out is revoked everywhere.
+    let rotated = admin(
+        &admin1,
+        "PATCH",
+        "/admin/v1/consumers/acme",
+        Some(ADMIN_KEY),
+        Some(&json!({"keys": [{"id": "acme-2"}]})),
+    )
+    .await;
+    assert_eq!(rotated.status, 200, "{}", rotated.body);
+    let new_key = rotated.body["api_keys"]["acme-2"].as_str().unwrap().to_owned();
+    until_version(&admin2, rotated.version(), Instant::now()).await;
+    for base in [&stack.gateway_url, stack.gateway2_url.as_ref().unwrap()] {
+        let old = stack
+            .post_json_to(
+                base,
+                "/v1/chat/completions",
+                &[("authorization", &bearer)],
+                &chat(),
+            )
+            .await;
+        assert_eq!(old.status, 401, "the revoked key still works on {base}");
+        let new = stack
+            .post_json_to(
+                base,
+                "/v1/chat/completions",
+                &[("authorization", &format!("Bearer {new_key}"))],
+                &chat(),
+            )
+            .await;
+        assert_eq!(new.status, 200, "the new key does not work on {base}");
+    }
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_change_that_would_break_the_configuration_is_refused_whole_and_nothing_changes() {
+    let stack = replicas().await;
+    let (admin1, admin2) = admin_urls(&stack);
+    let before = admin(&admin1, "GET", "/admin/v1/instances", Some(ADMIN_KEY), None).await;
+
+    let refused = admin(
+        &admin1,
+        "DELETE",
+        "/admin/v1/instances/mock-canary",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_refused(&refused, 400, "invalid_config");
+    assert_eq!(
+        refused.body["error"]["errors"],
+        json!([format!(
+            "routes/{MODEL}.targets[1].instance: no instance is named `mock-canary`"
+        )])
+    );
+
+    // Every problem of a change at once, each at its path.
+    let bad_route = admin(
+        &admin1,
+        "PUT",
+        "/admin/v1/routes/embeddings",
+        Some(ADMIN_KEY),
+        Some(&json!({
+            "models": [MODEL],
+            "targets": [{"instance": "nowhere", "weight": 1}],
+            "failover": {"max_attempts": 0},
+        })),
+    )
+    .await;
+    assert_refused(&bad_route, 400, "invalid_config");
+    let problems: Vec<&str> = bad_route.body["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    for expected in [
+        "routes/embeddings.models[0]: `gpt-4o-mini` is already served by route",
+        "routes/embeddings.targets[0].instance: no instance is named `nowhere`",
+        "routes/embeddings.failover.max_attempts: must be at least 1",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "{expected} not in {problems:?}"
+        );
+    }
+    let not_json = admin(
+        &admin1,
+        "PUT",
+        "/admin/v1/instances/x",
+        Some(ADMIN_KEY),
+        Some(&json!([1])),
+    )
+    .await;
+    assert_refused(&not_json, 400, "invalid_body");
+
+    // Nothing changed, on either replica, and nothing was published.
+    for base in [&admin1, &admin2] {
+        let after = admin(base, "GET", "/admin/v1/instances", Some(ADMIN_KEY), None).await;
+        assert_eq!(after.body, before.body);
+        assert_eq!(after.version(), before.version());
+        let history = admin(
+            base,
+            "GET",
+            "/admin/v1/history?kind=route&id=embeddings",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+        assert_eq!(history.body["data"], json!([]));
+    }
+    let still = stack
+        .post_json(
+            "/v1/chat/completions",
+            &[("authorization", &format!("Bearer {}", CONSUMERS[0].2))],
+            &chat(),
+        )
+        .await;
+    assert_eq!(still.status, 200);
+
+    // Putting the same resource twice changes nothing the second time.
+    let instance = json!({"endpoint": "http://127.0.0.1:9/v1", "timeout": "3s"});
+    let first = admin(
+        &admin1,
+        "PUT",
+        "/admin/v1/instances/spare",
+        Some(ADMIN_KEY),
+        Some(&instance),
+    )
+    .await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = admin(
+        &admin1,
+        "PUT",
+        "/admin/v1/instances/spare",
+        Some(ADMIN_KEY),
+        Some(&instance),
+    )
+    .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["changed"], false);
+    assert_eq!(again.version(), first.version());
+    let gone = admin(
+        &admin1,
+        "DELETE",
+        "/admin/v1/instances/spare",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    until_version(&admin2, gone.version(), Instant::now()).await;
+    let missing = admin(&admin2, "GET", "/admin/v1/instances/spare", Some(ADMIN_KEY), None).await;
+    assert_refused(&missing, 404, "not_found");
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn only_an_admin_key_from_an_allowed_address_may_write() {
+    let stack = replicas().await;
+    let (admin1, _) = admin_urls(&stack);
+    let limit = json!({"models": [MODEL], "limit": 5, "time_window": "1h"});
+    let path = "/admin/v1/limits/tight";
+
+    assert_refused(
+        &admin(&admin1, "PUT", path, None, Some(&limit)).await,
+        401,
+        "missing_admin_key",
+    );
+    assert_refused(
+        &admin(&admin1, "PUT", path, Some("adm-wrong"), Some(&limit)).await,
+        401,
+        "invalid_admin_key",
+    );
+    assert_refused(
+        &admin(&admin1, "PUT", path, Some(VIEWER_KEY), Some(&limit)).await,
+        403,
+        "read_only_key",
+    );
+    assert_refused(
+        &admin(
+            &admin1,
+            "DELETE",
+            "/admin/v1/instances/mock-canary",
+            Some(VIEWER_KEY),
+            None,
+        )
+        .await,
+        403,
+        "read_only_key",
+    );
+    let none = admin(&admin1, "GET", "/admin/v1/limits", Some(VIEWER_KEY), None).await;
+    assert_eq!(
+        none.body["data"],
+        json!([]),
+        "a refused write changed something: {}",
+        none.body
+    );
+
+    // The same write with the admin key takes effect at once: a 5-token quota refuses the next request.
+    let made = admin(&admin1, "PUT", path, Some(ADMIN_KEY), Some(&limit)).await;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let refused = stack
+        .post_json(
+            "/v1/chat/completions",
+            &[("authorization", &format!("Bearer {}", CONSUMERS[0].2))],
+            &chat(),
+        )
+        .await;
+    assert_eq!(refused.status, 429, "{}", String::from_utf8_lossy(&refused.body));
+    stack.stop().await;
+
+    // From outside the allowlist nothing reaches the API, writes included.
+    let outside = Stack::start(StackOptions {
+        extra_toml: admin_toml("allow = [\"10.0.0.0/8\"]"),
+        quota_loop: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let base = outside.admin_url.clone().unwrap();
+    assert_refused(
+        &admin(&base, "PUT", path, Some(ADMIN_KEY), Some(&limit)).await,
+        403,
+        "address_not_allowed",
+    );
+    outside.stop().await;
+}
+
+#[actix_rt::test]
+async fn without_a_config_topic_changes_apply_to_the_one_replica_standalone() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: format!("{}\n{CANARY}", admin_toml("")),
+        second_mock: true,
+        default_targets: Some(SPLIT_50_50.into()),
+        quota_loop: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let base = stack.admin_url.clone().unwrap();
+    let drained = admin(
+        &base,
+        "PATCH",
+        &format!("/admin/v1/routes/{MODEL}"),
+        Some(ADMIN_KEY),
+        Some(&json!({"targets": [{"instance": "mock-openai", "weight": 1}, {"instance": "mock-canary", "weight": 0}]})),
+    )
+    .await;
+    assert_eq!(drained.status, 200, "{}", drained.body);
+    assert_eq!(drained.version(), 0, "the first standalone change");
+    for _ in 0..10 {
+        let reply = stack
+            .post_json(
+                "/v1/chat/completions",
+                &[("authorization", &format!("Bearer {}", CONSUMERS[0].2))],
+                &chat(),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.headers["x-tollgate-instance"], "mock-openai");
+        assert_eq!(reply.header_u64("x-tollgate-config-version"), Some(0));
+    }
+    let history = admin(&base, "GET", "/admin/v1/history", Some(ADMIN_KEY), None).await;
+    assert_eq!(
+        history.body["data"].as_array().unwrap().len(),
+        1,
+        "{}",
+        history.body
+    );
+    assert_eq!(history.body["data"][0]["kind"], "route");
+    stack.stop().await;
+}
+
+fn assert_refused(reply: &AdminReply, status: u16, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.body["error"]["code"], code, "{}", reply.body);
+    assert!(reply.body["error"]["message"].is_string(), "{}", reply.body);
+}
