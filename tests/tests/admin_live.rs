@@ -79,6 +79,14 @@ async fn a_canary_split_moves_from_50_50_to_80_20_under_load_without_a_failed_re
     let (admin1, admin2) = admin_urls(&stack);
     let key = format!("Bearer {}", CONSUMERS[0].2);
 
+    // One request per replica first: the meter's tokenizer loads on first use.
+    for base in [&stack.gateway_url, stack.gateway2_url.as_ref().unwrap()] {
+        let warm = stack
+            .post_json_to(base, "/v1/chat/completions", &[("authorization", &key)], &chat())
+            .await;
+        assert_eq!(warm.status, 200);
+    }
+
     // Eight clients, four per replica, send requests back to back through the change.
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -254,7 +262,7 @@ async fn a_new_consumer_can_call_both_replicas_within_a_second_and_its_key_is_sh
     .await;
     let entry = &history.body["data"][0];
     assert_eq!(entry["actor"], "ops", "{}", history.body);
-    assert_eq!(entry["source"], "tollgate-gateway/test-gw-1");
+    assert_eq!(entry["source"], "tollgate-gateway/test-gw", "accepted by replica 1");
     assert_eq!(entry["action"], "put");
     assert_eq!(entry["result"], "applied");
     assert!(!history.body.to_string().contains("sha256"));
@@ -350,7 +358,8 @@ async fn a_change_that_would_break_the_configuration_is_refused_whole_and_nothin
         .map(|p| p.as_str().unwrap())
         .collect();
     for expected in [
-        "routes/embeddings.models[0]: `gpt-4o-mini` is already served by route",
+        // Routes are validated in name order, so the model's other route names the clash.
+        "routes/gpt-4o-mini.models[0]: `gpt-4o-mini` is already served by route `embeddings`",
         "routes/embeddings.targets[0].instance: no instance is named `nowhere`",
         "routes/embeddings.failover.max_attempts: must be at least 1",
     ] {
