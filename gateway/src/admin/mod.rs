@@ -187,3 +187,69 @@ async fn unknown_url(req: HttpRequest) -> HttpResponse {
     }
     .error_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+    use tollgate_schemas::config::ResourceKind;
+
+    use super::error::AdminError;
+
+    fn openapi() -> Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/admin-api.openapi.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_openapi_description_covers_every_route_and_method() {
+        let doc = openapi();
+        let paths = &doc["paths"];
+        assert!(paths["/admin/v1/history"]["get"].is_object());
+        for kind in ResourceKind::ALL {
+            let collection = format!("/admin/v1/{}", kind.plural());
+            assert!(paths[&collection]["get"].is_object(), "GET {collection}");
+            let one = format!("{collection}/{{id}}");
+            for method in ["get", "put", "patch", "delete"] {
+                assert!(paths[&one][method].is_object(), "{method} {one}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_openapi_description_names_every_error_code() {
+        let text = openapi().to_string();
+        let every = [
+            AdminError::MissingKey,
+            AdminError::InvalidKey,
+            AdminError::AddressNotAllowed,
+            AdminError::BadForwardedAddress,
+            AdminError::ReadOnlyKey,
+            AdminError::NotFound {
+                kind: "route",
+                name: String::new(),
+            },
+            AdminError::UnknownUrl {
+                method: String::new(),
+                path: String::new(),
+            },
+            AdminError::InvalidBody(String::new()),
+            AdminError::InvalidConfig(Vec::new()),
+            AdminError::Conflict(Vec::new()),
+            AdminError::PriceVersionImmutable(String::new()),
+            AdminError::PriceVersionInForce(String::new()),
+            AdminError::MethodNotAllowed {
+                method: String::new(),
+                path: String::new(),
+            },
+            AdminError::StoreUnavailable(String::new()),
+            AdminError::NotApplied,
+        ];
+        for error in every {
+            assert!(
+                text.contains(error.outcome()),
+                "{} is not in the OpenAPI description",
+                error.outcome()
+            );
+        }
+    }
+}
