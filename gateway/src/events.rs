@@ -72,6 +72,7 @@ use tollgate_schemas::usage::UsageEvent;
 use uuid::Uuid;
 
 use crate::config::{KafkaConfig, OnFull, SpoolConfig};
+use crate::kafka::producer_config;
 use crate::metrics as m;
 use crate::quota::LocalUsage;
 use crate::spool::drain::{Drain, Refused, Sink};
@@ -81,9 +82,6 @@ use crate::spool::{AppendError, Pos, Spool, SpoolError, SpoolStatus};
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// At most this much of the shutdown budget is kept back for writing and fsyncing the spool.
 const SHUTDOWN_SPOOL_MARGIN: Duration = Duration::from_secs(2);
-/// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): the spool
-/// drains soon after the broker is back.
-const RECONNECT_BACKOFF_MAX: &str = "1000";
 
 /// Why the event pipeline could not start.
 #[derive(Debug, thiserror::Error)]
@@ -210,24 +208,6 @@ impl EventPipeline {
         }
         tokio::time::timeout(timeout, self.done).await.is_ok()
     }
-}
-
-pub(crate) fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers)
-        .set("client.id", client_id)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX)
-        .set(
-            "message.timeout.ms",
-            config.message_timeout.as_millis().to_string(),
-        );
-    for (key, value) in &config.properties {
-        c.set(key, value);
-    }
-    c
 }
 
 /// A send's acknowledgement (or failure), tagged with what was sent.

@@ -21,6 +21,7 @@
 //! - [`events`] — usage events off the request path and into Kafka, or into [`spool`] — segment files on local
 //!   disk, drained to Kafka in order — while Kafka does not acknowledge them;
 //! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics;
+//!   [`kafka`] — the settings of every Kafka client;
 //! - [`admin`] — the admin API on its own listener: allowlist, admin keys and roles, resources to read and write;
 //! - [`live`] — the live configuration: changes from the config topic, validated whole and swapped in atomically;
 //! - [`clock`] — the time quota windows and event timestamps are read from (tests inject their own).
@@ -33,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod kafka;
 pub mod limits;
 pub mod live;
 pub mod meter;

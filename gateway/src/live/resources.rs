@@ -183,14 +183,11 @@ impl ResourceSet {
 
 /// A `[[token_limits]]` entry's name: its `id`, or its scope key.
 fn limit_id(limit: &TokenLimitConfig) -> Option<String> {
-    limit
-        .id
-        .clone()
-        .or_else(|| {
-            QuotaScope::from_limit(None, None, limit)
-                .ok()
-                .map(|s| derived_limit_id(&s.key()))
-        })
+    limit.id.clone().or_else(|| {
+        QuotaScope::from_limit(None, None, limit)
+            .ok()
+            .map(|s| derived_limit_id(&s.key()))
+    })
 }
 
 /// `routes[2].targets[0].instance: …` → `routes/chat.targets[0].instance: …`.

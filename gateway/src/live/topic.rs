@@ -38,7 +38,7 @@ use tollgate_schemas::config::{
 use super::resources::ResourceSet;
 use super::{Feed, Incoming};
 use crate::config::Config;
-use crate::events::producer_config;
+use crate::kafka::{follower_config, producer_config};
 
 /// How long a start waits for the topic's content before serving on the file.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -130,20 +130,11 @@ impl ConfigFeed {
         source: &str,
         applier: UnboundedSender<Feed>,
     ) -> Result<(Self, Option<Vec<Incoming>>), TopicError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka.brokers)
-            .set(
-                "group.id",
-                format!("tollgate-gateway-config-{}", uuid::Uuid::now_v7().simple()),
-            )
-            .set(
-                "client.id",
-                format!("tollgate-gateway-config/{}", config.server.instance_id),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
+        let consumer: BaseConsumer = follower_config(
+            &config.kafka,
+            &format!("tollgate-gateway-config/{}", config.server.instance_id),
+        )
+        .create()?;
         let seeder: BaseProducer = producer_config(
             &config.kafka,
             &format!("tollgate-gateway-config-seed/{}", config.server.instance_id),

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -25,6 +24,7 @@ use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshotE
 
 use crate::clock::wall_ms;
 use crate::config::Config;
+use crate::kafka::follower_config;
 use crate::metrics as m;
 
 use super::Quotas;
@@ -49,20 +49,11 @@ impl QuotaFeed {
         if quotas.is_empty() && config.admin.config_topic.is_none() {
             return Ok(None);
         }
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &config.kafka.brokers)
-            .set(
-                "group.id",
-                format!("tollgate-gateway-quota-{}", uuid::Uuid::now_v7().simple()),
-            )
-            .set(
-                "client.id",
-                format!("tollgate-gateway-quota/{}", config.server.instance_id),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()?;
+        let consumer: BaseConsumer = follower_config(
+            &config.kafka,
+            &format!("tollgate-gateway-quota/{}", config.server.instance_id),
+        )
+        .create()?;
         let stop = Arc::new(AtomicBool::new(false));
         let follower = Follower {
             consumer,
