@@ -262,7 +262,10 @@ async fn a_new_consumer_can_call_both_replicas_within_a_second_and_its_key_is_sh
     .await;
     let entry = &history.body["data"][0];
     assert_eq!(entry["actor"], "ops", "{}", history.body);
-    assert_eq!(entry["source"], "tollgate-gateway/test-gw", "accepted by replica 1");
+    assert_eq!(
+        entry["source"], "tollgate-gateway/test-gw",
+        "accepted by replica 1"
+    );
     assert_eq!(entry["action"], "put");
     assert_eq!(entry["result"], "applied");
     assert!(!history.body.to_string().contains("sha256"));
@@ -436,6 +439,86 @@ async fn a_change_that_would_break_the_configuration_is_refused_whole_and_nothin
     until_version(&admin2, gone.version(), Instant::now()).await;
     let missing = admin(&admin2, "GET", "/admin/v1/instances/spare", Some(ADMIN_KEY), None).await;
     assert_refused(&missing, 404, "not_found");
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_replica_started_later_takes_the_topics_configuration_over_its_file() {
+    let stack = replicas().await;
+    let (admin1, _) = admin_urls(&stack);
+    let created = admin(
+        &admin1,
+        "PUT",
+        "/admin/v1/consumers/late",
+        Some(ADMIN_KEY),
+        Some(&json!({"keys": [{"id": "late-1"}]})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key = format!("Bearer {}", created.body["api_keys"]["late-1"].as_str().unwrap());
+    let drained = admin(
+        &admin1,
+        "PATCH",
+        &format!("/admin/v1/routes/{MODEL}"),
+        Some(ADMIN_KEY),
+        Some(&json!({"targets": [{"instance": "mock-openai", "weight": 1}, {"instance": "mock-canary", "weight": 0}]})),
+    )
+    .await;
+    assert_eq!(drained.status, 200, "{}", drained.body);
+
+    // A third replica from the same file — which knows neither the consumer nor the drained split — on a spool
+    // of its own.
+    let spool = tollgate_tests::procs::scratch_dir("spool-late");
+    let text = stack.gateway_toml.replace(
+        &format!("dir = {:?}", stack.spool_dir.display().to_string()),
+        &format!("dir = {:?}", spool.display().to_string()),
+    );
+    let config = tollgate_gateway::Config::from_toml_with_env(&text, |name| {
+        (name == "PROVIDER_KEY").then(|| tollgate_tests::stack::PROVIDER_KEY.to_owned())
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let late = tollgate_gateway::Gateway::start(config, listener, stack.metrics.clone()).unwrap();
+    let late_admin = format!("http://{}", late.admin_addr().unwrap());
+    let handle = late.handle();
+    let running = actix_web::rt::spawn(late.run());
+
+    // It served nothing before it had read the topic: its very first requests see both changes.
+    for _ in 0..5 {
+        let reply = stack
+            .post_json_to(&url, "/v1/chat/completions", &[("authorization", &key)], &chat())
+            .await;
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.headers["x-tollgate-instance"], "mock-openai");
+        assert_eq!(
+            reply.header_u64("x-tollgate-config-version"),
+            Some(drained.version() as u64)
+        );
+    }
+    let history = admin(
+        &late_admin,
+        "GET",
+        "/admin/v1/history?kind=consumer&id=late",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(history.body["data"][0]["actor"], "ops", "{}", history.body);
+    // The file's resources did not seed the topic a second time.
+    let seeds = admin(
+        &late_admin,
+        "GET",
+        "/admin/v1/history?kind=instance&id=mock-openai",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(seeds.body["data"].as_array().unwrap().len(), 1, "{}", seeds.body);
+
+    handle.stop(true).await;
+    let _ = running.await;
+    let _ = std::fs::remove_dir_all(spool);
     stack.stop().await;
 }
 

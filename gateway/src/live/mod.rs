@@ -400,14 +400,15 @@ impl LiveConfig {
             next.assemble(&self.base, &self.secrets).map(Some)
         };
         let result = if outcome.is_ok() { "applied" } else { "rejected" };
-        metrics::counter!(
-            m::CONFIG_CHANGES_TOTAL,
-            "kind" => kind.as_str(),
-            "action" => match action { ChangeAction::Put => "put", ChangeAction::Delete => "delete" },
-            "result" => result
-        )
-        .increment(1);
+        // Tombstones only let compaction drop a deleted key: the delete change before them is what counts.
         if let Some(event) = &incoming.event {
+            metrics::counter!(
+                m::CONFIG_CHANGES_TOTAL,
+                "kind" => kind.as_str(),
+                "action" => match action { ChangeAction::Put => "put", ChangeAction::Delete => "delete" },
+                "result" => result
+            )
+            .increment(1);
             let problems = outcome.as_ref().err().cloned().unwrap_or_default();
             if live {
                 let age = Utc::now().signed_duration_since(event.time);
