@@ -1,6 +1,12 @@
 //! The command line: global connection flags (each also read from the environment) and the subcommands
 //! `migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild` and `check-prices`. Parsing only;
 //! `main.rs` dispatches.
+//!
+//! `run` and `quota` take `--config-topic <name>` (env [`CONFIG_TOPIC_ENV`]; off by default): follow the admin
+//! API's config topic (normally `tollgate.config.v1`). Once it held any change, its limits replace the gateway
+//! file's for the quota loop (as its resources replace the gateway's file's), applied while it runs; its price versions are added to the `--prices`
+//! file's for ingest (a version the file already has at other prices is refused, the file's kept). See
+//! [`crate::config_topic`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +27,8 @@ use crate::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSe
 pub const CLICKHOUSE_PASSWORD_ENV: &str = "TOLLGATE_CLICKHOUSE_PASSWORD";
 /// The environment variable naming the price file, for every command that takes `--prices`.
 pub const PRICES_ENV: &str = "TOLLGATE_PRICES";
+/// The environment variable naming the config topic, for `run` and `quota` (`--config-topic`).
+pub const CONFIG_TOPIC_ENV: &str = "TOLLGATE_CONFIG_TOPIC";
 
 /// Tollgate's ledger: ingests usage events from Kafka into ClickHouse and reports usage.
 #[derive(Debug, Parser)]
@@ -137,6 +145,11 @@ pub struct RunArgs {
     /// and invoices show them so.
     #[arg(long, env = PRICES_ENV)]
     pub prices: Option<PathBuf>,
+
+    /// Follow the admin API's config topic (e.g. tollgate.config.v1): its price versions are added to the
+    /// price file's, and once it held any change its limits replace the --quota-config file's, live.
+    #[arg(long, env = CONFIG_TOPIC_ENV)]
+    pub config_topic: Option<String>,
 }
 
 /// Flags of `quota`.
@@ -157,6 +170,11 @@ pub struct QuotaArgs {
     /// Address of the Prometheus metrics endpoint.
     #[arg(long, env = "BILLING_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: SocketAddr,
+
+    /// Follow the admin API's config topic (e.g. tollgate.config.v1): once it held any change, its limits
+    /// replace the --config file's, live.
+    #[arg(long, env = CONFIG_TOPIC_ENV)]
+    pub config_topic: Option<String>,
 }
 
 /// Flags of `usage`.
@@ -401,6 +419,7 @@ mod tests {
         assert_eq!(run.batch_wait, Duration::from_millis(200));
         assert_eq!(run.partitions, 3);
         assert_eq!(run.quota_topic, "tollgate.quota.v1");
+        assert_eq!(run.config_topic, None, "off by default");
         let settings = cli.ingest(run);
         assert_eq!(settings.kafka.group_id, "tollgate-billing");
         assert_eq!(settings.clickhouse.database, "tollgate");
@@ -425,6 +444,37 @@ mod tests {
             Some(Path::new("/etc/tollgate/tollgate.toml"))
         );
         assert_eq!(run.quota_topic, "quota.test");
+    }
+
+    #[test]
+    fn run_and_quota_take_the_config_topic() {
+        let cli =
+            Cli::try_parse_from(["billing-consumer", "run", "--config-topic", "tollgate.config.v1"]).unwrap();
+        let Command::Run(run) = &cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.config_topic.as_deref(), Some("tollgate.config.v1"));
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "quota",
+            "--config",
+            "tollgate.toml",
+            "--config-topic",
+            "config.test",
+        ])
+        .unwrap();
+        let Command::Quota(quota) = &cli.command else {
+            panic!("expected quota")
+        };
+        assert_eq!(quota.config_topic.as_deref(), Some("config.test"));
+        let Command::Quota(without) =
+            Cli::try_parse_from(["billing-consumer", "quota", "--config", "t.toml"])
+                .unwrap()
+                .command
+        else {
+            panic!("expected quota")
+        };
+        assert_eq!(without.config_topic, None);
     }
 
     #[test]

@@ -28,8 +28,11 @@
 //!   ([`audit::report`]): every differing field, then the events that differ.
 //! - [`rebuild`] — re-ingests a range from Kafka into a fresh table like `usage_events`, with today's prices.
 //! - [`quota`] — the quota loop: rebuild the windows from the usage topic, then count live events and publish
-//!   changed snapshots and heartbeats. [`quota::policy`] reads the scopes from the gateway's TOML,
-//!   [`quota::windows`] is the counting (pure), [`quota::publisher`] writes the quota topic.
+//!   changed snapshots and heartbeats. [`quota::policy`] reads the scopes from the gateway's TOML (or the config
+//!   topic's resources), [`quota::windows`] is the counting (pure), [`quota::publisher`] writes the quota topic.
+//! - [`config_topic`] — with `--config-topic`, follows the admin API's `tollgate.config.v1`: its limits replace
+//!   the gateway file's for the quota loop, live, and its price versions join the price file's for ingest.
+//!   [`config_topic::resources`] is the resource map the topic's changes build (pure).
 //! - [`metrics`] — every metric, described once; the Prometheus exporter.
 //! - [`error`] — [`BillingError`], the one error type, with a bounded `kind()`.
 //!
@@ -40,6 +43,7 @@
 
 pub mod audit;
 pub mod cli;
+pub mod config_topic;
 pub mod error;
 pub mod ingest;
 pub mod invoice;

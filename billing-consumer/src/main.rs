@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::cli::{self, Cli, Command, InvoiceFormat};
+use tollgate_billing_consumer::config_topic::{ConfigFollower, FollowSettings};
+use tollgate_billing_consumer::quota::policy::ConfiguredScope;
 use tollgate_billing_consumer::{
     BillingError, audit, ingest, invoice, metrics, migrations, pricing, quota, rebuild, report, topics,
 };
@@ -41,6 +43,13 @@ async fn main() -> anyhow::Result<ExitCode> {
                     );
                     prices
                 }
+                None if run.config_topic.is_some() => {
+                    tracing::info!(
+                        "No --prices (TOLLGATE_PRICES) given: events are priced by the config topic's price \
+                         versions only, and stored unpriced (cost 0) while it has none."
+                    );
+                    pricing::PriceTable::default()
+                }
                 None => {
                     tracing::warn!(
                         "No --prices (TOLLGATE_PRICES) given: events are stored unpriced (cost 0) and invoices will \
@@ -50,8 +59,8 @@ async fn main() -> anyhow::Result<ExitCode> {
                 }
             };
             let prices = Arc::new(prices);
-            let quota_settings = match &run.quota_config {
-                Some(path) => Some(cli.quota(&run.topic, &run.quota_topic, quota::policy::load(path)?)),
+            let file_scopes = match &run.quota_config {
+                Some(path) => Some(quota::policy::load(path)?),
                 None => {
                     tracing::info!(
                         "No --quota-config (TOLLGATE_CONFIG) given: this process does not compute quotas."
@@ -59,6 +68,9 @@ async fn main() -> anyhow::Result<ExitCode> {
                     None
                 }
             };
+            let quota_settings = file_scopes
+                .clone()
+                .map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes));
             metrics::install_exporter(run.metrics_listen)?;
             let settings = cli.ingest(run);
             topics::ensure_with_replication(
@@ -74,28 +86,62 @@ async fn main() -> anyhow::Result<ExitCode> {
             migrations::apply(&clickhouse).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let follower = match &run.config_topic {
+                Some(topic) => {
+                    let follower =
+                        follow(&cli, topic, Some(Arc::clone(&prices)), file_scopes, &shutdown).await?;
+                    let Some(follower) = follower else {
+                        return Ok(ExitCode::SUCCESS);
+                    };
+                    Some(follower)
+                }
+                None => None,
+            };
+            let live_prices = follower
+                .as_ref()
+                .and_then(ConfigFollower::prices)
+                .unwrap_or_else(|| pricing::LivePrices::new(prices));
+            let policy = follower.as_ref().and_then(ConfigFollower::policy);
             match quota_settings {
                 Some(quota_settings) => {
                     let (ingested, quotas) = tokio::join!(
                         stop_all_on_error(
-                            ingest::run_with_prices(settings, prices, shutdown.clone()),
+                            ingest::run_with_live_prices(settings, live_prices, shutdown.clone()),
                             &shutdown
                         ),
-                        stop_all_on_error(quota::run(quota_settings, shutdown.clone()), &shutdown),
+                        stop_all_on_error(
+                            quota::run_live(quota_settings, policy, shutdown.clone()),
+                            &shutdown
+                        ),
                     );
                     ingested?;
                     quotas?;
                 }
-                None => ingest::run_with_prices(settings, prices, shutdown).await?,
+                None => ingest::run_with_live_prices(settings, live_prices, shutdown).await?,
+            }
+            if let Some(follower) = follower {
+                follower.stop().await;
             }
         }
         Command::Quota(args) => {
-            let settings = cli.quota(&args.topic, &args.quota_topic, quota::policy::load(&args.config)?);
+            let scopes = quota::policy::load(&args.config)?;
+            let settings = cli.quota(&args.topic, &args.quota_topic, scopes.clone());
             metrics::install_exporter(args.metrics_listen)?;
             topics::ensure_quota(&settings.brokers, &settings.quota_topic).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
-            quota::run(settings, shutdown).await?;
+            let follower = match &args.config_topic {
+                Some(topic) => match follow(&cli, topic, None, Some(scopes), &shutdown).await? {
+                    Some(follower) => Some(follower),
+                    None => return Ok(ExitCode::SUCCESS),
+                },
+                None => None,
+            };
+            let policy = follower.as_ref().and_then(ConfigFollower::policy);
+            quota::run_live(settings, policy, shutdown).await?;
+            if let Some(follower) = follower {
+                follower.stop().await;
+            }
         }
         Command::Usage(usage) => {
             let report = report::usage(&clickhouse, &usage.consumer, usage.since).await?;
@@ -184,6 +230,29 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts following the config topic `topic` and waits until it was read; `None` when shutdown came first.
+async fn follow(
+    cli: &Cli,
+    topic: &str,
+    file_prices: Option<Arc<pricing::PriceTable>>,
+    file_scopes: Option<Vec<ConfiguredScope>>,
+    shutdown: &CancellationToken,
+) -> Result<Option<ConfigFollower>, BillingError> {
+    let follower = ConfigFollower::start(FollowSettings {
+        brokers: cli.brokers.clone(),
+        topic: topic.to_owned(),
+        file_prices,
+        file_scopes,
+    })?;
+    tokio::select! {
+        () = follower.ready() => Ok(Some(follower)),
+        () = shutdown.cancelled() => {
+            follower.stop().await;
+            Ok(None)
+        }
+    }
 }
 
 /// Runs `task`; if it fails, cancels `shutdown` so that the loops beside it stop too.

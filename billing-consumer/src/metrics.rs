@@ -1,7 +1,8 @@
 //! Every metric billing-consumer exports, named and described once in [`describe`], and the Prometheus
 //! exporter's HTTP listener. Units are base units (seconds, events); labels are bounded (`reason` is a
-//! [`crate::error::RejectReason`]; no metric is labelled by model or consumer). Ingest's metrics start with
-//! `billing_`, the quota loop's with `billing_quota_`. The one-shot commands (`invoice`, `audit`, `rebuild`)
+//! [`crate::error::RejectReason`], `kind` a resource kind; no metric is labelled by model or consumer). Ingest's
+//! metrics start with `billing_`, the quota loop's with `billing_quota_`, the config follower's with
+//! `billing_config_`. The one-shot commands (`invoice`, `audit`, `rebuild`)
 //! export nothing: they log what they did and print their result.
 
 use std::net::SocketAddr;
@@ -54,6 +55,12 @@ pub const QUOTA_REBUILD_DURATION: &str = "billing_quota_rebuild_duration_seconds
 pub const QUOTA_HEARTBEATS: &str = "billing_quota_heartbeats_total";
 /// Per live snapshot: its delivery time minus the Kafka timestamp of the newest event it counts.
 pub const QUOTA_LAG: &str = "billing_quota_lag_seconds";
+
+/// Changes of the config topic applied (puts, deletes, and tombstones that removed a resource), by `kind`.
+pub const CONFIG_CHANGES: &str = "billing_config_changes_total";
+/// The offset of the last config topic message whose change is in effect (in the price table and the quota
+/// policy).
+pub const CONFIG_VERSION: &str = "billing_config_version";
 
 /// Describes every metric to the installed recorder and registers the counters at zero, so that a scrape
 /// before the first batch already shows them. Call once at start-up.
@@ -148,6 +155,17 @@ pub fn describe() {
         "Delivery time of a live quota snapshot minus the Kafka timestamp of the newest event it counts."
     );
 
+    describe_counter!(
+        CONFIG_CHANGES,
+        Unit::Count,
+        "Changes of the config topic applied (puts, deletes, tombstones that removed a resource), by kind."
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        Unit::Count,
+        "Offset of the last config topic message in effect (prices and quota policy)."
+    );
+
     for counter in [
         EVENTS_INGESTED,
         BATCHES_INSERTED,
@@ -163,6 +181,9 @@ pub fn describe() {
         QUOTA_HEARTBEATS,
     ] {
         metrics::counter!(counter).increment(0);
+    }
+    for kind in tollgate_schemas::config::ResourceKind::ALL {
+        metrics::counter!(CONFIG_CHANGES, "kind" => kind.as_str()).increment(0);
     }
     for reason in RejectReason::ALL {
         metrics::counter!(EVENTS_REJECTED, "reason" => reason.as_str()).increment(0);

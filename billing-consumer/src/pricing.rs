@@ -1,6 +1,7 @@
-//! Prices: the versioned price table (a TOML file, `--prices`) and the cost of one event under it. Pure: the
-//! file's text goes in, a [`PriceTable`] comes out, and [`PriceTable::charge`] turns an event's model, time and
-//! tokens into an amount. Ingest, rebuild and the audit all price through here, so they agree to the micro-unit.
+//! Prices: the versioned price table (a TOML file, `--prices`; with `--config-topic` also the topic's `price`
+//! resources, [`PriceTable::with_resources`]) and the cost of one event under it. Pure: the file's text goes in,
+//! a [`PriceTable`] comes out, and [`PriceTable::charge`] turns an event's model, time and tokens into an amount.
+//! Ingest, rebuild and the audit all price through here, so they agree to the micro-unit.
 //!
 //! ```toml
 //! [[prices]]
@@ -34,9 +35,15 @@
 //! model's first version — is unpriced: cost 0, no currency, price version `""`.
 //!
 //! Validation reports every problem of the file at once, each with its path (`prices[2].input_per_mtok: …`).
+//!
+//! **Live prices.** [`LivePrices`] is the table ingest prices with, replaced whole when the config topic's
+//! price versions change; each batch is priced by one table. The topic adds versions to the file's; it never
+//! overrides one: a topic version in force from the same instant as a file version, at other prices, is left
+//! out with an error (the file's stays).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use chrono::{DateTime, SecondsFormat};
 use serde::Deserialize;
@@ -168,6 +175,56 @@ impl PriceTable {
         Self { by_model }
     }
 
+    /// This table (the price file's) plus the config topic's `price` resources (by resource id), and the
+    /// problems of the resources left out, each at its resource path (`prices/gpt-4o@2026-01-01: …`): one that
+    /// is not a valid price entry, or one in force from the same instant as a version already in the table at
+    /// other prices (the file's, or an earlier id's) — the version already there stays. The same price written
+    /// twice is no problem.
+    pub fn with_resources<'a>(
+        &self,
+        resources: impl IntoIterator<Item = (&'a str, &'a serde_json::Value)>,
+    ) -> (Self, Vec<String>) {
+        let mut merged = self.clone();
+        let mut problems = Vec::new();
+        for (id, resource) in resources {
+            let path = format!("prices/{id}");
+            let version = match PriceEntry::deserialize(resource) {
+                Ok(entry) => match entry.validate(&path) {
+                    Ok(version) => version,
+                    Err(found) => {
+                        problems.extend(found);
+                        continue;
+                    }
+                },
+                Err(e) => {
+                    problems.push(format!("{path}: {e}"));
+                    continue;
+                }
+            };
+            let versions = merged.by_model.entry(version.model.clone()).or_default();
+            let at = versions.partition_point(|v| v.effective_from_ms < version.effective_from_ms);
+            match versions
+                .get(at)
+                .filter(|v| v.effective_from_ms == version.effective_from_ms)
+            {
+                Some(kept) if kept.same_price(&version) => {}
+                Some(kept) => {
+                    let origin = if self.version(&kept.id).is_some() {
+                        "the price file's version"
+                    } else {
+                        "the topic's version"
+                    };
+                    problems.push(format!(
+                        "{path}: differs from {origin} `{}`, in force from the same instant, which is kept",
+                        kept.id
+                    ));
+                }
+                None => versions.insert(at, version),
+            }
+        }
+        (merged, problems)
+    }
+
     /// True when the table has no version (every event is unpriced).
     pub fn is_empty(&self) -> bool {
         self.by_model.is_empty()
@@ -275,6 +332,28 @@ fn entry_problem(path: &str, message: &str) -> String {
     match field {
         Some((problem, field)) => format!("{path}.{field}: {problem}"),
         None => format!("{path}: {message}"),
+    }
+}
+
+/// The price table ingest prices with: read whole for each batch, replaced whole when the configuration
+/// changes ([`crate::config_topic`]), so a batch is priced by one table.
+#[derive(Debug, Clone, Default)]
+pub struct LivePrices(Arc<RwLock<Arc<PriceTable>>>);
+
+impl LivePrices {
+    /// Prices that start as `table`.
+    pub fn new(table: Arc<PriceTable>) -> Self {
+        Self(Arc::new(RwLock::new(table)))
+    }
+
+    /// The table in use now.
+    pub fn current(&self) -> Arc<PriceTable> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the table: events priced from now on use `table`.
+    pub fn replace(&self, table: Arc<PriceTable>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = table;
     }
 }
 
@@ -609,6 +688,102 @@ mod tests {
                 "prices[2].output_per_mtok: expected a decimal string such as \"0.15\", got a table",
             ]
         );
+    }
+
+    #[test]
+    fn the_topic_adds_versions_and_never_overrides_the_files() {
+        use serde_json::json;
+        let file = table();
+        let price = |model: &str, from: &str, input: &str| {
+            json!({"model": model, "effective_from": from, "currency": "USD", "input_per_mtok": input,
+                   "cached_input_per_mtok": "0.075", "output_per_mtok": "0.60"})
+        };
+        let resources = [
+            // New: a later version of a file model, and a model the file does not price.
+            (
+                "gpt-4o-mini@2027-01-01",
+                price("gpt-4o-mini", "2027-01-01", "0.12"),
+            ),
+            ("gpt-4o@2026-01-01", price("gpt-4o", "2026-01-01", "2.50")),
+            // The file's version again, written another way: the same price, no problem.
+            (
+                "gpt-4o-mini@2026-01-01T00:00:00Z",
+                price("gpt-4o-mini", "2026-01-01T00:00:00Z", "0.15"),
+            ),
+            // The file's version at another price: left out.
+            (
+                "gpt-4o-mini@2026-01-01",
+                price("gpt-4o-mini", "2026-01-01", "0.01"),
+            ),
+            // Two topic versions from one instant: the first by id is kept.
+            (
+                "gpt-4o@2026-01-01T00:00:00Z",
+                price("gpt-4o", "2026-01-01T00:00:00Z", "9"),
+            ),
+            // Not a price entry.
+            (
+                "llama@2026-01-01",
+                json!({"model": "llama", "effective_from": "2026-01-01"}),
+            ),
+            ("llama@soon", price("llama", "soon", "0.1")),
+        ];
+        let (merged, problems) = file.with_resources(resources.iter().map(|(id, r)| (*id, r)));
+        assert_eq!(
+            problems,
+            [
+                "prices/gpt-4o-mini@2026-01-01: differs from the price file's version `gpt-4o-mini@2026-01-01`, \
+                 in force from the same instant, which is kept",
+                "prices/gpt-4o@2026-01-01T00:00:00Z: differs from the topic's version `gpt-4o@2026-01-01`, in \
+                 force from the same instant, which is kept",
+                "prices/llama@2026-01-01: missing field `currency`",
+                "prices/llama@soon.effective_from: `soon` is neither a date (2026-01-01) nor an RFC 3339 time \
+                 with an offset (2026-01-01T12:00:00Z)",
+            ]
+        );
+        let ids: Vec<&str> = merged.versions().iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "claude-haiku@2026-06-01",
+                "gpt-4o@2026-01-01",
+                "gpt-4o-mini@2026-01-01",
+                "gpt-4o-mini@2026-11-15T11:00:00Z",
+                "gpt-4o-mini@2027-01-01"
+            ]
+        );
+        assert_eq!(
+            merged.version("gpt-4o-mini@2026-01-01"),
+            file.version("gpt-4o-mini@2026-01-01")
+        );
+        let at = ms("2027-02-01T00:00:00Z");
+        assert_eq!(
+            merged
+                .charge("gpt-4o-mini", at, &usage(1_000_000, None, 0))
+                .price_version(),
+            "gpt-4o-mini@2027-01-01"
+        );
+        assert_eq!(
+            merged
+                .charge("gpt-4o", at, &usage(1_000_000, None, 0))
+                .cost_micros,
+            2_500_000
+        );
+        // Without a file, the topic's versions are the table.
+        let (alone, problems) =
+            PriceTable::default().with_resources(resources[..2].iter().map(|(id, r)| (*id, r)));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(alone.versions().len(), 2);
+    }
+
+    #[test]
+    fn live_prices_are_replaced_whole() {
+        let live = LivePrices::default();
+        assert!(live.current().is_empty());
+        let before = live.current();
+        live.replace(Arc::new(table()));
+        assert!(before.is_empty(), "a table in use is never changed");
+        assert_eq!(live.current().versions().len(), 3);
+        assert_eq!(live.clone().current().versions().len(), 3);
     }
 
     #[test]

@@ -15,8 +15,9 @@
 //! where exactly-once comes from. While a batch is being retried the consumer does not poll; after
 //! `max.poll.interval.ms` it leaves the group, its commit fails harmlessly, and it rejoins on its next read.
 //!
-//! Each event is priced while its row is built ([`crate::pricing`], the table loaded at start): cost, currency and
-//! price version go into the row, so invoices are sums of stored per-event costs. An event with no price in
+//! Each event is priced while its row is built ([`crate::pricing`]: the table loaded at start, or with
+//! `--config-topic` the [`LivePrices`] the config follower replaces, read once per batch so a batch is priced by
+//! one table): cost, currency and price version go into the row, so invoices are sums of stored per-event costs. An event with no price in
 //! force is stored with cost 0, counted in `billing_events_unpriced_total` and logged once per model.
 //! [`lag`] keeps `billing_consumer_lag_events` current beside the loop.
 //!
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BillingError;
 use crate::kafka::{self, IngestConsumer};
 use crate::metrics as m;
-use crate::pricing::PriceTable;
+use crate::pricing::{LivePrices, PriceTable};
 use crate::settings::IngestSettings;
 use crate::store::{self, Position};
 
@@ -65,6 +66,16 @@ pub async fn run_with_prices(
     prices: Arc<PriceTable>,
     shutdown: CancellationToken,
 ) -> Result<(), BillingError> {
+    run_with_live_prices(settings, LivePrices::new(prices), shutdown).await
+}
+
+/// Runs the ingest loop as [`run_with_prices`] does, pricing each batch with the table `prices` holds when the
+/// batch starts.
+pub async fn run_with_live_prices(
+    settings: IngestSettings,
+    prices: LivePrices,
+    shutdown: CancellationToken,
+) -> Result<(), BillingError> {
     let consumer = Arc::new(kafka::subscribe(&settings.kafka)?);
     let client = settings.clickhouse.client();
     let batch_size = settings.batch_size.max(1);
@@ -75,7 +86,7 @@ pub async fn run_with_prices(
         database = %settings.clickhouse.database,
         batch_size,
         batch_wait = %humantime::format_duration(settings.batch_wait),
-        price_versions = prices.versions().len(),
+        price_versions = prices.current().versions().len(),
         "Ingest started."
     );
     let watching = shutdown.child_token();
@@ -87,13 +98,13 @@ pub async fn run_with_prices(
 
     let mut logged_unpriced = HashSet::new();
     loop {
-        let batch = collect(&consumer, batch_size, settings.batch_wait, &prices, &shutdown).await;
-        if !batch.is_empty() {
+        let (batch, table) = collect(&consumer, batch_size, settings.batch_wait, &prices, &shutdown).await;
+        if let Some(table) = table {
             let unpriced_models = batch.unpriced_models.clone();
             if !settle(&consumer, &client, batch, &shutdown).await {
                 break;
             }
-            if !prices.is_empty() {
+            if !table.is_empty() {
                 for model in unpriced_models {
                     if !logged_unpriced.contains(&model) {
                         tracing::warn!(
@@ -116,15 +127,18 @@ pub async fn run_with_prices(
     Ok(())
 }
 
-/// Reads messages until the batch is full, `batch_wait` has passed since its first message, or shutdown.
+/// Reads messages until the batch is full, `batch_wait` has passed since its first message, or shutdown. The
+/// batch is priced by the table in use when its first message arrived, which is returned with it (`None`: the
+/// batch is empty).
 async fn collect(
     consumer: &IngestConsumer,
     batch_size: usize,
     batch_wait: Duration,
-    prices: &PriceTable,
+    prices: &LivePrices,
     shutdown: &CancellationToken,
-) -> Batch {
+) -> (Batch, Option<Arc<PriceTable>>) {
     let mut batch = Batch::default();
+    let mut table: Option<Arc<PriceTable>> = None;
     let mut deadline: Option<tokio::time::Instant> = None;
     while batch.len() < batch_size {
         let timer = async {
@@ -145,7 +159,8 @@ async fn collect(
                         partition: message.partition(),
                         offset: message.offset(),
                     };
-                    batch.push(at, message.payload(), now_seconds(), prices);
+                    let table = table.get_or_insert_with(|| prices.current());
+                    batch.push(at, message.payload(), now_seconds(), table);
                     if deadline.is_none() {
                         deadline = Some(tokio::time::Instant::now() + batch_wait);
                     }
@@ -161,7 +176,7 @@ async fn collect(
             }
         }
     }
-    batch
+    (batch, table)
 }
 
 /// Writes the batch (retrying until it succeeds or shutdown) and then commits its offsets.

@@ -12,9 +12,18 @@
 //!    while events keep coming. A snapshot that fails to publish stays marked and goes out in the next round.
 //! 3. **Heartbeat** every `heartbeat_interval`, also while waiting for the topic and while rebuilding (then with
 //!    `rebuilding = true`).
-//! 4. **Shutdown** (the token is cancelled): publish what is pending — unless still rebuilding — flush, return.
+//! 4. **Policy changes** ([`run_live`], with `--config-topic`): the scopes to compute come from a watch channel
+//!    that [`crate::config_topic`] updates. A scope whose key stays keeps its windows; a new limit value goes out
+//!    in its next snapshot. A scope that goes is forgotten and never published again. A scope that comes needs
+//!    the usage already consumed in its window, which only the usage topic still has: the loop **rebuilds** —
+//!    fresh windows for the whole new policy, read again from `now − longest window − 5 min` exactly as in 1,
+//!    publishing nothing meanwhile (heartbeats say `rebuilding`), then every snapshot at once. Simple and exact
+//!    whatever the new scope's window, at the cost of re-reading that stretch of the topic on each change that
+//!    adds a scope (admin changes are rare; one that arrives during a rebuild restarts it).
+//! 5. **Shutdown** (the token is cancelled): publish what is pending — unless still rebuilding — flush, return.
 //!
-//! [`policy`] reads the scopes from the gateway's configuration file; [`publisher`] writes to the quota topic.
+//! [`policy`] reads the scopes from the gateway's configuration file (or the config topic's resources);
+//! [`publisher`] writes to the quota topic.
 
 pub mod policy;
 pub mod publisher;
@@ -28,7 +37,8 @@ use futures_util::FutureExt as _;
 use rdkafka::Message;
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use tokio::time::MissedTickBehavior;
+use tokio::sync::watch;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tollgate_schemas::quota::QuotaHeartbeat;
 
@@ -36,9 +46,13 @@ use crate::error::{BillingError, RejectReason};
 use crate::metrics as m;
 use crate::settings::QuotaSettings;
 
+use self::policy::ConfiguredScope;
 use self::publisher::Publisher;
 use self::windows::{Applied, Position, QuotaState};
 use crate::reader::{self, Reader, ReaderConsumer};
+
+/// The live quota policy: the scopes to compute, replaced whole when the configuration changes.
+pub type PolicyUpdates = watch::Receiver<Arc<Vec<ConfiguredScope>>>;
 
 /// How far before the longest window the rebuild starts: room for clock skew between gateways and Kafka.
 pub const REBUILD_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -49,18 +63,31 @@ const CONSUME_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
 /// How far back the rebuild reads: the longest configured window plus [`REBUILD_MARGIN`].
 pub fn rebuild_lookback(settings: &QuotaSettings) -> Duration {
-    let longest = settings
-        .scopes
-        .iter()
-        .map(|s| s.scope.window_ms)
-        .max()
-        .unwrap_or(0);
+    lookback_for(&settings.scopes)
+}
+
+/// How far back a rebuild of `scopes` reads: their longest window plus [`REBUILD_MARGIN`].
+pub fn lookback_for(scopes: &[ConfiguredScope]) -> Duration {
+    let longest = scopes.iter().map(|s| s.scope.window_ms).max().unwrap_or(0);
     Duration::from_millis(longest).saturating_add(REBUILD_MARGIN)
 }
 
-/// Runs the quota loop until `shutdown` is cancelled. The quota topic should exist
+/// Runs the quota loop for `settings.scopes` until `shutdown` is cancelled. The quota topic should exist
 /// ([`crate::topics::ensure_quota`]); the usage topic need not yet (the loop waits for it).
 pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
+    run_live(settings, None, shutdown).await
+}
+
+/// Runs the quota loop as [`run`] does; with `policy`, its current value replaces `settings.scopes` and each
+/// new value is applied while the loop runs (see the module docs).
+pub async fn run_live(
+    mut settings: QuotaSettings,
+    mut policy: Option<PolicyUpdates>,
+    shutdown: CancellationToken,
+) -> Result<(), BillingError> {
+    if let Some(updates) = &mut policy {
+        settings.scopes = updates.borrow_and_update().as_ref().clone();
+    }
     let publisher = Publisher::new(&settings.brokers, &settings.quota_topic, &settings.source)?;
     let lookback = rebuild_lookback(&settings);
     let scopes = settings.scopes.len();
@@ -72,6 +99,7 @@ pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result
         scopes,
         rebuild_from = %humantime::format_duration(lookback),
         publish_interval = %humantime::format_duration(settings.publish_interval),
+        live_policy = policy.is_some(),
         "Quota loop started."
     );
     if scopes == 0 {
@@ -85,38 +113,39 @@ pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result
         rebuilding: true,
         started: Instant::now(),
         rebuild_events: 0,
+        dedup_capacity: settings.dedup_capacity,
+        brokers: settings.brokers.clone(),
+        usage_topic: settings.usage_topic.clone(),
     };
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval.max(Duration::from_millis(1)));
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     // Wait for the usage topic, heartbeating meanwhile.
-    let opening = reader::open(&settings.brokers, &settings.usage_topic, lookback);
-    tokio::pin!(opening);
-    let mut reader = loop {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                quota.publisher.flush().await;
-                tracing::info!("Quota loop stopped before the usage topic was read.");
-                return Ok(());
-            }
-            opened = &mut opening => break opened?,
-            _ = heartbeat.tick() => quota.heartbeat().await,
-        }
+    let Some(mut reader) = quota.open(lookback, &mut heartbeat, &shutdown).await? else {
+        quota.publisher.flush().await;
+        tracing::info!("Quota loop stopped before the usage topic was read.");
+        return Ok(());
     };
-    quota.started = Instant::now();
-    if reader.reached_end() {
-        quota.finish_rebuild(&reader).await;
-    }
 
-    let consumer = Arc::clone(&reader.consumer);
     let mut next_publish = tokio::time::Instant::now();
     loop {
+        let consumer = Arc::clone(&reader.consumer);
         let publish_due = !quota.rebuilding && quota.state.has_changed();
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             _ = heartbeat.tick() => quota.heartbeat().await,
+            update = next_policy(&mut policy) => {
+                let Some(scopes) = update else { continue };
+                if quota.update_policy(scopes.as_ref().clone()) {
+                    let lookback = lookback_for(&scopes);
+                    match quota.open(lookback, &mut heartbeat, &shutdown).await? {
+                        Some(rebuilding) => reader = rebuilding,
+                        None => break,
+                    }
+                }
+                next_publish = tokio::time::Instant::now();
+            }
             () = tokio::time::sleep_until(next_publish), if publish_due => {
                 quota.publish().await;
                 next_publish = tokio::time::Instant::now() + quota.publish_interval;
@@ -152,6 +181,21 @@ pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result
     Ok(())
 }
 
+/// The next policy, once it changed; `None` (and no policy from then on) when its sender is gone. Pending
+/// forever without a policy.
+async fn next_policy(policy: &mut Option<PolicyUpdates>) -> Option<Arc<Vec<ConfiguredScope>>> {
+    let Some(updates) = policy else {
+        return std::future::pending().await;
+    };
+    match updates.changed().await {
+        Ok(()) => Some(Arc::clone(&updates.borrow_and_update())),
+        Err(_) => {
+            *policy = None;
+            None
+        }
+    }
+}
+
 /// The loop's state between messages.
 #[derive(Debug)]
 struct QuotaLoop {
@@ -161,9 +205,66 @@ struct QuotaLoop {
     rebuilding: bool,
     started: Instant,
     rebuild_events: u64,
+    dedup_capacity: usize,
+    brokers: String,
+    usage_topic: String,
 }
 
 impl QuotaLoop {
+    /// Opens the usage topic for a rebuild from `now − lookback`, waiting for it and heartbeating meanwhile;
+    /// ends the rebuild at once when there is nothing to read. `None` when `shutdown` came first.
+    async fn open(
+        &mut self,
+        lookback: Duration,
+        heartbeat: &mut Interval,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Reader>, BillingError> {
+        let (brokers, topic) = (self.brokers.clone(), self.usage_topic.clone());
+        let opening = reader::open(&brokers, &topic, lookback);
+        tokio::pin!(opening);
+        let reader = loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(None),
+                opened = &mut opening => break opened?,
+                _ = heartbeat.tick() => self.heartbeat().await,
+            }
+        };
+        self.started = Instant::now();
+        if reader.reached_end() {
+            self.finish_rebuild(&reader).await;
+        }
+        Ok(Some(reader))
+    }
+
+    /// Computes `scopes` from now on. Returns true when some scope is new: then the windows start afresh and
+    /// the caller must rebuild them from the usage topic.
+    fn update_policy(&mut self, scopes: Vec<ConfiguredScope>) -> bool {
+        let diff = self.state.update_policy(scopes);
+        if diff.is_empty() {
+            tracing::debug!("The configuration changed, the quota policy did not.");
+            return false;
+        }
+        let scopes = self.state.scope_count();
+        metrics::gauge!(m::QUOTA_SCOPES).set(scopes as f64);
+        let rebuild = !diff.added.is_empty();
+        tracing::info!(
+            added = ?diff.added,
+            removed = ?diff.removed,
+            relimited = ?diff.relimited,
+            scopes,
+            rebuild,
+            "Quota policy changed."
+        );
+        if rebuild {
+            let policy = self.state.scopes().cloned().collect();
+            self.state = QuotaState::new(policy, self.dedup_capacity);
+            self.rebuilding = true;
+            self.rebuild_events = 0;
+        }
+        rebuild
+    }
+
     /// Counts one message. Returns false when the consumer reported an error instead of a message.
     fn handle(&mut self, reader: &mut Reader, received: Result<BorrowedMessage<'_>, KafkaError>) -> bool {
         let message = match received {

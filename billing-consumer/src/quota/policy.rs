@@ -9,13 +9,22 @@
 //! - `[instances.token_limit]` — an instance's capacity, over every consumer.
 //!
 //! Every problem is reported at once with its path (`consumers[0].token_limits[1].time_window: …`).
+//!
+//! With `--config-topic`, the admin API's resources replace those three sections once the topic held any change
+//! ([`from_resources`]): each `consumer` resource is a `[[consumers]]` table, each `limit` one
+//! `[[token_limits]]` entry (with its `id`), each `instance` an `[[instances]]` table — the same scopes, in the
+//! same order (consumers, limits, instances; each by id), with problems at resource paths
+//! (`limits/daily.time_window: …`). Routes carry no limits.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tollgate_schemas::config::ResourceKind;
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 
+use crate::config_topic::resources::Resources;
 use crate::error::BillingError;
 
 /// One scope to compute, with its limit.
@@ -53,6 +62,21 @@ struct InstanceSection {
     token_limit: Option<toml::Value>,
 }
 
+/// A `consumer` resource, as far as quotas are concerned.
+#[derive(Debug, Deserialize)]
+struct ConsumerResource {
+    name: Option<String>,
+    #[serde(default)]
+    token_limits: Vec<serde_json::Value>,
+}
+
+/// An `instance` resource, as far as quotas are concerned.
+#[derive(Debug, Deserialize)]
+struct InstanceResource {
+    name: Option<String>,
+    token_limit: Option<serde_json::Value>,
+}
+
 /// Reads the quota policy from the gateway configuration file at `path`.
 pub fn load(path: &Path) -> Result<Vec<ConfiguredScope>, BillingError> {
     let shown = path.display().to_string();
@@ -76,13 +100,13 @@ pub fn from_gateway_toml(text: &str) -> Result<Vec<ConfiguredScope>, Vec<String>
         for (j, limit) in consumer.token_limits.iter().enumerate() {
             let path = format!("consumers[{i}].token_limits[{j}]");
             match &consumer.name {
-                Some(name) => collector.add(&path, Some(name), None, limit),
+                Some(name) => collector.add(&path, Some(name), None, toml_limit(limit)),
                 None => collector.problem(format!("consumers[{i}].name: missing")),
             }
         }
     }
     for (i, limit) in file.token_limits.iter().enumerate() {
-        collector.add(&format!("token_limits[{i}]"), None, None, limit);
+        collector.add(&format!("token_limits[{i}]"), None, None, toml_limit(limit));
     }
     for (i, instance) in file.instances.iter().enumerate() {
         let Some(limit) = &instance.token_limit else {
@@ -90,11 +114,57 @@ pub fn from_gateway_toml(text: &str) -> Result<Vec<ConfiguredScope>, Vec<String>
         };
         let path = format!("instances[{i}].token_limit");
         match &instance.name {
-            Some(name) => collector.add(&path, None, Some(name), limit),
+            Some(name) => collector.add(&path, None, Some(name), toml_limit(limit)),
             None => collector.problem(format!("instances[{i}].name: missing")),
         }
     }
     collector.finish()
+}
+
+/// The configured scopes of the config topic's resources (see the module docs), deduplicated by key, in the
+/// order [`from_gateway_toml`] would give them; and every problem, each with its resource path. Lenient, as a
+/// live configuration must be: the scopes are those of every valid limit, whatever else is wrong.
+pub fn from_resources(resources: &Resources) -> (Vec<ConfiguredScope>, Vec<String>) {
+    let mut collector = Collector::default();
+    for (id, resource) in resources.of_kind(ResourceKind::Consumer) {
+        let Some(consumer) = collector.read::<ConsumerResource>(&format!("consumers/{id}"), resource) else {
+            continue;
+        };
+        let name = consumer.name.as_deref().unwrap_or(id);
+        for (j, limit) in consumer.token_limits.iter().enumerate() {
+            let path = format!("consumers/{id}.token_limits[{j}]");
+            collector.add(&path, Some(name), None, json_limit(limit));
+        }
+    }
+    for (id, limit) in resources.of_kind(ResourceKind::Limit) {
+        collector.add(&format!("limits/{id}"), None, None, json_limit(limit));
+    }
+    for (id, resource) in resources.of_kind(ResourceKind::Instance) {
+        let path = format!("instances/{id}");
+        let Some(instance) = collector.read::<InstanceResource>(&path, resource) else {
+            continue;
+        };
+        if let Some(limit) = &instance.token_limit {
+            let name = instance.name.as_deref().unwrap_or(id);
+            collector.add(
+                &format!("{path}.token_limit"),
+                None,
+                Some(name),
+                json_limit(limit),
+            );
+        }
+    }
+    (collector.scopes, collector.problems)
+}
+
+fn toml_limit(raw: &toml::Value) -> Result<TokenLimitConfig, String> {
+    raw.clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())
+}
+
+fn json_limit(raw: &serde_json::Value) -> Result<TokenLimitConfig, String> {
+    TokenLimitConfig::deserialize(raw).map_err(|e| e.to_string())
 }
 
 /// Scopes and problems gathered so far.
@@ -113,11 +183,28 @@ impl Collector {
         }
     }
 
-    fn add(&mut self, path: &str, consumer: Option<&str>, instance: Option<&str>, raw: &toml::Value) {
-        let limit = match raw.clone().try_into::<TokenLimitConfig>() {
-            Ok(limit) => limit,
+    /// `resource` read as `T`, or `None` with the problem noted at `path`.
+    fn read<T: DeserializeOwned>(&mut self, path: &str, resource: &serde_json::Value) -> Option<T> {
+        match T::deserialize(resource) {
+            Ok(read) => Some(read),
             Err(e) => {
-                self.problem(format!("{path}: {}", e.to_string().trim_end()));
+                self.problem(format!("{path}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn add(
+        &mut self,
+        path: &str,
+        consumer: Option<&str>,
+        instance: Option<&str>,
+        limit: Result<TokenLimitConfig, String>,
+    ) {
+        let limit = match limit {
+            Ok(limit) => limit,
+            Err(problem) => {
+                self.problem(format!("{path}: {problem}"));
                 return;
             }
         };
@@ -337,6 +424,122 @@ mod tests {
         assert_eq!(problems.len(), 1);
         let problems = from_gateway_toml("token_limits = 3").unwrap_err();
         assert_eq!(problems.len(), 1);
+    }
+
+    fn resources(entries: &[(ResourceKind, &str, serde_json::Value)]) -> Resources {
+        let mut resources = Resources::default();
+        for (kind, id, resource) in entries {
+            let (key, value) =
+                crate::config_topic::resources::tests::message(*kind, id, Some(resource.clone()));
+            resources.apply(Some(key.as_bytes()), Some(&value)).unwrap();
+        }
+        resources
+    }
+
+    #[test]
+    fn resources_give_the_scopes_the_same_sections_of_a_file_give() {
+        use serde_json::json;
+        // GATEWAY's sections as the admin API stores them, put in another order than the file's.
+        let topic = resources(&[
+            (
+                ResourceKind::Limit,
+                "mini-daily",
+                json!({"id": "mini-daily", "models": ["gpt-4o-mini"], "limit": 2000000, "time_window": "24h",
+                       "limit_strategy": "prompt_tokens", "rejected_type": "insufficient_quota"}),
+            ),
+            (
+                ResourceKind::Route,
+                "gpt-4o-mini",
+                json!({"name": "gpt-4o-mini", "models": ["gpt-4o-mini"], "targets": [{"instance": "openai-1"}]}),
+            ),
+            (
+                ResourceKind::Consumer,
+                "team-b",
+                json!({"name": "team-b", "keys": [{"id": "b-1"}], "expires_at": null}),
+            ),
+            (
+                ResourceKind::Consumer,
+                "team-a",
+                json!({"name": "team-a", "keys": [{"id": "a-1", "sha256": "00"}], "token_limits": [
+                    {"models": ["gpt-4o-mini", "mini"], "limit": 50000, "time_window": "1h"},
+                    {"limit": 10000, "time_window": "1m", "limit_strategy": "completion_tokens", "instance": "vllm"},
+                ]}),
+            ),
+            (
+                ResourceKind::Instance,
+                "vllm",
+                json!({"name": "vllm", "provider": "openai", "endpoint": "http://vllm:8000/v1", "token_limit": null}),
+            ),
+            (
+                ResourceKind::Instance,
+                "openai-1",
+                json!({"name": "openai-1", "provider": "openai", "endpoint": "https://api.openai.com/v1",
+                       "token_limit": {"limit": 1000000, "time_window": "1m"}}),
+            ),
+            (
+                ResourceKind::Price,
+                "gpt-4o-mini@2026-01-01",
+                json!({"model": "gpt-4o-mini", "effective_from": "2026-01-01", "currency": "USD",
+                       "input_per_mtok": "0.15", "output_per_mtok": "0.60"}),
+            ),
+        ]);
+        let (scopes, problems) = from_resources(&topic);
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(scopes, from_gateway_toml(GATEWAY).unwrap());
+        assert_eq!(from_resources(&Resources::default()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_bad_resource_is_a_problem_at_its_path_and_the_good_ones_still_count() {
+        use serde_json::json;
+        let topic = resources(&[
+            (
+                ResourceKind::Limit,
+                "ok",
+                json!({"id": "ok", "limit": 5, "time_window": "1h"}),
+            ),
+            (
+                ResourceKind::Limit,
+                "soon",
+                json!({"id": "soon", "limit": 5, "time_window": "soon"}),
+            ),
+            (
+                ResourceKind::Limit,
+                "twice",
+                json!({"id": "twice", "limit": 6, "time_window": "60m"}),
+            ),
+            (
+                ResourceKind::Consumer,
+                "team-x",
+                json!({"name": "team-x", "token_limits": {"limit": 1}}),
+            ),
+            (
+                ResourceKind::Instance,
+                "gpu",
+                json!({"name": "gpu", "token_limit": {"limit": 1, "time_window": "1h", "instance": "cpu"}}),
+            ),
+        ]);
+        let (scopes, problems) = from_resources(&topic);
+        let keys: Vec<_> = scopes.iter().map(|s| (s.key.as_str(), s.limit)).collect();
+        assert_eq!(keys, [("window=3600s;strategy=total_tokens", 5)]);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("consumers/team-x: invalid type: map, expected a sequence"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with("limits/soon.time_window: `soon`"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].starts_with("limits/twice.limit: 6 differs from the limit 5 of the same scope"),
+            "{problems:#?}"
+        );
+        assert!(problems[2].ends_with("at limits/ok"), "{problems:#?}");
+        assert_eq!(
+            problems[3],
+            "instances/gpu.token_limit.instance: is implied by the instance the limit is set on"
+        );
     }
 
     #[test]

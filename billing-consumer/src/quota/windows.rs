@@ -10,6 +10,10 @@
 //! Events are deduplicated by their envelope id over the most recent `dedup_capacity` ids that counted anywhere:
 //! a gateway's spool may deliver an event twice. A duplicate adds no tokens, but it still advances its gateway's
 //! watermark, because the event it repeats is counted.
+//!
+//! The policy can change while the loop runs ([`QuotaState::update_policy`]): a scope whose key stays keeps its
+//! windows (a new limit value shows in its next snapshot), a scope that goes is forgotten, and a new scope starts
+//! empty — the caller then rebuilds, since only the usage topic has the usage it must start from.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -156,6 +160,24 @@ impl RecentIds {
     }
 }
 
+/// How a new policy differs from the one being computed, by scope key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyDiff {
+    /// Scopes not computed so far: they start empty.
+    pub added: Vec<String>,
+    /// Scopes no longer configured: forgotten, never published again.
+    pub removed: Vec<String>,
+    /// Scopes whose limit changed: marked, so their next snapshot carries the new limit.
+    pub relimited: Vec<String>,
+}
+
+impl PolicyDiff {
+    /// True when the policy is the same.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.relimited.is_empty()
+    }
+}
+
 /// Every configured scope's windows, and the ids of recently counted events.
 #[derive(Debug)]
 pub struct QuotaState {
@@ -189,6 +211,53 @@ impl QuotaState {
     /// Scopes being computed.
     pub fn scope_count(&self) -> usize {
         self.scopes.len()
+    }
+
+    /// Computes `scopes` from now on (in their order; a key given twice counts once): kept scopes keep their
+    /// windows and take the new limit, removed ones are dropped, new ones start empty. The recent event ids are
+    /// kept. Returns what changed.
+    pub fn update_policy(&mut self, scopes: Vec<ConfiguredScope>) -> PolicyDiff {
+        let mut old: HashMap<String, ScopeState> = self
+            .scopes
+            .drain(..)
+            .map(|state| (state.configured.key.clone(), state))
+            .collect();
+        let mut diff = PolicyDiff::default();
+        self.by_key.clear();
+        for configured in scopes {
+            if self.by_key.contains_key(&configured.key) {
+                continue;
+            }
+            let state = match old.remove(&configured.key) {
+                Some(mut state) => {
+                    if state.configured.limit != configured.limit {
+                        diff.relimited.push(configured.key.clone());
+                        state.changed = true;
+                    }
+                    state.configured = configured;
+                    state
+                }
+                None => {
+                    diff.added.push(configured.key.clone());
+                    ScopeState {
+                        configured,
+                        windows: BTreeMap::new(),
+                        changed: false,
+                    }
+                }
+            };
+            self.by_key
+                .insert(state.configured.key.clone(), self.scopes.len());
+            self.scopes.push(state);
+        }
+        diff.removed = old.into_keys().collect();
+        diff.removed.sort();
+        diff
+    }
+
+    /// The scopes being computed, in order.
+    pub fn scopes(&self) -> impl Iterator<Item = &ConfiguredScope> {
+        self.scopes.iter().map(|s| &s.configured)
     }
 
     /// Counts `event`, read at `at`, in every scope it matches, in the window containing its `finished_at_ms`.
@@ -290,6 +359,10 @@ mod tests {
     const HOUR: u64 = 3_600_000;
     /// 2026-11-20T00:00:00Z, on an hour boundary.
     const T0: u64 = 1_795_132_800_000;
+
+    fn limited(scope: ConfiguredScope, limit: u64) -> ConfiguredScope {
+        ConfiguredScope { limit, ..scope }
+    }
 
     fn scope(
         consumer: Option<&str>,
@@ -601,5 +674,65 @@ mod tests {
             "a scope without usage has nothing to publish"
         );
         assert_eq!(state.scope_count(), 3);
+    }
+
+    #[test]
+    fn a_new_policy_keeps_the_windows_of_kept_scopes_and_shows_new_limits() {
+        let a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let b = scope(Some("team-b"), None, &[], LimitStrategy::TotalTokens);
+        let c = scope(Some("team-c"), None, &[], LimitStrategy::TotalTokens);
+        let mut state = QuotaState::new(vec![a.clone(), b.clone()], 100);
+        let counted = event("team-a", "m", "i", 10, 5, T0);
+        state.apply(&counted, at(0, 0));
+        state.apply(&event("team-b", "m", "i", 1, 0, T0), at(0, 1));
+        state.take_changed(1);
+
+        // The same policy: nothing changes, nothing to publish.
+        assert!(state.update_policy(vec![a.clone(), b.clone()]).is_empty());
+        assert!(!state.has_changed());
+
+        // team-a's limit changes, team-b goes, team-c comes.
+        let diff = state.update_policy(vec![c.clone(), limited(a.clone(), 5000), c.clone()]);
+        assert_eq!(
+            diff,
+            PolicyDiff {
+                added: vec![c.key.clone()],
+                removed: vec![b.key.clone()],
+                relimited: vec![a.key.clone()],
+            }
+        );
+        assert_eq!(state.scope_count(), 2);
+        let keys: Vec<_> = state.scopes().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, [c.key.as_str(), a.key.as_str()]);
+        assert!(state.window(&b.key, T0).is_none(), "a removed scope is forgotten");
+        assert!(state.window(&c.key, T0).is_none(), "a new scope starts empty");
+        let snapshots = state.take_changed(2);
+        assert_eq!(
+            snapshots.len(),
+            1,
+            "only the relimited scope has something new: {snapshots:?}"
+        );
+        assert_eq!(
+            (snapshots[0].scope.as_str(), snapshots[0].limit, snapshots[0].used),
+            (a.key.as_str(), 5000, 15),
+            "the kept windows with the new limit"
+        );
+
+        // The removed scope is never published again, and the recent ids are still known.
+        state.apply(&event("team-b", "m", "i", 1, 0, T0 + 1), at(0, 2));
+        assert!(!state.has_changed());
+        assert_eq!(state.apply(&counted, at(0, 3)), Applied::Duplicate);
+        state.apply(&event("team-c", "m", "i", 2, 0, T0 + 2), at(0, 4));
+        let snapshots = state.take_changed(3);
+        assert_eq!(
+            snapshots
+                .iter()
+                .map(|s| (s.scope.as_str(), s.used))
+                .collect::<Vec<_>>(),
+            [(c.key.as_str(), 2), (a.key.as_str(), 15)]
+        );
+        // Marking a removed scope does nothing.
+        state.mark_changed(&b.key);
+        assert!(!state.has_changed());
     }
 }
