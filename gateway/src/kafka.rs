@@ -1,0 +1,46 @@
+//! The settings of every Kafka client the gateway makes: producers (usage events, config changes) and followers
+//! (the quota and config topics, read whole by every replica, never in a consumer group).
+
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+
+/// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): the spool
+/// drains, and followers resume, soon after the broker is back.
+const RECONNECT_BACKOFF_MAX: &str = "1000";
+
+/// An idempotent producer that waits for every in-sync replica; `kafka.properties` are applied last.
+pub fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX)
+        .set(
+            "message.timeout.ms",
+            config.message_timeout.as_millis().to_string(),
+        );
+    for (key, value) in &config.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// A consumer that is assigned partitions by hand and reads them from the start: no group membership, no
+/// commits (the group id is unique and never joined), and fetches answered within 10 ms of new data.
+pub fn follower_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set(
+            "group.id",
+            format!("tollgate-gateway-follower-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", "10")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX);
+    c
+}
