@@ -47,7 +47,13 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind, in the order a configuration is assembled (what a route names must exist before it).
-    pub const ALL: [Self; 5] = [Self::Instance, Self::Route, Self::Consumer, Self::Limit, Self::Price];
+    pub const ALL: [Self; 5] = [
+        Self::Instance,
+        Self::Route,
+        Self::Consumer,
+        Self::Limit,
+        Self::Price,
+    ];
 
     /// The singular name used in keys: `instance`, `route`, …
     pub fn as_str(self) -> &'static str {
