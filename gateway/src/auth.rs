@@ -17,6 +17,8 @@ use crate::error::GatewayError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub consumer: Arc<str>,
+    /// The consumer's class: a bounded metrics label.
+    pub class: Arc<str>,
     pub key_id: Arc<str>,
     /// The models this key may use; all when `None`.
     pub models: Option<Arc<[String]>>,
@@ -50,9 +52,11 @@ impl KeyStore {
             .iter()
             .flat_map(|c| {
                 let consumer: Arc<str> = Arc::from(c.name.as_str());
+                let class: Arc<str> = Arc::from(c.class.as_str());
                 c.keys.iter().map(move |k| {
                     let principal = Principal {
                         consumer: consumer.clone(),
+                        class: class.clone(),
                         key_id: Arc::from(k.id.as_str()),
                         models: k.models.as_deref().map(Arc::from),
                     };
@@ -153,12 +157,14 @@ mod tests {
         KeyStore::new(&[
             Consumer {
                 name: "team-a".into(),
+                class: "default".into(),
                 keys: vec![key("a-1", b"sk-a-one"), limited],
                 limit_count: None,
                 token_limits: Vec::new(),
             },
             Consumer {
                 name: "team-b".into(),
+                class: "default".into(),
                 keys: vec![key("b-1", b"sk-b")],
                 limit_count: None,
                 token_limits: Vec::new(),

@@ -165,6 +165,10 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// A stream that sends nothing for this long is cut.
     pub stream_idle_timeout: Duration,
+    /// Meter requests: prompt estimate, token quotas, SSE usage parsing and one usage event each. Off, the
+    /// gateway is a plain authenticating, routing, failing-over proxy: nothing is estimated, limited by tokens
+    /// or billed (token limits are then refused).
+    pub metering: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +321,9 @@ pub struct FailoverConfig {
 #[derive(Debug, Clone)]
 pub struct Consumer {
     pub name: String,
+    /// A label for metrics (`tollgate_tokens_total{class}`): few values (plans, tiers, teams), unlike consumer
+    /// names. Default `default`.
+    pub class: String,
     pub keys: Vec<ConsumerKey>,
     /// At most this many requests per window, when set.
     pub limit_count: Option<LimitCount>,
@@ -643,6 +650,8 @@ pub struct RawServer {
     pub shutdown_timeout: String,
     #[serde(default = "default_stream_idle_timeout")]
     pub stream_idle_timeout: String,
+    #[serde(default = "default_true")]
+    pub metering: bool,
 }
 
 impl Default for RawServer {
@@ -655,6 +664,7 @@ impl Default for RawServer {
             max_response_bytes: default_max_response_bytes(),
             shutdown_timeout: default_shutdown_timeout(),
             stream_idle_timeout: default_stream_idle_timeout(),
+            metering: true,
         }
     }
 }
@@ -790,6 +800,8 @@ impl Default for RawFailover {
 #[serde(deny_unknown_fields)]
 pub struct RawConsumer {
     pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
     pub keys: Vec<RawKey>,
     pub limit_count: Option<RawLimitCount>,
     #[serde(default)]
@@ -947,6 +959,7 @@ impl RawConfig {
             max_response_bytes: self.server.max_response_bytes,
             shutdown_timeout: p.duration("server.shutdown_timeout", &self.server.shutdown_timeout),
             stream_idle_timeout: p.duration("server.stream_idle_timeout", &self.server.stream_idle_timeout),
+            metering: self.server.metering,
         };
 
         let meter = MeterConfig {
@@ -1273,7 +1286,10 @@ impl RawConfig {
                     )
                 })
                 .collect();
+            let class = raw.class.unwrap_or_else(|| "default".to_owned());
+            p.name(format!("{path}.class"), &class);
             consumers.push(Consumer {
+                class,
                 name: raw.name,
                 keys,
                 limit_count,
@@ -1289,7 +1305,7 @@ impl RawConfig {
                 }
             }
         }
-        let token_limits = self
+        let token_limits: Vec<TokenLimit> = self
             .token_limits
             .into_iter()
             .enumerate()
@@ -1310,6 +1326,15 @@ impl RawConfig {
             max_snapshot_age: p.duration("quota.max_snapshot_age", &self.quota.max_snapshot_age),
         };
 
+        let limited = !token_limits.is_empty()
+            || consumers.iter().any(|c: &Consumer| !c.token_limits.is_empty())
+            || instances.iter().any(|i| i.token_limit.is_some());
+        if !server.metering && limited {
+            p.push(
+                "server.metering",
+                "token limits are counted from metered usage: remove them, or leave metering on",
+            );
+        }
         let spool = validate_spool(&mut p, self.spool, kafka.message_timeout);
         let admin = validate_admin(&mut p, self.admin, &key_hashes);
 

@@ -165,6 +165,7 @@ mod tests {
     fn consumer(name: &str, limit: Option<LimitCount>) -> Consumer {
         Consumer {
             name: name.into(),
+            class: "default".into(),
             keys: vec![ConsumerKey {
                 id: format!("{name}-1"),
                 sha256: [0; 32],

@@ -10,6 +10,9 @@ pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
 pub const UPSTREAM_DURATION_SECONDS: &str = "tollgate_upstream_duration_seconds";
 pub const UPSTREAM_ATTEMPTS_TOTAL: &str = "tollgate_upstream_attempts_total";
 pub const TOKENS_TOTAL: &str = "tollgate_tokens_total";
+pub const OVERHEAD_SECONDS: &str = "tollgate_overhead_seconds";
+pub const TIME_TO_FIRST_BYTE_SECONDS: &str = "tollgate_time_to_first_byte_seconds";
+pub const QUOTA_REMAINING_TOKENS: &str = "tollgate_quota_remaining_tokens";
 pub const ESTIMATES_TOTAL: &str = "tollgate_prompt_estimates_total";
 pub const METER_DURATION_SECONDS: &str = "tollgate_meter_duration_seconds";
 pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
@@ -83,6 +86,23 @@ pub fn describe() {
         Unit::Count,
         "Resources in the live configuration, by kind."
     );
+    describe_histogram!(
+        OVERHEAD_SECONDS,
+        Unit::Seconds,
+        "The gateway's own time per request, by route: to the answer's head (a stream) or last byte (a whole \
+         body), less the time spent waiting on upstreams."
+    );
+    describe_histogram!(
+        TIME_TO_FIRST_BYTE_SECONDS,
+        Unit::Seconds,
+        "Streams: from the request's arrival to the upstream's response head, which the client's follows at once."
+    );
+    describe_gauge!(
+        QUOTA_REMAINING_TOKENS,
+        Unit::Count,
+        "Tokens left in each token limit's current window as this replica sees it (snapshot plus its own usage \
+         not counted yet), by scope; refreshed every second."
+    );
     describe_counter!(
         REQUESTS_TOTAL,
         "Requests answered, by route, status class and outcome."
@@ -104,7 +124,7 @@ pub fn describe() {
     describe_counter!(
         TOKENS_TOTAL,
         Unit::Count,
-        "Tokens billed, by route and kind (prompt, completion)."
+        "Tokens billed, by consumer class, requested model and kind (prompt, completion)."
     );
     describe_counter!(ESTIMATES_TOTAL, "Prompt estimates, by source (meter, fallback).");
     describe_histogram!(

@@ -170,7 +170,9 @@ impl PendingEvent {
             usage: usage::estimated(0, false),
             ttfb: None,
         };
-        state.events.emit(self.finish(settled));
+        if state.server.metering {
+            state.events.emit(self.finish(settled));
+        }
     }
 }
 
@@ -203,6 +205,8 @@ struct Forwarded<'a> {
     instance: &'a Instance,
     result: Result<Answer, AttemptFailure>,
     attempts: Vec<Attempt>,
+    /// Time spent waiting on upstreams, over every attempt.
+    upstream_time: Duration,
 }
 
 async fn handle(
@@ -224,7 +228,7 @@ async fn handle(
         .filter(|model| principal.may_use(model))
         .and_then(|model| runtime.router.route(req.path(), model))
         .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?;
-    if !state.events.accepts_metered_requests() {
+    if state.server.metering && !state.events.accepts_metered_requests() {
         tracing::debug!(
             request_id = %arrival.request_id,
             consumer = %principal.consumer,
@@ -257,7 +261,16 @@ async fn handle(
             });
         }
     }
-    let estimate = clients.meter.estimate(&api.model, &api.prompt()).await;
+    // Unmetered, nothing is estimated, limited by tokens or billed: the request goes straight on.
+    let metered = state.server.metering;
+    let estimate = if metered {
+        clients.meter.estimate(&api.model, &api.prompt()).await
+    } else {
+        Estimate {
+            tokens: 0,
+            source: EstimateSource::Fallback,
+        }
+    };
     let demand = state.quotas.demand(estimate.tokens, api.max_output_tokens());
     let mut ticket = match state.quotas.admit(&principal.consumer, &api.model, demand) {
         Ok((ticket, figures)) => {
@@ -307,6 +320,10 @@ async fn handle(
     };
     let instance = forwarded.instance;
     let served_by = HeaderValue::from_str(&instance.name).ok();
+    // The gateway's own share of the time to the answer's head (or, for a whole body, to its last byte).
+    let overhead = arrival.started.elapsed().saturating_sub(forwarded.upstream_time);
+    metrics::histogram!(m::OVERHEAD_SECONDS, "route" => route.name.to_string())
+        .record(overhead.as_secs_f64());
     let pending = PendingEvent {
         model_served: instance.model.clone().unwrap_or_else(|| api.model.clone()),
         provider: instance.provider.as_str(),
@@ -317,6 +334,14 @@ async fn handle(
     };
 
     let mut response = match forwarded.result {
+        Ok(Answer::Full(upstream)) if !metered => pass_through(&upstream),
+        Ok(Answer::Stream(head)) if !metered => {
+            record_ttfb(
+                &route.name,
+                head.head_at.saturating_duration_since(arrival.started),
+            );
+            streaming::pass_through(head)
+        }
         Ok(Answer::Full(upstream)) => {
             let succeeded = upstream.status.is_success();
             let usage = usage::from_body(instance.provider, &upstream.body)
@@ -337,6 +362,10 @@ async fn handle(
             pass_through(&upstream)
         }
         Ok(Answer::Stream(head)) => {
+            record_ttfb(
+                &route.name,
+                head.head_at.saturating_duration_since(arrival.started),
+            );
             let job = StreamJob {
                 pending,
                 strip_usage_chunk: instance.provider == Provider::Openai && !api.client_wants_usage(),
@@ -359,7 +388,9 @@ async fn handle(
                 usage: usage::estimated(estimate.tokens, false),
                 ttfb: None,
             };
-            state.events.emit(pending.finish(settled));
+            if metered {
+                state.events.emit(pending.finish(settled));
+            }
             error.error_response()
         }
     };
@@ -374,6 +405,12 @@ async fn handle(
         HeaderValue::from(runtime.version),
     );
     Ok((response, route.name.to_string()))
+}
+
+/// A stream's time to first byte: arrival to the upstream's head, which the client's head follows at once.
+fn record_ttfb(route: &str, ttfb: Duration) {
+    metrics::histogram!(m::TIME_TO_FIRST_BYTE_SECONDS, "route" => route.to_owned())
+        .record(ttfb.as_secs_f64());
 }
 
 /// Tries the route's plan in order until an attempt gives an answer that is not a retry-safe failure, the plan
@@ -402,6 +439,7 @@ async fn forward<'a>(
     );
     let passthrough = passthrough_headers(req, api.endpoint);
     let mut attempts = Vec::with_capacity(1);
+    let mut upstream_time = Duration::ZERO;
     let mut last: Option<Forwarded<'a>> = None;
     let mut quota_exhausted: Option<Duration> = None;
     for (n, &index) in plan.iter().enumerate() {
@@ -432,7 +470,7 @@ async fn forward<'a>(
             ticket.release_attempt();
             continue;
         }
-        let body = api.upstream_body(instance.model.as_deref())?;
+        let body = api.upstream_body(instance.model.as_deref(), state.server.metering)?;
         let path = target.path.as_deref().unwrap_or(api.endpoint.upstream_path());
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
         let outbound = Outbound {
@@ -444,6 +482,7 @@ async fn forward<'a>(
         };
         let result = attempt(clients, state, instance, outbound).await;
         let elapsed = now.elapsed();
+        upstream_time += elapsed;
         metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "instance" => instance.name.clone())
             .record(elapsed.as_secs_f64());
 
@@ -472,6 +511,7 @@ async fn forward<'a>(
             instance,
             result,
             attempts: Vec::new(),
+            upstream_time: Duration::ZERO,
         });
         let can_go_on = !is_last && Instant::now() < deadline;
         let Some(reason) = failure.filter(|_| can_go_on) else {
@@ -500,6 +540,7 @@ async fn forward<'a>(
         None => GatewayError::Internal,
     })?;
     forwarded.attempts = attempts;
+    forwarded.upstream_time = upstream_time;
     Ok(forwarded)
 }
 

@@ -57,9 +57,15 @@ impl PendingEvent {
     /// The finished event; also counts its tokens in `tollgate_tokens_total` and settles the quota reservation.
     pub fn finish(self, settled: Settlement) -> Outgoing {
         let usage = settled.usage;
-        metrics::counter!(m::TOKENS_TOTAL, "route" => self.route.to_string(), "kind" => "prompt")
-            .increment(u64::from(usage.prompt_tokens));
-        metrics::counter!(m::TOKENS_TOTAL, "route" => self.route.to_string(), "kind" => "completion")
+        let labels = |kind: &'static str| {
+            [
+                ("class", self.principal.class.to_string()),
+                ("model", self.model_requested.clone()),
+                ("kind", kind.to_owned()),
+            ]
+        };
+        metrics::counter!(m::TOKENS_TOTAL, &labels("prompt")).increment(u64::from(usage.prompt_tokens));
+        metrics::counter!(m::TOKENS_TOTAL, &labels("completion"))
             .increment(u64::from(usage.completion_tokens));
         let finished_at_ms = self.clock.now_ms();
         let local = self.quota.and_then(|ticket| {

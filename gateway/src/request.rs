@@ -234,13 +234,13 @@ impl ApiRequest {
     }
 
     /// The body to send to an instance: the client's bytes unchanged, unless the instance has its own model
-    /// name, or the request streams without asking for usage — then the gateway asks for it
+    /// name, or the request is `metered` and streams without asking for usage — then the gateway asks for it
     /// (`stream_options.include_usage`), to bill from the provider's numbers, and removes that chunk again
     /// before it reaches the client.
-    pub fn upstream_body(&self, model_override: Option<&str>) -> Result<Bytes, GatewayError> {
+    pub fn upstream_body(&self, model_override: Option<&str>, metered: bool) -> Result<Bytes, GatewayError> {
         let new_model = model_override.filter(|m| *m != self.model);
         let openai_stream = matches!(self.endpoint, Endpoint::ChatCompletions | Endpoint::Completions);
-        let ask_usage = openai_stream && self.stream && !self.client_wants_usage();
+        let ask_usage = metered && openai_stream && self.stream && !self.client_wants_usage();
         if new_model.is_none() && !ask_usage {
             return Ok(self.raw.clone());
         }
@@ -362,15 +362,16 @@ mod tests {
         let req = parse(text).unwrap();
         assert_eq!(req.model, "gpt-4o");
         assert!(!req.stream);
-        assert_eq!(req.upstream_body(None).unwrap(), text.as_bytes());
-        assert_eq!(req.upstream_body(Some("gpt-4o")).unwrap(), text.as_bytes());
+        assert_eq!(req.upstream_body(None, true).unwrap(), text.as_bytes());
+        assert_eq!(req.upstream_body(Some("gpt-4o"), true).unwrap(), text.as_bytes());
     }
 
     #[test]
     fn a_model_override_replaces_only_the_model() {
         let req =
             parse(r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"top_p":1}"#).unwrap();
-        let out: Value = serde_json::from_slice(&req.upstream_body(Some("real-model")).unwrap()).unwrap();
+        let out: Value =
+            serde_json::from_slice(&req.upstream_body(Some("real-model"), true).unwrap()).unwrap();
         assert_eq!(out["model"], "real-model");
         assert_eq!(out["top_p"], 1);
         assert_eq!(out["messages"][0]["content"], "hi");
@@ -381,13 +382,20 @@ mod tests {
         let req =
             parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#).unwrap();
         assert!(!req.client_wants_usage());
-        let out: Value = serde_json::from_slice(&req.upstream_body(None).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(&req.upstream_body(None, true).unwrap()).unwrap();
         assert_eq!(out["stream_options"]["include_usage"], true);
 
         let text = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
         let req = parse(text).unwrap();
         assert!(req.client_wants_usage());
-        assert_eq!(req.upstream_body(None).unwrap(), text.as_bytes());
+        assert_eq!(req.upstream_body(None, true).unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn without_metering_a_stream_goes_upstream_as_the_client_sent_it() {
+        let text = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let req = parse(text).unwrap();
+        assert_eq!(req.upstream_body(None, false).unwrap(), text.as_bytes());
     }
 
     #[test]

@@ -55,6 +55,16 @@ pub struct StreamJob {
     pub provider: Provider,
 }
 
+/// Without metering: the upstream's body to the client as it comes, read by nothing in between.
+pub fn pass_through(head: UpstreamHead) -> HttpResponse {
+    let mut response = HttpResponse::build(head.status);
+    if let Some(content_type) = &head.content_type {
+        response.insert_header((header::CONTENT_TYPE, content_type.clone()));
+    }
+    response.insert_header((header::CACHE_CONTROL, "no-cache"));
+    response.streaming(head.body)
+}
+
 /// Starts relaying `head`'s body; returns the client's response.
 pub fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
     let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER_CHUNKS);

@@ -205,6 +205,9 @@ impl Follower {
         metrics::gauge!(m::QUOTA_SNAPSHOT_AGE_SECONDS).set(age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
         metrics::gauge!(m::QUOTA_DEGRADED).set(if degraded { 1.0 } else { 0.0 });
         metrics::gauge!(m::QUOTA_PENDING_TOKENS).set(self.quotas.pending_tokens() as f64);
+        for (scope, remaining) in self.quotas.remaining() {
+            metrics::gauge!(m::QUOTA_REMAINING_TOKENS, "scope" => scope).set(remaining as f64);
+        }
         match (was_degraded, degraded) {
             (Some(false) | None, true) if age.is_some() => tracing::warn!(
                 age_ms = age.map_or(0, |a| a.as_millis() as u64),

@@ -462,6 +462,22 @@ impl Quotas {
         }
     }
 
+    /// Tokens left in each scope's current window as this replica sees it, by limit id.
+    pub fn remaining(&self) -> Vec<(String, u64)> {
+        let now = self.clock.now_ms();
+        self.layout
+            .load()
+            .by_key
+            .values()
+            .map(|book| {
+                let standing = self.standing(book, &mut book.lock(), now);
+                let limit = book.limit();
+                let used = standing.used.saturating_add(standing.pending);
+                (limit.id.clone(), limit.limit.saturating_sub(used))
+            })
+            .collect()
+    }
+
     /// Tokens this replica holds in its books that no snapshot counts yet, over every scope.
     pub fn pending_tokens(&self) -> u64 {
         let now = self.clock.now_ms();

@@ -1,7 +1,15 @@
-//! `stream-bench`: opens streamed chat completions against a URL, `concurrency` at a time, and reports the time
-//! to first byte (p50/p99) and throughput — run against the mock provider directly and through the gateway to
-//! measure the gateway's streaming overhead (`bench/streaming.sh`).
+//! `stream-bench`: sends chat completions to a URL and reports latency, time to first byte and throughput — run
+//! against the fake upstream directly, nginx and the gateway by `bench/load.sh` and `bench/streaming.sh`.
+//!
+//! Two ways to load:
+//! - **closed loop** (default): `--requests` in waves of `--concurrency`: throughput and time to first byte;
+//! - **open loop** (`--rate R --duration D`): one request every 1/R s whatever the answers do, each timed from the
+//!   instant it was due (not from when it was sent), so a stall shows in the percentiles instead of slowing the
+//!   load (no coordinated omission).
+//!
+//! `--stream` asks for SSE (`"stream": true`). One output line of `key=value` pairs.
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -12,7 +20,7 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(
     name = "stream-bench",
-    about = "Time to first byte and throughput of concurrent SSE streams"
+    about = "Latency, time to first byte and throughput of chat completions"
 )]
 struct Cli {
     /// The chat completions URL, e.g. http://127.0.0.1:8080/v1/chat/completions.
@@ -23,12 +31,21 @@ struct Cli {
     key: String,
     #[arg(long, default_value = "gpt-4o-mini")]
     model: String,
-    /// Streams in all.
-    #[arg(long, default_value_t = 2000)]
-    streams: usize,
-    /// Streams open at once.
+    /// Requests in all (closed loop).
+    #[arg(long, alias = "streams", default_value_t = 2000)]
+    requests: usize,
+    /// Requests open at once (closed loop).
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// Requests per second (open loop); with `--duration`.
+    #[arg(long)]
+    rate: Option<u32>,
+    /// How long the open loop runs, e.g. "10s".
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Ask for a streamed (SSE) answer.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    stream: bool,
     /// A label for the output line.
     #[arg(long, default_value = "target")]
     label: String,
@@ -36,20 +53,23 @@ struct Cli {
 
 struct Sample {
     ttfb: Duration,
+    total: Duration,
     bytes: usize,
     ok: bool,
 }
 
-async fn one(client: &awc::Client, cli: &Cli, n: usize) -> Sample {
-    let body = json!({"model": cli.model, "stream": true,
-        "messages": [{"role": "user", "content": format!("Stream number {n}: tell me a story about a tollgate.")}]});
-    let started = Instant::now();
+/// One request, timed from `due`.
+async fn one(client: &awc::Client, cli: &Cli, n: usize, due: Instant) -> Sample {
+    let body = json!({"model": cli.model, "stream": cli.stream,
+        "messages": [{"role": "user", "content": format!("Request number {n}: tell me a story about a tollgate.")}]});
+    let failed = |due: Instant| Sample {
+        ttfb: due.elapsed(),
+        total: due.elapsed(),
+        bytes: 0,
+        ok: false,
+    };
     let Ok(mut response) = client.post(&cli.url).bearer_auth(&cli.key).send_json(&body).await else {
-        return Sample {
-            ttfb: started.elapsed(),
-            bytes: 0,
-            ok: false,
-        };
+        return failed(due);
     };
     let mut ttfb = None;
     let mut bytes = 0;
@@ -57,14 +77,15 @@ async fn one(client: &awc::Client, cli: &Cli, n: usize) -> Sample {
     while let Some(chunk) = response.next().await {
         match chunk {
             Ok(chunk) => {
-                ttfb.get_or_insert_with(|| started.elapsed());
+                ttfb.get_or_insert_with(|| due.elapsed());
                 bytes += chunk.len();
             }
             Err(_) => ok = false,
         }
     }
     Sample {
-        ttfb: ttfb.unwrap_or_else(|| started.elapsed()),
+        ttfb: ttfb.unwrap_or_else(|| due.elapsed()),
+        total: due.elapsed(),
         bytes,
         ok,
     }
@@ -75,33 +96,77 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
-#[actix_web::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let client = awc::Client::builder().timeout(Duration::from_secs(60)).finish();
-    let started = Instant::now();
-    let mut samples = Vec::with_capacity(cli.streams);
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn closed_loop(client: &awc::Client, cli: &Cli) -> Vec<Sample> {
+    let mut samples = Vec::with_capacity(cli.requests);
     let mut next = 0;
-    while next < cli.streams {
-        let wave = (next..(next + cli.concurrency).min(cli.streams)).map(|n| one(&client, &cli, n));
+    while next < cli.requests {
+        let wave =
+            (next..(next + cli.concurrency).min(cli.requests)).map(|n| one(client, cli, n, Instant::now()));
         samples.extend(join_all(wave).await);
         next += cli.concurrency;
     }
+    samples
+}
+
+async fn open_loop(client: awc::Client, cli: Rc<Cli>, rate: u32) -> Vec<Sample> {
+    let period = Duration::from_secs(1) / rate.max(1);
+    let count = (cli.duration.as_secs_f64() * f64::from(rate)) as usize;
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    for n in 0..count {
+        let due = start + period * u32::try_from(n).unwrap_or(u32::MAX);
+        actix_web::rt::time::sleep_until(due.into()).await;
+        let (client, cli) = (client.clone(), cli.clone());
+        tasks.push(actix_web::rt::spawn(
+            async move { one(&client, &cli, n, due).await },
+        ));
+    }
+    let mut samples = Vec::with_capacity(count);
+    for task in tasks {
+        if let Ok(sample) = task.await {
+            samples.push(sample);
+        }
+    }
+    samples
+}
+
+#[actix_web::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Rc::new(Cli::parse());
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .connector(awc::Connector::new().limit(0))
+        .finish();
+    let started = Instant::now();
+    let samples = match cli.rate {
+        Some(rate) => open_loop(client, cli.clone(), rate).await,
+        None => closed_loop(&client, &cli).await,
+    };
     let elapsed = started.elapsed();
     let failed = samples.iter().filter(|s| !s.ok).count();
     let mut ttfb: Vec<Duration> = samples.iter().map(|s| s.ttfb).collect();
     ttfb.sort_unstable();
+    let mut total: Vec<Duration> = samples.iter().map(|s| s.total).collect();
+    total.sort_unstable();
     let bytes: usize = samples.iter().map(|s| s.bytes).sum();
     println!(
-        "{:<10} streams={} failed={} streams/s={:.0} MB/s={:.2} ttfb_p50_ms={:.3} ttfb_p99_ms={:.3}",
+        "{:<10} requests={} failed={} req/s={:.0} MB/s={:.2} ttfb_p50_ms={:.3} ttfb_p99_ms={:.3} \
+         latency_p50_ms={:.3} latency_p99_ms={:.3} latency_p999_ms={:.3}",
         cli.label,
         samples.len(),
         failed,
         samples.len() as f64 / elapsed.as_secs_f64(),
         bytes as f64 / elapsed.as_secs_f64() / 1e6,
-        percentile(&ttfb, 0.5).as_secs_f64() * 1e3,
-        percentile(&ttfb, 0.99).as_secs_f64() * 1e3,
+        ms(percentile(&ttfb, 0.5)),
+        ms(percentile(&ttfb, 0.99)),
+        ms(percentile(&total, 0.5)),
+        ms(percentile(&total, 0.99)),
+        ms(percentile(&total, 0.999)),
     );
-    anyhow::ensure!(failed == 0, "{failed} streams failed");
+    anyhow::ensure!(failed == 0, "{failed} requests failed");
     Ok(())
 }

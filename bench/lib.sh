@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The set-up bench/load.sh and bench/soak.sh share (sourced, not run): nginx and wrk from Debian when missing,
+# release binaries, the broker, and on ports 18180-18199:
+# - the fake upstream (nginx, one worker): 18190 a fixed chat completion, 18191 a fixed SSE stream of 20 chunks
+#   and a usage chunk, 18194 the chat completion with one answer in ten a 503 (for failover);
+# - nginx as a plain reverse proxy (keep-alive to the upstream, proxy_buffering off for SSE): 18192 → 18190,
+#   18193 → 18191;
+# - meter-sidecar on 18181; Tollgate with full metering on 18180 (a consumer token quota and a model quota, so
+#   admission checks both), and with metering off on 18182. Routes by model: bench-json, bench-sse,
+#   bench-failover (the flaky upstream and the steady one, same priority).
+# Everything started is stopped on exit. Sets: $work, $bin, $client_key, $metered_pid, $pure_pid, $meter_pid.
+set -euo pipefail
+# shellcheck source=../compose/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../compose/lib.sh"
+cd "$TOLLGATE_ROOT"
+
+for tool in nginx wrk; do
+    if ! command -v "$tool" >/dev/null 2>&1 && ! [[ -x /usr/sbin/$tool ]]; then
+        log "installing $tool from Debian"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$tool" </dev/null ||
+            { as_root env DEBIAN_FRONTEND=noninteractive apt-get update </dev/null &&
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$tool" </dev/null; }
+    fi
+done
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+log "building release binaries"
+cargo build --release --locked --bins >&2
+bin=$CARGO_TARGET_DIR/release
+"$TOLLGATE_ROOT/compose/infra-up" tansu >&2
+
+# --- the fake upstream: a fixed chat completion and a fixed stream of 20 chunks plus a usage chunk -----------
+chunk='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench","choices":[{"index":0,"delta":{"content":"token "},"finish_reason":null}]}\n\n'
+sse=""
+for _ in $(seq 20); do sse+=$chunk; done
+sse+='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+sse+='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench","choices":[],"usage":{"prompt_tokens":14,"completion_tokens":20,"total_tokens":34}}\n\n'
+sse+='data: [DONE]\n\n'
+json='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the benchmark upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":7,"total_tokens":21}}'
+
+nginx_common="daemon off; error_log $work/%s-error.log warn; pid $work/%s.pid;
+events { worker_connections 8192; }"
+cat >"$work/upstream.conf" <<CONF
+$(printf "$nginx_common" upstream upstream)
+worker_processes 1;
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    server { listen 127.0.0.1:18190; location / { default_type application/json; return 200 '$json'; } }
+    server { listen 127.0.0.1:18191; location / { default_type text/event-stream; return 200 '$sse'; } }
+    split_clients "\${request_id}" \$flaky { 10% 1; * 0; }
+    server {
+        listen 127.0.0.1:18194;
+        location / {
+            default_type application/json;
+            if (\$flaky) { return 503 '{"error":{"message":"flaky","type":"server_error"}}'; }
+            return 200 '$json';
+        }
+    }
+}
+CONF
+cat >"$work/proxy.conf" <<CONF
+$(printf "$nginx_common" proxy proxy)
+worker_processes auto;
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream json { server 127.0.0.1:18190; keepalive 256; }
+    upstream sse { server 127.0.0.1:18191; keepalive 256; }
+    server {
+        listen 127.0.0.1:18192;
+        location / { proxy_pass http://json; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server {
+        listen 127.0.0.1:18193;
+        location / {
+            proxy_pass http://sse; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off;
+        }
+    }
+}
+CONF
+
+# --- Tollgate, metered and not ---------------------------------------------------------------------------------
+client_key=tg-bench-key-0123456789
+key_sha=$(printf '%s' "$client_key" | "$bin/gateway" hash-key)
+gateway_toml() { # NAME PORT METERING EXTRA
+    cat <<TOML
+[server]
+listen = "127.0.0.1:$2"
+instance_id = "bench-$1"
+workers = $(nproc)
+metering = $3
+[meter]
+url = "http://127.0.0.1:18181"
+[kafka]
+brokers = "127.0.0.1:$KAFKA_PORT"
+usage_topic = "tollgate.usage.v1.bench"
+[quota]
+topic = "tollgate.quota.v1.bench"
+[spool]
+dir = "$work/spool-$1"
+[[instances]]
+name = "json"
+endpoint = "http://127.0.0.1:18190/v1"
+[[instances]]
+name = "sse"
+endpoint = "http://127.0.0.1:18191/v1"
+[[instances]]
+name = "flaky"
+endpoint = "http://127.0.0.1:18194/v1"
+circuit_breaker = { failures = 5, cooldown = "2s" }
+[[routes]]
+name = "bench-json"
+models = ["bench-json"]
+targets = [{ instance = "json" }]
+[[routes]]
+name = "bench-sse"
+models = ["bench-sse"]
+targets = [{ instance = "sse" }]
+[[routes]]
+name = "bench-failover"
+models = ["bench-failover"]
+targets = [{ instance = "flaky" }, { instance = "json" }]
+$4
+[[consumers]]
+name = "bench"
+keys = [{ id = "bench-1", sha256 = "$key_sha" }]
+$5
+TOML
+}
+gateway_toml metered 18180 true \
+    '[[token_limits]]
+models = ["bench-json", "bench-sse", "bench-failover"]
+limit = 100000000000
+time_window = "1h"' \
+    'token_limits = [{ limit = 100000000000, time_window = "1h" }]' >"$work/metered.toml"
+gateway_toml pure 18182 false "" "" >"$work/pure.toml"
+
+start() { # LOG COMMAND...
+    local log=$1
+    shift
+    "$@" </dev/null >>"$work/$log.log" 2>&1 &
+    pids+=($!)
+}
+start upstream "$NGINX" -c "$work/upstream.conf" -p "$work"
+start proxy "$NGINX" -c "$work/proxy.conf" -p "$work"
+start meter env RUST_LOG=warn "$bin/meter-sidecar" --listen 127.0.0.1:18181
+start metered env RUST_LOG=warn "$bin/gateway" --config "$work/metered.toml"
+metered_pid=${pids[-1]}
+start pure env RUST_LOG=warn "$bin/gateway" --config "$work/pure.toml"
+pure_pid=${pids[-1]}
+meter_pid=${pids[2]}
+for url in http://127.0.0.1:18181/healthz http://127.0.0.1:18180/healthz http://127.0.0.1:18182/healthz; do
+    wait_for_http "$url" 60 || { tail -n 30 "$work"/*.log >&2; die "$url did not come up"; }
+done
+wait_for_port 18192 10 nginx || die "nginx did not come up"
+

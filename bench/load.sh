@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Tollgate against nginx, on this machine, in one run: the same fake upstream (nginx serving a fixed chat
+# completion and a fixed SSE stream), reached directly, through nginx as a plain reverse proxy, through Tollgate
+# with metering off (auth, routing, failover) and with full metering (auth, routing, quota check, prompt
+# estimate by meter-sidecar, SSE usage parse, one usage event to Kafka). Targets are measured interleaved, round
+# after round, and reported as ratios to nginx measured in the same run.
+#
+#   bench/load.sh            (BENCH_SECONDS=10 BENCH_ROUNDS=3 BENCH_CONNECTIONS=64 BENCH_RATE=500)
+#
+# Measures, per target: throughput (wrk, closed loop, BENCH_CONNECTIONS connections), CPU time per request of
+# the proxy's processes, latency at a fixed BENCH_RATE requests/s (open loop, timed from when each request was
+# due) and what the proxy adds to the upstream's, concurrent streaming throughput, streaming time to first
+# byte, and resident memory. Installs nginx and wrk from Debian when missing; builds release binaries; starts the
+# broker (compose/infra-up tansu); uses ports 18180-18199 and stops everything it started.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+CONNECTIONS=${BENCH_CONNECTIONS:-64}
+RATE=${BENCH_RATE:-500}
+
+# --- measuring -------------------------------------------------------------------------------------------------
+hz=$(getconf CLK_TCK)
+# cpu_ticks PID... — user+system clock ticks of these processes and their children threads.
+cpu_ticks() {
+    local total=0 pid
+    for pid in "$@"; do
+        [[ -r /proc/$pid/stat ]] || continue
+        local fields
+        read -r -a fields < <(sed 's/^.*) //' "/proc/$pid/stat")
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+nginx_pids() { pgrep -f "nginx: worker process" -P "$(cat "$work/proxy.pid")" | tr '\n' ' '; cat "$work/proxy.pid"; }
+rss_kib() { # PID... — summed VmRSS
+    local total=0 pid
+    for pid in "$@"; do total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0))); done
+    echo "$total"
+}
+
+lua() { # MODEL STREAM
+    cat <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $client_key"
+wrk.body = '{"model":"$1","stream":$2,"messages":[{"role":"user","content":"Say hello to the tollgate benchmark, please."}]}'
+LUA
+}
+lua bench-json false >"$work/json.lua"
+lua bench-sse true >"$work/sse.lua"
+
+declare -A url=(
+    [direct]=http://127.0.0.1:18190/v1/chat/completions
+    [nginx]=http://127.0.0.1:18192/v1/chat/completions
+    [pure]=http://127.0.0.1:18182/v1/chat/completions
+    [metered]=http://127.0.0.1:18180/v1/chat/completions
+)
+declare -A sse_url=(
+    [direct]=http://127.0.0.1:18191/v1/chat/completions
+    [nginx]=http://127.0.0.1:18193/v1/chat/completions
+    [pure]=http://127.0.0.1:18182/v1/chat/completions
+    [metered]=http://127.0.0.1:18180/v1/chat/completions
+)
+procs() {
+    case $1 in
+        nginx) nginx_pids ;;
+        pure) echo "$pure_pid" ;;
+        metered) echo "$metered_pid $meter_pid" ;;
+        direct) cat "$work/upstream.pid" ;;
+    esac
+}
+
+declare -A rps cpu_us sse_rps
+# wrk_run TARGET SCRIPT URL — prints "req/s cpu_us_per_request"; fails on any non-2xx answer or socket error.
+wrk_run() {
+    local target=$1 script=$2 target_url=$3
+    # shellcheck disable=SC2046
+    local before after out
+    before=$(cpu_ticks $(procs "$target"))
+    out=$(wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$script" "$target_url")
+    after=$(cpu_ticks $(procs "$target"))
+    if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+        printf '%s\n' "$out" >&2
+        die "$target answered errors under load"
+    fi
+    local requests
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    awk -v r="$(awk '/Requests\/sec/ {print $2}' <<<"$out")" -v t=$((after - before)) -v hz="$hz" -v n="$requests" \
+        'BEGIN { printf "%.0f %.1f\n", r, (n > 0 ? t / hz / n * 1e6 : 0) }'
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+targets=(direct nginx pure metered)
+log "warming up"
+for t in "${targets[@]}"; do wrk -t1 -c8 -d2s -s "$work/json.lua" "${url[$t]}" >/dev/null; done
+
+for round in $(seq "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+        read -r r c < <(wrk_run "$t" "$work/json.lua" "${url[$t]}")
+        rps[$t]+="$r "
+        cpu_us[$t]+="$c "
+        log "round $round: $t $r req/s, $c µs CPU/request"
+        read -r r c < <(wrk_run "$t" "$work/sse.lua" "${sse_url[$t]}")
+        sse_rps[$t]+="$r "
+        log "round $round: $t streams $r/s"
+    done
+done
+
+declare -A lat_p50 lat_p99 ttfb_p50 ttfb_p99
+for t in "${targets[@]}"; do
+    line=$("$bin/stream-bench" --label "$t" --url "${url[$t]}" --key "$client_key" --model bench-json \
+        --stream false --rate "$RATE" --duration "${SECONDS_PER_RUN}s")
+    lat_p50[$t]=$(sed -n 's/.*latency_p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    lat_p99[$t]=$(sed -n 's/.*latency_p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    line=$("$bin/stream-bench" --label "$t" --url "${sse_url[$t]}" --key "$client_key" --model bench-sse \
+        --stream true --requests 1000 --concurrency 1)
+    ttfb_p50[$t]=$(sed -n 's/.*ttfb_p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    ttfb_p99[$t]=$(sed -n 's/.*ttfb_p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+done
+
+# --- the table -------------------------------------------------------------------------------------------------
+med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (b > 0 ? "%.2f×" : "–"), a / b }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
+n_rps=$(med "${rps[nginx]}")
+n_sse=$(med "${sse_rps[nginx]}")
+printf '\n# %s, %s, %s cores, %s GiB; wrk -c%s %ss × %s rounds (median), open loop at %s req/s\n\n' \
+    "$(date -u +%Y-%m-%dT%H:%MZ)" "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" "$(nproc)" \
+    "$(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo)" "$CONNECTIONS" "$SECONDS_PER_RUN" "$ROUNDS" "$RATE"
+printf '| target | req/s | × nginx | CPU µs/req | p50 ms @%s/s | p99 ms | p99 added ms | streams/s | × nginx | TTFB p50 ms | TTFB p99 ms | TTFB p50 added ms | RSS MiB |\n' "$RATE"
+printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+for t in "${targets[@]}"; do
+    r=$(med "${rps[$t]}")
+    s=$(med "${sse_rps[$t]}")
+    # shellcheck disable=SC2046
+    rss=$(($(rss_kib $(procs "$t")) / 1024))
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$r" "$(ratio "$r" "$n_rps")" \
+        "$(med "${cpu_us[$t]}")" "${lat_p50[$t]}" "${lat_p99[$t]}" "$(minus "${lat_p99[$t]}" "${lat_p99[direct]}")" \
+        "$s" "$(ratio "$s" "$n_sse")" "${ttfb_p50[$t]}" "${ttfb_p99[$t]}" \
+        "$(minus "${ttfb_p50[$t]}" "${ttfb_p50[direct]}")" "$rss"
+done
+m=$(med "${rps[metered]}")
+p=$(med "${rps[pure]}")
+printf '\nmetering costs %s of Tollgate'"'"'s own pure-proxy throughput\n' \
+    "$(awk -v m="$m" -v p="$p" 'BEGIN { printf "%.0f %%", (1 - m / p) * 100 }')"
