@@ -1716,6 +1716,27 @@ mod tests {
     }
 
     #[test]
+    fn without_metering_token_limits_are_refused() {
+        let unmetered = VALID.replace(
+            "instance_id = \"gw-1\"",
+            "instance_id = \"gw-1\"\nmetering = false",
+        );
+        assert!(
+            !Config::from_toml_with_env(&unmetered, env)
+                .unwrap()
+                .server
+                .metering
+        );
+        let limited = format!("{unmetered}\n[[token_limits]]\nlimit = 10\ntime_window = \"1h\"\n");
+        assert_eq!(
+            problems(&limited),
+            vec![
+                "server.metering: token limits are counted from metered usage: remove them, or leave metering on"
+            ]
+        );
+    }
+
+    #[test]
     fn a_valid_file_loads_with_defaults_filled_in() {
         let config = Config::from_toml_with_env(VALID, env).unwrap();
         assert_eq!(config.server.instance_id, "gw-1");

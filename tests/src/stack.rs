@@ -99,6 +99,8 @@ pub struct StackOptions {
     pub spool_dir: Option<PathBuf>,
     /// TOML added inside the gateways' `[spool]` table, e.g. `max_bytes = 65536` or `after = "200ms"`.
     pub spool_toml: String,
+    /// TOML added inside the gateways' `[server]` table, e.g. `metering = false`.
+    pub server_toml: String,
 }
 
 impl Default for StackOptions {
@@ -115,6 +117,7 @@ impl Default for StackOptions {
             brokers: None,
             spool_dir: None,
             spool_toml: String::new(),
+            server_toml: String::new(),
         }
     }
 }
@@ -701,6 +704,7 @@ fn gateway_toml(
 [server]
 listen = "127.0.0.1:0"
 instance_id = "test-gw"
+{server}
 workers = 2
 shutdown_timeout = "10s"
 
@@ -743,5 +747,6 @@ targets = {targets}
             .map(spool_dir_line)
             .unwrap_or_default(),
         spool = options.spool_toml,
+        server = options.server_toml,
     )
 }

@@ -466,3 +466,44 @@ async fn metrics_describe_requests_tokens_and_events() {
     assert!(!text.contains(CONSUMERS[0].2), "no secret in metrics");
     stack.stop().await;
 }
+
+#[actix_rt::test]
+async fn with_metering_off_requests_and_streams_pass_through_and_nothing_is_billed() {
+    let stack = Stack::start(StackOptions {
+        server_toml: "metering = false".into(),
+        quota_loop: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let whole = post(&stack, Some(&bearer(0)), &chat(MODEL)).await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    assert_eq!(whole.instance.as_deref(), Some("mock-openai"));
+    let streamed = post(
+        &stack,
+        Some(&bearer(0)),
+        &json!({"model": MODEL, "stream": true, "messages": [{"role": "user", "content": "ping"}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(streamed.status, 200);
+    let text = streamed.body.as_str().expect("an SSE body");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // The client did not ask for usage and the gateway did not ask on its behalf: no usage chunk.
+    assert!(!text.contains("\"usage\""), "{text}");
+    assert_openai_error(
+        &post(&stack, None, &chat(MODEL)).await,
+        401,
+        "missing_api_key",
+        None,
+    );
+
+    // Nothing reaches the ledger.
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        stack
+            .query("SELECT request_id FROM usage_events")
+            .await
+            .is_empty()
+    );
+    stack.stop().await;
+}
