@@ -1,4 +1,5 @@
-//! The `billing-consumer` binary: parses the command line, installs logging, dispatches to the library.
+//! The `billing-consumer` binary: parses the command line, installs logging (text, or one JSON object per line
+//! with `--log-format json`), dispatches to the library.
 //! Results go to stdout, logs to stderr. Exit status: 0 on success, 1 on an error — except `audit`, which exits
 //! 1 when it found differences and 2 when it could not run.
 
@@ -6,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::cli::{self, Cli, Command, InvoiceFormat};
 use tollgate_billing_consumer::config_topic::{ConfigFollower, FollowSettings};
@@ -16,17 +17,26 @@ use tollgate_billing_consumer::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// The library's command line ([`Cli`]) with the binary's own logging option beside it.
+#[derive(Debug, Parser)]
+#[command(name = "billing-consumer", version, about)]
+struct Args {
+    #[command(flatten)]
+    cli: Cli,
+
+    /// Log format: text (human-readable lines) or json (one JSON object per line), as the gateway's.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text", global = true)]
+    log_format: String,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let Args { cli, log_format } = Args::parse();
     let default_level = match cli.command {
         Command::Usage(_) | Command::Invoice(_) | Command::CheckPrices(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing(&log_format, default_level);
 
     let clickhouse = cli.clickhouse();
     match &cli.command {
@@ -232,6 +242,18 @@ async fn main() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Installs logging to stderr: `RUST_LOG` (default `default_level`) in `format`, `text` or `json`.
+fn init_tracing(format: &str, default_level: &str) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 /// Starts following the config topic `topic` and waits until it was read; `None` when shutdown came first.
 async fn follow(
     cli: &Cli,
@@ -287,4 +309,26 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("Shutdown requested; settling the batch in hand and the pending quota snapshots.");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn log_format_goes_before_or_after_the_subcommand() {
+        let before = Args::try_parse_from(["billing-consumer", "--log-format", "json", "migrate"]).unwrap();
+        assert_eq!(before.log_format, "json");
+        assert!(matches!(before.cli.command, Command::Migrate));
+        let after = Args::try_parse_from(["billing-consumer", "migrate", "--log-format", "json"]).unwrap();
+        assert_eq!(after.log_format, "json");
+        assert!(Args::try_parse_from(["billing-consumer", "--log-format", "xml", "migrate"]).is_err());
+    }
 }

@@ -1,8 +1,8 @@
 //! `meter-sidecar`: Tollgate's token-counting service.
 //!
-//! Parses the command line (every flag also readable from the environment), installs logging and the
-//! Prometheus recorder, binds the listen address and runs the server until SIGTERM or Ctrl-C, then stops it
-//! gracefully.
+//! Parses the command line (every flag also readable from the environment), installs logging (text, or one
+//! JSON object per line with `--log-format json`) and the Prometheus recorder, binds the listen address and
+//! runs the server until SIGTERM or Ctrl-C, then stops it gracefully.
 
 use std::net::TcpListener;
 
@@ -39,14 +39,16 @@ struct Args {
     /// Most items in one POST /v1/tokens/count/batch; more get 400.
     #[arg(long, env = "METER_MAX_BATCH_ITEMS", default_value_t = config::DEFAULT_MAX_BATCH_ITEMS)]
     max_batch_items: usize,
+
+    /// Log format: text (human-readable lines) or json (one JSON object per line), as the gateway's.
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
 }
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    init_tracing(&args.log_format);
 
     let config = Config::try_from(RawConfig {
         default_encoding: args.default_encoding,
@@ -80,6 +82,17 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs logging: `RUST_LOG` (default `info`) in `format`, `text` or `json`.
+fn init_tracing(format: &str) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 /// Waits for SIGTERM or Ctrl-C (SIGINT) and says which arrived.
 async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
@@ -108,4 +121,23 @@ async fn ctrl_c() -> &'static str {
         std::future::pending::<()>().await;
     }
     "SIGINT"
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        let args = Args::try_parse_from(["meter-sidecar", "--log-format", "json"]).unwrap();
+        assert_eq!(args.log_format, "json");
+        assert!(Args::try_parse_from(["meter-sidecar", "--log-format", "xml"]).is_err());
+    }
 }
