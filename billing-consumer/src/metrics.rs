@@ -8,7 +8,12 @@
 use std::net::SocketAddr;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+/// Buckets of every `_seconds` histogram: a millisecond to two minutes.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 use crate::error::{BillingError, RejectReason};
 
@@ -196,6 +201,9 @@ pub fn describe() {
 pub fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
     PrometheusBuilder::new()
         .with_http_listener(listen)
+        // Histograms, not summaries: p99 can then be aggregated across replicas.
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
+        .map_err(|e| BillingError::Metrics(e.to_string()))?
         .install()
         .map_err(|e| BillingError::Metrics(e.to_string()))?;
     describe();
