@@ -144,19 +144,45 @@ struct ScopeBook {
     /// in flight keep settling into the same book.
     limit: ArcSwap<TokenLimit>,
     kind: &'static str,
-    pending: Mutex<Vec<Arc<LocalUsage>>>,
+    pending: Mutex<Pending>,
 }
 
+/// This replica's usage in one scope that no snapshot counts yet, and its running total.
+///
+/// Admission reads `total` (O(1)); reserving, releasing and settling keep it exact. The list itself is
+/// recounted — entries a snapshot covers or whose window ended are dropped, the total summed again — when the
+/// window rolls over, when a snapshot arrives, and at most every [`RECOUNT_INTERVAL_MS`] otherwise (an event
+/// acknowledged by Kafka after the snapshot that counts it is dropped then).
+#[derive(Debug, Default)]
+struct Pending {
+    list: Vec<Arc<LocalUsage>>,
+    /// Tokens of `list` counted in the window starting at `window_start_ms`.
+    total: u64,
+    window_start_ms: u64,
+    /// When the list was last recounted; 0 forces a recount.
+    counted_at_ms: u64,
+}
+
+/// The longest an admission relies on the running total without recounting the list.
+const RECOUNT_INTERVAL_MS: u64 = 100;
+
 impl ScopeBook {
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<LocalUsage>>> {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
         // A panic while holding the lock cannot leave the list half-updated: every change is one Vec call.
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Takes `usage` out of the book (its request failed over or ended unsettled).
     fn remove(&self, usage: &Arc<LocalUsage>) {
-        self.lock().retain(|u| !Arc::ptr_eq(u, usage));
+        let scope = &self.limit().scope;
+        let mut pending = self.lock();
+        let before = pending.list.len();
+        pending.list.retain(|u| !Arc::ptr_eq(u, usage));
+        if pending.list.len() < before {
+            pending.total = pending.total.saturating_sub(usage.tokens(scope));
+        }
     }
 
     fn limit(&self) -> Arc<TokenLimit> {
@@ -200,7 +226,7 @@ impl Layout {
                 None => Arc::new(ScopeBook {
                     limit: ArcSwap::from_pointee(limit.clone()),
                     kind,
-                    pending: Mutex::new(Vec::new()),
+                    pending: Mutex::new(Pending::default()),
                 }),
             };
             layout.by_key.insert(limit.key.clone(), book.clone());
@@ -379,8 +405,14 @@ impl Quotas {
                 tightest = Some(figures);
             }
         }
-        for pending in &mut guards {
-            pending.push(usage.clone());
+        for (book, pending) in books.iter().zip(guards.iter_mut()) {
+            pending.list.push(usage.clone());
+            let need = book
+                .limit()
+                .scope
+                .strategy
+                .tokens(demand.prompt, demand.completion);
+            pending.total = pending.total.saturating_add(need);
         }
         Ok(tightest)
     }
@@ -405,9 +437,9 @@ impl Quotas {
         }
     }
 
-    /// Where `book` stands at `now`; drops from `pending` what the snapshot covers and what belongs to windows
-    /// that have ended.
-    fn standing(&self, book: &ScopeBook, pending: &mut Vec<Arc<LocalUsage>>, now: u64) -> Standing {
+    /// Where `book` stands at `now`: the snapshot's count of its current window, and this replica's usage it does
+    /// not cover (the running total, recounted when due — see [`Pending`]).
+    fn standing(&self, book: &ScopeBook, pending: &mut Pending, now: u64) -> Standing {
         let limit = book.limit();
         let scope = &limit.scope;
         let window = scope.window_at(now);
@@ -415,23 +447,30 @@ impl Quotas {
             .snapshots
             .get(&limit.key)
             .filter(|s| s.window_start_ms == window.start_ms);
-        pending.retain(|usage| {
-            let start = usage.window_start(scope, window);
-            start > window.start_ms
-                || (start == window.start_ms
-                    && !snapshot
-                        .as_deref()
-                        .is_some_and(|s| usage.covered_by(&self.gateway, s)))
-        });
-        let pending_tokens = pending
-            .iter()
-            .filter(|u| u.window_start(scope, window) == window.start_ms)
-            .map(|u| u.tokens(scope))
-            .fold(0u64, u64::saturating_add);
+        let due = pending.window_start_ms != window.start_ms
+            || now.saturating_sub(pending.counted_at_ms) >= RECOUNT_INTERVAL_MS;
+        if due {
+            pending.list.retain(|usage| {
+                let start = usage.window_start(scope, window);
+                start > window.start_ms
+                    || (start == window.start_ms
+                        && !snapshot
+                            .as_deref()
+                            .is_some_and(|s| usage.covered_by(&self.gateway, s)))
+            });
+            pending.total = pending
+                .list
+                .iter()
+                .filter(|u| u.window_start(scope, window) == window.start_ms)
+                .map(|u| u.tokens(scope))
+                .fold(0u64, u64::saturating_add);
+            pending.window_start_ms = window.start_ms;
+            pending.counted_at_ms = now.max(1);
+        }
         Standing {
             window,
             used: snapshot.map_or(0, |s| s.used),
-            pending: pending_tokens,
+            pending: pending.total,
         }
     }
 
@@ -445,7 +484,9 @@ impl Quotas {
         // Cache first, prune second: in between, an admission may count an event twice (safe), never zero times.
         self.snapshots.insert(snapshot.scope.clone(), Arc::new(snapshot));
         let now = self.clock.now_ms();
-        self.standing(&book, &mut book.lock(), now);
+        let mut pending = book.lock();
+        pending.counted_at_ms = 0;
+        self.standing(&book, &mut pending, now);
         true
     }
 
@@ -515,9 +556,24 @@ impl QuotaTicket {
         if self.books.is_empty() && self.attempt_books.is_empty() {
             return None;
         }
+        // Under every book's lock (admission order, then the attempt's), so no recount sees half of it.
+        let books: Vec<&Arc<ScopeBook>> = self.books.iter().chain(&self.attempt_books).collect();
+        let mut guards: Vec<_> = books.iter().map(|b| b.lock()).collect();
+        let old = Demand {
+            prompt: self.usage.prompt.load(Ordering::Acquire),
+            completion: self.usage.completion.load(Ordering::Acquire),
+        };
         self.usage.prompt.store(prompt, Ordering::Release);
         self.usage.completion.store(completion, Ordering::Release);
         self.usage.settled_at_ms.store(at_ms.max(1), Ordering::Release);
+        for (book, pending) in books.iter().zip(guards.iter_mut()) {
+            let strategy = book.limit().scope.strategy;
+            pending.total = pending
+                .total
+                .saturating_sub(strategy.tokens(old.prompt, old.completion))
+                .saturating_add(strategy.tokens(prompt, completion));
+        }
+        drop(guards);
         Some(self.usage.clone())
     }
 }

@@ -261,3 +261,46 @@ fn an_instance_with_its_quota_used_up_is_refused_per_attempt_and_released_on_fai
         .hold_instance(&mut second, "team-b", "gpt-4o-mini", "small")
         .unwrap();
 }
+
+#[test]
+fn an_event_acknowledged_after_the_snapshot_that_counts_it_stops_counting_at_the_next_recount() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
+    let local = ticket.settle(100, 0, clock.now_ms()).unwrap();
+    // The snapshot counting the event arrives before Kafka's acknowledgement: the event stays pending.
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 100, Some((0, 5))));
+    local.delivered(0, 5);
+    assert!(
+        quotas.admit("team-a", "gpt-4o-mini", demand(801, 0)).is_err(),
+        "200 counted"
+    );
+    // Admission trusts the running total only so long; then the list is recounted and the event is covered.
+    clock.advance(Duration::from_millis(super::RECOUNT_INTERVAL_MS));
+    assert!(
+        quotas.admit("team-a", "gpt-4o-mini", demand(900, 0)).is_ok(),
+        "100 counted, once"
+    );
+}
+
+#[test]
+fn admission_does_not_rescan_the_books_on_every_request() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    // Thousands of settled requests no snapshot covers (billing-consumer's loop is down).
+    for _ in 0..5_000 {
+        let (ticket, _) = quotas.admit("team-b", "gpt-4o-mini", demand(0, 0)).unwrap();
+        ticket.settle(0, 0, clock.now_ms());
+    }
+    let book = quotas.layout.load().by_key[MODEL].clone();
+    let counted_at = book.lock().counted_at_ms;
+    for _ in 0..100 {
+        drop(quotas.admit("team-b", "gpt-4o-mini", demand(1, 0)).unwrap());
+    }
+    assert_eq!(
+        book.lock().counted_at_ms,
+        counted_at,
+        "no recount within the interval"
+    );
+    assert_eq!(book.lock().list.len(), 5_000);
+}
