@@ -8,7 +8,8 @@
 # - meter-sidecar on 18181; Tollgate with full metering on 18180 (a consumer token quota and a model quota, so
 #   admission checks both), and with metering off on 18182. Routes by model: bench-json, bench-sse,
 #   bench-failover (the flaky upstream and the steady one, same priority).
-# Everything started is stopped on exit. Sets: $work, $bin, $client_key, $metered_pid, $pure_pid, $meter_pid.
+# Everything started is stopped on exit. Sets: $work, $bin, $client_key, $metered_pid, $pure_pid, $meter_pid;
+# start_quota_loop starts billing-consumer's quota loop (metrics on 18195).
 set -euo pipefail
 # shellcheck source=../compose/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../compose/lib.sh"
@@ -159,6 +160,13 @@ metered_pid=${pids[-1]}
 start pure env RUST_LOG=warn "$bin/gateway" --config "$work/pure.toml"
 pure_pid=${pids[-1]}
 meter_pid=${pids[2]}
+# start_quota_loop — billing-consumer's quota loop, as in production: its snapshots keep the gateway's quota books
+# short. Off for the load benchmark, where it would take CPU from the targets on these two cores.
+start_quota_loop() {
+    start quota env RUST_LOG=warn "$bin/billing-consumer" --brokers "127.0.0.1:$KAFKA_PORT" quota \
+        --config "$work/metered.toml" --topic tollgate.usage.v1.bench --quota-topic tollgate.quota.v1.bench \
+        --metrics-listen 127.0.0.1:18195
+}
 for url in http://127.0.0.1:18181/healthz http://127.0.0.1:18180/healthz http://127.0.0.1:18182/healthz; do
     wait_for_http "$url" 60 || { tail -n 30 "$work"/*.log >&2; die "$url did not come up"; }
 done

@@ -135,8 +135,10 @@ printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for t in "${targets[@]}"; do
     r=$(med "${rps[$t]}")
     s=$(med "${sse_rps[$t]}")
+    # The gateway's own memory (meter-sidecar's tokenizer tables are the sidecar's), nginx's workers'.
     # shellcheck disable=SC2046
-    rss=$(($(rss_kib $(procs "$t")) / 1024))
+    rss=$(($(rss_kib $(procs "$t" | cut -d' ' -f1)) / 1024))
+    [[ $t == nginx ]] && rss=$(($(rss_kib $(nginx_pids)) / 1024))
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$r" "$(ratio "$r" "$n_rps")" \
         "$(med "${cpu_us[$t]}")" "${lat_p50[$t]}" "${lat_p99[$t]}" "$(minus "${lat_p99[$t]}" "${lat_p99[direct]}")" \
         "$s" "$(ratio "$s" "$n_sse")" "${ttfb_p50[$t]}" "${ttfb_p99[$t]}" \

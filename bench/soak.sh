@@ -10,6 +10,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+start_quota_loop
 duration=${SOAK_SECONDS:-600}
 sample=${SOAK_SAMPLE:-10}
 url=http://127.0.0.1:18180/v1/chat/completions
