@@ -1,5 +1,8 @@
 //! `gateway`: parse the command line, load and validate the configuration, install telemetry, serve.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Read;
 use std::path::PathBuf;
 

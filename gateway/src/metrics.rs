@@ -57,7 +57,29 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
         .install_recorder()?;
     describe();
+    keep_up(&handle);
     Ok(handle)
+}
+
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets every [`UPKEEP_INTERVAL`] on a thread of its own. The recorder
+/// keeps every raw sample until then; without upkeep they pile up for as long as nothing scrapes `/metrics`
+/// (a gateway under load grew by 18 MiB per 10 s that way).
+pub fn keep_up(handle: &PrometheusHandle) {
+    let handle = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("tollgate-metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the metrics upkeep thread; histograms grow until scraped");
+    }
 }
 
 /// Describes every gateway metric (idempotent).

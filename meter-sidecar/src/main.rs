@@ -4,6 +4,9 @@
 //! JSON object per line with `--log-format json`) and the Prometheus recorder, binds the listen address and
 //! runs the server until SIGTERM or Ctrl-C, then stops it gracefully.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::TcpListener;
 
 use anyhow::Context;
