@@ -3,9 +3,9 @@
 //!
 //! Two ways to load:
 //! - **closed loop** (default): `--requests` in waves of `--concurrency`: throughput and time to first byte;
-//! - **open loop** (`--rate R --duration D`): one request every 1/R s whatever the answers do, each timed from the
-//!   instant it was due (not from when it was sent), so a stall shows in the percentiles instead of slowing the
-//!   load (no coordinated omission).
+//! - **open loop** (`--rate R --duration D`): one request every 1/R s whatever the answers do — each is sent on
+//!   a task of its own, so a slow answer never delays the next request (no coordinated omission) — timed from
+//!   the instant it was sent (the timer wakes up to a millisecond late; that lag is not the target's).
 //!
 //! `--stream` asks for SSE (`"stream": true`). One output line of `key=value` pairs.
 
@@ -58,18 +58,18 @@ struct Sample {
     ok: bool,
 }
 
-/// One request, timed from `due`.
-async fn one(client: &awc::Client, cli: &Cli, n: usize, due: Instant) -> Sample {
+/// One request, timed from `start`.
+async fn one(client: &awc::Client, cli: &Cli, n: usize, start: Instant) -> Sample {
     let body = json!({"model": cli.model, "stream": cli.stream,
         "messages": [{"role": "user", "content": format!("Request number {n}: tell me a story about a tollgate.")}]});
-    let failed = |due: Instant| Sample {
-        ttfb: due.elapsed(),
-        total: due.elapsed(),
+    let failed = |start: Instant| Sample {
+        ttfb: start.elapsed(),
+        total: start.elapsed(),
         bytes: 0,
         ok: false,
     };
     let Ok(mut response) = client.post(&cli.url).bearer_auth(&cli.key).send_json(&body).await else {
-        return failed(due);
+        return failed(start);
     };
     let mut ttfb = None;
     let mut bytes = 0;
@@ -77,15 +77,15 @@ async fn one(client: &awc::Client, cli: &Cli, n: usize, due: Instant) -> Sample 
     while let Some(chunk) = response.next().await {
         match chunk {
             Ok(chunk) => {
-                ttfb.get_or_insert_with(|| due.elapsed());
+                ttfb.get_or_insert_with(|| start.elapsed());
                 bytes += chunk.len();
             }
             Err(_) => ok = false,
         }
     }
     Sample {
-        ttfb: ttfb.unwrap_or_else(|| due.elapsed()),
-        total: due.elapsed(),
+        ttfb: ttfb.unwrap_or_else(|| start.elapsed()),
+        total: start.elapsed(),
         bytes,
         ok,
     }
@@ -121,8 +121,9 @@ async fn open_loop(client: awc::Client, cli: Rc<Cli>, rate: u32) -> Vec<Sample> 
         let due = start + period * u32::try_from(n).unwrap_or(u32::MAX);
         actix_web::rt::time::sleep_until(due.into()).await;
         let (client, cli) = (client.clone(), cli.clone());
+        let sent = Instant::now();
         tasks.push(actix_web::rt::spawn(
-            async move { one(&client, &cli, n, due).await },
+            async move { one(&client, &cli, n, sent).await },
         ));
     }
     let mut samples = Vec::with_capacity(count);
