@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The set-up bench/load.sh and bench/soak.sh share (sourced, not run): nginx and wrk from Debian when missing,
-# release binaries, the broker, and on ports 18180-18199:
+# release binaries, and on ports 18180-18199:
 # - the fake upstream (nginx, one worker): 18190 a fixed chat completion, 18191 a fixed SSE stream of 20 chunks
 #   and a usage chunk, 18194 the chat completion with one answer in ten a 503 (for failover);
 # - nginx as a plain reverse proxy (keep-alive to the upstream, proxy_buffering off for SSE): 18192 → 18190,
 #   18193 → 18191;
+# - a Tansu broker of its own on 18196 (fresh storage in the run's scratch directory);
 # - meter-sidecar on 18181; Tollgate with full metering on 18180 (a consumer token quota and a model quota, so
 #   admission checks both), and with metering off on 18182. Routes by model: bench-json, bench-sse,
 #   bench-failover (the flaky upstream and the steady one, same priority).
@@ -37,7 +38,8 @@ trap cleanup EXIT
 log "building release binaries"
 cargo build --release --locked --bins >&2
 bin=$CARGO_TARGET_DIR/release
-"$TOLLGATE_ROOT/compose/infra-up" tansu >&2
+[[ -x $TANSU_BIN ]] || "$TOLLGATE_ROOT/compose/install" --no-bins >&2
+BENCH_KAFKA_PORT=18196
 
 # --- the fake upstream: a fixed chat completion and a fixed stream of 20 chunks plus a usage chunk -----------
 chunk='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,"model":"bench","choices":[{"index":0,"delta":{"content":"token "},"finish_reason":null}]}\n\n'
@@ -103,7 +105,7 @@ metering = $3
 [meter]
 url = "http://127.0.0.1:18181"
 [kafka]
-brokers = "127.0.0.1:$KAFKA_PORT"
+brokers = "127.0.0.1:$BENCH_KAFKA_PORT"
 usage_topic = "tollgate.usage.v1.bench"
 [quota]
 topic = "tollgate.quota.v1.bench"
@@ -152,6 +154,14 @@ start() { # LOG COMMAND...
     "$@" </dev/null >>"$work/$log.log" 2>&1 &
     pids+=($!)
 }
+# A broker of the run's own, on a fresh SQLite file: a long-used broker's growing file slows its acknowledgements
+# (and pushes the gateway's events into its spool), which would measure the broker's history, not Tollgate.
+start tansu env -C "$work" RUST_LOG=warn "$TANSU_BIN" broker --cluster-id tollgate-bench \
+    --listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" \
+    --storage-engine sqlite://tansu.db
+wait_for_port "$BENCH_KAFKA_PORT" 30 tansu || die "the bench broker did not start"
+"$bin/billing-consumer" --brokers "127.0.0.1:$BENCH_KAFKA_PORT" create-topics --topic tollgate.usage.v1.bench \
+    --quota-topic tollgate.quota.v1.bench >>"$work/topics.log" 2>&1 || { cat "$work/topics.log" >&2; die "topics"; }
 start upstream "$NGINX" -c "$work/upstream.conf" -p "$work"
 start proxy "$NGINX" -c "$work/proxy.conf" -p "$work"
 start meter env RUST_LOG=warn "$bin/meter-sidecar" --listen 127.0.0.1:18181
@@ -159,11 +169,11 @@ start metered env RUST_LOG=warn "$bin/gateway" --config "$work/metered.toml"
 metered_pid=${pids[-1]}
 start pure env RUST_LOG=warn "$bin/gateway" --config "$work/pure.toml"
 pure_pid=${pids[-1]}
-meter_pid=${pids[2]}
+meter_pid=${pids[3]}
 # start_quota_loop — billing-consumer's quota loop, as in production: its snapshots keep the gateway's quota books
 # short. Off for the load benchmark, where it would take CPU from the targets on these two cores.
 start_quota_loop() {
-    start quota env RUST_LOG=warn "$bin/billing-consumer" --brokers "127.0.0.1:$KAFKA_PORT" quota \
+    start quota env RUST_LOG=warn "$bin/billing-consumer" --brokers "127.0.0.1:$BENCH_KAFKA_PORT" quota \
         --config "$work/metered.toml" --topic tollgate.usage.v1.bench --quota-topic tollgate.quota.v1.bench \
         --metrics-listen 127.0.0.1:18195
 }

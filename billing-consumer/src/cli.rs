@@ -80,6 +80,8 @@ pub struct Cli {
 pub enum Command {
     /// Create the database and apply the missing migrations, then exit.
     Migrate,
+    /// Create the usage topic and the (compacted) quota topic unless they exist, then exit.
+    CreateTopics(CreateTopicsArgs),
     /// Ensure the topic exists, migrate, then ingest usage events until SIGTERM or Ctrl-C; with --quota-config,
     /// also run the quota loop.
     Run(RunArgs),
@@ -102,6 +104,19 @@ pub enum Command {
 }
 
 /// Flags of `run`.
+#[derive(Debug, Args)]
+pub struct CreateTopicsArgs {
+    /// The usage topic.
+    #[arg(long, default_value = tollgate_schemas::topics::USAGE_V1)]
+    pub topic: String,
+    /// Partitions of the usage topic if it has to be created.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// The quota topic (one partition, compacted).
+    #[arg(long, default_value = tollgate_schemas::topics::QUOTA_V1)]
+    pub quota_topic: String,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The usage topic.

@@ -44,6 +44,11 @@ async fn main() -> anyhow::Result<ExitCode> {
             let applied = migrations::apply(&clickhouse).await?;
             tracing::info!(database = %clickhouse.database, ?applied, "Schema is current.");
         }
+        Command::CreateTopics(args) => {
+            topics::ensure(&cli.brokers, &args.topic, args.partitions).await?;
+            topics::ensure_quota(&cli.brokers, &args.quota_topic).await?;
+            tracing::info!(usage = %args.topic, quota = %args.quota_topic, "Topics exist.");
+        }
         Command::Run(run) => {
             let prices = match cli::load_prices(run.prices.as_ref())? {
                 Some(prices) => {
