@@ -94,6 +94,28 @@ wrk_run() {
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 targets=(direct nginx pure metered)
+# Latency first, on an idle system: after the saturating throughput runs the broker is still working through
+# the metered target's events for a while, which is the broker's backlog, not the proxy's latency.
+declare -A lat_p50 lat_p99 ttfb_p50 ttfb_p99
+for t in "${targets[@]}"; do
+    line=$("$bin/stream-bench" --label "$t" --url "${url[$t]}" --key "$client_key" --model bench-json \
+        --stream false --rate "$RATE" --duration "${SECONDS_PER_RUN}s")
+    lat_p50[$t]=$(sed -n 's/.*latency_p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    lat_p99[$t]=$(sed -n 's/.*latency_p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    line=$("$bin/stream-bench" --label "$t" --url "${sse_url[$t]}" --key "$client_key" --model bench-sse \
+        --stream true --requests 1000 --concurrency 1)
+    ttfb_p50[$t]=$(sed -n 's/.*ttfb_p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+    ttfb_p99[$t]=$(sed -n 's/.*ttfb_p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
+done
+# Resident memory after the fixed-rate runs (the gateway's own; nginx's workers').
+declare -A rss_mib
+for t in "${targets[@]}"; do
+    # shellcheck disable=SC2046
+    rss_mib[$t]=$(($(rss_kib $(procs "$t" | cut -d' ' -f1)) / 1024))
+    [[ $t == nginx ]] && rss_mib[$t]=$(($(rss_kib $(nginx_pids)) / 1024))
+done
+
+
 log "warming up"
 for t in "${targets[@]}"; do wrk -t1 -c8 -d2s -s "$work/json.lua" "${url[$t]}" >/dev/null; done
 
@@ -107,18 +129,6 @@ for round in $(seq "$ROUNDS"); do
         sse_rps[$t]+="$r "
         log "round $round: $t streams $r/s"
     done
-done
-
-declare -A lat_p50 lat_p99 ttfb_p50 ttfb_p99
-for t in "${targets[@]}"; do
-    line=$("$bin/stream-bench" --label "$t" --url "${url[$t]}" --key "$client_key" --model bench-json \
-        --stream false --rate "$RATE" --duration "${SECONDS_PER_RUN}s")
-    lat_p50[$t]=$(sed -n 's/.*latency_p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
-    lat_p99[$t]=$(sed -n 's/.*latency_p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
-    line=$("$bin/stream-bench" --label "$t" --url "${sse_url[$t]}" --key "$client_key" --model bench-sse \
-        --stream true --requests 1000 --concurrency 1)
-    ttfb_p50[$t]=$(sed -n 's/.*ttfb_p50_ms=\([0-9.]*\).*/\1/p' <<<"$line")
-    ttfb_p99[$t]=$(sed -n 's/.*ttfb_p99_ms=\([0-9.]*\).*/\1/p' <<<"$line")
 done
 
 # --- the table -------------------------------------------------------------------------------------------------
@@ -135,10 +145,7 @@ printf '|---|---|---|---|---|---|---|---|---|---|---|---|---|\n'
 for t in "${targets[@]}"; do
     r=$(med "${rps[$t]}")
     s=$(med "${sse_rps[$t]}")
-    # The gateway's own memory (meter-sidecar's tokenizer tables are the sidecar's), nginx's workers'.
-    # shellcheck disable=SC2046
-    rss=$(($(rss_kib $(procs "$t" | cut -d' ' -f1)) / 1024))
-    [[ $t == nginx ]] && rss=$(($(rss_kib $(nginx_pids)) / 1024))
+    rss=${rss_mib[$t]}
     printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$r" "$(ratio "$r" "$n_rps")" \
         "$(med "${cpu_us[$t]}")" "${lat_p50[$t]}" "${lat_p99[$t]}" "$(minus "${lat_p99[$t]}" "${lat_p99[direct]}")" \
         "$s" "$(ratio "$s" "$n_sse")" "${ttfb_p50[$t]}" "${ttfb_p99[$t]}" \
