@@ -388,10 +388,12 @@ impl Quotas {
         let now = self.clock.now_ms();
         let mut guards: Vec<_> = books.iter().map(|b| b.lock()).collect();
         let mut tightest: Option<TokenFigures> = None;
+        let mut needs = Vec::with_capacity(books.len());
         for (book, pending) in books.iter().zip(guards.iter_mut()) {
             let standing = self.standing(book, pending, now);
             let limit = book.limit();
             let need = limit.scope.strategy.tokens(demand.prompt, demand.completion);
+            needs.push(need);
             let committed = standing.used.saturating_add(standing.pending);
             if committed.saturating_add(need) > limit.limit {
                 return Err((book, standing));
@@ -405,13 +407,8 @@ impl Quotas {
                 tightest = Some(figures);
             }
         }
-        for (book, pending) in books.iter().zip(guards.iter_mut()) {
+        for (pending, need) in guards.iter_mut().zip(needs) {
             pending.list.push(usage.clone());
-            let need = book
-                .limit()
-                .scope
-                .strategy
-                .tokens(demand.prompt, demand.completion);
             pending.total = pending.total.saturating_add(need);
         }
         Ok(tightest)
@@ -503,8 +500,8 @@ impl Quotas {
         }
     }
 
-    /// Tokens left in each scope's current window as this replica sees it, by limit id.
-    pub fn remaining(&self) -> Vec<(String, u64)> {
+    /// Where every scope stands now, as this replica sees it: one pass over the books.
+    pub fn scopes(&self) -> Vec<ScopeStanding> {
         let now = self.clock.now_ms();
         self.layout
             .load()
@@ -514,21 +511,33 @@ impl Quotas {
                 let standing = self.standing(book, &mut book.lock(), now);
                 let limit = book.limit();
                 let used = standing.used.saturating_add(standing.pending);
-                (limit.id.clone(), limit.limit.saturating_sub(used))
+                ScopeStanding {
+                    id: limit.id.clone(),
+                    remaining: limit.limit.saturating_sub(used),
+                    pending: standing.pending,
+                }
             })
             .collect()
     }
 
     /// Tokens this replica holds in its books that no snapshot counts yet, over every scope.
     pub fn pending_tokens(&self) -> u64 {
-        let now = self.clock.now_ms();
-        self.layout
-            .load()
-            .by_key
-            .values()
-            .map(|book| self.standing(book, &mut book.lock(), now).pending)
+        self.scopes()
+            .iter()
+            .map(|s| s.pending)
             .fold(0, u64::saturating_add)
     }
+}
+
+/// One scope's standing, for the gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeStanding {
+    /// The limit's id.
+    pub id: String,
+    /// Tokens left in the current window (snapshot plus this replica's uncounted usage taken off).
+    pub remaining: u64,
+    /// This replica's usage no snapshot counts yet.
+    pub pending: u64,
 }
 
 /// A request's reservations; settled with its actual usage, or released when dropped unsettled.
