@@ -17,7 +17,10 @@
 //! request settles ([`QuotaTicket::settle`]), and learns from the event pump where in Kafka its event landed.
 //! A snapshot covers it once the snapshot's watermark for this gateway and that partition reaches its offset;
 //! then it leaves the book, because `snapshot.used` counts it. An event that never reaches Kafka is never
-//! covered and stays counted locally until its window ends.
+//! covered and stays counted locally until its window ends. Settled requests whose events Kafka acknowledged
+//! are folded, per partition, into spans of [`FOLD_SPAN_MS`] ([`Folded`]): a book holds the requests in flight
+//! and a few spans a second, not every request since the last snapshot, however long billing-consumer's loop is
+//! away.
 //!
 //! Scopes without an instance are checked at admission: the consumer's first, then the global ones, and the
 //! first one used up answers 429 ([`QuotaRejection`]). Scopes with an instance — an instance's own quota, or a
@@ -85,9 +88,14 @@ impl LocalUsage {
         }
     }
 
-    fn covered_by(&self, gateway: &str, snapshot: &QuotaSnapshot) -> bool {
+    /// Where Kafka put its event, once acknowledged.
+    fn landed(&self) -> Option<(i32, i64)> {
         let partition = self.partition.load(Ordering::Acquire);
-        partition >= 0 && snapshot.covers(gateway, partition, self.offset.load(Ordering::Acquire))
+        (partition >= 0).then(|| (partition, self.offset.load(Ordering::Acquire)))
+    }
+
+    fn is_settled(&self) -> bool {
+        self.settled_at_ms.load(Ordering::Acquire) != 0
     }
 }
 
@@ -99,9 +107,8 @@ impl LocalUsage {
     }
 
     /// Where Kafka put its event, once acknowledged.
-    pub(crate) fn landed(&self) -> Option<(i32, i64)> {
-        let partition = self.partition.load(Ordering::Acquire);
-        (partition >= 0).then(|| (partition, self.offset.load(Ordering::Acquire)))
+    pub(crate) fn landed_at(&self) -> Option<(i32, i64)> {
+        self.landed()
     }
 }
 
@@ -149,22 +156,69 @@ struct ScopeBook {
 
 /// This replica's usage in one scope that no snapshot counts yet, and its running total.
 ///
-/// Admission reads `total` (O(1)); reserving, releasing and settling keep it exact. The list itself is
-/// recounted — entries a snapshot covers or whose window ended are dropped, the total summed again — when the
-/// window rolls over, when a snapshot arrives, and at most every [`RECOUNT_INTERVAL_MS`] otherwise (an event
-/// acknowledged by Kafka after the snapshot that counts it is dropped then).
+/// Admission reads `total` (O(1)); reserving, releasing and settling keep it exact. The book itself is
+/// recounted — entries a snapshot covers or whose window ended are dropped, settled and acknowledged ones folded
+/// into spans, the total summed again — when the window rolls over, when a snapshot arrives, and at most every
+/// [`RECOUNT_INTERVAL_MS`] otherwise (an event acknowledged by Kafka after the snapshot that counts it is
+/// dropped then). A recount costs the requests since the last one plus the spans, never the whole backlog.
 #[derive(Debug, Default)]
 struct Pending {
+    /// Requests in flight, and settled ones not folded yet.
     list: Vec<Arc<LocalUsage>>,
-    /// Tokens of `list` counted in the window starting at `window_start_ms`.
+    /// Settled, acknowledged usage, in the order the spans were opened.
+    folded: Vec<Folded>,
+    /// Tokens of `list` and `folded` counted in the window starting at `window_start_ms`.
     total: u64,
     window_start_ms: u64,
-    /// When the list was last recounted; 0 forces a recount.
+    /// When the book was last recounted; 0 forces a recount.
     counted_at_ms: u64,
 }
 
-/// The longest an admission relies on the running total without recounting the list.
+/// Settled requests of one window whose events landed in one partition, folded together: a snapshot covers the
+/// span once its watermark for the partition reaches the span's highest offset. Until then the whole span
+/// counts, so a span is at worst counted twice for the time it takes a snapshot to pass it — never missed.
+#[derive(Debug, Clone, Copy)]
+struct Folded {
+    partition: i32,
+    max_offset: i64,
+    tokens: u64,
+    window_start_ms: u64,
+    /// When the span was opened: it takes new requests for [`FOLD_SPAN_MS`], then it is sealed.
+    opened_at_ms: u64,
+}
+
+/// The longest an admission relies on the running total without recounting the book.
 const RECOUNT_INTERVAL_MS: u64 = 100;
+
+/// How long a folded span takes new requests: bounds a book to a few entries a second per partition, and the
+/// double count of a span to this much of this replica's usage.
+const FOLD_SPAN_MS: u64 = 250;
+
+impl Pending {
+    /// Adds a settled, acknowledged request's `tokens` in `window_start_ms` to the partition's open span, or
+    /// opens one. Spans are in opening order, so the search stops at the first sealed one.
+    fn fold(&mut self, partition: i32, offset: i64, tokens: u64, window_start_ms: u64, now: u64) {
+        let open = self
+            .folded
+            .iter_mut()
+            .rev()
+            .take_while(|span| now < span.opened_at_ms.saturating_add(FOLD_SPAN_MS))
+            .find(|span| span.partition == partition && span.window_start_ms == window_start_ms);
+        match open {
+            Some(span) => {
+                span.max_offset = span.max_offset.max(offset);
+                span.tokens = span.tokens.saturating_add(tokens);
+            }
+            None => self.folded.push(Folded {
+                partition,
+                max_offset: offset,
+                tokens,
+                window_start_ms,
+                opened_at_ms: now,
+            }),
+        }
+    }
+}
 
 impl ScopeBook {
     fn lock(&self) -> MutexGuard<'_, Pending> {
@@ -447,20 +501,43 @@ impl Quotas {
         let due = pending.window_start_ms != window.start_ms
             || now.saturating_sub(pending.counted_at_ms) >= RECOUNT_INTERVAL_MS;
         if due {
-            pending.list.retain(|usage| {
+            let covered = |partition: i32, offset: i64| {
+                snapshot
+                    .as_deref()
+                    .is_some_and(|s| s.covers(&self.gateway, partition, offset))
+            };
+            let mut total = 0u64;
+            let mut list = std::mem::take(&mut pending.list);
+            list.retain(|usage| {
                 let start = usage.window_start(scope, window);
-                start > window.start_ms
-                    || (start == window.start_ms
-                        && !snapshot
-                            .as_deref()
-                            .is_some_and(|s| usage.covered_by(&self.gateway, s)))
+                if start < window.start_ms {
+                    return false;
+                }
+                let in_window = start == window.start_ms;
+                match usage.landed().filter(|_| in_window && usage.is_settled()) {
+                    Some((partition, offset)) if covered(partition, offset) => false,
+                    Some((partition, offset)) => {
+                        pending.fold(partition, offset, usage.tokens(scope), start, now);
+                        false
+                    }
+                    None => {
+                        if in_window {
+                            total = total.saturating_add(usage.tokens(scope));
+                        }
+                        true
+                    }
+                }
+            });
+            pending.list = list;
+            pending.folded.retain(|span| {
+                span.window_start_ms >= window.start_ms && !covered(span.partition, span.max_offset)
             });
             pending.total = pending
-                .list
+                .folded
                 .iter()
-                .filter(|u| u.window_start(scope, window) == window.start_ms)
-                .map(|u| u.tokens(scope))
-                .fold(0u64, u64::saturating_add);
+                .filter(|span| span.window_start_ms == window.start_ms)
+                .map(|span| span.tokens)
+                .fold(total, u64::saturating_add);
             pending.window_start_ms = window.start_ms;
             pending.counted_at_ms = now.max(1);
         }

@@ -304,3 +304,70 @@ fn admission_does_not_rescan_the_books_on_every_request() {
     );
     assert_eq!(book.lock().list.len(), 5_000);
 }
+
+#[test]
+fn settled_acknowledged_requests_fold_into_a_few_spans_that_a_snapshot_takes_over_whole() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    // billing-consumer's loop is away: 10,000 requests over 5 s, their events landing in two partitions.
+    for i in 0..10_000i64 {
+        let (ticket, _) = quotas.admit("team-b", "gpt-4o-mini", demand(0, 0)).unwrap();
+        ticket
+            .settle(0, 0, clock.now_ms())
+            .unwrap()
+            .delivered((i % 2) as i32, i / 2);
+        if i % 20 == 19 {
+            clock.advance(Duration::from_millis(10));
+        }
+    }
+    let book = quotas.layout.load().by_key[MODEL].clone();
+    clock.advance(Duration::from_millis(super::RECOUNT_INTERVAL_MS));
+    drop(quotas.admit("team-b", "gpt-4o-mini", demand(0, 0)).unwrap());
+    {
+        let pending = book.lock();
+        assert!(
+            pending.list.len() <= 1,
+            "only the request in flight: {}",
+            pending.list.len()
+        );
+        // Two partitions × 5 s / 250 ms.
+        assert!(pending.folded.len() <= 2 * 21, "{} spans", pending.folded.len());
+    }
+    // A snapshot that reaches the middle of partition 0 drops the spans it passes, not the ones after.
+    quotas.accept(snapshot(&quotas, &clock, MODEL, 0, Some((0, 2_499))));
+    let after = book.lock().folded.len();
+    assert!(after > 0 && after < 2 * 21);
+    // One that reaches the end of both partitions takes them all over.
+    let mut both = snapshot(&quotas, &clock, MODEL, 0, Some((0, 4_999)));
+    both.watermarks.push(tollgate_schemas::quota::Watermark {
+        gateway: GATEWAY.to_owned(),
+        partition: 1,
+        offset: 4_999,
+    });
+    quotas.accept(both);
+    assert!(book.lock().folded.is_empty());
+}
+
+#[test]
+fn a_folded_span_counts_its_tokens_until_a_snapshot_passes_its_last_offset() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    for offset in 0..4 {
+        let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
+        ticket
+            .settle(100, 0, clock.now_ms())
+            .unwrap()
+            .delivered(0, offset);
+    }
+    // Folded at the next recount; still 400 of team-a's 1,000 counted.
+    clock.advance(Duration::from_millis(super::RECOUNT_INTERVAL_MS));
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(601, 0)).is_err());
+    assert_eq!(quotas.layout.load().by_key[TEAM_A].lock().folded.len(), 1);
+    // A snapshot that counts the first three of the span's four events: the span stays whole (counted twice for
+    // now, which errs on the safe side).
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 300, Some((0, 2))));
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(301, 0)).is_err());
+    // One that counts all four: only the snapshot's 400.
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 400, Some((0, 3))));
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(600, 0)).is_ok());
+}
