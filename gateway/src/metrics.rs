@@ -15,6 +15,7 @@ pub const TIME_TO_FIRST_BYTE_SECONDS: &str = "tollgate_time_to_first_byte_second
 pub const QUOTA_REMAINING_TOKENS: &str = "tollgate_quota_remaining_tokens";
 pub const ESTIMATES_TOTAL: &str = "tollgate_prompt_estimates_total";
 pub const METER_DURATION_SECONDS: &str = "tollgate_meter_duration_seconds";
+pub const METER_BATCH_REQUESTS: &str = "tollgate_meter_batch_requests";
 pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
 pub const EVENTS_EMITTED_TOTAL: &str = "tollgate_events_emitted_total";
 pub const EVENTS_FAILED_TOTAL: &str = "tollgate_events_failed_total";
@@ -51,10 +52,14 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// Requests per meter-sidecar call: 1 up to the batch's bound.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
 /// Installs the process-wide Prometheus recorder and returns the handle `/metrics` renders from.
 pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(METER_BATCH_REQUESTS.to_owned()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();
     keep_up(&handle);
@@ -153,6 +158,11 @@ pub fn describe() {
         METER_DURATION_SECONDS,
         Unit::Seconds,
         "Time to get a prompt estimate from meter-sidecar."
+    );
+    describe_histogram!(
+        METER_BATCH_REQUESTS,
+        Unit::Count,
+        "Requests whose prompt estimates shared one call to meter-sidecar (1 when the worker was idle)."
     );
     describe_counter!(
         AUTH_FAILURES_TOTAL,

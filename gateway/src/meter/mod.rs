@@ -1,14 +1,19 @@
-//! Prompt estimates before forwarding. The gateway asks meter-sidecar (`POST /v1/tokens/count`) for the exact
-//! tiktoken count of the chat messages, within a small time budget. When the sidecar is slow, down or answers
-//! nonsense, the gateway falls back to an in-process approximation, marks the estimate as
-//! [`EstimateSource::Fallback`] in the event and counts it — a metered request is never failed for want of an
-//! estimate.
+//! Prompt estimates before forwarding. The gateway asks meter-sidecar for the exact tiktoken count of the chat
+//! messages (or texts), within a small time budget; the requests of a worker that ask at the same moment share
+//! one call to `POST /v1/tokens/count/batch` ([`batch`]). When the sidecar is slow, down or answers nonsense, the
+//! gateway falls back to an in-process approximation, marks the estimate as [`EstimateSource::Fallback`] in the
+//! event and counts it — a metered request is never failed for want of an estimate. Completions of streams
+//! without a provider `usage` block are counted one by one (`POST /v1/tokens/count`).
+
+pub mod batch;
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tollgate_schemas::EstimateSource;
+
+use self::batch::Batcher;
 
 use crate::config::MeterConfig;
 use crate::metrics as m;
@@ -28,24 +33,9 @@ pub struct Estimate {
 }
 
 #[derive(Serialize)]
-struct CountRequest<'a> {
+struct CountChatRequest<'a> {
     model: &'a str,
     messages: &'a Value,
-}
-
-#[derive(Serialize)]
-struct BatchRequest<'a> {
-    items: Vec<CountTextRequest<'a>>,
-}
-
-#[derive(Deserialize)]
-struct BatchResponse {
-    results: Vec<BatchResult>,
-}
-
-#[derive(Deserialize)]
-struct BatchResult {
-    tokens: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -63,7 +53,7 @@ struct CountResponse {
 pub struct MeterClient {
     client: awc::Client,
     count_url: String,
-    batch_url: String,
+    batcher: Batcher,
 }
 
 impl std::fmt::Debug for MeterClient {
@@ -83,22 +73,31 @@ impl MeterClient {
             .finish();
         let base = config.url.as_str().trim_end_matches('/');
         Self {
+            batcher: Batcher::new(
+                client.clone(),
+                format!("{base}/v1/tokens/count/batch"),
+                config.timeout,
+            ),
             client,
             count_url: format!("{base}/v1/tokens/count"),
-            batch_url: format!("{base}/v1/tokens/count/batch"),
         }
     }
 
     /// The prompt estimate for a request to `model`. Never fails: falls back in-process.
     pub async fn estimate(&self, model: &str, prompt: &Prompt<'_>) -> Estimate {
         let started = Instant::now();
-        let counted = match prompt {
-            Prompt::Chat(messages) => self.ask(model, messages).await,
-            Prompt::Texts { texts, pretokenized } => self
-                .count_texts(model, texts)
-                .await
-                .map(|tokens| tokens.saturating_add(*pretokenized)),
-        };
+        let counted = match count_items(model, prompt) {
+            Ok((items, count)) => self.batcher.count(items, count).await.and_then(|counts| {
+                counts.into_iter().try_fold(0u32, |sum, tokens| {
+                    tokens.map(|t| sum.saturating_add(t)).ok_or("item")
+                })
+            }),
+            Err(_) => Err("encode"),
+        }
+        .map(|tokens| match prompt {
+            Prompt::Chat(_) => tokens,
+            Prompt::Texts { pretokenized, .. } => tokens.saturating_add(*pretokenized),
+        });
         metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
         let estimate = match counted {
             Ok(tokens) => Estimate {
@@ -120,33 +119,6 @@ impl MeterClient {
         estimate
     }
 
-    /// The sum of the exact counts of several texts, in one batch call.
-    async fn count_texts(&self, model: &str, texts: &[&str]) -> Result<u32, &'static str> {
-        if texts.is_empty() {
-            return Ok(0);
-        }
-        let items = texts
-            .iter()
-            .map(|text| CountTextRequest { model, text })
-            .collect();
-        let mut response = self
-            .client
-            .post(&self.batch_url)
-            .send_json(&BatchRequest { items })
-            .await
-            .map_err(send_error)?;
-        if !response.status().is_success() {
-            return Err("status");
-        }
-        let body: BatchResponse = response.json().limit(1 << 20).await.map_err(|_| "body")?;
-        if body.results.len() != texts.len() {
-            return Err("body");
-        }
-        body.results.iter().try_fold(0u32, |sum, r| {
-            r.tokens.map(|t| sum.saturating_add(t)).ok_or("item")
-        })
-    }
-
     /// The exact token count of `text` (a completion) for `model`; an error names why it could not be had.
     pub async fn count_text(&self, model: &str, text: &str) -> Result<u32, &'static str> {
         if text.is_empty() {
@@ -162,10 +134,6 @@ impl MeterClient {
         result
     }
 
-    async fn ask(&self, model: &str, messages: &Value) -> Result<u32, &'static str> {
-        self.post(&CountRequest { model, messages }).await
-    }
-
     async fn post(&self, body: &impl Serialize) -> Result<u32, &'static str> {
         let mut response = self
             .client
@@ -178,6 +146,27 @@ impl MeterClient {
         }
         let body: CountResponse = response.json().await.map_err(|_| "body")?;
         Ok(body.tokens)
+    }
+}
+
+/// The count items of a prompt for a batch call — its JSON, comma-separated — and how many there are: the chat
+/// messages as one item, or each text as one.
+fn count_items(model: &str, prompt: &Prompt<'_>) -> serde_json::Result<(Vec<u8>, usize)> {
+    match prompt {
+        Prompt::Chat(messages) => {
+            let item = serde_json::to_vec(&CountChatRequest { model, messages })?;
+            Ok((item, 1))
+        }
+        Prompt::Texts { texts, .. } => {
+            let mut items = Vec::new();
+            for (i, text) in texts.iter().enumerate() {
+                if i > 0 {
+                    items.push(b',');
+                }
+                serde_json::to_writer(&mut items, &CountTextRequest { model, text })?;
+            }
+            Ok((items, texts.len()))
+        }
     }
 }
 
