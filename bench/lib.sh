@@ -159,7 +159,7 @@ start() { # LOG COMMAND...
 start tansu env -C "$work" RUST_LOG=warn "$TANSU_BIN" broker --cluster-id tollgate-bench \
     --listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" \
     --storage-engine sqlite://tansu.db
-wait_for_port "$BENCH_KAFKA_PORT" 30 tansu || die "the bench broker did not start"
+wait_for_port "$BENCH_KAFKA_PORT" 30 || die "the bench broker did not start"
 "$bin/billing-consumer" --brokers "127.0.0.1:$BENCH_KAFKA_PORT" create-topics --topic tollgate.usage.v1.bench \
     --quota-topic tollgate.quota.v1.bench >>"$work/topics.log" 2>&1 || { cat "$work/topics.log" >&2; die "topics"; }
 start upstream "$NGINX" -c "$work/upstream.conf" -p "$work"
@@ -180,5 +180,5 @@ start_quota_loop() {
 for url in http://127.0.0.1:18181/healthz http://127.0.0.1:18180/healthz http://127.0.0.1:18182/healthz; do
     wait_for_http "$url" 60 || { tail -n 30 "$work"/*.log >&2; die "$url did not come up"; }
 done
-wait_for_port 18192 10 nginx || die "nginx did not come up"
+wait_for_port 18192 10 || die "nginx did not come up"
 
