@@ -83,6 +83,10 @@ const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// At most this much of the shutdown budget is kept back for writing and fsyncing the spool.
 const SHUTDOWN_SPOOL_MARGIN: Duration = Duration::from_secs(2);
 
+/// How long the pump lets new events gather after taking the queue: bounds its wake-ups under load to one per
+/// this, far below the producer's `linger.ms`, so no event leaves later for it.
+const EVENT_GATHER: Duration = Duration::from_millis(1);
+
 /// Why the event pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum EventsError {
@@ -410,6 +414,7 @@ impl Pump {
         let mut close = std::pin::pin!(close);
         let mut deadline: Option<Instant> = None;
         let mut receiving = true;
+        let mut gathering: Option<Instant> = None;
         let mut fsync = tokio::time::interval(self.fsync_interval);
         fsync.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.pump_spool();
@@ -418,10 +423,20 @@ impl Pump {
             // While a renewal waits for the producer's sends to resolve, their outcomes wake the pump.
             let retry_at = self.drain.retry_at().filter(|_| !self.renew_producer);
             tokio::select! {
-                event = rx.recv(), if receiving => match event {
-                    Some(out) => self.accept(out),
+                event = rx.recv(), if receiving && gathering.is_none() => match event {
+                    Some(out) => {
+                        // Everything queued now, then a moment for the next events to gather: under load the
+                        // request workers wake this thread once per EVENT_GATHER, not once per event.
+                        self.accept(out);
+                        while let Ok(out) = rx.try_recv() {
+                            self.accept(out);
+                        }
+                        metrics::gauge!(m::EVENTS_QUEUED).set(self.queued.load(Ordering::Relaxed) as f64);
+                        gathering = Some(Instant::now() + EVENT_GATHER);
+                    }
                     None => receiving = false,
                 },
+                () = sleep_until(gathering) => gathering = None,
                 Some(delivered) = self.deliveries.next(), if !self.deliveries.is_empty() => {
                     self.delivered(delivered);
                 }
@@ -454,8 +469,7 @@ impl Pump {
     }
 
     fn accept(&mut self, out: Outgoing) {
-        let queued = self.queued.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!(m::EVENTS_QUEUED).set(queued as f64);
+        self.queued.fetch_sub(1, Ordering::Relaxed);
         let Outgoing { event, local } = out;
         let payload = match serde_json::to_vec(&event) {
             Ok(p) => p,

@@ -9,6 +9,12 @@ use crate::config::KafkaConfig;
 /// drains, and followers resume, soon after the broker is back.
 const RECONNECT_BACKOFF_MAX: &str = "1000";
 
+/// How long usage events wait to share a produce request. The idempotent producer allows a partition five requests
+/// in flight, and librdkafka's broker thread spins while a ready batch waits for a free slot: against the local
+/// broker at 10,000 events/s that thread took 12–39 % of a core with 5 ms, 2–3 % with 100 ms (`bench/REPORT.md`).
+/// A usage event is not waited on by anyone, so it can wait this long; the config topic's producer sends at once.
+const LINGER_MS: &str = "100";
+
 /// An idempotent producer that waits for every in-sync replica; `kafka.properties` are applied last.
 pub fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -16,7 +22,7 @@ pub fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("client.id", client_id)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", LINGER_MS)
         .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX)
         .set(
             "message.timeout.ms",
