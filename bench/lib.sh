@@ -9,7 +9,7 @@
 # - meter-sidecar on 18181; Tollgate with full metering on 18180 (a consumer token quota and a model quota, so
 #   admission checks both), and with metering off on 18182. Routes by model: bench-json, bench-sse,
 #   bench-failover (the flaky upstream and the steady one, same priority).
-# Everything started is stopped on exit. Sets: $work, $bin, $client_key, $metered_pid, $pure_pid, $meter_pid;
+# Everything started is stopped on exit. Sets: $work, $bin, $client_keys (eight consumers), $client_key, $metered_pid, $pure_pid, $meter_pid;
 # start_quota_loop starts billing-consumer's quota loop (metrics on 18195).
 set -euo pipefail
 # shellcheck source=../compose/lib.sh
@@ -93,9 +93,20 @@ http {
 CONF
 
 # --- Tollgate, metered and not ---------------------------------------------------------------------------------
-client_key=tg-bench-key-0123456789
-key_sha=$(printf '%s' "$client_key" | "$bin/gateway" hash-key)
-gateway_toml() { # NAME PORT METERING EXTRA
+# Eight consumers, as a shared gateway has several: their usage events are keyed by consumer, so they spread over
+# the usage topic's partitions as production traffic does. wrk takes turns with their keys; $client_key is the first.
+client_keys=()
+for i in $(seq 8); do client_keys+=("tg-bench-key-$i-0123456789"); done
+client_key=${client_keys[0]}
+consumers_toml() { # CONSUMER_EXTRA
+    local i sha
+    for i in "${!client_keys[@]}"; do
+        sha=$(printf '%s' "${client_keys[i]}" | "$bin/gateway" hash-key)
+        printf '[[consumers]]\nname = "bench-%d"\nkeys = [{ id = "bench-%d", sha256 = "%s" }]\n%s\n' \
+            $((i + 1)) $((i + 1)) "$sha" "$1"
+    done
+}
+gateway_toml() { # NAME PORT METERING EXTRA CONSUMER_EXTRA
     cat <<TOML
 [server]
 listen = "127.0.0.1:$2"
@@ -134,10 +145,7 @@ name = "bench-failover"
 models = ["bench-failover"]
 targets = [{ instance = "flaky" }, { instance = "json" }]
 $4
-[[consumers]]
-name = "bench"
-keys = [{ id = "bench-1", sha256 = "$key_sha" }]
-$5
+$(consumers_toml "$5")
 TOML
 }
 gateway_toml metered 18180 true \

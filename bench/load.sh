@@ -45,8 +45,20 @@ lua() { # MODEL STREAM
     cat <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $client_key"
 wrk.body = '{"model":"$1","stream":$2,"messages":[{"role":"user","content":"Say hello to the tollgate benchmark, please."}]}'
+-- The consumers take turns (formatted once; every target, nginx included, gets the same requests).
+local keys = { $(printf '"%s", ' "${client_keys[@]}") }
+local requests, turn = {}, 0
+init = function(args)
+    for i, key in ipairs(keys) do
+        wrk.headers["Authorization"] = "Bearer " .. key
+        requests[i] = wrk.format()
+    end
+end
+request = function()
+    turn = turn % #requests + 1
+    return requests[turn]
+end
 LUA
 }
 lua bench-json false >"$work/json.lua"
