@@ -25,6 +25,7 @@ GATEWAY_PORT=${GATEWAY_PORT:-8080}
 METER_PORT=${METER_PORT:-8081}
 MOCK_PROVIDER_PORT=${MOCK_PROVIDER_PORT:-8090}
 BILLING_METRICS_PORT=${BILLING_METRICS_PORT:-9464}
+GATEWAY_METRICS_PORT=${GATEWAY_METRICS_PORT:-9465}
 ADMIN_PORT=${ADMIN_PORT:-9180}
 # The compacted topic admin changes go through; every gateway replica and billing-consumer follow it.
 CONFIG_TOPIC=${TOLLGATE_CONFIG_TOPIC:-tollgate.config.v1}
@@ -311,6 +312,7 @@ gateway_config() {
             -e "s/\(127\.0\.0\.1\|localhost\):8081\b/\1:$METER_PORT/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):8090\b/\1:$MOCK_PROVIDER_PORT/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):9092\b/\1:$KAFKA_PORT/g" \
+            -e "s/\(127\.0\.0\.1\|localhost\):9465\b/\1:$GATEWAY_METRICS_PORT/g" \
             "$src"
         printf '\n# Added by compose/up: the admin API on loopback, its key from compose/admin-key.\n'
         printf '[admin]\nlisten = "127.0.0.1:%s"\nconfig_topic = "%s"\n' "$ADMIN_PORT" "$CONFIG_TOPIC"

@@ -19,8 +19,9 @@
 //! 8. respond — upstream status and body unchanged, plus `x-request-id` and `x-tollgate-instance`.
 //!
 //! Any step's failure is a [`GatewayError`](crate::error::GatewayError), answered in OpenAI's error shape.
-//! `GET /v1/models` lists the routed model names; `GET /healthz` and `GET /metrics` sit beside the API; every
-//! other path is an OpenAI-shaped 404. The admin API runs beside it on its own listener ([`crate::admin`]).
+//! `GET /v1/models` lists the routed model names; `GET /healthz` sits beside the API, and so does `GET /metrics`
+//! unless `server.metrics_listen` gives it a listener of its own ([`crate::scrape`]); every other path is an
+//! OpenAI-shaped 404. The admin API runs beside it on its own listener ([`crate::admin`]).
 
 use std::any::Any;
 use std::net::{SocketAddr, TcpListener};
@@ -46,6 +47,7 @@ use crate::proxy;
 use crate::quota::Quotas;
 use crate::quota::feed::{FeedError, QuotaFeed};
 use crate::request::Endpoint;
+use crate::scrape::{self, MetricsServer};
 use crate::upstream::Upstreams;
 
 /// State shared by every worker. What the admin API can change lives in [`LiveConfig`]; a request loads its
@@ -83,6 +85,11 @@ pub enum StartError {
     Live(#[from] LiveError),
     #[error("could not start the HTTP server: {0}")]
     Http(#[from] std::io::Error),
+    #[error("could not start the metrics listener on {listen}: {source}")]
+    Metrics {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("could not start the admin API on {listen}: {source}")]
     Admin {
         listen: SocketAddr,
@@ -95,6 +102,8 @@ pub struct Gateway {
     server: Server,
     /// The admin API, when an admin key is configured.
     admin: Option<AdminServer>,
+    /// `/metrics` on a listener of its own, when `server.metrics_listen` is set.
+    scrape: Option<MetricsServer>,
     pipeline: EventPipeline,
     feed: Option<QuotaFeed>,
     live: LiveHandles,
@@ -147,6 +156,14 @@ impl Gateway {
             metrics,
         });
         let worker_live = live.clone();
+        let scrape = server_config
+            .metrics_listen
+            .map(|listen| {
+                MetricsServer::start(listen, state.metrics.clone())
+                    .map_err(|source| StartError::Metrics { listen, source })
+            })
+            .transpose()?;
+        let metrics_here = scrape.is_none().then(|| web::Data::new(state.metrics.clone()));
         let server = HttpServer::new(move || {
             let runtime = worker_live.runtime();
             let clients = WorkerClients {
@@ -158,7 +175,12 @@ impl Gateway {
                 .app_data(web::Data::new(clients))
                 .route("/v1/models", web::get().to(models::list))
                 .route("/healthz", web::get().to(healthz))
-                .route("/metrics", web::get().to(render_metrics));
+                .configure(|cfg| {
+                    if let Some(metrics) = &metrics_here {
+                        cfg.app_data(metrics.clone())
+                            .route("/metrics", web::get().to(scrape::render));
+                    }
+                });
             Endpoint::ALL
                 .into_iter()
                 .fold(app, |app, endpoint| {
@@ -190,6 +212,7 @@ impl Gateway {
         Ok(Self {
             server,
             admin,
+            scrape,
             pipeline,
             feed,
             live: live_handles,
@@ -208,6 +231,11 @@ impl Gateway {
         self.admin.as_ref().map(AdminServer::addr)
     }
 
+    /// The metrics listener's bound address; `None` when `/metrics` is on the API listener.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.scrape.as_ref().map(MetricsServer::addr)
+    }
+
     /// Serves until stopped, then drains the usage events still queued to Kafka, or to the spool what Kafka
     /// does not acknowledge within `server.shutdown_timeout`.
     pub async fn run(self) -> std::io::Result<()> {
@@ -216,6 +244,11 @@ impl Gateway {
             && let Err(e) = admin.stop().await
         {
             tracing::error!(error = %e, "the admin API did not stop cleanly");
+        }
+        if let Some(scrape) = self.scrape
+            && let Err(e) = scrape.stop().await
+        {
+            tracing::error!(error = %e, "the metrics listener did not stop cleanly");
         }
         self.live.stop();
         self.probes.cancel();
@@ -239,12 +272,6 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType::json())
         .body(r#"{"status":"ok"}"#)
-}
-
-async fn render_metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
 }
 
 async fn unknown_url(req: HttpRequest) -> HttpResponse {

@@ -169,6 +169,8 @@ pub struct ServerConfig {
     /// gateway is a plain authenticating, routing, failing-over proxy: nothing is estimated, limited by tokens
     /// or billed (token limits are then refused).
     pub metering: bool,
+    /// Where `/metrics` is served instead of the API listener; `None` keeps it on the API listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -652,6 +654,8 @@ pub struct RawServer {
     pub stream_idle_timeout: String,
     #[serde(default = "default_true")]
     pub metering: bool,
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for RawServer {
@@ -665,6 +669,7 @@ impl Default for RawServer {
             shutdown_timeout: default_shutdown_timeout(),
             stream_idle_timeout: default_stream_idle_timeout(),
             metering: true,
+            metrics_listen: None,
         }
     }
 }
@@ -951,6 +956,27 @@ impl RawConfig {
         if self.server.max_response_bytes == 0 {
             p.push("server.max_response_bytes", "must be at least 1");
         }
+        let metrics_listen =
+            self.server
+                .metrics_listen
+                .as_deref()
+                .and_then(|raw| match raw.parse::<SocketAddr>() {
+                    Ok(addr) if addr == listen && addr.port() != 0 => {
+                        p.push(
+                            "server.metrics_listen",
+                            format!("`{raw}` is server.listen's address: give the metrics their own"),
+                        );
+                        None
+                    }
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        p.push(
+                            "server.metrics_listen",
+                            format!("`{raw}` is not an address like 127.0.0.1:9464: {e}"),
+                        );
+                        None
+                    }
+                });
         let server = ServerConfig {
             listen,
             instance_id: self.server.instance_id,
@@ -960,6 +986,7 @@ impl RawConfig {
             shutdown_timeout: p.duration("server.shutdown_timeout", &self.server.shutdown_timeout),
             stream_idle_timeout: p.duration("server.stream_idle_timeout", &self.server.stream_idle_timeout),
             metering: self.server.metering,
+            metrics_listen,
         };
 
         let meter = MeterConfig {
@@ -1713,6 +1740,40 @@ mod tests {
 
     fn problems(text: &str) -> Vec<String> {
         Config::from_toml_with_env(text, env).unwrap_err().0
+    }
+
+    #[test]
+    fn metrics_can_have_a_listener_of_their_own_but_not_the_apis() {
+        let with = |line: &str| {
+            VALID.replace(
+                "instance_id = \"gw-1\"",
+                &format!("instance_id = \"gw-1\"\n{line}"),
+            )
+        };
+        assert_eq!(
+            Config::from_toml_with_env(VALID, env)
+                .unwrap()
+                .server
+                .metrics_listen,
+            None,
+            "by default /metrics stays on the API listener"
+        );
+        let own = Config::from_toml_with_env(&with("metrics_listen = \"127.0.0.1:9464\""), env).unwrap();
+        assert_eq!(own.server.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let same = Config::from_toml_with_env(&with("metrics_listen = \"127.0.0.1:8080\""), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            same.contains("server.metrics_listen: `127.0.0.1:8080` is server.listen's address"),
+            "{same}"
+        );
+        let bad = Config::from_toml_with_env(&with("metrics_listen = \"localhost\""), env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("server.metrics_listen: `localhost` is not an address"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub mod quota;
 pub mod record;
 pub mod request;
 pub mod routing;
+pub mod scrape;
 pub mod spool;
 pub mod sse;
 pub mod stream_usage;

@@ -136,6 +136,8 @@ pub struct Stack {
     pub admin_url: Option<String>,
     /// The second replica's admin API, when there is a second replica and an admin key.
     pub admin2_url: Option<String>,
+    /// The first gateway's metrics listener, when `server_toml` sets `metrics_listen` (port 0 picks a free port).
+    pub metrics_url: Option<String>,
     pub meter_url: String,
     pub topic: String,
     /// The compacted topic of quota snapshots.
@@ -356,6 +358,7 @@ impl Stack {
         let mut gateways = Vec::new();
         let mut urls = Vec::new();
         let mut admin_urls = Vec::new();
+        let mut metrics_urls = Vec::new();
         for replica in 1..=replicas {
             // The first replica is `test-gw`; a second one is `test-gw-2`, with a spool directory of its own.
             let text = if replica == 1 {
@@ -382,6 +385,7 @@ impl Stack {
             let gateway =
                 Gateway::start_with_clock(config, listener, metrics.clone(), clock.clone()).expect("gateway");
             admin_urls.push(gateway.admin_addr().map(|addr| format!("http://{addr}")));
+            metrics_urls.push(gateway.metrics_addr().map(|addr| format!("http://{addr}")));
             let handle = gateway.handle();
             let (done_tx, done) = tokio::sync::oneshot::channel();
             actix_web::rt::spawn(async move {
@@ -395,6 +399,7 @@ impl Stack {
         let mut admin_urls = admin_urls.into_iter().flatten();
         let admin_url = admin_urls.next();
         let admin2_url = admin_urls.next();
+        let metrics_url = metrics_urls.into_iter().next().flatten();
         let quota_loop = options
             .quota_loop
             .then(|| QuotaLoop::start(&infra.brokers, &topic, &quota_topic, &toml))
@@ -434,6 +439,7 @@ impl Stack {
             gateway2_url,
             admin_url,
             admin2_url,
+            metrics_url,
             meter_url,
             topic,
             quota_topic,

@@ -507,3 +507,31 @@ async fn with_metering_off_requests_and_streams_pass_through_and_nothing_is_bill
     );
     stack.stop().await;
 }
+
+#[actix_rt::test]
+async fn with_a_metrics_listener_of_its_own_the_api_listener_no_longer_shows_metrics() {
+    let stack = Stack::start(StackOptions {
+        server_toml: r#"metrics_listen = "127.0.0.1:0""#.to_owned(),
+        ..StackOptions::default()
+    })
+    .await;
+    let reply = post(&stack, Some(&bearer(0)), &chat(MODEL)).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+
+    let metrics_url = stack.metrics_url.clone().expect("a metrics listener");
+    let mut scraped = http().get(format!("{metrics_url}/metrics")).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let text = String::from_utf8(scraped.body().await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("tollgate_requests_total"), "{text}");
+
+    // On the API listener, /metrics is a path like any unknown one: an OpenAI-shaped 404.
+    let mut hidden = http()
+        .get(format!("{}/metrics", stack.gateway_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404);
+    let body: Value = hidden.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unknown_url", "{body}");
+    stack.stop().await;
+}
