@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::borrow::Cow;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::config::Provider;
@@ -244,24 +245,58 @@ impl ApiRequest {
         if new_model.is_none() && !ask_usage {
             return Ok(self.raw.clone());
         }
-        let mut body = self.body.clone();
-        if let Some(model) = new_model {
-            body.insert("model".into(), Value::String(model.to_owned()));
-        }
-        if ask_usage {
-            let options = body
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !options.is_object() {
-                *options = Value::Object(Map::new());
-            }
-            if let Value::Object(options) = options {
-                options.insert("include_usage".into(), Value::Bool(true));
-            }
-        }
-        serde_json::to_vec(&body)
+        let rewritten = Rewritten {
+            body: &self.body,
+            model: new_model,
+            include_usage: ask_usage,
+        };
+        serde_json::to_vec(&rewritten)
             .map(Bytes::from)
             .map_err(|_| GatewayError::Internal)
+    }
+}
+
+/// The client's body as it goes upstream when something in it changes: serialised straight from the parsed
+/// body, with `model` replaced and `stream_options.include_usage` set, without copying the body first.
+struct Rewritten<'a> {
+    body: &'a Map<String, Value>,
+    model: Option<&'a str>,
+    include_usage: bool,
+}
+
+impl Serialize for Rewritten<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.body {
+            match key.as_str() {
+                "model" if self.model.is_some() => map.serialize_entry(key, &self.model)?,
+                // Options that are not an object are replaced, as OpenAI would refuse them anyway.
+                "stream_options" if self.include_usage => {
+                    map.serialize_entry(key, &WithUsage(value.as_object()))?;
+                }
+                _ => map.serialize_entry(key, value)?,
+            }
+        }
+        if self.include_usage && !self.body.contains_key("stream_options") {
+            map.serialize_entry("stream_options", &WithUsage(None))?;
+        }
+        map.end()
+    }
+}
+
+/// `stream_options` with `include_usage: true`, keeping the client's other options.
+struct WithUsage<'a>(Option<&'a Map<String, Value>>);
+
+impl Serialize for WithUsage<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0.into_iter().flatten() {
+            if key != "include_usage" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.serialize_entry("include_usage", &true)?;
+        map.end()
     }
 }
 
@@ -389,6 +424,22 @@ mod tests {
         let req = parse(text).unwrap();
         assert!(req.client_wants_usage());
         assert_eq!(req.upstream_body(None, true).unwrap(), text.as_bytes());
+    }
+
+    #[test]
+    fn asking_for_usage_keeps_the_clients_other_stream_options_and_replaces_options_that_are_not_an_object() {
+        let req = parse(
+            r#"{"model":"alias","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+        )
+        .unwrap();
+        let out: Value = serde_json::from_slice(&req.upstream_body(Some("real"), true).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"model":"real","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true,"x":1}})
+        );
+        let req = parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":"yes"}"#).unwrap();
+        let out: Value = serde_json::from_slice(&req.upstream_body(None, true).unwrap()).unwrap();
+        assert_eq!(out["stream_options"], serde_json::json!({"include_usage": true}));
     }
 
     #[test]

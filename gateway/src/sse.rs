@@ -83,7 +83,20 @@ impl EventSplitter {
         }
         self.buf.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(&byte) = self.buf.get(self.scanned) {
+        while self.scanned < self.buf.len() {
+            if !self.after_cr && !self.held {
+                // No `\r` pending: the bytes up to the next line ending only say the line is not empty.
+                let rest = self.buf.get(self.scanned..).unwrap_or_default();
+                let skip = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                if skip > 0 {
+                    self.at_line_start = false;
+                    self.scanned += skip;
+                    continue;
+                }
+            }
+            let Some(&byte) = self.buf.get(self.scanned) else {
+                break;
+            };
             self.scanned += 1;
             if self.after_cr {
                 self.after_cr = false;
@@ -188,7 +201,7 @@ pub fn parse_event(raw: &[u8]) -> SseEvent {
         if line.is_empty() {
             break;
         }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
+        let (field, value) = match memchr::memchr(b':', line) {
             Some(0) => continue,
             Some(colon) => {
                 let (field, rest) = line.split_at(colon);
@@ -225,7 +238,7 @@ impl<'a> Iterator for Lines<'a> {
         if self.0.is_empty() {
             return None;
         }
-        let Some(end) = self.0.iter().position(|&b| b == b'\n' || b == b'\r') else {
+        let Some(end) = memchr::memchr2(b'\n', b'\r', self.0) else {
             return Some(std::mem::take(&mut self.0));
         };
         let (line, rest) = self.0.split_at(end);
