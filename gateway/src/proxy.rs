@@ -374,7 +374,7 @@ async fn handle(
                 ttfb: head.head_at.saturating_duration_since(arrival.started),
                 provider: instance.provider,
             };
-            streaming::relay(head, job)
+            streaming::relay(head, job).await
         }
         Err(failure) => {
             let error = match failure {

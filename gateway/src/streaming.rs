@@ -66,8 +66,12 @@ pub fn pass_through(head: UpstreamHead) -> HttpResponse {
 }
 
 /// Starts relaying `head`'s body; returns the client's response.
-pub fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
-    let (tx, rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER_CHUNKS);
+///
+/// The relay runs once before the response is returned, so whatever the upstream sent with its head (often the
+/// whole of a short stream) is ready when the client's head is written and leaves in the same write; the relay
+/// does not wait for anything that has not arrived.
+pub async fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(CLIENT_BUFFER_CHUNKS);
     let mut response = HttpResponse::build(head.status);
     if let Some(content_type) = &head.content_type {
         response.insert_header((header::CONTENT_TYPE, content_type.clone()));
@@ -75,12 +79,14 @@ pub fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
     response.insert_header((header::CACHE_CONTROL, "no-cache"));
     metrics::gauge!(m::STREAMS_ACTIVE).increment(1.0);
     actix_web::rt::spawn(tee(head, tx, job));
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+    tokio::task::yield_now().await;
+    let first = rx.try_recv().ok();
+    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|chunk| (Ok::<_, actix_web::Error>(chunk), rx))
     });
-    response.streaming(body)
+    response.streaming(futures_util::stream::iter(first.map(Ok)).chain(rest))
 }
 
 async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
