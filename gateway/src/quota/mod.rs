@@ -222,7 +222,7 @@ impl Pending {
 
 impl ScopeBook {
     fn lock(&self) -> MutexGuard<'_, Pending> {
-        // A panic while holding the lock cannot leave the list half-updated: every change is one Vec call.
+        // Nothing done under the lock panics (no indexing, no unwrap); a poisoned lock is taken over as it is.
         self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
