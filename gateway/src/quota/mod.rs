@@ -18,9 +18,9 @@
 //! A snapshot covers it once the snapshot's watermark for this gateway and that partition reaches its offset;
 //! then it leaves the book, because `snapshot.used` counts it. An event that never reaches Kafka is never
 //! covered and stays counted locally until its window ends. Settled requests whose events Kafka acknowledged
-//! are folded, per partition, into spans of [`FOLD_SPAN_MS`] ([`Folded`]): a book holds the requests in flight
-//! and a few spans a second, not every request since the last snapshot, however long billing-consumer's loop is
-//! away.
+//! and that no snapshot covered within [`FOLD_AFTER_MS`] are folded, per partition, into spans of
+//! [`FOLD_SPAN_MS`] ([`Folded`]): however long billing-consumer's loop is away, a book holds the last few seconds
+//! of requests and a few spans a second, not every request since the last snapshot.
 //!
 //! Scopes without an instance are checked at admission: the consumer's first, then the global ones, and the
 //! first one used up answers 429 ([`QuotaRejection`]). Scopes with an instance — an instance's own quota, or a
@@ -94,8 +94,9 @@ impl LocalUsage {
         (partition >= 0).then(|| (partition, self.offset.load(Ordering::Acquire)))
     }
 
-    fn is_settled(&self) -> bool {
-        self.settled_at_ms.load(Ordering::Acquire) != 0
+    /// When it settled; `None` while in flight.
+    fn settled_at(&self) -> Option<u64> {
+        Some(self.settled_at_ms.load(Ordering::Acquire)).filter(|&at| at != 0)
     }
 }
 
@@ -157,13 +158,14 @@ struct ScopeBook {
 /// This replica's usage in one scope that no snapshot counts yet, and its running total.
 ///
 /// Admission reads `total` (O(1)); reserving, releasing and settling keep it exact. The book itself is
-/// recounted — entries a snapshot covers or whose window ended are dropped, settled and acknowledged ones folded
-/// into spans, the total summed again — when the window rolls over, when a snapshot arrives, and at most every
-/// [`RECOUNT_INTERVAL_MS`] otherwise (an event acknowledged by Kafka after the snapshot that counts it is
-/// dropped then). A recount costs the requests since the last one plus the spans, never the whole backlog.
+/// recounted — entries a snapshot covers or whose window ended are dropped, acknowledged ones older than
+/// [`FOLD_AFTER_MS`] folded into spans, the total summed again — when the window rolls over, when a snapshot
+/// arrives, and at most every [`RECOUNT_INTERVAL_MS`] otherwise (an event acknowledged by Kafka after the
+/// snapshot that counts it is dropped then). A recount costs the last few seconds of requests plus the spans,
+/// never the whole backlog.
 #[derive(Debug, Default)]
 struct Pending {
-    /// Requests in flight, and settled ones not folded yet.
+    /// Requests in flight, and settled ones no snapshot covers yet that are not folded.
     list: Vec<Arc<LocalUsage>>,
     /// Settled, acknowledged usage, in the order the spans were opened.
     folded: Vec<Folded>,
@@ -190,9 +192,13 @@ struct Folded {
 /// The longest an admission relies on the running total without recounting the book.
 const RECOUNT_INTERVAL_MS: u64 = 100;
 
-/// How long a folded span takes new requests: bounds a book to a few entries a second per partition, and the
-/// double count of a span to this much of this replica's usage.
+/// How long a folded span takes new requests: bounds the spans to a few a second per partition.
 const FOLD_SPAN_MS: u64 = 250;
+
+/// How long after settling an acknowledged request is folded: far beyond the usual lag of billing-consumer's
+/// snapshots, so while its loop keeps up every request is covered one by one, exactly, and folding (which counts
+/// a span until a snapshot passes its last offset) only bounds the book while the loop is away or far behind.
+const FOLD_AFTER_MS: u64 = 5_000;
 
 impl Pending {
     /// Adds a settled, acknowledged request's `tokens` in `window_start_ms` to the partition's open span, or
@@ -514,13 +520,17 @@ impl Quotas {
                     return false;
                 }
                 let in_window = start == window.start_ms;
-                match usage.landed().filter(|_| in_window && usage.is_settled()) {
-                    Some((partition, offset)) if covered(partition, offset) => false,
-                    Some((partition, offset)) => {
+                let foldable = in_window
+                    && usage
+                        .settled_at()
+                        .is_some_and(|at| now.saturating_sub(at) >= FOLD_AFTER_MS);
+                match usage.landed() {
+                    Some((partition, offset)) if in_window && covered(partition, offset) => false,
+                    Some((partition, offset)) if foldable => {
                         pending.fold(partition, offset, usage.tokens(scope), start, now);
                         false
                     }
-                    None => {
+                    _ => {
                         if in_window {
                             total = total.saturating_add(usage.tokens(scope));
                         }

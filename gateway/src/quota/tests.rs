@@ -321,7 +321,11 @@ fn settled_acknowledged_requests_fold_into_a_few_spans_that_a_snapshot_takes_ove
         }
     }
     let book = quotas.layout.load().by_key[MODEL].clone();
+    // Within FOLD_AFTER_MS of settling, a request still waits to be covered on its own.
     clock.advance(Duration::from_millis(super::RECOUNT_INTERVAL_MS));
+    drop(quotas.admit("team-b", "gpt-4o-mini", demand(0, 0)).unwrap());
+    assert!(book.lock().list.len() > 5_000);
+    clock.advance(Duration::from_millis(super::FOLD_AFTER_MS));
     drop(quotas.admit("team-b", "gpt-4o-mini", demand(0, 0)).unwrap());
     {
         let pending = book.lock();
@@ -349,6 +353,25 @@ fn settled_acknowledged_requests_fold_into_a_few_spans_that_a_snapshot_takes_ove
 }
 
 #[test]
+fn while_snapshots_keep_up_each_request_is_covered_on_its_own_not_in_a_span() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    for offset in 0..4 {
+        let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
+        ticket
+            .settle(100, 0, clock.now_ms())
+            .unwrap()
+            .delivered(0, offset);
+    }
+    clock.advance(Duration::from_millis(super::RECOUNT_INTERVAL_MS));
+    // A snapshot that counts three of the four: exactly the fourth stays pending (300 + 100 of 1,000 used).
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 300, Some((0, 2))));
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(601, 0)).is_err());
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(600, 0)).is_ok());
+    assert!(quotas.layout.load().by_key[TEAM_A].lock().folded.is_empty());
+}
+
+#[test]
 fn a_folded_span_counts_its_tokens_until_a_snapshot_passes_its_last_offset() {
     let clock = Arc::new(ManualClock::new());
     let quotas = quotas(clock.clone());
@@ -359,8 +382,8 @@ fn a_folded_span_counts_its_tokens_until_a_snapshot_passes_its_last_offset() {
             .unwrap()
             .delivered(0, offset);
     }
-    // Folded at the next recount; still 400 of team-a's 1,000 counted.
-    clock.advance(Duration::from_millis(super::RECOUNT_INTERVAL_MS));
+    // No snapshot for FOLD_AFTER_MS: folded at the next recount, still 400 of team-a's 1,000 counted.
+    clock.advance(Duration::from_millis(super::FOLD_AFTER_MS));
     assert!(quotas.admit("team-a", "gpt-4o-mini", demand(601, 0)).is_err());
     assert_eq!(quotas.layout.load().by_key[TEAM_A].lock().folded.len(), 1);
     // A snapshot that counts the first three of the span's four events: the span stays whole (counted twice for
