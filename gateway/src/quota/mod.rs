@@ -192,6 +192,10 @@ struct Folded {
 /// The longest an admission relies on the running total without recounting the book.
 const RECOUNT_INTERVAL_MS: u64 = 100;
 
+/// The longest the running total goes without a recount while no snapshot of the window is cached: such a
+/// recount can only fold (the total is exact without it), and it walks the last [`FOLD_AFTER_MS`] of requests.
+const FOLD_RECOUNT_INTERVAL_MS: u64 = 1_000;
+
 /// How long a folded span takes new requests: bounds the spans to a few a second per partition.
 const FOLD_SPAN_MS: u64 = 250;
 
@@ -504,8 +508,14 @@ impl Quotas {
             .snapshots
             .get(&limit.key)
             .filter(|s| s.window_start_ms == window.start_ms);
+        // Without a snapshot of this window nothing can be covered: the recount only folds, and may wait longer.
+        let interval = if snapshot.is_some() {
+            RECOUNT_INTERVAL_MS
+        } else {
+            FOLD_RECOUNT_INTERVAL_MS
+        };
         let due = pending.window_start_ms != window.start_ms
-            || now.saturating_sub(pending.counted_at_ms) >= RECOUNT_INTERVAL_MS;
+            || now.saturating_sub(pending.counted_at_ms) >= interval;
         if due {
             let covered = |partition: i32, offset: i64| {
                 snapshot
