@@ -352,8 +352,8 @@ fn settled_acknowledged_requests_fold_into_a_few_spans_that_a_snapshot_takes_ove
     assert!(book.lock().folded.is_empty());
 }
 
-#[test]
-fn while_snapshots_keep_up_each_request_is_covered_on_its_own_not_in_a_span() {
+/// Team-a's books with four settled 100-token requests whose events landed at offsets 0 to 3 of partition 0.
+fn four_settled_requests_in_partition_0() -> (Arc<ManualClock>, Quotas) {
     let clock = Arc::new(ManualClock::new());
     let quotas = quotas(clock.clone());
     for offset in 0..4 {
@@ -363,6 +363,12 @@ fn while_snapshots_keep_up_each_request_is_covered_on_its_own_not_in_a_span() {
             .unwrap()
             .delivered(0, offset);
     }
+    (clock, quotas)
+}
+
+#[test]
+fn while_snapshots_keep_up_each_request_is_covered_on_its_own_not_in_a_span() {
+    let (clock, quotas) = four_settled_requests_in_partition_0();
     clock.advance(Duration::from_millis(super::RECOUNT_INTERVAL_MS));
     // A snapshot that counts three of the four: exactly the fourth stays pending (300 + 100 of 1,000 used).
     quotas.accept(snapshot(&quotas, &clock, TEAM_A, 300, Some((0, 2))));
@@ -373,15 +379,7 @@ fn while_snapshots_keep_up_each_request_is_covered_on_its_own_not_in_a_span() {
 
 #[test]
 fn a_folded_span_counts_its_tokens_until_a_snapshot_passes_its_last_offset() {
-    let clock = Arc::new(ManualClock::new());
-    let quotas = quotas(clock.clone());
-    for offset in 0..4 {
-        let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
-        ticket
-            .settle(100, 0, clock.now_ms())
-            .unwrap()
-            .delivered(0, offset);
-    }
+    let (clock, quotas) = four_settled_requests_in_partition_0();
     // No snapshot for FOLD_AFTER_MS: folded at the next recount, still 400 of team-a's 1,000 counted.
     clock.advance(Duration::from_millis(super::FOLD_AFTER_MS));
     assert!(quotas.admit("team-a", "gpt-4o-mini", demand(601, 0)).is_err());
