@@ -268,7 +268,8 @@ fn set_nodelay(connection: &dyn Any, _: &mut actix_web::dev::Extensions) {
     }
 }
 
-async fn healthz() -> HttpResponse {
+/// `{"status":"ok"}` while the process serves: on the API listener, and on the metrics listener when it has one.
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType::json())
         .body(r#"{"status":"ok"}"#)

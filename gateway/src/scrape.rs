@@ -7,9 +7,10 @@
 use std::net::{SocketAddr, TcpListener};
 
 use actix_web::dev::ServerHandle;
-use actix_web::http::header::ContentType;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::app;
 
 /// The running metrics listener.
 pub struct MetricsServer {
@@ -37,7 +38,7 @@ impl MetricsServer {
             App::new()
                 .app_data(metrics.clone())
                 .route("/metrics", web::get().to(render))
-                .route("/healthz", web::get().to(healthz))
+                .route("/healthz", web::get().to(app::healthz))
         })
         .workers(1)
         .disable_signals()
@@ -66,10 +67,4 @@ pub async fn render(metrics: web::Data<PrometheusHandle>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics.render())
-}
-
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(ContentType::json())
-        .body(r#"{"status":"ok"}"#)
 }

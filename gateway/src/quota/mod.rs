@@ -89,7 +89,7 @@ impl LocalUsage {
     }
 
     /// Where Kafka put its event, once acknowledged.
-    fn landed(&self) -> Option<(i32, i64)> {
+    pub(crate) fn landed(&self) -> Option<(i32, i64)> {
         let partition = self.partition.load(Ordering::Acquire);
         (partition >= 0).then(|| (partition, self.offset.load(Ordering::Acquire)))
     }
@@ -105,11 +105,6 @@ impl LocalUsage {
     /// An empty reservation.
     pub(crate) fn for_test() -> Self {
         Self::reserve(Demand::default())
-    }
-
-    /// Where Kafka put its event, once acknowledged.
-    pub(crate) fn landed_at(&self) -> Option<(i32, i64)> {
-        self.landed()
     }
 }
 
@@ -161,7 +156,7 @@ struct ScopeBook {
 /// recounted — entries a snapshot covers or whose window ended are dropped, acknowledged ones older than
 /// [`FOLD_AFTER_MS`] folded into spans, the total summed again — when the window rolls over, when a snapshot
 /// arrives, and at most every [`RECOUNT_INTERVAL_MS`] otherwise (an event acknowledged by Kafka after the
-/// snapshot that counts it is dropped then). A recount costs the last few seconds of requests plus the spans,
+/// snapshot that counts it is dropped then; without a snapshot of the window, every [`FOLD_RECOUNT_INTERVAL_MS`]). A recount costs the last few seconds of requests plus the spans,
 /// never the whole backlog.
 #[derive(Debug, Default)]
 struct Pending {

@@ -419,7 +419,7 @@ mod tests {
             .fill(&mut spool, &mut Recorder::default(), Instant::now())
             .unwrap();
         assert!(drain.acknowledged(pos[0], 2, 41));
-        assert_eq!(local.landed_at(), Some((2, 41)));
+        assert_eq!(local.landed(), Some((2, 41)));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
