@@ -72,7 +72,7 @@ const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Folds histogram samples into their buckets every [`UPKEEP_INTERVAL`] on a thread of its own. The recorder
 /// keeps every raw sample until then; without upkeep they pile up for as long as nothing scrapes `/metrics`
 /// (a gateway under load grew by 18 MiB per 10 s that way).
-pub fn keep_up(handle: &PrometheusHandle) {
+fn keep_up(handle: &PrometheusHandle) {
     let handle = handle.clone();
     let spawned = std::thread::Builder::new()
         .name("tollgate-metrics-upkeep".into())
