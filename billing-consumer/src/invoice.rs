@@ -1,5 +1,5 @@
-//! Invoices read from the ledger: one consumer's calendar month (UTC, by event time), a line item per requested
-//! model and price version, and a total per currency.
+//! Invoices read from the ledger: one consumer's calendar month (UTC, by event time), a line item per served
+//! model (`model_served`, the model that answered and was priced) and price version, and a total per currency.
 //!
 //! Every number is a sum over the month's events counted once (`FINAL` collapses redelivered events), and an
 //! amount is the sum of the events' stored `cost_micros` — each event priced and rounded once at ingest
@@ -96,10 +96,10 @@ pub struct UnitPrices {
     pub output_per_mtok: String,
 }
 
-/// One line item: a requested model under one price version.
+/// One line item: a served model under one price version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LineItem {
-    /// The requested model (`model_requested`).
+    /// The served model (`model_served`): the model that answered, which the price is for.
     pub model: String,
     /// The price version (`model@effective_from`); `""` for events with no price in force.
     pub price_version: String,
@@ -178,16 +178,16 @@ pub async fn invoice_from(
     prices: Option<&PriceTable>,
 ) -> Result<Invoice, BillingError> {
     let table = plain_identifier(table, "table")?;
-    // The month's events of one consumer, once each, by model, price version and currency. Cached tokens are
-    // part of the prompt and never more than it, as in pricing.
+    // The month's events of one consumer, once each, by served model, price version and currency. Cached tokens
+    // are part of the prompt and never more than it, as in pricing.
     let sql = format!(
-        "SELECT model_requested, price_version, currency, count(), \
+        "SELECT model_served, price_version, currency, count(), \
          toUInt64(sum(prompt_tokens - least(ifNull(cached_prompt_tokens, 0), prompt_tokens))), \
          sum(least(ifNull(cached_prompt_tokens, 0), prompt_tokens)), sum(completion_tokens), sum(cost_micros) \
          FROM {table} FINAL \
          WHERE consumer_id = ? AND event_time >= toDateTime(?) AND event_time < toDateTime(?) \
-         GROUP BY model_requested, price_version, currency \
-         ORDER BY model_requested, price_version, currency"
+         GROUP BY model_served, price_version, currency \
+         ORDER BY model_served, price_version, currency"
     );
     let seconds = |t: DateTime<Utc>| crate::store::datetime_seconds(t).unwrap_or(u32::MAX);
     let lines = ch

@@ -238,6 +238,12 @@ async fn main() -> anyhow::Result<ExitCode> {
                 summary.unpriced,
                 summary.seconds
             );
+            if !summary.unpriced_models.is_empty() {
+                println!(
+                    "Unpriced served models (no price in force, nor for their family): {}.",
+                    summary.unpriced_models.join(", ")
+                );
+            }
         }
         Command::CheckPrices(args) => {
             let prices = pricing::PriceTable::load(&args.prices)?;

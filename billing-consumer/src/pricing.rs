@@ -1,11 +1,11 @@
 //! Prices: the versioned price table (a TOML file, `--prices`; with `--config-topic` also the topic's `price`
 //! resources, [`PriceTable::with_resources`]) and the cost of one event under it. Pure: the file's text goes in,
-//! a [`PriceTable`] comes out, and [`PriceTable::charge`] turns an event's model, time and tokens into an amount.
-//! Ingest, rebuild and the audit all price through here, so they agree to the micro-unit.
+//! a [`PriceTable`] comes out, and [`PriceTable::charge`] turns an event's served model, time and tokens into an
+//! amount. Ingest, rebuild and the audit all price through here, so they agree to the micro-unit.
 //!
 //! ```toml
 //! [[prices]]
-//! model = "gpt-4o-mini"          # the model the client asked for (`model_requested`)
+//! model = "gpt-4o-mini"          # the model that served (`model_served`), or its family (see below)
 //! effective_from = "2026-01-01"  # a date (midnight UTC) or an RFC 3339 time; in force until the next version
 //! currency = "USD"               # three capital letters (ISO 4217)
 //! input_per_mtok = "0.15"        # per million uncached prompt tokens
@@ -29,10 +29,19 @@
 //! tokens are part of the prompt) and `uncached_prompt = prompt_tokens − cached`. Prices are capped at
 //! [`MAX_PRICE_UNITS`] per million tokens, so no event's cost can overflow an `i64`.
 //!
-//! **Versions.** Each entry is a version, identified as `model@effective_from` (`gpt-4o-mini@2026-01-01`). An
-//! event is priced by the latest version of its `model_requested` whose `effective_from` is at or before the
-//! event's time (`finished_at_ms`). An event with no version in force — an unknown model, or a time before the
-//! model's first version — is unpriced: cost 0, no currency, price version `""`.
+//! **One model, one price.** An event is priced for the model that served it (`model_served`: the model the
+//! upstream named in its answer, else the instance's model override, else the route's name), never for the one
+//! the client asked for — after a failover to another model the bill prices the model that answered. The
+//! versions looked at are those of `model_served` itself when the table has any; when it has none, those of its
+//! **family**, the name without a trailing dated-snapshot suffix ([`model_family`]: `-YYYY-MM-DD`, `-YYYYMMDD`,
+//! `@YYYYMMDD`, `@YYYY-MM-DD`, `-latest`), so `gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini` unless that
+//! snapshot has prices of its own. There is no other fallback, and never to `model_requested`.
+//!
+//! **Versions.** Each entry is a version, identified as `model@effective_from` (`gpt-4o-mini@2026-01-01`). Of the
+//! versions looked at, an event is priced by the latest whose `effective_from` is at or before the event's time
+//! (`finished_at_ms`). An event with no version in force — a model unknown with its family, or a time before the
+//! model's first version (the family is not consulted then) — is unpriced: cost 0, no currency, price version
+//! `""`; ingest counts it in `billing_events_unpriced_total` and logs its served model once.
 //!
 //! Validation reports every problem of the file at once, each with its path (`prices[2].input_per_mtok: …`).
 //!
@@ -45,7 +54,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use chrono::{DateTime, SecondsFormat};
+use chrono::{DateTime, NaiveDate, SecondsFormat};
 use serde::Deserialize;
 pub use tollgate_schemas::prices::{
     MAX_PRICE_UNITS, MICROS_PER_UNIT, PriceEntry, PriceListValidator, PriceVersion, format_micros,
@@ -243,16 +252,26 @@ impl PriceTable {
         self.by_model.get(model)?.iter().find(|v| v.id == id)
     }
 
-    /// The version of `model` in force at `at_ms` (epoch milliseconds): the latest one that took effect at or
-    /// before it.
+    /// The name whose versions price `model` (a served model): `model` itself when the table has versions of
+    /// it, else its family ([`model_family`]) when the table has versions of that; `None` when neither.
+    pub fn priced_as<'m>(&self, model: &'m str) -> Option<&'m str> {
+        if self.by_model.contains_key(model) {
+            return Some(model);
+        }
+        model_family(model).filter(|family| self.by_model.contains_key(*family))
+    }
+
+    /// The version pricing `model` (a served model) at `at_ms` (epoch milliseconds): of the versions of
+    /// [`PriceTable::priced_as`], the latest one that took effect at or before it.
     pub fn in_force(&self, model: &str, at_ms: u64) -> Option<&PriceVersion> {
         let at = i64::try_from(at_ms).unwrap_or(i64::MAX);
-        let versions = self.by_model.get(model)?;
+        let versions = self.by_model.get(self.priced_as(model)?)?;
         let after = versions.partition_point(|v| v.effective_from_ms <= at);
         after.checked_sub(1).and_then(|i| versions.get(i))
     }
 
-    /// Prices one event: `usage` of `model` (requested) at `at_ms` (its `finished_at_ms`).
+    /// Prices one event: `usage` of `model` (its `model_served`) at `at_ms` (its `finished_at_ms`), by the
+    /// version [`PriceTable::in_force`] finds.
     pub fn charge(&self, model: &str, at_ms: u64, usage: &TokenUsage) -> Charge<'_> {
         match self.in_force(model, at_ms) {
             Some(version) => Charge {
@@ -264,6 +283,49 @@ impl PriceTable {
                 cost_micros: 0,
             },
         }
+    }
+}
+
+/// The family of a model name: the name without a trailing dated-snapshot suffix — `-YYYY-MM-DD`
+/// (`gpt-4o-mini-2024-07-18` → `gpt-4o-mini`), `-YYYYMMDD` (`claude-3-5-sonnet-20241022` →
+/// `claude-3-5-sonnet`), `@YYYYMMDD` or `@YYYY-MM-DD` (`claude-3-5-sonnet-v2@20241022`), or `-latest`
+/// (`claude-3-5-haiku-latest`). The date must be a real calendar date. `None` when the name has no such suffix
+/// or nothing before it: digits elsewhere in a name (`gpt-4.1-mini`, `llama-3-70b`, `gpt-4-0613`) are not a
+/// snapshot. One suffix is removed, once.
+pub fn model_family(model: &str) -> Option<&str> {
+    let family = model.strip_suffix("-latest").or_else(|| {
+        // `YYYY-MM-DD` (10 characters) or `YYYYMMDD` (8), after a `-` or an `@`.
+        [10, 8].into_iter().find_map(|date_len| {
+            let start = model.len().checked_sub(date_len + 1)?;
+            let family = model.get(..start)?;
+            let date = model.get(start + 1..)?;
+            let separated = matches!(model.as_bytes().get(start), Some(b'-' | b'@'));
+            (separated && is_snapshot_date(date)).then_some(family)
+        })
+    })?;
+    (!family.is_empty()).then_some(family)
+}
+
+/// True for `YYYY-MM-DD` or `YYYYMMDD` naming a real calendar date.
+fn is_snapshot_date(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let (year, month, day) = match bytes.len() {
+        8 => (text.get(0..4), text.get(4..6), text.get(6..8)),
+        10 if bytes.get(4) == Some(&b'-') && bytes.get(7) == Some(&b'-') => {
+            (text.get(0..4), text.get(5..7), text.get(8..10))
+        }
+        _ => return false,
+    };
+    let number = |part: Option<&str>| {
+        part.filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    match (number(year), number(month), number(day)) {
+        (Some(year), Some(month), Some(day)) => i32::try_from(year)
+            .ok()
+            .and_then(|year| NaiveDate::from_ymd_opt(year, month, day))
+            .is_some(),
+        _ => false,
     }
 }
 
@@ -567,6 +629,146 @@ mod tests {
                 .cost_micros,
             0
         );
+    }
+
+    #[test]
+    fn a_dated_snapshot_suffix_is_removed_to_find_the_family() {
+        for (model, family) in [
+            ("gpt-4o-mini-2024-07-18", "gpt-4o-mini"),
+            ("gpt-4o-2024-08-06", "gpt-4o"),
+            ("gpt-4.1-mini-2025-04-14", "gpt-4.1-mini"),
+            ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet"),
+            ("claude-3-haiku-20240307", "claude-3-haiku"),
+            ("claude-3-5-sonnet-v2@20241022", "claude-3-5-sonnet-v2"),
+            ("claude-3-opus@2024-02-29", "claude-3-opus"),
+            ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
+            ("llama-3-70b-20240418", "llama-3-70b"),
+            ("x-2024-01-01", "x"),
+            // One suffix, once: what is left is the family even when it looks dated itself.
+            ("gpt-4o-2024-08-06-latest", "gpt-4o-2024-08-06"),
+            ("m-20240101-20240202", "m-20240101"),
+        ] {
+            assert_eq!(model_family(model), Some(family), "{model}");
+        }
+    }
+
+    #[test]
+    fn names_that_merely_contain_digits_have_no_family() {
+        for model in [
+            "gpt-4o-mini",
+            "gpt-4.1-mini",
+            "gpt-4.1",
+            "llama-3-70b",
+            "llama-3.1-405b-instruct",
+            "meta-llama/Llama-3-8B",
+            "gpt-4-0613",
+            "gpt-3.5-turbo-0125",
+            "claude-2.1",
+            "mistral-large-2407",
+            "qwen2.5-72b-instruct",
+            "gemini-1.5-pro-002",
+            "o1",
+            "anthropic.claude-3-5-sonnet-20241022-v2:0",
+            "phi-3-mini-4k",
+            // Eight or ten characters that are not a calendar date.
+            "model-12345678",
+            "model-20241301",
+            "model-20240230",
+            "model-2024-13-01",
+            "model-2024-02-30",
+            "model-2024_07_18",
+            "model-2024-0718",
+            "model-202407-18",
+            "model+20240718",
+            "model20240718",
+            "model-+2024071",
+            // Nothing before the suffix.
+            "-latest",
+            "latest",
+            "-20241022",
+            "@2024-10-22",
+            "2024-10-22",
+            "",
+            // Not a suffix.
+            "gpt-4o-latest-preview",
+            "gpt-4o-2024-08-06-preview",
+            "model-LATEST",
+            // Multi-byte text where a date would sit does not panic.
+            "modèle-2024-07-1é",
+            "é",
+        ] {
+            assert_eq!(model_family(model), None, "{model:?}");
+        }
+    }
+
+    #[test]
+    fn an_event_is_priced_for_its_served_model_its_own_versions_before_its_familys() {
+        let mut text = PRICES.to_owned();
+        // A dated snapshot with a price of its own, from 2026-03-01 only.
+        text.push_str(
+            r#"
+            [[prices]]
+            model = "gpt-4o-mini-2026-02-01"
+            effective_from = "2026-03-01"
+            currency = "USD"
+            input_per_mtok = "1"
+            output_per_mtok = "1"
+        "#,
+        );
+        let table = PriceTable::from_toml(&text).unwrap();
+        let at = ms("2026-11-01T00:00:00Z");
+        let version = |model: &str, at: u64| {
+            table
+                .charge(model, at, &usage(1, None, 1))
+                .version
+                .map(|v| v.id.clone())
+        };
+        // The family's versions price a snapshot without versions of its own.
+        for snapshot in [
+            "gpt-4o-mini-2024-07-18",
+            "gpt-4o-mini-20240718",
+            "gpt-4o-mini@20240718",
+            "gpt-4o-mini@2024-07-18",
+            "gpt-4o-mini-latest",
+        ] {
+            assert_eq!(table.priced_as(snapshot), Some("gpt-4o-mini"), "{snapshot}");
+            assert_eq!(
+                version(snapshot, at).as_deref(),
+                Some("gpt-4o-mini@2026-01-01"),
+                "{snapshot}"
+            );
+        }
+        // The family follows its own price changes.
+        assert_eq!(
+            version("gpt-4o-mini-2024-07-18", ms("2026-11-20T00:00:00Z")).as_deref(),
+            Some("gpt-4o-mini@2026-11-15T11:00:00Z")
+        );
+        // A snapshot priced separately keeps its own price...
+        assert_eq!(
+            table.priced_as("gpt-4o-mini-2026-02-01"),
+            Some("gpt-4o-mini-2026-02-01")
+        );
+        let own = table.charge("gpt-4o-mini-2026-02-01", at, &usage(1_000_000, None, 0));
+        assert_eq!(
+            (own.price_version(), own.cost_micros),
+            ("gpt-4o-mini-2026-02-01@2026-03-01", 1_000_000)
+        );
+        // ...and before its first version it is unpriced: the family does not stand in for a model that has
+        // versions.
+        assert_eq!(
+            version("gpt-4o-mini-2026-02-01", ms("2026-02-15T00:00:00Z")),
+            None
+        );
+        // No family: unpriced, whatever was requested.
+        assert_eq!(table.priced_as("gpt-4o-mini-preview"), None);
+        assert_eq!(version("gpt-4o-mini-preview", at), None);
+        assert_eq!(version("gpt-4o", at), None);
+        assert_eq!(
+            version("claude-haiku-20261001", at).as_deref(),
+            Some("claude-haiku@2026-06-01")
+        );
+        // Only a trailing snapshot suffix is removed: a name that merely starts like a priced one is not it.
+        assert_eq!(version("gpt-4o-mini-audio", at), None);
     }
 
     #[test]

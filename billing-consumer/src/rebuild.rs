@@ -2,7 +2,8 @@
 //! (same columns, engine, sorting and partition keys), then every event of the usage topic whose
 //! `finished_at_ms` is in `[from, to)` — replayed like the audit does ([`crate::replay`]), decoded and turned
 //! into rows exactly as ingest does ([`crate::ingest::batch::decode`], [`crate::store::usage_row`]), priced with
-//! the price table given now — inserted in batches, each event id once.
+//! the price table given now for the model that served each event — inserted in batches, each event id once.
+//! The served models left unpriced are logged once, at the end, and listed in the summary.
 //!
 //! The table must not exist: a rebuild never writes into a table that holds anything else. If an INSERT fails
 //! the rebuild stops with the error and the partial table stays for inspection; drop it and run again. Uses: a
@@ -92,6 +93,8 @@ pub struct RebuildSummary {
     pub undecodable: u64,
     /// Rows with no price in force.
     pub unpriced: u64,
+    /// The served models (`model_served`) of those rows, sorted.
+    pub unpriced_models: Vec<String>,
     /// Seconds the whole rebuild took.
     pub seconds: f64,
 }
@@ -149,6 +152,7 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
         outside_range: 0,
         undecodable: 0,
         unpriced: 0,
+        unpriced_models: Vec::new(),
         seconds: 0.0,
     };
     let now = store::datetime_seconds(Utc::now()).unwrap_or(u32::MAX);
@@ -181,7 +185,9 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
                     Ok(row) => {
                         if row.is_unpriced() {
                             summary.unpriced += 1;
-                            unpriced_models.insert(row.model_requested.clone());
+                            if !unpriced_models.contains(&row.model_served) {
+                                unpriced_models.insert(row.model_served.clone());
+                            }
                         }
                         rows.push(row);
                     }
@@ -200,11 +206,12 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
     summary.seconds = started.elapsed().as_secs_f64();
     if !unpriced_models.is_empty() {
         tracing::warn!(
-            models = ?unpriced_models,
+            models_served = ?unpriced_models,
             rows = summary.unpriced,
-            "Some rows had no price in force; they are stored with cost 0."
+            "Some rows had no price in force for their served model (nor its family); they are stored with cost 0."
         );
     }
+    summary.unpriced_models = unpriced_models.into_iter().collect();
     tracing::info!(
         table = %summary.table,
         messages = summary.messages,

@@ -1,6 +1,7 @@
-//! Usage reports read from the ledger: one consumer's requests and tokens per requested model, with a total,
-//! optionally since a point in time. The numbers count each event once (`FINAL` collapses redelivered events)
-//! and are what an invoice would be computed from, before pricing.
+//! Usage reports read from the ledger: one consumer's requests and tokens per served model (`model_served`, the
+//! model that answered, as on invoices), with a total, optionally since a point in time. The numbers count each
+//! event once (`FINAL` collapses redelivered events) and are what an invoice would be computed from, before
+//! pricing.
 //!
 //! Also owns how an operator writes "since" on the command line ([`parse_since`]) and how a report is shown
 //! ([`UsageReport::to_table`], or JSON through `Serialize`).
@@ -16,7 +17,7 @@ use crate::settings::ClickHouseSettings;
 /// One line of a report: a model's totals, or the grand total.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize, clickhouse::Row)]
 pub struct UsageLine {
-    /// The model the client asked for (`model_requested`); `total` on the total line.
+    /// The model that served (`model_served`); `total` on the total line.
     pub model: String,
     /// Requests (events).
     pub requests: u64,
@@ -35,7 +36,7 @@ pub struct UsageReport {
     pub consumer: String,
     /// Events at or after this time (event time, to the second); `None` for all time.
     pub since: Option<DateTime<Utc>>,
-    /// Per requested model, sorted by model name.
+    /// Per served model, sorted by model name.
     pub models: Vec<UsageLine>,
     /// The sum of `models` (all zero for an unknown consumer).
     pub total: UsageLine,
@@ -51,13 +52,13 @@ pub async fn usage(
     since: Option<DateTime<Utc>>,
 ) -> Result<UsageReport, BillingError> {
     let mut sql = String::from(
-        "SELECT model_requested, count(), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens) \
+        "SELECT model_served, count(), sum(prompt_tokens), sum(completion_tokens), sum(total_tokens) \
          FROM usage_events FINAL WHERE consumer_id = ?",
     );
     if since.is_some() {
         sql.push_str(" AND event_time >= toDateTime(?)");
     }
-    sql.push_str(" GROUP BY model_requested ORDER BY model_requested");
+    sql.push_str(" GROUP BY model_served ORDER BY model_served");
 
     let mut query = ch.client().query(&sql).bind(consumer);
     if let Some(since) = since {

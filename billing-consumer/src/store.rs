@@ -1,5 +1,6 @@
 //! The ClickHouse side of ingest: the row types of `usage_events` and `usage_events_rejected`, the mapping from a
-//! decoded [`UsageEvent`] to its row (priced by [`crate::pricing`]), and the batch INSERTs.
+//! decoded [`UsageEvent`] to its row (priced by [`crate::pricing`] for the model that served it,
+//! `model_served`), and the batch INSERTs.
 //!
 //! Rows go in as `RowBinary` in the struct's field order, which names the columns of the INSERT; the table
 //! definitions are in `migrations/`. Times are stored as `DateTime` (Unix seconds, `u32` on the wire) and the
@@ -103,7 +104,8 @@ pub fn datetime_seconds(time: DateTime<Utc>) -> Option<u32> {
     u32::try_from(time.timestamp()).ok()
 }
 
-/// Flattens a decoded event into its row, priced by `prices` at the event's `finished_at_ms`.
+/// Flattens a decoded event into its row, priced by `prices` for its served model (`model_served`, never the
+/// requested one) at its `finished_at_ms`.
 pub fn usage_row(
     event: &UsageEvent,
     at: &Position,
@@ -111,7 +113,7 @@ pub fn usage_row(
     prices: &PriceTable,
 ) -> Result<UsageRow, BillingError> {
     let data = &event.data;
-    let charge = prices.charge(&data.model_requested, data.finished_at_ms, &TokenUsage::of(data));
+    let charge = prices.charge(&data.model_served, data.finished_at_ms, &TokenUsage::of(data));
     let event_time = datetime_seconds(event.time).ok_or_else(|| BillingError::Decode {
         reason: RejectReason::Unrepresentable,
         message: format!("event time {} is outside 1970..2106", event.time.to_rfc3339()),
@@ -329,32 +331,66 @@ mod tests {
     }
 
     #[test]
-    fn the_row_carries_the_price_in_force_at_the_event_and_its_cost() {
+    fn the_row_carries_the_price_in_force_for_the_served_model_and_its_cost() {
         let prices = PriceTable::from_toml(
             r#"
             [[prices]]
-            model = "llama-3"
+            model = "meta-llama/Llama-3-8B"
             effective_from = "2026-11-01"
             currency = "EUR"
             input_per_mtok = "2"
             cached_input_per_mtok = "0.5"
             output_per_mtok = "8"
+
+            [[prices]]
+            model = "llama-3"
+            effective_from = "2026-01-01"
+            currency = "USD"
+            input_per_mtok = "100"
+            output_per_mtok = "100"
             "#,
         )
         .unwrap();
-        // 12 prompt tokens of which 8 cached, 40 completion: 4 × 2 + 8 × 0.5 + 40 × 8 = 332 micro-EUR.
+        // Served by meta-llama/Llama-3-8B (llama-3 was requested, at another price): 12 prompt tokens of which 8
+        // cached, 40 completion: 4 × 2 + 8 × 0.5 + 40 × 8 = 332 micro-EUR.
         let row = usage_row(&streamed_event(), &at(), 0, &prices).unwrap();
         assert_eq!(
             (row.cost_micros, row.currency.as_str(), row.price_version.as_str()),
-            (332, "EUR", "llama-3@2026-11-01")
+            (332, "EUR", "meta-llama/Llama-3-8B@2026-11-01")
         );
         assert!(!row.is_unpriced());
 
+        // Served by a model without a price: unpriced, although the requested model has one.
         let mut other = streamed_event();
-        other.data.model_requested = "gpt-5".into();
+        other.data.model_served = "gpt-5".into();
         let row = usage_row(&other, &at(), 0, &prices).unwrap();
-        assert_eq!((row.cost_micros, row.currency.as_str()), (0, ""));
+        assert_eq!(
+            (row.cost_micros, row.currency.as_str(), row.price_version.as_str()),
+            (0, "", "")
+        );
         assert!(row.is_unpriced());
+    }
+
+    #[test]
+    fn the_golden_event_is_priced_by_the_family_of_its_dated_snapshot() {
+        let event: UsageEvent = serde_json::from_str(FIXTURE).unwrap();
+        let prices = PriceTable::from_toml(
+            r#"
+            [[prices]]
+            model = "gpt-4o-mini"
+            effective_from = "2024-07-18"
+            currency = "USD"
+            input_per_mtok = "0.15"
+            output_per_mtok = "0.60"
+            "#,
+        )
+        .unwrap();
+        // Served by gpt-4o-mini-2024-07-18: 21 × 0.15 + 9 × 0.60 = 8.55 → 9 micro-USD.
+        let row = usage_row(&event, &at(), 0, &prices).unwrap();
+        assert_eq!(
+            (row.cost_micros, row.price_version.as_str()),
+            (9, "gpt-4o-mini@2024-07-18")
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! 1. **Replay** ([`crate::replay`]): every partition of the usage topic, from the first record at or after
 //!    `from − margin` by Kafka time up to the high watermarks at the start, outside any consumer group (nothing
 //!    is committed). [`tally`] keeps the events whose `finished_at_ms` is in `[from, to)`, each id once, and sums
-//!    per consumer, requested model and currency: events, prompt, cached and completion tokens, and — with a
-//!    price table — the cost, priced by the same [`crate::pricing`] code as ingest.
+//!    per consumer, served model (`model_served`) and currency: events, prompt, cached and completion tokens,
+//!    and — with a price table — the cost, priced by the same [`crate::pricing`] code as ingest; the served
+//!    models with no price in force are reported (and logged once, at warn level).
 //! 2. **Ledger**: the same sums from ClickHouse, `FINAL`, over the rows with `finished_at_ms` in the range
 //!    (their `event_time` within a day of it too, so only the partitions concerned are read: the envelope time
 //!    of a gateway event is its finished time).
@@ -140,6 +141,14 @@ pub async fn run(settings: &AuditSettings) -> Result<AuditReport, BillingError> 
     {}
     let replayed = replay.finish();
     let counts = tally.counts;
+    let unpriced_models: Vec<String> = tally.unpriced_models().iter().cloned().collect();
+    if !unpriced_models.is_empty() {
+        tracing::warn!(
+            models_served = ?unpriced_models,
+            events = tally.unpriced_events,
+            "Some events have no price in force for their served model (nor its family): they count with cost 0."
+        );
+    }
     tracing::info!(
         messages = counts.messages,
         events = counts.events,
@@ -196,6 +205,8 @@ pub async fn run(settings: &AuditSettings) -> Result<AuditReport, BillingError> 
         table: format!("{}.{table}", settings.clickhouse.database),
         costs_compared: costs,
         kafka: counts,
+        unpriced_events: tally.unpriced_events,
+        unpriced_models,
         kafka_totals: sum(&kafka),
         clickhouse_totals: sum(&clickhouse),
         groups: kafka
@@ -255,7 +266,7 @@ fn slack_seconds(from_ms: u64, to_ms: u64) -> (u32, u32) {
     )
 }
 
-/// The ledger's sums per group over the range.
+/// The ledger's sums per group (consumer, served model, currency) over the range.
 async fn ledger_totals(
     ch: &ClickHouseSettings,
     table: &str,
@@ -269,9 +280,9 @@ async fn ledger_totals(
         ("''", "toInt64(0)", "")
     };
     let sql = format!(
-        "SELECT consumer_id, model_requested, {currency}, count(), sum(prompt_tokens), \
+        "SELECT consumer_id, model_served, {currency}, count(), sum(prompt_tokens), \
          sum(ifNull(cached_prompt_tokens, 0)), sum(completion_tokens), {cost} \
-         FROM {table} FINAL WHERE {RANGE} GROUP BY consumer_id, model_requested{group_by}"
+         FROM {table} FINAL WHERE {RANGE} GROUP BY consumer_id, model_served{group_by}"
     );
     let (from_s, to_s) = slack_seconds(from_ms, to_ms);
     let rows = ch
@@ -305,7 +316,7 @@ async fn ledger_totals(
         .collect())
 }
 
-/// The ledger's events of one consumer and model over the range.
+/// The ledger's events of one consumer and served model over the range.
 async fn ledger_events(
     ch: &ClickHouseSettings,
     table: &str,
@@ -322,7 +333,7 @@ async fn ledger_events(
     };
     let sql = format!(
         "SELECT event_id, {currency}, prompt_tokens, ifNull(cached_prompt_tokens, 0), completion_tokens, {cost} \
-         FROM {table} FINAL WHERE consumer_id = ? AND model_requested = ? AND {RANGE}"
+         FROM {table} FINAL WHERE consumer_id = ? AND model_served = ? AND {RANGE}"
     );
     let (from_s, to_s) = slack_seconds(from_ms, to_ms);
     let rows = ch
@@ -356,7 +367,7 @@ async fn ledger_events(
         .collect())
 }
 
-/// The replayed events of one consumer and model.
+/// The replayed events of one consumer and served model.
 fn kafka_events(tally: &Tally, consumer: &str, model: &str) -> Vec<(u128, KafkaPosition, EventRecord)> {
     tally
         .events()

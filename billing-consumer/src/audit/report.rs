@@ -26,7 +26,7 @@ pub const FIELDS: [&str; 5] = [
 pub struct Difference {
     /// The consumer id.
     pub consumer: String,
-    /// The requested model.
+    /// The served model (`model_served`).
     pub model: String,
     /// The group's currency (`""` when unpriced or when costs are not compared).
     pub currency: String,
@@ -87,7 +87,7 @@ pub struct EventDifference {
     pub event_id: String,
     /// The consumer id.
     pub consumer: String,
-    /// The requested model.
+    /// The served model (`model_served`).
     pub model: String,
     /// How it differs.
     pub kind: EventDifferenceKind,
@@ -225,6 +225,10 @@ pub struct AuditReport {
     pub costs_compared: bool,
     /// How the Kafka messages read were counted.
     pub kafka: MessageCounts,
+    /// Events in the range with no price in force for their served model (0 when costs are not compared).
+    pub unpriced_events: u64,
+    /// Their served models, sorted.
+    pub unpriced_models: Vec<String>,
     /// The sums over every group, from Kafka.
     pub kafka_totals: Totals,
     /// The sums over every group, from ClickHouse.
@@ -312,6 +316,14 @@ impl AuditReport {
             "ClickHouse {} (FINAL): {} events.",
             self.table, self.clickhouse_totals.events
         );
+        if self.unpriced_events > 0 {
+            let _ = writeln!(
+                out,
+                "Unpriced: {} event(s) with no price in force for their served model (cost 0): {}.",
+                self.unpriced_events,
+                self.unpriced_models.join(", ")
+            );
+        }
         if !self.differences.is_empty() {
             let mut table = Table::new(&[
                 ("consumer", Align::Left),
@@ -561,6 +573,8 @@ mod tests {
                 outside_range: 0,
                 undecodable: 0,
             },
+            unpriced_events: 0,
+            unpriced_models: Vec::new(),
             kafka_totals: totals(3, 30, 0, 12, 40),
             clickhouse_totals: totals(2, 20, 0, 8, 30),
             groups: 2,
@@ -606,6 +620,27 @@ event_id                              consumer  model        difference         
 DIFFERENCES: 1 field(s) in 1 of 2 groups differ, 2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z (Kafka 3 events, ClickHouse 2); 2 event(s) differ, 1 listed: 1 missing in ClickHouse, 0 extra in ClickHouse, 0 changed.
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn unpriced_served_models_are_named() {
+        let mut clean = report(vec![], vec![]);
+        clean.unpriced_events = 4;
+        clean.unpriced_models = vec!["gpt-5".into(), "llama-3-70b".into()];
+        let text = clean.to_text();
+        assert!(
+            text.contains(
+                "\nUnpriced: 4 event(s) with no price in force for their served model (cost 0): gpt-5, \
+                 llama-3-70b.\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_value(&clean).unwrap();
+        assert_eq!(
+            json["unpriced_models"],
+            serde_json::json!(["gpt-5", "llama-3-70b"])
+        );
+        assert_eq!(json["unpriced_events"], 4);
     }
 
     #[test]

@@ -1,20 +1,21 @@
-//! The Kafka side of the audit, pure: messages of the usage topic in, per group (consumer, requested model,
+//! The Kafka side of the audit, pure: messages of the usage topic in, per group (consumer, served model,
 //! currency) the events and their tokens and cost out, each event counted once by id — computed from the
 //! messages alone, without ClickHouse.
 //!
-//! Messages are decoded into a lean view of the event (id, type, consumer, model, tokens, `finished_at_ms`),
-//! borrowing its strings and skipping the rest, which is what makes replaying a million events cheap. An event
-//! counts when its `finished_at_ms` is in the audited range; the first delivery of an id counts and later ones
-//! are duplicates. Costs come from [`crate::pricing`], the same code ingest prices with. A message the lean view
-//! cannot read, or of another event type, is counted as undecodable (ingest keeps it in
-//! `usage_events_rejected`); one the lean view reads but ingest rejected (a field it does not look at is
-//! malformed) shows up as an event missing from ClickHouse.
+//! Messages are decoded into a lean view of the event (id, type, consumer, served model, tokens,
+//! `finished_at_ms`), borrowing its strings and skipping the rest, which is what makes replaying a million events
+//! cheap. An event counts when its `finished_at_ms` is in the audited range; the first delivery of an id counts
+//! and later ones are duplicates. Costs come from [`crate::pricing`], the same code ingest prices with, for the
+//! served model (`model_served`); the served models with no price in force are collected
+//! ([`Tally::unpriced_models`]). A message the lean view cannot read, or of another event type, is counted as
+//! undecodable (ingest keeps it in `usage_events_rejected`); one the lean view reads but ingest rejected (a field
+//! it does not look at is malformed) shows up as an event missing from ClickHouse.
 //!
 //! Memory: every counted event is remembered (id, group, tokens, cost and Kafka position, about 120 bytes with
 //! the hash table's overhead) so that duplicates are recognised and differences can be listed per event.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -22,13 +23,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::pricing::{PriceTable, TokenUsage};
 
-/// What the audit sums over: one consumer's events of one requested model, priced in one currency (`""` when
-/// unpriced, or when costs are not compared).
+/// What the audit sums over: one consumer's events served by one model (`model_served`), priced in one currency
+/// (`""` when unpriced, or when costs are not compared).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct GroupKey {
     /// The consumer id.
     pub consumer: String,
-    /// The requested model.
+    /// The served model (`model_served`).
     pub model: String,
     /// ISO 4217 code, or `""`.
     pub currency: String,
@@ -122,8 +123,11 @@ pub struct Tally {
     index: HashMap<String, u32>,
     scratch: String,
     events: HashMap<u128, CountedEvent>,
+    unpriced_models: BTreeSet<String>,
     /// The counts so far.
     pub counts: MessageCounts,
+    /// Counted events with no price in force for their served model (0 without a price table).
+    pub unpriced_events: u64,
 }
 
 /// The lean view of a usage event: only what the audit sums, strings borrowed from the payload.
@@ -143,7 +147,7 @@ struct LeanData<'a> {
     #[serde(borrow)]
     consumer_id: Cow<'a, str>,
     #[serde(borrow)]
-    model_requested: Cow<'a, str>,
+    model_served: Cow<'a, str>,
     prompt_tokens: u32,
     completion_tokens: u32,
     cached_prompt_tokens: Option<u32>,
@@ -163,7 +167,9 @@ impl Tally {
             index: HashMap::new(),
             scratch: String::new(),
             events: HashMap::new(),
+            unpriced_models: BTreeSet::new(),
             counts: MessageCounts::default(),
+            unpriced_events: 0,
         }
     }
 
@@ -200,7 +206,14 @@ impl Tally {
         };
         let charge = prices
             .as_deref()
-            .map(|p| p.charge(&data.model_requested, data.finished_at_ms, &usage));
+            .map(|p| p.charge(&data.model_served, data.finished_at_ms, &usage));
+        if charge.as_ref().is_some_and(|c| c.version.is_none()) {
+            self.unpriced_events += 1;
+            if !self.unpriced_models.contains(data.model_served.as_ref()) {
+                self.unpriced_models
+                    .insert(data.model_served.clone().into_owned());
+            }
+        }
         let values = EventValues {
             prompt_tokens: data.prompt_tokens,
             cached_prompt_tokens: data.cached_prompt_tokens.unwrap_or(0),
@@ -208,7 +221,7 @@ impl Tally {
             cost_micros: charge.map_or(0, |c| c.cost_micros),
         };
         let currency = charge.as_ref().map_or("", |c| c.currency());
-        let group = self.group(&data.consumer_id, &data.model_requested, currency);
+        let group = self.group(&data.consumer_id, &data.model_served, currency);
         if let Some(totals) = self.totals.get_mut(group as usize) {
             totals.add(&values);
         }
@@ -260,6 +273,12 @@ impl Tally {
     pub fn events(&self) -> &HashMap<u128, CountedEvent> {
         &self.events
     }
+
+    /// The served models of the counted events that had no price in force, sorted (none without a price
+    /// table).
+    pub fn unpriced_models(&self) -> &BTreeSet<String> {
+        &self.unpriced_models
+    }
 }
 
 #[cfg(test)]
@@ -301,12 +320,22 @@ mod tests {
         )
     }
 
+    /// The fixture's served model, a dated snapshot of the priced gpt-4o-mini.
+    const SERVED: &str = "gpt-4o-mini-2024-07-18";
+
     fn key(consumer: &str, currency: &str) -> GroupKey {
         GroupKey {
             consumer: consumer.into(),
-            model: "gpt-4o-mini".into(),
+            model: SERVED.into(),
             currency: currency.into(),
         }
+    }
+
+    fn served_by(payload: &str, model: &str) -> String {
+        payload.replace(
+            &format!("\"model_served\": \"{SERVED}\""),
+            &format!("\"model_served\": \"{model}\""),
+        )
     }
 
     #[test]
@@ -350,6 +379,45 @@ mod tests {
             "the first delivery is kept"
         );
         assert_eq!(tally.group_of(&first), Some(&key("team-a", "USD")));
+    }
+
+    #[test]
+    fn events_are_grouped_and_priced_by_the_served_model_and_unpriced_ones_collected() {
+        let mut tally = Tally::new(0, u64::MAX, Some(prices()));
+        let snapshot = event("019a9b8e-0000-7000-8000-000000000001", "team-a", "null");
+        // Requested gpt-4o-mini (priced), failed over to models without a price.
+        let other = served_by(
+            &event("019a9b8e-0000-7000-8000-000000000002", "team-a", "null"),
+            "claude-3-5-haiku-20241022",
+        );
+        let again = served_by(
+            &event("019a9b8e-0000-7000-8000-000000000003", "team-a", "null"),
+            "claude-3-5-haiku-20241022",
+        );
+        let third = served_by(
+            &event("019a9b8e-0000-7000-8000-000000000004", "team-a", "null"),
+            "llama-3-70b",
+        );
+        for (offset, payload) in [&snapshot, &other, &again, &third].into_iter().enumerate() {
+            tally.add(0, offset as i64, Some(payload.as_bytes()));
+        }
+        let totals = tally.totals();
+        assert_eq!(totals[&key("team-a", "USD")].cost_micros, 9);
+        let unpriced = GroupKey {
+            consumer: "team-a".into(),
+            model: "claude-3-5-haiku-20241022".into(),
+            currency: String::new(),
+        };
+        assert_eq!((totals[&unpriced].events, totals[&unpriced].cost_micros), (2, 0));
+        assert_eq!(tally.unpriced_events, 3);
+        assert_eq!(
+            tally.unpriced_models().iter().collect::<Vec<_>>(),
+            ["claude-3-5-haiku-20241022", "llama-3-70b"]
+        );
+        // Without prices nothing is "unpriced": costs are not compared.
+        let mut without = Tally::new(0, u64::MAX, None);
+        without.add(0, 0, Some(other.as_bytes()));
+        assert_eq!((without.unpriced_events, without.unpriced_models().len()), (0, 0));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! One batch of Kafka messages on its way to ClickHouse: each message decoded into a priced `usage_events` row
+//! One batch of Kafka messages on its way to ClickHouse: each message decoded into a `usage_events` row priced
+//! for its served model
 //! or a `usage_events_rejected` row, and the offsets to commit once both are written (the highest offset + 1 per
 //! partition — every message of the batch, good or bad, is settled by the same INSERTs).
 
@@ -23,7 +24,7 @@ pub struct Batch {
     pub duplicates_in_batch: usize,
     /// Rows with no price in force (cost 0).
     pub unpriced: u64,
-    /// The requested models of those rows.
+    /// The served models (`model_served`) of those rows.
     pub unpriced_models: BTreeSet<String>,
     messages: usize,
     next_offsets: BTreeMap<(String, i32), i64>,
@@ -46,8 +47,8 @@ impl Batch {
                 if self.event_ids.insert(row.event_id.clone()) {
                     if row.is_unpriced() {
                         self.unpriced += 1;
-                        if !self.unpriced_models.contains(&row.model_requested) {
-                            self.unpriced_models.insert(row.model_requested.clone());
+                        if !self.unpriced_models.contains(&row.model_served) {
+                            self.unpriced_models.insert(row.model_served.clone());
                         }
                     }
                     self.rows.push(row);
@@ -171,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_are_priced_and_unpriced_ones_counted_by_model() {
+    fn rows_are_priced_and_unpriced_ones_counted_by_served_model() {
         let prices = PriceTable::from_toml(
             r#"
             [[prices]]
@@ -185,16 +186,30 @@ mod tests {
         .unwrap();
         let mut batch = Batch::default();
         batch.push(at(0, 0), Some(FIXTURE.as_bytes()), 0, &prices);
-        let other = with_id("019a9b8e-0000-7000-8000-000000000002").replace(
-            "\"model_requested\": \"gpt-4o-mini\"",
-            "\"model_requested\": \"gpt-5\"",
-        );
+        // Failed over to another model: priced (here: not) as what served it, whatever was requested.
+        let served = |id: &str, model: &str| {
+            with_id(id).replace(
+                "\"model_served\": \"gpt-4o-mini-2024-07-18\"",
+                &format!("\"model_served\": \"{model}\""),
+            )
+        };
+        let other = served("019a9b8e-0000-7000-8000-000000000002", "gpt-5");
         batch.push(at(0, 1), Some(other.as_bytes()), 0, &prices);
-        // The golden event: 21 prompt × 0.15 + 9 completion × 0.60 = 8.55 → 9 micro-USD.
+        let again = served("019a9b8e-0000-7000-8000-000000000003", "gpt-5");
+        batch.push(at(0, 2), Some(again.as_bytes()), 0, &prices);
+        // The golden event, served by gpt-4o-mini-2024-07-18 and priced by its family: 21 prompt × 0.15 + 9
+        // completion × 0.60 = 8.55 → 9 micro-USD.
         assert_eq!(batch.rows[0].cost_micros, 9);
         assert_eq!(batch.rows[0].price_version, "gpt-4o-mini@2026-11-01");
-        assert_eq!(batch.rows[1].model_requested, "gpt-5");
-        assert_eq!(batch.unpriced, 1);
+        assert_eq!(
+            (
+                batch.rows[1].model_requested.as_str(),
+                batch.rows[1].model_served.as_str()
+            ),
+            ("gpt-4o-mini", "gpt-5")
+        );
+        assert!(batch.rows[1].is_unpriced());
+        assert_eq!(batch.unpriced, 2);
         assert_eq!(batch.unpriced_models.iter().collect::<Vec<_>>(), ["gpt-5"]);
     }
 

@@ -17,8 +17,10 @@
 //!
 //! Each event is priced while its row is built ([`crate::pricing`]: the table loaded at start, or with
 //! `--config-topic` the [`LivePrices`] the config follower replaces, read once per batch so a batch is priced by
-//! one table): cost, currency and price version go into the row, so invoices are sums of stored per-event costs. An event with no price in
-//! force is stored with cost 0, counted in `billing_events_unpriced_total` and logged once per model.
+//! one table) for the model that served it (`model_served`): cost, currency and price version go into the row,
+//! so invoices are sums of stored per-event costs. An event with no price in force is stored with cost 0,
+//! counted in `billing_events_unpriced_total` (no model label) and its served model logged at warn level once
+//! per process ([`UnpricedLog`]; up to [`UnpricedLog::MAX_MODELS`] models, then once that there are more).
 //! [`lag`] keeps `billing_consumer_lag_events` current beside the loop.
 //!
 //! Shutdown (the token is cancelled) stops collecting, settles the batch in hand (write + commit) and returns.
@@ -96,7 +98,8 @@ pub async fn run_with_live_prices(
         watching.clone(),
     ));
 
-    let mut logged_unpriced = HashSet::new();
+    // One for the whole process: a model is logged the first time one of its events is stored unpriced.
+    let mut unpriced_log = UnpricedLog::default();
     loop {
         let (batch, table) = collect(&consumer, batch_size, settings.batch_wait, &prices, &shutdown).await;
         if let Some(table) = table {
@@ -104,17 +107,9 @@ pub async fn run_with_live_prices(
             if !settle(&consumer, &client, batch, &shutdown).await {
                 break;
             }
+            // Without any price every event is unpriced, which was said once at start.
             if !table.is_empty() {
-                for model in unpriced_models {
-                    if !logged_unpriced.contains(&model) {
-                        tracing::warn!(
-                            %model,
-                            "No price is in force for this model at its events' time; they are stored with cost \
-                             0 (logged once per model, counted in billing_events_unpriced_total)."
-                        );
-                        logged_unpriced.insert(model);
-                    }
-                }
+                unpriced_log.log(&unpriced_models);
             }
         }
         if shutdown.is_cancelled() {
@@ -259,6 +254,54 @@ async fn write(client: &clickhouse::Client, batch: &Batch) -> Result<(), Billing
     store::insert_all(client, store::REJECTED_TABLE, &batch.rejected).await
 }
 
+/// The served models already logged as unpriced by this process, so that each is logged once however many
+/// batches hold its events. Bounded: past [`UnpricedLog::MAX_MODELS`] distinct models (the served model comes
+/// from the upstream's answer), further ones are no longer named, which is logged once.
+#[derive(Debug, Default)]
+pub struct UnpricedLog {
+    logged: HashSet<String>,
+    full: bool,
+}
+
+impl UnpricedLog {
+    /// Distinct models named at most.
+    pub const MAX_MODELS: usize = 1024;
+
+    /// Logs at warn level each of `models` (served models stored unpriced) not logged before.
+    pub fn log<'a>(&mut self, models: impl IntoIterator<Item = &'a String>) {
+        for model in self.first_sightings(models) {
+            tracing::warn!(
+                model_served = %model,
+                "No price is in force for this served model (nor its family) at its events' time; they are \
+                 stored with cost 0 (logged once per model, counted in billing_events_unpriced_total)."
+            );
+        }
+    }
+
+    /// The models of `models` not seen before, remembered now; once [`UnpricedLog::MAX_MODELS`] are
+    /// remembered, none (and a warning, once).
+    pub fn first_sightings<'a>(&mut self, models: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+        let mut new = Vec::new();
+        for model in models {
+            if self.logged.contains(model) || self.full {
+                continue;
+            }
+            if self.logged.len() >= Self::MAX_MODELS {
+                self.full = true;
+                tracing::warn!(
+                    models = Self::MAX_MODELS,
+                    "More served models are unpriced than are logged; further ones are only counted in \
+                     billing_events_unpriced_total."
+                );
+                continue;
+            }
+            self.logged.insert(model.clone());
+            new.push(model.clone());
+        }
+        new
+    }
+}
+
 /// Doubles the wait, up to [`RETRY_MAX`].
 pub fn next_backoff(current: Duration) -> Duration {
     current.saturating_mul(2).min(RETRY_MAX)
@@ -283,5 +326,33 @@ mod tests {
         assert_eq!(waits[..4], [200, 400, 800, 1600].map(Duration::from_millis));
         assert_eq!(*waits.last().unwrap(), RETRY_MAX);
         assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn an_unpriced_model_is_logged_once_per_process_not_once_per_batch() {
+        let mut log = UnpricedLog::default();
+        let batch = |models: &[&str]| models.iter().map(|m| (*m).to_owned()).collect::<Vec<String>>();
+        assert_eq!(
+            log.first_sightings(&batch(&["gpt-5", "llama-3-70b"])),
+            ["gpt-5", "llama-3-70b"]
+        );
+        // Later batches: only what is new.
+        assert!(log.first_sightings(&batch(&["gpt-5"])).is_empty());
+        assert_eq!(
+            log.first_sightings(&batch(&["llama-3-70b", "o3", "gpt-5"])),
+            ["o3"]
+        );
+        assert!(log.first_sightings(&batch(&[])).is_empty());
+    }
+
+    #[test]
+    fn the_unpriced_log_is_bounded() {
+        let mut log = UnpricedLog::default();
+        let many: Vec<String> = (0..UnpricedLog::MAX_MODELS + 5)
+            .map(|i| format!("m-{i}"))
+            .collect();
+        assert_eq!(log.first_sightings(&many).len(), UnpricedLog::MAX_MODELS);
+        assert!(log.first_sightings(&["another".to_owned()]).is_empty());
+        assert!(log.first_sightings(&["m-0".to_owned()]).is_empty());
     }
 }
