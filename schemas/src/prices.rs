@@ -112,7 +112,8 @@ fn invalid_amount(value: &serde_json::Value) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceEntry {
-    /// The requested model name it prices (`model_requested`); no `@`.
+    /// The served model name it prices (`model_served`), or the family of its dated snapshots (`gpt-4o-mini`
+    /// prices `gpt-4o-mini-2024-07-18` unless that has versions of its own); no `@`.
     pub model: String,
     /// A date (`2026-01-01`, midnight UTC) or an RFC 3339 time with an offset (`2026-01-01T12:00:00Z`): the
     /// first instant the version applies to; in force until the model's next version.
@@ -195,7 +196,7 @@ pub struct PriceVersion {
     /// `model@effective_from`, e.g. `gpt-4o-mini@2026-01-01`, an RFC 3339 time in UTC; stored with every
     /// priced event.
     pub id: String,
-    /// The requested model name it prices.
+    /// The served model name (or family) it prices.
     pub model: String,
     /// The first instant it applies to, epoch milliseconds.
     pub effective_from_ms: i64,
