@@ -35,8 +35,9 @@ pub const COMMIT_FAILURES: &str = "billing_commit_failures_total";
 pub const CONSUME_ERRORS: &str = "billing_consume_errors_total";
 /// Events dropped inside one batch because their id already appeared earlier in that batch.
 pub const DUPLICATES_IN_BATCH: &str = "billing_duplicate_events_in_batch_total";
-/// Usage events written with no price in force for their model at their time (cost 0). No model label: the
-/// models are logged once each instead, so the label set cannot grow with what clients send.
+/// Usage events written with no price in force for their served model (nor its family) at their time (cost 0).
+/// No model label: the served models are logged once each instead, so the label set cannot grow with what
+/// upstreams answer.
 pub const EVENTS_UNPRICED: &str = "billing_events_unpriced_total";
 /// Messages of the usage topic not yet committed by the ingest group: high watermark − committed offset, summed
 /// over the topic's partitions.
@@ -110,7 +111,7 @@ pub fn describe() {
     describe_counter!(
         EVENTS_UNPRICED,
         Unit::Count,
-        "Usage events written with no price in force for their model at their time (stored with cost 0)."
+        "Usage events written with no price in force for their served model at their time (stored with cost 0)."
     );
     describe_gauge!(
         CONSUMER_LAG,
