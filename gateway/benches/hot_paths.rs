@@ -16,9 +16,10 @@ use chrono::{DateTime, Utc};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tollgate_gateway::auth::{KeyStore, hash_key};
 use tollgate_gateway::clock::{Clock, SystemClock};
-use tollgate_gateway::config::{Config, Provider};
+use tollgate_gateway::config::Config;
+use tollgate_gateway::protocol::{Endpoint, Provider};
 use tollgate_gateway::quota::Quotas;
-use tollgate_gateway::request::{ApiRequest, Endpoint};
+use tollgate_gateway::request::ApiRequest;
 use tollgate_gateway::routing::{HashKeys, Router, health_of};
 use tollgate_gateway::sse::{EventSplitter, parse_event};
 use tollgate_gateway::stream_usage::StreamMeter;
@@ -27,7 +28,7 @@ use tollgate_schemas::usage::AttemptError;
 use tollgate_schemas::{Attempt, CloudEvent, EstimateSource, Outcome, UsageRecorded, UsageSource};
 use uuid::Uuid;
 
-/// The streaming tee's limit on one SSE event (`MAX_EVENT_BYTES` in `streaming.rs`, private there).
+/// The streaming tee's limit on one SSE event (`MAX_EVENT_BYTES` in `pipeline/stream.rs`, private there).
 const MAX_EVENT_BYTES: usize = 4 << 20;
 /// This replica's CloudEvents `source`, as events and quota watermarks carry it.
 const SOURCE: &str = "tollgate-gateway/gw-bench-1";

@@ -1,27 +1,16 @@
-//! The application: shared state, per-worker clients, the route table, and the server that runs them.
+//! The application: builds the shared state ([`crate::state`]) and the per-worker clients, mounts the request
+//! pipeline ([`crate::pipeline`], whose doc lists its steps) on every metered endpoint, and runs the server, the
+//! admin API and the background loops beside it until a graceful stop.
 //!
-//! Request pipeline for `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings` (details in [`crate::proxy`]):
-//! 1. accept — TCP_NODELAY on the client socket (no 40 ms Nagle stalls on kept-alive connections);
-//! 2. authenticate — `Authorization: Bearer` key → consumer and key id ([`crate::auth`]);
-//! 3. parse — body read once up to `server.max_request_bytes`, `model`/`messages`/`stream` checked
-//!    ([`crate::request`]);
-//! 4. route — `model` → route; refused (503) while the usage spool is full and `spool.on_full = "reject"`
-//!    ([`crate::events`]); then the consumer's request rate ([`crate::limits`]) → a plan of targets by priority,
-//!    weight and health ([`crate::routing`], [`crate::health`]; active probes run in the background,
-//!    [`crate::probe`]);
-//! 5. estimate and admit — meter-sidecar prompt count, in-process fallback ([`crate::meter`]); token quotas of
-//!    the consumer and the model against billing-consumer's snapshots plus this replica's own pending usage
-//!    ([`crate::quota`], fed from the quota topic by [`crate::quota::feed`]);
-//! 6. forward — instance URL, model and key; failover on retry-safe failures ([`crate::upstream`]);
-//! 7. settle and emit — usage from the provider or the estimate; one event, queued without waiting
-//!    ([`crate::usage`], [`crate::events`]), to Kafka or, while Kafka does not acknowledge, the spool
-//!    ([`crate::spool`]);
-//! 8. respond — upstream status and body unchanged, plus `x-request-id` and `x-tollgate-instance`.
-//!
-//! Any step's failure is a [`GatewayError`](crate::error::GatewayError), answered in OpenAI's error shape.
 //! `GET /v1/models` lists the routed model names; `GET /healthz` sits beside the API, and so does `GET /metrics`
 //! unless `server.metrics_listen` gives it a listener of its own ([`crate::scrape`]); every other path is an
 //! OpenAI-shaped 404. The admin API runs beside it on its own listener ([`crate::admin`]).
+//!
+//! **Stopping.** [`GatewayHandle::stop`] stops accepting connections, then waits up to `server.drain_timeout`
+//! for the work that outlives clients (answers read to learn their usage, stream tees; [`AppState::inflight`]),
+//! then stops the HTTP workers (which wait `server.shutdown_timeout` for open connections). Whatever is still
+//! running after that is dropped, and its settlement value emits its event with what is known
+//! ([`crate::pipeline::settle`]). Last, [`Gateway::run`] drains the queued events to Kafka or the spool.
 
 use std::any::Any;
 use std::net::{SocketAddr, TcpListener};
@@ -34,45 +23,23 @@ use actix_web::rt::net::TcpStream;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminServer;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, ServerConfig};
+use crate::config::Config;
 use crate::error::GatewayError;
-use crate::events::{EventPipeline, EventSender, EventsError};
+use crate::events::{EventPipeline, EventsError};
 use crate::live::{LiveConfig, LiveError, LiveHandles};
 use crate::meter::MeterClient;
 use crate::models;
-use crate::proxy;
+use crate::pipeline;
+use crate::protocol::Endpoint;
 use crate::quota::Quotas;
 use crate::quota::feed::{FeedError, QuotaFeed};
-use crate::request::Endpoint;
 use crate::scrape::{self, MetricsServer};
+use crate::state::{AppState, WorkerClients};
 use crate::upstream::Upstreams;
-
-/// State shared by every worker. What the admin API can change lives in [`LiveConfig`]; a request loads its
-/// [`Runtime`](crate::live::runtime::Runtime) once and keeps it to the end.
-#[derive(Debug)]
-pub struct AppState {
-    /// `[server]`: fixed for the life of the process.
-    pub server: ServerConfig,
-    /// Routes, instances, consumers, keys and limits: swapped whole by the admin API's changes.
-    pub live: Arc<LiveConfig>,
-    pub quotas: Arc<Quotas>,
-    pub events: EventSender,
-    /// The CloudEvents `source` of this replica's events.
-    pub event_source: Arc<str>,
-    /// Now, for quota windows and event timestamps.
-    pub clock: Arc<dyn Clock>,
-    pub metrics: PrometheusHandle,
-}
-
-/// HTTP clients owned by one worker thread (awc clients are not `Send`).
-#[derive(Debug)]
-pub struct WorkerClients {
-    pub meter: MeterClient,
-    pub upstreams: Upstreams,
-}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +75,9 @@ pub struct Gateway {
     feed: Option<QuotaFeed>,
     live: LiveHandles,
     probes: CancellationToken,
+    inflight: TaskTracker,
     shutdown_timeout: Duration,
+    drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -146,6 +115,7 @@ impl Gateway {
         let admin_config = config.admin.clone();
         let (live, live_handles) =
             LiveConfig::start(config, quotas.clone(), probes.clone(), event_source.clone())?;
+        let inflight = TaskTracker::new();
         let state = web::Data::new(AppState {
             server: server_config.clone(),
             live: live.clone(),
@@ -154,6 +124,7 @@ impl Gateway {
             event_source,
             clock,
             metrics,
+            inflight: inflight.clone(),
         });
         let worker_live = live.clone();
         let scrape = server_config
@@ -191,7 +162,7 @@ impl Gateway {
                                   payload: web::Payload,
                                   state: web::Data<AppState>,
                                   clients: web::Data<WorkerClients>| {
-                                proxy::serve(endpoint, req, payload, state, clients)
+                                pipeline::serve(endpoint, req, payload, state, clients)
                             },
                         ),
                     )
@@ -217,13 +188,19 @@ impl Gateway {
             feed,
             live: live_handles,
             probes,
+            inflight,
             shutdown_timeout: server_config.shutdown_timeout,
+            drain_timeout: server_config.drain_timeout,
         })
     }
 
-    /// A handle to stop the server gracefully.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// A handle to stop the gateway, gracefully or not.
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle {
+            server: self.server.handle(),
+            inflight: self.inflight.clone(),
+            drain_timeout: self.drain_timeout,
+        }
     }
 
     /// The admin API's bound address; `None` when no admin key is configured (the listener did not start).
@@ -259,6 +236,50 @@ impl Gateway {
             tracing::error!("shutdown timed out before every usage event reached Kafka or the spool");
         }
         served
+    }
+}
+
+/// Stops a running [`Gateway`]; cheap to clone.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    server: ServerHandle,
+    inflight: TaskTracker,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle")
+            .field("inflight", &self.inflight.len())
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayHandle {
+    /// Stops the gateway. Graceful: no new connections, then up to `server.drain_timeout` for the work that
+    /// outlives clients, then the workers stop with `server.shutdown_timeout` for open connections; what runs
+    /// after that is settled with what is known. Not graceful: the workers stop at once, and every request in
+    /// flight is settled with what is known.
+    pub async fn stop(&self, graceful: bool) {
+        if graceful {
+            self.server.pause().await;
+            self.inflight.close();
+            let open = self.inflight.len();
+            if tokio::time::timeout(self.drain_timeout, self.inflight.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    still_running = self.inflight.len(),
+                    drain_timeout_ms = self.drain_timeout.as_millis() as u64,
+                    "drain timed out; the requests still running are settled with what is known"
+                );
+            } else if open > 0 {
+                tracing::info!(drained = open, "requests in flight drained");
+            }
+        }
+        self.server.stop(graceful).await;
     }
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 use url::Url;
 
-use crate::request::Endpoint;
+use crate::protocol::{Endpoint, Provider};
 
 /// A validated gateway configuration.
 #[derive(Debug, Clone)]
@@ -165,6 +165,15 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// A stream that sends nothing for this long is cut.
     pub stream_idle_timeout: Duration,
+    /// A stream whose client reads nothing for this long (its buffers stay full) is ended and settled as
+    /// `client_cancelled`: a client that stops reading cannot pin a stream, its reservation and its event.
+    pub send_timeout: Duration,
+    /// How long a graceful stop waits for the work that outlives clients (answers read to learn their usage,
+    /// stream tees) before the rest is settled with what is known.
+    pub drain_timeout: Duration,
+    /// The longest upstream `Retry-After` honoured (cooldowns, and what a client is told); longer ones are cut
+    /// to it.
+    pub max_retry_after: Duration,
     /// Meter requests: prompt estimate, token quotas, SSE usage parsing and one usage event each. Off, the
     /// gateway is a plain authenticating, routing, failing-over proxy: nothing is estimated, limited by tokens
     /// or billed (token limits are then refused).
@@ -245,25 +254,6 @@ pub struct HealthCheck {
 pub enum HealthMethod {
     Get,
     Post,
-}
-
-/// The protocol an instance speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Provider {
-    /// OpenAI's API, or anything OpenAI-compatible (vLLM, SGLang, …): `Authorization: Bearer`.
-    Openai,
-    /// Anthropic's Messages API: `x-api-key` and `anthropic-version`.
-    Anthropic,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Openai => "openai",
-            Self::Anthropic => "anthropic",
-        }
-    }
 }
 
 /// Where requests for a set of model names go.
@@ -410,6 +400,15 @@ fn default_shutdown_timeout() -> String {
 }
 fn default_stream_idle_timeout() -> String {
     "120s".to_owned()
+}
+fn default_send_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_drain_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_max_retry_after() -> String {
+    "1h".to_owned()
 }
 fn default_meter_timeout() -> String {
     "250ms".to_owned()
@@ -652,6 +651,12 @@ pub struct RawServer {
     pub shutdown_timeout: String,
     #[serde(default = "default_stream_idle_timeout")]
     pub stream_idle_timeout: String,
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: String,
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: String,
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after: String,
     #[serde(default = "default_true")]
     pub metering: bool,
     #[serde(default)]
@@ -668,6 +673,9 @@ impl Default for RawServer {
             max_response_bytes: default_max_response_bytes(),
             shutdown_timeout: default_shutdown_timeout(),
             stream_idle_timeout: default_stream_idle_timeout(),
+            send_timeout: default_send_timeout(),
+            drain_timeout: default_drain_timeout(),
+            max_retry_after: default_max_retry_after(),
             metering: true,
             metrics_listen: None,
         }
@@ -985,6 +993,9 @@ impl RawConfig {
             max_response_bytes: self.server.max_response_bytes,
             shutdown_timeout: p.duration("server.shutdown_timeout", &self.server.shutdown_timeout),
             stream_idle_timeout: p.duration("server.stream_idle_timeout", &self.server.stream_idle_timeout),
+            send_timeout: p.duration("server.send_timeout", &self.server.send_timeout),
+            drain_timeout: p.duration("server.drain_timeout", &self.server.drain_timeout),
+            max_retry_after: p.duration("server.max_retry_after", &self.server.max_retry_after),
             metering: self.server.metering,
             metrics_listen,
         };

@@ -151,7 +151,11 @@ impl InstanceHealth {
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         s.last_failure = Some(now);
         if let Some(wait) = retry_after {
-            s.cooldown_until = Some(now + wait);
+            // Callers cap `wait` (server.max_retry_after); a deadline past what an Instant holds is the latest one.
+            s.cooldown_until = Some(
+                now.checked_add(wait)
+                    .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+            );
             tracing::warn!(instance = %self.name, retry_after_ms = wait.as_millis() as u64, "instance cooling down as its Retry-After asks");
         }
         let trips = match s.circuit {

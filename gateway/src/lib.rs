@@ -2,7 +2,12 @@
 //! request, and emits one usage event per request to Kafka.
 //!
 //! A tour, in the order a request meets them:
-//! - [`app`] — the server, shared state and the request pipeline (its doc lists the steps);
+//! - [`app`] — the server: builds the state, mounts the pipeline, stops gracefully;
+//! - [`pipeline`] — the metered request path, admission to settlement (its doc numbers the steps), with
+//!   [`pipeline::settle`] — the value that owns a request from admission on and emits its one usage event on
+//!   every path — and [`pipeline::stream`] — the SSE tee;
+//! - [`state`] — what every worker shares and what each owns;
+//! - [`protocol`] — the providers' protocol facts: endpoints, upstream paths, usage shapes, the served model;
 //! - [`auth`] — consumer keys, stored as SHA-256 hashes → who is billed;
 //! - [`request`] — reading and parsing the body once;
 //! - [`routing`] — model name → route → a plan of instances by priority, weight and health;
@@ -13,11 +18,8 @@
 //! - [`quota`] — token quotas per consumer, model and instance: admission against billing-consumer's snapshots
 //!   (kept in a moka cache by [`quota::feed`]) plus this replica's own usage not counted yet;
 //! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
-//! - [`proxy`] — `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`: the pipeline end to end;
-//!   [`models`] — `GET /v1/models`;
-//! - [`streaming`] — the SSE tee, reading along with [`sse`] (framing) and [`stream_usage`] (what was consumed);
-//! - [`usage`] — the provider's usage block, or the estimate;
-//! - [`record`] — the usage event of one request, finished by whichever path settles it;
+//! - [`models`] — `GET /v1/models`;
+//! - [`sse`] (framing) and [`stream_usage`] (what a stream consumed) — what the stream tee reads along;
 //! - [`events`] — usage events off the request path and into Kafka, or into [`spool`] — segment files on local
 //!   disk, drained to Kafka in order — while Kafka does not acknowledge them;
 //! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics;
@@ -40,19 +42,18 @@ pub mod live;
 pub mod meter;
 pub mod metrics;
 pub mod models;
+pub mod pipeline;
 pub mod probe;
-pub mod proxy;
+pub mod protocol;
 pub mod quota;
-pub mod record;
 pub mod request;
 pub mod routing;
 pub mod scrape;
 pub mod spool;
 pub mod sse;
+pub mod state;
 pub mod stream_usage;
-pub mod streaming;
 pub mod upstream;
-pub mod usage;
 
 pub use app::Gateway;
 pub use config::Config;

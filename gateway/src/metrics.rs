@@ -33,6 +33,7 @@ pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
 pub const STREAMS_ACTIVE: &str = "tollgate_streams_active";
 pub const STREAMS_TOTAL: &str = "tollgate_streams_total";
+pub const SETTLEMENTS_TOTAL: &str = "tollgate_settlements_total";
 pub const RATE_LIMITED_TOTAL: &str = "tollgate_rate_limited_total";
 pub const QUOTA_REJECTIONS_TOTAL: &str = "tollgate_quota_rejections_total";
 pub const QUOTA_INSTANCE_SKIPS_TOTAL: &str = "tollgate_quota_instance_skips_total";
@@ -252,6 +253,11 @@ pub fn describe() {
     describe_counter!(
         STREAMS_TOTAL,
         "Streamed responses finished, by outcome (ok, client_cancelled, upstream_cut)."
+    );
+    describe_counter!(
+        SETTLEMENTS_TOTAL,
+        "Admitted requests settled with one usage event, by path: settled (the answer was read) or dropped \
+         (settled with what was known when its task was dropped: a forced stop or a panic)."
     );
 }
 

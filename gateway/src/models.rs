@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 #[derive(Serialize)]
 struct ModelList<'a> {

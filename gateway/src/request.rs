@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
-use crate::config::Provider;
+use crate::protocol::Endpoint;
 
 use crate::error::GatewayError;
 
@@ -26,69 +26,6 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes,
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
-}
-
-/// The OpenAI-compatible endpoints the gateway meters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /v1/chat/completions`: `messages`, streamable.
-    ChatCompletions,
-    /// `POST /v1/completions` (legacy): `prompt`, streamable.
-    Completions,
-    /// `POST /v1/embeddings`: `input`, never streamed.
-    Embeddings,
-    /// `POST /v1/messages`: Anthropic's Messages API (`messages`, optional `system`), streamable.
-    Messages,
-}
-
-impl Endpoint {
-    pub const ALL: [Endpoint; 4] = [
-        Self::ChatCompletions,
-        Self::Completions,
-        Self::Embeddings,
-        Self::Messages,
-    ];
-
-    /// The protocol of the instances that serve it.
-    pub fn provider(self) -> Provider {
-        match self {
-            Self::ChatCompletions | Self::Completions | Self::Embeddings => Provider::Openai,
-            Self::Messages => Provider::Anthropic,
-        }
-    }
-
-    /// The client path.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "/v1/chat/completions",
-            Self::Completions => "/v1/completions",
-            Self::Embeddings => "/v1/embeddings",
-            Self::Messages => "/v1/messages",
-        }
-    }
-
-    /// The path relative to an instance's endpoint.
-    pub fn upstream_path(self) -> &'static str {
-        match self {
-            Self::ChatCompletions => "chat/completions",
-            Self::Completions => "completions",
-            Self::Embeddings => "embeddings",
-            Self::Messages => "messages",
-        }
-    }
-
-    /// The field holding what is metered as the prompt.
-    fn prompt_field(self) -> &'static str {
-        match self {
-            Self::ChatCompletions | Self::Messages => "messages",
-            Self::Completions => "prompt",
-            Self::Embeddings => "input",
-        }
-    }
-
-    fn streams(self) -> bool {
-        !matches!(self, Self::Embeddings)
-    }
 }
 
 /// What is counted as a request's prompt.
@@ -112,11 +49,16 @@ pub struct ApiRequest {
 
 impl ApiRequest {
     pub fn parse(endpoint: Endpoint, raw: Bytes) -> Result<Self, GatewayError> {
-        let value: Value =
+        let Body { map: body, duplicate } =
             serde_json::from_slice(&raw).map_err(|e| GatewayError::InvalidJson(e.to_string()))?;
-        let Value::Object(body) = value else {
-            return Err(GatewayError::InvalidJson("expected a JSON object".into()));
-        };
+        if let Some(param) = duplicate {
+            return Err(GatewayError::InvalidParameter {
+                param,
+                message: format!(
+                    "the key `{param}` appears more than once; send each of the request's fields once"
+                ),
+            });
+        }
         let model = match body.get("model") {
             None | Some(Value::Null) => return Err(GatewayError::MissingParameter("model")),
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -173,13 +115,15 @@ impl ApiRequest {
         })
     }
 
-    /// The most output tokens the request can produce, when it says: `max_completion_tokens` or `max_tokens`,
-    /// times `n` choices. Quota admission reserves it besides the prompt. A value that is not a non-negative
-    /// integer counts as absent here; the provider refuses it with its own error.
+    /// The most output tokens the request can produce, when it says: the larger of `max_completion_tokens` and
+    /// `max_tokens` (an upstream may honour either), times `n` choices. Quota admission reserves it besides the
+    /// prompt. A value that is not a non-negative integer counts as absent here; the provider refuses it with its
+    /// own error.
     pub fn max_output_tokens(&self) -> Option<u64> {
         let limit = ["max_completion_tokens", "max_tokens"]
             .iter()
-            .find_map(|field| self.body.get(*field).and_then(Value::as_u64))?;
+            .filter_map(|field| self.body.get(*field).and_then(Value::as_u64))
+            .max()?;
         let choices = self.body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
         Some(limit.saturating_mul(choices))
     }
@@ -301,6 +245,57 @@ impl Serialize for WithUsage<'_> {
 }
 
 /// A prompt item: a string, a token id, or an array of token ids.
+/// The top-level fields the gateway reads. A body that repeats one is refused: the gateway would read one value
+/// (serde keeps the last) and an upstream that receives the client's bytes might read another (many keep the
+/// first), so a client could be metered for one request and served another.
+const READ_FIELDS: [&str; 7] = [
+    "model",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "messages",
+    "stream_options",
+];
+
+/// A request body as a JSON object, read in one pass that also notes the first repeated [`READ_FIELDS`] key.
+struct Body {
+    map: Map<String, Value>,
+    duplicate: Option<&'static str>,
+}
+
+impl<'de> serde::Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(BodyVisitor)
+    }
+}
+
+struct BodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+    type Value = Body;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<Body, A::Error> {
+        let mut map = Map::new();
+        let mut duplicate = None;
+        while let Some(key) = access.next_key::<String>()? {
+            let value: Value = access.next_value()?;
+            if duplicate.is_none()
+                && let Some(field) = READ_FIELDS.iter().find(|f| **f == key)
+                && map.contains_key(*field)
+            {
+                duplicate = Some(*field);
+            }
+            map.insert(key, value);
+        }
+        Ok(Body { map, duplicate })
+    }
+}
+
 fn is_prompt_item(item: &Value) -> bool {
     match item {
         Value::String(_) | Value::Number(_) => true,
@@ -318,6 +313,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_repeated_field_the_gateway_reads_is_refused_by_name() {
+        for key in READ_FIELDS {
+            let body = format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"{key}":1,"{key}":2}}"#
+            );
+            match parse(&body) {
+                Err(GatewayError::InvalidParameter { param, message }) => {
+                    assert_eq!(param, key);
+                    assert!(message.contains(key), "{message}");
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+        // Fields the gateway does not read pass through as the client sent them.
+        assert!(
+            parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"user":"a","user":"b"}"#)
+                .is_ok()
+        );
+        assert!(matches!(parse("[1]"), Err(GatewayError::InvalidJson(_))));
+    }
+
+    #[test]
     fn max_output_tokens_reads_either_field_and_multiplies_by_choices() {
         let with = |extra: &str| {
             parse(&format!(
@@ -328,7 +345,12 @@ mod tests {
         };
         assert_eq!(with(""), None);
         assert_eq!(with(r#","max_tokens":100"#), Some(100));
-        assert_eq!(with(r#","max_completion_tokens":50,"max_tokens":100"#), Some(50));
+        // Both: the larger, since an upstream may honour either.
+        assert_eq!(with(r#","max_completion_tokens":50,"max_tokens":100"#), Some(100));
+        assert_eq!(
+            with(r#","max_completion_tokens":500,"max_tokens":100"#),
+            Some(500)
+        );
         assert_eq!(with(r#","max_tokens":100,"n":3"#), Some(300));
         assert_eq!(with(r#","max_tokens":-1"#), None);
         assert_eq!(with(r#","max_tokens":"lots""#), None);

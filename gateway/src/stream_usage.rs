@@ -8,14 +8,16 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::Provider;
+use crate::protocol::Provider;
+use crate::protocol::usage::{self, AnthropicUsage, Usage};
 use crate::sse::SseEvent;
-use crate::usage::{self, AnthropicUsage, Usage};
 
 /// Accumulates a streamed chat completion as its events pass.
 #[derive(Debug, Default)]
 pub struct ChatStreamAccumulator {
     text: String,
+    /// The `model` of the first chunk that named one: the model that answered.
+    model: Option<String>,
     usage: Option<Usage>,
     done: bool,
     chunks: u64,
@@ -37,7 +39,10 @@ pub enum Observed {
 
 /// The parts of a `chat.completion.chunk` that are metered; everything else is ignored.
 #[derive(Deserialize)]
-struct RawChunk {
+struct RawChunk<'a> {
+    /// Borrowed: read on every chunk, kept only from the first.
+    #[serde(borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
     choices: Option<Vec<RawChoice>>,
     usage: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
@@ -94,6 +99,11 @@ impl ChatStreamAccumulator {
                 Observed::Chunk
             };
         };
+        if self.model.is_none()
+            && let Some(model) = chunk.model.filter(|m| !m.is_empty())
+        {
+            self.model = Some(model.into_owned());
+        }
         let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
         for choice in chunk.choices.into_iter().flatten() {
             if let Some(text) = choice.text {
@@ -160,6 +170,8 @@ impl ChatStreamAccumulator {
 #[derive(Debug, Default)]
 pub struct AnthropicStreamAccumulator {
     text: String,
+    /// `message_start`'s `message.model`: the model that answered.
+    model: Option<String>,
     usage: Option<AnthropicUsage>,
     done: bool,
     chunks: u64,
@@ -176,6 +188,7 @@ struct AnthropicEvent {
 
 #[derive(Deserialize)]
 struct AnthropicMessage {
+    model: Option<String>,
     usage: Option<AnthropicUsage>,
 }
 
@@ -197,8 +210,11 @@ impl AnthropicStreamAccumulator {
         };
         match parsed.kind.as_deref() {
             Some("message_start") => {
-                if let Some(usage) = parsed.message.and_then(|m| m.usage) {
-                    self.usage = Some(usage);
+                if let Some(message) = parsed.message {
+                    if let Some(usage) = message.usage {
+                        self.usage = Some(usage);
+                    }
+                    self.model = message.model.filter(|m| !m.is_empty()).or(self.model.take());
                 }
             }
             Some("content_block_delta") => {
@@ -235,7 +251,8 @@ impl AnthropicStreamAccumulator {
     }
 }
 
-/// The accumulator for a stream of either protocol, as the tee uses it.
+/// The accumulator for a stream of either protocol, as the tee uses it (and, when the tee is dropped before it
+/// ends, the settlement of what it had seen: [`crate::pipeline::settle::Ledger`]).
 #[derive(Debug)]
 pub enum StreamMeter {
     OpenAi(ChatStreamAccumulator),
@@ -271,6 +288,14 @@ impl StreamMeter {
                 .usage
                 .filter(|u| u.input_tokens.is_some())
                 .map(AnthropicUsage::to_usage),
+        }
+    }
+
+    /// The model the stream says answered, when it named one.
+    pub fn served_model(&self) -> Option<&str> {
+        match self {
+            Self::OpenAi(a) => a.model.as_deref(),
+            Self::Anthropic(a) => a.model.as_deref(),
         }
     }
 

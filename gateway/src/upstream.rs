@@ -19,7 +19,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use tollgate_schemas::usage::AttemptError;
 
-use crate::config::{Instance, Provider};
+use crate::config::Instance;
+use crate::protocol::Provider;
 
 /// HTTP clients for every instance, one set per worker (each with its own connection pool and connect timeout).
 /// A client is made on an instance's first request and made again when a live change alters its timeouts;
@@ -54,6 +55,19 @@ pub struct UpstreamHead {
     pub body: BodyStream,
     /// When reading the body must have finished.
     deadline: Instant,
+}
+
+impl UpstreamHead {
+    /// Whether the body is an SSE stream (`text/event-stream`), as a streamed answer must be. An upstream that
+    /// answers a stream request without a content type is taken at its word.
+    pub fn is_event_stream(&self) -> bool {
+        const SSE: &[u8] = b"text/event-stream";
+        self.content_type.as_ref().is_none_or(|v| {
+            v.as_bytes()
+                .get(..SSE.len())
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SSE))
+        })
+    }
 }
 
 /// An upstream body as a stream of chunks.

@@ -23,6 +23,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
+use tollgate_gateway::app::GatewayHandle;
 use tollgate_gateway::clock::{Clock, ManualClock, SystemClock};
 use tollgate_gateway::{Config, Gateway};
 use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshot, QuotaSnapshotEvent};
@@ -152,7 +153,7 @@ pub struct Stack {
     pub spool_dir: PathBuf,
     /// Spool directories the stack made, removed by [`Stack::stop`].
     scratch_spools: Vec<PathBuf>,
-    gateways: Vec<(ServerHandle, tokio::sync::oneshot::Receiver<()>)>,
+    gateways: Vec<(GatewayHandle, tokio::sync::oneshot::Receiver<()>)>,
     meter: Option<ServerHandle>,
     ingest_shutdown: CancellationToken,
     ingest: Option<std::thread::JoinHandle<()>>,

@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyStore;
-use crate::config::{BreakerConfig, Config, HealthCheck, Instance, Provider, Secret};
+use crate::config::{BreakerConfig, Config, HealthCheck, Instance, Secret};
 use crate::health::InstanceHealth;
 use crate::limits::RequestLimits;
 use crate::probe;
+use crate::protocol::Provider;
 use crate::routing::Router;
 
 /// One configuration, ready for requests.

@@ -43,6 +43,9 @@ struct PriorityGroup {
 #[derive(Debug)]
 pub struct RouteTable {
     pub name: Arc<str>,
+    /// The route's first model name: the name every alias of the route is served and billed as when neither
+    /// the instance nor the answer names a model.
+    pub model: Arc<str>,
     pub paths: Vec<String>,
     pub targets: Vec<RouteTarget>,
     pub failover: FailoverConfig,
@@ -158,6 +161,7 @@ impl Router {
             };
             let table = Arc::new(RouteTable {
                 name: Arc::from(route.name.as_str()),
+                model: Arc::from(route.models.first().map_or(route.name.as_str(), String::as_str)),
                 paths: route.paths.clone(),
                 targets,
                 failover: route.failover.clone(),

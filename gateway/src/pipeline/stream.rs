@@ -10,12 +10,16 @@
 //! [`crate::request::ChatRequest::upstream_body`]) and removes that usage-only chunk; chunks are then forwarded
 //! event by event so the chunk can be cut out cleanly.
 //!
-//! The tee owns the upstream response, not the client connection: when the client goes away (the channel
-//! closes) it drops the upstream request, which cancels it, and still settles what was streamed so far
-//! (`client_cancelled`); an upstream that ends without `[DONE]` or breaks is `upstream_cut`, and the client's
-//! stream ends without `[DONE]` too — no fake success. Usage is the provider's when a chunk carried it,
-//! otherwise meter-sidecar's count of the streamed text (`counted`). The event is emitted before the client's
-//! stream is closed, so a graceful shutdown, which waits for open responses, also waits for it.
+//! The tee owns the upstream response and the request's [`Ledger`], not the client connection: when the client
+//! goes away (the channel closes), or stops reading for `server.send_timeout` (its buffers stay full), the tee
+//! drops the upstream request, which cancels it, and still settles what was streamed so far
+//! (`client_cancelled`); an upstream that ends without `[DONE]`/`message_stop`, breaks, or goes idle past
+//! `server.stream_idle_timeout` is `upstream_cut`, and the client's stream ends without `[DONE]` too — no fake
+//! success. Usage is the provider's when the stream ended as it should; after an early end, completion tokens
+//! are the larger of the provider's figure so far and meter-sidecar's exact count of the text, tool-call
+//! arguments and refusals streamed ([`usage::at_least_streamed`]). The tee runs on a task tracked by
+//! [`crate::state::AppState::inflight`], so a graceful stop waits for it; dropped before it ends, its ledger
+//! settles from what the meter saw. The event is emitted before the client's stream is closed.
 
 use std::time::Duration;
 
@@ -24,17 +28,17 @@ use actix_web::{HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tollgate_schemas::{Outcome, UsageSource};
+use tollgate_schemas::Outcome;
 
-use crate::app::{AppState, WorkerClients};
-use crate::config::Provider;
-use crate::meter::fallback_text_estimate;
 use crate::metrics as m;
-use crate::record::{PendingEvent, Settlement};
+use crate::pipeline::count_text;
+use crate::pipeline::settle::{Ledger, Settlement};
+use crate::protocol::Provider;
+use crate::protocol::usage::{self, Usage};
 use crate::sse::{EventSplitter, parse_event};
+use crate::state::{AppState, WorkerClients};
 use crate::stream_usage::{Observed, StreamMeter};
 use crate::upstream::UpstreamHead;
-use crate::usage::Usage;
 
 /// Chunks in flight between the tee and the client: a slow client slows the upstream read, not memory.
 const CLIENT_BUFFER_CHUNKS: usize = 16;
@@ -44,7 +48,8 @@ const MAX_EVENT_BYTES: usize = 4 << 20;
 /// Everything the tee needs to settle the request.
 #[derive(Debug)]
 pub struct StreamJob {
-    pub pending: PendingEvent,
+    /// The request's settlement, which the tee takes over.
+    pub ledger: Ledger,
     /// The client did not ask for the usage chunk: remove it.
     pub strip_usage_chunk: bool,
     pub state: web::Data<AppState>,
@@ -77,8 +82,10 @@ pub async fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
         response.insert_header((header::CONTENT_TYPE, content_type.clone()));
     }
     response.insert_header((header::CACHE_CONTROL, "no-cache"));
-    metrics::gauge!(m::STREAMS_ACTIVE).increment(1.0);
-    actix_web::rt::spawn(tee(head, tx, job));
+    let active = ActiveStream::start();
+    let inflight = job.state.inflight.clone();
+    let tee = inflight.track_future(tee(head, tx, job, active));
+    actix_web::rt::spawn(tee);
     tokio::task::yield_now().await;
     let first = rx.try_recv().ok();
     let rest = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -89,10 +96,12 @@ pub async fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
     response.streaming(futures_util::stream::iter(first.map(Ok)).chain(rest))
 }
 
-async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
+async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob, _active: ActiveStream) {
     let idle_timeout = job.state.server.stream_idle_timeout;
+    let send_timeout = job.state.server.send_timeout;
     let mut splitter = EventSplitter::new(MAX_EVENT_BYTES);
-    let mut stream = StreamMeter::for_provider(job.provider);
+    job.ledger.watch_stream(StreamMeter::for_provider(job.provider));
+    let request_id = job.ledger.pending().map(|p| p.request_id);
     let mut outcome = Outcome::Ok;
     loop {
         let next = tokio::select! {
@@ -106,12 +115,12 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
             Ok(Some(Ok(chunk))) => chunk,
             Ok(None) => break,
             Ok(Some(Err(error))) => {
-                tracing::warn!(request_id = %job.pending.request_id, error = %error, "upstream stream broke");
+                tracing::warn!(request_id = ?request_id, error = %error, "upstream stream broke");
                 outcome = Outcome::UpstreamCut;
                 break;
             }
             Err(_) => {
-                tracing::warn!(request_id = %job.pending.request_id, "upstream stream went idle past its timeout");
+                tracing::warn!(request_id = ?request_id, "upstream stream went idle past its timeout");
                 outcome = Outcome::UpstreamCut;
                 break;
             }
@@ -119,10 +128,13 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
         let events = match splitter.push(&chunk) {
             Ok(events) => events,
             Err(error) => {
-                tracing::warn!(request_id = %job.pending.request_id, error = %error, "upstream sent an oversized event");
+                tracing::warn!(request_id = ?request_id, error = %error, "upstream sent an oversized event");
                 outcome = Outcome::UpstreamCut;
                 break;
             }
+        };
+        let Some(stream) = job.ledger.stream_mut() else {
+            break;
         };
         let forward = if job.strip_usage_chunk {
             let mut kept = BytesMut::new();
@@ -138,14 +150,31 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
             }
             chunk
         };
-        if !forward.is_empty() && tx.send(forward).await.is_err() {
-            outcome = Outcome::ClientCancelled;
-            break;
+        if forward.is_empty() {
+            continue;
+        }
+        match tokio::time::timeout(send_timeout, tx.send(forward)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                outcome = Outcome::ClientCancelled;
+                break;
+            }
+            Err(_) => {
+                tracing::info!(
+                    request_id = ?request_id,
+                    send_timeout_ms = send_timeout.as_millis() as u64,
+                    "client stopped reading its stream; ending it"
+                );
+                outcome = Outcome::ClientCancelled;
+                break;
+            }
         }
     }
     // Dropping the body cancels the upstream request when the stream did not finish.
     drop(head);
-    if outcome != Outcome::ClientCancelled {
+    if outcome != Outcome::ClientCancelled
+        && let Some(stream) = job.ledger.stream_mut()
+    {
         // An event held back for the byte after its final `\r` is complete now that the stream ended.
         let last = splitter.finish();
         let last_kept = last.filter(|raw| stream.observe(&parse_event(raw)) != Observed::UsageOnly);
@@ -155,60 +184,87 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, job: StreamJob) {
             tail.extend_from_slice(last_kept.as_deref().unwrap_or_default());
             tail.extend_from_slice(splitter.remainder());
             if !tail.is_empty() {
-                let _ = tx.send(tail.freeze()).await;
+                let _ = tokio::time::timeout(send_timeout, tx.send(tail.freeze())).await;
             }
         }
     }
-    if outcome == Outcome::Ok && !stream.saw_done() {
+    let saw_done = job.ledger.stream().is_some_and(StreamMeter::saw_done);
+    if outcome == Outcome::Ok && !saw_done {
         outcome = Outcome::UpstreamCut;
     }
-
-    let usage = settle(&job, &stream).await;
-    let pending_status = job.pending.attempts.last().and_then(|a| a.status).unwrap_or(200);
-    let settled = Settlement {
-        outcome,
-        http_status: pending_status,
-        usage,
-        ttfb: Some(job.ttfb),
-    };
+    // From here the stream is over: a drop would still settle it, as ended early.
+    let status = job
+        .ledger
+        .pending()
+        .and_then(|p| p.attempts.last())
+        .and_then(|a| a.status);
+    job.ledger
+        .if_dropped(outcome, status.unwrap_or(200), Some(job.ttfb));
+    let usage = settle(&job, outcome).await;
+    if let Some(model) = job
+        .ledger
+        .stream()
+        .and_then(StreamMeter::served_model)
+        .map(str::to_owned)
+        && let Some(pending) = job.ledger.pending_mut()
+    {
+        pending.model_served = model;
+    }
     metrics::counter!(m::STREAMS_TOTAL, "outcome" => outcome.as_str()).increment(1);
-    if outcome != Outcome::Ok {
+    if outcome != Outcome::Ok
+        && let Some(pending) = job.ledger.pending()
+    {
         tracing::info!(
-            request_id = %job.pending.request_id,
-            consumer = %job.pending.principal.consumer,
-            instance = %job.pending.instance,
+            request_id = %pending.request_id,
+            consumer = %pending.principal.consumer,
+            instance = %pending.instance,
             outcome = outcome.as_str(),
-            chunks = stream.chunks(),
+            chunks = job.ledger.stream().map_or(0, StreamMeter::chunks),
+            completion_tokens = usage.completion_tokens,
             "stream ended early; usage settled from what was streamed"
         );
     }
-    job.state.events.emit(job.pending.finish(settled));
-    metrics::gauge!(m::STREAMS_ACTIVE).decrement(1.0);
+    let settled = Settlement {
+        outcome,
+        http_status: status.unwrap_or(200),
+        usage,
+        ttfb: Some(job.ttfb),
+    };
+    job.ledger.settle(settled);
     drop(tx);
 }
 
-/// The provider's numbers when a chunk carried them; otherwise the prompt estimate and the streamed text
-/// counted by meter-sidecar (or approximated in-process when it is down).
-async fn settle(job: &StreamJob, stream: &StreamMeter) -> Usage {
-    if let Some(usage) = stream.provider_usage() {
+/// `tollgate_streams_active` for as long as a tee runs, however it ends.
+struct ActiveStream;
+
+impl ActiveStream {
+    fn start() -> Self {
+        metrics::gauge!(m::STREAMS_ACTIVE).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        metrics::gauge!(m::STREAMS_ACTIVE).decrement(1.0);
+    }
+}
+
+/// The provider's numbers when the stream ended as it should and carried them; otherwise — an early end, or no
+/// usage — the prompt (the provider's figure when it gave one, else the estimate) and the larger of the
+/// provider's completion figure so far and the exact count of the streamed text.
+async fn settle(job: &StreamJob, outcome: Outcome) -> Usage {
+    let Some(stream) = job.ledger.stream() else {
+        return usage::estimated(0, false);
+    };
+    let provider = stream.provider_usage();
+    if outcome == Outcome::Ok
+        && let Some(usage) = provider
+    {
         return usage;
     }
-    let prompt_tokens = job.pending.estimate.tokens;
-    let text = stream.completion_text();
-    let (completion_tokens, source) = match job
-        .clients
-        .meter
-        .count_text(&job.pending.model_requested, text)
-        .await
-    {
-        Ok(tokens) => (tokens, UsageSource::Counted),
-        Err(_) => (fallback_text_estimate(text), UsageSource::Estimated),
-    };
-    Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens.saturating_add(completion_tokens),
-        cached_prompt_tokens: None,
-        source,
-    }
+    let estimate = job.ledger.pending().map_or(0, |p| p.estimate.tokens);
+    let model = job.ledger.pending().map_or("", |p| p.model_requested.as_str());
+    let (counted, source) = count_text(&job.clients, model, stream.completion_text()).await;
+    usage::at_least_streamed(provider, estimate, counted, source)
 }

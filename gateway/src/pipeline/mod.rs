@@ -1,0 +1,633 @@
+//! The metered request path — OpenAI's `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`
+//! and Anthropic's `POST /v1/messages` — from the client's bytes to the usage event. [`serve`] runs these
+//! steps, each a function of this module or of the module it names:
+//!
+//! 1. [`authenticate`] — the consumer key → [`Principal`] ([`crate::auth`]);
+//! 2. [`parse`] — the body, read once up to `server.max_request_bytes` → [`ApiRequest`] (model, stream flag,
+//!    the prompt of its [`Endpoint`]); duplicate keys among the fields the gateway reads are refused
+//!    ([`crate::request`]);
+//! 3. [`route`] — `model` on this path → a route; refused (503) while the usage spool is full and
+//!    `spool.on_full = "reject"`, because its usage could not be recorded ([`crate::events`]);
+//! 4. [`limit`] — one request off the consumer's request rate ([`crate::limits`]);
+//! 5. [`estimate`] — the prompt's tokens from meter-sidecar, in-process fallback when it is slow or down
+//!    ([`crate::meter`]);
+//! 6. [`admit`] — the token quotas of the consumer, then of the model: the estimate plus the most output the
+//!    request can produce is reserved; a used-up quota answers 429 ([`crate::quota`]). Rejections in steps 4
+//!    and 6 are usage events too (zero tokens). **From here a [`Ledger`] owns the request** and emits exactly
+//!    one usage event for it, whichever way it ends ([`settle`]);
+//! 7. [`forward::forward`] — the route's plan, failing over on retry-safe failures before the first byte;
+//! 8. answer — a whole body is read to its end and settled from its usage, or from an exact count of its text
+//!    when it has none ([`settle_whole`]); a stream is relayed chunk by chunk and settled when it ends
+//!    ([`stream::relay`]);
+//! 9. [`respond`] — the answer in the client's protocol with `x-request-id`, `x-tollgate-config-version`,
+//!    `x-tollgate-instance`, OpenAI's `x-ratelimit-*` headers, and the provider's `Retry-After` on a final
+//!    429/503.
+//!
+//! **Work that outlives the client.** Steps 1–9 run on a task of their own, tracked by
+//! [`AppState::inflight`]; the actix handler only waits for its answer. A client that leaves (FIN or RST)
+//! drops the handler, not the task: the upstream's answer is still read to its end (within the instance's
+//! timeout) and billed, with `outcome = client_cancelled`. A graceful stop waits for these tasks under
+//! `server.drain_timeout` ([`crate::app::GatewayHandle::stop`]); a task dropped after that, or one that
+//! panics, settles in its ledger's `Drop`.
+
+pub mod forward;
+pub mod settle;
+pub mod stream;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use tokio::sync::oneshot;
+use tollgate_schemas::{EstimateSource, Outcome, UsageSource};
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::error::GatewayError;
+use crate::limits::{RateFigures, format_reset};
+use crate::live::runtime::Runtime;
+use crate::meter::{Estimate, fallback_estimate, fallback_text_estimate};
+use crate::metrics as m;
+use crate::protocol::usage;
+use crate::protocol::{Endpoint, Provider};
+use crate::quota::{QuotaTicket, TokenFigures};
+use crate::request::{ApiRequest, read_body};
+use crate::routing::RouteTable;
+use crate::state::{AppState, WorkerClients};
+use crate::upstream::{AttemptFailure, UpstreamResponse};
+use forward::Answer;
+use settle::{Ledger, PendingEvent, Settlement};
+use stream::StreamJob;
+
+/// When and as what a request arrived.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    request_id: Uuid,
+    started: Instant,
+    started_at_ms: u64,
+}
+
+/// Where the consumer stands against its limits, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, Default)]
+struct LimitFigures {
+    requests: Option<RateFigures>,
+    tokens: Option<TokenFigures>,
+}
+
+/// What the pipeline's task hands back to the handler.
+struct TaskAnswer {
+    result: Result<(HttpResponse, String), GatewayError>,
+    limits: LimitFigures,
+}
+
+/// The handler of every metered endpoint (`app.rs` registers it once per [`Endpoint`]): runs the pipeline on a
+/// tracked task of its own (so that a client that leaves cannot cut it short), waits for its answer, records
+/// metrics.
+pub async fn serve(
+    endpoint: Endpoint,
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    clients: web::Data<WorkerClients>,
+) -> HttpResponse {
+    let arrival = Arrival {
+        request_id: Uuid::now_v7(),
+        started: Instant::now(),
+        started_at_ms: state.clock.now_ms(),
+    };
+    let (answer, answered) = oneshot::channel::<TaskAnswer>();
+    let task = state.inflight.track_future({
+        let state = state.clone();
+        async move {
+            let mut limits = LimitFigures::default();
+            let client = ClientLink(&answer);
+            let result = run(
+                endpoint,
+                &req,
+                payload,
+                &state,
+                &clients,
+                arrival,
+                &mut limits,
+                client,
+            )
+            .await;
+            let _ = answer.send(TaskAnswer { result, limits });
+        }
+    });
+    actix_web::rt::spawn(task);
+    // The task settles whatever happens; when it panicked, its ledger settled in `Drop` and the client gets a 500.
+    let TaskAnswer { result, limits } = answered.await.unwrap_or(TaskAnswer {
+        result: Err(GatewayError::Internal),
+        limits: LimitFigures::default(),
+    });
+    let (mut response, route) = match result {
+        Ok((response, route)) => (response, Some(route)),
+        Err(error) => {
+            if matches!(
+                error,
+                GatewayError::MissingApiKey | GatewayError::InvalidApiKey | GatewayError::ExpiredApiKey
+            ) {
+                metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => error.kind()).increment(1);
+            }
+            tracing::debug!(request_id = %arrival.request_id, kind = error.kind(), "request refused");
+            (error.error_response(), None)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&arrival.request_id.to_string()) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), value);
+    }
+    insert_limit_headers(&mut response, limits);
+    let route = route.unwrap_or_else(|| "none".to_owned());
+    let status = m::status_class(response.status().as_u16());
+    metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route)
+        .record(arrival.started.elapsed().as_secs_f64());
+    response
+}
+
+/// Whether the client is still waiting for the answer: gone once the handler was dropped (FIN, RST).
+#[derive(Clone, Copy)]
+struct ClientLink<'a>(&'a oneshot::Sender<TaskAnswer>);
+
+impl ClientLink<'_> {
+    fn left(self) -> bool {
+        self.0.is_closed()
+    }
+}
+
+/// Steps 1–9 (see the module doc).
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    endpoint: Endpoint,
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &web::Data<AppState>,
+    clients: &web::Data<WorkerClients>,
+    arrival: Arrival,
+    limits: &mut LimitFigures,
+    client: ClientLink<'_>,
+) -> Result<(HttpResponse, String), GatewayError> {
+    // This request's configuration, kept to its end whatever the admin API changes meanwhile.
+    let runtime = state.live.runtime();
+    let principal = authenticate(&runtime, req)?;
+    let api = parse(endpoint, payload, state).await?;
+    let route = self::route(&runtime, state, req, &principal, &api, arrival)?;
+    let metered = state.server.metering;
+    let admitted = Admitted {
+        arrival,
+        principal,
+        api,
+        route,
+        estimate: Estimate {
+            tokens: 0,
+            source: EstimateSource::Fallback,
+        },
+    };
+    limit(&runtime, state, &admitted, limits)?;
+    let estimate = estimate(state, clients, &admitted.api).await;
+    let admitted = Admitted { estimate, ..admitted };
+    let mut ticket = admit(state, &admitted, limits)?;
+
+    let Admitted {
+        arrival,
+        principal,
+        api,
+        route,
+        estimate,
+    } = admitted;
+    let forwarded = match forward::forward(req, state, clients, &route, &api, &principal, &mut ticket).await {
+        Err(GatewayError::InstanceQuotaExhausted { retry_after }) => {
+            metrics::counter!(m::QUOTA_REJECTIONS_TOTAL, "kind" => "instance").increment(1);
+            tracing::info!(
+                request_id = %arrival.request_id,
+                consumer = %principal.consumer,
+                route = %route.name,
+                "request rejected: every instance of the route has used its token quota"
+            );
+            drop(ticket);
+            PendingEvent::before_upstream(arrival, state, principal, &route, &api, estimate).rejected(
+                state,
+                Outcome::RejectedQuota,
+                429,
+            );
+            return Err(GatewayError::InstanceQuotaExhausted { retry_after });
+        }
+        other => other?,
+    };
+    let instance = forwarded.instance;
+    // The gateway's own share of the time to the answer's head (or, for a whole body, to its last byte).
+    let overhead = arrival.started.elapsed().saturating_sub(forwarded.upstream_time);
+    metrics::histogram!(m::OVERHEAD_SECONDS, "route" => route.name.to_string())
+        .record(overhead.as_secs_f64());
+    let pending = PendingEvent {
+        model_served: instance.model.clone().unwrap_or_else(|| route.model.to_string()),
+        provider: instance.provider.as_str(),
+        instance: instance.name.clone(),
+        attempts: forwarded.attempts,
+        quota: Some(ticket),
+        ..PendingEvent::before_upstream(arrival, state, principal, &route, &api, estimate)
+    };
+    // From here on, the ledger owns the request's one usage event.
+    let mut ledger = Ledger::open(pending, state.events.clone(), metered);
+    let provider = instance.provider;
+    let max_retry_after = state.server.max_retry_after;
+
+    let response = match forwarded.result {
+        Ok(Answer::Full(upstream)) => {
+            let whole = WholeAnswer {
+                upstream: &upstream,
+                provider,
+                endpoint: api.endpoint,
+                model: &api.model,
+                estimate,
+                ttfb: upstream.head_at.saturating_duration_since(arrival.started),
+            };
+            if metered {
+                settle_whole(ledger, clients, whole, client).await;
+            } else {
+                drop(ledger);
+            }
+            respond::whole(&upstream, max_retry_after)
+        }
+        Ok(Answer::Stream(head)) => {
+            let ttfb = head.head_at.saturating_duration_since(arrival.started);
+            metrics::histogram!(m::TIME_TO_FIRST_BYTE_SECONDS, "route" => route.name.to_string())
+                .record(ttfb.as_secs_f64());
+            if metered {
+                ledger.if_dropped(Outcome::UpstreamCut, head.status.as_u16(), Some(ttfb));
+                let job = StreamJob {
+                    ledger,
+                    strip_usage_chunk: provider == Provider::Openai && !api.client_wants_usage(),
+                    state: state.clone(),
+                    clients: clients.clone(),
+                    ttfb,
+                    provider,
+                };
+                stream::relay(head, job).await
+            } else {
+                drop(ledger);
+                stream::pass_through(head)
+            }
+        }
+        Err(failure) => {
+            let error = match failure {
+                AttemptFailure::Timeout => GatewayError::UpstreamTimeout,
+                AttemptFailure::Connect(_) => GatewayError::UpstreamUnreachable,
+                AttemptFailure::Protocol(_) => GatewayError::UpstreamBadResponse,
+            };
+            ledger.settle(Settlement {
+                outcome: Outcome::UpstreamError,
+                http_status: error.status_code().as_u16(),
+                usage: usage::estimated(estimate.tokens, false),
+                ttfb: None,
+            });
+            error.error_response()
+        }
+    };
+    Ok((
+        respond::routed(response, &instance.name, runtime.version),
+        route.name.to_string(),
+    ))
+}
+
+/// A request past steps 1–5, on its way to admission.
+struct Admitted {
+    arrival: Arrival,
+    principal: Principal,
+    api: ApiRequest,
+    route: Arc<RouteTable>,
+    estimate: Estimate,
+}
+
+/// Step 1: who is calling.
+fn authenticate(runtime: &Runtime, req: &HttpRequest) -> Result<Principal, GatewayError> {
+    runtime.keys.authenticate_request(req.headers())
+}
+
+/// Step 2: the body, read once and parsed.
+async fn parse(
+    endpoint: Endpoint,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<ApiRequest, GatewayError> {
+    let raw = read_body(payload, state.server.max_request_bytes).await?;
+    ApiRequest::parse(endpoint, raw)
+}
+
+/// Step 3: the route for the body's model on this path — a model the key may not use is answered as OpenAI
+/// does, as if it did not exist — while usage can be recorded.
+fn route(
+    runtime: &Runtime,
+    state: &AppState,
+    req: &HttpRequest,
+    principal: &Principal,
+    api: &ApiRequest,
+    arrival: Arrival,
+) -> Result<Arc<RouteTable>, GatewayError> {
+    let route = Some(&api.model)
+        .filter(|model| principal.may_use(model))
+        .and_then(|model| runtime.router.route(req.path(), model))
+        .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?;
+    if state.server.metering && !state.events.accepts_metered_requests() {
+        tracing::debug!(
+            request_id = %arrival.request_id,
+            consumer = %principal.consumer,
+            "request refused: the usage spool is full"
+        );
+        return Err(GatewayError::UsageSpoolFull);
+    }
+    Ok(route.clone())
+}
+
+/// Step 4: one request off the consumer's request rate; a refusal is recorded as a zero-token event.
+fn limit(
+    runtime: &Runtime,
+    state: &AppState,
+    request: &Admitted,
+    limits: &mut LimitFigures,
+) -> Result<(), GatewayError> {
+    match runtime.limits.check(&request.principal.consumer) {
+        Ok(figures) => {
+            limits.requests = figures;
+            Ok(())
+        }
+        Err(rejection) => {
+            limits.requests = Some(rejection.figures);
+            metrics::counter!(m::RATE_LIMITED_TOTAL, "route" => request.route.name.to_string()).increment(1);
+            tracing::info!(
+                request_id = %request.arrival.request_id,
+                consumer = %request.principal.consumer,
+                route = %request.route.name,
+                retry_after_ms = rejection.retry_after.as_millis() as u64,
+                "request rejected: the consumer is over its request rate"
+            );
+            let estimate = Estimate {
+                tokens: fallback_estimate(&request.api.prompt()),
+                source: EstimateSource::Fallback,
+            };
+            PendingEvent::before_upstream(
+                request.arrival,
+                state,
+                request.principal.clone(),
+                &request.route,
+                &request.api,
+                estimate,
+            )
+            .rejected(state, Outcome::RejectedRateLimit, rejection.status);
+            Err(GatewayError::RateLimited {
+                status: rejection.status,
+                message: rejection.message,
+                retry_after: rejection.retry_after,
+            })
+        }
+    }
+}
+
+/// Step 5: the prompt's tokens. Unmetered, nothing is estimated, limited by tokens or billed.
+async fn estimate(state: &AppState, clients: &WorkerClients, api: &ApiRequest) -> Estimate {
+    if state.server.metering {
+        clients.meter.estimate(&api.model, &api.prompt()).await
+    } else {
+        Estimate {
+            tokens: 0,
+            source: EstimateSource::Fallback,
+        }
+    }
+}
+
+/// Step 6: the token quotas of the consumer, then of the model; a refusal is recorded as a zero-token event.
+fn admit(
+    state: &AppState,
+    request: &Admitted,
+    limits: &mut LimitFigures,
+) -> Result<QuotaTicket, GatewayError> {
+    let demand = state
+        .quotas
+        .demand(request.estimate.tokens, request.api.max_output_tokens());
+    match state
+        .quotas
+        .admit(&request.principal.consumer, &request.api.model, demand)
+    {
+        Ok((ticket, figures)) => {
+            limits.tokens = figures;
+            Ok(ticket)
+        }
+        Err(rejection) => {
+            limits.tokens = Some(rejection.figures);
+            metrics::counter!(m::QUOTA_REJECTIONS_TOTAL, "kind" => rejection.kind).increment(1);
+            tracing::info!(
+                request_id = %request.arrival.request_id,
+                consumer = %request.principal.consumer,
+                route = %request.route.name,
+                scope = %rejection.scope,
+                limit = rejection.figures.limit,
+                remaining = rejection.figures.remaining,
+                requested = demand.prompt + demand.completion,
+                retry_after_s = rejection.retry_after.as_secs(),
+                "request rejected: a token quota is used up for this window"
+            );
+            PendingEvent::before_upstream(
+                request.arrival,
+                state,
+                request.principal.clone(),
+                &request.route,
+                &request.api,
+                request.estimate,
+            )
+            .rejected(state, Outcome::RejectedQuota, rejection.status);
+            Err(GatewayError::QuotaExceeded {
+                status: rejection.status,
+                message: rejection.message,
+                error_type: rejection.error_type,
+                retry_after: rejection.retry_after,
+            })
+        }
+    }
+}
+
+/// A whole answer and what settling it needs.
+struct WholeAnswer<'a> {
+    upstream: &'a UpstreamResponse,
+    provider: Provider,
+    endpoint: Endpoint,
+    /// The model the client asked for (the tokenizer of the count).
+    model: &'a str,
+    estimate: Estimate,
+    ttfb: Duration,
+}
+
+/// Step 8 for a whole body: the provider's usage when it reported one; otherwise the prompt estimate and an
+/// exact count of the answer's text (`counted`; in-process approximation when meter-sidecar is down). The model
+/// the answer names is the model served. A client that left meanwhile makes it `client_cancelled`; the provider's
+/// work is billed all the same.
+async fn settle_whole(
+    mut ledger: Ledger,
+    clients: &WorkerClients,
+    whole: WholeAnswer<'_>,
+    client: ClientLink<'_>,
+) {
+    let upstream = whole.upstream;
+    let succeeded = upstream.status.is_success();
+    let facts = usage::read_answer(whole.provider, &upstream.body);
+    if let (Some(model), Some(pending)) = (facts.model, ledger.pending_mut()) {
+        pending.model_served = model;
+    }
+    let usage = match facts.usage {
+        Some(usage) => usage,
+        None if succeeded && whole.endpoint != Endpoint::Embeddings => {
+            let text = usage::completion_text(whole.provider, &upstream.body);
+            let (counted, source) = count_text(clients, whole.model, &text).await;
+            usage::at_least_streamed(None, whole.estimate.tokens, counted, source)
+        }
+        None => usage::estimated(whole.estimate.tokens, succeeded),
+    };
+    let outcome = if !succeeded {
+        Outcome::UpstreamError
+    } else if client.left() {
+        Outcome::ClientCancelled
+    } else {
+        Outcome::Ok
+    };
+    if outcome == Outcome::ClientCancelled
+        && let Some(pending) = ledger.pending()
+    {
+        tracing::info!(
+            request_id = %pending.request_id,
+            consumer = %pending.principal.consumer,
+            instance = %pending.instance,
+            completion_tokens = usage.completion_tokens,
+            "client left before the answer; the answer was read to its end and billed"
+        );
+    }
+    ledger.settle(Settlement {
+        outcome,
+        http_status: upstream.status.as_u16(),
+        usage,
+        ttfb: Some(whole.ttfb),
+    });
+}
+
+/// The exact token count of generated text by meter-sidecar, or the in-process approximation when it is down.
+pub(crate) async fn count_text(clients: &WorkerClients, model: &str, text: &str) -> (u32, UsageSource) {
+    if text.is_empty() {
+        return (0, UsageSource::Counted);
+    }
+    match clients.meter.count_text(model, text).await {
+        Ok(tokens) => (tokens, UsageSource::Counted),
+        Err(_) => (fallback_text_estimate(text), UsageSource::Estimated),
+    }
+}
+
+impl PendingEvent {
+    /// The event of a request admitted to `route`, before any upstream was tried.
+    fn before_upstream(
+        arrival: Arrival,
+        state: &AppState,
+        principal: Principal,
+        route: &RouteTable,
+        api: &ApiRequest,
+        estimate: Estimate,
+    ) -> Self {
+        PendingEvent {
+            request_id: arrival.request_id,
+            source: state.event_source.clone(),
+            principal,
+            endpoint: api.endpoint.path(),
+            route: route.name.clone(),
+            model_requested: api.model.clone(),
+            model_served: route.model.to_string(),
+            provider: "",
+            instance: String::new(),
+            attempts: Vec::new(),
+            stream: api.stream,
+            estimate,
+            started: arrival.started,
+            started_at_ms: arrival.started_at_ms,
+            clock: state.clock.clone(),
+            quota: None,
+        }
+    }
+
+    /// Records a request rejected before any upstream (a request rate or a token quota): zero tokens.
+    fn rejected(self, state: &AppState, outcome: Outcome, http_status: u16) {
+        let settled = Settlement {
+            outcome,
+            http_status,
+            usage: usage::estimated(0, false),
+            ttfb: None,
+        };
+        if state.server.metering {
+            state.events.emit(self.finish(settled));
+        }
+    }
+}
+
+/// OpenAI's rate-limit headers, on every response to a consumer that has a request limit or a token quota.
+fn insert_limit_headers(response: &mut HttpResponse, figures: LimitFigures) {
+    let requests = figures.requests.into_iter().flat_map(|f| {
+        [
+            ("x-ratelimit-limit-requests", f.limit.to_string()),
+            ("x-ratelimit-remaining-requests", f.remaining.to_string()),
+            ("x-ratelimit-reset-requests", format_reset(f.reset)),
+        ]
+    });
+    let tokens = figures.tokens.into_iter().flat_map(|f| {
+        [
+            ("x-ratelimit-limit-tokens", f.limit.to_string()),
+            ("x-ratelimit-remaining-tokens", f.remaining.to_string()),
+            ("x-ratelimit-reset-tokens", format_reset(f.reset)),
+        ]
+    });
+    for (name, value) in requests.chain(tokens) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+/// Step 9: the answer as the client receives it.
+mod respond {
+    use super::*;
+
+    /// The upstream's whole answer: same status, same body, same content type; on a final 429 or 503 the
+    /// provider's `Retry-After` (in whole seconds, cut to `server.max_retry_after`), so the client backs off as
+    /// the provider asked.
+    pub fn whole(upstream: &UpstreamResponse, max_retry_after: Duration) -> HttpResponse {
+        let mut response = HttpResponse::build(upstream.status);
+        if let Some(content_type) = &upstream.content_type {
+            response.insert_header((header::CONTENT_TYPE, content_type.clone()));
+        }
+        if matches!(
+            upstream.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) && let Some(wait) = forward::retry_after(upstream.retry_after.as_ref(), max_retry_after)
+        {
+            // Rounded up: a client told 0 would retry at once.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.body(upstream.body.clone())
+    }
+
+    /// Which instance answered and which configuration routed the request: during a change, says whether a
+    /// request was served before or after it.
+    pub fn routed(mut response: HttpResponse, instance: &str, version: i64) -> HttpResponse {
+        if let Ok(instance) = HeaderValue::from_str(instance) {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static("x-tollgate-instance"), instance);
+        }
+        response.headers_mut().insert(
+            HeaderName::from_static("x-tollgate-config-version"),
+            HeaderValue::from(version),
+        );
+        response
+    }
+}

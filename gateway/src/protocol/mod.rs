@@ -1,0 +1,107 @@
+//! The providers' protocol facts, in one place: which protocols an instance can speak ([`Provider`]), the client
+//! endpoints the gateway meters and the upstream paths behind them ([`Endpoint`]), the client headers a protocol
+//! needs upstream, and what an answer says it consumed and which model produced it ([`usage`]). The request path
+//! ([`crate::pipeline`]) asks here; nothing here knows about routes, quotas or events.
+
+pub mod usage;
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+/// The protocol an instance speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// OpenAI's API, or anything OpenAI-compatible (vLLM, SGLang, …): `Authorization: Bearer`.
+    Openai,
+    /// Anthropic's Messages API: `x-api-key` and `anthropic-version`.
+    Anthropic,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// The OpenAI-compatible endpoints the gateway meters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`: `messages`, streamable.
+    ChatCompletions,
+    /// `POST /v1/completions` (legacy): `prompt`, streamable.
+    Completions,
+    /// `POST /v1/embeddings`: `input`, never streamed.
+    Embeddings,
+    /// `POST /v1/messages`: Anthropic's Messages API (`messages`, optional `system`), streamable.
+    Messages,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 4] = [
+        Self::ChatCompletions,
+        Self::Completions,
+        Self::Embeddings,
+        Self::Messages,
+    ];
+
+    /// The protocol of the instances that serve it.
+    pub fn provider(self) -> Provider {
+        match self {
+            Self::ChatCompletions | Self::Completions | Self::Embeddings => Provider::Openai,
+            Self::Messages => Provider::Anthropic,
+        }
+    }
+
+    /// The client path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "/v1/chat/completions",
+            Self::Completions => "/v1/completions",
+            Self::Embeddings => "/v1/embeddings",
+            Self::Messages => "/v1/messages",
+        }
+    }
+
+    /// The path relative to an instance's endpoint.
+    pub fn upstream_path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat/completions",
+            Self::Completions => "completions",
+            Self::Embeddings => "embeddings",
+            Self::Messages => "messages",
+        }
+    }
+
+    /// The field holding what is metered as the prompt.
+    pub(crate) fn prompt_field(self) -> &'static str {
+        match self {
+            Self::ChatCompletions | Self::Messages => "messages",
+            Self::Completions => "prompt",
+            Self::Embeddings => "input",
+        }
+    }
+
+    pub(crate) fn streams(self) -> bool {
+        !matches!(self, Self::Embeddings)
+    }
+}
+
+impl Endpoint {
+    /// Client headers this endpoint's protocol needs upstream: Anthropic's API version and beta flags. Nothing
+    /// else of the client's request headers is forwarded (in particular not its key).
+    pub fn passthrough_headers(self, headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+        const ANTHROPIC: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+        let names: &[&str] = match self {
+            Self::Messages => &ANTHROPIC,
+            Self::ChatCompletions | Self::Completions | Self::Embeddings => &[],
+        };
+        names
+            .iter()
+            .filter_map(|name| Some((HeaderName::from_static(name), headers.get(*name)?.clone())))
+            .collect()
+    }
+}

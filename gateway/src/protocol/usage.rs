@@ -1,0 +1,359 @@
+//! Reading what a provider says a request consumed: the `usage` block of an OpenAI-compatible response
+//! (`prompt_tokens`, `completion_tokens`, `total_tokens`, `prompt_tokens_details.cached_tokens`) or Anthropic's
+//! (`input_tokens`, cache writes and reads, `output_tokens`), the model that answered, the completion text of a
+//! whole answer (counted when the provider reported no usage), and the rule that settles the numbers billed when
+//! an answer ended early or said nothing ([`at_least_streamed`], [`estimated`]).
+
+use serde::Deserialize;
+use tollgate_schemas::UsageSource;
+
+use crate::protocol::Provider;
+
+/// The token numbers billed for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+    pub cached_prompt_tokens: Option<u32>,
+    pub source: UsageSource,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    usage: Option<RawUsage>,
+}
+
+/// What a whole answer says about itself: its usage (when reported) and the model that produced it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnswerFacts {
+    pub usage: Option<Usage>,
+    pub model: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ModelOnly {
+    model: Option<String>,
+}
+
+/// The usage and the served model of a whole answer in `provider`'s protocol; nothing for a body that is not
+/// JSON.
+pub fn read_answer(provider: Provider, body: &[u8]) -> AnswerFacts {
+    let model = serde_json::from_slice::<ModelOnly>(body)
+        .ok()
+        .and_then(|m| m.model)
+        .filter(|m| !m.is_empty());
+    AnswerFacts {
+        usage: from_body(provider, body),
+        model,
+    }
+}
+
+/// The generated text of a whole answer, as a stream of it would be counted: OpenAI chat choices' `content`,
+/// `refusal` and tool-call (or `function_call`) names and arguments, legacy completions' `text`; Anthropic
+/// content blocks' `text`, `thinking` and tool-use `name` and `input` (as JSON). Empty for embeddings and for
+/// bodies that are not JSON.
+pub fn completion_text(provider: Provider, body: &[u8]) -> String {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    let mut push = |piece: Option<&serde_json::Value>| {
+        if let Some(s) = piece.and_then(serde_json::Value::as_str) {
+            text.push_str(s);
+        }
+    };
+    match provider {
+        Provider::Openai => {
+            for choice in value
+                .get("choices")
+                .and_then(|c| c.as_array())
+                .into_iter()
+                .flatten()
+            {
+                push(choice.get("text"));
+                let Some(message) = choice.get("message") else {
+                    continue;
+                };
+                push(message.get("content"));
+                push(message.get("refusal"));
+                let calls = message
+                    .get("tool_calls")
+                    .and_then(|c| c.as_array())
+                    .into_iter()
+                    .flatten();
+                for function in calls
+                    .filter_map(|c| c.get("function"))
+                    .chain(message.get("function_call"))
+                {
+                    push(function.get("name"));
+                    push(function.get("arguments"));
+                }
+            }
+        }
+        Provider::Anthropic => {
+            for block in value
+                .get("content")
+                .and_then(|c| c.as_array())
+                .into_iter()
+                .flatten()
+            {
+                push(block.get("text"));
+                push(block.get("thinking"));
+                if block.get("type").and_then(serde_json::Value::as_str) == Some("tool_use") {
+                    push(block.get("name"));
+                    let input = block.get("input").map(serde_json::Value::to_string);
+                    push(input.map(serde_json::Value::String).as_ref());
+                }
+            }
+        }
+    }
+    text
+}
+
+/// What is billed for an answer whose provider figures are missing or may be short (a stream that ended early,
+/// an answer without usage): the prompt as the provider reported it, else the estimate; completion tokens the
+/// larger of the provider's figure so far and `counted`, the exact count of what was generated (`counted_source`
+/// says how it was counted). So an early end never bills less than what was streamed.
+pub fn at_least_streamed(
+    provider: Option<Usage>,
+    prompt_estimate: u32,
+    counted: u32,
+    counted_source: UsageSource,
+) -> Usage {
+    let prompt_tokens = provider.map_or(prompt_estimate, |u| u.prompt_tokens);
+    let reported = provider.map_or(0, |u| u.completion_tokens);
+    let (completion_tokens, source) = match provider {
+        Some(_) if reported >= counted => (reported, UsageSource::Provider),
+        _ => (counted, counted_source),
+    };
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens.saturating_add(completion_tokens),
+        cached_prompt_tokens: provider.and_then(|u| u.cached_prompt_tokens),
+        source,
+    }
+}
+
+#[derive(Deserialize)]
+struct RawUsage {
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+    total_tokens: Option<u32>,
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u32>,
+}
+
+/// The provider's usage in a JSON response body, if it reported one.
+pub fn from_response_body(body: &[u8]) -> Option<Usage> {
+    let raw = serde_json::from_slice::<Envelope>(body).ok()?.usage?;
+    let prompt_tokens = raw.prompt_tokens.unwrap_or(0);
+    let completion_tokens = raw.completion_tokens.unwrap_or(0);
+    if raw.prompt_tokens.is_none() && raw.completion_tokens.is_none() {
+        return None;
+    }
+    Some(Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: raw
+            .total_tokens
+            .unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
+        cached_prompt_tokens: raw.prompt_tokens_details.and_then(|d| d.cached_tokens),
+        source: UsageSource::Provider,
+    })
+}
+
+#[derive(Deserialize)]
+struct AnthropicEnvelope {
+    usage: Option<AnthropicUsage>,
+}
+
+/// Anthropic's usage object: input (uncached), cache writes, cache reads, output.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct AnthropicUsage {
+    pub input_tokens: Option<u32>,
+    pub cache_creation_input_tokens: Option<u32>,
+    pub cache_read_input_tokens: Option<u32>,
+    pub output_tokens: Option<u32>,
+}
+
+impl AnthropicUsage {
+    /// As billed: every prompt token — uncached, written to and read from the cache — is a prompt token, and the
+    /// total includes them (not only the output, as some gateways count Anthropic streams).
+    pub fn to_usage(self) -> Usage {
+        let prompt_tokens = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0));
+        let completion_tokens = self.output_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            cached_prompt_tokens: self.cache_read_input_tokens,
+            source: UsageSource::Provider,
+        }
+    }
+}
+
+/// The provider's usage in a whole response body, read the way `provider` reports it.
+pub fn from_body(provider: Provider, body: &[u8]) -> Option<Usage> {
+    match provider {
+        Provider::Openai => from_response_body(body),
+        Provider::Anthropic => {
+            let usage = serde_json::from_slice::<AnthropicEnvelope>(body).ok()?.usage?;
+            (usage.input_tokens.is_some() || usage.output_tokens.is_some()).then(|| usage.to_usage())
+        }
+    }
+}
+
+/// What is billed when the provider reported nothing: the prompt estimate for a successful response (the
+/// provider processed the prompt), nothing for a failed one.
+pub fn estimated(prompt_estimate: u32, succeeded: bool) -> Usage {
+    let prompt_tokens = if succeeded { prompt_estimate } else { 0 };
+    Usage {
+        prompt_tokens,
+        completion_tokens: 0,
+        total_tokens: prompt_tokens,
+        cached_prompt_tokens: None,
+        source: UsageSource::Estimated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_openai_usage_with_cached_tokens() {
+        let body =
+            br#"{"id":"x","choices":[],"usage":{"prompt_tokens":21,"completion_tokens":9,"total_tokens":30,
+            "prompt_tokens_details":{"cached_tokens":16}}}"#;
+        let usage = from_response_body(body).unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (21, 9, 30)
+        );
+        assert_eq!(usage.cached_prompt_tokens, Some(16));
+        assert_eq!(usage.source, UsageSource::Provider);
+    }
+
+    #[test]
+    fn anthropic_totals_include_every_input_token() {
+        let body = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":4,
+            "cache_read_input_tokens":100,"output_tokens":7}}"#;
+        let usage = from_body(Provider::Anthropic, body).unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (114, 7, 121)
+        );
+        assert_eq!(usage.cached_prompt_tokens, Some(100));
+    }
+
+    #[test]
+    fn a_missing_total_is_the_sum() {
+        let usage = from_response_body(br#"{"usage":{"prompt_tokens":5,"completion_tokens":7}}"#).unwrap();
+        assert_eq!(usage.total_tokens, 12);
+    }
+
+    #[test]
+    fn no_usage_block_or_garbage_is_none() {
+        assert!(from_response_body(br#"{"choices":[]}"#).is_none());
+        assert!(from_response_body(br#"{"usage":null}"#).is_none());
+        assert!(from_response_body(br#"{"usage":{}}"#).is_none());
+        assert!(from_response_body(b"<html>").is_none());
+        assert!(from_response_body(br#"{"usage":{"prompt_tokens":-1}}"#).is_none());
+    }
+
+    #[test]
+    fn a_whole_answer_names_its_model_and_its_usage() {
+        let facts = read_answer(
+            Provider::Openai,
+            br#"{"model":"gpt-4o-mini-2024-07-18","usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+        );
+        assert_eq!(facts.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(facts.usage.map(|u| u.total_tokens), Some(5));
+        assert_eq!(read_answer(Provider::Openai, b"<html>"), AnswerFacts::default());
+    }
+
+    #[test]
+    fn the_completion_text_of_a_whole_answer_is_what_a_stream_of_it_would_carry() {
+        let chat = br#"{"choices":[{"message":{"content":"Hi","refusal":null,
+            "tool_calls":[{"function":{"name":"f","arguments":"{\"a\":1}"}}]}},{"message":{"content":"!"}}]}"#;
+        assert_eq!(completion_text(Provider::Openai, chat), r#"Hif{"a":1}!"#);
+        assert_eq!(
+            completion_text(Provider::Openai, br#"{"choices":[{"text":"legacy"}]}"#),
+            "legacy"
+        );
+        let anthropic = br#"{"content":[{"type":"text","text":"Sure"},
+            {"type":"tool_use","name":"get","input":{"q":"x"}}]}"#;
+        assert_eq!(
+            completion_text(Provider::Anthropic, anthropic),
+            r#"Sureget{"q":"x"}"#
+        );
+        assert_eq!(completion_text(Provider::Openai, b"not json"), "");
+    }
+
+    #[test]
+    fn an_early_end_bills_the_larger_of_the_providers_figure_and_what_was_streamed() {
+        // Anthropic's message_start says 1 output token; 40 were streamed before the cut.
+        let start = Usage {
+            prompt_tokens: 25,
+            completion_tokens: 1,
+            total_tokens: 26,
+            cached_prompt_tokens: None,
+            source: UsageSource::Provider,
+        };
+        let billed = at_least_streamed(Some(start), 30, 40, UsageSource::Counted);
+        assert_eq!((billed.prompt_tokens, billed.completion_tokens), (25, 40));
+        assert_eq!(billed.source, UsageSource::Counted);
+        let ahead = Usage {
+            completion_tokens: 50,
+            ..start
+        };
+        let billed = at_least_streamed(Some(ahead), 30, 40, UsageSource::Counted);
+        assert_eq!(
+            (billed.completion_tokens, billed.source),
+            (50, UsageSource::Provider)
+        );
+        let none = at_least_streamed(None, 30, 7, UsageSource::Estimated);
+        assert_eq!(
+            (none.prompt_tokens, none.completion_tokens, none.total_tokens),
+            (30, 7, 37)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_early_end_never_bills_less_than_either_figure(
+            reported in proptest::option::of(0u32..1_000_000),
+            counted in 0u32..1_000_000,
+            estimate in 0u32..1_000_000,
+        ) {
+            let provider = reported.map(|completion_tokens| Usage {
+                prompt_tokens: 9,
+                completion_tokens,
+                total_tokens: 9 + completion_tokens,
+                cached_prompt_tokens: None,
+                source: UsageSource::Provider,
+            });
+            let billed = at_least_streamed(provider, estimate, counted, UsageSource::Counted);
+            proptest::prop_assert!(billed.completion_tokens >= counted);
+            proptest::prop_assert!(billed.completion_tokens >= reported.unwrap_or(0));
+            proptest::prop_assert_eq!(billed.total_tokens, billed.prompt_tokens + billed.completion_tokens);
+        }
+    }
+
+    #[test]
+    fn estimates_bill_the_prompt_only_on_success() {
+        assert_eq!(estimated(40, true).total_tokens, 40);
+        assert_eq!(estimated(40, false).total_tokens, 0);
+        assert_eq!(estimated(40, true).source, UsageSource::Estimated);
+    }
+}

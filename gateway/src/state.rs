@@ -1,0 +1,44 @@
+//! The state a request reads: what every worker shares ([`AppState`]: fixed server settings, the live
+//! configuration, quota books, the event sender, the clock, the tracker of work that outlives clients) and what
+//! each worker owns ([`WorkerClients`]: its HTTP clients, which are not `Send`). Built once by [`crate::app`],
+//! read by [`crate::pipeline`], [`crate::models`] and [`crate::scrape`].
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::ServerConfig;
+use crate::events::EventSender;
+use crate::live::LiveConfig;
+use crate::meter::MeterClient;
+use crate::quota::Quotas;
+use crate::upstream::Upstreams;
+
+/// State shared by every worker. What the admin API can change lives in [`LiveConfig`]; a request loads its
+/// [`Runtime`](crate::live::runtime::Runtime) once and keeps it to the end.
+#[derive(Debug)]
+pub struct AppState {
+    /// `[server]`: fixed for the life of the process.
+    pub server: ServerConfig,
+    /// Routes, instances, consumers, keys and limits: swapped whole by the admin API's changes.
+    pub live: Arc<LiveConfig>,
+    pub quotas: Arc<Quotas>,
+    pub events: EventSender,
+    /// The CloudEvents `source` of this replica's events.
+    pub event_source: Arc<str>,
+    /// Now, for quota windows and event timestamps.
+    pub clock: Arc<dyn Clock>,
+    pub metrics: PrometheusHandle,
+    /// The work that outlives a client: answers read to their end after the client left, stream tees. A
+    /// graceful stop waits for it under `server.drain_timeout` ([`crate::app::GatewayHandle::stop`]).
+    pub inflight: TaskTracker,
+}
+
+/// HTTP clients owned by one worker thread (awc clients are not `Send`).
+#[derive(Debug)]
+pub struct WorkerClients {
+    pub meter: MeterClient,
+    pub upstreams: Upstreams,
+}
