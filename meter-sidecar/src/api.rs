@@ -17,8 +17,10 @@
 //! or on the blocking pool by the same rule as a single body.
 //!
 //! Request bodies are lenient about extra fields, so the gateway may forward a whole chat completion request:
-//! `model`, `text`, `messages` and `encoding` are read and everything else is ignored. A `null` field counts
-//! as absent.
+//! `model`, `text`, `messages`, `tools`, `functions` and `encoding` are read and everything else is ignored. A
+//! `null` field counts as absent. `tools` (OpenAI's or Anthropic's tool definitions) and `functions` (OpenAI's
+//! legacy function definitions) count beside `messages` (see [`crate::tools`]); beside `text` they are ignored,
+//! as before.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -66,8 +68,24 @@ impl AppState {
 pub enum CountInput {
     /// A plain text (a completion, an embedding input, a legacy prompt).
     Text(String),
-    /// OpenAI chat messages, as sent.
-    Chat(Vec<Value>),
+    /// Chat messages, as sent, with the request's tool definitions.
+    Chat {
+        /// The messages.
+        messages: Vec<Value>,
+        /// The `tools` entries followed by the legacy `functions` entries, each of those wrapped as
+        /// `{"type": "function", "function": …}`; every entry is a JSON object.
+        tools: Vec<Value>,
+    },
+}
+
+impl CountInput {
+    /// Chat `messages` without tool definitions.
+    pub fn chat(messages: Vec<Value>) -> CountInput {
+        CountInput::Chat {
+            messages,
+            tools: Vec::new(),
+        }
+    }
 }
 
 impl CountInput {
@@ -75,7 +93,7 @@ impl CountInput {
     pub fn kind(&self) -> InputKind {
         match self {
             CountInput::Text(_) => InputKind::Text,
-            CountInput::Chat(_) => InputKind::Chat,
+            CountInput::Chat { .. } => InputKind::Chat,
         }
     }
 }
@@ -110,7 +128,8 @@ impl CountRequest {
     ///
     /// Messages must be JSON objects, and a message's `content`, when present, must be a string, an array of
     /// content parts, or `null`; anything else inside a message is left to [`crate::count::chat_tokens`], which
-    /// counts what it can read.
+    /// counts what it can read. Beside `messages`, `tools` and `functions` must each be an array of objects
+    /// (or absent or `null`); what is inside a definition is left to [`crate::tools`].
     pub fn from_value(value: Value) -> Result<CountRequest, MeterError> {
         let mut object = into_object(value)?;
         let model = match take(&mut object, "model") {
@@ -127,6 +146,8 @@ impl CountRequest {
             Some(Value::String(name)) => Some(name.parse::<Encoding>()?),
             Some(_) => return Err(invalid("encoding", "a string naming an encoding")),
         };
+        let tools = take(&mut object, "tools");
+        let functions = take(&mut object, "functions");
         let input = match (take(&mut object, "text"), take(&mut object, "messages")) {
             (Some(_), Some(_)) => return Err(MeterError::TextAndMessages),
             (None, None) => return Err(MeterError::NoInput),
@@ -134,7 +155,10 @@ impl CountRequest {
             (Some(_), None) => return Err(invalid("text", "a string")),
             (None, Some(Value::Array(messages))) => {
                 validate_messages(&messages)?;
-                CountInput::Chat(messages)
+                CountInput::Chat {
+                    messages,
+                    tools: tool_definitions(tools, functions)?,
+                }
             }
             (None, Some(_)) => return Err(invalid("messages", "an array of chat messages")),
         };
@@ -264,6 +288,34 @@ fn validate_messages(messages: &[Value]) -> Result<(), MeterError> {
         }
     }
     Ok(())
+}
+
+/// The tool definitions of a chat request: the `tools` entries, then each `functions` entry as
+/// `{"type": "function", "function": <entry>}`. Both must be arrays of objects.
+fn tool_definitions(tools: Option<Value>, functions: Option<Value>) -> Result<Vec<Value>, MeterError> {
+    let mut definitions = definitions_of("tools", tools)?;
+    let functions = definitions_of("functions", functions)?;
+    definitions.reserve(functions.len());
+    definitions.extend(functions.into_iter().map(|function| {
+        let mut tool = Map::new();
+        tool.insert("type".to_owned(), Value::String("function".to_owned()));
+        tool.insert("function".to_owned(), function);
+        Value::Object(tool)
+    }));
+    Ok(definitions)
+}
+
+/// The entries of the array field `param`, each checked to be an object.
+fn definitions_of(param: &str, value: Option<Value>) -> Result<Vec<Value>, MeterError> {
+    let definitions = match value {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(definitions)) => definitions,
+        Some(_) => return Err(invalid(param, "an array of tool definitions")),
+    };
+    if let Some(index) = definitions.iter().position(|definition| !definition.is_object()) {
+        return Err(invalid(&format!("{param}[{index}]"), "a tool definition object"));
+    }
+    Ok(definitions)
 }
 
 /// The JSON type of `value`, as a phrase for error messages.
@@ -443,7 +495,7 @@ mod tests {
     #[test]
     fn null_fields_count_as_absent() {
         let request = parse(json!({"model": "m", "text": null, "messages": [], "encoding": null})).unwrap();
-        assert_eq!(request.input, CountInput::Chat(vec![]));
+        assert_eq!(request.input, CountInput::chat(vec![]));
         assert_eq!(request.encoding_or(Encoding::P50kBase), Encoding::P50kBase);
     }
 
@@ -526,7 +578,7 @@ mod tests {
             batch.items[2],
             Err(MeterError::NotAnObject { found: "a number" })
         ));
-        assert_eq!(batch.items[3].as_ref().unwrap().input, CountInput::Chat(vec![]));
+        assert_eq!(batch.items[3].as_ref().unwrap().input, CountInput::chat(vec![]));
     }
 
     #[test]
@@ -551,6 +603,45 @@ mod tests {
             BatchRequest::from_json(b"{\"items\": [", 2),
             Err(MeterError::InvalidJson(_))
         ));
+    }
+
+    #[test]
+    fn tools_and_functions_are_read_beside_messages_in_order() {
+        let request = parse(json!({"model": "m", "messages": [],
+            "tools": [{"type": "function", "function": {"name": "a"}}, {"name": "b", "input_schema": {}}],
+            "functions": [{"name": "c"}]}))
+        .unwrap();
+        assert_eq!(
+            request.input,
+            CountInput::Chat {
+                messages: vec![],
+                tools: vec![
+                    json!({"type": "function", "function": {"name": "a"}}),
+                    json!({"name": "b", "input_schema": {}}),
+                    json!({"type": "function", "function": {"name": "c"}}),
+                ],
+            }
+        );
+        let none = parse(json!({"model": "m", "messages": [], "tools": null, "functions": []})).unwrap();
+        assert_eq!(none.input, CountInput::chat(vec![]));
+    }
+
+    #[test]
+    fn malformed_tools_are_400s_naming_them_but_ignored_beside_text() {
+        assert_eq!(
+            param_of(parse(json!({"model": "m", "messages": [], "tools": {}})).unwrap_err()),
+            "tools"
+        );
+        assert_eq!(
+            param_of(parse(json!({"model": "m", "messages": [], "tools": [{}, "x"]})).unwrap_err()),
+            "tools[1]"
+        );
+        assert_eq!(
+            param_of(parse(json!({"model": "m", "messages": [], "functions": [3]})).unwrap_err()),
+            "functions[0]"
+        );
+        let text = parse(json!({"model": "m", "text": "hi", "tools": 5})).unwrap();
+        assert_eq!(text.input, CountInput::Text("hi".into()));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   keys mean a client cannot craft two texts that collide (and get one billed at the other's count), and 128
 //!   bits make an accidental collision negligible.
 //! - **Granularity.** Chat messages are cached per string (each `content`, each tool-call `arguments`, …), not
-//!   per request, so a repeated system prompt is a hit even when the user message differs.
+//!   per request, so a repeated system prompt is a hit even when the user message differs. Tool definitions are
+//!   cached one per definition, keyed by its compact JSON (in a key space of their own, so a text can never
+//!   hit a definition's entry); images are not tokenized and need no cache.
 //! - **Threshold.** Texts shorter than [`MIN_CACHED_BYTES`] (128) are tokenized directly: for them a lookup
 //!   saves a few microseconds at most, a miss costs more than that, and caching them would push the long,
 //!   valuable texts out (see `BENCHMARKS.md` for the figures).
@@ -25,9 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 
 use crate::api::CountInput;
-use crate::count;
 use crate::encoding::Encoding;
-use crate::metrics;
+use crate::{count, metrics, tools};
 
 /// Texts shorter than this many bytes are never cached. Measured (`BENCHMARKS.md`): a hit costs 0.2–0.3 µs at
 /// any short size, but a miss adds about 1–2.5 µs of insertion to tokenizing, which for 16–64 bytes takes only
@@ -35,8 +36,15 @@ use crate::metrics;
 /// the misses; below it, one-off texts (short user turns) cost more than they save and would crowd the cache.
 pub const MIN_CACHED_BYTES: usize = 128;
 
-/// Cache key: the encoding and a 128-bit hash of the text.
-type Key = (Encoding, u64, u64);
+/// What a cache entry counts: a text, or one tool definition (its compact JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Subject {
+    Text,
+    Tool,
+}
+
+/// Cache key: the encoding, what is counted, and a 128-bit hash of the text.
+type Key = (Encoding, Subject, u64, u64);
 
 /// Token counts of recently seen texts, shared by every worker.
 pub struct CountCache {
@@ -91,20 +99,45 @@ impl CountCache {
 
     /// Tokens in `text`, as [`count::text_tokens`] counts them.
     pub fn text_tokens(&self, encoding: Encoding, text: &str) -> usize {
+        self.cached(encoding, Subject::Text, text, || {
+            count::text_tokens(encoding, text)
+        })
+    }
+
+    /// Tokens of one tool definition, as [`tools::tool_tokens`] counts them, keyed by its compact JSON.
+    pub fn tool_tokens(&self, encoding: Encoding, tool: &Value) -> usize {
+        if self.entries.is_none() {
+            return tools::tool_tokens(encoding, tool);
+        }
+        let json = tools::compact(tool);
+        self.cached(encoding, Subject::Tool, &json, || {
+            tools::tool_tokens(encoding, tool)
+        })
+    }
+
+    /// The count of `text` as `subject`: from the cache, or from `count` (and then stored) when `text` is long
+    /// enough to be cached.
+    fn cached(
+        &self,
+        encoding: Encoding,
+        subject: Subject,
+        text: &str,
+        count: impl FnOnce() -> usize,
+    ) -> usize {
         let Some(entries) = self
             .entries
             .as_ref()
             .filter(|_| text.len() >= self.min_cached_bytes)
         else {
-            return count::text_tokens(encoding, text);
+            return count();
         };
-        let key = (encoding, self.hash(0, text), self.hash(1, text));
+        let key = (encoding, subject, self.hash(0, text), self.hash(1, text));
         if let Some(tokens) = entries.get(&key) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             metrics::record_cache_hit();
             return tokens;
         }
-        let tokens = count::text_tokens(encoding, text);
+        let tokens = count();
         entries.insert(key, tokens);
         self.misses.fetch_add(1, Ordering::Relaxed);
         metrics::record_cache_miss();
@@ -116,11 +149,19 @@ impl CountCache {
         count::chat_tokens_with(messages, |text| self.text_tokens(encoding, text))
     }
 
+    /// Tokens of the tool definitions `tools`, as [`tools::tools_tokens`] counts them, each definition looked
+    /// up on its own.
+    pub fn tools_tokens(&self, encoding: Encoding, tools: &[Value]) -> usize {
+        tools::tools_tokens_with(tools, |tool| self.tool_tokens(encoding, tool))
+    }
+
     /// Tokens of `input` with `encoding`.
     pub fn tokens(&self, encoding: Encoding, input: &CountInput) -> usize {
         match input {
             CountInput::Text(text) => self.text_tokens(encoding, text),
-            CountInput::Chat(messages) => self.chat_tokens(encoding, messages),
+            CountInput::Chat { messages, tools } => self
+                .chat_tokens(encoding, messages)
+                .saturating_add(self.tools_tokens(encoding, tools)),
         }
     }
 
@@ -257,6 +298,44 @@ mod tests {
             );
         }
         assert!(cache.stats().hits > 0);
+    }
+
+    #[test]
+    fn tool_definitions_are_cached_one_per_definition_and_never_collide_with_texts() {
+        let cache = CountCache::new(100);
+        let tool = json!({"type": "function", "function": {"name": "lookup", "description": long("Look it up"),
+            "parameters": {"type": "object", "properties": {"q": {"type": "string", "description": "query"}}}}});
+        let other =
+            json!({"name": "search", "description": long("Search"), "input_schema": {"type": "object"}});
+        let tools = [tool.clone(), other];
+        for encoding in Encoding::ALL {
+            let expected = tools::tools_tokens(encoding, &tools);
+            assert_eq!(cache.tools_tokens(encoding, &tools), expected, "{encoding} cold");
+            assert_eq!(cache.tools_tokens(encoding, &tools), expected, "{encoding} warm");
+        }
+        assert_eq!(cache.stats(), CacheStats { hits: 8, misses: 8 });
+        // The definition's own JSON as a text is counted as a text, not answered with the definition's count.
+        let json = tools::compact(&tool);
+        assert_eq!(
+            cache.text_tokens(Encoding::O200kBase, &json),
+            count::text_tokens(Encoding::O200kBase, &json)
+        );
+        assert_eq!(cache.stats().misses, 9);
+    }
+
+    #[test]
+    fn a_chat_input_counts_messages_and_tools() {
+        let cache = CountCache::new(100);
+        let messages = vec![json!({"role": "user", "content": "Hi"})];
+        let tools = vec![json!({"type": "function", "function": {"name": "f"}})];
+        let input = CountInput::Chat {
+            messages: messages.clone(),
+            tools: tools.clone(),
+        };
+        assert_eq!(
+            cache.tokens(Encoding::O200kBase, &input),
+            count::prompt_tokens(Encoding::O200kBase, &messages, &tools)
+        );
     }
 
     #[test]

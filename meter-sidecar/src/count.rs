@@ -1,8 +1,8 @@
 //! Token counting: the heart of the sidecar, as pure functions.
 //!
-//! In: an [`Encoding`] and either a text or OpenAI chat messages (raw JSON values). Out: a token count. Nothing
-//! here touches HTTP, metrics, logs or the cache, and nothing panics on any input. [`chat_tokens_with`] lets
-//! [`crate::cache`] apply the same chat rule with a cached text count.
+//! In: an [`Encoding`] and either a text or OpenAI chat messages (raw JSON values), with the request's tool
+//! definitions. Out: a token count. Nothing here touches HTTP, metrics, logs or the cache, and nothing panics on
+//! any input. [`chat_tokens_with`] lets [`crate::cache`] apply the same chat rule with a cached text count.
 //!
 //! - **Text** is encoded as ordinary text: a special-token string such as `<|endoftext|>` inside the text counts
 //!   as the plain characters it is, which is how providers bill it.
@@ -10,14 +10,19 @@
 //!   text messages the count equals the `prompt_tokens` OpenAI reports: [`TOKENS_PER_MESSAGE`] per message, every
 //!   string field of a message encoded (`role`, `content`, `name`, `tool_call_id`, …), [`TOKENS_PER_NAME`] more
 //!   when the message has a `name`, and [`REPLY_PRIMING_TOKENS`] once for the assistant reply that follows.
+//! - **Tool definitions** (the request's `tools` or legacy `functions`) add what [`crate::tools`] counts for
+//!   them: OpenAI's cookbook rule for functions, JSON text plus overheads for Anthropic's and other tools
+//!   ([`prompt_tokens`] is messages plus tools).
 //!
 //! Beyond the cookbook's plain-string messages:
-//! - `content` may be an array of parts. `text` parts (and assistant `refusal` parts) are encoded; other
-//!   parts — images, audio, files — are **not counted** by this estimator (their cost depends on the provider's
-//!   image and audio tokenisation, not on text).
+//! - `content` may be an array of parts. `text` parts (and assistant `refusal` parts) are encoded; image parts
+//!   (`image_url`, `input_image`, Anthropic's `image`) cost what [`crate::image`] computes from their size by
+//!   OpenAI's tile formula — never the text of their URL or base64 data; Anthropic `tool_result` parts count
+//!   their `content` (a string, or parts by these same rules) and `tool_use` parts their `name` and the
+//!   compact JSON of their `input`. Other parts — audio, files — are **not counted** by this estimator.
 //! - Assistant `tool_calls` (and the legacy `function_call`) count the function `name` and `arguments` strings
 //!   as text. This is an approximation: the provider renders calls in its own format with a few extra tokens
-//!   per call. Tool *definitions* (the request's `tools`) are not messages and are not counted here.
+//!   per call.
 //! - Fields that are neither strings nor one of the shapes above (numbers, `null`, unknown objects) and
 //!   messages that are not JSON objects add nothing.
 //!
@@ -29,6 +34,7 @@
 use serde_json::{Map, Value};
 
 use crate::encoding::Encoding;
+use crate::{image, tools};
 
 /// Tokens OpenAI adds around every chat message (`<|start|>{role}<|message|>…<|end|>`).
 pub const TOKENS_PER_MESSAGE: usize = 3;
@@ -57,6 +63,12 @@ pub fn text_tokens(encoding: Encoding, text: &str) -> usize {
 /// malformed requests validate them before counting.
 pub fn chat_tokens(encoding: Encoding, messages: &[Value]) -> usize {
     chat_tokens_with(messages, |text| text_tokens(encoding, text))
+}
+
+/// Prompt tokens of chat `messages` with the tool definitions `tools`: [`chat_tokens`] plus
+/// [`tools::tools_tokens`].
+pub fn prompt_tokens(encoding: Encoding, messages: &[Value], tools: &[Value]) -> usize {
+    chat_tokens(encoding, messages).saturating_add(tools::tools_tokens(encoding, tools))
 }
 
 /// [`chat_tokens`] with the texts inside the messages counted by `text_tokens`, which must count as
@@ -91,11 +103,34 @@ fn message_tokens(text_tokens: &impl Fn(&str) -> usize, message: &Map<String, Va
     tokens
 }
 
-/// Tokens of one content part: text and refusal parts count, other kinds (images, audio, files) do not.
+/// Tokens of one content part: text and refusal parts their text, images by their size, tool results their
+/// content; other kinds (audio, files) nothing.
 fn part_tokens(text_tokens: &impl Fn(&str) -> usize, part: &Value) -> usize {
+    if image::is_image_part(part) {
+        return image::image_part_tokens(part);
+    }
     let text = match part.get("type").and_then(Value::as_str) {
         Some("text") => part.get("text"),
         Some("refusal") => part.get("refusal"),
+        // Anthropic: a tool call's name and its input as compact JSON, like `tool_calls` arguments.
+        Some("tool_use") => {
+            let name = part.get("name").and_then(Value::as_str).map_or(0, text_tokens);
+            let input = part
+                .get("input")
+                .map_or(0, |input| text_tokens(&tools::compact(input)));
+            return name.saturating_add(input);
+        }
+        // Anthropic: a tool result's content is a string or an array of parts (nesting is bounded by the
+        // JSON parser's depth limit).
+        Some("tool_result") => match part.get("content") {
+            Some(Value::Array(parts)) => {
+                return parts
+                    .iter()
+                    .map(|part| part_tokens(text_tokens, part))
+                    .fold(0, usize::saturating_add);
+            }
+            content => content,
+        },
         _ => None,
     };
     text.and_then(Value::as_str).map_or(0, text_tokens)
@@ -229,18 +264,54 @@ mod tests {
     }
 
     #[test]
-    fn content_parts_count_their_text_and_ignore_images() {
+    fn content_parts_count_their_text_and_images_by_size_not_by_url() {
         let e = Encoding::Cl100kBase;
         let as_string = messages(json!({"role": "user", "content": "What is in this picture?"}));
+        let long_data = format!("data:image/png;base64,{}", "AAAA".repeat(10_000));
         let as_parts = messages(json!({"role": "user", "content": [
             {"type": "text", "text": "What is in "},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            {"type": "image_url", "image_url": {"url": long_data}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
             {"type": "text", "text": "this picture?"},
         ]}));
         let expected = chat_tokens(e, &as_string) - text_tokens(e, "What is in this picture?")
             + text_tokens(e, "What is in ")
-            + text_tokens(e, "this picture?");
+            + text_tokens(e, "this picture?")
+            + image::UNKNOWN_SIZE_TOKENS
+            + image::LOW_DETAIL_TOKENS;
         assert_eq!(chat_tokens(e, &as_parts), expected);
+    }
+
+    #[test]
+    fn anthropic_tool_results_count_their_text_and_images() {
+        let e = Encoding::O200kBase;
+        let chat = messages(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "22 degrees"},
+            {"type": "tool_result", "tool_use_id": "t2", "content": [
+                {"type": "text", "text": "a chart"},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/c.png"}, "width": 512, "height": 512},
+            ]},
+        ]}));
+        let t = |s| text_tokens(e, s);
+        let expected = 3 + t("user") + t("22 degrees") + t("a chart") + 255 + 3;
+        assert_eq!(chat_tokens(e, &chat), expected);
+        let call = messages(json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}},
+        ]}));
+        let expected = 3 + t("assistant") + t("get_weather") + t("{\"city\":\"Paris\"}") + 3;
+        assert_eq!(chat_tokens(e, &call), expected);
+    }
+
+    #[test]
+    fn prompt_tokens_add_the_tools_to_the_messages() {
+        let e = Encoding::O200kBase;
+        let chat = messages(json!({"role": "user", "content": "Hi"}));
+        let tools = [json!({"type": "function", "function": {"name": "f"}})];
+        assert_eq!(
+            prompt_tokens(e, &chat, &tools),
+            chat_tokens(e, &chat) + tools::tools_tokens(e, &tools)
+        );
+        assert_eq!(prompt_tokens(e, &chat, &[]), chat_tokens(e, &chat));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`server`] assembles the actix-web server; its [`server::app`] documents the request pipeline step by step.
 //! - [`api`] holds the request and response types and the handlers.
 //! - [`count`] is the heart: pure functions that count a text or chat messages, with OpenAI's chat overhead.
+//! - [`tools`] counts tool definitions (`tools`, legacy `functions`) by OpenAI's rule, others as JSON text.
+//! - [`image`] prices image content parts by OpenAI's tile formula, reading sizes from data-URL headers.
 //! - [`cache`] remembers the counts of recent texts (each chat string on its own), so recurring system prompts
 //!   are tokenized once.
 //! - [`encoding`] maps model names to BPE vocabularies and loads each vocabulary once.
@@ -26,5 +28,7 @@ pub mod config;
 pub mod count;
 pub mod encoding;
 pub mod error;
+pub mod image;
 pub mod metrics;
 pub mod server;
+pub mod tools;

@@ -606,3 +606,156 @@ fn the_binary_refuses_a_cache_or_batch_setting_out_of_range() {
     assert!(!status.success());
     assert!(stderr.contains("--cache-entries"), "{stderr}");
 }
+
+// ---- Tool definitions and images ----
+
+/// The cookbook's example (*How to count tokens with tiktoken*, `num_tokens_for_tools`): OpenAI reports 101
+/// prompt tokens for it with gpt-4o / gpt-4o-mini and 105 with gpt-4 / gpt-3.5-turbo.
+fn cookbook_request(model: &str) -> Value {
+    json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant that can answer to questions about the weather."},
+            {"role": "user", "content": "What's the weather like in San Francisco?"},
+        ],
+        "tools": [{
+            "type": "function",
+            "function": {
+                "name": "get_current_weather",
+                "description": "Get the current weather in a given location",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "location": {"type": "string", "description": "The city and state, e.g. San Francisco, CA"},
+                        "unit": {"type": "string", "description": "The unit of temperature to return",
+                                 "enum": ["celsius", "fahrenheit"]},
+                    },
+                    "required": ["location"],
+                },
+            },
+        }],
+        "tool_choice": "auto",
+        "temperature": 0,
+    })
+}
+
+/// A 1024×1024 PNG header as a base64 data URL (the pixels are not needed; the header ends after IHDR).
+const PNG_1024: &str = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAABAAAAAQACAYAAAAAAAAA";
+
+#[actix_web::test]
+async fn tools_are_counted_by_openais_rule_in_both_endpoints() {
+    let (status, body) = call(count(cookbook_request("gpt-4o"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"tokens": 101, "encoding": "o200k_base"}));
+    let (status, body) = call(count(cookbook_request("gpt-4"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"tokens": 105, "encoding": "cl100k_base"}));
+
+    // The same function as a legacy `functions` entry counts the same.
+    let mut legacy = cookbook_request("gpt-4o-mini");
+    let function = legacy["tools"][0]["function"].take();
+    legacy["functions"] = json!([function]);
+    legacy.as_object_mut().unwrap().remove("tools");
+    let (_, body) = call(count(legacy.clone())).await;
+    assert_eq!(body["tokens"], 101);
+
+    let mut without_tools = cookbook_request("gpt-4o");
+    without_tools.as_object_mut().unwrap().remove("tools");
+    let messages_only = chat_tokens(Encoding::O200kBase, without_tools["messages"].as_array().unwrap());
+    let items = vec![
+        cookbook_request("gpt-4o"),
+        legacy,
+        cookbook_request("gpt-3.5-turbo"),
+        without_tools,
+    ];
+    let (status, _, body) = call_with(config(), batch(json!({"items": items}))).await;
+    let tokens: Vec<&Value> = results(status, &body)
+        .iter()
+        .map(|result| &result["tokens"])
+        .collect();
+    assert_eq!(
+        tokens,
+        [&json!(101), &json!(101), &json!(105), &json!(messages_only)]
+    );
+}
+
+#[actix_web::test]
+async fn anthropic_tools_count_their_json_and_malformed_tools_are_400s() {
+    let tool = json!({"name": "get_weather", "description": "Get the weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}});
+    let messages = json!([{"role": "user", "content": "Weather in Paris?"}]);
+    let (status, body) = call(count(
+        json!({"model": "claude-sonnet-4", "messages": messages, "tools": [tool]}),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let e = Encoding::O200kBase;
+    let messages_only = chat_tokens(e, messages.as_array().unwrap());
+    // 10 per tool beside its compact JSON, 346 for the tool-use system prompt.
+    let expected = messages_only + 10 + text_tokens(e, &tool.to_string()) + 346;
+    assert_eq!(count_response(body).tokens, expected);
+
+    let (status, body) = call(count(json!({"model": "m", "messages": [], "tools": {"a": 1}}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(openai_error(&body)["param"], "tools");
+    let items = json!({"items": [
+        {"model": "m", "messages": [], "functions": [1]},
+        {"model": "m", "text": "tools are ignored beside a text", "tools": 5},
+    ]});
+    let (status, _, body) = call_with(config(), batch(items)).await;
+    let batch_results = results(status, &body);
+    assert_eq!(openai_error(&batch_results[0])["param"], "functions[0]");
+    assert_eq!(
+        batch_results[1]["tokens"],
+        json!(text_tokens(e, "tools are ignored beside a text"))
+    );
+}
+
+#[actix_web::test]
+async fn images_are_priced_by_size_not_by_their_base64_in_both_endpoints() {
+    let e = Encoding::O200kBase;
+    let with = |part: Value| json!({"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]});
+    let overhead = 3 + text_tokens(e, "user") + 3;
+    // A large data URL: priced by its header (1024×1024 → 765), not by its text.
+    let big_png = format!("{PNG_1024}{}", "A".repeat(200_000));
+    let cases = [
+        (
+            with(json!({"type": "image_url", "image_url": {"url": big_png, "detail": "high"}})),
+            765,
+        ),
+        (
+            with(json!({"type": "image_url", "image_url": {"url": PNG_1024, "detail": "low"}})),
+            85,
+        ),
+        (
+            with(json!({"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}})),
+            1445,
+        ),
+        (
+            with(
+                json!({"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "width": 2048, "height": 4096}}),
+            ),
+            1105,
+        ),
+        (
+            with(
+                json!({"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                "data": PNG_1024.trim_start_matches("data:image/png;base64,")}}),
+            ),
+            765,
+        ),
+    ];
+    for (request, image) in &cases {
+        let (status, body) = call(count(request.clone())).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(count_response(body).tokens, overhead + image, "{request}");
+    }
+    let items: Vec<Value> = cases.iter().map(|(request, _)| request.clone()).collect();
+    let (status, _, body) = call_with(config(), batch(json!({"items": items}))).await;
+    let tokens: Vec<Value> = results(status, &body)
+        .iter()
+        .map(|result| result["tokens"].clone())
+        .collect();
+    let expected: Vec<Value> = cases.iter().map(|(_, image)| json!(overhead + image)).collect();
+    assert_eq!(tokens, expected);
+}
