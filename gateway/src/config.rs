@@ -1211,8 +1211,17 @@ impl RawConfig {
             });
         }
 
+        let route_names: HashMap<&str, &[String]> = routes
+            .iter()
+            .map(|route| (route.name.as_str(), route.models.as_slice()))
+            .collect();
+        let aliases = Aliases {
+            owner: &model_owner,
+            names: &route_names,
+        };
         let mut limits = LimitRules {
             models: &model_owner,
+            aliases: &aliases,
             instances: &instance_index,
             keys: HashSet::new(),
         };
@@ -1279,6 +1288,9 @@ impl RawConfig {
                             format!("no route serves `{model}`"),
                         );
                     }
+                }
+                if let Some(models) = &key.models {
+                    aliases.check(&mut p, &format!("{kpath}.models"), models);
                 }
                 keys.push(ConsumerKey {
                     id: key.id,
@@ -1397,10 +1409,51 @@ impl RawConfig {
     }
 }
 
+/// One model, one quota, one price: every name of a route is the same model, so a list of model names (a token
+/// limit's, a key's) that names one name of a route must name all of them — otherwise the other names would
+/// escape the limit (or the key's restriction).
+struct Aliases<'a> {
+    /// Model name → the route serving it.
+    owner: &'a HashMap<String, String>,
+    /// Route name → all its model names.
+    names: &'a HashMap<&'a str, &'a [String]>,
+}
+
+impl Aliases<'_> {
+    fn check(&self, p: &mut Problems, path: &str, listed: &[String]) {
+        let mut reported = HashSet::new();
+        for model in listed {
+            let Some(route) = self.owner.get(model) else {
+                continue;
+            };
+            if !reported.insert(route.as_str()) {
+                continue;
+            }
+            let all = self.names.get(route.as_str()).copied().unwrap_or_default();
+            let missing: Vec<&str> = all
+                .iter()
+                .filter(|name| !listed.contains(name))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                p.push(
+                    path,
+                    format!(
+                        "names `{model}` of route `{route}` but not its other names `{}`: all names of a route are \
+                         one model for quotas, limits and prices, so list every one of them",
+                        missing.join("`, `")
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// What a token limit may refer to, and the scopes already taken (two limits on one scope would contradict
 /// each other's snapshot).
 struct LimitRules<'a> {
     models: &'a HashMap<String, String>,
+    aliases: &'a Aliases<'a>,
     instances: &'a HashMap<String, usize>,
     keys: HashSet<String>,
 }
@@ -1423,6 +1476,7 @@ impl LimitRules<'_> {
                 );
             }
         }
+        self.aliases.check(p, &format!("{path}.models"), &raw.models);
         if let Some(name) = &raw.instance
             && !self.instances.contains_key(name)
         {
@@ -1751,6 +1805,31 @@ mod tests {
 
     fn problems(text: &str) -> Vec<String> {
         Config::from_toml_with_env(text, env).unwrap_err().0
+    }
+
+    #[test]
+    fn a_limit_or_a_key_that_names_some_names_of_a_route_but_not_all_is_refused() {
+        let aliased = VALID.replace(r#"models = ["gpt-4o-mini"]"#, r#"models = ["gpt-4o-mini", "mini"]"#);
+        let partial = format!(
+            r#"{aliased}token_limits = [{{ models = ["gpt-4o-mini"], limit = 10000, time_window = "1h" }}]
+            [[consumers]]
+            name = "team-b"
+            keys = [{{ id = "b-1", sha256 = "75cf857b6872c3d729faf2b92788a91fff3bc594f5a693ed02e6175a5bbac875", models = ["mini"] }}]
+            "#
+        );
+        let found = problems(&partial);
+        for path in ["consumers[0].token_limits[0].models", "consumers[1].keys[0].models"] {
+            assert!(
+                found.iter().any(|p| p.starts_with(path) && p.contains("route `gpt-4o-mini`")),
+                "{path}: {found:?}"
+            );
+        }
+        assert!(found.iter().any(|p| p.contains("not its other names `mini`")), "{found:?}");
+        // Naming every name of the route is one model, one quota.
+        let whole = format!(
+            r#"{aliased}token_limits = [{{ models = ["mini", "gpt-4o-mini"], limit = 10000, time_window = "1h" }}]"#
+        );
+        assert!(Config::from_toml_with_env(&whole, env).is_ok());
     }
 
     #[test]

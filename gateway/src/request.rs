@@ -31,8 +31,13 @@ pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes,
 /// What is counted as a request's prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prompt<'a> {
-    /// Chat messages, counted with OpenAI's chat overhead.
-    Chat(Cow<'a, Value>),
+    /// Chat messages, counted with OpenAI's chat overhead (images by the tile rule), and the tool definitions the
+    /// provider also reads as prompt (`tools`, the legacy `functions`).
+    Chat {
+        messages: Cow<'a, Value>,
+        tools: Option<&'a Value>,
+        functions: Option<&'a Value>,
+    },
     /// Texts counted one by one, plus tokens the client sent already tokenized.
     Texts { texts: Vec<&'a str>, pretokenized: u32 },
 }
@@ -135,7 +140,13 @@ impl ApiRequest {
             .get(self.endpoint.prompt_field())
             .unwrap_or(&Value::Null);
         match self.endpoint {
-            Endpoint::ChatCompletions => return Prompt::Chat(Cow::Borrowed(value)),
+            Endpoint::ChatCompletions => {
+                return Prompt::Chat {
+                    messages: Cow::Borrowed(value),
+                    tools: self.field("tools"),
+                    functions: self.field("functions"),
+                };
+            }
             // Anthropic's `system` is a separate field: estimate it as the leading system message it stands for.
             Endpoint::Messages => {
                 let mut messages = Vec::new();
@@ -143,7 +154,11 @@ impl ApiRequest {
                     messages.push(serde_json::json!({"role": "system", "content": system}));
                 }
                 messages.extend(value.as_array().into_iter().flatten().cloned());
-                return Prompt::Chat(Cow::Owned(Value::Array(messages)));
+                return Prompt::Chat {
+                    messages: Cow::Owned(Value::Array(messages)),
+                    tools: self.field("tools"),
+                    functions: None,
+                };
             }
             Endpoint::Completions | Endpoint::Embeddings => {}
         }
@@ -167,6 +182,11 @@ impl ApiRequest {
             _ => {}
         }
         Prompt::Texts { texts, pretokenized }
+    }
+
+    /// A field of the body, unless absent or `null`.
+    fn field(&self, name: &str) -> Option<&Value> {
+        self.body.get(name).filter(|v| !v.is_null())
     }
 
     /// Whether the client asked for the usage chunk at the end of a stream (`stream_options.include_usage`).

@@ -36,6 +36,10 @@ pub struct Estimate {
 struct CountChatRequest<'a> {
     model: &'a str,
     messages: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    functions: Option<&'a Value>,
 }
 
 #[derive(Serialize)]
@@ -95,7 +99,7 @@ impl MeterClient {
             Err(_) => Err("encode"),
         }
         .map(|tokens| match prompt {
-            Prompt::Chat(_) => tokens,
+            Prompt::Chat { .. } => tokens,
             Prompt::Texts { pretokenized, .. } => tokens.saturating_add(*pretokenized),
         });
         metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
@@ -153,8 +157,17 @@ impl MeterClient {
 /// messages as one item, or each text as one.
 fn count_items(model: &str, prompt: &Prompt<'_>) -> serde_json::Result<(Vec<u8>, usize)> {
     match prompt {
-        Prompt::Chat(messages) => {
-            let item = serde_json::to_vec(&CountChatRequest { model, messages })?;
+        Prompt::Chat {
+            messages,
+            tools,
+            functions,
+        } => {
+            let item = serde_json::to_vec(&CountChatRequest {
+                model,
+                messages,
+                tools: *tools,
+                functions: *functions,
+            })?;
             Ok((item, 1))
         }
         Prompt::Texts { texts, .. } => {
@@ -173,7 +186,18 @@ fn count_items(model: &str, prompt: &Prompt<'_>) -> serde_json::Result<(Vec<u8>,
 /// The in-process approximation of a prompt's tokens (see [`fallback_chat_estimate`]), without any I/O.
 pub fn fallback_estimate(prompt: &Prompt<'_>) -> u32 {
     match prompt {
-        Prompt::Chat(messages) => fallback_chat_estimate(messages),
+        Prompt::Chat {
+            messages,
+            tools,
+            functions,
+        } => {
+            let definitions = [tools, functions]
+                .into_iter()
+                .flatten()
+                .map(|d| string_bytes(d).div_ceil(BYTES_PER_TOKEN))
+                .fold(0, u32::saturating_add);
+            fallback_chat_estimate(messages).saturating_add(definitions)
+        }
         Prompt::Texts { texts, pretokenized } => texts
             .iter()
             .map(|t| fallback_text_estimate(t))
@@ -226,6 +250,29 @@ fn string_bytes(value: &Value) -> u32 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn tool_definitions_are_prompt_too_and_reach_meter_sidecar() {
+        let messages = json!([{"role": "user", "content": "Hi"}]);
+        let tools = json!([{"type": "function", "function": {"name": "get_weather",
+            "description": "Weather of a city", "parameters": {"type": "object"}}}]);
+        let bare = Prompt::Chat {
+            messages: std::borrow::Cow::Borrowed(&messages),
+            tools: None,
+            functions: None,
+        };
+        let with_tools = Prompt::Chat {
+            messages: std::borrow::Cow::Borrowed(&messages),
+            tools: Some(&tools),
+            functions: None,
+        };
+        assert!(fallback_estimate(&with_tools) > fallback_estimate(&bare));
+        let (item, count) = count_items("gpt-4o", &with_tools).unwrap();
+        assert_eq!(count, 1);
+        let item: Value = serde_json::from_slice(&item).unwrap();
+        assert_eq!(item["tools"], tools);
+        assert!(item.get("functions").is_none());
+    }
 
     #[test]
     fn fallback_counts_bytes_over_four_plus_chat_overhead() {
