@@ -1809,7 +1809,10 @@ mod tests {
 
     #[test]
     fn a_limit_or_a_key_that_names_some_names_of_a_route_but_not_all_is_refused() {
-        let aliased = VALID.replace(r#"models = ["gpt-4o-mini"]"#, r#"models = ["gpt-4o-mini", "mini"]"#);
+        let aliased = VALID.replace(
+            r#"models = ["gpt-4o-mini"]"#,
+            r#"models = ["gpt-4o-mini", "mini"]"#,
+        );
         let partial = format!(
             r#"{aliased}token_limits = [{{ models = ["gpt-4o-mini"], limit = 10000, time_window = "1h" }}]
             [[consumers]]
@@ -1818,13 +1821,21 @@ mod tests {
             "#
         );
         let found = problems(&partial);
-        for path in ["consumers[0].token_limits[0].models", "consumers[1].keys[0].models"] {
+        for path in [
+            "consumers[0].token_limits[0].models",
+            "consumers[1].keys[0].models",
+        ] {
             assert!(
-                found.iter().any(|p| p.starts_with(path) && p.contains("route `gpt-4o-mini`")),
+                found
+                    .iter()
+                    .any(|p| p.starts_with(path) && p.contains("route `gpt-4o-mini`")),
                 "{path}: {found:?}"
             );
         }
-        assert!(found.iter().any(|p| p.contains("not its other names `mini`")), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.contains("not its other names `mini`")),
+            "{found:?}"
+        );
         // Naming every name of the route is one model, one quota.
         let whole = format!(
             r#"{aliased}token_limits = [{{ models = ["mini", "gpt-4o-mini"], limit = 10000, time_window = "1h" }}]"#
