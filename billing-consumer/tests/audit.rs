@@ -150,7 +150,7 @@ fn last_line(output: &Output) -> String {
 fn record(event: &UsageEvent) -> (EventRecord, i64) {
     let data = &event.data;
     let table = prices();
-    let charge = table.charge(&data.model_requested, data.finished_at_ms, &TokenUsage::of(data));
+    let charge = table.charge(&data.model_served, data.finished_at_ms, &TokenUsage::of(data));
     let record = EventRecord {
         currency: charge.currency().to_owned(),
         values: EventValues {
@@ -180,6 +180,13 @@ async fn an_audit_of_ingested_events_finds_no_difference() {
     // USD and EUR micro-units added up: meaningless as money, exact as a checksum.
     assert_eq!(report.kafka_totals.cost_micros, expected_cost);
     assert!(report.event_differences.is_empty());
+    // Served snapshots of gpt-4o-mini and claude-haiku are priced as their families; llama-3 has no price.
+    assert_eq!(report.unpriced_models, ["llama-3-2026-01-15"]);
+    let llama = events[..IN_RANGE]
+        .iter()
+        .filter(|e| e.data.model_served == "llama-3-2026-01-15")
+        .count();
+    assert_eq!(report.unpriced_events, llama as u64);
 
     // Without prices, counts and tokens are compared and costs are not.
     let tokens_only = AuditSettings {
@@ -211,9 +218,9 @@ async fn a_row_deleted_from_clickhouse_is_exactly_the_difference_reported() {
     assert_eq!(
         (
             victim.data.consumer_id.as_str(),
-            victim.data.model_requested.as_str()
+            victim.data.model_served.as_str()
         ),
-        ("team-a", "claude-haiku")
+        ("team-a", "claude-haiku-2026-01-15")
     );
     assert_eq!((victim_record.values.cached_prompt_tokens, victim_cost), (6, 113));
     let before = audit::run(&settings(&fixture, "usage_events")).await.unwrap();
@@ -230,7 +237,7 @@ async fn a_row_deleted_from_clickhouse_is_exactly_the_difference_reported() {
         .collect();
     assert_eq!(
         groups.into_iter().collect::<Vec<_>>(),
-        [("team-a", "claude-haiku", "EUR")]
+        [("team-a", "claude-haiku-2026-01-15", "EUR")]
     );
     let deltas: Vec<(&str, i64)> = report
         .differences
@@ -296,6 +303,7 @@ async fn a_rebuilt_table_holds_the_same_rows_as_the_ledger() {
     assert_eq!(summary.outside_range, AFTER_RANGE as u64);
     assert_eq!(summary.undecodable, 1);
     assert!(summary.unpriced > 0, "llama-3 has no price");
+    assert_eq!(summary.unpriced_models, ["llama-3-2026-01-15"]);
 
     // Row for row the same, but for when and from which delivery each row was written.
     let original = rows(&fixture, "usage_events").await;

@@ -468,7 +468,7 @@ async fn a_price_version_on_the_config_topic_prices_later_events() {
     let expected = |event: &UsageEvent| {
         let table = prices.current();
         let charge = table.charge(
-            &event.data.model_requested,
+            &event.data.model_served,
             event.data.finished_at_ms,
             &TokenUsage::of(&event.data),
         );

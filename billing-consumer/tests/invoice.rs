@@ -2,7 +2,9 @@
 //! gpt-4o-mini price changes on the 15th, and the invoice has exactly the line items and totals the price
 //! versions give — an event just before the change at the old price, one at the change at the new one, each
 //! event rounded once, cached tokens at the cached price, an unpriced model apart, the neighbouring months and
-//! the other consumers left out, a redelivered event counted once.
+//! the other consumers left out, a redelivered event counted once. Lines are per served model (the events are
+//! served by dated snapshots, priced as their families), and a request that failed over to another model is
+//! invoiced for the model that answered.
 
 // Test helpers: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -179,27 +181,27 @@ async fn a_month_with_a_price_change_is_invoiced_per_price_version_to_the_micro_
         lines(&invoice),
         [
             line(
-                "claude-haiku",
+                "claude-haiku-2026-01-15",
                 "claude-haiku@2026-01-01",
                 "EUR",
                 [1, 60, 40, 50],
                 "0.000314"
             ),
             line(
-                "gpt-4o-mini",
+                "gpt-4o-mini-2026-01-15",
                 "gpt-4o-mini@2026-10-01",
                 "USD",
                 [2, 210, 1_000, 301],
                 "0.000287"
             ),
             line(
-                "gpt-4o-mini",
+                "gpt-4o-mini-2026-01-15",
                 "gpt-4o-mini@2026-11-15",
                 "USD",
                 [2, 1_000_005, 0, 500_000],
                 "0.300001"
             ),
-            line("llama-3", "", "", [1, 7, 0, 3], "0.00"),
+            line("llama-3-2026-01-15", "", "", [1, 7, 0, 3], "0.00"),
         ]
     );
     let totals: Vec<_> = invoice
@@ -250,7 +252,7 @@ async fn a_month_with_a_price_change_is_invoiced_per_price_version_to_the_micro_
     assert_eq!(
         lines(&october),
         [line(
-            "gpt-4o-mini",
+            "gpt-4o-mini-2026-01-15",
             "gpt-4o-mini@2026-10-01",
             "USD",
             [1, 1_000, 0, 1_000],
@@ -269,6 +271,94 @@ async fn a_month_with_a_price_change_is_invoiced_per_price_version_to_the_micro_
         table.ends_with("1 request(s) had no price in force and are not in the totals.\n"),
         "{table}"
     );
+
+    common::drop_database(&fixture.ch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_invoiced_for_the_model_that_served_it() {
+    let fixture = Fixture::new().await;
+    let served_by = |requested: &str, served: &str, prompt: u32, completion: u32, at: &str| {
+        let mut event = used("team-a", requested, prompt, None, completion, at);
+        event.data.model_served = served.into();
+        event
+    };
+    let mut prices = PRICES.to_owned();
+    // A dated snapshot priced separately keeps its own price.
+    prices.push_str(
+        r#"
+        [[prices]]
+        model = "gpt-4o-mini-2024-07-18"
+        effective_from = "2026-01-01"
+        currency = "USD"
+        input_per_mtok = "2"
+        output_per_mtok = "4"
+        "#,
+    );
+    let events = vec![
+        // gpt-4o-mini asked for, claude-haiku answered after a failover: 1,000 × 1 + 100 × 5 = 1,500 micro-EUR.
+        served_by(
+            "gpt-4o-mini",
+            "claude-haiku-20240307",
+            1_000,
+            100,
+            "2026-11-03T10:00:00Z",
+        ),
+        // The other way round, at the family's price: 1,000 × 0.15 + 100 × 0.60 = 210 micro-USD.
+        served_by(
+            "claude-haiku",
+            "gpt-4o-mini-latest",
+            1_000,
+            100,
+            "2026-11-04T10:00:00Z",
+        ),
+        // The snapshot with its own price: 1,000 × 2 + 100 × 4 = 2,400 micro-USD.
+        served_by(
+            "gpt-4o-mini",
+            "gpt-4o-mini-2024-07-18",
+            1_000,
+            100,
+            "2026-11-05T10:00:00Z",
+        ),
+        // A priced model asked for, an unpriced one answered: unpriced, never the requested model's price.
+        served_by("gpt-4o-mini", "llama-3-70b", 10, 10, "2026-11-06T10:00:00Z"),
+    ];
+    fixture.produce_all(&events).await;
+    let prices = PriceTable::from_toml(&prices).unwrap();
+    fixture.ingest(prices.clone(), events.len() as i64).await;
+
+    let november = Period::parse("2026-11").unwrap();
+    let invoice = invoice::invoice(&fixture.ch, "team-a", november, Some(&prices))
+        .await
+        .unwrap();
+    assert_eq!(
+        lines(&invoice),
+        [
+            line(
+                "claude-haiku-20240307",
+                "claude-haiku@2026-01-01",
+                "EUR",
+                [1, 1_000, 0, 100],
+                "0.0015"
+            ),
+            line(
+                "gpt-4o-mini-2024-07-18",
+                "gpt-4o-mini-2024-07-18@2026-01-01",
+                "USD",
+                [1, 1_000, 0, 100],
+                "0.0024"
+            ),
+            line(
+                "gpt-4o-mini-latest",
+                "gpt-4o-mini@2026-10-01",
+                "USD",
+                [1, 1_000, 0, 100],
+                "0.00021"
+            ),
+            line("llama-3-70b", "", "", [1, 10, 0, 10], "0.00"),
+        ]
+    );
+    assert_eq!(invoice.unpriced_requests, 1);
 
     common::drop_database(&fixture.ch).await;
 }

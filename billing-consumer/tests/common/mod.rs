@@ -48,6 +48,12 @@ pub async fn drop_database(ch: &ClickHouseSettings) {
 pub const CONSUMERS: [&str; 3] = ["team-a", "team-b", "team-c"];
 pub const MODELS: [&str; 3] = ["gpt-4o-mini", "claude-haiku", "llama-3"];
 
+/// The model that serves a request for `model`: a dated snapshot of it, which a price for `model` (its family)
+/// prices.
+pub fn served(model: &str) -> String {
+    format!("{model}-2026-01-15")
+}
+
 /// The time of event `i`: one minute apart from 2026-11-20T00:00:00Z.
 pub fn event_time(i: usize) -> DateTime<Utc> {
     let base = DateTime::parse_from_rfc3339("2026-11-20T00:00:00Z")
@@ -92,7 +98,7 @@ pub fn event(i: usize) -> UsageEvent {
             endpoint: "/v1/chat/completions".into(),
             route: model.into(),
             model_requested: model.into(),
-            model_served: format!("{model}-served"),
+            model_served: served(model),
             provider: "openai".into(),
             instance: "primary".into(),
             attempts,
@@ -134,7 +140,7 @@ pub fn report_lines(
         .collect()
 }
 
-/// Requests and token sums of `events` for `consumer` per model, from `since` on, as (model, requests, prompt,
+/// Requests and token sums of `events` for `consumer` per served model, from `since` on, as (model, requests, prompt,
 /// completion, total), sorted by model.
 pub fn expected_usage(
     events: &[UsageEvent],
@@ -147,7 +153,7 @@ pub fn expected_usage(
         if e.data.consumer_id != consumer || since.is_some_and(|s| truncated < s) {
             continue;
         }
-        let line = by_model.entry(e.data.model_requested.clone()).or_default();
+        let line = by_model.entry(e.data.model_served.clone()).or_default();
         line.0 += 1;
         line.1 += u64::from(e.data.prompt_tokens);
         line.2 += u64::from(e.data.completion_tokens);
@@ -159,8 +165,8 @@ pub fn expected_usage(
         .collect()
 }
 
-/// A usage event produced by gateway `source` (e.g. `tollgate-gateway/gw-1`): `consumer` asked for `model` and
-/// used `prompt` + `completion` tokens, finishing at `finished_at_ms`; everything else as in [`event`].
+/// A usage event produced by gateway `source` (e.g. `tollgate-gateway/gw-1`): `consumer` asked for `model`,
+/// [`served`] answered, and used `prompt` + `completion` tokens, finishing at `finished_at_ms`; everything else as in [`event`].
 pub fn usage_event(
     source: &str,
     consumer: &str,
@@ -180,7 +186,7 @@ pub fn usage_event(
     data.key_id = format!("{consumer}-key");
     data.route = model.into();
     data.model_requested = model.into();
-    data.model_served = format!("{model}-served");
+    data.model_served = served(model);
     data.prompt_tokens_estimated = prompt;
     data.prompt_tokens = prompt;
     data.completion_tokens = completion;
