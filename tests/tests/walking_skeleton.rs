@@ -159,8 +159,9 @@ async fn a_hundred_requests_from_three_consumers_land_in_clickhouse_exactly_once
             .sum();
         assert_eq!(report.total.requests, mine.len() as u64, "{consumer}");
         assert_eq!(report.total.total_tokens, tokens, "{consumer}");
+        // Per served model: the instance sends UPSTREAM_MODEL upstream, which answers with that name.
         assert_eq!(report.models.len(), 1);
-        assert_eq!(report.models[0].model, MODEL);
+        assert_eq!(report.models[0].model, UPSTREAM_MODEL);
     }
 
     stack.stop().await;
