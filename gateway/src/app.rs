@@ -217,6 +217,18 @@ impl Gateway {
     /// does not acknowledge within `server.shutdown_timeout`.
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
+        // The workers are gone; the requests their stop dropped settle as their tasks are dropped, on the
+        // workers' threads. Their events must be queued before the pipeline below stops taking events.
+        self.inflight.close();
+        if tokio::time::timeout(self.shutdown_timeout, self.inflight.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                still_running = self.inflight.len(),
+                "requests were still running after the HTTP workers stopped"
+            );
+        }
         if let Some(admin) = self.admin
             && let Err(e) = admin.stop().await
         {

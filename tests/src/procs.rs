@@ -4,7 +4,8 @@
 //! - [`workspace_binary`] — a Tollgate binary built by cargo, to run as a child process that can be `kill -9`ed;
 //! - [`PrivateBroker`] — a Kafka-protocol broker (Tansu, SQLite storage) of its own on a free port, that can be
 //!   stopped and started again on the same port and storage;
-//! - [`PrivateClickHouse`] — a ClickHouse server of its own, from the same configuration `compose/infra-up` uses.
+//! - [`PrivateClickHouse`] — a ClickHouse server of its own, from the same configuration `compose/infra-up` uses;
+//! - [`ChildGateway`] — the real `gateway` binary on a port of its own, to stop with a signal or `kill -9`.
 //!
 //! Where the broker and ClickHouse binaries are comes from `TOLLGATE_TEST_TANSU_BIN` and
 //! `TOLLGATE_TEST_CLICKHOUSE_BIN` (set by `compose/test`), with the locations `compose/install` uses as defaults.
@@ -18,6 +19,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
+
+use crate::stack::{CONSUMERS, MODEL, PROVIDER_KEY, UPSTREAM_MODEL, http};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// The workspace root.
@@ -260,4 +263,157 @@ impl Drop for PrivateClickHouse {
 
 fn home() -> PathBuf {
     std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+}
+
+/// The real `gateway` binary as a child process on a port of its own.
+#[derive(Debug)]
+pub struct ChildGateway {
+    pub child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+/// What the child gateways are configured with.
+#[derive(Debug)]
+pub struct ChildConfig<'a> {
+    pub brokers: &'a str,
+    pub topic: &'a str,
+    pub mock: &'a str,
+    pub spool_dir: &'a Path,
+    /// Lines inside `[spool]`.
+    pub spool: &'a str,
+    /// Lines inside `[server]`.
+    pub server: &'a str,
+}
+
+impl ChildGateway {
+    /// Writes its configuration to `scratch/<name>.toml`, starts it (log in `scratch/<name>.log`) and waits
+    /// until it answers `/healthz`.
+    pub async fn start(config: &ChildConfig<'_>, scratch: &Path, name: &str) -> Self {
+        let port = free_port();
+        let consumers: String = CONSUMERS
+            .iter()
+            .map(|(consumer, key_id, key)| {
+                let sha = hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
+                format!("[[consumers]]\nname = \"{consumer}\"\nkeys = [{{ id = \"{key_id}\", sha256 = \"{sha}\" }}]\n")
+            })
+            .collect();
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+instance_id = "spool-test"
+workers = 2
+shutdown_timeout = "5s"
+{server}
+
+[meter]
+url = "http://127.0.0.1:{closed}"
+timeout = "50ms"
+
+[kafka]
+brokers = "{brokers}"
+usage_topic = "{topic}"
+message_timeout = "5s"
+
+[spool]
+dir = {spool_dir:?}
+{spool}
+
+[[instances]]
+name = "mock-openai"
+endpoint = "{mock}"
+model = "{UPSTREAM_MODEL}"
+api_key_env = "PROVIDER_KEY"
+
+[[routes]]
+name = "{MODEL}"
+models = ["{MODEL}"]
+targets = [{{ instance = "mock-openai" }}]
+
+{consumers}"#,
+            closed = free_port(),
+            brokers = config.brokers,
+            topic = config.topic,
+            mock = config.mock,
+            spool_dir = config.spool_dir.display().to_string(),
+            spool = config.spool,
+            server = config.server,
+        );
+        let path = scratch.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write the gateway configuration");
+        let log = scratch.join(format!("{name}.log"));
+        let child = Command::new(workspace_binary("tollgate-gateway", "gateway"))
+            .arg("--config")
+            .arg(&path)
+            .env("PROVIDER_KEY", PROVIDER_KEY)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the gateway log"))
+            .spawn()
+            .expect("start the gateway binary");
+        let mut gateway = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let healthz = format!("{}/healthz", gateway.url);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = http().get(&healthz).force_close().send().await
+                && response.status().is_success()
+            {
+                break;
+            }
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                panic!("the gateway exited ({status}):\n{}", gateway.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not come up:\n{}",
+                gateway.log_text()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        gateway
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let mut response = http()
+            .get(format!("{}/metrics", self.url))
+            .force_close()
+            .send()
+            .await
+            .expect("the gateway serves /metrics");
+        let body = response.body().limit(16 << 20).await.expect("metrics body");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// One sample of its metrics (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        crate::stack::sample(&self.metrics().await, name).unwrap_or(0.0)
+    }
+
+    /// Its log so far, without terminal colours.
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut plain = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                chars.by_ref().find(|c| c.is_ascii_alphabetic());
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    }
+}
+
+impl Drop for ChildGateway {
+    fn drop(&mut self) {
+        kill9(&mut self.child);
+    }
 }

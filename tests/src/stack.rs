@@ -757,3 +757,9 @@ targets = {targets}
         server = options.server_toml,
     )
 }
+
+/// The value of the sample `name` (with its labels, e.g. `x_total{reason="torn"}`) in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}

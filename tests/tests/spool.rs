@@ -12,25 +12,22 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tollgate_gateway::spool::frame::{self, Step};
 use tollgate_tests::mock_provider::MockProvider;
-use tollgate_tests::procs::{PrivateBroker, free_port, kill9, scratch_dir, terminate, workspace_binary};
-use tollgate_tests::stack::{CONSUMERS, MODEL, PROVIDER_KEY, Stack, StackOptions, UPSTREAM_MODEL, http};
+use tollgate_tests::procs::{
+    ChildConfig, ChildGateway, PrivateBroker, free_port, kill9, scratch_dir, terminate,
+};
+use tollgate_tests::stack::{
+    CONSUMERS, MODEL, PROVIDER_KEY, Stack, StackOptions, UPSTREAM_MODEL, http, sample,
+};
 
 /// One broker outage at a time: each of these tests stops and restarts a broker of its own, and five at once on
 /// two cores leave a restarted broker too slow to serve the drain within the tests' deadlines.
 static ONE_OUTAGE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The value of the sample `name` (with its labels, e.g. `x_total{reason="torn"}`) in Prometheus text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
 
 async fn chat(gateway: &str, n: usize) -> (u16, String, Value) {
     let (_, _, key) = CONSUMERS[n % CONSUMERS.len()];
@@ -129,149 +126,6 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The real `gateway` binary as a child process on a port of its own.
-struct ChildGateway {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-/// What the child gateways are configured with.
-struct ChildConfig<'a> {
-    brokers: &'a str,
-    topic: &'a str,
-    mock: &'a str,
-    spool_dir: &'a Path,
-    /// Lines inside `[spool]`.
-    spool: &'a str,
-}
-
-impl ChildGateway {
-    async fn start(config: &ChildConfig<'_>, scratch: &Path, name: &str) -> Self {
-        let port = free_port();
-        let consumers: String = CONSUMERS
-            .iter()
-            .map(|(consumer, key_id, key)| {
-                let sha = hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
-                format!("[[consumers]]\nname = \"{consumer}\"\nkeys = [{{ id = \"{key_id}\", sha256 = \"{sha}\" }}]\n")
-            })
-            .collect();
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-instance_id = "spool-test"
-workers = 2
-shutdown_timeout = "5s"
-
-[meter]
-url = "http://127.0.0.1:{closed}"
-timeout = "50ms"
-
-[kafka]
-brokers = "{brokers}"
-usage_topic = "{topic}"
-message_timeout = "5s"
-
-[spool]
-dir = {spool_dir:?}
-{spool}
-
-[[instances]]
-name = "mock-openai"
-endpoint = "{mock}"
-model = "{UPSTREAM_MODEL}"
-api_key_env = "PROVIDER_KEY"
-
-[[routes]]
-name = "{MODEL}"
-models = ["{MODEL}"]
-targets = [{{ instance = "mock-openai" }}]
-
-{consumers}"#,
-            closed = free_port(),
-            brokers = config.brokers,
-            topic = config.topic,
-            mock = config.mock,
-            spool_dir = config.spool_dir.display().to_string(),
-            spool = config.spool,
-        );
-        let path = scratch.join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let log = scratch.join(format!("{name}.log"));
-        let child = Command::new(workspace_binary("tollgate-gateway", "gateway"))
-            .arg("--config")
-            .arg(&path)
-            .env("PROVIDER_KEY", PROVIDER_KEY)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start the gateway binary");
-        let mut gateway = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let healthz = format!("{}/healthz", gateway.url);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = http().get(&healthz).force_close().send().await
-                && response.status().is_success()
-            {
-                break;
-            }
-            if let Ok(Some(status)) = gateway.child.try_wait() {
-                panic!("the gateway exited ({status}):\n{}", gateway.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not come up:\n{}",
-                gateway.log_text()
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
-        gateway
-    }
-
-    async fn metrics(&self) -> String {
-        let mut response = http()
-            .get(format!("{}/metrics", self.url))
-            .force_close()
-            .send()
-            .await
-            .expect("the gateway serves /metrics");
-        let body = response.body().limit(16 << 20).await.expect("metrics body");
-        String::from_utf8_lossy(&body).into_owned()
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        sample(&self.metrics().await, name).unwrap_or(0.0)
-    }
-
-    /// Its log so far, without terminal colours.
-    fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut plain = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                chars.by_ref().find(|c| c.is_ascii_alphabetic());
-            } else {
-                plain.push(c);
-            }
-        }
-        plain
-    }
-}
-
-impl Drop for ChildGateway {
-    fn drop(&mut self) {
-        kill9(&mut self.child);
-    }
-}
-
 /// A stack on a broker of the test's own, for its topic, ClickHouse database and ingest loop; the gateways under
 /// test are child processes pointed at the same broker and topic.
 async fn stack_on(broker: &PrivateBroker) -> Stack {
@@ -299,6 +153,7 @@ async fn spool_then_kill9(
         mock: &stack.mock.endpoint(),
         spool_dir,
         spool: r#"after = "300ms""#,
+        server: "",
     };
     let mut gateway = ChildGateway::start(&config, scratch, "first").await;
     let ids = send_ok(&gateway.url, 0..count).await;
@@ -405,6 +260,7 @@ async fn an_outage_longer_than_librdkafkas_message_timeout_loses_nothing_and_dou
         mock: &stack.mock.endpoint(),
         spool_dir: &scratch.join("spool"),
         spool: r#"after = "300ms""#,
+        server: "",
     };
     // kafka.message_timeout is 5 s: librdkafka gives up on every event of a longer outage, and on every send
     // from the spool during it.
@@ -462,6 +318,7 @@ async fn a_gateway_killed_with_a_full_spool_delivers_every_event_once_after_rest
         mock: &stack.mock.endpoint(),
         spool_dir: &spool_dir,
         spool: r#"after = "300ms""#,
+        server: "",
     };
     let gateway = ChildGateway::start(&config, &scratch, "second").await;
     assert_exactly_once(&stack, &sent).await;
@@ -501,6 +358,7 @@ async fn a_clean_stop_with_the_broker_down_keeps_every_event_for_the_next_start(
         mock: &stack.mock.endpoint(),
         spool_dir: &spool_dir,
         spool: r#"after = "4s""#,
+        server: "",
     };
     let mut gateway = ChildGateway::start(&config, &scratch, "first").await;
     let sent: HashSet<String> = send_ok(&gateway.url, 0..REQUESTS).await.into_iter().collect();
@@ -586,6 +444,7 @@ async fn a_torn_and_corrupted_spool_delivers_every_intact_event_once_and_misread
         mock: &stack.mock.endpoint(),
         spool_dir: &spool_dir,
         spool: "",
+        server: "",
     };
     let gateway = ChildGateway::start(&config, &scratch, "second").await;
     assert_exactly_once(&stack, &sent).await;
@@ -634,6 +493,7 @@ async fn gateway_with_a_small_spool(on_full: &str, name: &str) -> (ChildGateway,
         mock: &mock.endpoint(),
         spool_dir: &spool_dir,
         spool: &spool,
+        server: "",
     };
     let gateway = ChildGateway::start(&config, &scratch, "gateway").await;
     (gateway, mock, scratch)
