@@ -1,10 +1,13 @@
-//! A mock OpenAI-compatible provider: the only thing Tollgate's tests fake, because it stands for the outside
-//! world. It answers `POST /v1/chat/completions` with a deterministic completion and `usage` block, and
-//! misbehaves on demand — an error status (with `Retry-After`), a delay, a body that is not JSON — switched at run
-//! time through [`MockProvider::set_behaviour`] in-process or `POST /_mock/behaviour` over HTTP. It records every
-//! request it received (headers included) so tests can prove what the gateway sent upstream.
+//! A mock LLM provider: the only thing Tollgate's tests fake, because it stands for the outside world. It speaks
+//! OpenAI's chat completions, legacy completions and embeddings and Anthropic's Messages API, whole and streamed,
+//! with deterministic answers and usage, and misbehaves on demand ([`Behaviour`]: error statuses with
+//! `Retry-After`, delays, bodies that are not JSON, missing usage, streams cut or slowed down, answers broken off
+//! at a random byte, whole JSON answers to stream requests, endless streams) — switched at run time through
+//! [`MockProvider::set_behaviour`] in-process or `POST /_mock/behaviour` over HTTP. It records every request it
+//! received (headers included) so tests can prove what the gateway sent upstream.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,26 +17,64 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// How the mock answers chat requests.
+/// How the mock answers requests, on every endpoint and in each endpoint's own protocol: OpenAI chat
+/// completions, legacy completions and embeddings (whole, and SSE for the first two), Anthropic messages (whole
+/// and SSE).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Behaviour {
     /// 200 with a completion and usage.
     #[default]
     Normal,
-    /// An error status with an OpenAI-shaped body; `retry_after` seconds as a header when set.
+    /// An error status with a body in the endpoint's protocol — OpenAI's `{"error": {…}}` (429: type
+    /// `requests`, code `rate_limit_exceeded`; 5xx: type `server_error`), Anthropic's
+    /// `{"type": "error", "error": {"type": "rate_limit_error" | "overloaded_error" | …, "message"}}` — and
+    /// `retry_after` seconds as a `Retry-After` header when set.
     Status { status: u16, retry_after: Option<u64> },
-    /// Wait, then answer normally.
+    /// Wait, then answer normally (whole or streamed): the provider is working while the client leaves, or is
+    /// slower than the instance's timeout. The wait comes before the response head.
     Delay { millis: u64 },
     /// 200 with a body that is not JSON.
     Garbage,
-    /// 200 without a `usage` block (streams: no usage chunk even when asked).
+    /// 200 without usage. OpenAI: no `usage` block (streams: no usage chunk even when asked). Anthropic always
+    /// reports usage, so here it misreports it the way a truncated report looks: a whole message has no `usage`
+    /// object; a stream has only `message_start`'s provisional `output_tokens: 1` and a `message_delta` without
+    /// `usage`.
     NoUsage,
     /// Streams only: the first `events` events, written a few milliseconds apart so they reach the client, then
     /// the connection breaks.
     CutStream { events: usize },
     /// Streams only: wait this long before each piece of the stream.
     SlowStream { millis: u64 },
+    /// The answer breaks off at a pseudo-random byte offset, different for every request (derived from `seed`
+    /// and the mock's request counter; [`cut_offset`]): a stream is written in odd-sized pieces up to the
+    /// offset, then the connection breaks; a whole body announces its full `Content-Length`, sends the bytes up
+    /// to the offset, then breaks the connection.
+    CutAtByte { seed: u64 },
+    /// A stream request is answered 200 with a whole `application/json` body (with usage), as if `stream` had
+    /// been ignored.
+    JsonToStream,
+    /// A long answer, written as fast as the connection takes it: streams have `events` content events of about
+    /// 1 KiB of text each ([`long_event_text`]) before their usage and end; a whole completion or message has
+    /// that much text, an embedding `events × 128` numbers. For clients that stop reading.
+    LongStream { events: usize },
+}
+
+/// The text of one content event of [`Behaviour::LongStream`]: 256 short words, 1 KiB.
+pub fn long_event_text() -> String {
+    "tok ".repeat(256)
+}
+
+/// Where [`Behaviour::CutAtByte`] cuts an answer of `len` bytes for the mock's `request`-th request (counted
+/// from 0): in `0..len`, so the answer never arrives whole.
+pub fn cut_offset(seed: u64, request: u64, len: usize) -> usize {
+    let mut x = seed ^ request.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    usize::try_from(x % u64::try_from(len.max(1)).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// One request as the mock received it.
@@ -54,6 +95,8 @@ struct State {
     behaviour: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
     expected_key: Option<String>,
+    /// Requests answered so far: what makes every [`Behaviour::CutAtByte`] cut different.
+    counter: AtomicU64,
 }
 
 /// A running mock, bound to a local port.
@@ -200,6 +243,7 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         (Behaviour::Status { status, .. }, true) => *status,
         _ => 200,
     };
+    let request = state.counter.fetch_add(1, Ordering::Relaxed);
     state
         .received
         .lock()
@@ -213,30 +257,51 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
             body: body.clone(),
         });
     if !authorized {
-        return error(401, "Incorrect API key provided.", "invalid_api_key", None);
-    }
-    if anthropic && !matches!(behaviour, Behaviour::Status { .. } | Behaviour::Garbage) {
-        return anthropic_message(&body, &behaviour);
-    }
-    if body["stream"] == true && !matches!(behaviour, Behaviour::Status { .. } | Behaviour::Garbage) {
-        return stream(&body, &behaviour);
+        return error(
+            anthropic,
+            401,
+            "Incorrect API key provided.",
+            "invalid_api_key",
+            None,
+        );
     }
     match behaviour {
-        Behaviour::Normal | Behaviour::CutStream { .. } | Behaviour::SlowStream { .. } => {
-            completion(&body, true)
-        }
-        Behaviour::NoUsage => completion(&body, false),
-        Behaviour::Delay { millis } => {
-            actix_web::rt::time::sleep(Duration::from_millis(millis)).await;
-            completion(&body, true)
-        }
-        Behaviour::Garbage => HttpResponse::Ok()
-            .content_type("application/json")
-            .body("<html>not json"),
+        Behaviour::Delay { millis } => actix_web::rt::time::sleep(Duration::from_millis(millis)).await,
         Behaviour::Status { status, retry_after } => {
-            error(status, "The mock is misbehaving on purpose.", "mock", retry_after)
+            return error(
+                anthropic,
+                status,
+                "The mock is misbehaving on purpose.",
+                "mock",
+                retry_after,
+            );
         }
+        Behaviour::Garbage => {
+            return HttpResponse::Ok()
+                .content_type("application/json")
+                .body("<html>not json");
+        }
+        _ => {}
     }
+    let with_usage = behaviour != Behaviour::NoUsage;
+    let long = match behaviour {
+        Behaviour::LongStream { events } => Some(events),
+        _ => None,
+    };
+    if body["stream"] == true && behaviour != Behaviour::JsonToStream {
+        let events = match (anthropic, long) {
+            (true, _) => anthropic_stream_events(&body, with_usage, long),
+            (false, Some(n)) => long_sse_events(&body, with_usage, n),
+            (false, None) => sse_events(&body, with_usage),
+        };
+        return stream(events, &behaviour, request);
+    }
+    let answer = if anthropic {
+        anthropic_message(&body, with_usage, long)
+    } else {
+        completion(&body, with_usage, long)
+    };
+    whole(&answer, &behaviour, request)
 }
 
 /// The SSE events the mock streams for a request `body`: a comment, one chunk per word of [`completion_text`]
@@ -313,8 +378,15 @@ pub fn anthropic_usage(body: &Value) -> (u32, u32, u32) {
 
 /// The events of the mock's Anthropic Messages stream, each with its `event:` line.
 pub fn anthropic_events(body: &Value) -> Vec<String> {
+    anthropic_stream_events(body, true, None)
+}
+
+/// [`anthropic_events`], without the final usage ([`Behaviour::NoUsage`]: `message_delta` has no `usage`) and
+/// with `long` content events of [`long_event_text`] instead of one per word ([`Behaviour::LongStream`]).
+fn anthropic_stream_events(body: &Value, with_usage: bool, long: Option<usize>) -> Vec<String> {
     let messages = as_messages(body);
     let (input, cache_read, output) = anthropic_usage(body);
+    let output = long.map_or(output, long_completion_tokens);
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut events = vec![
         event(
@@ -330,38 +402,89 @@ pub fn anthropic_events(body: &Value) -> Vec<String> {
         ),
         event("ping", json!({"type": "ping"})),
     ];
-    let text = completion_text(&messages);
-    events.extend(text.split_inclusive(' ').map(|w| {
+    let delta = |w: &str| {
         event(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": 0,
             "delta": {"type": "text_delta", "text": w}}),
         )
-    }));
+    };
+    match long {
+        Some(n) => events.extend(std::iter::repeat_n(delta(&long_event_text()), n)),
+        None => events.extend(completion_text(&messages).split_inclusive(' ').map(delta)),
+    }
     events.push(event(
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
-    events.push(event(
-        "message_delta",
-        json!({"type": "message_delta",
-        "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}}),
-    ));
+    let mut message_delta = json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}});
+    if with_usage {
+        message_delta["usage"] = json!({"output_tokens": output});
+    }
+    events.push(event("message_delta", message_delta));
     events.push(event("message_stop", json!({"type": "message_stop"})));
     events
 }
 
-fn anthropic_message(body: &Value, behaviour: &Behaviour) -> HttpResponse {
-    if body["stream"] == true {
-        return pieces_response(anthropic_events(body), behaviour);
+/// What the mock reports as completion tokens for a [`Behaviour::LongStream`] answer of `events` events: a
+/// token per word.
+pub fn long_completion_tokens(events: usize) -> u32 {
+    u32::try_from(events.saturating_mul(256)).unwrap_or(u32::MAX)
+}
+
+/// The OpenAI stream of [`Behaviour::LongStream`]: the role chunk, `events` chunks of [`long_event_text`], the
+/// usage chunk when asked for and `with_usage`, and `[DONE]`.
+fn long_sse_events(body: &Value, with_usage: bool, events: usize) -> Vec<String> {
+    let legacy = !body["prompt"].is_null();
+    let (object, id) = if legacy {
+        ("text_completion", "cmpl-mock")
+    } else {
+        ("chat.completion.chunk", "chatcmpl-mock")
+    };
+    let chunk = |text: &str| {
+        let choice = if legacy {
+            json!({"index": 0, "text": text, "finish_reason": null})
+        } else {
+            json!({"index": 0, "delta": {"content": text}, "finish_reason": null})
+        };
+        let chunk = json!({"id": id, "object": object, "created": 1_795_338_902, "model": body["model"],
+                           "choices": [choice]});
+        format!("data: {chunk}\n\n")
+    };
+    let mut out = vec![": mock keep-alive\n\n".to_owned(), chunk("")];
+    out.extend(std::iter::repeat_n(chunk(&long_event_text()), events));
+    if with_usage && body["stream_options"]["include_usage"] == true {
+        let (prompt, _, cached) = reported_usage(&as_messages(body));
+        let completion = long_completion_tokens(events);
+        let usage = json!({
+            "id": id, "object": object, "created": 1_795_338_902, "model": body["model"], "choices": [],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+                      "prompt_tokens_details": {"cached_tokens": cached}}
+        });
+        out.push(format!("data: {usage}\n\n"));
     }
+    out.push("data: [DONE]\n\n".to_owned());
+    out
+}
+
+/// A whole Anthropic message, with its `usage` when `with_usage`, and the text of `long` content events when
+/// set.
+fn anthropic_message(body: &Value, with_usage: bool, long: Option<usize>) -> Value {
     let (input, cache_read, output) = anthropic_usage(body);
-    HttpResponse::Ok().json(json!({
+    let (text, output) = match long {
+        Some(n) => (long_event_text().repeat(n), long_completion_tokens(n)),
+        None => (completion_text(&as_messages(body)), output),
+    };
+    let mut message = json!({
         "id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"],
-        "content": [{"type": "text", "text": completion_text(&as_messages(body))}],
-        "stop_reason": "end_turn",
-        "usage": {"input_tokens": input, "cache_read_input_tokens": cache_read, "output_tokens": output}
-    }))
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn", "stop_sequence": null
+    });
+    if with_usage {
+        message["usage"] =
+            json!({"input_tokens": input, "cache_read_input_tokens": cache_read, "output_tokens": output});
+    }
+    message
 }
 
 /// The largest piece the mock writes at once: pieces are 1 to this many bytes, so that `data:` prefixes, JSON
@@ -382,17 +505,27 @@ fn piece_sizes(bytes: &[u8]) -> impl Iterator<Item = usize> {
     })
 }
 
-fn stream(body: &Value, behaviour: &Behaviour) -> HttpResponse {
-    pieces_response(
-        sse_events(body, !matches!(behaviour, Behaviour::NoUsage)),
-        behaviour,
-    )
-}
-
-/// Streams `events` in odd-sized pieces, slowed down or cut as `behaviour` says.
-fn pieces_response(events: Vec<String>, behaviour: &Behaviour) -> HttpResponse {
+/// Streams `events` as `behaviour` says: in odd-sized pieces (slowed down, cut after some events or at a byte),
+/// or — a long stream — event by event as fast as the connection takes them. `request` is the mock's request
+/// counter.
+fn stream(events: Vec<String>, behaviour: &Behaviour, request: u64) -> HttpResponse {
+    if let Behaviour::LongStream { .. } = behaviour {
+        let events = futures_util::stream::iter(
+            events
+                .into_iter()
+                .map(|e| Ok::<_, actix_web::Error>(bytes::Bytes::from(e))),
+        );
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(events);
+    }
     let (bytes, cut) = match behaviour {
         Behaviour::CutStream { events: n } => (events[..(*n).min(events.len())].concat().into_bytes(), true),
+        Behaviour::CutAtByte { seed } => {
+            let mut bytes = events.concat().into_bytes();
+            bytes.truncate(cut_offset(*seed, request, bytes.len()));
+            (bytes, true)
+        }
         _ => (events.concat().into_bytes(), false),
     };
     let mut pieces = Vec::new();
@@ -407,46 +540,84 @@ fn pieces_response(events: Vec<String>, behaviour: &Behaviour) -> HttpResponse {
     }
     let delay = match behaviour {
         Behaviour::SlowStream { millis } => Duration::from_millis(*millis),
-        Behaviour::CutStream { .. } => Duration::from_millis(2),
+        Behaviour::CutStream { .. } | Behaviour::CutAtByte { .. } => Duration::from_millis(2),
         _ => Duration::ZERO,
     };
-    let pieces = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, actix_web::Error>))
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(delayed_then_cut(pieces, delay, cut))
+}
+
+/// `pieces`, each after `delay`, then — when `cut` — an error, which makes the server break the connection.
+fn delayed_then_cut(
+    pieces: Vec<bytes::Bytes>,
+    delay: Duration,
+    cut: bool,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, actix_web::Error>> {
+    futures_util::stream::iter(pieces.into_iter().map(Ok::<_, actix_web::Error>))
         .then(move |piece| async move {
             if !delay.is_zero() {
                 actix_web::rt::time::sleep(delay).await;
             }
             piece
         })
-        .chain(futures_util::stream::iter(
-            cut.then(|| Err(actix_web::error::ErrorInternalServerError("cut"))),
-        ));
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .streaming(pieces)
+        .chain(futures_util::stream::iter(cut.then_some(())).then(|()| async {
+            // Let the last piece leave before the connection breaks.
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+            Err(actix_web::error::ErrorInternalServerError("cut"))
+        }))
 }
 
-fn completion(body: &Value, with_usage: bool) -> HttpResponse {
+/// A whole JSON answer: as it is, or — [`Behaviour::CutAtByte`] — announced with its full `Content-Length`
+/// and broken off at a pseudo-random byte.
+fn whole(answer: &Value, behaviour: &Behaviour, request: u64) -> HttpResponse {
+    let Behaviour::CutAtByte { seed } = behaviour else {
+        return HttpResponse::Ok().json(answer);
+    };
+    let bytes = serde_json::to_vec(answer).unwrap_or_default();
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    let offset = cut_offset(*seed, request, bytes.len());
+    let sent = bytes::Bytes::copy_from_slice(&bytes[..offset]);
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .no_chunking(len)
+        .streaming(delayed_then_cut(vec![sent], Duration::ZERO, true))
+}
+
+/// An OpenAI whole answer for the request's endpoint — an embedding list, a legacy completion or a chat
+/// completion — with its `usage` when `with_usage`, and `long` events' worth of text (or numbers) when set.
+fn completion(body: &Value, with_usage: bool, long: Option<usize>) -> Value {
     let messages = &as_messages(body);
     let (prompt, completion, cached) = reported_usage(messages);
+    let (text, completion) = match long {
+        Some(n) => (long_event_text().repeat(n), long_completion_tokens(n)),
+        None => (completion_text(messages), completion),
+    };
     if !body["input"].is_null() {
+        let embedding: Vec<f64> = match long {
+            Some(n) => (0..n * 128)
+                .map(|i| f64::from(u32::try_from(i % 97).unwrap_or(0)) / 97.0)
+                .collect(),
+            None => vec![0.015, -0.25, 0.5],
+        };
         let mut response = json!({
             "object": "list", "model": body["model"],
-            "data": [{"object": "embedding", "index": 0, "embedding": [0.015, -0.25, 0.5]}]
+            "data": [{"object": "embedding", "index": 0, "embedding": embedding}]
         });
         if with_usage {
             response["usage"] = json!({"prompt_tokens": prompt, "total_tokens": prompt});
         }
-        return HttpResponse::Ok().json(response);
+        return response;
     }
     if !body["prompt"].is_null() {
         let mut response = json!({
             "id": "cmpl-mock", "object": "text_completion", "created": 1_795_338_902, "model": body["model"],
-            "choices": [{"index": 0, "text": completion_text(messages), "finish_reason": "stop"}]
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]
         });
         if with_usage {
             response["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
         }
-        return HttpResponse::Ok().json(response);
+        return response;
     }
     let mut response = json!({
         "id": "chatcmpl-mock",
@@ -455,7 +626,7 @@ fn completion(body: &Value, with_usage: bool) -> HttpResponse {
         "model": body["model"],
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": completion_text(messages)},
+            "message": {"role": "assistant", "content": text},
             "finish_reason": "stop"
         }]
     });
@@ -467,17 +638,37 @@ fn completion(body: &Value, with_usage: bool) -> HttpResponse {
             "prompt_tokens_details": {"cached_tokens": cached}
         });
     }
-    HttpResponse::Ok().json(response)
+    response
 }
 
-fn error(status: u16, message: &str, code: &str, retry_after: Option<u64>) -> HttpResponse {
+/// An error `status` with a body in the endpoint's protocol (Anthropic's when `anthropic`, else OpenAI's) and
+/// `retry_after` seconds as `Retry-After` when set.
+fn error(anthropic: bool, status: u16, message: &str, code: &str, retry_after: Option<u64>) -> HttpResponse {
     let status =
         actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY);
     let mut response = HttpResponse::build(status);
     if let Some(seconds) = retry_after {
         response.insert_header(("retry-after", seconds.to_string()));
     }
-    response.json(json!({"error": {"message": message, "type": "mock_error", "param": null, "code": code}}))
+    if anthropic {
+        let kind = match status.as_u16() {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        };
+        return response.json(json!({"type": "error", "error": {"type": kind, "message": message}}));
+    }
+    let (kind, code) = match status.as_u16() {
+        429 => ("requests", "rate_limit_exceeded"),
+        500.. => ("server_error", code),
+        _ => ("invalid_request_error", code),
+    };
+    response.json(json!({"error": {"message": message, "type": kind, "param": null, "code": code}}))
 }
 
 async fn set_behaviour(behaviour: web::Json<Behaviour>, state: web::Data<State>) -> HttpResponse {
