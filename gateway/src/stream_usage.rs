@@ -170,6 +170,9 @@ impl ChatStreamAccumulator {
 #[derive(Debug, Default)]
 pub struct AnthropicStreamAccumulator {
     text: String,
+    /// Whether a `message_delta` reported the output tokens: until then, `message_start`'s figure (1) is
+    /// provisional.
+    output_final: bool,
     /// `message_start`'s `message.model`: the model that answered.
     model: Option<String>,
     usage: Option<AnthropicUsage>,
@@ -232,6 +235,7 @@ impl AnthropicStreamAccumulator {
                     // Output tokens are cumulative; input figures may be repeated: the latest value wins.
                     let usage = self.usage.get_or_insert_with(AnthropicUsage::default);
                     usage.output_tokens = update.output_tokens.or(usage.output_tokens);
+                    self.output_final |= update.output_tokens.is_some();
                     usage.input_tokens = update.input_tokens.or(usage.input_tokens);
                     usage.cache_creation_input_tokens = update
                         .cache_creation_input_tokens
@@ -291,6 +295,16 @@ impl StreamMeter {
         }
     }
 
+    /// The provider's usage when it is final — OpenAI's usage chunk, Anthropic's output tokens in a
+    /// `message_delta` — and not a provisional figure such as `message_start`'s one output token.
+    pub fn final_usage(&self) -> Option<Usage> {
+        match self {
+            Self::OpenAi(a) => a.provider_usage(),
+            Self::Anthropic(a) if a.output_final => self.provider_usage(),
+            Self::Anthropic(_) => None,
+        }
+    }
+
     /// The model the stream says answered, when it named one.
     pub fn served_model(&self) -> Option<&str> {
         match self {
@@ -321,7 +335,7 @@ mod tests {
     #[test]
     fn an_anthropic_stream_bills_input_cache_and_output_tokens_and_ends_at_message_stop() {
         let events = [
-            r#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":25,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
+            r#"{"type":"message_start","message":{"id":"m","model":"claude-sonnet-4-5","usage":{"input_tokens":25,"cache_read_input_tokens":100,"output_tokens":1}}}"#,
             r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
             r#"{"type":"ping"}"#,
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#,
@@ -347,10 +361,33 @@ mod tests {
         assert_eq!(meter.observe(&stop), Observed::Done);
         assert!(meter.saw_done());
         assert_eq!(meter.completion_text(), "Hello{\"a\":1}");
-        let usage = meter.provider_usage().unwrap();
+        let usage = meter.final_usage().unwrap();
         assert_eq!(
             (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
             (125, 15, 140)
+        );
+        assert_eq!(meter.served_model(), Some("claude-sonnet-4-5"));
+    }
+
+    #[test]
+    fn anthropics_output_tokens_are_provisional_until_a_message_delta_reports_them() {
+        let mut meter = StreamMeter::for_provider(Provider::Anthropic);
+        for e in [
+            r#"{"type":"message_start","message":{"model":"m","usage":{"input_tokens":5,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello there"}}"#,
+            r#"{"type":"message_stop"}"#,
+        ] {
+            meter.observe(&SseEvent {
+                data: Some(e.into()),
+                ..SseEvent::default()
+            });
+        }
+        assert!(meter.saw_done());
+        assert_eq!(meter.provider_usage().map(|u| u.completion_tokens), Some(1));
+        assert_eq!(
+            meter.final_usage(),
+            None,
+            "one output token is message_start's placeholder"
         );
     }
 

@@ -274,16 +274,24 @@ async fn client_errors_from_the_provider_are_returned_as_they_are_and_not_retrie
 }
 
 #[actix_rt::test]
-async fn a_provider_answer_without_usage_is_billed_from_the_estimate() {
+async fn a_whole_answer_without_usage_is_billed_its_prompt_estimate_and_the_exact_count_of_its_text() {
     let stack = Stack::start(StackOptions::default()).await;
     stack.mock.set_behaviour(Behaviour::NoUsage);
     let reply = post(&stack, Some(&bearer(0)), &chat(MODEL)).await;
     assert_eq!(reply.status, 200);
+    let text = reply.body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let rows = stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
     let row = &rows[0];
-    assert_eq!(row["usage_source"], "estimated");
+    assert_eq!(row["usage_source"], "counted");
     assert_eq!(row["prompt_tokens"], row["prompt_tokens_estimated"]);
-    assert_eq!(row["completion_tokens"], 0);
+    assert_eq!(
+        row["completion_tokens"],
+        tiktoken_rs::o200k_base().unwrap().encode_ordinary(&text).len(),
+        "exactly tiktoken's count of the answer's text, as for a stream"
+    );
     stack.stop().await;
 }
 

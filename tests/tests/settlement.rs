@@ -40,10 +40,7 @@ use tollgate_tests::stack::{CONSUMERS, Stack, StackOptions, http};
 /// - `send_timeout = "1s"`: how long a stream waits for a client that stopped reading before it is settled as
 ///   `client_cancelled` (the "stops reading" column waits a few seconds for that row);
 /// - `drain_timeout`: the bound of a graceful stop.
-///
-/// Empty while the gateway does not have these keys yet (its configuration refuses unknown keys); with them:
-/// `send_timeout = "1s"\ndrain_timeout = "5s"`.
-const SETTLEMENT_SERVER_TOML: &str = "";
+const SETTLEMENT_SERVER_TOML: &str = "send_timeout = \"1s\"\ndrain_timeout = \"5s\"";
 
 const PROMPT: &str = "Settle me exactly once: héllo wörld 🚀 日本語.";
 

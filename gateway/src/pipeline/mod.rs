@@ -178,28 +178,22 @@ async fn run(
     let api = parse(endpoint, payload, state).await?;
     let route = self::route(&runtime, state, req, &principal, &api, arrival)?;
     let metered = state.server.metering;
-    let admitted = Admitted {
+    let request = Incoming {
         arrival,
         principal,
         api,
         route,
-        estimate: Estimate {
-            tokens: 0,
-            source: EstimateSource::Fallback,
-        },
     };
-    limit(&runtime, state, &admitted, limits)?;
-    let estimate = estimate(state, clients, &admitted.api).await;
-    let admitted = Admitted { estimate, ..admitted };
-    let mut ticket = admit(state, &admitted, limits)?;
+    limit(&runtime, state, &request, limits)?;
+    let estimate = estimate(state, clients, &request.api).await;
+    let mut ticket = admit(state, &request, estimate, limits)?;
 
-    let Admitted {
+    let Incoming {
         arrival,
         principal,
         api,
         route,
-        estimate,
-    } = admitted;
+    } = request;
     let forwarded = match forward::forward(req, state, clients, &route, &api, &principal, &mut ticket).await {
         Err(GatewayError::InstanceQuotaExhausted { retry_after }) => {
             metrics::counter!(m::QUOTA_REJECTIONS_TOTAL, "kind" => "instance").increment(1);
@@ -295,13 +289,12 @@ async fn run(
     ))
 }
 
-/// A request past steps 1–5, on its way to admission.
-struct Admitted {
+/// A request past steps 1–3: who asked for what, on which route.
+struct Incoming {
     arrival: Arrival,
     principal: Principal,
     api: ApiRequest,
     route: Arc<RouteTable>,
-    estimate: Estimate,
 }
 
 /// Step 1: who is calling.
@@ -348,7 +341,7 @@ fn route(
 fn limit(
     runtime: &Runtime,
     state: &AppState,
-    request: &Admitted,
+    request: &Incoming,
     limits: &mut LimitFigures,
 ) -> Result<(), GatewayError> {
     match runtime.limits.check(&request.principal.consumer) {
@@ -403,12 +396,13 @@ async fn estimate(state: &AppState, clients: &WorkerClients, api: &ApiRequest) -
 /// Step 6: the token quotas of the consumer, then of the model; a refusal is recorded as a zero-token event.
 fn admit(
     state: &AppState,
-    request: &Admitted,
+    request: &Incoming,
+    estimate: Estimate,
     limits: &mut LimitFigures,
 ) -> Result<QuotaTicket, GatewayError> {
     let demand = state
         .quotas
-        .demand(request.estimate.tokens, request.api.max_output_tokens());
+        .demand(estimate.tokens, request.api.max_output_tokens());
     match state
         .quotas
         .admit(&request.principal.consumer, &request.api.model, demand)
@@ -437,7 +431,7 @@ fn admit(
                 request.principal.clone(),
                 &request.route,
                 &request.api,
-                request.estimate,
+                estimate,
             )
             .rejected(state, Outcome::RejectedQuota, rejection.status);
             Err(GatewayError::QuotaExceeded {
@@ -462,7 +456,8 @@ struct WholeAnswer<'a> {
 }
 
 /// Step 8 for a whole body: the provider's usage when it reported one; otherwise the prompt estimate and an
-/// exact count of the answer's text (`counted`; in-process approximation when meter-sidecar is down). The model
+/// exact count of the answer's text (`counted`; in-process approximation when meter-sidecar is down), or, for a
+/// body that is not JSON, the prompt estimate alone (`estimated`). The model
 /// the answer names is the model served. A client that left meanwhile makes it `client_cancelled`; the provider's
 /// work is billed all the same.
 async fn settle_whole(
@@ -477,14 +472,16 @@ async fn settle_whole(
     if let (Some(model), Some(pending)) = (facts.model, ledger.pending_mut()) {
         pending.model_served = model;
     }
-    let usage = match facts.usage {
-        Some(usage) => usage,
-        None if succeeded && whole.endpoint != Endpoint::Embeddings => {
-            let text = usage::completion_text(whole.provider, &upstream.body);
+    let text = (facts.usage.is_none() && succeeded && whole.endpoint != Endpoint::Embeddings)
+        .then(|| usage::completion_text(whole.provider, &upstream.body))
+        .flatten();
+    let usage = match (facts.usage, text) {
+        (Some(usage), _) => usage,
+        (None, Some(text)) => {
             let (counted, source) = count_text(clients, whole.model, &text).await;
             usage::at_least_streamed(None, whole.estimate.tokens, counted, source)
         }
-        None => usage::estimated(whole.estimate.tokens, succeeded),
+        (None, None) => usage::estimated(whole.estimate.tokens, succeeded),
     };
     let outcome = if !succeeded {
         Outcome::UpstreamError

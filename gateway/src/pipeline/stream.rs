@@ -250,19 +250,19 @@ impl Drop for ActiveStream {
     }
 }
 
-/// The provider's numbers when the stream ended as it should and carried them; otherwise — an early end, or no
-/// usage — the prompt (the provider's figure when it gave one, else the estimate) and the larger of the
+/// The provider's numbers when the stream ended as it should and carried its final figures; otherwise — an
+/// early end, no usage, or only a provisional figure — the prompt (the provider's figure when it gave one, else the estimate) and the larger of the
 /// provider's completion figure so far and the exact count of the streamed text.
 async fn settle(job: &StreamJob, outcome: Outcome) -> Usage {
     let Some(stream) = job.ledger.stream() else {
         return usage::estimated(0, false);
     };
-    let provider = stream.provider_usage();
     if outcome == Outcome::Ok
-        && let Some(usage) = provider
+        && let Some(usage) = stream.final_usage()
     {
         return usage;
     }
+    let provider = stream.provider_usage();
     let estimate = job.ledger.pending().map_or(0, |p| p.estimate.tokens);
     let model = job.ledger.pending().map_or("", |p| p.model_requested.as_str());
     let (counted, source) = count_text(&job.clients, model, stream.completion_text()).await;

@@ -51,12 +51,10 @@ pub fn read_answer(provider: Provider, body: &[u8]) -> AnswerFacts {
 
 /// The generated text of a whole answer, as a stream of it would be counted: OpenAI chat choices' `content`,
 /// `refusal` and tool-call (or `function_call`) names and arguments, legacy completions' `text`; Anthropic
-/// content blocks' `text`, `thinking` and tool-use `name` and `input` (as JSON). Empty for embeddings and for
-/// bodies that are not JSON.
-pub fn completion_text(provider: Provider, body: &[u8]) -> String {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
-        return String::new();
-    };
+/// content blocks' `text`, `thinking` and tool-use `name` and `input` (as JSON). `None` for a body that is not
+/// JSON: there is nothing to count, only to estimate.
+pub fn completion_text(provider: Provider, body: &[u8]) -> Option<String> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok()?;
     let mut text = String::new();
     let mut push = |piece: Option<&serde_json::Value>| {
         if let Some(s) = piece.and_then(serde_json::Value::as_str) {
@@ -108,7 +106,7 @@ pub fn completion_text(provider: Provider, body: &[u8]) -> String {
             }
         }
     }
-    text
+    Some(text)
 }
 
 /// What is billed for an answer whose provider figures are missing or may be short (a stream that ended early,
@@ -286,18 +284,18 @@ mod tests {
     fn the_completion_text_of_a_whole_answer_is_what_a_stream_of_it_would_carry() {
         let chat = br#"{"choices":[{"message":{"content":"Hi","refusal":null,
             "tool_calls":[{"function":{"name":"f","arguments":"{\"a\":1}"}}]}},{"message":{"content":"!"}}]}"#;
-        assert_eq!(completion_text(Provider::Openai, chat), r#"Hif{"a":1}!"#);
+        assert_eq!(completion_text(Provider::Openai, chat).unwrap(), r#"Hif{"a":1}!"#);
         assert_eq!(
-            completion_text(Provider::Openai, br#"{"choices":[{"text":"legacy"}]}"#),
+            completion_text(Provider::Openai, br#"{"choices":[{"text":"legacy"}]}"#).unwrap(),
             "legacy"
         );
         let anthropic = br#"{"content":[{"type":"text","text":"Sure"},
             {"type":"tool_use","name":"get","input":{"q":"x"}}]}"#;
         assert_eq!(
-            completion_text(Provider::Anthropic, anthropic),
+            completion_text(Provider::Anthropic, anthropic).unwrap(),
             r#"Sureget{"q":"x"}"#
         );
-        assert_eq!(completion_text(Provider::Openai, b"not json"), "");
+        assert_eq!(completion_text(Provider::Openai, b"not json"), None);
     }
 
     #[test]
