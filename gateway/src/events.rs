@@ -136,6 +136,19 @@ impl EventSender {
     pub fn accepts_metered_requests(&self) -> bool {
         !(self.on_full == OnFull::Reject && self.spool.is_full())
     }
+
+    /// A sender whose events land in the returned receiver instead of Kafka (unit tests of what is emitted).
+    #[cfg(test)]
+    pub(crate) fn to_channel(capacity: usize) -> (Self, mpsc::Receiver<Outgoing>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let sender = Self {
+            tx,
+            queued: Arc::new(AtomicI64::new(0)),
+            spool: Arc::new(SpoolStatus::default()),
+            on_full: OnFull::Reject,
+        };
+        (sender, rx)
+    }
 }
 
 fn dropped(event_id: Uuid, consumer: &str, reason: &'static str, error: Option<&dyn Display>) {

@@ -243,3 +243,147 @@ impl Drop for Ledger {
 pub fn millis(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The settlement invariant as a property: whatever schedule ends a request — settled by its answer,
+    //! dropped by a forced stop, or unwound by a panic, after any number of stream events of either protocol —
+    //! exactly one event is emitted for it, and it never bills fewer completion tokens than were streamed.
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::protocol::Provider;
+    use crate::sse::SseEvent;
+    use proptest::prelude::*;
+    use tollgate_schemas::EstimateSource;
+
+    fn pending(request_id: Uuid) -> PendingEvent {
+        PendingEvent {
+            request_id,
+            source: Arc::from("tollgate-gateway/test"),
+            principal: Principal {
+                consumer: Arc::from("team-a"),
+                class: Arc::from("default"),
+                key_id: Arc::from("a-1"),
+                models: None,
+            },
+            endpoint: "/v1/chat/completions",
+            route: Arc::from("chat"),
+            model_requested: "gpt-4o-mini".into(),
+            model_served: "gpt-4o-mini".into(),
+            provider: "openai",
+            instance: "mock".into(),
+            attempts: Vec::new(),
+            stream: true,
+            estimate: Estimate {
+                tokens: 40,
+                source: EstimateSource::Meter,
+            },
+            started: Instant::now(),
+            started_at_ms: 1,
+            clock: Arc::new(SystemClock),
+            quota: None,
+        }
+    }
+
+    /// One stream event of `provider` carrying `text`.
+    fn event(provider: Provider, text: &str) -> SseEvent {
+        let data = match provider {
+            Provider::Openai => serde_json::json!({"choices": [{"delta": {"content": text}}]}),
+            Provider::Anthropic => {
+                serde_json::json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": text}})
+            }
+        };
+        SseEvent {
+            data: Some(data.to_string()),
+            ..SseEvent::default()
+        }
+    }
+
+    /// How the request ends.
+    #[derive(Debug, Clone, Copy)]
+    enum End {
+        /// The path that read the answer settles it with the provider's figures.
+        Settled { completion: u32 },
+        /// Its task is dropped (a forced stop).
+        Dropped,
+        /// A panic unwinds through its owner.
+        Panicked,
+    }
+
+    fn end() -> impl Strategy<Value = End> {
+        prop_oneof![
+            (0u32..500).prop_map(|completion| End::Settled { completion }),
+            Just(End::Dropped),
+            Just(End::Panicked),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_schedule_emits_exactly_one_event_never_below_what_was_streamed(
+            anthropic in any::<bool>(),
+            streamed in proptest::collection::vec("[a-z ]{0,24}", 0..20),
+            watch in any::<bool>(),
+            end in end(),
+            metered in any::<bool>(),
+        ) {
+            let provider = if anthropic { Provider::Anthropic } else { Provider::Openai };
+            let (events, mut received) = EventSender::to_channel(16);
+            let request_id = Uuid::now_v7();
+            let mut ledger = Ledger::open(pending(request_id), events, metered);
+            ledger.if_dropped(Outcome::UpstreamCut, 200, None);
+            let text: String = streamed.concat();
+            if watch {
+                ledger.watch_stream(StreamMeter::for_provider(provider));
+                for piece in &streamed {
+                    if let Some(stream) = ledger.stream_mut() {
+                        stream.observe(&event(provider, piece));
+                    }
+                }
+            }
+            match end {
+                End::Settled { completion } => ledger.settle(Settlement {
+                    outcome: Outcome::Ok,
+                    http_status: 200,
+                    usage: Usage {
+                        prompt_tokens: 40,
+                        completion_tokens: completion,
+                        total_tokens: 40 + completion,
+                        cached_prompt_tokens: None,
+                        source: UsageSource::Provider,
+                    },
+                    ttfb: None,
+                }),
+                End::Dropped => drop(ledger),
+                End::Panicked => {
+                    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        let _owner = ledger;
+                        std::panic::panic_any("a bug in the request path");
+                    }));
+                    prop_assert!(unwound.is_err());
+                }
+            }
+            let mut emitted = Vec::new();
+            while let Ok(outgoing) = received.try_recv() {
+                emitted.push(outgoing.event);
+            }
+            if !metered {
+                prop_assert!(emitted.is_empty());
+                return Ok(());
+            }
+            prop_assert_eq!(emitted.len(), 1, "exactly one event");
+            let data = &emitted[0].data;
+            prop_assert_eq!(&data.request_id, &request_id.to_string());
+            match end {
+                End::Settled { completion } => prop_assert_eq!(data.completion_tokens, completion),
+                End::Dropped | End::Panicked => {
+                    prop_assert_eq!(data.outcome, Outcome::UpstreamCut);
+                    let streamed_tokens = if watch { fallback_text_estimate(&text) } else { 0 };
+                    prop_assert!(data.completion_tokens >= streamed_tokens);
+                    prop_assert_eq!(data.prompt_tokens, 40);
+                }
+            }
+        }
+    }
+}

@@ -102,7 +102,7 @@ pub enum AppendError {
 }
 
 /// What the request path sees of the spool, without locks.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SpoolStatus {
     bytes: AtomicU64,
     full: AtomicBool,
