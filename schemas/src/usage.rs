@@ -28,7 +28,9 @@ pub struct UsageRecorded {
     pub route: String,
     /// The `model` the client asked for.
     pub model_requested: String,
-    /// The model name sent to the upstream that served (or last failed) the request.
+    /// The model that answered, as the answer names it (OpenAI's `model`, Anthropic's `message.model`); when it
+    /// names none, the model name sent upstream (the instance's override, else the route's first name). The
+    /// model that is priced.
     pub model_served: String,
     /// The provider kind of that instance, e.g. `openai`.
     pub provider: String,
