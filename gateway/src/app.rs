@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::http::header::ContentType;
 use actix_web::rt::net::TcpStream;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -145,7 +144,7 @@ impl Gateway {
                 .app_data(state.clone())
                 .app_data(web::Data::new(clients))
                 .route("/v1/models", web::get().to(models::list))
-                .route("/healthz", web::get().to(healthz))
+                .route("/healthz", web::get().to(scrape::healthz))
                 .configure(|cfg| {
                     if let Some(metrics) = &metrics_here {
                         cfg.app_data(metrics.clone())
@@ -299,13 +298,6 @@ fn set_nodelay(connection: &dyn Any, _: &mut actix_web::dev::Extensions) {
     if let Some(socket) = connection.downcast_ref::<TcpStream>() {
         let _ = socket.set_nodelay(true);
     }
-}
-
-/// `{"status":"ok"}` while the process serves: on the API listener, and on the metrics listener when it has one.
-pub(crate) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header(ContentType::json())
-        .body(r#"{"status":"ok"}"#)
 }
 
 async fn unknown_url(req: HttpRequest) -> HttpResponse {

@@ -2,15 +2,15 @@
 //! for Prometheus on an operations network, so route, instance, model and consumer-class names are not readable
 //! by whoever can reach the API. Without `metrics_listen`, `/metrics` stays on the API listener.
 //!
-//! In: the process-wide Prometheus handle. Out: its text exposition; nothing else is served here.
+//! In: the process-wide Prometheus handle. Out: its text exposition, and [`healthz`] — which the API listener
+//! serves too.
 
 use std::net::{SocketAddr, TcpListener};
 
 use actix_web::dev::ServerHandle;
+use actix_web::http::header::ContentType;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
-
-use crate::app;
 
 /// The running metrics listener.
 pub struct MetricsServer {
@@ -38,7 +38,7 @@ impl MetricsServer {
             App::new()
                 .app_data(metrics.clone())
                 .route("/metrics", web::get().to(render))
-                .route("/healthz", web::get().to(app::healthz))
+                .route("/healthz", web::get().to(healthz))
         })
         .workers(1)
         .disable_signals()
@@ -67,4 +67,11 @@ pub async fn render(metrics: web::Data<PrometheusHandle>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics.render())
+}
+
+/// `{"status":"ok"}` while the process serves: on the API listener, and on the metrics listener when it has one.
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(ContentType::json())
+        .body(r#"{"status":"ok"}"#)
 }
