@@ -188,31 +188,39 @@ async fn run(
     let estimate = estimate(state, clients, &request.api).await;
     let mut ticket = admit(state, &request, estimate, limits)?;
 
-    let Incoming {
-        arrival,
-        principal,
-        api,
-        route,
-    } = request;
-    let forwarded = match forward::forward(req, state, clients, &route, &api, &principal, &mut ticket).await {
+    // The route outlives `request`: the instance that answers is borrowed from it.
+    let route = Arc::clone(&request.route);
+    let forwarded = forward::forward(
+        req,
+        state,
+        clients,
+        &route,
+        &request.api,
+        &request.principal,
+        &mut ticket,
+    )
+    .await;
+    let forwarded = match forwarded {
         Err(GatewayError::InstanceQuotaExhausted { retry_after }) => {
             metrics::counter!(m::QUOTA_REJECTIONS_TOTAL, "kind" => "instance").increment(1);
             tracing::info!(
-                request_id = %arrival.request_id,
-                consumer = %principal.consumer,
-                route = %route.name,
+                request_id = %request.arrival.request_id,
+                consumer = %request.principal.consumer,
+                route = %request.route.name,
                 "request rejected: every instance of the route has used its token quota"
             );
             drop(ticket);
-            PendingEvent::before_upstream(arrival, state, principal, &route, &api, estimate).rejected(
-                state,
-                Outcome::RejectedQuota,
-                429,
-            );
+            request.rejected(state, estimate, Outcome::RejectedQuota, 429);
             return Err(GatewayError::InstanceQuotaExhausted { retry_after });
         }
         other => other?,
     };
+    let Incoming {
+        arrival,
+        principal,
+        api,
+        ..
+    } = request;
     let instance = forwarded.instance;
     // The gateway's own share of the time to the answer's head (or, for a whole body, to its last byte).
     let overhead = arrival.started.elapsed().saturating_sub(forwarded.upstream_time);
@@ -297,6 +305,21 @@ struct Incoming {
     route: Arc<RouteTable>,
 }
 
+impl Incoming {
+    /// Records the request as refused before any upstream (a request rate, a token quota): a zero-token event.
+    fn rejected(&self, state: &AppState, estimate: Estimate, outcome: Outcome, http_status: u16) {
+        PendingEvent::before_upstream(
+            self.arrival,
+            state,
+            self.principal.clone(),
+            &self.route,
+            &self.api,
+            estimate,
+        )
+        .rejected(state, outcome, http_status);
+    }
+}
+
 /// Step 1: who is calling.
 fn authenticate(runtime: &Runtime, req: &HttpRequest) -> Result<Principal, GatewayError> {
     runtime.keys.authenticate_request(req.headers())
@@ -363,15 +386,7 @@ fn limit(
                 tokens: fallback_estimate(&request.api.prompt()),
                 source: EstimateSource::Fallback,
             };
-            PendingEvent::before_upstream(
-                request.arrival,
-                state,
-                request.principal.clone(),
-                &request.route,
-                &request.api,
-                estimate,
-            )
-            .rejected(state, Outcome::RejectedRateLimit, rejection.status);
+            request.rejected(state, estimate, Outcome::RejectedRateLimit, rejection.status);
             Err(GatewayError::RateLimited {
                 status: rejection.status,
                 message: rejection.message,
@@ -425,15 +440,7 @@ fn admit(
                 retry_after_s = rejection.retry_after.as_secs(),
                 "request rejected: a token quota is used up for this window"
             );
-            PendingEvent::before_upstream(
-                request.arrival,
-                state,
-                request.principal.clone(),
-                &request.route,
-                &request.api,
-                estimate,
-            )
-            .rejected(state, Outcome::RejectedQuota, rejection.status);
+            request.rejected(state, estimate, Outcome::RejectedQuota, rejection.status);
             Err(GatewayError::QuotaExceeded {
                 status: rejection.status,
                 message: rejection.message,
