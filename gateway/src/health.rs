@@ -366,6 +366,14 @@ mod tests {
     }
 
     #[test]
+    fn a_cooldown_longer_than_an_instant_can_hold_does_not_panic() {
+        let h = health();
+        let t = Instant::now();
+        h.record_failure(t, Some(Duration::MAX));
+        assert!(!h.is_available(t + Duration::from_secs(3600)));
+    }
+
+    #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
             .unwrap()

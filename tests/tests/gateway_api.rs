@@ -104,6 +104,15 @@ async fn bad_requests_get_openai_shaped_errors_and_never_reach_the_provider() {
         None,
     );
     assert_openai_error(&post(&stack, key, "[]").await, 400, "invalid_json", None);
+    // A repeated field the gateway reads: the gateway would read one value and a provider maybe the other.
+    let twice = post(
+        &stack,
+        key,
+        r#"{"model":"gpt-4o-mini","model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#,
+    )
+    .await;
+    assert_openai_error(&twice, 400, "invalid_value", Some("model"));
+    assert_eq!(twice.body["error"]["type"], "invalid_request_error");
     assert_openai_error(
         &post(&stack, key, r#"{"messages":[{"role":"user","content":"x"}]}"#).await,
         400,
@@ -292,6 +301,38 @@ async fn a_whole_answer_without_usage_is_billed_its_prompt_estimate_and_the_exac
         tiktoken_rs::o200k_base().unwrap().encode_ordinary(&text).len(),
         "exactly tiktoken's count of the answer's text, as for a stream"
     );
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn a_providers_final_429_reaches_the_client_with_its_retry_after_cut_to_the_configured_bound() {
+    let stack = Stack::start(StackOptions::default()).await;
+    // 2^63 seconds: this panicked the handler once (no answer, no event, no breaker).
+    stack.mock.set_behaviour(Behaviour::Status {
+        status: 429,
+        retry_after: Some(1 << 63),
+    });
+    let mut response = http()
+        .post(format!("{}/v1/chat/completions", stack.gateway_url))
+        .insert_header(("authorization", bearer(0)))
+        .insert_header(("content-type", "application/json"))
+        .send_body(chat(MODEL))
+        .await
+        .expect("the gateway answers");
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("3600"),
+        "the provider's Retry-After, at most server.max_retry_after (1h)"
+    );
+    let _ = response.body().await;
+    let rows = stack.wait_for_usage_rows(1, Duration::from_secs(30)).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["outcome"], "upstream_error");
+    assert_eq!(rows[0]["http_status"], 429);
     stack.stop().await;
 }
 

@@ -259,3 +259,20 @@ fn classify(
         Err(f) => (None, Some(f.kind()), Some(f.kind().as_str())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_after_is_cut_to_the_configured_bound_and_garbage_is_ignored() {
+        let hour = Duration::from_secs(3600);
+        let huge = HeaderValue::from_static("9223372036854775808");
+        assert_eq!(retry_after(Some(&huge), hour), Some(hour));
+        let two = HeaderValue::from_static("2");
+        assert_eq!(retry_after(Some(&two), hour), Some(Duration::from_secs(2)));
+        let beyond_u64 = HeaderValue::from_static("99999999999999999999999");
+        assert_eq!(retry_after(Some(&beyond_u64), hour), None);
+        assert_eq!(retry_after(None, hour), None);
+    }
+}
