@@ -24,6 +24,11 @@ const TOKENS_PER_MESSAGE: u32 = 3;
 const TOKENS_FOR_REPLY: u32 = 3;
 /// The fallback's rule of thumb for English text in current BPE encodings.
 const BYTES_PER_TOKEN: u32 = 4;
+/// The fallback's image figures: OpenAI's low-detail price, and otherwise the most any image costs under the tile
+/// rule meter-sidecar applies (85 + 170 × 8; the sidecar reads the size, the fallback does not). An image's URL or
+/// base64 data is never counted as text.
+const IMAGE_LOW_DETAIL_TOKENS: u32 = 85;
+const IMAGE_MAX_TOKENS: u32 = 1445;
 
 /// A prompt estimate and where it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,15 +219,19 @@ fn send_error(e: awc::error::SendRequestError) -> &'static str {
 }
 
 /// An approximation of the chat prompt's token count without a tokenizer: one token per four bytes of every
-/// string in each message, plus OpenAI's per-message overhead.
+/// string in each message, each image part at the fallback's image figure, plus OpenAI's per-message overhead.
 pub fn fallback_chat_estimate(messages: &Value) -> u32 {
     let Some(messages) = messages.as_array() else {
         return 0;
     };
     let text_tokens: u32 = messages
         .iter()
-        .map(|m| string_bytes(m).div_ceil(BYTES_PER_TOKEN))
-        .sum();
+        .map(|m| {
+            string_bytes(m)
+                .div_ceil(BYTES_PER_TOKEN)
+                .saturating_add(image_tokens(m))
+        })
+        .fold(0, u32::saturating_add);
     let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
     text_tokens
         .saturating_add(count.saturating_mul(TOKENS_PER_MESSAGE))
@@ -236,10 +245,41 @@ pub fn fallback_text_estimate(text: &str) -> u32 {
         .div_ceil(BYTES_PER_TOKEN)
 }
 
+/// An image content part: OpenAI's `image_url` / `input_image`, Anthropic's `image`.
+fn is_image(map: &serde_json::Map<String, Value>) -> bool {
+    matches!(
+        map.get("type").and_then(Value::as_str),
+        Some("image_url" | "input_image" | "image")
+    )
+}
+
+/// The fallback's tokens for the image parts inside `value`.
+fn image_tokens(value: &Value) -> u32 {
+    match value {
+        Value::Object(map) if is_image(map) => {
+            let detail = map
+                .get("image_url")
+                .and_then(|u| u.get("detail"))
+                .or_else(|| map.get("detail"))
+                .and_then(Value::as_str);
+            if detail == Some("low") {
+                IMAGE_LOW_DETAIL_TOKENS
+            } else {
+                IMAGE_MAX_TOKENS
+            }
+        }
+        Value::Object(map) => map.values().map(image_tokens).fold(0, u32::saturating_add),
+        Value::Array(items) => items.iter().map(image_tokens).fold(0, u32::saturating_add),
+        Value::String(_) | Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+    }
+}
+
+/// The bytes of every string inside `value`, image parts left out.
 fn string_bytes(value: &Value) -> u32 {
     let bytes = match value {
         Value::String(s) => s.len(),
         Value::Array(items) => return items.iter().map(string_bytes).fold(0, u32::saturating_add),
+        Value::Object(map) if is_image(map) => 0,
         Value::Object(map) => return map.values().map(string_bytes).fold(0, u32::saturating_add),
         Value::Null | Value::Bool(_) | Value::Number(_) => 0,
     };
@@ -288,6 +328,18 @@ mod tests {
         let messages = json!([{"role": "user", "content": [{"type": "text", "text": "abcd"}], "n": 3}]);
         // "user" (1) + "text" (1) + "abcd" (1) + overhead 3 + reply 3
         assert_eq!(fallback_chat_estimate(&messages), 9);
+    }
+
+    #[test]
+    fn fallback_counts_an_image_at_its_rule_never_as_the_text_of_its_data() {
+        let data = format!("data:image/png;base64,{}", "A".repeat(400_000));
+        let messages = json!([{"role": "user", "content": [
+            {"type": "text", "text": "abcd"},
+            {"type": "image_url", "image_url": {"url": data}},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}},
+        ]}]);
+        // "user" (1) + "text" (1) + "abcd" (1) + 1445 + 85 + overhead 3 + reply 3
+        assert_eq!(fallback_chat_estimate(&messages), 1539);
     }
 
     #[test]
