@@ -137,19 +137,25 @@ fn schema_tokens(text: &impl Fn(&str) -> usize, schema: &Map<String, Value>) -> 
     for (keyword, value) in schema {
         let add = match keyword.as_str() {
             "type" => 0,
-            "properties" => match value.as_object() {
-                Some(properties) if !properties.is_empty() => properties
-                    .iter()
-                    .map(|(name, property)| property_tokens(text, name, property))
-                    .fold(PROP_INIT, usize::saturating_add),
-                _ => 0,
-            },
+            "properties" => properties_tokens(text, value),
             keyword if SILENT_KEYWORDS.contains(&keyword) => 0,
             keyword => text(&format!("{keyword}:{}", compact(value))),
         };
         tokens = tokens.saturating_add(add);
     }
     tokens
+}
+
+/// Tokens of a `properties` object: [`PROP_INIT`] and each property, or nothing when it is empty or not an
+/// object.
+fn properties_tokens(text: &impl Fn(&str) -> usize, value: &Value) -> usize {
+    match value.as_object() {
+        Some(properties) if !properties.is_empty() => properties
+            .iter()
+            .map(|(name, property)| property_tokens(text, name, property))
+            .fold(PROP_INIT, usize::saturating_add),
+        _ => 0,
+    }
 }
 
 /// Tokens of one property: [`PROP_KEY`], the line `{name}:{type}:{description}`, its enum, and (extension)
@@ -181,13 +187,7 @@ fn property_tokens(text: &impl Fn(&str) -> usize, name: &str, property: &Value) 
                     }),
                 None => text(&format!("enum:{}", compact(value))),
             },
-            "properties" => match value.as_object() {
-                Some(properties) if !properties.is_empty() => properties
-                    .iter()
-                    .map(|(name, property)| property_tokens(text, name, property))
-                    .fold(PROP_INIT, usize::saturating_add),
-                _ => 0,
-            },
+            "properties" => properties_tokens(text, value),
             keyword if SILENT_KEYWORDS.contains(&keyword) => 0,
             keyword => text(&format!("{keyword}:{}", compact(value))),
         };
