@@ -501,6 +501,12 @@ fn provider_paths(provider: Provider) -> Vec<String> {
 fn default_weight() -> u32 {
     1
 }
+/// The largest weight of one target: weights are shares, and a bound keeps one change from building huge
+/// structures on every replica.
+const MAX_WEIGHT: u32 = 10_000;
+/// The largest sum of a consistent-hash route's weights: its ring holds 160 points per unit of weight, built on
+/// every replica at every change (and at every start, from the config topic).
+const MAX_HASH_WEIGHT_TOTAL: u64 = 1_000;
 fn default_balancer() -> String {
     "weighted_round_robin".to_owned()
 }
@@ -1017,6 +1023,11 @@ impl RawConfig {
         if self.kafka.queue_capacity == 0 {
             p.push("kafka.queue_capacity", "must be at least 1");
         }
+        for (key, value) in &self.kafka.properties {
+            if let Some(problem) = weakens_delivery(key, value) {
+                p.push(format!("kafka.properties.\"{key}\""), problem);
+            }
+        }
         let kafka = KafkaConfig {
             brokers: self.kafka.brokers,
             usage_topic: self.kafka.usage_topic,
@@ -1129,6 +1140,12 @@ impl RawConfig {
                         format!("`{}` is a target of this route twice", t.instance),
                     );
                 }
+                if t.weight > MAX_WEIGHT {
+                    p.push(
+                        format!("{tpath}.weight"),
+                        format!("{} is over the largest weight, {MAX_WEIGHT}", t.weight),
+                    );
+                }
                 match instance_index.get(&t.instance) {
                     Some(&instance) => targets.push(Target {
                         instance,
@@ -1185,6 +1202,16 @@ impl RawConfig {
                 }
             }
             let balancer = validate_balancer(&mut p, &path, &raw.balancer, raw.hash_on.as_deref());
+            let total_weight: u64 = targets.iter().map(|t| u64::from(t.weight)).sum();
+            if matches!(balancer, Balancer::ConsistentHash(_)) && total_weight > MAX_HASH_WEIGHT_TOTAL {
+                p.push(
+                    format!("{path}.targets"),
+                    format!(
+                        "the weights of a consistent_hash route add up to {total_weight}, over \
+                         {MAX_HASH_WEIGHT_TOTAL} (its ring holds 160 points per unit of weight)"
+                    ),
+                );
+            }
             if raw.failover.max_attempts == 0 {
                 p.push(format!("{path}.failover.max_attempts"), "must be at least 1");
             }
@@ -1406,6 +1433,26 @@ impl RawConfig {
         } else {
             Err(ConfigErrors(p.0))
         }
+    }
+}
+
+/// Why a librdkafka property would weaken the usage producer's delivery guarantees (acknowledged by every
+/// in-sync replica, idempotent: nothing lost, nothing doubled), if it would.
+fn weakens_delivery(key: &str, value: &str) -> Option<String> {
+    let value = value.trim();
+    match key.trim() {
+        "acks" | "request.required.acks" if !matches!(value, "all" | "-1") => Some(format!(
+            "`{value}` would let the broker acknowledge usage events before every in-sync replica has them; only \
+             \"all\" is allowed"
+        )),
+        "enable.idempotence" if !value.eq_ignore_ascii_case("true") => Some(
+            "usage events are produced idempotently (a retry must not double an event); it cannot be turned off"
+                .to_owned(),
+        ),
+        "enable.gapless.guarantee" | "transactional.id" => Some(format!(
+            "`{key}` is not supported for usage events (the broker has no transactions)"
+        )),
+        _ => None,
     }
 }
 
@@ -1841,6 +1888,69 @@ mod tests {
             r#"{aliased}token_limits = [{{ models = ["mini", "gpt-4o-mini"], limit = 10000, time_window = "1h" }}]"#
         );
         assert!(Config::from_toml_with_env(&whole, env).is_ok());
+    }
+
+    #[test]
+    fn properties_that_weaken_the_usage_producers_delivery_are_refused() {
+        let with = |properties: &str| {
+            VALID.replace(
+                "brokers = \"127.0.0.1:9092\"",
+                &format!("brokers = \"127.0.0.1:9092\"\nproperties = {{ {properties} }}"),
+            )
+        };
+        for (properties, key) in [
+            (r#""acks" = "1""#, "acks"),
+            (r#""request.required.acks" = "0""#, "request.required.acks"),
+            (r#""enable.idempotence" = "false""#, "enable.idempotence"),
+            (r#""transactional.id" = "t""#, "transactional.id"),
+        ] {
+            let found = problems(&with(properties));
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.starts_with(&format!("kafka.properties.\"{key}\""))),
+                "{properties}: {found:?}"
+            );
+        }
+        assert!(
+            Config::from_toml_with_env(&with(r#""acks" = "all", "compression.type" = "zstd""#), env).is_ok()
+        );
+    }
+
+    #[test]
+    fn weights_are_bounded_and_a_hash_rings_size_too() {
+        let with = |targets: &str, balancer: &str| {
+            format!(
+                "{}\n[[instances]]\nname = \"b\"\nendpoint = \"https://b.example/v1\"\n\n[[routes]]\nname = \"r\"\n\
+                 models = [\"m\"]\ntargets = {targets}\n{balancer}\n",
+                VALID
+            )
+        };
+        let heavy = with(r#"[{ instance = "openai", weight = 4294967295 }]"#, "");
+        assert!(
+            problems(&heavy)
+                .iter()
+                .any(|p| p.starts_with("routes[1].targets[0].weight")),
+            "{:?}",
+            problems(&heavy)
+        );
+        let ring = with(
+            r#"[{ instance = "openai", weight = 900 }, { instance = "b", weight = 900 }]"#,
+            r#"balancer = "consistent_hash"
+hash_on = "consumer""#,
+        );
+        assert!(
+            problems(&ring)
+                .iter()
+                .any(|p| p.starts_with("routes[1].targets:") && p.contains("1800")),
+            "{:?}",
+            problems(&ring)
+        );
+        let fine = with(
+            r#"[{ instance = "openai", weight = 900 }, { instance = "b", weight = 900 }]"#,
+            "",
+        );
+        assert!(Config::from_toml_with_env(&fine, env).is_ok());
     }
 
     #[test]
