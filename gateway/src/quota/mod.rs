@@ -225,6 +225,24 @@ impl Pending {
     }
 }
 
+/// Locks every mutex of `mutexes` in one canonical order — by address — whatever order they are listed in, and
+/// returns the guards in the listed order. Admissions and settlements lock several books at once, listed in the
+/// order of a consumer's limits, which an admin change can reorder while tickets from before it still settle:
+/// locking in listed order could then wait in a cycle. A poisoned lock is taken over as it is (nothing done under
+/// these locks panics).
+fn lock_all<'m, T>(mutexes: impl Iterator<Item = &'m Mutex<T>>) -> Vec<MutexGuard<'m, T>> {
+    let mutexes: Vec<&Mutex<T>> = mutexes.collect();
+    let mut order: Vec<usize> = (0..mutexes.len()).collect();
+    order.sort_by_key(|&i| mutexes.get(i).map_or(0, |m| std::ptr::from_ref(*m).addr()));
+    let mut guards: Vec<Option<MutexGuard<'m, T>>> = mutexes.iter().map(|_| None).collect();
+    for i in order {
+        if let (Some(mutex), Some(slot)) = (mutexes.get(i), guards.get_mut(i)) {
+            *slot = Some(mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        }
+    }
+    guards.into_iter().flatten().collect()
+}
+
 impl ScopeBook {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // Nothing done under the lock panics (no indexing, no unwrap); a poisoned lock is taken over as it is.
@@ -445,7 +463,7 @@ impl Quotas {
             return Ok(None);
         }
         let now = self.clock.now_ms();
-        let mut guards: Vec<_> = books.iter().map(|b| b.lock()).collect();
+        let mut guards = lock_all(books.iter().map(|b| &b.pending));
         let mut tightest: Option<TokenFigures> = None;
         let mut needs = Vec::with_capacity(books.len());
         for (book, pending) in books.iter().zip(guards.iter_mut()) {
@@ -657,9 +675,9 @@ impl QuotaTicket {
         if self.books.is_empty() && self.attempt_books.is_empty() {
             return None;
         }
-        // Under every book's lock (admission order, then the attempt's), so no recount sees half of it.
+        // Under every book's lock, so no recount sees half of it.
         let books: Vec<&Arc<ScopeBook>> = self.books.iter().chain(&self.attempt_books).collect();
-        let mut guards: Vec<_> = books.iter().map(|b| b.lock()).collect();
+        let mut guards = lock_all(books.iter().map(|b| &b.pending));
         let old = Demand {
             prompt: self.usage.prompt.load(Ordering::Acquire),
             completion: self.usage.completion.load(Ordering::Acquire),

@@ -392,3 +392,30 @@ fn a_folded_span_counts_its_tokens_until_a_snapshot_passes_its_last_offset() {
     quotas.accept(snapshot(&quotas, &clock, TEAM_A, 400, Some((0, 3))));
     assert!(quotas.admit("team-a", "gpt-4o-mini", demand(600, 0)).is_ok());
 }
+
+#[test]
+fn books_are_locked_in_one_order_whatever_order_they_are_listed_in() {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    let books = [Mutex::new(0u32), Mutex::new(0u32)];
+    let (low, high) = if std::ptr::from_ref(&books[0]).addr() < std::ptr::from_ref(&books[1]).addr() {
+        (&books[0], &books[1])
+    } else {
+        (&books[1], &books[0])
+    };
+    std::thread::scope(|scope| {
+        // Someone holds the lower book; a request lists the books the other way round.
+        let held = low.lock().unwrap();
+        let waiter = scope.spawn(|| {
+            let guards = super::lock_all([high, low].into_iter());
+            guards.len()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // Locking in listed order would hold `high` now, while waiting for `low`: a cycle with anyone who holds
+        // `high` and wants `low`. In address order, it waits for `low` first and holds nothing.
+        assert!(high.try_lock().is_ok(), "the higher book was taken out of order");
+        drop(held);
+        assert_eq!(waiter.join().unwrap(), 2);
+    });
+}
