@@ -1725,6 +1725,19 @@ fn validate_admin(p: &mut Problems, raw: RawAdmin, consumer_hashes: &HashSet<[u8
             );
         }
     }
+    for (i, net) in raw.trusted_proxies.iter().enumerate() {
+        if let Ok(net) = net.parse::<IpNet>()
+            && net.prefix_len() == 0
+        {
+            p.push(
+                format!("admin.trusted_proxies[{i}]"),
+                format!(
+                    "`{net}` would trust every peer's X-Forwarded-For, so any client could claim an allowed \
+                     address; list the proxies' own addresses"
+                ),
+            );
+        }
+    }
     if raw.config_topic.as_deref().is_some_and(|t| t.trim().is_empty()) {
         p.push(
             "admin.config_topic",
@@ -2295,6 +2308,16 @@ hash_on = "consumer""#,
         let forced =
             Config::from_toml_with_env(&with("allow = [\"0.0.0.0/0\"]\nallow_any = true"), env).unwrap();
         assert_eq!(forced.admin.allow[0].to_string(), "0.0.0.0/0");
+        // Trusting every peer's forwarding header would let any client claim an allowed address.
+        let spoofable = problems(&with(
+            "allow = [\"10.0.0.0/8\"]\ntrusted_proxies = [\"192.168.0.1/32\", \"0.0.0.0/0\", \"::/0\"]\nallow_any = true",
+        ));
+        let paths: Vec<&str> = spoofable.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(
+            paths,
+            ["admin.trusted_proxies[1]", "admin.trusted_proxies[2]"],
+            "{spoofable:?}"
+        );
     }
 
     #[test]
