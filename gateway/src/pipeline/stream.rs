@@ -99,6 +99,7 @@ pub async fn relay(head: UpstreamHead, job: StreamJob) -> HttpResponse {
 async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob, _active: ActiveStream) {
     let idle_timeout = job.state.server.stream_idle_timeout;
     let send_timeout = job.state.server.send_timeout;
+    let status = head.status.as_u16();
     let mut splitter = EventSplitter::new(MAX_EVENT_BYTES);
     job.ledger.watch_stream(StreamMeter::for_provider(job.provider));
     let request_id = job.ledger.pending().map(|p| p.request_id);
@@ -193,13 +194,7 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
         outcome = Outcome::UpstreamCut;
     }
     // From here the stream is over: a drop would still settle it, as ended early.
-    let status = job
-        .ledger
-        .pending()
-        .and_then(|p| p.attempts.last())
-        .and_then(|a| a.status);
-    job.ledger
-        .if_dropped(outcome, status.unwrap_or(200), Some(job.ttfb));
+    job.ledger.if_dropped(outcome, status, Some(job.ttfb));
     let usage = settle(&job, outcome).await;
     if let Some(model) = job
         .ledger
@@ -226,7 +221,7 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
     }
     let settled = Settlement {
         outcome,
-        http_status: status.unwrap_or(200),
+        http_status: status,
         usage,
         ttfb: Some(job.ttfb),
     };

@@ -19,8 +19,10 @@ pub struct Usage {
     pub source: UsageSource,
 }
 
+/// A whole OpenAI answer or a stream chunk: the fields read from it.
 #[derive(Deserialize)]
 struct Envelope {
+    model: Option<String>,
     usage: Option<RawUsage>,
 }
 
@@ -31,21 +33,22 @@ pub struct AnswerFacts {
     pub model: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ModelOnly {
-    model: Option<String>,
-}
-
-/// The usage and the served model of a whole answer in `provider`'s protocol; nothing for a body that is not
-/// JSON.
+/// The usage and the served model of a whole answer in `provider`'s protocol, read in one pass; nothing for a
+/// body that is not JSON.
 pub fn read_answer(provider: Provider, body: &[u8]) -> AnswerFacts {
-    let model = serde_json::from_slice::<ModelOnly>(body)
-        .ok()
-        .and_then(|m| m.model)
-        .filter(|m| !m.is_empty());
+    let (model, usage) = match provider {
+        Provider::Openai => match serde_json::from_slice::<Envelope>(body) {
+            Ok(answer) => (answer.model, answer.usage.and_then(RawUsage::reported)),
+            Err(_) => (None, None),
+        },
+        Provider::Anthropic => match serde_json::from_slice::<AnthropicEnvelope>(body) {
+            Ok(answer) => (answer.model, answer.usage.and_then(AnthropicUsage::reported)),
+            Err(_) => (None, None),
+        },
+    };
     AnswerFacts {
-        usage: from_body(provider, body),
-        model,
+        usage,
+        model: model.filter(|m| !m.is_empty()),
     }
 }
 
@@ -149,25 +152,32 @@ struct PromptDetails {
 
 /// The provider's usage in a JSON response body, if it reported one.
 pub fn from_response_body(body: &[u8]) -> Option<Usage> {
-    let raw = serde_json::from_slice::<Envelope>(body).ok()?.usage?;
-    let prompt_tokens = raw.prompt_tokens.unwrap_or(0);
-    let completion_tokens = raw.completion_tokens.unwrap_or(0);
-    if raw.prompt_tokens.is_none() && raw.completion_tokens.is_none() {
-        return None;
+    serde_json::from_slice::<Envelope>(body).ok()?.usage?.reported()
+}
+
+impl RawUsage {
+    /// The usage billed, when the block reports prompt or completion tokens.
+    fn reported(self) -> Option<Usage> {
+        if self.prompt_tokens.is_none() && self.completion_tokens.is_none() {
+            return None;
+        }
+        let prompt_tokens = self.prompt_tokens.unwrap_or(0);
+        let completion_tokens = self.completion_tokens.unwrap_or(0);
+        Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: self
+                .total_tokens
+                .unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
+            cached_prompt_tokens: self.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            source: UsageSource::Provider,
+        })
     }
-    Some(Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: raw
-            .total_tokens
-            .unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
-        cached_prompt_tokens: raw.prompt_tokens_details.and_then(|d| d.cached_tokens),
-        source: UsageSource::Provider,
-    })
 }
 
 #[derive(Deserialize)]
 struct AnthropicEnvelope {
+    model: Option<String>,
     usage: Option<AnthropicUsage>,
 }
 
@@ -181,6 +191,11 @@ pub struct AnthropicUsage {
 }
 
 impl AnthropicUsage {
+    /// The usage billed, when the object reports input or output tokens.
+    fn reported(self) -> Option<Usage> {
+        (self.input_tokens.is_some() || self.output_tokens.is_some()).then(|| self.to_usage())
+    }
+
     /// As billed: every prompt token — uncached, written to and read from the cache — is a prompt token, and the
     /// total includes them (not only the output, as some gateways count Anthropic streams).
     pub fn to_usage(self) -> Usage {
@@ -202,13 +217,7 @@ impl AnthropicUsage {
 
 /// The provider's usage in a whole response body, read the way `provider` reports it.
 pub fn from_body(provider: Provider, body: &[u8]) -> Option<Usage> {
-    match provider {
-        Provider::Openai => from_response_body(body),
-        Provider::Anthropic => {
-            let usage = serde_json::from_slice::<AnthropicEnvelope>(body).ok()?.usage?;
-            (usage.input_tokens.is_some() || usage.output_tokens.is_some()).then(|| usage.to_usage())
-        }
-    }
+    read_answer(provider, body).usage
 }
 
 /// What is billed when the provider reported nothing: the prompt estimate for a successful response (the
