@@ -17,7 +17,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{TimeZone, Utc};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -120,7 +120,10 @@ async fn publish(
     };
     let key = change.key();
     let delete = change.action == ChangeAction::Delete;
-    let event = CloudEvent::new("tollgate-gateway/it", key.clone(), Utc::now(), change);
+    // Price versions are published before they start (a back-dated one is refused by every reader): these
+    // changes are dated before every effective_from the tests use.
+    let made = Utc.with_ymd_and_hms(2025, 12, 1, 0, 0, 0).unwrap();
+    let event = CloudEvent::new("tollgate-gateway/it", key.clone(), made, change);
     let payload = serde_json::to_vec(&event).unwrap();
     producer
         .send(

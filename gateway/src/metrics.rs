@@ -44,6 +44,7 @@ pub const QUOTA_DEGRADED: &str = "tollgate_quota_degraded";
 pub const QUOTA_PENDING_TOKENS: &str = "tollgate_quota_pending_tokens";
 pub const ADMIN_REQUESTS_TOTAL: &str = "tollgate_admin_requests_total";
 pub const CONFIG_CHANGES_TOTAL: &str = "tollgate_config_changes_total";
+pub const CONFIG_REPLAY_LEFT_OUT_TOTAL: &str = "tollgate_config_replay_left_out_total";
 pub const CONFIG_VERSION: &str = "tollgate_config_version";
 pub const CONFIG_APPLY_SECONDS: &str = "tollgate_config_apply_seconds";
 pub const CONFIG_RESOURCES: &str = "tollgate_config_resources";
@@ -99,6 +100,12 @@ pub fn describe() {
         CONFIG_CHANGES_TOTAL,
         "Configuration changes read from the config topic (or accepted standalone), by kind, action and result \
          (applied, rejected)."
+    );
+    describe_counter!(
+        CONFIG_REPLAY_LEFT_OUT_TOTAL,
+        "Resources left out when this replica rebuilt its configuration from the config topic at start, because \
+         the topic's latest values were not valid as a whole (alert on any increase: this replica differs from \
+         the configuration the others applied)."
     );
     describe_gauge!(
         CONFIG_VERSION,

@@ -29,6 +29,11 @@ pub type ConfigChangeEvent = CloudEvent<ConfigChange>;
 /// The actor of changes that seeded an empty topic from a gateway's TOML file.
 pub const SEED_ACTOR: &str = "seed";
 
+/// The actor of a restore: after a change was rejected in topic order (two replicas accepted conflicting changes
+/// at once), the replica that published it publishes the key's applied value again, so that a rejected change
+/// never stays a key's latest value — the one compaction keeps.
+pub const RESTORE_ACTOR: &str = "restore";
+
 /// The kinds of resource the admin API manages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -350,6 +350,44 @@ pub fn format_micros(micros: i64) -> String {
     format!("{sign}{whole}.{decimals}")
 }
 
+/// Whether a price version (as stored: the JSON of its entry) is in force at `at_ms`: its `effective_from` is at
+/// or before it. An unreadable `effective_from` counts as in force (the cautious answer).
+pub fn in_force(price: &serde_json::Value, at_ms: i64) -> bool {
+    let from = price
+        .get("effective_from")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    !parse_effective_from(from).is_ok_and(|(from_ms, _)| from_ms > at_ms)
+}
+
+/// The rule every change of a price version follows, judged against the version stored before it (`existing`)
+/// at the change's own time `at_ms` — by the admin API before publishing, and by every reader of
+/// `tollgate.config.v1` in topic order, so that all of them keep the same prices: a version never changes once
+/// created, is never created in force already (back-dated: usage already billed would be priced again
+/// differently on replay), and is never deleted once in force. `next` is `None` for a delete.
+pub fn check_transition(
+    path: &str,
+    existing: Option<&serde_json::Value>,
+    next: Option<&serde_json::Value>,
+    at_ms: i64,
+) -> Result<(), String> {
+    match (existing, next) {
+        (Some(existing), Some(next)) if existing == next => Ok(()),
+        (Some(_), Some(_)) => Err(format!(
+            "{path}: price versions never change once created; add a new version with a later effective_from"
+        )),
+        (None, Some(next)) if in_force(next, at_ms) => Err(format!(
+            "{path}: effective_from must be later than the change ({}): a back-dated version would reprice usage already billed",
+            DateTime::<Utc>::from_timestamp_millis(at_ms)
+                .map_or_else(|| at_ms.to_string(), |t| t.to_rfc3339())
+        )),
+        (Some(existing), None) if in_force(existing, at_ms) => Err(format!(
+            "{path}: a price version in force cannot be deleted; usage was billed at it"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `effective_from` as epoch milliseconds and its label in [`PriceVersion::id`]: a date (`2026-01-01`, midnight
 /// UTC, labelled as written) or an RFC 3339 time (labelled in UTC, `2026-01-01T12:00:00Z`).
 pub fn parse_effective_from(text: &str) -> Result<(i64, String), String> {

@@ -642,3 +642,192 @@ fn assert_refused(reply: &AdminReply, status: u16, code: &str) {
     assert_eq!(reply.body["error"]["code"], code, "{}", reply.body);
     assert!(reply.body["error"]["message"].is_string(), "{}", reply.body);
 }
+
+/// Every record of partition 0 of `topic`, in offset order: (offset, key, value; `None` for a tombstone).
+fn read_all(brokers: &str, topic: &str) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("test-reader-{}", uuid::Uuid::now_v7().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let (_, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&list).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut records = Vec::new();
+    while records.last().is_none_or(|(offset, _, _)| offset + 1 < high) {
+        assert!(Instant::now() < deadline, "could not read {topic} to its end");
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            records.push((
+                message.offset(),
+                message.key().unwrap_or_default().to_vec(),
+                message.payload().filter(|p| !p.is_empty()).map(<[u8]>::to_vec),
+            ));
+        }
+    }
+    records
+}
+
+/// Reference scenario 1's change on the local stack, then a restart an hour later, when the broker had compacted
+/// the config topic: the route's edit is its only record, after the consumers and the limit that name its model.
+/// A replica starting on that topic keeps them all (it used to reject them: consumers locked out, quota gone).
+#[actix_rt::test]
+async fn a_replica_starting_on_a_compacted_topic_keeps_the_consumers_and_limits_that_name_an_edited_route() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: format!(
+            "{}\n{CANARY}\n[[token_limits]]\nid = \"mini-hourly\"\nmodels = [\"{MODEL}\"]\nlimit = 1000000\ntime_window = \"1h\"\n",
+            admin_toml("config_topic = \"{config_topic}\"")
+        ),
+        second_mock: true,
+        default_targets: Some(SPLIT_50_50.into()),
+        quota_loop: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let admin1 = stack.admin_url.clone().unwrap();
+    let edited = admin(
+        &admin1,
+        "PATCH",
+        &format!("/admin/v1/routes/{MODEL}"),
+        Some(ADMIN_KEY),
+        Some(&json!({"targets": [{"instance": "mock-openai", "weight": 80}, {"instance": "mock-canary", "weight": 20}]})),
+    )
+    .await;
+    assert_eq!(edited.status, 200, "{}", edited.body);
+
+    // What compaction keeps: the latest record of every key, in offset order, copied to a topic of its own.
+    let records = read_all(&stack.infra.brokers, &stack.config_topic);
+    let mut latest = std::collections::BTreeMap::new();
+    for (offset, key, value) in records {
+        latest.insert(key, (offset, value));
+    }
+    let mut kept: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = latest
+        .into_iter()
+        .map(|(key, (offset, value))| (offset, key, value))
+        .collect();
+    kept.sort_by_key(|(offset, _, _)| *offset);
+    let position = |key: &str| kept.iter().position(|(_, k, _)| k == key.as_bytes()).unwrap();
+    let route = position(&format!("route/{MODEL}"));
+    assert!(route > position("consumer/team-a") && route > position("limit/mini-hourly"));
+
+    let compacted = format!("{}-compacted", stack.config_topic);
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.infra.brokers)
+        .create()
+        .unwrap();
+    let admin_client: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &stack.infra.brokers)
+            .create()
+            .unwrap();
+    admin_client
+        .create_topics(
+            [
+                &rdkafka::admin::NewTopic::new(&compacted, 1, rdkafka::admin::TopicReplication::Fixed(-1))
+                    .set("cleanup.policy", "compact"),
+            ],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    for (_, key, value) in &kept {
+        let mut record = rdkafka::producer::FutureRecord::<[u8], [u8]>::to(&compacted).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
+    }
+
+    // A replica from the same file on the compacted topic.
+    let spool = tollgate_tests::procs::scratch_dir("spool-compacted");
+    let text = stack
+        .gateway_toml
+        .replace(
+            &format!("dir = {:?}", stack.spool_dir.display().to_string()),
+            &format!("dir = {:?}", spool.display().to_string()),
+        )
+        .replace(
+            &format!("config_topic = \"{}\"", stack.config_topic),
+            &format!("config_topic = \"{compacted}\""),
+        );
+    let config = tollgate_gateway::Config::from_toml_with_env(&text, |name| {
+        (name == "PROVIDER_KEY").then(|| tollgate_tests::stack::PROVIDER_KEY.to_owned())
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let restarted = tollgate_gateway::Gateway::start(config, listener, stack.metrics.clone()).unwrap();
+    let restarted_admin = format!("http://{}", restarted.admin_addr().unwrap());
+    let handle = restarted.handle();
+    let running = actix_web::rt::spawn(restarted.run());
+
+    // The demo request is answered, not 401.
+    let key = format!("Bearer {}", CONSUMERS[0].2);
+    let reply = stack
+        .post_json_to(&url, "/v1/chat/completions", &[("authorization", &key)], &chat())
+        .await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    // The limit and the consumers are there, the route is the edited one, and nothing was rejected.
+    let limit = admin(
+        &restarted_admin,
+        "GET",
+        "/admin/v1/limits/mini-hourly",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(limit.status, 200, "{}", limit.body);
+    let consumers = admin(
+        &restarted_admin,
+        "GET",
+        "/admin/v1/consumers",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        consumers.body["data"].as_array().unwrap().len(),
+        CONSUMERS.len(),
+        "{}",
+        consumers.body
+    );
+    let route = admin(
+        &restarted_admin,
+        "GET",
+        &format!("/admin/v1/routes/{MODEL}"),
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(route.body["targets"][0]["weight"], 80, "{}", route.body);
+    let history = admin(
+        &restarted_admin,
+        "GET",
+        "/admin/v1/history?limit=100",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    let rejected: Vec<&Value> = history.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["result"] == "rejected")
+        .collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+
+    handle.stop(true).await;
+    let _ = running.await;
+    let _ = std::fs::remove_dir_all(spool);
+    stack.stop().await;
+}

@@ -354,7 +354,7 @@ impl State {
                 topic = %self.topic,
                 offset,
                 %reason,
-                "Skipped a config topic message that is not a configuration change."
+                "Skipped a config topic message: not a configuration change, or a price change every reader refuses."
             ),
         }
     }

@@ -5,6 +5,11 @@
 //! it, and so does a tombstone (a null value). A message that is none of these (no key, a key naming no
 //! resource, a value that is not a change of its key) is refused with the reason and changes nothing, as the
 //! gateway skips it too.
+//!
+//! Price versions follow the rule every reader applies in topic order ([`tollgate_schemas::prices::check_transition`],
+//! judged at the change's time): a change that breaks it — other figures for a published version, a back-dated
+//! version, deleting one in force — is refused here as the gateways reject it, so prices never follow a change
+//! the configuration did not take. A price's tombstone removes nothing: the delete change before it counts.
 
 use std::collections::BTreeMap;
 
@@ -44,7 +49,7 @@ impl Resources {
         let key = std::str::from_utf8(key.ok_or("no key")?).map_err(|_| "its key is not UTF-8")?;
         let (kind, id) = parse_key(key).ok_or_else(|| format!("keyed `{key}`, not kind/id"))?;
         let Some(value) = value.filter(|v| !v.is_empty()) else {
-            let changed = self.by_key.remove(&(kind, id.to_owned())).is_some();
+            let changed = kind != ResourceKind::Price && self.by_key.remove(&(kind, id.to_owned())).is_some();
             return Ok(Applied {
                 kind,
                 id: id.to_owned(),
@@ -66,6 +71,17 @@ impl Resources {
             return Err(format!("keyed `{key}` but changes `{}`", change.key()));
         }
         let slot = (change.kind, change.id.clone());
+        if change.kind == ResourceKind::Price {
+            tollgate_schemas::prices::check_transition(
+                &format!("prices/{}", change.id),
+                self.by_key.get(&slot),
+                change
+                    .resource
+                    .as_ref()
+                    .filter(|_| change.action == ChangeAction::Put),
+                event.time.timestamp_millis(),
+            )?;
+        }
         let (action, changed) = match change.action {
             ChangeAction::Put => {
                 let resource = change.resource.ok_or("a put without a resource")?;
@@ -207,6 +223,76 @@ pub(crate) mod tests {
         let mut only_tombstone = Resources::default();
         assert!(!only_tombstone.apply(Some(b"limit/x"), None).unwrap().changed);
         assert!(only_tombstone.replaces_file());
+    }
+
+    /// A price change message dated `at`.
+    fn price_message(id: &str, resource: Option<serde_json::Value>, at: &str) -> (String, Vec<u8>) {
+        let change = ConfigChange {
+            kind: ResourceKind::Price,
+            id: id.to_owned(),
+            action: if resource.is_some() {
+                ChangeAction::Put
+            } else {
+                ChangeAction::Delete
+            },
+            resource,
+            actor: "ops-alice".to_owned(),
+        };
+        let key = change.key();
+        let time = chrono::DateTime::parse_from_rfc3339(at)
+            .unwrap()
+            .with_timezone(&Utc);
+        let event = CloudEvent::new("tollgate-gateway/gw-1", key.clone(), time, change);
+        (key, serde_json::to_vec(&event).unwrap())
+    }
+
+    #[test]
+    fn price_versions_follow_the_readers_rule_in_topic_order() {
+        let price = |input: &str| {
+            json!({"model": "m", "effective_from": "2027-01-01", "currency": "USD",
+                   "input_per_mtok": input, "output_per_mtok": "1"})
+        };
+        let mut resources = Resources::default();
+        let apply = |resources: &mut Resources, (key, value): (String, Vec<u8>)| {
+            resources.apply(Some(key.as_bytes()), Some(&value))
+        };
+        // Published before it starts: taken.
+        apply(
+            &mut resources,
+            price_message("m@2027-01-01", Some(price("1")), "2026-12-01T00:00:00Z"),
+        )
+        .unwrap();
+        // Two replicas at once, the second with other figures: the first stays.
+        let refused = apply(
+            &mut resources,
+            price_message("m@2027-01-01", Some(price("9")), "2026-12-01T00:00:01Z"),
+        );
+        assert!(refused.is_err());
+        assert_eq!(
+            resources.get(ResourceKind::Price, "m@2027-01-01"),
+            Some(&price("1"))
+        );
+        // Deleting it once in force: refused, and its tombstone removes nothing.
+        assert!(
+            apply(
+                &mut resources,
+                price_message("m@2027-01-01", None, "2027-02-01T00:00:00Z")
+            )
+            .is_err()
+        );
+        resources.apply(Some(b"price/m@2027-01-01"), None).unwrap();
+        assert!(resources.get(ResourceKind::Price, "m@2027-01-01").is_some());
+        // A version published after its effective_from (back-dated): refused.
+        let backdated = json!({"model": "m", "effective_from": "2027-01-15", "currency": "USD",
+                               "input_per_mtok": "2", "output_per_mtok": "1"});
+        assert!(
+            apply(
+                &mut resources,
+                price_message("m@2027-01-15", Some(backdated), "2027-02-01T00:00:00Z")
+            )
+            .is_err()
+        );
+        assert!(resources.get(ResourceKind::Price, "m@2027-01-15").is_none());
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub enum AdminError {
     PriceVersionImmutable(String),
     #[error("Price version `{0}` is already in force and may have priced events; it cannot be deleted.")]
     PriceVersionInForce(String),
+    #[error(
+        "Price version `{0}` would be in force already: effective_from must be in the future, or events already billed would be priced again differently on replay."
+    )]
+    PriceVersionBackdated(String),
     #[error("{method} is not supported on {path}.")]
     MethodNotAllowed { method: String, path: String },
     /// The config topic did not take the change; nothing changed.
@@ -69,6 +73,7 @@ impl AdminError {
             Self::Conflict(_) => "config_conflict",
             Self::PriceVersionImmutable(_) => "price_version_immutable",
             Self::PriceVersionInForce(_) => "price_version_in_force",
+            Self::PriceVersionBackdated(_) => "price_version_backdated",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::StoreUnavailable(_) => "config_store_unavailable",
             Self::NotApplied => "config_not_applied",
@@ -84,7 +89,9 @@ impl AdminError {
                 (StatusCode::FORBIDDEN, "permission_error")
             }
             Self::NotFound { .. } | Self::UnknownUrl { .. } => (StatusCode::NOT_FOUND, INVALID),
-            Self::InvalidBody(_) | Self::InvalidConfig(_) => (StatusCode::BAD_REQUEST, INVALID),
+            Self::InvalidBody(_) | Self::InvalidConfig(_) | Self::PriceVersionBackdated(_) => {
+                (StatusCode::BAD_REQUEST, INVALID)
+            }
             Self::Conflict(_) | Self::PriceVersionImmutable(_) | Self::PriceVersionInForce(_) => {
                 (StatusCode::CONFLICT, INVALID)
             }
@@ -150,6 +157,7 @@ mod tests {
             (AdminError::InvalidConfig(vec!["routes/x.targets: …".into()]), 400),
             (AdminError::Conflict(Vec::new()), 409),
             (AdminError::PriceVersionImmutable("m@d".into()), 409),
+            (AdminError::PriceVersionBackdated("m@d".into()), 400),
             (AdminError::StoreUnavailable("down".into()), 503),
         ];
         for (error, status) in cases {

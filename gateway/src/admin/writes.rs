@@ -66,6 +66,9 @@ pub async fn put(
     {
         return Err(AdminError::PriceVersionImmutable(id));
     }
+    if kind == ResourceKind::Price && existing.is_none() && price_in_force(&resource) {
+        return Err(AdminError::PriceVersionBackdated(id));
+    }
     let written = write(&live, &req, kind, &id, Some(resource.clone())).await?;
     Ok(answer(
         kind,
@@ -204,15 +207,9 @@ fn fill_price_id(resource: &mut Map<String, Value>, id: &str) {
     }
 }
 
-/// Whether a stored price version's `effective_from` is now or past (an unreadable one counts as in force).
+/// Whether a price version's `effective_from` is now or past (an unreadable one counts as in force).
 fn price_in_force(price: &Value) -> bool {
-    let from = price
-        .get("effective_from")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    tollgate_schemas::prices::parse_effective_from(from).map_or(true, |(from_ms, _)| {
-        from_ms <= chrono::Utc::now().timestamp_millis()
-    })
+    tollgate_schemas::prices::in_force(price, chrono::Utc::now().timestamp_millis())
 }
 
 /// Gives every key of `consumer` its hash: the existing one for a key id the consumer has, a new random key

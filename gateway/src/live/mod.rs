@@ -20,6 +20,7 @@
 //! `tollgate_config_apply_seconds` (accepted on any replica → live here), `tollgate_config_resources{kind}`.
 
 pub mod history;
+pub mod replay;
 pub mod resources;
 pub mod runtime;
 pub mod topic;
@@ -257,6 +258,9 @@ impl LiveConfig {
         }
         next.assemble(&self.base, &self.secrets)
             .map_err(WriteError::Invalid)?;
+        let now = Utc::now();
+        set.check_transition(kind, id, resource.as_ref(), now.timestamp_millis())
+            .map_err(|problem| WriteError::Invalid(vec![problem]))?;
         let action = if resource.is_some() {
             ChangeAction::Put
         } else {
@@ -265,7 +269,7 @@ impl LiveConfig {
         let event = CloudEvent::new(
             self.source.to_string(),
             tollgate_schemas::config::resource_key(kind, id),
-            Utc::now(),
+            now,
             ConfigChange {
                 kind,
                 id: id.to_owned(),
@@ -314,27 +318,91 @@ impl LiveConfig {
                 next = feed.recv() => next,
             };
             match next {
-                Some(Feed::Change(incoming)) => self.apply(*incoming),
+                Some(Feed::Change(incoming)) => {
+                    if let Some(restore) = self.apply(*incoming) {
+                        actix_web::rt::spawn(self.clone().restore(restore));
+                    }
+                }
                 Some(Feed::Catchup(batch)) => self.catch_up(batch),
                 None => return,
             }
         }
     }
 
-    /// Applies one change read live: validates the configuration it produces, swaps it in, records it.
-    fn apply(&self, incoming: Incoming) {
+    /// Applies one change read live: validates the configuration it produces, swaps it in, records it. A
+    /// change this replica published that was rejected comes back as the restore to publish.
+    fn apply(&self, incoming: Incoming) -> Option<Restore> {
         let mut applied = self.lock_applied();
         let mut set = (*applied.set).clone();
-        if let Some(config) = self.fold(&mut applied, &mut set, &incoming, true) {
-            self.install(config, incoming.version);
-            set_resource_gauges(&set);
-            applied.set = Arc::new(set);
-        }
+        let restore = match self.fold(&mut applied, &mut set, &incoming, true) {
+            Folded::Applied(Some(config)) => {
+                self.install(config, incoming.version);
+                set_resource_gauges(&set);
+                applied.set = Arc::new(set);
+                None
+            }
+            Folded::Rejected
+                if matches!(self.store, Store::Topic(_))
+                    && incoming.event.as_ref().is_some_and(|e| *e.source == *self.source) =>
+            {
+                Some(Restore {
+                    kind: incoming.kind,
+                    id: incoming.id.clone(),
+                    resource: set.get(incoming.kind, &incoming.id).cloned(),
+                    rejected: incoming.version,
+                })
+            }
+            Folded::Applied(None) | Folded::Rejected | Folded::Skipped => None,
+        };
         self.version.send_replace(applied.version);
+        restore
     }
 
-    /// Replaces the file's resources by the topic's: folds every change in order from an empty set (each
-    /// validated against the state before it, as live replicas did) and installs the result once.
+    /// Publishes the applied value of a key whose latest change was rejected, so that compaction never keeps a
+    /// rejected change as the key's value ([`replay`] relies on it). Applied in topic order like any change:
+    /// should another change of the key come first, the restore is judged against it (and, if rejected, restored
+    /// in turn).
+    async fn restore(self: Arc<Self>, restore: Restore) {
+        let Store::Topic(publisher) = &self.store else {
+            return;
+        };
+        let action = if restore.resource.is_some() {
+            ChangeAction::Put
+        } else {
+            ChangeAction::Delete
+        };
+        let event = CloudEvent::new(
+            self.source.to_string(),
+            tollgate_schemas::config::resource_key(restore.kind, &restore.id),
+            Utc::now(),
+            ConfigChange {
+                kind: restore.kind,
+                id: restore.id.clone(),
+                action,
+                resource: restore.resource,
+                actor: tollgate_schemas::config::RESTORE_ACTOR.to_owned(),
+            },
+        );
+        match publisher.publish(&event).await {
+            Ok(version) => tracing::info!(
+                kind = %restore.kind,
+                id = %restore.id,
+                rejected = restore.rejected,
+                version,
+                "Restored the applied value of a resource after its change was rejected."
+            ),
+            Err(error) => tracing::error!(
+                kind = %restore.kind,
+                id = %restore.id,
+                rejected = restore.rejected,
+                %error,
+                "Could not restore a resource after its change was rejected: a replica rebuilding from the compacted topic may differ until the resource is written again."
+            ),
+        }
+    }
+
+    /// Replaces the file's resources by the topic's: the latest value of every key, validated as a whole
+    /// ([`replay::rebuild`]), installed once.
     fn catch_up(&self, batch: Vec<Incoming>) {
         let mut applied = self.lock_applied();
         if batch.is_empty() {
@@ -343,20 +411,45 @@ impl LiveConfig {
             );
             return;
         }
-        let mut set = ResourceSet::default();
-        let mut last = None;
+        let rebuilt = replay::rebuild(&batch, |set| set.assemble(&self.base, &self.secrets));
         for incoming in &batch {
-            if let Some(config) = self.fold(&mut applied, &mut set, incoming, false) {
-                last = Some(config);
-            }
+            let Some(event) = &incoming.event else {
+                continue;
+            };
+            let fate = rebuilt.fates.get(&incoming.version).copied();
+            let (result, problems) = match fate {
+                Some(replay::Fate::LeftOut) => ("rejected", rebuilt.problems.clone()),
+                Some(replay::Fate::Superseded) => ("superseded", Vec::new()),
+                Some(replay::Fate::Latest) | None => ("applied", Vec::new()),
+            };
+            self.lock_history()
+                .record(entry(incoming, event, result, problems));
         }
-        let version = applied.version;
-        if let Some(config) = last {
+        let version = batch
+            .iter()
+            .map(|i| i.version)
+            .max()
+            .unwrap_or(-1)
+            .max(applied.version);
+        applied.version = version;
+        metrics::gauge!(m::CONFIG_VERSION).set(version as f64);
+        let left_out = rebuilt.left_out();
+        if left_out > 0 {
+            metrics::counter!(m::CONFIG_REPLAY_LEFT_OUT_TOTAL).increment(left_out as u64);
+            tracing::error!(
+                left_out,
+                problems = %rebuilt.problems.join("; "),
+                "The config topic's resources are not valid as a whole: started without the resources listed as rejected in the history. Fix them through the admin API."
+            );
+        }
+        let set = rebuilt.set;
+        if let Some(config) = rebuilt.config {
             self.install(config, version);
         }
         tracing::info!(
             changes = batch.len(),
             resources = set.len(),
+            left_out,
             version,
             "Configuration loaded from the config topic."
         );
@@ -366,29 +459,28 @@ impl LiveConfig {
         self.version.send_replace(version);
     }
 
-    /// Applies `incoming` to `set` when the result is valid, and records it; the validated configuration when
-    /// `set` changed.
-    fn fold(
-        &self,
-        applied: &mut Applied,
-        set: &mut ResourceSet,
-        incoming: &Incoming,
-        live: bool,
-    ) -> Option<Config> {
+    /// Applies `incoming` to `set` when the result is valid and follows the transition rules
+    /// ([`ResourceSet::check_transition`]), and records it.
+    fn fold(&self, applied: &mut Applied, set: &mut ResourceSet, incoming: &Incoming, live: bool) -> Folded {
         if incoming.version <= applied.version {
-            return None;
+            return Folded::Skipped;
         }
         applied.version = incoming.version;
         metrics::gauge!(m::CONFIG_VERSION).set(incoming.version as f64);
         let (kind, id) = (incoming.kind, incoming.id.as_str());
-        let change = incoming.event.as_ref().map(|e| &e.data);
-        let action = change.map_or(ChangeAction::Delete, |c| c.action);
+        // Tombstones only let compaction drop a deleted key: the delete change before them is what counts (and
+        // when it was rejected, the key stays).
+        let Some(event) = &incoming.event else {
+            return Folded::Skipped;
+        };
+        let change = &event.data;
+        let action = change.action;
         let mut next = set.clone();
-        match (action, change.and_then(|c| c.resource.clone())) {
+        match (action, change.resource.clone()) {
             (ChangeAction::Put, Some(resource)) => next.put(kind, id, resource),
             (ChangeAction::Put, None) => {
                 tracing::warn!(kind = %kind, id, version = incoming.version, "Skipped a put change without a resource.");
-                return None;
+                return Folded::Skipped;
             }
             (ChangeAction::Delete, _) => {
                 next.remove(kind, id);
@@ -397,63 +489,51 @@ impl LiveConfig {
         let outcome = if next == *set {
             Ok(None)
         } else {
-            next.assemble(&self.base, &self.secrets).map(Some)
+            set.check_transition(kind, id, next.get(kind, id), event.time.timestamp_millis())
+                .map_err(|problem| vec![problem])
+                .and_then(|()| next.assemble(&self.base, &self.secrets).map(Some))
         };
         let result = if outcome.is_ok() { "applied" } else { "rejected" };
-        // Tombstones only let compaction drop a deleted key: the delete change before them is what counts.
-        if let Some(event) = &incoming.event {
-            metrics::counter!(
-                m::CONFIG_CHANGES_TOTAL,
-                "kind" => kind.as_str(),
-                "action" => match action { ChangeAction::Put => "put", ChangeAction::Delete => "delete" },
-                "result" => result
-            )
-            .increment(1);
-            let problems = outcome.as_ref().err().cloned().unwrap_or_default();
-            if live {
-                let age = Utc::now().signed_duration_since(event.time);
-                metrics::histogram!(m::CONFIG_APPLY_SECONDS)
-                    .record(age.num_microseconds().unwrap_or(0) as f64 / 1e6);
-                tracing::info!(
-                    kind = %kind,
-                    id,
-                    action = ?action,
-                    actor = %event.data.actor,
-                    source = %event.source,
-                    version = incoming.version,
-                    result,
-                    "Configuration change {result}."
-                );
-            }
-            if !problems.is_empty() {
-                tracing::warn!(
-                    kind = %kind,
-                    id,
-                    version = incoming.version,
-                    problems = %problems.join("; "),
-                    "Configuration change rejected: it would leave the configuration invalid."
-                );
-            }
-            self.lock_history().record(Entry {
-                version: incoming.version,
-                change_id: event.id,
-                time: event.time,
-                source: event.source.clone(),
-                actor: event.data.actor.clone(),
-                kind,
-                id: id.to_owned(),
-                action,
-                resource: event.data.resource.as_ref().map(|r| shown(kind, r)),
+        metrics::counter!(
+            m::CONFIG_CHANGES_TOTAL,
+            "kind" => kind.as_str(),
+            "action" => match action { ChangeAction::Put => "put", ChangeAction::Delete => "delete" },
+            "result" => result
+        )
+        .increment(1);
+        let problems = outcome.as_ref().err().cloned().unwrap_or_default();
+        if live {
+            let age = Utc::now().signed_duration_since(event.time);
+            metrics::histogram!(m::CONFIG_APPLY_SECONDS)
+                .record(age.num_microseconds().unwrap_or(0) as f64 / 1e6);
+            tracing::info!(
+                kind = %kind,
+                id,
+                action = ?action,
+                actor = %event.data.actor,
+                source = %event.source,
+                version = incoming.version,
                 result,
-                problems,
-            });
+                "Configuration change {result}."
+            );
         }
+        if !problems.is_empty() {
+            tracing::warn!(
+                kind = %kind,
+                id,
+                version = incoming.version,
+                problems = %problems.join("; "),
+                "Configuration change rejected: it would leave the configuration invalid."
+            );
+        }
+        self.lock_history()
+            .record(entry(incoming, event, result, problems));
         match outcome {
             Ok(config) => {
                 *set = next;
-                config
+                Folded::Applied(config)
             }
-            Err(_) => None,
+            Err(_) => Folded::Rejected,
         }
     }
 
@@ -476,6 +556,47 @@ impl LiveConfig {
         self.history
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What folding one change did.
+enum Folded {
+    /// Applied; the new configuration when the resources changed.
+    Applied(Option<Config>),
+    /// Rejected: the configuration it would produce is invalid, or it breaks a transition rule.
+    Rejected,
+    /// Already applied, a tombstone, or not a change.
+    Skipped,
+}
+
+/// A key to publish again at its applied value (`None`: absent), after the change at `rejected` was rejected.
+#[derive(Debug)]
+struct Restore {
+    kind: ResourceKind,
+    id: String,
+    resource: Option<Value>,
+    rejected: i64,
+}
+
+/// The history entry of a change.
+fn entry(
+    incoming: &Incoming,
+    event: &ConfigChangeEvent,
+    result: &'static str,
+    problems: Vec<String>,
+) -> Entry {
+    Entry {
+        version: incoming.version,
+        change_id: event.id,
+        time: event.time,
+        source: event.source.clone(),
+        actor: event.data.actor.clone(),
+        kind: incoming.kind,
+        id: incoming.id.clone(),
+        action: event.data.action,
+        resource: event.data.resource.as_ref().map(|r| shown(incoming.kind, r)),
+        result,
+        problems,
     }
 }
 

@@ -160,6 +160,23 @@ impl ResourceSet {
         (items, ids)
     }
 
+    /// The rules a change must follow besides leaving a valid whole, judged against this set (the state before
+    /// the change) at `at_ms`, the change's own time, so that every replica folding the topic judges it alike:
+    /// a price version never changes once published, is never created in force already (back-dated: events
+    /// already billed would be priced again differently on replay), and is never deleted once in force.
+    pub fn check_transition(
+        &self,
+        kind: ResourceKind,
+        id: &str,
+        next: Option<&Value>,
+        at_ms: i64,
+    ) -> Result<(), String> {
+        if kind != ResourceKind::Price {
+            return Ok(());
+        }
+        tollgate_schemas::prices::check_transition(&format!("prices/{id}"), self.get(kind, id), next, at_ms)
+    }
+
     fn check_prices(&self, problems: &mut Vec<String>) {
         for (id, value) in self.list(ResourceKind::Price) {
             let path = format!("prices/{id}");
@@ -210,6 +227,38 @@ fn resource_path(problem: String, tables: &[(&str, ResourceKind, &Vec<String>)])
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn price(model: &str, from: &str, input: u64) -> Value {
+        json!({"model": model, "effective_from": from, "currency": "USD",
+               "input_per_million": input, "output_per_million": 10})
+    }
+
+    #[test]
+    fn price_versions_are_immutable_never_backdated_and_never_deleted_once_in_force() {
+        let june = chrono::DateTime::parse_from_rfc3339("2027-06-01T00:00:00Z")
+            .map(|t| t.timestamp_millis())
+            .unwrap();
+        let mut set = ResourceSet::default();
+        set.put(ResourceKind::Price, "m@2027-07-01", price("m", "2027-07-01", 1));
+        set.put(ResourceKind::Price, "m@2027-01-01", price("m", "2027-01-01", 1));
+        let check = |id: &str, next: Option<Value>| {
+            set.check_transition(ResourceKind::Price, id, next.as_ref(), june)
+        };
+        // The same figures again: a no-op, not a change.
+        assert!(check("m@2027-07-01", Some(price("m", "2027-07-01", 1))).is_ok());
+        // Other figures for a published version, in force or not: refused.
+        assert!(check("m@2027-07-01", Some(price("m", "2027-07-01", 2))).is_err());
+        assert!(check("m@2027-01-01", Some(price("m", "2027-01-01", 2))).is_err());
+        // A new version must start after the change.
+        assert!(check("m@2027-08-01", Some(price("m", "2027-08-01", 2))).is_ok());
+        let backdated = check("m@2027-05-01", Some(price("m", "2027-05-01", 2))).unwrap_err();
+        assert!(backdated.contains("back-dated"), "{backdated}");
+        // Deleting: only a version not yet in force.
+        assert!(check("m@2027-07-01", None).is_ok());
+        assert!(check("m@2027-01-01", None).is_err());
+        // Other kinds have no transition rules.
+        assert!(set.check_transition(ResourceKind::Route, "r", None, june).is_ok());
+    }
 
     const BASE: &str = r#"
         [meter]
