@@ -831,3 +831,115 @@ async fn a_replica_starting_on_a_compacted_topic_keeps_the_consumers_and_limits_
     let _ = std::fs::remove_dir_all(spool);
     stack.stop().await;
 }
+
+/// Two replicas accepted conflicting changes at once: the later one in topic order is rejected on every
+/// replica, and the replica that published it restores the key, so the topic's latest value of every key is the
+/// applied one — what a replica rebuilding from the compacted topic starts from.
+#[actix_rt::test]
+async fn a_rejected_change_is_followed_by_a_restore_of_the_applied_value() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: format!(
+            "{}\n[[token_limits]]\nid = \"mini-hourly\"\nmodels = [\"{MODEL}\"]\nlimit = 1000000\ntime_window = \"1h\"\n",
+            admin_toml("config_topic = \"{config_topic}\"")
+        ),
+        quota_loop: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let admin1 = stack.admin_url.clone().unwrap();
+    let applied = admin(
+        &admin1,
+        "GET",
+        &format!("/admin/v1/routes/{MODEL}"),
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+
+    // This replica's delete of the route, validated against a state where the limit naming its model was gone
+    // (as another replica's concurrent change would have it): published as the admin API publishes a delete.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.infra.brokers)
+        .create()
+        .unwrap();
+    let key = format!("route/{MODEL}");
+    let change = tollgate_schemas::CloudEvent::new(
+        "tollgate-gateway/test-gw",
+        key.clone(),
+        chrono::Utc::now(),
+        tollgate_schemas::config::ConfigChange {
+            kind: tollgate_schemas::config::ResourceKind::Route,
+            id: MODEL.to_owned(),
+            action: tollgate_schemas::config::ChangeAction::Delete,
+            resource: None,
+            actor: "ops".to_owned(),
+        },
+    );
+    let payload = serde_json::to_vec(&change).unwrap();
+    let delete = producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&stack.config_topic)
+                .key(&key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<String, [u8]>::to(&stack.config_topic).key(&key),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    // Rejected, then restored: the key's latest record carries the applied route again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let restore = loop {
+        let records = read_all(&stack.infra.brokers, &stack.config_topic);
+        let last = records
+            .iter()
+            .rev()
+            .find(|(_, k, _)| k == key.as_bytes())
+            .cloned()
+            .unwrap();
+        if last.0 > delete.offset + 1 {
+            break last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no restore followed the rejected delete"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    let restore: Value = serde_json::from_slice(&restore.2.expect("a put, not a tombstone")).unwrap();
+    assert_eq!(restore["data"]["actor"], "restore");
+    assert_eq!(restore["data"]["resource"], applied.body);
+    let history = admin(
+        &admin1,
+        "GET",
+        &format!("/admin/v1/history?kind=route&id={MODEL}"),
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    let entries = history.body["data"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "delete" && e["result"] == "rejected"),
+        "{}",
+        history.body
+    );
+    // The route still serves.
+    let reply = stack
+        .post_json(
+            "/v1/chat/completions",
+            &[("authorization", &format!("Bearer {}", CONSUMERS[0].2))],
+            &chat(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    stack.stop().await;
+}
