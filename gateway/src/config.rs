@@ -55,6 +55,133 @@ pub struct AdminConfig {
     /// The compacted topic admin changes are published to and every replica applies from; `None`: standalone
     /// (the file is the configuration; admin changes apply to this replica only, until it restarts).
     pub config_topic: Option<String>,
+    /// How long a start waits for the config topic before serving the configuration it last applied.
+    pub config_load_timeout: Duration,
+    /// What instances changed through the admin API may reach and read ([`Egress`]).
+    pub egress: Egress,
+}
+
+/// What an instance may name beyond the file's own instances: an admin key must not be able to send a provider
+/// key to any host, read any environment variable (ClickHouse's password, say) as a provider key, or point an
+/// instance at an internal service. The file's own instances are trusted as written; a resource of the admin API
+/// is judged by [`Egress::check_instance`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Egress {
+    /// Environment variables an instance may name in `api_key_env`: the ones the file's instances name, plus
+    /// `admin.provider_key_envs`.
+    pub key_envs: std::collections::BTreeSet<String>,
+    /// Any variable with this prefix is allowed too (`admin.provider_key_env_prefix`).
+    pub key_env_prefix: Option<String>,
+    /// `host:port` of every endpoint the file's instances target: allowed as written, internal or not (the same
+    /// host on another port — ClickHouse beside a local model server — is not).
+    pub file_hosts: std::collections::BTreeSet<String>,
+    /// Loopback, link-local and private ranges instances may target (`admin.private_endpoints`).
+    pub private_endpoints: Vec<IpNet>,
+}
+
+impl Egress {
+    /// The policy of a file: its `[admin]` settings and its own instances (CIDRs that do not parse are left out
+    /// here; validation reports them).
+    pub fn of_file(admin: &RawAdmin, instances: &[RawInstance]) -> Self {
+        Self {
+            key_envs: instances
+                .iter()
+                .filter_map(|i| i.api_key_env.clone())
+                .chain(admin.provider_key_envs.iter().cloned())
+                .collect(),
+            key_env_prefix: admin.provider_key_env_prefix.clone(),
+            file_hosts: instances
+                .iter()
+                .filter_map(|i| Url::parse(&i.endpoint).ok())
+                .filter_map(|url| authority(&url))
+                .collect(),
+            private_endpoints: admin
+                .private_endpoints
+                .iter()
+                .filter_map(|net| net.parse().ok())
+                .filter(|net: &IpNet| net.prefix_len() > 0)
+                .collect(),
+        }
+    }
+
+    /// The problems of an instance's `api_key_env` and `endpoint` under this policy, as (field, message).
+    pub fn check_instance(&self, api_key_env: Option<&str>, endpoint: &str) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if let Some(var) = api_key_env
+            && !self.key_envs.contains(var)
+            && !self
+                .key_env_prefix
+                .as_deref()
+                .is_some_and(|prefix| var.starts_with(prefix))
+        {
+            problems.push((
+                "api_key_env",
+                format!(
+                    "`{var}` is not a provider key variable this gateway allows: list it in admin.provider_key_envs \
+                     (or give it admin.provider_key_env_prefix)"
+                ),
+            ));
+        }
+        if let Ok(url) = Url::parse(endpoint)
+            && let Some(host) = url.host()
+        {
+            let internal = match host {
+                url::Host::Domain(name) => {
+                    let name = name.trim_end_matches('.').to_ascii_lowercase();
+                    (name == "localhost" || name.ends_with(".localhost") || name.ends_with(".internal"))
+                        .then_some(None)
+                }
+                url::Host::Ipv4(ip) => {
+                    internal_ip(std::net::IpAddr::V4(ip)).then_some(Some(std::net::IpAddr::V4(ip)))
+                }
+                url::Host::Ipv6(ip) => {
+                    internal_ip(std::net::IpAddr::V6(ip)).then_some(Some(std::net::IpAddr::V6(ip)))
+                }
+            };
+            if let Some(ip) = internal {
+                let allowed = authority(&url).is_some_and(|a| self.file_hosts.contains(&a))
+                    || ip.is_some_and(|ip| self.private_endpoints.iter().any(|net| net.contains(&ip)));
+                if !allowed {
+                    problems.push((
+                        "endpoint",
+                        format!(
+                            "`{host}` is a loopback, link-local or private address: instances may target it only \
+                             when admin.private_endpoints allows it"
+                        ),
+                    ));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// `host:port` of a URL, the scheme's default port when it has none.
+fn authority(url: &Url) -> Option<String> {
+    Some(format!("{}:{}", url.host()?, url.port_or_known_default()?))
+}
+
+/// Loopback, link-local, private (RFC 1918, unique local), unspecified, CGNAT and IPv4-mapped forms of them.
+fn internal_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| internal_ip(std::net::IpAddr::V4(v4)))
+        }
+    }
 }
 
 /// One admin key: its public id, the SHA-256 of the key, and what it may do.
@@ -564,6 +691,20 @@ pub struct RawAdmin {
     pub allow_any: bool,
     /// The config topic, e.g. "tollgate.config.v1"; absent: standalone.
     pub config_topic: Option<String>,
+    #[serde(default = "default_config_load_timeout")]
+    pub config_load_timeout: String,
+    /// Environment variables admin-API instances may name in `api_key_env`, besides those of the file's instances.
+    #[serde(default)]
+    pub provider_key_envs: Vec<String>,
+    /// Any variable with this prefix may be named too.
+    pub provider_key_env_prefix: Option<String>,
+    /// CIDRs of loopback, link-local and private addresses admin-API instances may target.
+    #[serde(default)]
+    pub private_endpoints: Vec<String>,
+}
+
+fn default_config_load_timeout() -> String {
+    "15s".to_owned()
 }
 
 impl Default for RawAdmin {
@@ -575,6 +716,10 @@ impl Default for RawAdmin {
             trusted_proxies: Vec::new(),
             allow_any: false,
             config_topic: None,
+            config_load_timeout: default_config_load_timeout(),
+            provider_key_envs: Vec::new(),
+            provider_key_env_prefix: None,
+            private_endpoints: Vec::new(),
         }
     }
 }
@@ -1337,9 +1482,13 @@ impl RawConfig {
                         format!("{} is not an error status", l.rejected_code),
                     );
                 }
+                let time_window = p.duration(format!("{lpath}.time_window"), &l.time_window);
+                if time_window > tollgate_schemas::quota::MAX_WINDOW {
+                    p.push(format!("{lpath}.time_window"), "must be at most 366d");
+                }
                 LimitCount {
                     count: l.count,
-                    time_window: p.duration(format!("{lpath}.time_window"), &l.time_window),
+                    time_window,
                     rejected_code: l.rejected_code,
                     rejected_msg: l.rejected_msg,
                 }
@@ -1413,7 +1562,7 @@ impl RawConfig {
             );
         }
         let spool = validate_spool(&mut p, self.spool, kafka.message_timeout);
-        let admin = validate_admin(&mut p, self.admin, &key_hashes);
+        let admin = validate_admin(&mut p, self.admin, &key_hashes, &source.instances);
 
         if p.0.is_empty() {
             Ok(Config {
@@ -1659,7 +1808,13 @@ fn validate_spool(p: &mut Problems, raw: RawSpool, message_timeout: Duration) ->
 }
 
 /// `consumer_hashes`: an admin key must not also be a consumer key.
-fn validate_admin(p: &mut Problems, raw: RawAdmin, consumer_hashes: &HashSet<[u8; 32]>) -> AdminConfig {
+fn validate_admin(
+    p: &mut Problems,
+    raw: RawAdmin,
+    consumer_hashes: &HashSet<[u8; 32]>,
+    instances: &[RawInstance],
+) -> AdminConfig {
+    let egress = Egress::of_file(&raw, instances);
     let listen = raw.listen.parse().unwrap_or_else(|e| {
         p.push(
             "admin.listen",
@@ -1744,8 +1899,43 @@ fn validate_admin(p: &mut Problems, raw: RawAdmin, consumer_hashes: &HashSet<[u8
             "must name a topic (leave it out to run standalone)",
         );
     }
+    let config_load_timeout = p.duration("admin.config_load_timeout", &raw.config_load_timeout);
+    if config_load_timeout > Duration::from_secs(600) {
+        p.push("admin.config_load_timeout", "must be at most 10m");
+    }
+    for (i, var) in raw.provider_key_envs.iter().enumerate() {
+        if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            p.push(
+                format!("admin.provider_key_envs[{i}]"),
+                format!("`{var}` is not an environment variable name"),
+            );
+        }
+    }
+    if raw
+        .provider_key_env_prefix
+        .as_deref()
+        .is_some_and(|prefix| prefix.len() < 4)
+    {
+        p.push(
+            "admin.provider_key_env_prefix",
+            "must be at least 4 characters (a short prefix such as `C` would allow CLICKHOUSE_PASSWORD)",
+        );
+    }
+    for (i, net) in cidrs(p, "admin.private_endpoints", &raw.private_endpoints)
+        .iter()
+        .enumerate()
+    {
+        if net.prefix_len() == 0 {
+            p.push(
+                format!("admin.private_endpoints[{i}]"),
+                format!("`{net}` allows every address; list the internal ranges providers run on"),
+            );
+        }
+    }
     AdminConfig {
         config_topic: raw.config_topic,
+        config_load_timeout,
+        egress,
         listen,
         keys,
         allow,
@@ -1777,15 +1967,64 @@ fn cidrs(p: &mut Problems, path: &str, values: &[String]) -> Vec<IpNet> {
         .collect()
 }
 
+/// The APIs a POST probe may call: one small generation, as a client would send it.
+const PROBE_POST_PATHS: [&str; 5] = [
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "messages",
+    "responses",
+];
+
 fn validate_health_check(p: &mut Problems, instance_path: &str, raw: RawHealthCheck) -> HealthCheck {
     let path = format!("{instance_path}.health_check");
-    if raw.path.is_empty() {
-        p.push(format!("{path}.path"), "must not be empty");
+    // A probe is a request the gateway sends with the instance's provider key, every few seconds, from inside
+    // the operator's network: it may read a health path or send one small generation, nothing else (no query
+    // strings, no SQL posted to an internal HTTP interface).
+    let path_ok = !raw.path.is_empty()
+        && raw.path.len() <= 256
+        && raw
+            .path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~' | '/'))
+        && !raw.path.split('/').any(|segment| segment == "..");
+    if !path_ok {
+        p.push(
+            format!("{path}.path"),
+            "must be 1–256 characters of [A-Za-z0-9-._~/], without a query or `..`",
+        );
     }
-    if let Some(body) = &raw.body
-        && serde_json::from_str::<serde_json::Value>(body).is_err()
-    {
-        p.push(format!("{path}.body"), "must be JSON");
+    match raw.method {
+        HealthMethod::Get => {
+            if raw.body.is_some() {
+                p.push(format!("{path}.body"), "is sent only with POST");
+            }
+        }
+        HealthMethod::Post => {
+            if !PROBE_POST_PATHS
+                .iter()
+                .any(|api| raw.path.trim_end_matches('/').ends_with(api))
+            {
+                p.push(
+                    format!("{path}.path"),
+                    format!(
+                        "a POST probe must call a generation API ({})",
+                        PROBE_POST_PATHS.join(", ")
+                    ),
+                );
+            }
+            match raw.body.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+                Some(Ok(serde_json::Value::Object(_)))
+                    if raw.body.as_ref().is_some_and(|b| b.len() <= 4096) => {}
+                Some(Ok(serde_json::Value::Object(_))) => {
+                    p.push(format!("{path}.body"), "must be at most 4096 bytes");
+                }
+                _ => p.push(
+                    format!("{path}.body"),
+                    "must be a JSON object (a POST probe needs a body)",
+                ),
+            }
+        }
     }
     if raw.expected_statuses.is_empty() {
         p.push(
@@ -1801,10 +2040,18 @@ fn validate_health_check(p: &mut Problems, instance_path: &str, raw: RawHealthCh
             p.push(format!("{path}.{field}"), "must be at least 1");
         }
     }
+    let interval = p.duration(format!("{path}.interval"), &raw.interval);
+    if !interval.is_zero() && !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval) {
+        p.push(format!("{path}.interval"), "must be between 100ms and 1h");
+    }
+    let timeout = p.duration(format!("{path}.timeout"), &raw.timeout);
+    if timeout > Duration::from_secs(60) {
+        p.push(format!("{path}.timeout"), "must be at most 60s");
+    }
     HealthCheck {
         method: raw.method,
-        interval: p.duration(format!("{path}.interval"), &raw.interval),
-        timeout: p.duration(format!("{path}.timeout"), &raw.timeout),
+        interval,
+        timeout,
         path: raw.path,
         body: raw.body,
         expected_statuses: raw.expected_statuses,
@@ -1964,6 +2211,148 @@ hash_on = "consumer""#,
             "",
         );
         assert!(Config::from_toml_with_env(&fine, env).is_ok());
+    }
+
+    #[test]
+    fn admin_api_instances_reach_only_allowed_key_variables_and_internal_hosts() {
+        let admin = RawAdmin {
+            provider_key_envs: vec!["ANTHROPIC_API_KEY".into()],
+            provider_key_env_prefix: Some("TOLLGATE_PROVIDER_".into()),
+            private_endpoints: vec!["10.1.0.0/16".into()],
+            ..RawAdmin::default()
+        };
+        let file: RawConfig = toml::from_str(&format!(
+            "{VALID}\n[[instances]]\nname = \"local\"\nendpoint = \"http://127.0.0.1:8000/v1\"\n"
+        ))
+        .unwrap();
+        let egress = Egress::of_file(&admin, &file.instances);
+        let fields = |var: Option<&str>, endpoint: &str| -> Vec<&'static str> {
+            egress
+                .check_instance(var, endpoint)
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect()
+        };
+        // Variables: the file's own, the list, the prefix; nothing else (ClickHouse's password, say).
+        assert!(fields(Some("OPENAI_API_KEY"), "https://api.openai.com/v1").is_empty());
+        assert!(fields(Some("ANTHROPIC_API_KEY"), "https://api.anthropic.com/v1").is_empty());
+        assert!(fields(Some("TOLLGATE_PROVIDER_GROQ"), "https://api.groq.com/v1").is_empty());
+        assert_eq!(
+            fields(Some("CLICKHOUSE_PASSWORD"), "https://api.openai.com/v1"),
+            ["api_key_env"]
+        );
+        // Hosts: public ones; internal ones only as the file targets them or inside private_endpoints.
+        assert!(fields(None, "http://127.0.0.1:8000/v1").is_empty());
+        assert!(fields(None, "http://10.1.2.3:8000/v1").is_empty());
+        for internal in [
+            "http://127.0.0.1:8123/",
+            "http://localhost:8123/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://192.168.1.10/v1",
+            "http://10.2.0.1/v1",
+            "http://[::1]:8123/",
+            "http://[::ffff:127.0.0.1]:8123/",
+            "http://[fd00::1]/v1",
+            "http://0.0.0.0:8123/",
+            "http://metadata.google.internal/",
+        ] {
+            let problems = egress.check_instance(None, internal);
+            assert_eq!(problems.len(), 1, "{internal} was allowed");
+            let (field, _) = &problems[0];
+            assert_eq!(*field, "endpoint", "{internal}");
+        }
+    }
+
+    #[test]
+    fn egress_settings_are_validated() {
+        let with = |lines: &str| VALID.replace("[kafka]", &format!("[admin]\n{lines}\n\n[kafka]"));
+        let found = problems(&with(
+            "provider_key_envs = [\"A B\"]\nprovider_key_env_prefix = \"C\"\nprivate_endpoints = [\"0.0.0.0/0\", \"nonsense\"]\nconfig_load_timeout = \"1h\"",
+        ));
+        for path in [
+            "admin.provider_key_envs[0]",
+            "admin.provider_key_env_prefix",
+            "admin.private_endpoints[0]",
+            "admin.private_endpoints[1]",
+            "admin.config_load_timeout",
+        ] {
+            assert!(found.iter().any(|p| p.starts_with(path)), "{path}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn probes_read_a_health_path_or_send_one_small_generation_and_nothing_else() {
+        let with = |check: &str| {
+            VALID.replace(
+                "api_key_env = \"OPENAI_API_KEY\"",
+                &format!("api_key_env = \"OPENAI_API_KEY\"\nhealth_check = {{ {check} }}"),
+            )
+        };
+        let ok = [
+            r#"method = "GET", path = "/health""#,
+            r#"method = "GET", path = "models""#,
+            r#"method = "POST", path = "chat/completions", body = '{"model":"m","max_tokens":1,"messages":[]}'"#,
+        ];
+        for check in ok {
+            assert!(
+                Config::from_toml_with_env(&with(check), env).is_ok(),
+                "{check}: {:?}",
+                problems(&with(check))
+            );
+        }
+        let refused = [
+            (
+                r#"method = "GET", path = "/?query=DROP%20TABLE%20x""#,
+                "health_check.path",
+            ),
+            (r#"method = "GET", path = "/../admin""#, "health_check.path"),
+            (
+                r#"method = "POST", path = "/", body = '{"query":"SELECT 1"}'"#,
+                "health_check.path",
+            ),
+            (
+                r#"method = "POST", path = "chat/completions", body = 'SELECT 1'"#,
+                "health_check.body",
+            ),
+            (
+                r#"method = "GET", path = "/health", body = '{}'"#,
+                "health_check.body",
+            ),
+            (
+                r#"method = "GET", path = "/health", interval = "1ms""#,
+                "health_check.interval",
+            ),
+            (
+                r#"method = "GET", path = "/health", timeout = "1h""#,
+                "health_check.timeout",
+            ),
+        ];
+        for (check, path) in refused {
+            let found = problems(&with(check));
+            assert!(found.iter().any(|p| p.contains(path)), "{check}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn windows_are_at_most_a_year_and_a_day() {
+        let found = problems(&format!(
+            "{VALID}\n[[token_limits]]\nmodels = [\"gpt-4o-mini\"]\nlimit = 10\ntime_window = \"100years\"\n"
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("time_window") && p.contains("366d")),
+            "{found:?}"
+        );
+        let rate = VALID.replace(
+            "keys = [{ id = \"a-1\"",
+            "limit_count = { count = 1, time_window = \"1000years\" }\nkeys = [{ id = \"a-1\"",
+        );
+        let found = problems(&rate);
+        assert!(
+            found.iter().any(|p| p.contains("limit_count.time_window")),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -113,6 +113,11 @@ pub struct QuotaScope {
     pub strategy: LimitStrategy,
 }
 
+/// The longest window of a token or request limit: a year and a day. Longer windows are budgets that never
+/// reset (and their arithmetic on epoch milliseconds would overflow); bounded so one admin change cannot
+/// poison every replica.
+pub const MAX_WINDOW: Duration = Duration::from_secs(366 * 86_400);
+
 impl QuotaScope {
     /// The scope of `limit`, configured on `consumer` (or globally) and, for an instance's own limit, on
     /// `instance`. Errors name the field (relative to the limit) and the problem.
@@ -123,6 +128,10 @@ impl QuotaScope {
     ) -> Result<Self, Vec<(&'static str, String)>> {
         let mut problems = Vec::new();
         let window = match humantime::parse_duration(&limit.time_window) {
+            Ok(d) if d > MAX_WINDOW => {
+                problems.push(("time_window", "must be at most 366d".to_owned()));
+                Duration::from_secs(1)
+            }
             Ok(d) if d >= Duration::from_secs(1) && d.subsec_millis() == 0 => d,
             Ok(_) => {
                 problems.push(("time_window", "must be whole seconds, at least 1s".to_owned()));

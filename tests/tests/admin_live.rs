@@ -380,6 +380,38 @@ async fn a_change_that_would_break_the_configuration_is_refused_whole_and_nothin
     )
     .await;
     assert_refused(&not_json, 400, "invalid_body");
+    // An admin key reaches neither another secret nor an internal service through an instance.
+    for (body, expected) in [
+        (
+            json!({"endpoint": "http://127.0.0.1:8123/", "api_key_env": "PROVIDER_KEY"}),
+            "instances/internal.endpoint",
+        ),
+        (
+            json!({"endpoint": "https://api.openai.com/v1", "api_key_env": "CLICKHOUSE_PASSWORD"}),
+            "instances/internal.api_key_env",
+        ),
+        (
+            json!({"endpoint": "https://api.openai.com/v1", "health_check": {"method": "POST", "path": "/", "body": "SELECT 1"}}),
+            "instances/internal.health_check",
+        ),
+    ] {
+        let refused = admin(
+            &admin1,
+            "PUT",
+            "/admin/v1/instances/internal",
+            Some(ADMIN_KEY),
+            Some(&body),
+        )
+        .await;
+        assert_refused(&refused, 400, "invalid_config");
+        let problems: Vec<String> =
+            serde_json::from_value(refused.body["error"]["errors"].clone()).unwrap_or_default();
+        assert!(
+            problems.iter().any(|p| p.starts_with(expected)),
+            "{expected} not in {}",
+            refused.body
+        );
+    }
 
     // Nothing changed, on either replica, and nothing was published.
     for base in [&admin1, &admin2] {
@@ -406,7 +438,7 @@ async fn a_change_that_would_break_the_configuration_is_refused_whole_and_nothin
     assert_eq!(still.status, 200);
 
     // Putting the same resource twice changes nothing the second time.
-    let instance = json!({"endpoint": "http://127.0.0.1:9/v1", "timeout": "3s"});
+    let instance = json!({"endpoint": "https://spare.example.com/v1", "timeout": "3s"});
     let first = admin(
         &admin1,
         "PUT",
@@ -941,5 +973,142 @@ async fn a_rejected_change_is_followed_by_a_restore_of_the_applied_value() {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    stack.stop().await;
+}
+
+/// A replica of `stack` from `text` (the stack's file, edited) on a listener of its own: its URL, admin URL,
+/// handle and task.
+fn start_replica(
+    stack: &Stack,
+    text: &str,
+) -> (
+    String,
+    String,
+    tollgate_gateway::app::GatewayHandle,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let config = tollgate_gateway::Config::from_toml_with_env(text, |name| {
+        (name == "PROVIDER_KEY").then(|| tollgate_tests::stack::PROVIDER_KEY.to_owned())
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let gateway = tollgate_gateway::Gateway::start(config, listener, stack.metrics.clone()).unwrap();
+    let admin_url = format!("http://{}", gateway.admin_addr().unwrap());
+    let handle = gateway.handle();
+    (url, admin_url, handle, actix_web::rt::spawn(gateway.run()))
+}
+
+/// Revoked keys never come back: a replica that cannot read the config topic at start serves the configuration
+/// it last applied (kept on disk in its spool directory), never its file's consumers; one that never applied any
+/// serves nothing until the topic is read.
+#[actix_rt::test]
+async fn a_replica_that_cannot_read_the_topic_serves_what_it_last_applied_never_its_file() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: admin_toml("config_topic = \"{config_topic}\"\nconfig_load_timeout = \"2s\""),
+        quota_loop: false,
+        ..StackOptions::default()
+    })
+    .await;
+    let admin1 = stack.admin_url.clone().unwrap();
+    let revoked = admin(
+        &admin1,
+        "DELETE",
+        "/admin/v1/consumers/team-b",
+        Some(ADMIN_KEY),
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    let (team_a, team_b) = (
+        format!("Bearer {}", CONSUMERS[0].2),
+        format!("Bearer {}", CONSUMERS[1].2),
+    );
+
+    // A replica on a spool directory of its own reads the topic, applies it and keeps it on disk.
+    let spool = tollgate_tests::procs::scratch_dir("spool-cache");
+    let own_spool = stack.gateway_toml.replace(
+        &format!("dir = {:?}", stack.spool_dir.display().to_string()),
+        &format!("dir = {:?}", spool.display().to_string()),
+    );
+    let (url, _, handle, running) = start_replica(&stack, &own_spool);
+    let reply = stack
+        .post_json_to(
+            &url,
+            "/v1/chat/completions",
+            &[("authorization", &team_b)],
+            &chat(),
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+    handle.stop(true).await;
+    let _ = running.await;
+    assert!(spool.join("config-cache.json").exists());
+
+    // The same replica restarts while the broker is unreachable: after the load timeout it serves what it last
+    // applied — team-b stays revoked although the file lists it.
+    let dead_broker = format!("127.0.0.1:{}", tollgate_tests::procs::free_port());
+    let unreachable = own_spool.replace(
+        &format!("brokers = \"{}\"", stack.infra.brokers),
+        &format!("brokers = \"{dead_broker}\""),
+    );
+    assert_ne!(unreachable, own_spool);
+    let (url, admin_url, handle, running) = start_replica(&stack, &unreachable);
+    let reply = stack
+        .post_json_to(
+            &url,
+            "/v1/chat/completions",
+            &[("authorization", &team_b)],
+            &chat(),
+        )
+        .await;
+    assert_eq!(reply.status, 401, "a revoked consumer came back");
+    let reply = stack
+        .post_json_to(
+            &url,
+            "/v1/chat/completions",
+            &[("authorization", &team_a)],
+            &chat(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let version = admin(
+        &admin_url,
+        "GET",
+        "/admin/v1/history?limit=1",
+        Some(VIEWER_KEY),
+        None,
+    )
+    .await;
+    // The delete and its tombstone: the cached configuration is at the topic's end as that replica read it.
+    assert_eq!(version.version(), revoked.version() + 1);
+    handle.stop(true).await;
+    let _ = running.await;
+
+    // A replica that never applied a configuration, with the broker unreachable: it does not start serving.
+    let fresh = tollgate_tests::procs::scratch_dir("spool-fresh");
+    let never = unreachable.replace(
+        &format!("dir = {:?}", spool.display().to_string()),
+        &format!("dir = {:?}", fresh.display().to_string()),
+    );
+    let metrics = stack.metrics.clone();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let config = tollgate_gateway::Config::from_toml_with_env(&never, |name| {
+            (name == "PROVIDER_KEY").then(|| tollgate_tests::stack::PROVIDER_KEY.to_owned())
+        })
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let system = actix_web::rt::System::new();
+        let started = system
+            .block_on(async move { tollgate_gateway::Gateway::start(config, listener, metrics).is_ok() });
+        let _ = started_tx.send(started);
+    });
+    assert!(
+        started_rx.recv_timeout(Duration::from_secs(7)).is_err(),
+        "a replica without the topic or a cached configuration started serving its file"
+    );
+
+    let _ = std::fs::remove_dir_all(spool);
     stack.stop().await;
 }

@@ -6,11 +6,18 @@
 //! - **One order for everyone** ([`topic`]): with `admin.config_topic` set, an accepted change is published to
 //!   that compacted, one-partition topic, and every replica — the accepting one included — applies changes as it
 //!   reads them, in offset order. At start a replica reads the topic to its end before it serves; an empty topic
-//!   is seeded from the replica's file (actor `seed`), a non-empty one replaces the file's resources. Without a
-//!   config topic the gateway is standalone: changes go straight to this replica's applier, in memory.
+//!   is seeded from the replica's file (actor `seed`), a non-empty one replaces the file's resources — rebuilt as
+//!   the latest value of every key, validated as a whole ([`replay`]), because compaction reorders
+//!   dependencies. A topic that cannot be read within `admin.config_load_timeout` leaves the replica on the
+//!   configuration it last applied ([`cache`]), or serving nothing until it is read: never on the file's
+//!   resources, which the topic may have revoked. Without a config topic the gateway is standalone: changes go
+//!   straight to this replica's applier, in memory.
 //! - **Whole or nothing**: the admin API validates the configuration a change would produce before publishing it
 //!   ([`LiveConfig::write`]); the applier validates again in topic order, so two replicas accepting conflicting
-//!   changes at once end in the same state everywhere (the later change is rejected and logged on every replica).
+//!   changes at once end in the same state everywhere (the later change is rejected and logged on every replica,
+//!   and the replica that published it publishes a restore of the key's applied value, so that a rejected change
+//!   never stays the latest value compaction keeps). Price versions also follow transition rules, judged at the
+//!   change's time ([`ResourceSet::check_transition`]).
 //! - **Atomic swap** ([`runtime`]): an applied change builds a new [`Runtime`] and swaps it in; requests in
 //!   flight keep the one they loaded. Instance health and probes, request limiters and quota books of what did
 //!   not change carry over.
@@ -19,6 +26,7 @@
 //! Metrics: `tollgate_config_changes_total{kind,action,result}`, `tollgate_config_version`,
 //! `tollgate_config_apply_seconds` (accepted on any replica → live here), `tollgate_config_resources{kind}`.
 
+pub mod cache;
 pub mod history;
 pub mod replay;
 pub mod resources;
@@ -41,10 +49,11 @@ use tollgate_schemas::config::{ChangeAction, ConfigChange, ConfigChangeEvent, Re
 use crate::config::{Config, RawConfig, Secret};
 use crate::metrics as m;
 use crate::quota::Quotas;
+use cache::{Cached, ConfigCache};
 use history::{Entry, History};
 use resources::ResourceSet;
 use runtime::{Instances, Runtime};
-use topic::{ConfigFeed, Publisher, TopicError};
+use topic::{ConfigFeed, InitialLoad, NotLoaded, Publisher, TopicError};
 
 /// How long an admin write waits for its own change to come back from the topic and apply.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
@@ -122,6 +131,8 @@ pub struct LiveConfig {
     instances: Instances,
     quotas: Arc<Quotas>,
     store: Store,
+    /// The last applied configuration on disk (with a config topic).
+    cache: Option<ConfigCache>,
     /// Admin writes on this replica, one at a time: each is validated against the state the previous one left.
     writes: tokio::sync::Mutex<()>,
     /// The CloudEvents `source` of changes accepted here.
@@ -157,6 +168,16 @@ impl LiveHandles {
 pub enum LiveError {
     #[error(transparent)]
     Topic(#[from] TopicError),
+    #[error("the config feed stopped before it read the config topic")]
+    FeedStopped,
+}
+
+/// What a replica with a config topic starts from.
+enum Initial {
+    /// The topic's content, read to its end.
+    Topic(Vec<Incoming>),
+    /// The configuration it last applied (the topic could not be read in time); the topic follows as a catch-up.
+    Cache(Cached, Box<Config>),
 }
 
 impl LiveConfig {
@@ -174,13 +195,19 @@ impl LiveConfig {
         let runtime = Runtime::build(config.clone(), -1, &instances, None);
         let file_set = ResourceSet::from_file(&config.source);
         let (feed_tx, feed_rx) = mpsc::unbounded_channel();
-        let (store, feed, initial) = match &config.admin.config_topic {
-            Some(topic) => {
+        let cache = config
+            .admin
+            .config_topic
+            .as_deref()
+            .map(|topic| ConfigCache::new(&config.spool.dir, topic));
+        let (store, feed, initial) = match (&config.admin.config_topic, &cache) {
+            (Some(topic), Some(cache)) => {
                 let publisher = Publisher::new(&config, topic)?;
-                let (feed, initial) = ConfigFeed::start(&config, topic, &file_set, &source, feed_tx)?;
-                (Store::Topic(publisher), Some(feed), initial)
+                let (feed, load) = ConfigFeed::start(&config, topic, &file_set, &source, feed_tx)?;
+                let initial = initial_state(load, cache, &config)?;
+                (Store::Topic(publisher), Some(feed), Some(initial))
             }
-            None => (
+            _ => (
                 Store::Standalone {
                     next: AtomicI64::new(0),
                     feed: feed_tx,
@@ -203,12 +230,15 @@ impl LiveConfig {
             instances,
             quotas,
             store,
+            cache,
             writes: tokio::sync::Mutex::new(()),
             source,
         });
         metrics::gauge!(m::CONFIG_VERSION).set(-1.0);
-        if let Some(initial) = initial {
-            live.catch_up(initial);
+        match initial {
+            Some(Initial::Topic(batch)) => live.catch_up(batch),
+            Some(Initial::Cache(cached, config)) => live.resume(cached, *config),
+            None => {}
         }
         let applier = CancellationToken::new();
         actix_web::rt::spawn(live.clone().run_applier(feed_rx, applier.clone()));
@@ -336,8 +366,9 @@ impl LiveConfig {
         let mut set = (*applied.set).clone();
         let restore = match self.fold(&mut applied, &mut set, &incoming, true) {
             Folded::Applied(Some(config)) => {
-                self.install(config, incoming.version);
+                self.install(*config, incoming.version);
                 set_resource_gauges(&set);
+                self.persist(&set, incoming.version);
                 applied.set = Arc::new(set);
                 None
             }
@@ -454,9 +485,35 @@ impl LiveConfig {
             "Configuration loaded from the config topic."
         );
         set_resource_gauges(&set);
+        self.persist(&set, version);
         applied.set = Arc::new(set);
         drop(applied);
         self.version.send_replace(version);
+    }
+
+    /// Starts on the configuration applied before the last stop, read from the cache.
+    fn resume(&self, cached: Cached, config: Config) {
+        let mut applied = self.lock_applied();
+        self.install(config, cached.version);
+        applied.version = cached.version;
+        metrics::gauge!(m::CONFIG_VERSION).set(cached.version as f64);
+        set_resource_gauges(&cached.set);
+        applied.set = Arc::new(cached.set);
+        drop(applied);
+        self.version.send_replace(cached.version);
+    }
+
+    /// Writes the applied configuration to the cache; a failure is logged (the topic stays the truth).
+    fn persist(&self, set: &ResourceSet, version: i64) {
+        if let Some(cache) = &self.cache
+            && let Err(error) = cache.store(set, version)
+        {
+            tracing::warn!(
+                path = %cache.path().display(),
+                %error,
+                "Could not keep the applied configuration on disk: a start during a broker outage would wait for the topic."
+            );
+        }
     }
 
     /// Applies `incoming` to `set` when the result is valid and follows the transition rules
@@ -491,7 +548,10 @@ impl LiveConfig {
         } else {
             set.check_transition(kind, id, next.get(kind, id), event.time.timestamp_millis())
                 .map_err(|problem| vec![problem])
-                .and_then(|()| next.assemble(&self.base, &self.secrets).map(Some))
+                .and_then(|()| {
+                    next.assemble(&self.base, &self.secrets)
+                        .map(|c| Some(Box::new(c)))
+                })
         };
         let result = if outcome.is_ok() { "applied" } else { "rejected" };
         metrics::counter!(
@@ -559,10 +619,52 @@ impl LiveConfig {
     }
 }
 
+/// Waits for the topic's content; past `admin.config_load_timeout`, starts on the cached configuration when it is
+/// valid, or else keeps waiting — never on the file's resources, which the topic may have revoked.
+fn initial_state(load: InitialLoad, cache: &ConfigCache, config: &Config) -> Result<Initial, LiveError> {
+    let timeout = config.admin.config_load_timeout;
+    match load.wait(timeout) {
+        Ok(batch) => return Ok(Initial::Topic(batch)),
+        Err(NotLoaded::Stopped) => return Err(LiveError::FeedStopped),
+        Err(NotLoaded::Timeout) => {}
+    }
+    match cache.load() {
+        Ok(Some(cached)) => match cached.set.assemble(&config.source, &config.secrets) {
+            Ok(valid) => {
+                tracing::warn!(
+                    path = %cache.path().display(),
+                    version = cached.version,
+                    "Serving the configuration this replica last applied until the config topic is read."
+                );
+                // Dropping the load sends the topic's content to the applier as a catch-up when it comes.
+                drop(load);
+                return Ok(Initial::Cache(cached, Box::new(valid)));
+            }
+            Err(problems) => tracing::error!(
+                path = %cache.path().display(),
+                problems = %problems.join("; "),
+                "The cached configuration is not valid with this file."
+            ),
+        },
+        Ok(None) => {}
+        Err(problem) => tracing::error!(%problem, "The cached configuration cannot be read."),
+    }
+    loop {
+        tracing::error!(
+            "Not serving until the config topic is read: without it or a cached configuration, revoked consumers and keys of the file would be served."
+        );
+        match load.wait(timeout.max(std::time::Duration::from_secs(5))) {
+            Ok(batch) => return Ok(Initial::Topic(batch)),
+            Err(NotLoaded::Stopped) => return Err(LiveError::FeedStopped),
+            Err(NotLoaded::Timeout) => {}
+        }
+    }
+}
+
 /// What folding one change did.
 enum Folded {
     /// Applied; the new configuration when the resources changed.
-    Applied(Option<Config>),
+    Applied(Option<Box<Config>>),
     /// Rejected: the configuration it would produce is invalid, or it breaks a transition rule.
     Rejected,
     /// Already applied, a tombstone, or not a change.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tollgate_schemas::config::ResourceKind;
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 
-use crate::config::{Config, RawConfig, Secret, derived_limit_id};
+use crate::config::{Config, Egress, RawConfig, RawInstance, Secret, derived_limit_id};
 
 /// Every resource of one configuration, by kind and id.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -99,12 +99,20 @@ impl ResourceSet {
     ) -> Result<Config, Vec<String>> {
         let mut problems = Vec::new();
         let mut raw = base.clone();
-        let (instances, instance_ids) = self.typed(ResourceKind::Instance, "name", &mut problems);
+        let (instances, instance_ids) =
+            self.typed::<RawInstance>(ResourceKind::Instance, "name", &mut problems);
         let (routes, route_ids) = self.typed(ResourceKind::Route, "name", &mut problems);
         let (consumers, consumer_ids) = self.typed(ResourceKind::Consumer, "name", &mut problems);
         let (token_limits, limit_ids) =
             self.typed::<TokenLimitConfig>(ResourceKind::Limit, "id", &mut problems);
         self.check_prices(&mut problems);
+        let egress = Egress::of_file(&base.admin, &base.instances);
+        for (instance, id) in instances.iter().zip(&instance_ids) {
+            for (field, problem) in egress.check_instance(instance.api_key_env.as_deref(), &instance.endpoint)
+            {
+                problems.push(format!("instances/{id}.{field}: {problem}"));
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }

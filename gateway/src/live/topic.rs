@@ -5,9 +5,11 @@
 //! At start the feed makes sure the topic exists (one partition, so one order; `cleanup.policy=compact`, so the
 //! latest change of every resource survives; the broker's default replication), reads its watermarks, seeds it
 //! from the file when it has never held anything, and reads it to its end. That content goes to
-//! [`super::LiveConfig::start`], which waits up to [`LOAD_TIMEOUT`] for it before the gateway serves; if the
-//! broker is slower than that, the gateway starts on its file and the content follows as a catch-up as soon as
-//! it is read. Then the feed follows the topic and hands every change to the applier task.
+//! [`super::LiveConfig::start`] through [`InitialLoad`], which waits up to [`LOAD_TIMEOUT`] for it before the
+//! gateway serves; if the broker is slower than that, the gateway starts on the configuration it last applied
+//! (kept on disk, [`super::cache`]) — never on its file, whose consumers and keys the topic may have revoked —
+//! or, without one, keeps waiting. The content then follows as a catch-up as soon as it is read. Then the feed
+//! follows the topic and hands every change to the applier task.
 //!
 //! A record's key is `kind/id`; its value a `tollgate.config.v1` CloudEvent, or null (a tombstone: deleted).
 //! Records that are neither are logged and skipped.
@@ -121,15 +123,15 @@ pub struct ConfigFeed {
 }
 
 impl ConfigFeed {
-    /// Starts the feed and waits up to [`LOAD_TIMEOUT`] for the topic's content up to its end (seeding it
-    /// from `file` when it never held anything); `None` when it did not come in time.
+    /// Starts the feed, which reads the topic's content up to its end (seeding it from `file` when it never held
+    /// anything) and hands it over through the returned [`InitialLoad`].
     pub fn start(
         config: &Config,
         topic: &str,
         file: &ResourceSet,
         source: &str,
         applier: UnboundedSender<Feed>,
-    ) -> Result<(Self, Option<Vec<Incoming>>), TopicError> {
+    ) -> Result<(Self, InitialLoad), TopicError> {
         let consumer: BaseConsumer = follower_config(
             &config.kafka,
             &format!("tollgate-gateway-config/{}", config.server.instance_id),
@@ -154,13 +156,15 @@ impl ConfigFeed {
         let thread = std::thread::Builder::new()
             .name("tollgate-config-feed".into())
             .spawn(move || follower.run(initial_tx))?;
-        let initial = wait_for_initial(&initial_rx, topic);
         Ok((
             Self {
                 stop,
                 thread: Some(thread),
             },
-            initial,
+            InitialLoad {
+                receiver: initial_rx,
+                topic: topic.to_owned(),
+            },
         ))
     }
 
@@ -173,16 +177,37 @@ impl ConfigFeed {
     }
 }
 
-fn wait_for_initial(initial: &Receiver<Vec<Incoming>>, topic: &str) -> Option<Vec<Incoming>> {
-    match initial.recv_timeout(LOAD_TIMEOUT) {
-        Ok(batch) => Some(batch),
-        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-            tracing::error!(
-                %topic,
-                timeout_s = LOAD_TIMEOUT.as_secs(),
-                "The config topic could not be read in time: serving on the file's resources until it is."
-            );
-            None
+/// The topic's content up to its end, once the feed has read it. Dropped unread, the content goes to the
+/// applier as a [`Feed::Catchup`] instead.
+#[derive(Debug)]
+pub struct InitialLoad {
+    receiver: Receiver<Vec<Incoming>>,
+    topic: String,
+}
+
+/// Why the topic's content did not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotLoaded {
+    /// Not read within the time given; it may still come.
+    Timeout,
+    /// The feed thread stopped: it never will.
+    Stopped,
+}
+
+impl InitialLoad {
+    /// Waits up to `timeout` for the content.
+    pub fn wait(&self, timeout: Duration) -> Result<Vec<Incoming>, NotLoaded> {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(batch) => Ok(batch),
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    topic = %self.topic,
+                    timeout_s = timeout.as_secs(),
+                    "The config topic could not be read in time."
+                );
+                Err(NotLoaded::Timeout)
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(NotLoaded::Stopped),
         }
     }
 }
