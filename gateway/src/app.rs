@@ -112,8 +112,19 @@ impl Gateway {
         let probes = CancellationToken::new();
         let server_config = config.server.clone();
         let admin_config = config.admin.clone();
+        let quota_load_timeout = config.quota.load_timeout;
         let (live, live_handles) =
             LiveConfig::start(config, quotas.clone(), probes.clone(), event_source.clone())?;
+        // Serve only once the quota feed has read what the topic holds: before, the books hold none of the
+        // spending it carries, and an exhausted quota would admit again after a restart.
+        if let Some(feed) = &feed
+            && !feed.wait_caught_up(quota_load_timeout)
+        {
+            tracing::warn!(
+                timeout_s = quota_load_timeout.as_secs_f64(),
+                "The quota topic could not be read in time: serving degraded, enforcing token limits from this replica's own view until snapshots arrive."
+            );
+        }
         let inflight = TaskTracker::new();
         let state = web::Data::new(AppState {
             server: server_config.clone(),

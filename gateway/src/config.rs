@@ -255,6 +255,8 @@ pub struct QuotaConfig {
     /// Snapshots older than this (no heartbeat either) put the gateway in degraded mode: it keeps enforcing from
     /// its last snapshots plus its own usage, logs it and sets `tollgate_quota_degraded`.
     pub max_snapshot_age: Duration,
+    /// How long a start waits for the quota feed to read what the topic holds before serving (then degraded).
+    pub load_timeout: Duration,
 }
 
 /// A token limit (APISIX's `ai-rate-limiting`): at most `limit` tokens of its scope per fixed window.
@@ -773,6 +775,13 @@ pub struct RawQuota {
     pub reserve_max_tokens: bool,
     #[serde(default = "default_max_snapshot_age")]
     pub max_snapshot_age: String,
+    /// How long a start waits for the quota feed to read the topic before serving degraded.
+    #[serde(default = "default_quota_load_timeout")]
+    pub load_timeout: String,
+}
+
+fn default_quota_load_timeout() -> String {
+    "15s".to_owned()
 }
 
 impl Default for RawQuota {
@@ -781,6 +790,7 @@ impl Default for RawQuota {
             topic: default_quota_topic(),
             reserve_max_tokens: true,
             max_snapshot_age: default_max_snapshot_age(),
+            load_timeout: default_quota_load_timeout(),
         }
     }
 }
@@ -1550,7 +1560,11 @@ impl RawConfig {
             topic: self.quota.topic,
             reserve_max_tokens: self.quota.reserve_max_tokens,
             max_snapshot_age: p.duration("quota.max_snapshot_age", &self.quota.max_snapshot_age),
+            load_timeout: p.duration("quota.load_timeout", &self.quota.load_timeout),
         };
+        if quota.load_timeout > Duration::from_secs(600) {
+            p.push("quota.load_timeout", "must be at most 10m");
+        }
 
         let limited = !token_limits.is_empty()
             || consumers.iter().any(|c: &Consumer| !c.token_limits.is_empty())

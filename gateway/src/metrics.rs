@@ -41,6 +41,7 @@ pub const QUOTA_SNAPSHOTS_TOTAL: &str = "tollgate_quota_snapshots_received_total
 pub const QUOTA_SNAPSHOT_AGE_SECONDS: &str = "tollgate_quota_snapshot_age_seconds";
 pub const QUOTA_SNAPSHOT_LAG_SECONDS: &str = "tollgate_quota_snapshot_lag_seconds";
 pub const QUOTA_DEGRADED: &str = "tollgate_quota_degraded";
+pub const QUOTA_FEED_CAUGHT_UP: &str = "tollgate_quota_feed_caught_up";
 pub const QUOTA_PENDING_TOKENS: &str = "tollgate_quota_pending_tokens";
 pub const ADMIN_REQUESTS_TOTAL: &str = "tollgate_admin_requests_total";
 pub const CONFIG_CHANGES_TOTAL: &str = "tollgate_config_changes_total";
@@ -251,6 +252,11 @@ pub fn describe() {
     describe_gauge!(
         QUOTA_DEGRADED,
         "1 while quota snapshots are older than quota.max_snapshot_age: limits hold from the local view only."
+    );
+    describe_gauge!(
+        QUOTA_FEED_CAUGHT_UP,
+        "1 once the quota feed has read what the quota topic held when this replica started; the gateway serves \
+         after that, or after quota.load_timeout (then degraded)."
     );
     describe_gauge!(
         QUOTA_PENDING_TOKENS,

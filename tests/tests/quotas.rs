@@ -591,3 +591,55 @@ fn the_gateway_and_billing_consumer_read_the_same_scopes_from_one_file() {
     );
     assert_eq!(gateway, billing);
 }
+
+/// A replica that starts after a quota was used up serves only once its quota feed has read the topic: its very
+/// first request is refused, not admitted on books that do not know the spending yet.
+#[actix_rt::test]
+async fn an_exhausted_quota_stays_exhausted_for_a_replica_started_afterwards() {
+    let message = "gpt-4o-mini has used its 3,000 tokens this hour.";
+    let stack = Stack::start(StackOptions {
+        extra_toml: model_limit(3_000, message),
+        ..StackOptions::default()
+    })
+    .await;
+    let body = chat(60, Some(150));
+    let mut sent = 0;
+    loop {
+        let reply = send(&stack, &stack.gateway_url, "team-a", &body).await;
+        sent += 1;
+        if reply.status == 429 {
+            break;
+        }
+        assert_eq!(reply.status, 200);
+        assert!(sent < 100, "the model quota never refused");
+    }
+    // The quota loop has counted every admitted token.
+    settle(&stack, sent).await;
+    let spent = ledger(&stack).await["team-a"].1;
+    let scope = format!("models={MODEL};window=3600s;strategy=total_tokens");
+    wait_for_snapshot(&stack, &scope, |s| s.used >= spent).await;
+
+    // A replica of the same file, started now on a spool of its own.
+    let spool = tollgate_tests::procs::scratch_dir("spool-restart");
+    let text = stack.gateway_toml.replace(
+        &format!("dir = {:?}", stack.spool_dir.display().to_string()),
+        &format!("dir = {:?}", spool.display().to_string()),
+    );
+    let config = tollgate_gateway::Config::from_toml_with_env(&text, |name| {
+        (name == "PROVIDER_KEY").then(|| tollgate_tests::stack::PROVIDER_KEY.to_owned())
+    })
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let restarted = tollgate_gateway::Gateway::start(config, listener, stack.metrics.clone()).unwrap();
+    let handle = restarted.handle();
+    let running = actix_web::rt::spawn(restarted.run());
+    let first = send(&stack, &url, "team-b", &body).await;
+    assert_eq!(first.status, 429, "{}", String::from_utf8_lossy(&first.body));
+    assert_eq!(first.json()["error"]["message"], message);
+
+    handle.stop(true).await;
+    let _ = running.await;
+    let _ = std::fs::remove_dir_all(spool);
+    stack.stop().await;
+}

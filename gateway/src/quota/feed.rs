@@ -10,9 +10,16 @@
 //! enforcing from its local view (the last snapshots plus every token this replica spent since, which no
 //! longer leave its books); it does not fail open. A gateway that has not heard anything since it started is
 //! degraded too until the first heartbeat arrives.
+//!
+//! **Start.** The feed first reads every partition up to the end it had when the feed was assigned; until then
+//! the books hold none of the spending the snapshots carry, and an exhausted quota would admit again after a
+//! restart. [`QuotaFeed::wait_caught_up`] lets the gateway wait for that before it serves (`quota.load_timeout`,
+//! default 15 s); past it the gateway serves degraded, as above, and says so in a warning and in
+//! `tollgate_quota_feed_caught_up` (0 until the feed has read what the topic held at start).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,6 +46,40 @@ const TICK: Duration = Duration::from_secs(1);
 pub struct QuotaFeed {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    caught_up: Arc<CaughtUp>,
+}
+
+/// Set once the feed has read what the topic held when it was assigned.
+#[derive(Debug, Default)]
+struct CaughtUp {
+    done: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl CaughtUp {
+    fn set(&self) {
+        let mut done = self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !*done {
+            *done = true;
+            metrics::gauge!(m::QUOTA_FEED_CAUGHT_UP).set(1.0);
+            self.changed.notify_all();
+        }
+    }
+
+    fn wait(&self, timeout: Duration) -> bool {
+        let done = self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (done, _) = self
+            .changed
+            .wait_timeout_while(done, timeout, |done| !*done)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *done
+    }
 }
 
 impl QuotaFeed {
@@ -55,7 +96,11 @@ impl QuotaFeed {
         )
         .create()?;
         let stop = Arc::new(AtomicBool::new(false));
+        let caught_up = Arc::new(CaughtUp::default());
+        metrics::gauge!(m::QUOTA_FEED_CAUGHT_UP).set(0.0);
         let follower = Follower {
+            caught_up: caught_up.clone(),
+            pending: HashMap::new(),
             consumer,
             topic: config.quota.topic.clone(),
             quotas,
@@ -69,7 +114,13 @@ impl QuotaFeed {
         Ok(Some(Self {
             stop,
             thread: Some(thread),
+            caught_up,
         }))
+    }
+
+    /// Waits up to `timeout` for the feed to have read what the topic held when it started; whether it has.
+    pub fn wait_caught_up(&self, timeout: Duration) -> bool {
+        self.caught_up.wait(timeout)
     }
 
     /// Stops the thread and waits for it (at most about one poll).
@@ -97,10 +148,13 @@ struct Follower {
     max_age: Duration,
     stop: Arc<AtomicBool>,
     started_at_ms: u64,
+    caught_up: Arc<CaughtUp>,
+    /// Per partition, the end it had at assignment that is not read yet.
+    pending: HashMap<i32, i64>,
 }
 
 impl Follower {
-    fn run(self) {
+    fn run(mut self) {
         let mut assigned = false;
         let mut waiting_logged = false;
         let mut degraded: Option<bool> = None;
@@ -123,9 +177,12 @@ impl Follower {
             }
             if assigned {
                 match self.consumer.poll(POLL) {
-                    Some(Ok(message)) => self.take(&message),
+                    Some(Ok(message)) => {
+                        self.take(&message);
+                        self.read_up_to(message.partition(), message.offset() + 1);
+                    }
                     Some(Err(error)) => tracing::debug!(%error, "Quota feed read error."),
-                    None => {}
+                    None => self.check_positions(),
                 }
             }
             if last_tick.elapsed() >= TICK {
@@ -135,21 +192,48 @@ impl Follower {
         }
     }
 
+    /// Records that `partition` was read up to `next`; once every partition reached its end at assignment,
+    /// the feed is caught up.
+    fn read_up_to(&mut self, partition: i32, next: i64) {
+        if self.pending.get(&partition).is_some_and(|end| next >= *end) {
+            self.pending.remove(&partition);
+            if self.pending.is_empty() {
+                self.caught_up.set();
+            }
+        }
+    }
+
+    /// Compaction may have removed the last offsets below a partition's end: an empty poll past them is the end.
+    fn check_positions(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Ok(positions) = self.consumer.position() {
+            for element in positions.elements() {
+                if let Offset::Offset(at) = element.offset() {
+                    self.read_up_to(element.partition(), at);
+                }
+            }
+        }
+    }
+
     /// Assigns every partition of the topic from its beginning; the partition count, or why not.
-    fn assign(&self) -> Result<usize, String> {
+    fn assign(&mut self) -> Result<usize, String> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), Duration::from_secs(2))
             .map_err(|e| e.to_string())?;
-        let topic = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.topic)
-            .ok_or("not in the broker's metadata")?;
+        // The broker answered: a topic it does not have holds no snapshot to wait for.
+        let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else {
+            self.caught_up.set();
+            return Err("not in the broker's metadata".into());
+        };
         if let Some(error) = topic.error() {
+            self.caught_up.set();
             return Err(format!("{error:?}"));
         }
         if topic.partitions().is_empty() {
+            self.caught_up.set();
             return Err("no partitions".into());
         }
         let mut list = TopicPartitionList::new();
@@ -157,7 +241,21 @@ impl Follower {
             list.add_partition_offset(&self.topic, partition.id(), Offset::Beginning)
                 .map_err(|e| e.to_string())?;
         }
+        let mut pending = HashMap::new();
+        for partition in topic.partitions() {
+            let (low, high) = self
+                .consumer
+                .fetch_watermarks(&self.topic, partition.id(), Duration::from_secs(5))
+                .map_err(|e| e.to_string())?;
+            if high > low {
+                pending.insert(partition.id(), high);
+            }
+        }
         self.consumer.assign(&list).map_err(|e| e.to_string())?;
+        self.pending = pending;
+        if self.pending.is_empty() {
+            self.caught_up.set();
+        }
         Ok(topic.partitions().len())
     }
 
