@@ -72,7 +72,13 @@ impl ResourceSet {
 
     /// Removes a resource; what it was, if it existed.
     pub fn remove(&mut self, kind: ResourceKind, id: &str) -> Option<Value> {
-        self.items.get_mut(&kind)?.remove(id)
+        let of_kind = self.items.get_mut(&kind)?;
+        let removed = of_kind.remove(id);
+        // No empty kinds: two sets with the same resources compare equal however they were reached.
+        if of_kind.is_empty() {
+            self.items.remove(&kind);
+        }
+        removed
     }
 
     pub fn len(&self) -> usize {
