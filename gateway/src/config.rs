@@ -1175,8 +1175,8 @@ impl RawConfig {
         if self.kafka.usage_topic.trim().is_empty() {
             p.push("kafka.usage_topic", "must not be empty");
         }
-        if self.kafka.queue_capacity == 0 {
-            p.push("kafka.queue_capacity", "must be at least 1");
+        if self.kafka.queue_capacity == 0 || self.kafka.queue_capacity > MAX_QUEUE_CAPACITY {
+            p.push("kafka.queue_capacity", format!("must be 1–{MAX_QUEUE_CAPACITY}"));
         }
         for (key, value) in &self.kafka.properties {
             if let Some(problem) = weakens_delivery(key, value) {
@@ -1367,8 +1367,11 @@ impl RawConfig {
                     ),
                 );
             }
-            if raw.failover.max_attempts == 0 {
-                p.push(format!("{path}.failover.max_attempts"), "must be at least 1");
+            if raw.failover.max_attempts == 0 || raw.failover.max_attempts > MAX_ATTEMPTS {
+                p.push(
+                    format!("{path}.failover.max_attempts"),
+                    format!("must be 1–{MAX_ATTEMPTS}"),
+                );
             }
             for (j, status) in raw.failover.retry_on_status.iter().enumerate() {
                 if !(400..=599).contains(status) {
@@ -1777,6 +1780,9 @@ fn validate_spool(p: &mut Problems, raw: RawSpool, message_timeout: Duration) ->
     if raw.dir.trim().is_empty() {
         p.push("spool.dir", "must name a directory");
     }
+    if raw.segment_bytes > MAX_SPOOL_SEGMENT_BYTES {
+        p.push("spool.segment_bytes", "must be at most 1 GiB");
+    }
     if raw.segment_bytes < MIN_SPOOL_SEGMENT_BYTES {
         p.push(
             "spool.segment_bytes",
@@ -1980,6 +1986,13 @@ fn cidrs(p: &mut Problems, path: &str, values: &[String]) -> Vec<IpNet> {
         })
         .collect()
 }
+
+/// Attempts per request, failovers included: each may hold an upstream connection and a reservation.
+const MAX_ATTEMPTS: usize = 10;
+/// Events the usage producer may queue in memory (rdkafka's own ceiling is 10 million messages).
+const MAX_QUEUE_CAPACITY: usize = 10_000_000;
+/// A spool segment is read back whole-record at a time; beyond this it only delays sealing and fsync.
+const MAX_SPOOL_SEGMENT_BYTES: u64 = 1 << 30;
 
 /// The APIs a POST probe may call: one small generation, as a client would send it.
 const PROBE_POST_PATHS: [&str; 5] = [
@@ -2344,6 +2357,28 @@ hash_on = "consumer""#,
         for (check, path) in refused {
             let found = problems(&with(check));
             assert!(found.iter().any(|p| p.contains(path)), "{check}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn attempts_queues_and_spool_segments_are_bounded() {
+        let text = VALID
+            .replace(
+                "targets = [{ instance = \"openai\" }]",
+                "targets = [{ instance = \"openai\" }]\nfailover = { max_attempts = 1000 }",
+            )
+            .replace(
+                "brokers = \"127.0.0.1:9092\"",
+                "brokers = \"127.0.0.1:9092\"\nqueue_capacity = 100000000",
+            )
+            + "\n[spool]\nmax_bytes = 4294967296\nsegment_bytes = 2147483648\n";
+        let found = problems(&text);
+        for path in [
+            "routes[0].failover.max_attempts",
+            "kafka.queue_capacity",
+            "spool.segment_bytes",
+        ] {
+            assert!(found.iter().any(|p| p.starts_with(path)), "{path}: {found:?}");
         }
     }
 
