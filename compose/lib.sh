@@ -284,6 +284,25 @@ kafka_metadata_ok() {
         ${hex:28:18} == "$host_hex" && ${hex:46:8} == "$port_hex" ]]
 }
 
+# kafka_canary_ok PORT — produce a canary record to the broker on PORT and read it back (`gateway check-broker`):
+# a broker whose storage died still answers metadata, so metadata alone is not health. Without a built gateway
+# binary that has the check (before compose/install), falls back to the metadata check.
+kafka_canary_ok() {
+    local port=$1 bin
+    bin=$(cargo_bin gateway)
+    # A gateway binary built before check-broker existed cannot tell: metadata it is, then.
+    if [[ -x $bin ]] && "$bin" check-broker --help >/dev/null 2>&1; then
+        "$bin" check-broker --brokers "127.0.0.1:$port" --timeout "${2:-10s}" >/dev/null 2>&1
+    else
+        kafka_metadata_ok "$port"
+    fi
+}
+
+# metric_value URL NAME — the first sample of metric NAME (any labels) at a Prometheus URL; empty if none.
+metric_value() {
+    curl -fsS --max-time 2 "$1" 2>/dev/null | awk -v name="$2" '$1 == name || index($1, name "{") == 1 { print $2; exit }'
+}
+
 # cargo_bin NAME — path of a workspace binary built by `cargo build --bins` (debug profile).
 cargo_bin() { printf '%s/debug/%s' "$CARGO_TARGET_DIR" "$1"; }
 

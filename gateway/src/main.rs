@@ -36,6 +36,18 @@ enum Command {
     CheckConfig,
     /// Read a consumer key from standard input and print the SHA-256 to put in the configuration.
     HashKey,
+    /// Produce a canary record to the broker and read it back: exit 0 only when its storage works.
+    CheckBroker {
+        /// `bootstrap.servers`.
+        #[arg(long, env = "TOLLGATE_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// The canary topic (made with one partition when missing).
+        #[arg(long, default_value = "tollgate.canary.v1")]
+        topic: String,
+        /// How long the round trip may take.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[actix_web::main]
@@ -56,6 +68,24 @@ async fn main() -> anyhow::Result<()> {
         Command::CheckConfig => {
             Config::load(&cli.config)?;
             println!("{}: ok", cli.config.display());
+            Ok(())
+        }
+        Command::CheckBroker {
+            brokers,
+            topic,
+            timeout,
+        } => {
+            let (brokers, topic, timeout) = (brokers.clone(), topic.clone(), *timeout);
+            let took = tokio::task::spawn_blocking(move || {
+                tollgate_gateway::kafka::canary(&brokers, &topic, timeout)
+            })
+            .await
+            .context("the broker check did not finish")?
+            .map_err(|reason| anyhow::anyhow!("the broker does not store and serve records: {reason}"))?;
+            println!(
+                "broker ok: a canary record produced and read back in {} ms",
+                took.as_millis()
+            );
             Ok(())
         }
         Command::Serve => serve(&cli).await,

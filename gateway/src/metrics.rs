@@ -45,6 +45,7 @@ pub const QUOTA_FEED_CAUGHT_UP: &str = "tollgate_quota_feed_caught_up";
 pub const QUOTA_PENDING_TOKENS: &str = "tollgate_quota_pending_tokens";
 pub const ADMIN_REQUESTS_TOTAL: &str = "tollgate_admin_requests_total";
 pub const CONFIG_CHANGES_TOTAL: &str = "tollgate_config_changes_total";
+pub const KAFKA_PRODUCER_RENEWALS_TOTAL: &str = "tollgate_kafka_producer_renewals_total";
 pub const CONFIG_REPLAY_LEFT_OUT_TOTAL: &str = "tollgate_config_replay_left_out_total";
 pub const CONFIG_VERSION: &str = "tollgate_config_version";
 pub const CONFIG_APPLY_SECONDS: &str = "tollgate_config_apply_seconds";
@@ -101,6 +102,11 @@ pub fn describe() {
         CONFIG_CHANGES_TOTAL,
         "Configuration changes read from the config topic (or accepted standalone), by kind, action and result \
          (applied, rejected)."
+    );
+    describe_counter!(
+        KAFKA_PRODUCER_RENEWALS_TOTAL,
+        "Kafka producers replaced by a new idempotent session after a failed send, by producer (config, \
+         config-seed): a broker that lost the old producer's state never sees it again."
     );
     describe_counter!(
         CONFIG_REPLAY_LEFT_OUT_TOTAL,

@@ -27,7 +27,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -40,7 +40,7 @@ use tollgate_schemas::config::{
 use super::resources::ResourceSet;
 use super::{Feed, Incoming};
 use crate::config::Config;
-use crate::kafka::{follower_config, producer_config};
+use crate::kafka::{RenewingProducer, follower_config, producer_config};
 
 /// How long a start waits for the topic's content before serving on the file.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -64,9 +64,9 @@ pub enum TopicError {
     Encode(#[from] serde_json::Error),
 }
 
-/// Sends accepted changes to the config topic.
+/// Sends accepted changes to the config topic, from a producer that renews itself after a failed send.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: RenewingProducer,
     topic: String,
 }
 
@@ -81,9 +81,9 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     pub fn new(config: &Config, topic: &str) -> Result<Self, TopicError> {
         let client_id = format!("tollgate-gateway-config/{}", config.server.instance_id);
-        let producer = producer_config(&config.kafka, &client_id)
-            .set("linger.ms", "0")
-            .create()?;
+        let mut settings = producer_config(&config.kafka, &client_id);
+        settings.set("linger.ms", "0");
+        let producer = RenewingProducer::new(settings, "config")?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
@@ -94,24 +94,22 @@ impl Publisher {
     pub async fn publish(&self, event: &ConfigChangeEvent) -> Result<i64, TopicError> {
         let key = event.data.key();
         let payload = serde_json::to_vec(event)?;
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
-        let delivery = self
+        let record = FutureRecord::to(&self.topic)
+            .key(key.as_str())
+            .payload(payload.as_slice());
+        let (_, offset) = self
             .producer
-            .send(record, Timeout::After(PUBLISH_TIMEOUT))
+            .send(record, PUBLISH_TIMEOUT)
             .await
-            .map_err(|(e, _)| TopicError::Refused(e))?;
+            .map_err(TopicError::Refused)?;
         if event.data.action == ChangeAction::Delete {
-            let tombstone: FutureRecord<'_, String, [u8]> = FutureRecord::to(&self.topic).key(&key);
-            if let Err((error, _)) = self
-                .producer
-                .send(tombstone, Timeout::After(PUBLISH_TIMEOUT))
-                .await
-            {
+            let tombstone: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(key.as_str());
+            if let Err(error) = self.producer.send(tombstone, PUBLISH_TIMEOUT).await {
                 // The delete change itself is in the topic and applies; only compaction keeps the key longer.
                 tracing::warn!(%key, %error, "The tombstone after a delete was not published.");
             }
         }
-        Ok(delivery.offset)
+        Ok(offset)
     }
 }
 
@@ -137,11 +135,12 @@ impl ConfigFeed {
             &format!("tollgate-gateway-config/{}", config.server.instance_id),
         )
         .create()?;
-        let seeder: BaseProducer = producer_config(
+        let seeder = producer_config(
             &config.kafka,
             &format!("tollgate-gateway-config-seed/{}", config.server.instance_id),
-        )
-        .create()?;
+        );
+        // Checked now; a producer is made for each seeding attempt, so a failed one is never reused.
+        let _: BaseProducer = seeder.create()?;
         let stop = Arc::new(AtomicBool::new(false));
         let (initial_tx, initial_rx) = sync_channel(0);
         let follower = Follower {
@@ -234,7 +233,7 @@ fn seeds(file: &ResourceSet, source: &str) -> Vec<ConfigChangeEvent> {
 
 struct Follower {
     consumer: BaseConsumer,
-    seeder: BaseProducer,
+    seeder: ClientConfig,
     brokers: String,
     topic: String,
     seeds: Vec<ConfigChangeEvent>,
@@ -332,14 +331,15 @@ impl Follower {
 
     /// Publishes the file's resources as the topic's first changes.
     fn seed(&self) -> Result<(), String> {
+        let seeder: BaseProducer = self.seeder.create().map_err(|e| e.to_string())?;
         for event in &self.seeds {
             let key = event.data.key();
             let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
-            self.seeder
+            seeder
                 .send(BaseRecord::to(&self.topic).key(&key).payload(&payload))
                 .map_err(|(e, _)| e.to_string())?;
         }
-        self.seeder
+        seeder
             .flush(Timeout::After(Duration::from_secs(10)))
             .map_err(|e| format!("seeding did not complete: {e}"))?;
         tracing::info!(topic = %self.topic, resources = self.seeds.len(), "Seeded the empty config topic from the file.");
