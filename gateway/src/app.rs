@@ -156,6 +156,7 @@ impl Gateway {
                 .app_data(web::Data::new(clients))
                 .route("/v1/models", web::get().to(models::list))
                 .route("/healthz", web::get().to(scrape::healthz))
+                .route("/readyz", web::get().to(crate::ready::readyz))
                 .configure(|cfg| {
                     if let Some(metrics) = &metrics_here {
                         cfg.app_data(metrics.clone())

@@ -137,6 +137,11 @@ impl EventSender {
         !(self.on_full == OnFull::Reject && self.spool.is_full())
     }
 
+    /// Bytes of usage events waiting in the spool for Kafka (0: events go to Kafka directly).
+    pub fn spool_bytes(&self) -> u64 {
+        self.spool.bytes()
+    }
+
     /// A sender whose events land in the returned receiver instead of Kafka (unit tests of what is emitted).
     #[cfg(test)]
     pub(crate) fn to_channel(capacity: usize) -> (Self, mpsc::Receiver<Outgoing>) {

@@ -18,12 +18,12 @@
 //! - [`quota`] — token quotas per consumer, model and instance: admission against billing-consumer's snapshots
 //!   (kept in a moka cache by [`quota::feed`]) plus this replica's own usage not counted yet;
 //! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
-//! - [`models`] — `GET /v1/models`;
+//! - [`models`] — `GET /v1/models`; [`ready`] — `GET /readyz`, whether the Kafka paths work;
 //! - [`sse`] (framing) and [`stream_usage`] (what a stream consumed) — what the stream tee reads along;
 //! - [`events`] — usage events off the request path and into Kafka, or into [`spool`] — segment files on local
 //!   disk, drained to Kafka in order — while Kafka does not acknowledge them;
 //! - [`config`], [`error`], [`metrics`] — the TOML file, the one error type, the exported metrics;
-//!   [`kafka`] — the settings of every Kafka client;
+//!   [`kafka`] — the settings of every Kafka client, producers that renew themselves, the broker canary;
 //! - [`admin`] — the admin API on its own listener: allowlist, admin keys and roles, resources to read and write;
 //! - [`live`] — the live configuration: changes from the config topic, validated whole and swapped in atomically;
 //! - [`clock`] — the time quota windows and event timestamps are read from (tests inject their own).
@@ -46,6 +46,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod protocol;
 pub mod quota;
+pub mod ready;
 pub mod request;
 pub mod routing;
 pub mod scrape;

@@ -584,3 +584,56 @@ async fn with_a_metrics_listener_of_its_own_the_api_listener_no_longer_shows_met
     assert_eq!(body["error"]["code"], "unknown_url", "{body}");
     stack.stop().await;
 }
+
+/// `/readyz` says whether the Kafka paths work: ready while usage events go straight to Kafka and quota
+/// snapshots are current.
+#[actix_rt::test]
+async fn readyz_reports_the_kafka_paths() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: format!(
+            "[[token_limits]]\nmodels = [\"{MODEL}\"]\nlimit = 1000000\ntime_window = \"1h\"\n"
+        ),
+        ..StackOptions::default()
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let ready = loop {
+        let mut reply = http()
+            .get(format!("{}/readyz", stack.gateway_url))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = reply.json().await.unwrap();
+        if reply.status() == 200 {
+            break body;
+        }
+        assert_eq!(reply.status(), 503);
+        assert_eq!(body["status"], "degraded");
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["checks"]["usage_events"]["spool_bytes"], 0);
+    assert_eq!(ready["checks"]["quota_snapshots"]["ok"], true);
+
+    // Without the quota loop, snapshots age past quota.max_snapshot_age (3 s here): degraded, and it says why.
+    let mut stack = stack;
+    stack.stop_quota_loop();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let mut reply = http()
+            .get(format!("{}/readyz", stack.gateway_url))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = reply.json().await.unwrap();
+        if reply.status() == 503 {
+            assert_eq!(body["checks"]["quota_snapshots"]["ok"], false, "{body}");
+            assert_eq!(body["checks"]["usage_events"]["ok"], true, "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never degraded: {body}");
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    stack.stop().await;
+}
