@@ -17,6 +17,7 @@ use crate::auth::Principal;
 use crate::config::Instance;
 use crate::error::GatewayError;
 use crate::health::parse_retry_after;
+use crate::inflight::Permit;
 use crate::metrics as m;
 use crate::pipeline::settle::millis;
 use crate::quota::QuotaTicket;
@@ -79,6 +80,7 @@ pub async fn forward<'a>(
     api: &ApiRequest,
     principal: &Principal,
     ticket: &mut QuotaTicket,
+    permit: Option<&Permit>,
 ) -> Result<Forwarded<'a>, GatewayError> {
     let started = Instant::now();
     let deadline = started + route.failover.deadline;
@@ -136,7 +138,7 @@ pub async fn forward<'a>(
             passthrough: &passthrough,
             stream: api.stream,
         };
-        let result = attempt(clients, state, instance, outbound).await;
+        let result = attempt(clients, state, instance, outbound, permit).await;
         let elapsed = now.elapsed();
         upstream_time += elapsed;
         metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "instance" => instance.name.clone())
@@ -214,6 +216,7 @@ async fn attempt(
     state: &AppState,
     instance: &Instance,
     outbound: Outbound<'_>,
+    permit: Option<&Permit>,
 ) -> Result<Answer, AttemptFailure> {
     let Outbound {
         path,
@@ -229,7 +232,7 @@ async fn attempt(
     if stream && head.status.is_success() && head.is_event_stream() {
         return Ok(Answer::Stream(head));
     }
-    head.read_to_end(state.server.max_response_bytes)
+    head.read_to_end(state.server.max_response_bytes, permit)
         .await
         .map(Answer::Full)
 }
@@ -255,6 +258,10 @@ fn classify(
             } else {
                 (code, Some(AttemptError::Status), None)
             }
+        }
+        // The instance answered, only too much: another would do the same work again, and bill it again.
+        Err(AttemptFailure::TooLarge { status, .. }) => {
+            (Some(status.as_u16()), Some(AttemptError::Protocol), None)
         }
         Err(f) => (None, Some(f.kind()), Some(f.kind().as_str())),
     }
