@@ -37,6 +37,7 @@ use crate::admin::writes::Actor;
 use crate::config::{AdminConfig, ServerConfig};
 use crate::live::LiveConfig;
 use crate::metrics as m;
+use crate::request::BodyLimits;
 
 /// The largest admin request body: a resource is a few kilobytes.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -83,11 +84,15 @@ impl AdminServer {
             keys: AdminKeys::new(&admin.keys),
         });
         let live = web::Data::from(live);
+        let body_limits = web::Data::new(BodyLimits {
+            max_bytes: MAX_BODY_BYTES,
+            timeout: server.body_read_timeout,
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(guard.clone())
                 .app_data(live.clone())
-                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .app_data(body_limits.clone())
                 .wrap(from_fn(check))
                 .service(
                     web::scope("/admin/v1")
