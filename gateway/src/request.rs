@@ -5,8 +5,9 @@
 //!
 //! **Hostile bodies.** Reading is bounded three ways: a `Content-Length` over `server.max_request_bytes` is
 //! refused before a byte is read (413), the body must arrive whole within `server.body_read_timeout` (408, so a
-//! client trickling bytes cannot hold a request open), and every chunk is charged to the replica's in-flight
-//! budget as it arrives ([`crate::inflight`], 503 past it). Parsing is bounded by its shape, checked first by
+//! client trickling bytes cannot hold a request open), and the body's buffer is charged to the replica's
+//! in-flight budget — the declared length before a byte is read, then its capacity as it grows
+//! ([`crate::inflight`], 503 past it). Parsing is bounded by its shape, checked first by
 //! [`scan`]: one pass over the bytes, no allocation, that counts nesting depth and values (every `[`, `{`, `,`
 //! and `:` outside strings starts one) and refuses a body deeper than `server.max_json_depth` or with more than
 //! `server.max_json_values` values (413) before a `serde_json::Value` exists. The cost of a parse is its values,
@@ -39,7 +40,7 @@ pub struct BodyLimits {
 }
 
 /// Reads the whole request body, refusing more than `limits.max_bytes` bytes (at once when the client's
-/// `Content-Length` says so), a body that has not arrived whole within `limits.timeout`, and bytes past the
+/// `Content-Length` says so), a body that has not arrived whole within `limits.timeout`, and a buffer past the
 /// in-flight budget `permit` is charged to.
 pub async fn read_body(
     mut payload: web::Payload,
@@ -52,15 +53,19 @@ pub async fn read_body(
         return Err(GatewayError::PayloadTooLarge { limit });
     }
     let read = async {
-        // The declared length is reserved at once (a lying one costs only what arrives: it is not charged
-        // before it does), so an 8 MiB body is one allocation, not a series of doublings.
-        let mut body = BytesMut::with_capacity(content_length.unwrap_or(0).min(limit));
+        // The declared length is charged and allocated at once (a lying one is charged only while the request
+        // lasts, at most `body_read_timeout`), so an 8 MiB body is one allocation, not a series of doublings;
+        // past it, the buffer's capacity is charged as it grows.
+        let declared = content_length.unwrap_or(0);
+        let mut body = BytesMut::new();
+        let mut charged = 0;
+        permit.grow(&mut body, declared, &mut charged)?;
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| GatewayError::RequestBody(e.to_string()))?;
             if body.len() + chunk.len() > limit {
                 return Err(GatewayError::PayloadTooLarge { limit });
             }
-            permit.charge(chunk.len())?;
+            permit.grow(&mut body, chunk.len(), &mut charged)?;
             body.extend_from_slice(&chunk);
         }
         Ok(body.freeze())

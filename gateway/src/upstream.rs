@@ -94,8 +94,8 @@ pub struct UpstreamResponse {
 }
 
 impl UpstreamHead {
-    /// Reads the whole body, up to `limit` bytes, before the attempt's deadline, charging each chunk to the
-    /// request's in-flight `permit`. A body past either bound stops being read: [`AttemptFailure::TooLarge`]
+    /// Reads the whole body, up to `limit` bytes, before the attempt's deadline, charging the buffer to the
+    /// request's in-flight `permit` as it grows. A body past either bound stops being read: [`AttemptFailure::TooLarge`]
     /// says how much was read, for the request to be billed from it.
     pub async fn read_to_end(
         mut self,
@@ -106,10 +106,13 @@ impl UpstreamHead {
         let status = self.status;
         let read = async {
             let mut body = BytesMut::new();
+            let mut charged = 0;
             while let Some(chunk) = self.body.next().await {
                 let chunk = chunk.map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
                 let read = body.len() + chunk.len();
-                let over_budget = || permit.is_some_and(|p| p.charge(chunk.len()).is_err());
+                // The buffer's capacity is charged before it grows (see `crate::inflight`).
+                let mut over_budget =
+                    || permit.is_some_and(|p| p.grow(&mut body, chunk.len(), &mut charged).is_err());
                 if read > limit || over_budget() {
                     return Err(AttemptFailure::TooLarge {
                         status,

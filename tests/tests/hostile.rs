@@ -81,15 +81,8 @@ struct Answer {
     body: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Length {
-    /// The body's real length.
-    Exact,
-    /// No Content-Length header.
-    Absent,
-}
-
-fn request(method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8], length: Length) -> Vec<u8> {
+/// A request with a `Content-Length` that tells the truth (the lying ones are written out where they are made).
+fn request(method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nHost: tollgate\r\nConnection: close\r\n").into_bytes();
     for (name, value) in headers {
         out.extend_from_slice(name.as_bytes());
@@ -97,9 +90,7 @@ fn request(method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8], len
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    if let Length::Exact = length {
-        out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
-    }
+    out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
@@ -310,7 +301,6 @@ fn gateway_cases() -> Vec<Case> {
                             ("Content-Type", content_type.as_bytes()),
                         ],
                         body,
-                        Length::Exact,
                     ),
                     pace: Pace::AtOnce,
                 });
@@ -336,7 +326,7 @@ fn gateway_cases() -> Vec<Case> {
                 label: format!("{path} key-{i}"),
                 api: Api::Gateway,
                 protocol: false,
-                bytes: request("POST", path, &[(name, value)], &good, Length::Exact),
+                bytes: request("POST", path, &[(name, value)], &good),
                 pace: Pace::AtOnce,
             });
         }
@@ -346,13 +336,7 @@ fn gateway_cases() -> Vec<Case> {
                 label: format!("{method} {path}"),
                 api: Api::Gateway,
                 protocol: false,
-                bytes: request(
-                    method,
-                    path,
-                    &[("Authorization", key.as_bytes())],
-                    &good,
-                    Length::Exact,
-                ),
+                bytes: request(method, path, &[("Authorization", key.as_bytes())], &good),
                 pace: Pace::AtOnce,
             });
         }
@@ -373,13 +357,7 @@ fn gateway_cases() -> Vec<Case> {
                 label: format!("{path} path-{i}"),
                 api: Api::Gateway,
                 protocol: false,
-                bytes: request(
-                    "POST",
-                    odd,
-                    &[("Authorization", key.as_bytes())],
-                    &good,
-                    Length::Exact,
-                ),
+                bytes: request("POST", odd, &[("Authorization", key.as_bytes())], &good),
                 pace: Pace::AtOnce,
             });
         }
@@ -579,23 +557,9 @@ fn gateway_cases() -> Vec<Case> {
             label: format!("{path} slowloris-body"),
             api: Api::Gateway,
             protocol: false,
-            bytes: request(
-                "POST",
-                path,
-                &[("Authorization", key.as_bytes())],
-                &good,
-                Length::Exact,
-            ),
+            bytes: request("POST", path, &[("Authorization", key.as_bytes())], &good),
             pace: Pace::Trickle {
-                head: request(
-                    "POST",
-                    path,
-                    &[("Authorization", key.as_bytes())],
-                    b"",
-                    Length::Exact,
-                )
-                .len()
-                    + 14,
+                head: request("POST", path, &[("Authorization", key.as_bytes())], b"").len() + 14,
                 gap: Duration::from_millis(300),
                 for_at_most: Duration::from_secs(20),
             },
@@ -609,7 +573,6 @@ fn gateway_cases() -> Vec<Case> {
                 path,
                 &[("Authorization", key.as_bytes()), ("X-Pad", &[b'p'; 64])],
                 &good,
-                Length::Exact,
             ),
             pace: Pace::Trickle {
                 head: 10,
@@ -659,13 +622,7 @@ fn admin_cases() -> Vec<Case> {
                     label: format!("{method} {path} {label}"),
                     api: Api::Admin,
                     protocol: false,
-                    bytes: request(
-                        method,
-                        &path,
-                        &[("X-API-KEY", ADMIN_KEY.as_bytes())],
-                        body,
-                        Length::Exact,
-                    ),
+                    bytes: request(method, &path, &[("X-API-KEY", ADMIN_KEY.as_bytes())], body),
                     pace: Pace::AtOnce,
                 });
             }
@@ -684,7 +641,7 @@ fn admin_cases() -> Vec<Case> {
                 label: format!("PUT {path} key-{i}"),
                 api: Api::Admin,
                 protocol: false,
-                bytes: request("PUT", &path, &[(name, value)], b"{}", Length::Exact),
+                bytes: request("PUT", &path, &[(name, value)], b"{}"),
                 pace: Pace::AtOnce,
             });
         }
@@ -754,7 +711,7 @@ fn admin_cases() -> Vec<Case> {
             label: format!("admin path-{i} {method} {path}"),
             api: Api::Admin,
             protocol: false,
-            bytes: request(method, path, &[("X-API-KEY", key)], body, Length::Exact),
+            bytes: request(method, path, &[("X-API-KEY", key)], body),
             pace: Pace::AtOnce,
         });
     }
@@ -767,18 +724,9 @@ fn admin_cases() -> Vec<Case> {
             "/admin/v1/routes/slow",
             &[("X-API-KEY", key)],
             b"{\"models\":[\"x\"]}",
-            Length::Exact,
         ),
         pace: Pace::Trickle {
-            head: request(
-                "PUT",
-                "/admin/v1/routes/slow",
-                &[("X-API-KEY", key)],
-                b"",
-                Length::Exact,
-            )
-            .len()
-                + 4,
+            head: request("PUT", "/admin/v1/routes/slow", &[("X-API-KEY", key)], b"").len() + 4,
             gap: Duration::from_millis(300),
             for_at_most: Duration::from_secs(20),
         },
