@@ -938,7 +938,7 @@ async fn a_thousand_hostile_requests_to_the_api_and_the_admin_api_each_get_a_cle
         served += 1;
     }
 
-    let results = results.lock().unwrap();
+    let results = std::mem::take(&mut *results.lock().unwrap());
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     let mut broken = Vec::new();
     for (case, answer) in results.iter() {

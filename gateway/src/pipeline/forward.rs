@@ -71,7 +71,9 @@ pub fn retry_after(value: Option<&HeaderValue>, cap: Duration) -> Option<Duratio
         .map(|wait| wait.min(cap))
 }
 
-/// Tries the route's plan in order (see the module doc).
+/// Tries the route's plan in order (see the module doc). A whole answer is buffered against the request's
+/// in-flight `permit`.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward<'a>(
     req: &actix_web::HttpRequest,
     state: &AppState,
