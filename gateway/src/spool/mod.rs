@@ -523,8 +523,13 @@ impl Spool {
         if let Some((id, file)) = self.writer.take() {
             match (self.fsync)(&file) {
                 Ok(()) => self.confirmed(id, None),
-                // The records were written again to a new segment, now the writer: the roll is done.
-                Err(e) => return self.fsync_failed(id, &e),
+                Err(e) => {
+                    self.fsync_failed(id, &e)?;
+                    // The records were written again to a new segment, now the writer: the roll is done.
+                    if self.writer.is_some() {
+                        return Ok(());
+                    }
+                }
             }
             self.unsynced = false;
         }

@@ -492,6 +492,22 @@ fn a_failed_fsync_seals_its_segment_and_writes_its_unsynced_records_again_to_a_n
 }
 
 #[test]
+fn a_roll_whose_fsync_fails_with_nothing_left_to_rewrite_still_takes_the_append() {
+    let dir = Dir::new("fsync-roll-clean");
+    let one = frame::frame_len(b"team-a", events(0..1)[0].as_bytes()) as u64;
+    let mut spool = Spool::open(&dir.config(2 * one, 1 << 30)).unwrap();
+    append_all(&mut spool, &events(0..2));
+    spool.sync_now().unwrap();
+    spool.set_fsync(failing_fsync);
+    spool
+        .append(b"team-a", events(2..3)[0].as_bytes(), false)
+        .unwrap();
+    spool.set_fsync(working_fsync);
+    spool.sync_now().unwrap();
+    assert_eq!(read_all(&mut spool), events(0..3));
+}
+
+#[test]
 fn records_confirmed_by_a_successful_fsync_are_not_written_again() {
     let dir = Dir::new("fsync-ok");
     let mut spool = Spool::open(&dir.config(1 << 20, 1 << 30)).unwrap();
