@@ -29,6 +29,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventsError};
+use crate::inflight::Inflight;
 use crate::live::{LiveConfig, LiveError, LiveHandles};
 use crate::meter::MeterClient;
 use crate::models;
@@ -135,6 +136,10 @@ impl Gateway {
             clock,
             metrics,
             inflight: inflight.clone(),
+            budget: Inflight::new(
+                server_config.max_inflight_requests,
+                server_config.max_inflight_bytes,
+            ),
         });
         let worker_live = live.clone();
         let scrape = server_config

@@ -288,8 +288,19 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Largest request body accepted.
     pub max_request_bytes: usize,
-    /// Largest upstream response body read (non-streaming).
+    /// Largest upstream response body read (non-streaming); a larger answer is cut, answered 502 and billed
+    /// from what was read.
     pub max_response_bytes: usize,
+    /// How long the client has to send its whole request body (408 past it).
+    pub body_read_timeout: Duration,
+    /// Deepest nesting of arrays and objects accepted in a request body.
+    pub max_json_depth: usize,
+    /// Most JSON values (and object keys) accepted in a request body: what bounds the memory of its parse.
+    pub max_json_values: usize,
+    /// Requests in flight on this replica (bodies being read, answers awaited, streams relayed); past it, 503.
+    pub max_inflight_requests: usize,
+    /// Bytes in flight on this replica: request bodies, the cost of their parses, buffered answers; past it, 503.
+    pub max_inflight_bytes: usize,
     /// How long a graceful shutdown waits for requests in flight and for events to reach Kafka.
     pub shutdown_timeout: Duration,
     /// A stream that sends nothing for this long is cut.
@@ -522,7 +533,27 @@ fn default_max_request_bytes() -> usize {
     8 << 20
 }
 fn default_max_response_bytes() -> usize {
-    64 << 20
+    16 << 20
+}
+/// serde_json refuses deeper documents itself.
+const MAX_JSON_DEPTH: usize = 128;
+/// A body read longer than this is a connection held open, not an upload.
+const MAX_BODY_READ_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn default_body_read_timeout() -> String {
+    "30s".to_owned()
+}
+fn default_max_json_depth() -> usize {
+    64
+}
+fn default_max_json_values() -> usize {
+    1 << 20
+}
+fn default_max_inflight_requests() -> usize {
+    4096
+}
+fn default_max_inflight_bytes() -> usize {
+    256 << 20
 }
 fn default_shutdown_timeout() -> String {
     "10s".to_owned()
@@ -808,6 +839,16 @@ pub struct RawServer {
     pub max_request_bytes: usize,
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: String,
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    #[serde(default = "default_max_json_values")]
+    pub max_json_values: usize,
+    #[serde(default = "default_max_inflight_requests")]
+    pub max_inflight_requests: usize,
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: usize,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: String,
     #[serde(default = "default_stream_idle_timeout")]
@@ -832,6 +873,11 @@ impl Default for RawServer {
             workers: default_workers(),
             max_request_bytes: default_max_request_bytes(),
             max_response_bytes: default_max_response_bytes(),
+            body_read_timeout: default_body_read_timeout(),
+            max_json_depth: default_max_json_depth(),
+            max_json_values: default_max_json_values(),
+            max_inflight_requests: default_max_inflight_requests(),
+            max_inflight_bytes: default_max_inflight_bytes(),
             shutdown_timeout: default_shutdown_timeout(),
             stream_idle_timeout: default_stream_idle_timeout(),
             send_timeout: default_send_timeout(),
@@ -1125,6 +1171,34 @@ impl RawConfig {
         if self.server.max_response_bytes == 0 {
             p.push("server.max_response_bytes", "must be at least 1");
         }
+        if !(1..=MAX_JSON_DEPTH).contains(&self.server.max_json_depth) {
+            p.push(
+                "server.max_json_depth",
+                format!("must be from 1 to {MAX_JSON_DEPTH} (the JSON parser's own recursion limit)"),
+            );
+        }
+        if self.server.max_json_values < 16 {
+            p.push("server.max_json_values", "must be at least 16");
+        }
+        if self.server.max_inflight_requests == 0 {
+            p.push("server.max_inflight_requests", "must be at least 1");
+        }
+        if self.server.max_inflight_bytes < self.server.max_request_bytes {
+            p.push(
+                "server.max_inflight_bytes",
+                format!(
+                    "must be at least server.max_request_bytes ({}): one largest body must fit",
+                    self.server.max_request_bytes
+                ),
+            );
+        }
+        let body_read_timeout = p.duration("server.body_read_timeout", &self.server.body_read_timeout);
+        if body_read_timeout > MAX_BODY_READ_TIMEOUT {
+            p.push(
+                "server.body_read_timeout",
+                format!("must be at most {}s", MAX_BODY_READ_TIMEOUT.as_secs()),
+            );
+        }
         let metrics_listen =
             self.server
                 .metrics_listen
@@ -1152,6 +1226,11 @@ impl RawConfig {
             workers: self.server.workers,
             max_request_bytes: self.server.max_request_bytes,
             max_response_bytes: self.server.max_response_bytes,
+            body_read_timeout,
+            max_json_depth: self.server.max_json_depth,
+            max_json_values: self.server.max_json_values,
+            max_inflight_requests: self.server.max_inflight_requests,
+            max_inflight_bytes: self.server.max_inflight_bytes,
             shutdown_timeout: p.duration("server.shutdown_timeout", &self.server.shutdown_timeout),
             stream_idle_timeout: p.duration("server.stream_idle_timeout", &self.server.stream_idle_timeout),
             send_timeout: p.duration("server.send_timeout", &self.server.send_timeout),
@@ -2139,6 +2218,30 @@ mod tests {
 
     fn problems(text: &str) -> Vec<String> {
         Config::from_toml_with_env(text, env).unwrap_err().0
+    }
+
+    #[test]
+    fn the_edge_budgets_are_bounded_and_every_bad_one_is_reported() {
+        let config = Config::from_toml_with_env(VALID, env).unwrap();
+        assert_eq!(config.server.max_response_bytes, 16 << 20);
+        assert_eq!(config.server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.max_json_depth, 64);
+        assert_eq!(config.server.max_inflight_bytes, 256 << 20);
+        let bad = VALID.replace(
+            "instance_id = \"gw-1\"",
+            "instance_id = \"gw-1\"\nmax_json_depth = 129\nmax_json_values = 3\nmax_inflight_requests = 0\n\
+             max_inflight_bytes = 1024\nbody_read_timeout = \"2h\"",
+        );
+        let found = problems(&bad);
+        for path in [
+            "server.max_json_depth",
+            "server.max_json_values",
+            "server.max_inflight_requests",
+            "server.max_inflight_bytes",
+            "server.body_read_timeout",
+        ] {
+            assert!(found.iter().any(|p| p.starts_with(path)), "{path}: {found:?}");
+        }
     }
 
     #[test]

@@ -48,6 +48,18 @@ pub enum GatewayError {
     PayloadTooLarge { limit: usize },
     #[error("Could not read the request body: {0}")]
     RequestBody(String),
+    /// The body did not arrive whole within `server.body_read_timeout`.
+    #[error("The request body did not arrive within {seconds} seconds.")]
+    RequestTimeout { seconds: u64 },
+    /// The body nests deeper than `server.max_json_depth` or holds more than `server.max_json_values` values.
+    #[error("The request body is too complex: {0}")]
+    JsonTooComplex(String),
+    /// The replica's in-flight budget (`server.max_inflight_requests`, `server.max_inflight_bytes`) is used up.
+    #[error("The gateway is handling as much as it can right now ({reason} in flight). Try again shortly.")]
+    Overloaded { reason: &'static str },
+    /// The upstream's whole answer was larger than `server.max_response_bytes`; it was billed from what was read.
+    #[error("The upstream's answer was larger than the gateway's limit of {limit} bytes.")]
+    UpstreamAnswerTooLarge { limit: usize },
     #[error("Invalid URL ({method} {path}).")]
     UnknownUrl { method: String, path: String },
     #[error("The upstream for this model could not be reached.")]
@@ -97,6 +109,10 @@ impl GatewayError {
             Self::ModelNotFound(_) => "model_not_found",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RequestBody(_) => "request_body",
+            Self::RequestTimeout { .. } => "request_timeout",
+            Self::JsonTooComplex(_) => "json_too_complex",
+            Self::Overloaded { .. } => "overloaded",
+            Self::UpstreamAnswerTooLarge { .. } => "upstream_answer_too_large",
             Self::UnknownUrl { .. } => "unknown_url",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -166,6 +182,30 @@ impl GatewayError {
                 Some("payload_too_large"),
             ),
             Self::RequestBody(_) => (StatusCode::BAD_REQUEST, INVALID, None, Some("request_body")),
+            Self::RequestTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                INVALID,
+                None,
+                Some("request_timeout"),
+            ),
+            Self::JsonTooComplex(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID,
+                None,
+                Some("json_too_complex"),
+            ),
+            Self::Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                Some("gateway_overloaded"),
+            ),
+            Self::UpstreamAnswerTooLarge { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                None,
+                Some("upstream_answer_too_large"),
+            ),
             Self::UnknownUrl { .. } => (StatusCode::NOT_FOUND, INVALID, None, Some("unknown_url")),
             Self::UpstreamUnreachable => (
                 StatusCode::BAD_GATEWAY,
@@ -220,6 +260,9 @@ impl ResponseError for GatewayError {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
         }
+        if let Self::Overloaded { .. } = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
         response
             .insert_header(ContentType::json())
             .body(serde_json::to_string(&body).unwrap_or_default())
@@ -273,6 +316,10 @@ mod tests {
             GatewayError::ModelNotFound("gpt-9".into()),
             GatewayError::PayloadTooLarge { limit: 10 },
             GatewayError::RequestBody("reset".into()),
+            GatewayError::RequestTimeout { seconds: 30 },
+            GatewayError::JsonTooComplex("nested deeper than 64".into()),
+            GatewayError::Overloaded { reason: "bytes" },
+            GatewayError::UpstreamAnswerTooLarge { limit: 16 },
             GatewayError::UnknownUrl {
                 method: "GET".into(),
                 path: "/v2/x".into(),
@@ -305,6 +352,11 @@ mod tests {
         assert_eq!(GatewayError::UpstreamUnreachable.status_code(), 502);
         assert_eq!(GatewayError::UpstreamTimeout.status_code(), 504);
         assert_eq!(GatewayError::UsageSpoolFull.status_code(), 503);
+        assert_eq!(GatewayError::RequestTimeout { seconds: 1 }.status_code(), 408);
+        assert_eq!(GatewayError::JsonTooComplex(String::new()).status_code(), 413);
+        let overloaded = GatewayError::Overloaded { reason: "requests" }.error_response();
+        assert_eq!(overloaded.status(), 503);
+        assert_eq!(overloaded.headers().get("retry-after").unwrap(), "1");
     }
 
     #[test]

@@ -76,7 +76,7 @@ use crate::kafka::producer_config;
 use crate::metrics as m;
 use crate::quota::LocalUsage;
 use crate::spool::drain::{Drain, Refused, Sink};
-use crate::spool::{AppendError, Pos, Spool, SpoolError, SpoolStatus};
+use crate::spool::{AppendError, Pos, Spool, SpoolError, SpoolStatus, SyncJob};
 
 /// A line about sends Kafka did not acknowledge is logged at most this often while they go on failing.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -376,7 +376,7 @@ struct Pump {
     deliveries: FuturesUnordered<Delivery>,
     /// Some while spooling.
     episode: Option<Episode>,
-    syncing: Option<tokio::task::JoinHandle<io::Result<()>>>,
+    syncing: Option<tokio::task::JoinHandle<(SyncJob, io::Result<()>)>>,
     /// Whether the last fsync, or the last spool read or release, failed (logged once until it works again).
     sync_failing: bool,
     drain_failing: bool,
@@ -718,13 +718,22 @@ impl Pump {
         }
         if let Some(finished) = self.syncing.take() {
             match finished.now_or_never() {
-                Some(Ok(Ok(()))) | None => self.sync_failing = false,
-                Some(Ok(Err(e))) => self.sync_failed(&e),
+                // A failed fsync is an error here only when its records could not be written again.
+                Some(Ok((job, result))) => match self.spool.synced(&job, result) {
+                    Ok(()) => self.sync_failing = false,
+                    Err(e) => self.sync_failed(&e),
+                },
                 Some(Err(e)) => self.sync_failed(&e),
+                None => self.sync_failing = false,
             }
         }
         match self.spool.sync_target() {
-            Ok(Some(file)) => self.syncing = Some(tokio::task::spawn_blocking(move || file.sync_data())),
+            Ok(Some(job)) => {
+                self.syncing = Some(tokio::task::spawn_blocking(move || {
+                    let result = job.run();
+                    (job, result)
+                }));
+            }
             Ok(None) => {}
             Err(e) => self.sync_failed(&e),
         }

@@ -9,7 +9,8 @@
 //! - [`state`] — what every worker shares and what each owns;
 //! - [`protocol`] — the providers' protocol facts: endpoints, upstream paths, usage shapes, the served model;
 //! - [`auth`] — consumer keys, stored as SHA-256 hashes → who is billed;
-//! - [`request`] — reading and parsing the body once;
+//! - [`inflight`] — the replica's budget of requests and bytes in flight;
+//! - [`request`] — reading the body once, within its deadline, and parsing it after a cheap check of its shape;
 //! - [`routing`] — model name → route → a plan of instances by priority, weight and health;
 //! - [`health`], [`probe`] — circuit breakers, `Retry-After` cooldowns and active health checks, shared by all
 //!   workers;
@@ -17,7 +18,8 @@
 //! - [`meter`] — prompt estimates from meter-sidecar, with an in-process fallback;
 //! - [`quota`] — token quotas per consumer, model and instance: admission against billing-consumer's snapshots
 //!   (kept in a moka cache by [`quota::feed`]) plus this replica's own usage not counted yet;
-//! - [`upstream`] — one attempt against one instance, and which failures are safe to retry;
+//! - [`upstream`] — one attempt against one instance, and which failures are safe to retry; [`scrub`] — what
+//!   of a provider's error body a client may see;
 //! - [`models`] — `GET /v1/models`; [`ready`] — `GET /readyz`, whether the Kafka paths work;
 //! - [`sse`] (framing) and [`stream_usage`] (what a stream consumed) — what the stream tee reads along;
 //! - [`events`] — usage events off the request path and into Kafka, or into [`spool`] — segment files on local
@@ -36,6 +38,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod inflight;
 pub mod kafka;
 pub mod limits;
 pub mod live;
@@ -50,6 +53,7 @@ pub mod ready;
 pub mod request;
 pub mod routing;
 pub mod scrape;
+pub mod scrub;
 pub mod spool;
 pub mod sse;
 pub mod state;

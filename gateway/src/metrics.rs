@@ -32,6 +32,11 @@ pub const INSTANCE_HEALTHY: &str = "tollgate_instance_healthy";
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
 pub const STREAMS_ACTIVE: &str = "tollgate_streams_active";
+pub const INFLIGHT_REQUESTS: &str = "tollgate_inflight_requests";
+pub const INFLIGHT_BYTES: &str = "tollgate_inflight_bytes";
+pub const INFLIGHT_REFUSALS_TOTAL: &str = "tollgate_inflight_refusals_total";
+pub const UPSTREAM_ERRORS_SCRUBBED_TOTAL: &str = "tollgate_upstream_errors_scrubbed_total";
+pub const SPOOL_FSYNC_FAILURES_TOTAL: &str = "tollgate_spool_fsync_failures_total";
 pub const STREAMS_TOTAL: &str = "tollgate_streams_total";
 pub const SETTLEMENTS_TOTAL: &str = "tollgate_settlements_total";
 pub const RATE_LIMITED_TOTAL: &str = "tollgate_rate_limited_total";
@@ -229,6 +234,27 @@ pub fn describe() {
     );
     describe_counter!(PROBES_TOTAL, "Active health probes, by instance and result.");
     describe_gauge!(STREAMS_ACTIVE, "Streamed responses being relayed now.");
+    describe_gauge!(
+        INFLIGHT_REQUESTS,
+        "Metered requests in flight on this replica (server.max_inflight_requests bounds it)."
+    );
+    describe_gauge!(
+        INFLIGHT_BYTES,
+        Unit::Bytes,
+        "Bytes held for requests in flight: bodies, parse costs, buffered answers (server.max_inflight_bytes bounds it)."
+    );
+    describe_counter!(
+        INFLIGHT_REFUSALS_TOTAL,
+        "Requests refused with 503 because the in-flight budget was used up, by reason (requests, bytes)."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_SCRUBBED_TOTAL,
+        "Upstream error bodies in which something like a provider key was redacted before the client saw it."
+    );
+    describe_counter!(
+        SPOOL_FSYNC_FAILURES_TOTAL,
+        "Failed fsyncs of a spool segment; the segment is sealed and its unsynced records written again."
+    );
     describe_counter!(
         RATE_LIMITED_TOTAL,
         "Requests rejected because the consumer was over its request rate, by route."

@@ -1,12 +1,29 @@
 //! Reading and parsing the client's request body, once. The body is read up to the configured limit and parsed
 //! into a JSON object; the fields the gateway needs (`model`, `stream`, and the prompt: `messages`, `prompt` or
-//! `input` by [`Endpoint`]) are checked and the rest is left for the upstream. The original bytes are kept so that an instance without a model override receives
-//! exactly what the client sent.
+//! `input` by [`Endpoint`]) are checked and the rest is left for the upstream. The original bytes are kept so
+//! that an instance without a model override receives exactly what the client sent.
+//!
+//! **Hostile bodies.** Reading is bounded three ways: a `Content-Length` over `server.max_request_bytes` is
+//! refused before a byte is read (413), the body must arrive whole within `server.body_read_timeout` (408, so a
+//! client trickling bytes cannot hold a request open), and the body's buffer is charged to the replica's
+//! in-flight budget — the declared length before a byte is read, then its capacity as it grows
+//! ([`crate::inflight`], 503 past it). Parsing is bounded by its shape, checked first by
+//! [`scan`]: one pass over the bytes, no allocation, that counts nesting depth and values (every `[`, `{`, `,`
+//! and `:` outside strings starts one) and refuses a body deeper than `server.max_json_depth` or with more than
+//! `server.max_json_values` values (413) before a `serde_json::Value` exists. The cost of a parse is its values,
+//! not its bytes: 8 MiB of `[],` is 2.8 million values, about 90 MB of `Value`s and doubled `Vec`s (8 MiB of
+//! nested arrays parses into ~130 MB), while 8 MiB of prompt text is one value. So the values counted
+//! are charged to the budget ([`crate::inflight::VALUE_COST`] each) before parsing, and the budget, not the
+//! request count, bounds what parses hold at once. A borrowed or lighter parse would cut the cost per value but
+//! not its growth with the value count, and the upstream body, the prompt estimate and the rewrite of `model`
+//! all read the parsed tree; the pre-scan is one allocation-free pass, linear in the bytes, and leaves the rest
+//! of the path unchanged. `tests/tests/memory.rs` measures what this bounds.
 
 use actix_web::web;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::borrow::Cow;
+use std::time::Duration;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
@@ -14,18 +31,94 @@ use serde_json::{Map, Value};
 use crate::protocol::Endpoint;
 
 use crate::error::GatewayError;
+use crate::inflight::Permit;
 
-/// Reads the whole request body, refusing more than `limit` bytes.
-pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, GatewayError> {
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| GatewayError::RequestBody(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(GatewayError::PayloadTooLarge { limit });
-        }
-        body.extend_from_slice(&chunk);
+/// How a body is read: its bound, its deadline, the budget it is charged to.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// Reads the whole request body, refusing more than `limits.max_bytes` bytes (at once when the client's
+/// `Content-Length` says so), a body that has not arrived whole within `limits.timeout`, and a buffer past the
+/// in-flight budget `permit` is charged to.
+pub async fn read_body(
+    mut payload: web::Payload,
+    content_length: Option<usize>,
+    limits: BodyLimits,
+    permit: &Permit,
+) -> Result<Bytes, GatewayError> {
+    let limit = limits.max_bytes;
+    if content_length.is_some_and(|n| n > limit) {
+        return Err(GatewayError::PayloadTooLarge { limit });
     }
-    Ok(body.freeze())
+    let read = async {
+        // The declared length is charged and allocated at once (a lying one is charged only while the request
+        // lasts, at most `body_read_timeout`), so an 8 MiB body is one allocation, not a series of doublings;
+        // past it, the buffer's capacity is charged as it grows.
+        let declared = content_length.unwrap_or(0);
+        let mut body = BytesMut::new();
+        let mut charged = 0;
+        permit.grow(&mut body, declared, &mut charged)?;
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| GatewayError::RequestBody(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(GatewayError::PayloadTooLarge { limit });
+            }
+            permit.grow(&mut body, chunk.len(), &mut charged)?;
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(limits.timeout, read)
+        .await
+        .map_err(|_| GatewayError::RequestTimeout {
+            seconds: limits.timeout.as_secs().max(1),
+        })?
+}
+
+/// Checks a body's shape without parsing it: nesting at most `max_depth` deep, at most `max_values` values
+/// (counted as the `[`, `{`, `,` and `:` outside strings, which bounds the values and keys a parse makes).
+/// Returns the values counted. Malformed JSON is left for the parser to name.
+pub fn scan(raw: &[u8], max_depth: usize, max_values: usize) -> Result<usize, GatewayError> {
+    let mut depth = 0usize;
+    let mut values = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in raw {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                values += 1;
+                if depth > max_depth {
+                    return Err(GatewayError::JsonTooComplex(format!(
+                        "arrays and objects are nested deeper than {max_depth} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' | b':' => values += 1,
+            _ => continue,
+        }
+        if values > max_values {
+            return Err(GatewayError::JsonTooComplex(format!(
+                "it holds more than {max_values} JSON values"
+            )));
+        }
+    }
+    Ok(values)
 }
 
 /// What is counted as a request's prompt.
@@ -374,6 +467,24 @@ mod tests {
         assert_eq!(with(r#","max_tokens":100,"n":3"#), Some(300));
         assert_eq!(with(r#","max_tokens":-1"#), None);
         assert_eq!(with(r#","max_tokens":"lots""#), None);
+    }
+
+    #[test]
+    fn the_shape_scan_refuses_deep_or_crowded_bodies_before_any_parse() {
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(
+            matches!(scan(deep.as_bytes(), 64, 1000), Err(GatewayError::JsonTooComplex(m)) if m.contains("64 levels"))
+        );
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(scan(ok.as_bytes(), 64, 1000).is_ok());
+        // Brackets, commas and colons inside strings (escaped quotes too) are text, not structure.
+        let text = r#"{"model":"m","messages":[{"role":"user","content":"[[[[,,,:::\"[[[["}]}"#;
+        assert!(scan(text.as_bytes(), 4, 20).is_ok());
+        let crowded = format!(r#"{{"model":"m","input":[{}1]}}"#, "1,".repeat(100));
+        assert!(
+            matches!(scan(crowded.as_bytes(), 64, 100), Err(GatewayError::JsonTooComplex(m)) if m.contains("100 JSON values"))
+        );
+        assert!(scan(crowded.as_bytes(), 64, 110).is_ok());
     }
 
     fn parse(text: &str) -> Result<ApiRequest, GatewayError> {

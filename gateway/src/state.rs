@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::events::EventSender;
+use crate::inflight::Inflight;
 use crate::live::LiveConfig;
 use crate::meter::MeterClient;
 use crate::quota::Quotas;
@@ -34,6 +35,8 @@ pub struct AppState {
     /// The work that outlives a client: answers read to their end after the client left, stream tees. A
     /// graceful stop waits for it under `server.drain_timeout` ([`crate::app::GatewayHandle::stop`]).
     pub inflight: TaskTracker,
+    /// The replica's budget of requests and bytes in flight ([`crate::inflight`]).
+    pub budget: Arc<Inflight>,
 }
 
 /// HTTP clients owned by one worker thread (awc clients are not `Send`).

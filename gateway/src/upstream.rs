@@ -20,6 +20,7 @@ use futures_util::{Stream, StreamExt};
 use tollgate_schemas::usage::AttemptError;
 
 use crate::config::Instance;
+use crate::inflight::Permit;
 use crate::protocol::Provider;
 
 /// HTTP clients for every instance, one set per worker (each with its own connection pool and connect timeout).
@@ -93,17 +94,31 @@ pub struct UpstreamResponse {
 }
 
 impl UpstreamHead {
-    /// Reads the whole body, up to `limit` bytes, before the attempt's deadline.
-    pub async fn read_to_end(mut self, limit: usize) -> Result<UpstreamResponse, AttemptFailure> {
+    /// Reads the whole body, up to `limit` bytes, before the attempt's deadline, charging the buffer to the
+    /// request's in-flight `permit` as it grows. A body past either bound stops being read: [`AttemptFailure::TooLarge`]
+    /// says how much was read, for the request to be billed from it.
+    pub async fn read_to_end(
+        mut self,
+        limit: usize,
+        permit: Option<&Permit>,
+    ) -> Result<UpstreamResponse, AttemptFailure> {
         let remaining = self.deadline.saturating_duration_since(Instant::now());
+        let status = self.status;
         let read = async {
             let mut body = BytesMut::new();
+            let mut charged = 0;
             while let Some(chunk) = self.body.next().await {
                 let chunk = chunk.map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
-                if body.len() + chunk.len() > limit {
-                    return Err(AttemptFailure::Protocol(format!(
-                        "response body over {limit} bytes"
-                    )));
+                let read = body.len() + chunk.len();
+                // The buffer's capacity is charged before it grows (see `crate::inflight`).
+                let mut over_budget =
+                    || permit.is_some_and(|p| p.grow(&mut body, chunk.len(), &mut charged).is_err());
+                if read > limit || over_budget() {
+                    return Err(AttemptFailure::TooLarge {
+                        status,
+                        read,
+                        over_budget: read <= limit,
+                    });
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -128,6 +143,13 @@ pub enum AttemptFailure {
     Connect(String),
     Timeout,
     Protocol(String),
+    /// The answer was larger than `server.max_response_bytes`, or than the in-flight budget had room for
+    /// (`over_budget`); `read` bytes of it had arrived. The instance did the work: not retried elsewhere.
+    TooLarge {
+        status: StatusCode,
+        read: usize,
+        over_budget: bool,
+    },
 }
 
 impl AttemptFailure {
@@ -135,7 +157,7 @@ impl AttemptFailure {
         match self {
             Self::Connect(_) => AttemptError::Connect,
             Self::Timeout => AttemptError::Timeout,
-            Self::Protocol(_) => AttemptError::Protocol,
+            Self::Protocol(_) | Self::TooLarge { .. } => AttemptError::Protocol,
         }
     }
 }

@@ -58,6 +58,9 @@ pub enum Behaviour {
     /// 1 KiB of text each ([`long_event_text`]) before their usage and end; a whole completion or message has
     /// that much text, an embedding `events × 128` numbers. For clients that stop reading.
     LongStream { events: usize },
+    /// 401 with a body that quotes the key the request carried, as some providers do: whole, then masked the
+    /// way OpenAI shows it (`sk-pr****…wxyz`).
+    EchoKey,
 }
 
 /// The text of one content event of [`Behaviour::LongStream`]: 256 short words, 1 KiB.
@@ -241,6 +244,7 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
     let status = match (&behaviour, authorized) {
         (_, false) => 401,
         (Behaviour::Status { status, .. }, true) => *status,
+        (Behaviour::EchoKey, true) => 401,
         _ => 200,
     };
     let request = state.counter.fetch_add(1, Ordering::Relaxed);
@@ -252,7 +256,7 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
             at,
             status,
             path: req.path().to_owned(),
-            authorization,
+            authorization: authorization.clone(),
             headers,
             body: body.clone(),
         });
@@ -266,6 +270,31 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         );
     }
     match behaviour {
+        Behaviour::EchoKey => {
+            let sent = api_key
+                .map(str::to_owned)
+                .or_else(|| {
+                    authorization
+                        .as_deref()
+                        .and_then(|a| a.strip_prefix("Bearer "))
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            let head: String = sent.chars().take(5).collect();
+            let tail: String = sent
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let message = format!(
+                "Incorrect API key provided: {sent}. You sent {head}{}{tail}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                "*".repeat(12)
+            );
+            return error(anthropic, 401, &message, "invalid_api_key", None);
+        }
         Behaviour::Delay { millis } => actix_web::rt::time::sleep(Duration::from_millis(millis)).await,
         Behaviour::Status { status, retry_after } => {
             return error(

@@ -55,6 +55,10 @@ pub enum AdminError {
     /// The change was published but had not applied on this replica in time; it applies when it arrives.
     #[error("The change was accepted but has not applied yet; check GET /admin/v1/history.")]
     NotApplied,
+    /// A request refused before any admin handler read it (a body over the admin API's limit, a path segment
+    /// that is not UTF-8 once decoded, …): the status the HTTP layer chose, in the admin API's shape.
+    #[error("The request could not be read: {message}")]
+    Unreadable { status: StatusCode, message: String },
 }
 
 impl AdminError {
@@ -77,6 +81,7 @@ impl AdminError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::StoreUnavailable(_) => "config_store_unavailable",
             Self::NotApplied => "config_not_applied",
+            Self::Unreadable { .. } => "unreadable_request",
         }
     }
 
@@ -98,6 +103,8 @@ impl AdminError {
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, INVALID),
             Self::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
             Self::NotApplied => (StatusCode::GATEWAY_TIMEOUT, "server_error"),
+            Self::Unreadable { status, .. } if status.is_server_error() => (*status, "server_error"),
+            Self::Unreadable { status, .. } => (*status, INVALID),
         }
     }
 

@@ -37,6 +37,7 @@ use crate::admin::writes::Actor;
 use crate::config::{AdminConfig, ServerConfig};
 use crate::live::LiveConfig;
 use crate::metrics as m;
+use crate::request::BodyLimits;
 
 /// The largest admin request body: a resource is a few kilobytes.
 const MAX_BODY_BYTES: usize = 1 << 20;
@@ -83,11 +84,15 @@ impl AdminServer {
             keys: AdminKeys::new(&admin.keys),
         });
         let live = web::Data::from(live);
+        let body_limits = web::Data::new(BodyLimits {
+            max_bytes: MAX_BODY_BYTES,
+            timeout: server.body_read_timeout,
+        });
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(guard.clone())
                 .app_data(live.clone())
-                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .app_data(body_limits.clone())
                 .wrap(from_fn(check))
                 .service(
                     web::scope("/admin/v1")
@@ -160,7 +165,7 @@ async fn check(
         let response = refusal.error_response();
         return Ok(req.into_response(response).map_into_right_body());
     }
-    let response = next.call(req).await?;
+    let response = reshaped(next.call(req).await?);
     let status = response.status();
     let outcome = match status.as_u16() {
         200..=399 => "ok",
@@ -168,7 +173,29 @@ async fn check(
         _ => "error",
     };
     count(status.as_u16(), outcome);
-    Ok(response.map_into_left_body())
+    Ok(response)
+}
+
+/// An error answered by the HTTP layer rather than by an admin handler (an extractor's plain-text 413 or 404)
+/// in the admin API's own JSON shape, with its status; every other answer as it is.
+fn reshaped<B: MessageBody>(response: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response.map_into_left_body();
+    }
+    let message = response.response().error().map_or_else(
+        || status.canonical_reason().unwrap_or("refused").to_owned(),
+        ToString::to_string,
+    );
+    let error = AdminError::Unreadable { status, message };
+    response
+        .into_response(error.error_response())
+        .map_into_right_body()
 }
 
 fn count(status: u16, outcome: &'static str) {
@@ -243,6 +270,10 @@ mod tests {
             },
             AdminError::StoreUnavailable(String::new()),
             AdminError::NotApplied,
+            AdminError::Unreadable {
+                status: actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                message: String::new(),
+            },
         ];
         for error in every {
             assert!(

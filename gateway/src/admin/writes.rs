@@ -17,8 +17,11 @@
 //! **Price versions never change**: billed events name them. Re-putting one with other figures is 409, and so is
 //! deleting one already in force.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tollgate_schemas::config::ResourceKind;
 
@@ -26,6 +29,7 @@ use crate::admin::error::AdminError;
 use crate::admin::resources::{VERSION_HEADER, collection};
 use crate::auth::hash_key;
 use crate::live::{LiveConfig, WriteError, Written, shown};
+use crate::request::BodyLimits;
 
 /// The admin key id of the request, put there by the guard: who a change is recorded as made by.
 #[derive(Debug, Clone)]
@@ -36,10 +40,12 @@ pub async fn put(
     req: HttpRequest,
     live: web::Data<LiveConfig>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    payload: web::Payload,
+    limits: web::Data<BodyLimits>,
 ) -> Result<HttpResponse, AdminError> {
     let (name, id) = path.into_inner();
     let kind = collection(&req, &name)?;
+    let body = read_body(payload, &limits).await?;
     let mut resource = object(&body)?;
     let (set, _) = live.resources();
     let existing = set.get(kind, &id).cloned();
@@ -85,7 +91,8 @@ pub async fn patch(
     req: HttpRequest,
     live: web::Data<LiveConfig>,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    payload: web::Payload,
+    limits: web::Data<BodyLimits>,
 ) -> Result<HttpResponse, AdminError> {
     let (name, id) = path.into_inner();
     let kind = collection(&req, &name)?;
@@ -95,6 +102,7 @@ pub async fn patch(
             path: req.path().to_owned(),
         });
     }
+    let body = read_body(payload, &limits).await?;
     let patch = object(&body)?;
     let (set, _) = live.resources();
     let existing = set.get(kind, &id).cloned().ok_or_else(|| AdminError::NotFound {
@@ -183,6 +191,37 @@ fn answer(
     response
         .insert_header((VERSION_HEADER, written.version.to_string()))
         .json(body)
+}
+
+/// Reads a write's body: at most `limits.max_bytes`, whole within `limits.timeout` (`server.body_read_timeout`),
+/// so that a client announcing more than it sends cannot hold the admin API's one worker.
+async fn read_body(mut payload: web::Payload, limits: &BodyLimits) -> Result<Bytes, AdminError> {
+    let read = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| AdminError::Unreadable {
+                status: StatusCode::BAD_REQUEST,
+                message: e.to_string(),
+            })?;
+            if body.len() + chunk.len() > limits.max_bytes {
+                return Err(AdminError::Unreadable {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!("the body is larger than {} bytes", limits.max_bytes),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(limits.timeout, read)
+        .await
+        .map_err(|_| AdminError::Unreadable {
+            status: StatusCode::REQUEST_TIMEOUT,
+            message: format!(
+                "the body did not arrive within {} seconds",
+                limits.timeout.as_secs().max(1)
+            ),
+        })?
 }
 
 fn object(body: &[u8]) -> Result<Map<String, Value>, AdminError> {

@@ -17,6 +17,7 @@ use crate::auth::Principal;
 use crate::config::Instance;
 use crate::error::GatewayError;
 use crate::health::parse_retry_after;
+use crate::inflight::Permit;
 use crate::metrics as m;
 use crate::pipeline::settle::millis;
 use crate::quota::QuotaTicket;
@@ -70,7 +71,9 @@ pub fn retry_after(value: Option<&HeaderValue>, cap: Duration) -> Option<Duratio
         .map(|wait| wait.min(cap))
 }
 
-/// Tries the route's plan in order (see the module doc).
+/// Tries the route's plan in order (see the module doc). A whole answer is buffered against the request's
+/// in-flight `permit`.
+#[allow(clippy::too_many_arguments)]
 pub async fn forward<'a>(
     req: &actix_web::HttpRequest,
     state: &AppState,
@@ -79,6 +82,7 @@ pub async fn forward<'a>(
     api: &ApiRequest,
     principal: &Principal,
     ticket: &mut QuotaTicket,
+    permit: Option<&Permit>,
 ) -> Result<Forwarded<'a>, GatewayError> {
     let started = Instant::now();
     let deadline = started + route.failover.deadline;
@@ -136,7 +140,7 @@ pub async fn forward<'a>(
             passthrough: &passthrough,
             stream: api.stream,
         };
-        let result = attempt(clients, state, instance, outbound).await;
+        let result = attempt(clients, state, instance, outbound, permit).await;
         let elapsed = now.elapsed();
         upstream_time += elapsed;
         metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "instance" => instance.name.clone())
@@ -214,6 +218,7 @@ async fn attempt(
     state: &AppState,
     instance: &Instance,
     outbound: Outbound<'_>,
+    permit: Option<&Permit>,
 ) -> Result<Answer, AttemptFailure> {
     let Outbound {
         path,
@@ -229,7 +234,7 @@ async fn attempt(
     if stream && head.status.is_success() && head.is_event_stream() {
         return Ok(Answer::Stream(head));
     }
-    head.read_to_end(state.server.max_response_bytes)
+    head.read_to_end(state.server.max_response_bytes, permit)
         .await
         .map(Answer::Full)
 }
@@ -255,6 +260,10 @@ fn classify(
             } else {
                 (code, Some(AttemptError::Status), None)
             }
+        }
+        // The instance answered, only too much: another would do the same work again, and bill it again.
+        Err(AttemptFailure::TooLarge { status, .. }) => {
+            (Some(status.as_u16()), Some(AttemptError::Protocol), None)
         }
         Err(f) => (None, Some(f.kind()), Some(f.kind().as_str())),
     }

@@ -2,10 +2,13 @@
 //! and Anthropic's `POST /v1/messages` — from the client's bytes to the usage event. [`serve`] runs these
 //! steps, each a function of this module or of the module it names:
 //!
+//! 0. a share of the replica's in-flight budget ([`crate::inflight`]): 503 when requests or bytes in flight
+//!    are at their bounds; held to the request's end;
 //! 1. [`authenticate`] — the consumer key → [`Principal`] ([`crate::auth`]);
-//! 2. [`parse`] — the body, read once up to `server.max_request_bytes` → [`ApiRequest`] (model, stream flag,
-//!    the prompt of its [`Endpoint`]); duplicate keys among the fields the gateway reads are refused
-//!    ([`crate::request`]);
+//! 2. [`parse`] — the body, read once up to `server.max_request_bytes` within `server.body_read_timeout`, each
+//!    chunk charged to the budget; its depth and value count checked before the parse, and the parse's cost
+//!    charged → [`ApiRequest`] (model, stream flag, the prompt of its [`Endpoint`]); duplicate keys among the
+//!    fields the gateway reads are refused ([`crate::request`]);
 //! 3. [`route`] — `model` on this path → a route; refused (503) while the usage spool is full and
 //!    `spool.on_full = "reject"`, because its usage could not be recorded ([`crate::events`]);
 //! 4. [`limit`] — one request off the consumer's request rate ([`crate::limits`]);
@@ -46,6 +49,7 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
+use crate::inflight::{Permit, VALUE_COST};
 use crate::limits::{RateFigures, format_reset};
 use crate::live::runtime::Runtime;
 use crate::meter::{Estimate, fallback_estimate, fallback_text_estimate};
@@ -53,7 +57,7 @@ use crate::metrics as m;
 use crate::protocol::usage;
 use crate::protocol::{Endpoint, Provider};
 use crate::quota::{QuotaTicket, TokenFigures};
-use crate::request::{ApiRequest, read_body};
+use crate::request::{ApiRequest, BodyLimits, read_body, scan};
 use crate::routing::RouteTable;
 use crate::state::{AppState, WorkerClients};
 use crate::upstream::{AttemptFailure, UpstreamResponse};
@@ -172,10 +176,12 @@ async fn run(
     limits: &mut LimitFigures,
     client: ClientLink<'_>,
 ) -> Result<(HttpResponse, String), GatewayError> {
+    // This request's share of the replica's in-flight budget, held to its end (by the stream tee for a stream).
+    let permit = state.budget.admit()?;
     // This request's configuration, kept to its end whatever the admin API changes meanwhile.
     let runtime = state.live.runtime();
     let principal = authenticate(&runtime, req)?;
-    let api = parse(endpoint, payload, state).await?;
+    let api = parse(endpoint, req, payload, state, &permit).await?;
     let route = self::route(&runtime, state, req, &principal, &api, arrival)?;
     let metered = state.server.metering;
     let request = Incoming {
@@ -198,6 +204,7 @@ async fn run(
         &request.api,
         &request.principal,
         &mut ticket,
+        Some(&permit),
     )
     .await;
     let forwarded = match forwarded {
@@ -254,7 +261,11 @@ async fn run(
             } else {
                 drop(ledger);
             }
-            respond::whole(&upstream, max_retry_after)
+            respond::whole(
+                &upstream,
+                max_retry_after,
+                instance.api_key.as_ref().map(|k| k.expose()),
+            )
         }
         Ok(Answer::Stream(head)) => {
             let ttfb = head.head_at.saturating_duration_since(arrival.started);
@@ -264,6 +275,7 @@ async fn run(
                 ledger.if_dropped(Outcome::UpstreamCut, head.status.as_u16(), Some(ttfb));
                 let job = StreamJob {
                     ledger,
+                    permit: Some(permit),
                     strip_usage_chunk: provider == Provider::Openai && !api.client_wants_usage(),
                     state: state.clone(),
                     clients: clients.clone(),
@@ -277,15 +289,43 @@ async fn run(
             }
         }
         Err(failure) => {
+            let mut usage = usage::estimated(estimate.tokens, false);
             let error = match failure {
                 AttemptFailure::Timeout => GatewayError::UpstreamTimeout,
                 AttemptFailure::Connect(_) => GatewayError::UpstreamUnreachable,
                 AttemptFailure::Protocol(_) => GatewayError::UpstreamBadResponse,
+                AttemptFailure::TooLarge {
+                    status,
+                    read,
+                    over_budget,
+                } => {
+                    // The provider produced (and bills) the answer: the request is billed at least what was
+                    // read of it, its prompt estimate and a token per 4 bytes.
+                    if status.is_success() {
+                        let counted = u32::try_from(read / 4).unwrap_or(u32::MAX);
+                        usage =
+                            usage::at_least_streamed(None, estimate.tokens, counted, UsageSource::Estimated);
+                    }
+                    tracing::warn!(
+                        request_id = %arrival.request_id,
+                        instance = %instance.name,
+                        read_bytes = read,
+                        over_budget,
+                        "the upstream's whole answer was larger than the gateway holds; cut and billed from what was read"
+                    );
+                    if over_budget {
+                        GatewayError::Overloaded { reason: "bytes" }
+                    } else {
+                        GatewayError::UpstreamAnswerTooLarge {
+                            limit: state.server.max_response_bytes,
+                        }
+                    }
+                }
             };
             ledger.settle(Settlement {
                 outcome: Outcome::UpstreamError,
                 http_status: error.status_code().as_u16(),
-                usage: usage::estimated(estimate.tokens, false),
+                usage,
                 ttfb: None,
             });
             error.error_response()
@@ -325,13 +365,27 @@ fn authenticate(runtime: &Runtime, req: &HttpRequest) -> Result<Principal, Gatew
     runtime.keys.authenticate_request(req.headers())
 }
 
-/// Step 2: the body, read once and parsed.
+/// Step 2: the body, read once within its deadline and budget, its shape checked, then parsed.
 async fn parse(
     endpoint: Endpoint,
+    req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
+    permit: &Permit,
 ) -> Result<ApiRequest, GatewayError> {
-    let raw = read_body(payload, state.server.max_request_bytes).await?;
+    let server = &state.server;
+    let content_length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let limits = BodyLimits {
+        max_bytes: server.max_request_bytes,
+        timeout: server.body_read_timeout,
+    };
+    let raw = read_body(payload, content_length, limits, permit).await?;
+    let values = scan(&raw, server.max_json_depth, server.max_json_values)?;
+    permit.charge(values.saturating_mul(VALUE_COST))?;
     ApiRequest::parse(endpoint, raw)
 }
 
@@ -600,10 +654,11 @@ fn insert_limit_headers(response: &mut HttpResponse, figures: LimitFigures) {
 mod respond {
     use super::*;
 
-    /// The upstream's whole answer: same status, same body, same content type; on a final 429 or 503 the
-    /// provider's `Retry-After` (in whole seconds, cut to `server.max_retry_after`), so the client backs off as
-    /// the provider asked.
-    pub fn whole(upstream: &UpstreamResponse, max_retry_after: Duration) -> HttpResponse {
+    /// The upstream's whole answer: same status, same body, same content type — an error body with anything
+    /// like the instance's `key` redacted ([`crate::scrub`]); on a final 429 or 503 the provider's
+    /// `Retry-After` (in whole seconds, cut to `server.max_retry_after`), so the client backs off as the
+    /// provider asked.
+    pub fn whole(upstream: &UpstreamResponse, max_retry_after: Duration, key: Option<&str>) -> HttpResponse {
         let mut response = HttpResponse::build(upstream.status);
         if let Some(content_type) = &upstream.content_type {
             response.insert_header((header::CONTENT_TYPE, content_type.clone()));
@@ -617,7 +672,16 @@ mod respond {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
-        response.body(upstream.body.clone())
+        if upstream.status.is_success() {
+            return response.body(upstream.body.clone());
+        }
+        match crate::scrub::error_body(&upstream.body, key) {
+            std::borrow::Cow::Borrowed(_) => response.body(upstream.body.clone()),
+            std::borrow::Cow::Owned(scrubbed) => {
+                metrics::counter!(m::UPSTREAM_ERRORS_SCRUBBED_TOTAL).increment(1);
+                response.body(scrubbed)
+            }
+        }
     }
 
     /// Which instance answered and which configuration routed the request: during a change, says whether a

@@ -50,6 +50,8 @@ const MAX_EVENT_BYTES: usize = 4 << 20;
 pub struct StreamJob {
     /// The request's settlement, which the tee takes over.
     pub ledger: Ledger,
+    /// The request's share of the in-flight budget, held until the tee ends.
+    pub permit: Option<crate::inflight::Permit>,
     /// The client did not ask for the usage chunk: remove it.
     pub strip_usage_chunk: bool,
     pub state: web::Data<AppState>,

@@ -9,7 +9,16 @@
 //! acknowledge, and every new event behind it while the spool is not empty, so that order holds. Appends go to
 //! the page cache at once (enough against `kill -9`); the pump fsyncs them in batches (`spool.fsync_interval`),
 //! and the spool fsyncs a segment when it rolls to the next (`spool.segment_bytes`) and on shutdown (against
-//! power loss). The total size is bounded by `spool.max_bytes`: past it an append is refused
+//! power loss). **A failed fsync is fatal for its segment**: after one, the kernel may have dropped the
+//! segment's dirty pages and a later fsync of it can succeed all the same, so nothing in it that was not
+//! fsynced before can be trusted. The spool therefore keeps a copy in memory of every record appended since its
+//! segment's last successful fsync (bounded by what `spool.fsync_interval` lets pile up, and by a segment); when
+//! an fsync fails ([`Spool::synced`], [`Spool::sync_now`], a roll), the segment is sealed — nothing more is
+//! appended to it — and those records are written again to a new segment, which is fsynced at once; the failure
+//! is logged and counted in `tollgate_spool_fsync_failures_total`. The old copies stay where they were (they may
+//! well be readable): the drain may send both, duplicates by event id that the ledger absorbs like a crash's. If
+//! the new segment cannot be written or fsynced either, the caller gets the error and the records stay in
+//! memory, written again at the next attempt. The total size is bounded by `spool.max_bytes`: past it an append is refused
 //! ([`AppendError::Full`]) unless the caller forces it, and [`SpoolStatus::is_full`] tells the request path.
 //!
 //! **What goes out.** [`drain`] reads the records back in order and hands them to Kafka; a segment file is
@@ -158,6 +167,35 @@ pub struct Spool {
     refusing: bool,
     status: Arc<SpoolStatus>,
     frame_buf: Vec<u8>,
+    /// The records (whole frames) appended to each segment since its last successful fsync, oldest segment
+    /// first: what is written again when an fsync of the segment fails.
+    unconfirmed: VecDeque<(u64, Vec<u8>)>,
+    /// The segment an fsync handed out by [`Spool::sync_target`] is running on.
+    syncing: Option<u64>,
+    /// How a segment is fsynced: `File::sync_data`, or a fault in tests.
+    fsync: fn(&File) -> io::Result<()>,
+}
+
+/// An fsync of the segment being appended to, to run off the pump's thread; its result goes back to
+/// [`Spool::synced`].
+#[derive(Debug)]
+pub struct SyncJob {
+    file: File,
+    segment: u64,
+    /// The bytes of unconfirmed records it covers.
+    covers: usize,
+    fsync: fn(&File) -> io::Result<()>,
+}
+
+impl SyncJob {
+    /// Runs the fsync (blocking).
+    pub fn run(&self) -> io::Result<()> {
+        (self.fsync)(&self.file)
+    }
+}
+
+fn sync_data(file: &File) -> io::Result<()> {
+    file.sync_data()
 }
 
 impl Spool {
@@ -210,6 +248,9 @@ impl Spool {
                 full: AtomicBool::new(false),
             }),
             frame_buf: Vec::new(),
+            unconfirmed: VecDeque::new(),
+            syncing: None,
+            fsync: sync_data,
         };
         for id in ids {
             let path = spool.segment_path(id);
@@ -404,18 +445,99 @@ impl Spool {
         last.len += len;
         self.bytes += len;
         self.unsynced = true;
+        let id = *id;
+        match self.unconfirmed.back_mut() {
+            Some((segment, frames)) if *segment == id => frames.extend_from_slice(&self.frame_buf),
+            _ => self.unconfirmed.push_back((id, self.frame_buf.clone())),
+        }
         Ok(Pos {
-            segment: *id,
+            segment: id,
             offset: at,
         })
     }
 
+    /// The records of `segment` are durable: forgets the first `covers` bytes of them (all when `None`), unless
+    /// an fsync handed out on it is still running (it may yet fail: [`Spool::synced`] settles them then).
+    fn confirmed(&mut self, segment: u64, covers: Option<usize>) {
+        let Some(at) = self.unconfirmed.iter().position(|(id, _)| *id == segment) else {
+            return;
+        };
+        match covers {
+            Some(n) => {
+                let frames = &mut self.unconfirmed[at].1;
+                frames.drain(..n.min(frames.len()));
+                if frames.is_empty() && self.writer.as_ref().is_none_or(|(id, _)| *id != segment) {
+                    self.unconfirmed.remove(at);
+                }
+            }
+            None if self.syncing == Some(segment) => {}
+            None => {
+                self.unconfirmed.remove(at);
+            }
+        }
+    }
+
+    /// An fsync of `segment` failed: the segment is sealed and its records not known to be durable are written
+    /// again to a new segment, fsynced at once (see the module doc).
+    fn fsync_failed(&mut self, segment: u64, error: &io::Error) -> io::Result<()> {
+        metrics::counter!(m::SPOOL_FSYNC_FAILURES_TOTAL).increment(1);
+        if self.writer.as_ref().is_some_and(|(id, _)| *id == segment) {
+            self.writer = None;
+        }
+        let frames = self
+            .unconfirmed
+            .iter()
+            .position(|(id, _)| *id == segment)
+            .and_then(|at| self.unconfirmed.remove(at))
+            .map(|(_, frames)| frames)
+            .unwrap_or_default();
+        tracing::error!(
+            %error,
+            dir = %self.dir.display(),
+            segment,
+            rewritten_bytes = frames.len(),
+            "fsync of a usage event spool segment failed: the segment is sealed and its records not yet fsynced are written again to a new one"
+        );
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.open_segment()?;
+        let len = frames.len() as u64;
+        self.frame_buf = frames;
+        self.write_frame(len).map_err(|e| match e {
+            AppendError::Io(e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
+        let Some((id, file)) = &self.writer else {
+            return Err(io::Error::other("no segment to write the records again to"));
+        };
+        let id = *id;
+        (self.fsync)(file)?;
+        self.unsynced = false;
+        self.confirmed(id, None);
+        Ok(())
+    }
+
     /// Seals the current segment (fsynced) and starts the next one.
     fn roll(&mut self) -> io::Result<()> {
-        if let Some((_, file)) = self.writer.take() {
-            file.sync_all()?;
+        if let Some((id, file)) = self.writer.take() {
+            match (self.fsync)(&file) {
+                Ok(()) => self.confirmed(id, None),
+                Err(e) => {
+                    self.fsync_failed(id, &e)?;
+                    // The records were written again to a new segment, now the writer: the roll is done.
+                    if self.writer.is_some() {
+                        return Ok(());
+                    }
+                }
+            }
             self.unsynced = false;
         }
+        self.open_segment()
+    }
+
+    /// Starts a new, empty segment to append to.
+    fn open_segment(&mut self) -> io::Result<()> {
         let id = self.next_id;
         let file = OpenOptions::new()
             .create_new(true)
@@ -565,33 +687,76 @@ impl Spool {
             Err(e) => return Err(e),
         }
         self.segments.pop_front();
+        // Every record in it was acknowledged by Kafka: whether it reached the disk no longer matters.
+        self.unconfirmed.retain(|(id, _)| *id != segment.id);
         self.bytes -= segment.len;
         self.refusing = false;
         Ok(())
     }
 
-    /// Writes the `cursor` file when the acknowledged position moved, and returns a handle on the segment being
-    /// appended to when it has writes not fsynced yet, for the caller to fsync off its thread.
-    pub fn sync_target(&mut self) -> io::Result<Option<File>> {
+    /// Writes the `cursor` file when the acknowledged position moved, and returns an fsync of the segment being
+    /// appended to when it has writes not fsynced yet, for the caller to run off its thread and hand back to
+    /// [`Spool::synced`].
+    pub fn sync_target(&mut self) -> io::Result<Option<SyncJob>> {
         self.write_cursor()?;
         if !self.unsynced {
             return Ok(None);
         }
+        let Some((id, file)) = &self.writer else {
+            return Ok(None);
+        };
+        let segment = *id;
+        let job = SyncJob {
+            file: file.try_clone()?,
+            segment,
+            covers: self
+                .unconfirmed
+                .iter()
+                .find(|(id, _)| *id == segment)
+                .map_or(0, |(_, frames)| frames.len()),
+            fsync: self.fsync,
+        };
         self.unsynced = false;
-        match &self.writer {
-            Some((_, file)) => file.try_clone().map(Some),
-            None => Ok(None),
+        self.syncing = Some(segment);
+        Ok(Some(job))
+    }
+
+    /// The outcome of a [`SyncJob`]: its records are durable, or its segment failed (see the module doc) and
+    /// they were written again; an error when they could not be.
+    pub fn synced(&mut self, job: &SyncJob, result: io::Result<()>) -> io::Result<()> {
+        if self.syncing == Some(job.segment) {
+            self.syncing = None;
+        }
+        match result {
+            Ok(()) => {
+                self.confirmed(job.segment, Some(job.covers));
+                Ok(())
+            }
+            // Logged and counted there; an error here only when the records could not be written again.
+            Err(e) => self.fsync_failed(job.segment, &e),
         }
     }
 
-    /// Writes the `cursor` file and fsyncs the segment being appended to, now.
+    /// Writes the `cursor` file and fsyncs the segment being appended to, now. A failed fsync writes the
+    /// segment's unconfirmed records again (see the module doc) and is returned.
     pub fn sync_now(&mut self) -> io::Result<()> {
         self.write_cursor()?;
-        if let Some((_, file)) = &self.writer {
-            file.sync_all()?;
+        if let Some((id, file)) = &self.writer {
+            let id = *id;
+            if let Err(e) = (self.fsync)(file) {
+                self.fsync_failed(id, &e)?;
+                return Err(e);
+            }
+            self.confirmed(id, None);
         }
         self.unsynced = false;
         Ok(())
+    }
+
+    /// Replaces how segments are fsynced (tests inject failures).
+    #[cfg(test)]
+    pub(crate) fn set_fsync(&mut self, fsync: fn(&File) -> io::Result<()>) {
+        self.fsync = fsync;
     }
 
     fn write_cursor(&mut self) -> io::Result<()> {

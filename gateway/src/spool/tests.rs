@@ -412,3 +412,119 @@ proptest! {
         prop_assert_eq!(read_all(&mut spool), [written[..whole].to_vec(), more].concat());
     }
 }
+
+fn failing_fsync(_: &File) -> io::Result<()> {
+    Err(io::Error::other("injected: the disk lost the pages"))
+}
+
+fn working_fsync(file: &File) -> io::Result<()> {
+    file.sync_data()
+}
+
+/// The segment files on disk, by number.
+fn segment_files(dir: &Dir) -> Vec<u64> {
+    let mut ids = segment_ids(&dir.0).unwrap();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_failed_fsync_seals_its_segment_and_writes_its_unsynced_records_again_to_a_new_one() {
+    let dir = Dir::new("fsync-fails");
+    let mut spool = Spool::open(&dir.config(1 << 20, 1 << 30)).unwrap();
+    // Durable: fsynced before the fault.
+    append_all(&mut spool, &events(0..3));
+    spool.sync_now().unwrap();
+    // Appended since, then the periodic fsync fails.
+    append_all(&mut spool, &events(3..5));
+    spool.set_fsync(failing_fsync);
+    let job = spool.sync_target().unwrap().expect("an fsync is due");
+    let result = job.run();
+    assert!(result.is_err());
+    // The records could not be written again either (the new segment's fsync fails too): the caller is told.
+    assert!(spool.synced(&job, result).is_err());
+    spool.set_fsync(working_fsync);
+    // The sealed segment takes no more appends; the next append goes after the copies, in a new segment.
+    append_all(&mut spool, &events(5..6));
+    spool.sync_now().unwrap();
+    assert_eq!(
+        segment_files(&dir),
+        [1, 2],
+        "the failed segment is sealed, one new segment"
+    );
+    let all = read_all(&mut spool);
+    // The failed segment's records, then those not fsynced in it written again, then the new ones: nothing
+    // that was not known durable is only in the failed segment.
+    let mut expected = events(0..5);
+    expected.extend(events(3..5));
+    expected.extend(events(5..6));
+    assert_eq!(all, expected);
+
+    // A failure at shutdown's fsync (sync_now) is the caller's error too, and rewrites the same way.
+    append_all(&mut spool, &events(6..8));
+    spool.set_fsync(failing_fsync);
+    assert!(spool.sync_now().is_err());
+    spool.set_fsync(working_fsync);
+    assert_eq!(segment_files(&dir), [1, 2, 3]);
+    let all = read_all(&mut spool);
+    assert_eq!(
+        &all[all.len() - 4..],
+        &events(6..8).into_iter().chain(events(6..8)).collect::<Vec<_>>()[..]
+    );
+
+    // A roll whose fsync fails rewrites instead of losing the records or failing the append.
+    let dir = Dir::new("fsync-roll");
+    let one = frame::frame_len(b"team-a", events(0..1)[0].as_bytes()) as u64;
+    let mut spool = Spool::open(&dir.config(2 * one, 1 << 30)).unwrap();
+    append_all(&mut spool, &events(0..2));
+    spool.set_fsync(failing_fsync);
+    // The roll's fsync fails, and so does the rewrite's: the append reports it.
+    assert!(
+        spool
+            .append(b"team-a", events(2..3)[0].as_bytes(), false)
+            .is_err()
+    );
+    spool.set_fsync(working_fsync);
+    append_all(&mut spool, &events(3..4));
+    spool.sync_now().unwrap();
+    let all = read_all(&mut spool);
+    assert_eq!(all, [events(0..2), events(0..2), events(3..4)].concat());
+}
+
+#[test]
+fn a_roll_whose_fsync_fails_with_nothing_left_to_rewrite_still_takes_the_append() {
+    let dir = Dir::new("fsync-roll-clean");
+    let one = frame::frame_len(b"team-a", events(0..1)[0].as_bytes()) as u64;
+    let mut spool = Spool::open(&dir.config(2 * one, 1 << 30)).unwrap();
+    append_all(&mut spool, &events(0..2));
+    spool.sync_now().unwrap();
+    spool.set_fsync(failing_fsync);
+    spool
+        .append(b"team-a", events(2..3)[0].as_bytes(), false)
+        .unwrap();
+    spool.set_fsync(working_fsync);
+    spool.sync_now().unwrap();
+    assert_eq!(read_all(&mut spool), events(0..3));
+}
+
+#[test]
+fn records_confirmed_by_a_successful_fsync_are_not_written_again() {
+    let dir = Dir::new("fsync-ok");
+    let mut spool = Spool::open(&dir.config(1 << 20, 1 << 30)).unwrap();
+    append_all(&mut spool, &events(0..3));
+    let job = spool.sync_target().unwrap().expect("an fsync is due");
+    let result = job.run();
+    spool.synced(&job, result).unwrap();
+    append_all(&mut spool, &events(3..4));
+    spool.set_fsync(failing_fsync);
+    let job = spool.sync_target().unwrap().expect("an fsync is due");
+    let result = job.run();
+    spool.set_fsync(working_fsync);
+    spool.synced(&job, result).unwrap();
+    let all = read_all(&mut spool);
+    assert_eq!(
+        all,
+        [events(0..4), events(3..4)].concat(),
+        "only the unconfirmed record is copied"
+    );
+}
