@@ -247,7 +247,7 @@ impl Window {
 
 /// Usage of one scope in one window, as billing-consumer computed it from the usage topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct QuotaSnapshot {
     /// The scope's key ([`QuotaScope::key`]); also the Kafka key.
     pub scope: String,
@@ -294,7 +294,7 @@ impl QuotaSnapshot {
 
 /// The newest event of one gateway in one partition of the usage topic that a snapshot counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct Watermark {
     /// The event's CloudEvents `source`: the gateway replica that produced it.
     pub gateway: String,
@@ -304,7 +304,7 @@ pub struct Watermark {
 
 /// billing-consumer's sign of life on the quota topic, published every second even when no usage arrives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct QuotaHeartbeat {
     /// When it was published, Unix epoch milliseconds.
     pub published_at_ms: u64,

@@ -271,6 +271,26 @@ mod tests {
         assert_eq!(batch.rows[0].kafka_offset, 0, "the first delivery is kept");
     }
 
+    /// An event with a CloudEvents extension (`traceparent`) and a field a newer gateway added is billed: a row,
+    /// not a rejected message (the reader used to refuse both, and the event went unbilled).
+    #[test]
+    fn an_event_with_an_extension_or_a_new_field_is_a_row_not_rejected() {
+        let extended = FIXTURE.replacen(
+            "{",
+            "{\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\",",
+            1,
+        );
+        let extended = extended.replace(
+            "\"prompt_tokens\": 21",
+            "\"prompt_tokens\": 21, \"reasoning_tokens\": 4",
+        );
+        let mut batch = Batch::default();
+        batch.push(at(0, 0), Some(extended.as_bytes()), 0, &none());
+        assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+        assert_eq!(batch.rows.len(), 1);
+        assert_eq!(batch.rows[0].prompt_tokens, 21);
+    }
+
     #[test]
     fn decode_tells_the_reasons_apart() {
         assert!(decode(Some(FIXTURE.as_bytes())).is_ok());
