@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             };
             let quota_settings = file_scopes
                 .clone()
-                .map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes));
+                .map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes, &run.quota_tuning));
             metrics::install_exporter(run.metrics_listen)?;
             let settings = cli.ingest(run);
             topics::ensure_with_replication(
@@ -140,7 +140,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Quota(args) => {
             let scopes = quota::policy::load(&args.config)?;
-            let settings = cli.quota(&args.topic, &args.quota_topic, scopes.clone());
+            let settings = cli.quota(&args.topic, &args.quota_topic, scopes.clone(), &args.tuning);
             metrics::install_exporter(args.metrics_listen)?;
             topics::ensure_quota(&settings.brokers, &settings.quota_topic).await?;
             let shutdown = CancellationToken::new();

@@ -49,6 +49,11 @@ pub const QUOTA_EVENTS_APPLIED: &str = "billing_quota_events_applied_total";
 pub const QUOTA_EVENTS_DUPLICATE: &str = "billing_quota_events_duplicate_total";
 /// Messages on the usage topic the quota loop could not decode, by `reason`.
 pub const QUOTA_EVENTS_UNDECODABLE: &str = "billing_quota_events_undecodable_total";
+/// Usage events whose time was too far ahead of their broker timestamp; the quota loop counted them at the
+/// broker's time.
+pub const QUOTA_CLOCK_SKEW_EVENTS: &str = "billing_quota_clock_skew_events_total";
+/// Rows of `usage_events_rejected` that `reingest-rejected` moved into the ledger.
+pub const REJECTED_REINGESTED: &str = "billing_rejected_reingested_total";
 /// Quota snapshots delivered to the quota topic.
 pub const QUOTA_SNAPSHOTS_PUBLISHED: &str = "billing_quota_snapshots_published_total";
 /// Quota snapshots that could not be delivered (each is published again).
@@ -133,6 +138,17 @@ pub fn describe() {
         QUOTA_EVENTS_UNDECODABLE,
         Unit::Count,
         "Messages on the usage topic the quota loop could not decode and skipped, by reason."
+    );
+    describe_counter!(
+        QUOTA_CLOCK_SKEW_EVENTS,
+        Unit::Count,
+        "Usage events whose time was more than the clock-skew bound ahead of their broker timestamp; counted \
+         at the broker's time."
+    );
+    describe_counter!(
+        REJECTED_REINGESTED,
+        Unit::Count,
+        "Rejected usage messages that reingest-rejected decoded and wrote to the ledger."
     );
     describe_counter!(
         QUOTA_SNAPSHOTS_PUBLISHED,

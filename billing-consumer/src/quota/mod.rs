@@ -107,13 +107,15 @@ pub async fn run_live(
     }
 
     let mut quota = QuotaLoop {
-        state: QuotaState::new(settings.scopes.clone(), settings.dedup_capacity),
+        state: QuotaState::new(settings.scopes.clone(), settings.dedup_capacity)
+            .with_max_clock_skew(settings.max_clock_skew),
         publisher,
         publish_interval: settings.publish_interval,
         rebuilding: true,
         started: Instant::now(),
         rebuild_events: 0,
         dedup_capacity: settings.dedup_capacity,
+        max_clock_skew: settings.max_clock_skew,
         brokers: settings.brokers.clone(),
         usage_topic: settings.usage_topic.clone(),
     };
@@ -206,6 +208,7 @@ struct QuotaLoop {
     started: Instant,
     rebuild_events: u64,
     dedup_capacity: usize,
+    max_clock_skew: Duration,
     brokers: String,
     usage_topic: String,
 }
@@ -258,7 +261,8 @@ impl QuotaLoop {
         );
         if rebuild {
             let policy = self.state.scopes().cloned().collect();
-            self.state = QuotaState::new(policy, self.dedup_capacity);
+            self.state =
+                QuotaState::new(policy, self.dedup_capacity).with_max_clock_skew(self.max_clock_skew);
             self.rebuilding = true;
             self.rebuild_events = 0;
         }
@@ -295,17 +299,32 @@ impl QuotaLoop {
                 return true;
             }
         };
+        let timestamp_ms = message
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| u64::try_from(ms).ok());
+        let read_at_ms = now_ms();
         let at = Position {
             partition,
             offset,
-            timestamp_ms: message
-                .timestamp()
-                .to_millis()
-                .and_then(|ms| u64::try_from(ms).ok()),
+            timestamp_ms,
+            not_after_ms: Some(timestamp_ms.map_or(read_at_ms, |ms| ms.min(read_at_ms))),
         };
         match self.state.apply(&event, at) {
-            Applied::Counted(_) => {
+            Applied::Counted { skewed, .. } => {
                 metrics::counter!(m::QUOTA_EVENTS_APPLIED).increment(1);
+                if skewed {
+                    metrics::counter!(m::QUOTA_CLOCK_SKEW_EVENTS).increment(1);
+                    tracing::warn!(
+                        id = %event.id,
+                        source = %event.source,
+                        partition,
+                        offset,
+                        finished_at_ms = event.data.finished_at_ms,
+                        not_after_ms = at.not_after_ms.unwrap_or(0),
+                        "A usage event's time is ahead of its broker timestamp (or of this loop's clock) by more than the clock-skew bound; counted at that time."
+                    );
+                }
                 if self.rebuilding {
                     self.rebuild_events += 1;
                 }
@@ -339,9 +358,10 @@ impl QuotaLoop {
         let snapshots = self.state.all_snapshots(now_ms());
         let published = snapshots.len();
         let failed = self.publisher.snapshots(snapshots, false).await;
-        for key in &failed {
-            self.state.mark_changed(key);
+        for (key, window_start_ms) in &failed {
+            self.state.mark_changed(key, *window_start_ms);
         }
+        self.publisher.tombstones(self.state.take_expired()).await;
         self.rebuilding = false;
         let took = self.started.elapsed();
         metrics::gauge!(m::QUOTA_REBUILD_DURATION).set(took.as_secs_f64());
@@ -358,12 +378,12 @@ impl QuotaLoop {
     /// Publishes the changed snapshots; those that fail stay marked.
     async fn publish(&mut self) {
         let snapshots = self.state.take_changed(now_ms());
-        if snapshots.is_empty() {
-            return;
+        if !snapshots.is_empty() {
+            for (key, window_start_ms) in self.publisher.snapshots(snapshots, true).await {
+                self.state.mark_changed(&key, window_start_ms);
+            }
         }
-        for key in self.publisher.snapshots(snapshots, true).await {
-            self.state.mark_changed(&key);
-        }
+        self.publisher.tombstones(self.state.take_expired()).await;
     }
 
     async fn heartbeat(&self) {
