@@ -52,6 +52,8 @@ pub const QUOTA_EVENTS_UNDECODABLE: &str = "billing_quota_events_undecodable_tot
 /// Usage events whose time was too far ahead of their broker timestamp; the quota loop counted them at the
 /// broker's time.
 pub const QUOTA_CLOCK_SKEW_EVENTS: &str = "billing_quota_clock_skew_events_total";
+/// 1 while this process's quota loop holds the lease (it alone publishes), 0 while it is a standby.
+pub const QUOTA_LEASE_HELD: &str = "billing_quota_lease_held";
 /// Rows of `usage_events_rejected` that `reingest-rejected` moved into the ledger.
 pub const REJECTED_REINGESTED: &str = "billing_rejected_reingested_total";
 /// Quota snapshots delivered to the quota topic.
@@ -144,6 +146,11 @@ pub fn describe() {
         Unit::Count,
         "Usage events whose time was more than the clock-skew bound ahead of their broker timestamp; counted \
          at the broker's time."
+    );
+    describe_gauge!(
+        QUOTA_LEASE_HELD,
+        Unit::Count,
+        "1 while this quota loop holds the lease and publishes; 0 while it counts as a standby and publishes nothing."
     );
     describe_counter!(
         REJECTED_REINGESTED,

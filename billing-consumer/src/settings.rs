@@ -122,6 +122,9 @@ pub struct QuotaSettings {
     pub max_clock_skew: Duration,
     /// The CloudEvents `source` of what the loop publishes, e.g. `tollgate-billing-consumer/host-1`.
     pub source: String,
+    /// The consumer group whose member holding the quota topic's partition publishes ([`crate::quota::lease`]):
+    /// the same for every quota loop of `quota_topic`. Default `tollgate-quota-loop/<quota_topic>`.
+    pub lease_group: String,
 }
 
 impl QuotaSettings {
@@ -138,10 +141,12 @@ impl QuotaSettings {
         scopes: Vec<ConfiguredScope>,
         source: impl Into<String>,
     ) -> Self {
+        let quota_topic = quota_topic.into();
         Self {
             brokers: brokers.into(),
             usage_topic: usage_topic.into(),
-            quota_topic: quota_topic.into(),
+            lease_group: format!("tollgate-quota-loop/{quota_topic}"),
+            quota_topic,
             scopes,
             publish_interval: Self::DEFAULT_PUBLISH_INTERVAL,
             heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,

@@ -740,3 +740,115 @@ async fn an_event_from_a_clock_a_day_ahead_counts_in_the_current_window() {
     );
     running.stop().await;
 }
+
+/// Two quota loops on one quota topic (a deploy overlapping the old process, a second `quota` by mistake): only
+/// the one holding the lease publishes — snapshots and heartbeats alike — while the other counts as a standby;
+/// when the holder stops, the standby takes over with the full count. Per (scope, window), the published
+/// watermarks never go back. Before the lease both published, each its own view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_quota_loops_only_the_lease_holder_publishes_and_watermarks_never_go_back() {
+    let fx = Fixture::new().await;
+    let mut quota_topic = QuotaTopic::open(&fx.brokers, &fx.quota_topic);
+    let mut produced = vec![
+        fx.produce(&common::usage_event(
+            GW1,
+            "team-a",
+            "gpt-4o-mini",
+            10,
+            1,
+            minute(1),
+        ))
+        .await,
+    ];
+    let (a, b) = (
+        "tollgate-billing-consumer/it-g-a",
+        "tollgate-billing-consumer/it-g-b",
+    );
+    let mut loops = vec![(a, fx.start(a))];
+    quota_topic
+        .until_counted("the first loop's snapshot", &[(TEAM_A_MINI, HOUR_START, 1)])
+        .await;
+    loops.push((b, fx.start(b)));
+    // Let the second loop join the group and rebuild; the lease may move to it or stay.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let (snapshots_from, heartbeats_from) = (quota_topic.snapshots.len(), quota_topic.heartbeats.len());
+    for i in 0..5_u64 {
+        produced.push(
+            fx.produce(&common::usage_event(
+                GW2,
+                "team-a",
+                "gpt-4o-mini",
+                5,
+                1,
+                minute(2 + i),
+            ))
+            .await,
+        );
+        quota_topic
+            .until_counted("a live event", &[(TEAM_A_MINI, HOUR_START, 2 + i)])
+            .await;
+    }
+    quota_topic
+        .until("two more heartbeats", |t| {
+            t.heartbeats.len() >= heartbeats_from + 2
+        })
+        .await;
+    let publishers: std::collections::BTreeSet<&str> = quota_topic.snapshots[snapshots_from..]
+        .iter()
+        .map(|e| e.source.as_str())
+        .chain(
+            quota_topic.heartbeats[heartbeats_from..]
+                .iter()
+                .map(|e| e.source.as_str()),
+        )
+        .collect();
+    assert_eq!(publishers.len(), 1, "one writer at a time: {publishers:?}");
+    let holder = *publishers.iter().next().unwrap();
+
+    // The holder stops; the standby takes over and publishes the full count.
+    let at = loops.iter().position(|(name, _)| *name == holder).unwrap();
+    let (_, running) = loops.remove(at);
+    running.stop().await;
+    let (standby, still_running) = loops.remove(0);
+    let after_stop = quota_topic.snapshots.len();
+    produced.push(
+        fx.produce(&common::usage_event(
+            GW1,
+            "team-a",
+            "gpt-4o-mini",
+            1,
+            1,
+            minute(9),
+        ))
+        .await,
+    );
+    quota_topic
+        .until("the standby's snapshot with every event", |t| {
+            t.snapshots[after_stop..]
+                .iter()
+                .any(|e| e.source == standby && e.data.scope == TEAM_A_MINI && e.data.events == 7)
+        })
+        .await;
+    let latest = quota_topic.latest();
+    let actual = &latest[TEAM_A_MINI];
+    assert_eq!(*actual, fx.expected(TEAM_A_MINI, HOUR_START, &produced, actual));
+
+    // Never backwards: each snapshot of a (scope, window) covers what the one before it covered.
+    let mut held: BTreeMap<(String, u64), QuotaSnapshot> = BTreeMap::new();
+    for event in &quota_topic.snapshots {
+        let key = (event.data.scope.clone(), event.data.window_start_ms);
+        if let Some(before) = held.get(&key) {
+            for mark in &before.watermarks {
+                assert!(
+                    event.data.covers(&mark.gateway, mark.partition, mark.offset),
+                    "a snapshot from {} went back from {mark:?}: {:?}",
+                    event.source,
+                    event.data
+                );
+            }
+        }
+        held.insert(key, event.data.clone());
+    }
+    still_running.stop().await;
+}
