@@ -1,5 +1,5 @@
 //! The command line: global connection flags (each also read from the environment) and the subcommands
-//! `migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild` and `check-prices`. Parsing only;
+//! `migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild`, `reingest-rejected` and `check-prices`. Parsing only;
 //! `main.rs` dispatches.
 //!
 //! `run` and `quota` take `--config-topic <name>` (env [`CONFIG_TOPIC_ENV`]; off by default): follow the admin
@@ -99,6 +99,9 @@ pub enum Command {
     /// Re-ingest a time range from the Kafka topic into a fresh table like usage_events, priced with the
     /// current prices.
     Rebuild(RebuildArgs),
+    /// Decode the messages kept in usage_events_rejected again with this build's reader and write those that
+    /// decode now to usage_events (priced), marking them; idempotent: running it twice bills each event once.
+    ReingestRejected(ReingestArgs),
     /// Validate a price file and list its versions.
     CheckPrices(CheckPricesArgs),
 }
@@ -276,6 +279,19 @@ pub enum InvoiceFormat {
     Json,
     /// CSV with a header: line items, then one record per currency total.
     Csv,
+}
+
+/// Flags of `reingest-rejected`.
+#[derive(Debug, Args)]
+pub struct ReingestArgs {
+    /// Only rows received at or after this time: RFC 3339, a date (midnight UTC) or a duration ago. All when
+    /// absent.
+    #[arg(long, value_parser = since_now)]
+    pub since: Option<DateTime<Utc>>,
+
+    /// The price file the recovered events are priced with (as ingest would have); unpriced without it.
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: Option<PathBuf>,
 }
 
 /// Flags of `invoice`.

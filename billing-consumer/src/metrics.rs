@@ -54,8 +54,6 @@ pub const QUOTA_EVENTS_UNDECODABLE: &str = "billing_quota_events_undecodable_tot
 pub const QUOTA_CLOCK_SKEW_EVENTS: &str = "billing_quota_clock_skew_events_total";
 /// 1 while this process's quota loop holds the lease (it alone publishes), 0 while it is a standby.
 pub const QUOTA_LEASE_HELD: &str = "billing_quota_lease_held";
-/// Rows of `usage_events_rejected` that `reingest-rejected` moved into the ledger.
-pub const REJECTED_REINGESTED: &str = "billing_rejected_reingested_total";
 /// Quota snapshots delivered to the quota topic.
 pub const QUOTA_SNAPSHOTS_PUBLISHED: &str = "billing_quota_snapshots_published_total";
 /// Quota snapshots that could not be delivered (each is published again).
@@ -151,11 +149,6 @@ pub fn describe() {
         QUOTA_LEASE_HELD,
         Unit::Count,
         "1 while this quota loop holds the lease and publishes; 0 while it counts as a standby and publishes nothing."
-    );
-    describe_counter!(
-        REJECTED_REINGESTED,
-        Unit::Count,
-        "Rejected usage messages that reingest-rejected decoded and wrote to the ledger."
     );
     describe_counter!(
         QUOTA_SNAPSHOTS_PUBLISHED,
