@@ -238,7 +238,7 @@ fn dedup_ids(input: &str) -> Result<usize, String> {
         return Err(format!(
             "{ids} ids would take up to {} MiB; at most {max} ({} MiB)",
             ids.saturating_mul(crate::quota::windows::DEDUP_BYTES_PER_ID) >> 20,
-            max * crate::quota::windows::DEDUP_BYTES_PER_ID >> 20
+            (max * crate::quota::windows::DEDUP_BYTES_PER_ID) >> 20
         ));
     }
     Ok(ids)

@@ -788,7 +788,7 @@ mod tests {
     fn the_dedup_window_is_capped() {
         assert_eq!(RecentIds::new(usize::MAX).capacity, MAX_DEDUP_CAPACITY);
         assert_eq!(RecentIds::new(5).capacity, 5);
-        assert_eq!(MAX_DEDUP_CAPACITY * DEDUP_BYTES_PER_ID >> 20, 495);
+        assert_eq!((MAX_DEDUP_CAPACITY * DEDUP_BYTES_PER_ID) >> 20, 495);
     }
 
     #[test]

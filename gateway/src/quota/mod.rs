@@ -347,7 +347,8 @@ pub struct Quotas {
     heard_at_ms: AtomicU64,
 }
 
-/// Snapshots cached at most: far more scopes than any configuration has.
+/// Snapshots cached at most, one per (scope, window): far more than any configuration's scopes times the few
+/// windows of each that are read.
 const SNAPSHOT_CACHE_CAPACITY: u64 = 1 << 16;
 
 impl Quotas {
@@ -357,7 +358,12 @@ impl Quotas {
             clock,
             reserve_max_tokens: config.quota.reserve_max_tokens,
             layout: ArcSwap::from_pointee(Layout::new(config, &Layout::default())),
-            snapshots: Cache::new(SNAPSHOT_CACHE_CAPACITY),
+            // LRU, not TinyLFU: a new window's snapshot must always be admitted, and the windows that ended (no
+            // longer read) are the ones to go.
+            snapshots: Cache::builder()
+                .max_capacity(SNAPSHOT_CACHE_CAPACITY)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             heard_at_ms: AtomicU64::new(0),
         }
     }
