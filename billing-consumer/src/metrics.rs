@@ -49,6 +49,8 @@ pub const QUOTA_EVENTS_APPLIED: &str = "billing_quota_events_applied_total";
 pub const QUOTA_EVENTS_DUPLICATE: &str = "billing_quota_events_duplicate_total";
 /// Messages on the usage topic the quota loop could not decode, by `reason`.
 pub const QUOTA_EVENTS_UNDECODABLE: &str = "billing_quota_events_undecodable_total";
+/// Usage events ingested whose time is more than 5 min ahead of their Kafka timestamp (stored with their own time).
+pub const EVENTS_CLOCK_SKEW: &str = "billing_events_clock_skew_total";
 /// Usage events whose time was too far ahead of their broker timestamp; the quota loop counted them at the
 /// broker's time.
 pub const QUOTA_CLOCK_SKEW_EVENTS: &str = "billing_quota_clock_skew_events_total";
@@ -138,6 +140,12 @@ pub fn describe() {
         QUOTA_EVENTS_UNDECODABLE,
         Unit::Count,
         "Messages on the usage topic the quota loop could not decode and skipped, by reason."
+    );
+    describe_counter!(
+        EVENTS_CLOCK_SKEW,
+        Unit::Count,
+        "Usage events ingested whose time is more than 5 min ahead of their Kafka timestamp (a gateway's clock is \
+         ahead); stored with their own time."
     );
     describe_counter!(
         QUOTA_CLOCK_SKEW_EVENTS,
