@@ -151,7 +151,8 @@ pub struct RunArgs {
     pub metrics_listen: SocketAddr,
 
     /// The gateway's configuration file (its tollgate.toml): when given, the quota loop runs in this process too
-    /// and computes the token limits configured there. Run it in one process only.
+    /// and computes the token limits configured there. Several processes may: the one holding the quota lease
+    /// publishes, the others stand by.
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub quota_config: Option<PathBuf>,
 

@@ -178,7 +178,7 @@ impl QuotaScope {
         })
     }
 
-    /// The scope's identity: the Kafka key of its snapshots, e.g.
+    /// The scope's identity (its snapshots' Kafka keys are this, `@` and the window start), e.g.
     /// `consumer=team-a;models=gpt-4o-mini;window=3600s;strategy=total_tokens`.
     pub fn key(&self) -> String {
         let mut key = String::new();

@@ -1,6 +1,7 @@
 //! The quota loop: the single writer of quota state. It counts `tollgate.usage.v1` events into each configured
-//! scope's windows and publishes a [`QuotaSnapshot`](tollgate_schemas::quota::QuotaSnapshot) per changed scope on
-//! the compacted `tollgate.quota.v1` topic, where gateways read them.
+//! scope's windows and publishes a [`QuotaSnapshot`](tollgate_schemas::quota::QuotaSnapshot) per changed (scope,
+//! window) on the compacted `tollgate.quota.v1` topic, where gateways read them; of several loops on one quota
+//! topic only the [`lease`] holder publishes.
 //!
 //! 1. **Rebuild.** Nothing is stored between runs: on start the loop reads every partition of the usage topic
 //!    from the first record at or after `now − longest window − 5 min` by Kafka time ([`crate::reader`]) up to the high
