@@ -390,7 +390,9 @@ impl QuotaLoop {
             for (key, window_start_ms) in self.publisher.snapshots(snapshots, false).await {
                 self.state.mark_changed(&key, window_start_ms);
             }
-            self.publisher.tombstones(self.state.take_expired()).await;
+            let mut expired = self.state.take_expired();
+            expired.extend(self.state.stale_keys(now_ms()));
+            self.publisher.tombstones(expired).await;
         }
         if !self.rebuilding {
             self.held = held;
@@ -414,7 +416,9 @@ impl QuotaLoop {
         for (key, window_start_ms) in &failed {
             self.state.mark_changed(key, *window_start_ms);
         }
-        self.publisher.tombstones(self.state.take_expired()).await;
+        let mut expired = self.state.take_expired();
+        expired.extend(self.state.stale_keys(now_ms()));
+        self.publisher.tombstones(expired).await;
         let took = self.started.elapsed();
         metrics::gauge!(m::QUOTA_REBUILD_DURATION).set(took.as_secs_f64());
         tracing::info!(

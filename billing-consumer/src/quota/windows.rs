@@ -431,6 +431,32 @@ impl QuotaState {
             .collect()
     }
 
+    /// Keys of the two windows of each scope before the ones kept at `now_ms` (by the clock), unless kept: a
+    /// previous run of the loop left the windows it held when it stopped on the compacted topic (it tombstones
+    /// only what it drops while running); after a rebuild they are tombstoned, so a restart leaves nothing
+    /// behind that is less than two windows older than the previous run's last ones.
+    pub fn stale_keys(&self, now_ms: u64) -> Vec<String> {
+        let mut keys = Vec::new();
+        for scope in &self.scopes {
+            let length = scope.configured.scope.window_ms;
+            let keep_from = scope
+                .configured
+                .scope
+                .window_at(now_ms)
+                .start_ms
+                .saturating_sub(length);
+            for back in 1..=2 {
+                let Some(start) = keep_from.checked_sub(back * length) else {
+                    break;
+                };
+                if !scope.windows.contains_key(&start) {
+                    keys.push(snapshot_key(&scope.configured.key, start));
+                }
+            }
+        }
+        keys
+    }
+
     /// Marks a snapshot changed again, e.g. because publishing it failed.
     pub fn mark_changed(&mut self, scope_key: &str, window_start_ms: u64) {
         if let Some(usage) = self
@@ -772,6 +798,25 @@ mod tests {
             (T0 + 300_000, false)
         );
         assert_eq!(counted_time(T0 + HOUR, None, 300_000), (T0 + HOUR, false));
+    }
+
+    /// After a rebuild, the two windows before the kept ones (by the clock) are tombstoned, unless the state keeps
+    /// them (an idle scope's last windows).
+    #[test]
+    fn stale_keys_are_the_two_windows_before_the_kept_ones_unless_kept() {
+        let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let key = team_a.key.clone();
+        let mut state = QuotaState::new(vec![team_a], 100);
+        let now = T0 + 5 * HOUR + 10;
+        assert_eq!(
+            state.stale_keys(now),
+            [
+                snapshot_key(&key, T0 + 3 * HOUR),
+                snapshot_key(&key, T0 + 2 * HOUR)
+            ]
+        );
+        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR + 5), at(0, 0));
+        assert_eq!(state.stale_keys(now), [snapshot_key(&key, T0 + 3 * HOUR)]);
     }
 
     /// The snapshot key names the scope and the window, so the compacted topic holds one per (scope, window).
