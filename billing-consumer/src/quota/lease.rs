@@ -50,9 +50,15 @@ impl ConsumerContext for LeaseContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(partitions) => set(&self.holder, partitions.count() > 0),
+            Rebalance::Assign(partitions) => {
+                // The partition is only the lease: nothing is fetched from it.
+                if let Err(error) = consumer.pause(partitions) {
+                    tracing::debug!(%error, "Pausing the quota lease partition failed; its messages are discarded.");
+                }
+                set(&self.holder, partitions.count() > 0);
+            }
             Rebalance::Revoke(_) | Rebalance::Error(_) => set(&self.holder, false),
         }
     }
