@@ -1,5 +1,5 @@
 //! The command line: global connection flags (each also read from the environment) and the subcommands
-//! `migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild` and `check-prices`. Parsing only;
+//! `migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild`, `reingest-rejected` and `check-prices`. Parsing only;
 //! `main.rs` dispatches.
 //!
 //! `run` and `quota` take `--config-topic <name>` (env [`CONFIG_TOPIC_ENV`]; off by default): follow the admin
@@ -99,6 +99,9 @@ pub enum Command {
     /// Re-ingest a time range from the Kafka topic into a fresh table like usage_events, priced with the
     /// current prices.
     Rebuild(RebuildArgs),
+    /// Decode the messages kept in usage_events_rejected again with this build's reader and write those that
+    /// decode now to usage_events (priced), marking them; idempotent: running it twice bills each event once.
+    ReingestRejected(ReingestArgs),
     /// Validate a price file and list its versions.
     CheckPrices(CheckPricesArgs),
 }
@@ -148,13 +151,18 @@ pub struct RunArgs {
     pub metrics_listen: SocketAddr,
 
     /// The gateway's configuration file (its tollgate.toml): when given, the quota loop runs in this process too
-    /// and computes the token limits configured there. Run it in one process only.
+    /// and computes the token limits configured there. Several processes may: the one holding the quota lease
+    /// publishes, the others stand by.
     #[arg(long, env = "TOLLGATE_CONFIG")]
     pub quota_config: Option<PathBuf>,
 
     /// The quota topic the quota loop publishes to.
     #[arg(long, default_value = tollgate_schemas::topics::QUOTA_V1)]
     pub quota_topic: String,
+
+    /// The quota loop's tuning (with --quota-config).
+    #[command(flatten)]
+    pub quota_tuning: QuotaTuning,
 
     /// The price file: every event is stored with its cost. Without it, events are stored unpriced (cost 0)
     /// and invoices show them so.
@@ -182,6 +190,10 @@ pub struct QuotaArgs {
     #[arg(long, default_value = tollgate_schemas::topics::QUOTA_V1)]
     pub quota_topic: String,
 
+    /// The quota loop's tuning.
+    #[command(flatten)]
+    pub tuning: QuotaTuning,
+
     /// Address of the Prometheus metrics endpoint.
     #[arg(long, env = "BILLING_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
     pub metrics_listen: SocketAddr,
@@ -190,6 +202,56 @@ pub struct QuotaArgs {
     /// replace the --config file's, live.
     #[arg(long, env = CONFIG_TOPIC_ENV)]
     pub config_topic: Option<String>,
+}
+
+/// The quota loop's tuning, for `run --quota-config` and `quota`.
+#[derive(Debug, Clone, Args)]
+pub struct QuotaTuning {
+    /// Usage event ids the quota loop remembers to count a redelivered event once (0 turns it off). About
+    /// [`crate::quota::windows::DEDUP_BYTES_PER_ID`] bytes each at most (52 MiB for the default 1,000,000);
+    /// at most [`crate::quota::windows::MAX_DEDUP_CAPACITY`].
+    #[arg(long, default_value_t = crate::quota::windows::DEFAULT_DEDUP_CAPACITY, value_parser = dedup_ids)]
+    pub quota_dedup_ids: usize,
+
+    /// How far an event's time may be ahead of the broker's timestamp of its message before the quota loop
+    /// counts it at the broker's time instead (and counts it in billing_quota_clock_skew_events_total).
+    #[arg(long, default_value = "5m", value_parser = max_clock_skew)]
+    pub quota_max_clock_skew: Duration,
+}
+
+impl Default for QuotaTuning {
+    fn default() -> Self {
+        Self {
+            quota_dedup_ids: crate::quota::windows::DEFAULT_DEDUP_CAPACITY,
+            quota_max_clock_skew: crate::quota::windows::DEFAULT_MAX_CLOCK_SKEW,
+        }
+    }
+}
+
+/// `--quota-dedup-ids`: a count up to [`crate::quota::windows::MAX_DEDUP_CAPACITY`].
+fn dedup_ids(input: &str) -> Result<usize, String> {
+    let ids: usize = input
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("`{input}` is not a number of event ids"))?;
+    let max = crate::quota::windows::MAX_DEDUP_CAPACITY;
+    if ids > max {
+        return Err(format!(
+            "{ids} ids would take up to {} MiB; at most {max} ({} MiB)",
+            ids.saturating_mul(crate::quota::windows::DEDUP_BYTES_PER_ID) >> 20,
+            (max * crate::quota::windows::DEDUP_BYTES_PER_ID) >> 20
+        ));
+    }
+    Ok(ids)
+}
+
+/// `--quota-max-clock-skew`: a duration from 1s to 1h.
+fn max_clock_skew(input: &str) -> Result<Duration, String> {
+    let skew = humantime::parse_duration(input).map_err(|e| format!("`{input}`: {e}"))?;
+    if skew < Duration::from_secs(1) || skew > Duration::from_secs(3600) {
+        return Err(format!("`{input}` must be between 1s and 1h"));
+    }
+    Ok(skew)
 }
 
 /// Flags of `usage`.
@@ -218,6 +280,19 @@ pub enum InvoiceFormat {
     Json,
     /// CSV with a header: line items, then one record per currency total.
     Csv,
+}
+
+/// Flags of `reingest-rejected`.
+#[derive(Debug, Args)]
+pub struct ReingestArgs {
+    /// Only rows received at or after this time: RFC 3339, a date (midnight UTC) or a duration ago. All when
+    /// absent.
+    #[arg(long, value_parser = since_now)]
+    pub since: Option<DateTime<Utc>>,
+
+    /// The price file the recovered events are priced with (as ingest would have); unpriced without it.
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: Option<PathBuf>,
 }
 
 /// Flags of `invoice`.
@@ -395,9 +470,19 @@ impl Cli {
 
 impl Cli {
     /// The quota loop's settings for `scopes` ([`crate::quota::policy::load`]), between `usage_topic` and
-    /// `quota_topic`, with the default intervals and a CloudEvents source naming this host.
-    pub fn quota(&self, usage_topic: &str, quota_topic: &str, scopes: Vec<ConfiguredScope>) -> QuotaSettings {
-        QuotaSettings::new(&self.brokers, usage_topic, quota_topic, scopes, quota_source())
+    /// `quota_topic`, with the default intervals, `tuning`, and a CloudEvents source naming this host.
+    pub fn quota(
+        &self,
+        usage_topic: &str,
+        quota_topic: &str,
+        scopes: Vec<ConfiguredScope>,
+        tuning: &QuotaTuning,
+    ) -> QuotaSettings {
+        let mut settings =
+            QuotaSettings::new(&self.brokers, usage_topic, quota_topic, scopes, quota_source());
+        settings.dedup_capacity = tuning.quota_dedup_ids;
+        settings.max_clock_skew = tuning.quota_max_clock_skew;
+        settings
     }
 }
 
@@ -509,16 +594,54 @@ mod tests {
         assert_eq!(quota.config, Path::new("tollgate.toml"));
         assert_eq!(quota.topic, "tollgate.usage.v1");
         assert_eq!(quota.quota_topic, "tollgate.quota.v1");
-        let settings = cli.quota(&quota.topic, &quota.quota_topic, Vec::new());
+        let settings = cli.quota(&quota.topic, &quota.quota_topic, Vec::new(), &quota.tuning);
         assert_eq!(settings.brokers, "kafka:9092");
         assert_eq!(settings.publish_interval, Duration::from_millis(20));
         assert_eq!(settings.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(settings.dedup_capacity, 1_000_000);
+        assert_eq!(settings.max_clock_skew, Duration::from_secs(300));
         assert!(
             settings.source.starts_with("tollgate-billing-consumer/"),
             "{}",
             settings.source
         );
+    }
+
+    /// The dedup window is bounded (its memory is ~52 bytes per id) and the skew bound is sane; both are
+    /// refused at parse time with the figure, not discovered as an out-of-memory later.
+    #[test]
+    fn quota_dedup_ids_and_clock_skew_are_bounded() {
+        let parse = |flag: &str, value: &str| {
+            Cli::try_parse_from(["billing-consumer", "quota", "--config", "t.toml", flag, value])
+        };
+        let ok = parse("--quota-dedup-ids", "10_000_000").unwrap();
+        let Command::Quota(quota) = &ok.command else {
+            panic!("expected quota")
+        };
+        assert_eq!(quota.tuning.quota_dedup_ids, 10_000_000);
+        let refused = parse("--quota-dedup-ids", "10000001").unwrap_err().to_string();
+        assert!(refused.contains("at most 10000000"), "{refused}");
+        assert!(parse("--quota-dedup-ids", "many").is_err());
+        let skew = parse("--quota-max-clock-skew", "30s").unwrap();
+        let Command::Quota(quota) = &skew.command else {
+            panic!("expected quota")
+        };
+        assert_eq!(quota.tuning.quota_max_clock_skew, Duration::from_secs(30));
+        assert!(parse("--quota-max-clock-skew", "2h").is_err());
+        assert!(parse("--quota-max-clock-skew", "0s").is_err());
+        let run = Cli::try_parse_from([
+            "billing-consumer",
+            "run",
+            "--quota-config",
+            "t.toml",
+            "--quota-dedup-ids",
+            "0",
+        ])
+        .unwrap();
+        let Command::Run(run) = &run.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.quota_tuning.quota_dedup_ids, 0);
     }
 
     #[test]

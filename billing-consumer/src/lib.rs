@@ -8,7 +8,7 @@
 //! A tour, in the order data flows:
 //!
 //! - [`cli`] — the command line (`migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild`,
-//!   `check-prices`) and how it becomes settings.
+//!   `reingest-rejected`, `check-prices`) and how it becomes settings.
 //! - [`settings`] — plain settings structs and the ClickHouse client they build.
 //! - [`topics`] — creates the usage topic and the compacted quota topic when they do not exist yet.
 //! - [`migrations`] — versioned, checksummed SQL embedded from `migrations/`, applied in order.
@@ -27,6 +27,8 @@
 //! - [`audit`] — recomputes a range from Kafka ([`audit::tally`], pure) and compares it with ClickHouse
 //!   ([`audit::report`]): every differing field, then the events that differ.
 //! - [`rebuild`] — re-ingests a range from Kafka into a fresh table like `usage_events`, with today's prices.
+//! - [`reingest`] — `reingest-rejected`: decodes the kept rejected messages again with the current reader and
+//!   bills those that decode now, idempotently.
 //! - [`quota`] — the quota loop: rebuild the windows from the usage topic, then count live events and publish
 //!   changed snapshots and heartbeats. [`quota::policy`] reads the scopes from the gateway's TOML (or the config
 //!   topic's resources), [`quota::windows`] is the counting (pure), [`quota::publisher`] writes the quota topic.
@@ -54,6 +56,7 @@ pub mod pricing;
 pub mod quota;
 pub mod reader;
 pub mod rebuild;
+pub mod reingest;
 pub mod replay;
 pub mod report;
 pub mod settings;

@@ -13,7 +13,8 @@ use tollgate_billing_consumer::cli::{self, Cli, Command, InvoiceFormat};
 use tollgate_billing_consumer::config_topic::{ConfigFollower, FollowSettings};
 use tollgate_billing_consumer::quota::policy::ConfiguredScope;
 use tollgate_billing_consumer::{
-    BillingError, audit, ingest, invoice, metrics, migrations, pricing, quota, rebuild, report, topics,
+    BillingError, audit, ingest, invoice, metrics, migrations, pricing, quota, rebuild, reingest, report,
+    topics,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -85,7 +86,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             };
             let quota_settings = file_scopes
                 .clone()
-                .map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes));
+                .map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes, &run.quota_tuning));
             metrics::install_exporter(run.metrics_listen)?;
             let settings = cli.ingest(run);
             topics::ensure_with_replication(
@@ -140,7 +141,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Quota(args) => {
             let scopes = quota::policy::load(&args.config)?;
-            let settings = cli.quota(&args.topic, &args.quota_topic, scopes.clone());
+            let settings = cli.quota(&args.topic, &args.quota_topic, scopes.clone(), &args.tuning);
             metrics::install_exporter(args.metrics_listen)?;
             topics::ensure_quota(&settings.brokers, &settings.quota_topic).await?;
             let shutdown = CancellationToken::new();
@@ -244,6 +245,31 @@ async fn main() -> anyhow::Result<ExitCode> {
                     summary.unpriced_models.join(", ")
                 );
             }
+        }
+        Command::ReingestRejected(args) => {
+            let prices = cli::load_prices(args.prices.as_ref())?;
+            if prices.is_none() {
+                tracing::warn!(
+                    "No --prices (TOLLGATE_PRICES) given: every recovered event is stored unpriced."
+                );
+            }
+            migrations::apply(&clickhouse).await?;
+            let summary = reingest::run(&clickhouse, args.since, &prices.unwrap_or_default()).await?;
+            let still: Vec<String> = summary
+                .still_rejected
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            println!(
+                "Re-ingested {} of {} rejected messages; still rejected: {}.",
+                summary.reingested,
+                summary.examined,
+                if still.is_empty() {
+                    "none".to_owned()
+                } else {
+                    still.join(", ")
+                }
+            );
         }
         Command::CheckPrices(args) => {
             let prices = pricing::PriceTable::load(&args.prices)?;

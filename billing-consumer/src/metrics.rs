@@ -49,6 +49,13 @@ pub const QUOTA_EVENTS_APPLIED: &str = "billing_quota_events_applied_total";
 pub const QUOTA_EVENTS_DUPLICATE: &str = "billing_quota_events_duplicate_total";
 /// Messages on the usage topic the quota loop could not decode, by `reason`.
 pub const QUOTA_EVENTS_UNDECODABLE: &str = "billing_quota_events_undecodable_total";
+/// Usage events ingested whose time is more than 5 min ahead of their Kafka timestamp (stored with their own time).
+pub const EVENTS_CLOCK_SKEW: &str = "billing_events_clock_skew_total";
+/// Usage events whose time was too far ahead of their broker timestamp; the quota loop counted them at the
+/// broker's time.
+pub const QUOTA_CLOCK_SKEW_EVENTS: &str = "billing_quota_clock_skew_events_total";
+/// 1 while this process's quota loop holds the lease (it alone publishes), 0 while it is a standby.
+pub const QUOTA_LEASE_HELD: &str = "billing_quota_lease_held";
 /// Quota snapshots delivered to the quota topic.
 pub const QUOTA_SNAPSHOTS_PUBLISHED: &str = "billing_quota_snapshots_published_total";
 /// Quota snapshots that could not be delivered (each is published again).
@@ -133,6 +140,23 @@ pub fn describe() {
         QUOTA_EVENTS_UNDECODABLE,
         Unit::Count,
         "Messages on the usage topic the quota loop could not decode and skipped, by reason."
+    );
+    describe_counter!(
+        EVENTS_CLOCK_SKEW,
+        Unit::Count,
+        "Usage events ingested whose time is more than 5 min ahead of their Kafka timestamp (a gateway's clock is \
+         ahead); stored with their own time."
+    );
+    describe_counter!(
+        QUOTA_CLOCK_SKEW_EVENTS,
+        Unit::Count,
+        "Usage events whose time was more than the clock-skew bound ahead of their broker timestamp; counted \
+         at the broker's time."
+    );
+    describe_gauge!(
+        QUOTA_LEASE_HELD,
+        Unit::Count,
+        "1 while this quota loop holds the lease and publishes; 0 while it counts as a standby and publishes nothing."
     );
     describe_counter!(
         QUOTA_SNAPSHOTS_PUBLISHED,

@@ -10,6 +10,10 @@
 //! (`IF NOT EXISTS`): ClickHouse has no transactional DDL, so two consumers starting together may both apply a
 //! migration, which must then be harmless. A file may hold several statements separated by `;`.
 //!
+//! Before migrating, [`apply`] checks that the server's time zone behaves as UTC ([`check_server_time_zone`]): the
+//! month partitions of `usage_events` and `usage_events_rejected` are `toYYYYMM` of key columns typed `DateTime`
+//! without a zone (0001, 0002; key columns cannot be altered, see 0004), which follow the server's zone.
+//!
 //! 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the runner provides it: a statement
 //! `ALTER TABLE t ADD COLUMN c …` (one column per statement, checked) is skipped when `system.columns` shows
 //! that `t` has `c` already.
@@ -46,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         name: "usage_events_cost",
         sql: include_str!("../migrations/0003_usage_events_cost.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "utc_times",
+        sql: include_str!("../migrations/0004_utc_times.sql"),
     },
 ];
 
@@ -89,6 +98,7 @@ pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
         .map_err(BillingError::clickhouse("create database"))?;
 
     let client = ch.client();
+    check_server_time_zone(&client).await?;
     client
         .query(CREATE_SCHEMA_MIGRATIONS)
         .execute()
@@ -150,6 +160,36 @@ pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
         newly_applied.push(migration.version);
     }
     Ok(newly_applied)
+}
+
+/// Winter and summer instants, 2026-01-01 and 2026-07-01 00:00:00 UTC: a zone with any offset (or daylight saving
+/// time) prints one of them differently.
+const UTC_PROBES: [(u32, &str); 2] = [
+    (1_767_225_600, "2026-01-01 00:00:00"),
+    (1_782_864_000, "2026-07-01 00:00:00"),
+];
+
+/// Fails unless the server's time zone prints both [`UTC_PROBES`] as UTC: the ledger's month partitions are cut in
+/// that zone, and an invoice month is a UTC month.
+pub async fn check_server_time_zone(client: &clickhouse::Client) -> Result<(), BillingError> {
+    let (zone, first, second): (String, String, String) = client
+        .query("SELECT timezone(), toString(toDateTime(?)), toString(toDateTime(?))")
+        .bind(UTC_PROBES[0].0)
+        .bind(UTC_PROBES[1].0)
+        .fetch_one()
+        .await
+        .map_err(BillingError::clickhouse("read the server's time zone"))?;
+    if first == UTC_PROBES[0].1 && second == UTC_PROBES[1].1 {
+        return Ok(());
+    }
+    Err(BillingError::Config {
+        setting: "ClickHouse server timezone",
+        reason: format!(
+            "the server's time zone is `{zone}` ({} prints as {first}); usage_events is partitioned by month in \
+             the server's zone and invoices are UTC months: set <timezone>UTC</timezone> in its config.xml",
+            UTC_PROBES[0].1
+        ),
+    })
 }
 
 /// The migrations of `known` that `applied` lacks, in version order; fails if an applied migration that `known`

@@ -116,10 +116,15 @@ pub struct QuotaSettings {
     pub publish_interval: Duration,
     /// A heartbeat is published this often.
     pub heartbeat_interval: Duration,
-    /// Event ids remembered for deduplication.
+    /// Event ids remembered for deduplication (at most [`crate::quota::windows::MAX_DEDUP_CAPACITY`]).
     pub dedup_capacity: usize,
+    /// An event whose time is further ahead of its message's broker timestamp is counted at the broker's time.
+    pub max_clock_skew: Duration,
     /// The CloudEvents `source` of what the loop publishes, e.g. `tollgate-billing-consumer/host-1`.
     pub source: String,
+    /// The consumer group whose member holding the quota topic's partition publishes ([`crate::quota::lease`]):
+    /// the same for every quota loop of `quota_topic`. Default `tollgate-quota-loop/<quota_topic>`.
+    pub lease_group: String,
 }
 
 impl QuotaSettings {
@@ -136,14 +141,17 @@ impl QuotaSettings {
         scopes: Vec<ConfiguredScope>,
         source: impl Into<String>,
     ) -> Self {
+        let quota_topic = quota_topic.into();
         Self {
             brokers: brokers.into(),
             usage_topic: usage_topic.into(),
-            quota_topic: quota_topic.into(),
+            lease_group: format!("tollgate-quota-loop/{quota_topic}"),
+            quota_topic,
             scopes,
             publish_interval: Self::DEFAULT_PUBLISH_INTERVAL,
             heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
             dedup_capacity: crate::quota::windows::DEFAULT_DEDUP_CAPACITY,
+            max_clock_skew: crate::quota::windows::DEFAULT_MAX_CLOCK_SKEW,
             source: source.into(),
         }
     }

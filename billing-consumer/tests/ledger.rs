@@ -48,6 +48,32 @@ async fn migrations_apply_once_and_refuse_a_changed_migration() {
     }
     assert_eq!(columns.len(), 34);
 
+    // Every DateTime column outside the keys states 'UTC' (0004); the key columns cannot be altered, and the
+    // server is checked to behave as UTC instead.
+    let types: Vec<(String, String, String)> = ch
+        .client()
+        .query(
+            "SELECT table, name, type FROM system.columns WHERE database = ? AND type LIKE 'DateTime%' \
+             AND table != 'schema_migrations' ORDER BY table, name",
+        )
+        .bind(ch.database.as_str())
+        .fetch_all()
+        .await
+        .unwrap();
+    let types: Vec<(&str, &str, &str)> = types
+        .iter()
+        .map(|(t, n, ty)| (t.as_str(), n.as_str(), ty.as_str()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            ("usage_events", "event_time", "DateTime"),
+            ("usage_events", "ingested_at", "DateTime('UTC')"),
+            ("usage_events_rejected", "received_at", "DateTime"),
+        ]
+    );
+    migrations::check_server_time_zone(&ch.client()).await.unwrap();
+
     // Somebody edited migration 1 after it was applied: the record no longer matches the embedded SQL.
     ch.client()
         .query("INSERT INTO schema_migrations (version, name, checksum, applied_at) VALUES (1, 'usage_events', 'edited', now())")

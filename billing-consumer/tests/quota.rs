@@ -283,6 +283,8 @@ struct QuotaTopic {
     consumer: StreamConsumer,
     snapshots: Vec<QuotaSnapshotEvent>,
     heartbeats: Vec<QuotaHeartbeatEvent>,
+    /// Keys of dropped windows' tombstones.
+    tombstones: Vec<String>,
 }
 
 impl QuotaTopic {
@@ -303,15 +305,31 @@ impl QuotaTopic {
             consumer,
             snapshots: Vec::new(),
             heartbeats: Vec::new(),
+            tombstones: Vec::new(),
         }
     }
 
-    /// The newest snapshot per scope key.
+    /// The newest snapshot per scope key, of the newest window published for it.
     fn latest(&self) -> BTreeMap<String, QuotaSnapshot> {
+        let mut latest = BTreeMap::<String, QuotaSnapshot>::new();
+        for event in &self.snapshots {
+            let newer = latest
+                .get(&event.data.scope)
+                .is_none_or(|held| held.window_start_ms <= event.data.window_start_ms);
+            if newer {
+                latest.insert(event.data.scope.clone(), event.data.clone());
+            }
+        }
+        latest
+    }
+
+    /// The newest snapshot of `key`'s window starting at `window_start_ms`.
+    fn of_window(&self, key: &str, window_start_ms: u64) -> Option<&QuotaSnapshot> {
         self.snapshots
             .iter()
-            .map(|e| (e.data.scope.clone(), e.data.clone()))
-            .collect()
+            .rev()
+            .map(|e| &e.data)
+            .find(|s| s.scope == key && s.window_start_ms == window_start_ms)
     }
 
     /// Reads until `done` holds, failing after [`DEADLINE`] with what was read.
@@ -329,14 +347,22 @@ impl QuotaTopic {
                 Ok(received) => {
                     let message = received.unwrap();
                     let key = std::str::from_utf8(message.key().unwrap()).unwrap().to_owned();
-                    let payload = message.payload().unwrap();
                     if key == HEARTBEAT_KEY {
-                        self.heartbeats.push(serde_json::from_slice(payload).unwrap());
+                        self.heartbeats
+                            .push(serde_json::from_slice(message.payload().unwrap()).unwrap());
                     } else {
+                        let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
+                            self.tombstones.push(key);
+                            continue;
+                        };
                         let event: QuotaSnapshotEvent = serde_json::from_slice(payload).unwrap();
                         assert!(event.is_expected_type(), "{event:?}");
-                        assert_eq!(event.subject, key);
-                        assert_eq!(event.data.scope, key);
+                        assert_eq!(event.subject, event.data.scope);
+                        assert_eq!(
+                            key,
+                            quota::windows::snapshot_key(&event.data.scope, event.data.window_start_ms),
+                            "one key per (scope, window)"
+                        );
                         self.snapshots.push(event);
                     }
                 }
@@ -502,36 +528,54 @@ async fn a_later_window_by_event_time_starts_from_zero() {
     assert_eq!(second[TEAM_A_MINI].used, 5);
     assert_eq!(second[ALL_MINI].used, 10);
 
-    // A late event for the previous hour is counted there but not published: the newest window stays.
+    // A late event for the previous hour is counted there and published as that hour's snapshot (a gateway
+    // whose clock is still in it sees its usage); the newest window's snapshot is untouched by it.
     let before = quota_topic.snapshots.len();
-    fx.produce(&common::usage_event(
-        GW1,
-        "team-a",
-        "gpt-4o-mini",
-        1,
-        1,
-        minute(30),
-    ))
-    .await;
-    fx.produce(&common::usage_event(
-        GW1,
-        "team-a",
-        "gpt-4o-mini",
-        2,
-        0,
-        next_hour + 2,
-    ))
-    .await;
+    produced.push(
+        fx.produce(&common::usage_event(
+            GW1,
+            "team-a",
+            "gpt-4o-mini",
+            1,
+            1,
+            minute(30),
+        ))
+        .await,
+    );
+    produced.push(
+        fx.produce(&common::usage_event(
+            GW1,
+            "team-a",
+            "gpt-4o-mini",
+            2,
+            0,
+            next_hour + 2,
+        ))
+        .await,
+    );
     let after = quota_topic
         .until_counted("the event after the late one", &[(TEAM_A_MINI, next_hour, 2)])
         .await;
     assert_eq!(after[TEAM_A_MINI].window_start_ms, next_hour);
     assert_eq!(after[TEAM_A_MINI].used, 7);
+    quota_topic
+        .until("the previous window's own snapshot", |t| {
+            t.of_window(TEAM_A_MINI, HOUR_START)
+                .is_some_and(|s| s.events == 3)
+        })
+        .await;
+    let previous = quota_topic.of_window(TEAM_A_MINI, HOUR_START).unwrap().clone();
+    assert_eq!(
+        previous,
+        fx.expected(TEAM_A_MINI, HOUR_START, &produced, &previous)
+    );
+    assert_eq!(previous.used, 35);
     assert!(
         quota_topic.snapshots[before..]
             .iter()
-            .all(|e| e.data.window_start_ms == next_hour),
-        "no snapshot of the previous window"
+            .filter(|e| e.data.window_start_ms == next_hour)
+            .all(|e| e.data.used <= 7),
+        "the late event never shows in the newest window"
     );
     running.stop().await;
 }
@@ -665,4 +709,146 @@ async fn the_rebuild_reads_from_the_longest_window_plus_margin_ago() {
     assert_eq!(*actual, fx.expected(TEAM_A_MINI, HOUR_START, &produced, actual));
     assert_eq!(actual.used, 9);
     running.stop().await;
+}
+
+/// A gateway whose clock is a day ahead emits one event: the loop counts it at its broker timestamp, in the
+/// current window, beside a normal event — it neither opens tomorrow's window nor becomes the published state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_a_clock_a_day_ahead_counts_in_the_current_window() {
+    let fx = Fixture::new().await;
+    let mut quota_topic = QuotaTopic::open(&fx.brokers, &fx.quota_topic);
+    let running = fx.start("tollgate-billing-consumer/it-f");
+    let now = chrono::Utc::now().timestamp_millis();
+    let window = Window::containing(now as u64, HOUR_MS);
+    let on_time = common::usage_event(GW1, "team-a", "gpt-4o-mini", 10, 1, now as u64);
+    let ahead = common::usage_event(GW2, "team-a", "gpt-4o-mini", 20, 2, now as u64 + 24 * HOUR_MS);
+    fx.produce_to(&on_time, 0, now).await;
+    fx.produce_to(&ahead, 0, now).await;
+    let latest = quota_topic
+        .until_counted(
+            "both events in the current window",
+            &[(TEAM_A_MINI, window.start_ms, 2)],
+        )
+        .await;
+    assert_eq!(latest[TEAM_A_MINI].used, 33);
+    assert!(
+        quota_topic
+            .snapshots
+            .iter()
+            .all(|e| e.data.window_start_ms == window.start_ms),
+        "no snapshot of a future window"
+    );
+    running.stop().await;
+}
+
+/// Two quota loops on one quota topic (a deploy overlapping the old process, a second `quota` by mistake): only
+/// the one holding the lease publishes — snapshots and heartbeats alike — while the other counts as a standby;
+/// when the holder stops, the standby takes over with the full count. Per (scope, window), the published
+/// watermarks never go back. Before the lease both published, each its own view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_quota_loops_only_the_lease_holder_publishes_and_watermarks_never_go_back() {
+    let fx = Fixture::new().await;
+    let mut quota_topic = QuotaTopic::open(&fx.brokers, &fx.quota_topic);
+    let mut produced = vec![
+        fx.produce(&common::usage_event(
+            GW1,
+            "team-a",
+            "gpt-4o-mini",
+            10,
+            1,
+            minute(1),
+        ))
+        .await,
+    ];
+    let (a, b) = (
+        "tollgate-billing-consumer/it-g-a",
+        "tollgate-billing-consumer/it-g-b",
+    );
+    let mut loops = vec![(a, fx.start(a))];
+    quota_topic
+        .until_counted("the first loop's snapshot", &[(TEAM_A_MINI, HOUR_START, 1)])
+        .await;
+    loops.push((b, fx.start(b)));
+    // Let the second loop join the group and rebuild; the lease may move to it or stay.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    let (snapshots_from, heartbeats_from) = (quota_topic.snapshots.len(), quota_topic.heartbeats.len());
+    for i in 0..5_u64 {
+        produced.push(
+            fx.produce(&common::usage_event(
+                GW2,
+                "team-a",
+                "gpt-4o-mini",
+                5,
+                1,
+                minute(2 + i),
+            ))
+            .await,
+        );
+        quota_topic
+            .until_counted("a live event", &[(TEAM_A_MINI, HOUR_START, 2 + i)])
+            .await;
+    }
+    quota_topic
+        .until("two more heartbeats", |t| {
+            t.heartbeats.len() >= heartbeats_from + 2
+        })
+        .await;
+    let publishers: std::collections::BTreeSet<&str> = quota_topic.snapshots[snapshots_from..]
+        .iter()
+        .map(|e| e.source.as_str())
+        .chain(
+            quota_topic.heartbeats[heartbeats_from..]
+                .iter()
+                .map(|e| e.source.as_str()),
+        )
+        .collect();
+    assert_eq!(publishers.len(), 1, "one writer at a time: {publishers:?}");
+    let holder = *publishers.iter().next().unwrap();
+
+    // The holder stops; the standby takes over and publishes the full count.
+    let at = loops.iter().position(|(name, _)| *name == holder).unwrap();
+    let (_, running) = loops.remove(at);
+    running.stop().await;
+    let (standby, still_running) = loops.remove(0);
+    let after_stop = quota_topic.snapshots.len();
+    produced.push(
+        fx.produce(&common::usage_event(
+            GW1,
+            "team-a",
+            "gpt-4o-mini",
+            1,
+            1,
+            minute(9),
+        ))
+        .await,
+    );
+    quota_topic
+        .until("the standby's snapshot with every event", |t| {
+            t.snapshots[after_stop..]
+                .iter()
+                .any(|e| e.source == standby && e.data.scope == TEAM_A_MINI && e.data.events == 7)
+        })
+        .await;
+    let latest = quota_topic.latest();
+    let actual = &latest[TEAM_A_MINI];
+    assert_eq!(*actual, fx.expected(TEAM_A_MINI, HOUR_START, &produced, actual));
+
+    // Never backwards: each snapshot of a (scope, window) covers what the one before it covered.
+    let mut held: BTreeMap<(String, u64), QuotaSnapshot> = BTreeMap::new();
+    for event in &quota_topic.snapshots {
+        let key = (event.data.scope.clone(), event.data.window_start_ms);
+        if let Some(before) = held.get(&key) {
+            for mark in &before.watermarks {
+                assert!(
+                    event.data.covers(&mark.gateway, mark.partition, mark.offset),
+                    "a snapshot from {} went back from {mark:?}: {:?}",
+                    event.source,
+                    event.data
+                );
+            }
+        }
+        held.insert(key, event.data.clone());
+    }
+    still_running.stop().await;
 }

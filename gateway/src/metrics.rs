@@ -43,6 +43,7 @@ pub const RATE_LIMITED_TOTAL: &str = "tollgate_rate_limited_total";
 pub const QUOTA_REJECTIONS_TOTAL: &str = "tollgate_quota_rejections_total";
 pub const QUOTA_INSTANCE_SKIPS_TOTAL: &str = "tollgate_quota_instance_skips_total";
 pub const QUOTA_SNAPSHOTS_TOTAL: &str = "tollgate_quota_snapshots_received_total";
+pub const QUOTA_SNAPSHOTS_REGRESSED_TOTAL: &str = "tollgate_quota_snapshots_regressed_total";
 pub const QUOTA_SNAPSHOT_AGE_SECONDS: &str = "tollgate_quota_snapshot_age_seconds";
 pub const QUOTA_SNAPSHOT_LAG_SECONDS: &str = "tollgate_quota_snapshot_lag_seconds";
 pub const QUOTA_DEGRADED: &str = "tollgate_quota_degraded";
@@ -270,6 +271,11 @@ pub fn describe() {
     describe_counter!(
         QUOTA_SNAPSHOTS_TOTAL,
         "Quota snapshots taken into the cache from the quota topic."
+    );
+    describe_counter!(
+        QUOTA_SNAPSHOTS_REGRESSED_TOTAL,
+        "Quota snapshots ignored because their watermarks go back from the snapshot of the same window held \
+         (a second or stale quota loop publishing)."
     );
     describe_gauge!(
         QUOTA_SNAPSHOT_AGE_SECONDS,

@@ -108,7 +108,7 @@ pub enum ChangeAction {
 
 /// One accepted change to one resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct ConfigChange {
     pub kind: ResourceKind,
     /// The resource's name (for prices `model@effective_from`).

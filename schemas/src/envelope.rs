@@ -3,6 +3,13 @@
 //!
 //! The `id` is a UUIDv7 generated once per request. It survives spooling and retries unchanged and is the
 //! idempotency key downstream: billing-consumer deduplicates on it.
+//!
+//! **Tolerant readers, strict writers.** Every event type reads what it knows and ignores the rest: an unknown
+//! member of the envelope (a CloudEvents extension attribute such as `traceparent`) or of `data` (a field a newer
+//! producer added during a rolling upgrade) is skipped, never a reason to reject the event — a rejected usage
+//! event would be unbilled. The known fields stay strict in type (a negative token count, a missing field or a
+//! wrong `type` still fails). Writers never produce a member the type does not declare: the checked-in JSON
+//! Schemas keep `additionalProperties: false`, which is the writers' contract.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -23,7 +30,7 @@ pub trait EventData {
 
 /// A CloudEvents 1.0 structured-mode envelope around `T`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct CloudEvent<T> {
     /// Always `"1.0"`.
     pub specversion: String,

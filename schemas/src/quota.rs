@@ -3,12 +3,14 @@
 //! A quota **scope** says which usage events count against a limit (one consumer or all; some models or all; one
 //! instance or all), over which fixed window (aligned to the Unix epoch: an hourly window starts on the hour) and
 //! which tokens count ([`LimitStrategy`]). The gateway and billing-consumer both build their scopes from the same
-//! configuration through [`QuotaScope::from_limit`], so the scope's [`key`](QuotaScope::key) — the Kafka key of its
-//! snapshots — is the same string on both sides.
+//! configuration through [`QuotaScope::from_limit`], so the scope's [`key`](QuotaScope::key) is the same string
+//! on both sides.
 //!
-//! billing-consumer sums events into windows by event time and publishes a [`QuotaSnapshot`] per changed scope on
-//! the compacted [`crate::topics::QUOTA_V1`] topic, plus a [`QuotaHeartbeat`] every second so that gateways can
-//! tell a quiet loop from a stalled one. A snapshot's [`Watermark`]s say, per gateway and partition, the offset of
+//! billing-consumer sums events into windows by event time and publishes a [`QuotaSnapshot`] per changed (scope,
+//! window) on the compacted [`crate::topics::QUOTA_V1`] topic (Kafka key `<scope key>@<window_start_ms>`, so each
+//! window of a scope is its own entry; a dropped window is tombstoned), plus a [`QuotaHeartbeat`] every second so
+//! that gateways can tell a quiet loop from a stalled one. Gateways hold snapshots per (scope, window) and ignore one whose
+//! watermarks go back from the one they hold for its window. A snapshot's [`Watermark`]s say, per gateway and partition, the offset of
 //! the newest event of that gateway it includes: a gateway's own event at a lower or equal offset in that
 //! partition is counted in `used`, any later one is not yet.
 
@@ -185,7 +187,7 @@ impl QuotaScope {
         })
     }
 
-    /// The scope's identity: the Kafka key of its snapshots, e.g.
+    /// The scope's identity (its snapshots' Kafka keys are this, `@` and the window start), e.g.
     /// `consumer=team-a;models=gpt-4o-mini;window=3600s;strategy=total_tokens`.
     pub fn key(&self) -> String {
         let mut key = String::new();
@@ -256,9 +258,9 @@ impl Window {
 
 /// Usage of one scope in one window, as billing-consumer computed it from the usage topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct QuotaSnapshot {
-    /// The scope's key ([`QuotaScope::key`]); also the Kafka key.
+    /// The scope's key ([`QuotaScope::key`]); the Kafka key is this key, `@` and `window_start_ms`.
     pub scope: String,
     /// Tokens allowed per window.
     pub limit: u64,
@@ -303,7 +305,7 @@ impl QuotaSnapshot {
 
 /// The newest event of one gateway in one partition of the usage topic that a snapshot counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct Watermark {
     /// The event's CloudEvents `source`: the gateway replica that produced it.
     pub gateway: String,
@@ -313,7 +315,7 @@ pub struct Watermark {
 
 /// billing-consumer's sign of life on the quota topic, published every second even when no usage arrives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct QuotaHeartbeat {
     /// When it was published, Unix epoch milliseconds.
     pub published_at_ms: u64,

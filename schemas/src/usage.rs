@@ -14,7 +14,7 @@ pub type UsageEvent = CloudEvent<UsageRecorded>;
 
 /// What one request consumed and how it went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct UsageRecorded {
     /// The gateway's request id (also returned to the client as `x-request-id`).
     pub request_id: String,
@@ -74,7 +74,7 @@ impl EventData for UsageRecorded {
 
 /// One try of one upstream instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
 pub struct Attempt {
     /// The instance tried.
     pub instance: String,

@@ -37,12 +37,62 @@ fn usage_v1_round_trips_without_loss() {
     assert_eq!(event, again);
 }
 
+/// Readers tolerate what a newer writer or a CloudEvents transport adds: an extension attribute on the envelope
+/// (`traceparent`) and an unknown field in `data` or in an attempt are ignored, so such an event is billed, not
+/// rejected. The known fields stay strict in type.
 #[test]
-fn unknown_fields_are_refused_so_a_typo_cannot_hide_data() {
+fn readers_ignore_unknown_fields_and_extensions_but_keep_known_fields_strict() {
     let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.usage.v1.json")).unwrap();
+    let expected: UsageEvent = serde_json::from_str(&text).unwrap();
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
-    value["data"]["prompt_tokenz"] = 3.into();
-    assert!(serde_json::from_value::<UsageEvent>(value).is_err());
+    value["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+    value["partitionkey"] = "team-a".into();
+    value["data"]["reasoning_tokens"] = 3.into();
+    value["data"]["attempts"][0]["region"] = "eu-west-1".into();
+    let event: UsageEvent = serde_json::from_value(value.clone()).unwrap();
+    assert_eq!(
+        event, expected,
+        "the unknown members are ignored, the known ones read as before"
+    );
+
+    let mut wrong_type = value.clone();
+    wrong_type["data"]["prompt_tokens"] = (-1).into();
+    assert!(serde_json::from_value::<UsageEvent>(wrong_type).is_err());
+    let mut missing = value;
+    missing["data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("completion_tokens");
+    assert!(serde_json::from_value::<UsageEvent>(missing).is_err());
+
+    let quota = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.quota.v1.json")).unwrap();
+    let mut quota: serde_json::Value = serde_json::from_str(&quota).unwrap();
+    quota["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
+    quota["data"]["spend_micros"] = 7.into();
+    quota["data"]["watermarks"][0]["epoch"] = 2.into();
+    assert!(serde_json::from_value::<QuotaSnapshotEvent>(quota).is_ok());
+}
+
+/// Writers never produce a member the types do not declare: a serialized event has exactly the declared members,
+/// and the published JSON Schemas (the writers' contract) still forbid additional properties.
+#[test]
+fn writers_produce_only_declared_fields() {
+    let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.usage.v1.json")).unwrap();
+    let event: UsageEvent = serde_json::from_str(&text).unwrap();
+    let written = serde_json::to_value(&event).unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        written, fixture,
+        "what a writer emits is the declared envelope and data, nothing more"
+    );
+    for (name, schema) in tollgate_schemas::json_schema::all() {
+        let schema: serde_json::Value = serde_json::from_str(&schema).unwrap();
+        assert_eq!(
+            schema["additionalProperties"],
+            serde_json::Value::Bool(false),
+            "{name}: the envelope forbids undeclared members to writers"
+        );
+    }
 }
 
 #[test]

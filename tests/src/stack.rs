@@ -175,13 +175,16 @@ impl QuotaLoop {
         if scopes.is_empty() {
             return None;
         }
-        let settings = QuotaSettings::new(
+        let mut settings = QuotaSettings::new(
             brokers,
             usage_topic,
             quota_topic,
             scopes,
             "tollgate-billing-consumer/test",
         );
+        // Tests that move the gateway's clock put its events up to an hour ahead of the broker on purpose; the
+        // loop believes them (clock-skew clamping has its own tests in billing-consumer/tests/quota.rs).
+        settings.max_clock_skew = Duration::from_secs(2 * 3600);
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let thread = std::thread::spawn(move || {
@@ -503,14 +506,21 @@ impl Stack {
         );
     }
 
-    /// The newest snapshot of every scope on the quota topic, read from its beginning to its end.
+    /// The newest snapshot of every scope on the quota topic, read from its beginning to its end: of its newest
+    /// window (each window is its own snapshot), the last published.
     pub fn latest_snapshots(&self) -> HashMap<String, QuotaSnapshot> {
         let mut latest = HashMap::new();
         read_quota_topic(&self.infra.brokers, &self.quota_topic, |key, payload| {
             if key != Some(HEARTBEAT_KEY.as_bytes())
                 && let Ok(event) = serde_json::from_slice::<QuotaSnapshotEvent>(payload)
             {
-                latest.insert(event.data.scope.clone(), event.data);
+                // One snapshot per (scope, window): keep the newest window's latest.
+                let newer = latest
+                    .get(&event.data.scope)
+                    .is_none_or(|held: &QuotaSnapshot| held.window_start_ms <= event.data.window_start_ms);
+                if newer {
+                    latest.insert(event.data.scope.clone(), event.data);
+                }
             }
             false
         });

@@ -523,3 +523,40 @@ fn every_metric_name_follows_the_base_unit_naming_rule() {
         violations.join("\n  ")
     );
 }
+
+/// The alerting rules are loaded by Prometheus, mounted by the compose file, alert on a rejected usage event
+/// (an unbilled request), and query only metrics a service defines.
+#[test]
+fn the_alert_rules_are_loaded_and_query_only_defined_metrics() {
+    let rules = read("compose/observability/alerts.yml");
+    assert!(
+        read("compose/observability/prometheus.yml").contains("  - /etc/prometheus/alerts.yml"),
+        "prometheus.yml does not load the alert rules"
+    );
+    assert!(
+        read("compose/docker-compose.yml")
+            .contains("./observability/alerts.yml:/etc/prometheus/alerts.yml:ro"),
+        "docker-compose.yml does not mount the alert rules"
+    );
+    let mut defined = BTreeSet::new();
+    for source in METRIC_SOURCES {
+        defined.extend(metric_literals(&read(source)));
+    }
+    let exprs: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:"))
+        .collect();
+    assert!(exprs.len() >= 4, "{exprs:?}");
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            assert!(
+                defined.contains(&name),
+                "the alert `{expr}` queries {name}, which no service defines"
+            );
+        }
+    }
+    assert!(
+        exprs.iter().any(|e| e.contains("billing_events_rejected_total")),
+        "a rejected usage event must alert"
+    );
+}

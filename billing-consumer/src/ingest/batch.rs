@@ -26,15 +26,35 @@ pub struct Batch {
     pub unpriced: u64,
     /// The served models (`model_served`) of those rows.
     pub unpriced_models: BTreeSet<String>,
+    /// Rows whose event time is more than [`CLOCK_SKEW_BOUND_MS`] ahead of their message's Kafka timestamp: a
+    /// gateway's clock is ahead. Stored with their own time (it is part of the ledger's key), logged and counted.
+    pub clock_skewed: u64,
     messages: usize,
     next_offsets: BTreeMap<(String, i32), i64>,
     event_ids: HashSet<String>,
 }
 
+/// How far ahead of its Kafka timestamp an event's time may be before it is counted as skewed (as the quota loop's
+/// default bound).
+pub const CLOCK_SKEW_BOUND_MS: i64 = 5 * 60 * 1000;
+
 impl Batch {
     /// Decodes one message, prices it with `prices` and adds it to the batch. `now` is the current time in Unix
     /// seconds.
     pub fn push(&mut self, at: Position, payload: Option<&[u8]>, now: u32, prices: &PriceTable) {
+        self.push_at(at, None, payload, now, prices);
+    }
+
+    /// [`Batch::push`] for a message with Kafka timestamp `kafka_ms` (Unix epoch milliseconds): an event whose
+    /// time is more than [`CLOCK_SKEW_BOUND_MS`] ahead of it is counted in [`Batch::clock_skewed`] and logged.
+    pub fn push_at(
+        &mut self,
+        at: Position,
+        kafka_ms: Option<i64>,
+        payload: Option<&[u8]>,
+        now: u32,
+        prices: &PriceTable,
+    ) {
         self.messages += 1;
         let next = self
             .next_offsets
@@ -45,6 +65,20 @@ impl Batch {
         match decode(payload).and_then(|event| store::usage_row(&event, &at, now, prices)) {
             Ok(row) => {
                 if self.event_ids.insert(row.event_id.clone()) {
+                    let finished_ms = i64::try_from(row.finished_at_ms).unwrap_or(i64::MAX);
+                    if let Some(kafka_ms) =
+                        kafka_ms.filter(|k| finished_ms > k.saturating_add(CLOCK_SKEW_BOUND_MS))
+                    {
+                        self.clock_skewed += 1;
+                        tracing::warn!(
+                            event_id = %row.event_id,
+                            source = %row.source,
+                            finished_at_ms = row.finished_at_ms,
+                            kafka_ms,
+                            "A usage event is dated ahead of its Kafka timestamp by more than the clock-skew bound: \
+                             the gateway's clock is ahead. It is stored with its own time."
+                        );
+                    }
                     if row.is_unpriced() {
                         self.unpriced += 1;
                         if !self.unpriced_models.contains(&row.model_served) {
@@ -269,6 +303,64 @@ mod tests {
         assert_eq!(batch.rows.len(), 2);
         assert_eq!(batch.duplicates_in_batch, 1);
         assert_eq!(batch.rows[0].kafka_offset, 0, "the first delivery is kept");
+    }
+
+    /// An event with a CloudEvents extension (`traceparent`) and a field a newer gateway added is billed: a row,
+    /// not a rejected message (the reader used to refuse both, and the event went unbilled).
+    #[test]
+    fn an_event_with_an_extension_or_a_new_field_is_a_row_not_rejected() {
+        let extended = FIXTURE.replacen(
+            "{",
+            "{\"traceparent\": \"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\",",
+            1,
+        );
+        let extended = extended.replace(
+            "\"prompt_tokens\": 21",
+            "\"prompt_tokens\": 21, \"reasoning_tokens\": 4",
+        );
+        let mut batch = Batch::default();
+        batch.push(at(0, 0), Some(extended.as_bytes()), 0, &none());
+        assert!(batch.rejected.is_empty(), "{:?}", batch.rejected);
+        assert_eq!(batch.rows.len(), 1);
+        assert_eq!(batch.rows[0].prompt_tokens, 21);
+    }
+
+    /// An event dated more than the bound ahead of its Kafka timestamp is still a row (with its own time: the
+    /// ledger's key), but counted as skewed; one within the bound, or behind (a spool drained late), is not.
+    #[test]
+    fn an_event_dated_ahead_of_its_kafka_time_is_flagged() {
+        let event: UsageEvent = serde_json::from_str(FIXTURE).unwrap();
+        let finished = event.data.finished_at_ms as i64;
+        let mut batch = Batch::default();
+        batch.push_at(
+            at(0, 0),
+            Some(finished - CLOCK_SKEW_BOUND_MS - 1),
+            Some(FIXTURE.as_bytes()),
+            0,
+            &none(),
+        );
+        let near = with_id("019a9b8e-0000-7000-8000-0000000000c1");
+        batch.push_at(
+            at(0, 1),
+            Some(finished - CLOCK_SKEW_BOUND_MS),
+            Some(near.as_bytes()),
+            0,
+            &none(),
+        );
+        let late = with_id("019a9b8e-0000-7000-8000-0000000000c2");
+        batch.push_at(
+            at(0, 2),
+            Some(finished + 3_600_000),
+            Some(late.as_bytes()),
+            0,
+            &none(),
+        );
+        assert_eq!(batch.rows.len(), 3);
+        assert_eq!(batch.clock_skewed, 1);
+        assert_eq!(
+            batch.rows[0].finished_at_ms, event.data.finished_at_ms,
+            "stored with its own time"
+        );
     }
 
     #[test]

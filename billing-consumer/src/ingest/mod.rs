@@ -155,7 +155,8 @@ async fn collect(
                         offset: message.offset(),
                     };
                     let table = table.get_or_insert_with(|| prices.current());
-                    batch.push(at, message.payload(), now_seconds(), table);
+                    let kafka_ms = message.timestamp().to_millis();
+                    batch.push_at(at, kafka_ms, message.payload(), now_seconds(), table);
                     if deadline.is_none() {
                         deadline = Some(tokio::time::Instant::now() + batch_wait);
                     }
@@ -222,6 +223,7 @@ async fn settle(
     metrics::counter!(m::EVENTS_INGESTED).increment(batch.rows.len() as u64);
     metrics::counter!(m::DUPLICATES_IN_BATCH).increment(batch.duplicates_in_batch as u64);
     metrics::counter!(m::EVENTS_UNPRICED).increment(batch.unpriced);
+    metrics::counter!(m::EVENTS_CLOCK_SKEW).increment(batch.clock_skewed);
     for (reason, count) in &batch.rejected_by_reason {
         metrics::counter!(m::EVENTS_REJECTED, "reason" => reason.as_str()).increment(*count);
     }

@@ -1,6 +1,7 @@
 //! The quota loop: the single writer of quota state. It counts `tollgate.usage.v1` events into each configured
-//! scope's windows and publishes a [`QuotaSnapshot`](tollgate_schemas::quota::QuotaSnapshot) per changed scope on
-//! the compacted `tollgate.quota.v1` topic, where gateways read them.
+//! scope's windows and publishes a [`QuotaSnapshot`](tollgate_schemas::quota::QuotaSnapshot) per changed (scope,
+//! window) on the compacted `tollgate.quota.v1` topic, where gateways read them; of several loops on one quota
+//! topic only the [`lease`] holder publishes.
 //!
 //! 1. **Rebuild.** Nothing is stored between runs: on start the loop reads every partition of the usage topic
 //!    from the first record at or after `now − longest window − 5 min` by Kafka time ([`crate::reader`]) up to the high
@@ -20,11 +21,17 @@
 //!    publishing nothing meanwhile (heartbeats say `rebuilding`), then every snapshot at once. Simple and exact
 //!    whatever the new scope's window, at the cost of re-reading that stretch of the topic on each change that
 //!    adds a scope (admin changes are rare; one that arrives during a rebuild restarts it).
-//! 5. **Shutdown** (the token is cancelled): publish what is pending — unless still rebuilding — flush, return.
+//! 5. **Shutdown** (the token is cancelled): publish what is pending — unless still rebuilding — flush, leave the
+//!    lease group, return.
+//! 6. **One writer.** Several loops may run on one quota topic, but only the one holding the [`lease`] publishes
+//!    (snapshots, tombstones and heartbeats); the others count the same events as hot standbys. A loop that is
+//!    granted the lease publishes every window it holds at its next heartbeat tick. Gateways additionally ignore a
+//!    snapshot whose watermarks go back, so a stale writer cannot move their view backwards.
 //!
 //! [`policy`] reads the scopes from the gateway's configuration file (or the config topic's resources);
 //! [`publisher`] writes to the quota topic.
 
+pub mod lease;
 pub mod policy;
 pub mod publisher;
 pub mod windows;
@@ -46,6 +53,7 @@ use crate::error::{BillingError, RejectReason};
 use crate::metrics as m;
 use crate::settings::QuotaSettings;
 
+use self::lease::Lease;
 use self::policy::ConfiguredScope;
 use self::publisher::Publisher;
 use self::windows::{Applied, Position, QuotaState};
@@ -89,6 +97,7 @@ pub async fn run_live(
         settings.scopes = updates.borrow_and_update().as_ref().clone();
     }
     let publisher = Publisher::new(&settings.brokers, &settings.quota_topic, &settings.source)?;
+    let lease = Lease::join(&settings.brokers, &settings.quota_topic, &settings.lease_group)?;
     let lookback = rebuild_lookback(&settings);
     let scopes = settings.scopes.len();
     metrics::gauge!(m::QUOTA_SCOPES).set(scopes as f64);
@@ -107,13 +116,17 @@ pub async fn run_live(
     }
 
     let mut quota = QuotaLoop {
-        state: QuotaState::new(settings.scopes.clone(), settings.dedup_capacity),
+        state: QuotaState::new(settings.scopes.clone(), settings.dedup_capacity)
+            .with_max_clock_skew(settings.max_clock_skew),
         publisher,
+        lease,
+        held: false,
         publish_interval: settings.publish_interval,
         rebuilding: true,
         started: Instant::now(),
         rebuild_events: 0,
         dedup_capacity: settings.dedup_capacity,
+        max_clock_skew: settings.max_clock_skew,
         brokers: settings.brokers.clone(),
         usage_topic: settings.usage_topic.clone(),
     };
@@ -123,6 +136,7 @@ pub async fn run_live(
     // Wait for the usage topic, heartbeating meanwhile.
     let Some(mut reader) = quota.open(lookback, &mut heartbeat, &shutdown).await? else {
         quota.publisher.flush().await;
+        quota.lease.stop().await;
         tracing::info!("Quota loop stopped before the usage topic was read.");
         return Ok(());
     };
@@ -130,11 +144,14 @@ pub async fn run_live(
     let mut next_publish = tokio::time::Instant::now();
     loop {
         let consumer = Arc::clone(&reader.consumer);
-        let publish_due = !quota.rebuilding && quota.state.has_changed();
+        let publish_due = quota.may_publish() && quota.state.has_changed();
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            _ = heartbeat.tick() => quota.heartbeat().await,
+            _ = heartbeat.tick() => {
+                quota.take_over().await;
+                quota.heartbeat().await;
+            }
             update = next_policy(&mut policy) => {
                 let Some(scopes) = update else { continue };
                 if quota.update_policy(scopes.as_ref().clone()) {
@@ -163,7 +180,7 @@ pub async fn run_live(
                 if quota.rebuilding && reader.reached_end() {
                     quota.finish_rebuild(&reader).await;
                     next_publish = tokio::time::Instant::now() + quota.publish_interval;
-                } else if idle && !quota.rebuilding && quota.state.has_changed() {
+                } else if idle && quota.may_publish() && quota.state.has_changed() {
                     quota.publish().await;
                     next_publish = tokio::time::Instant::now() + quota.publish_interval;
                 }
@@ -173,10 +190,11 @@ pub async fn run_live(
 
     if quota.rebuilding {
         tracing::info!("Shutting down during the rebuild; nothing is published.");
-    } else if quota.state.has_changed() {
+    } else if quota.may_publish() && quota.state.has_changed() {
         quota.publish().await;
     }
     quota.publisher.flush().await;
+    quota.lease.stop().await;
     tracing::info!("Quota loop stopped.");
     Ok(())
 }
@@ -201,11 +219,15 @@ async fn next_policy(policy: &mut Option<PolicyUpdates>) -> Option<Arc<Vec<Confi
 struct QuotaLoop {
     state: QuotaState,
     publisher: Publisher,
+    lease: Lease,
+    /// Whether the lease was held at the last look (a change to held publishes every window).
+    held: bool,
     publish_interval: Duration,
     rebuilding: bool,
     started: Instant,
     rebuild_events: u64,
     dedup_capacity: usize,
+    max_clock_skew: Duration,
     brokers: String,
     usage_topic: String,
 }
@@ -258,7 +280,8 @@ impl QuotaLoop {
         );
         if rebuild {
             let policy = self.state.scopes().cloned().collect();
-            self.state = QuotaState::new(policy, self.dedup_capacity);
+            self.state =
+                QuotaState::new(policy, self.dedup_capacity).with_max_clock_skew(self.max_clock_skew);
             self.rebuilding = true;
             self.rebuild_events = 0;
         }
@@ -295,17 +318,32 @@ impl QuotaLoop {
                 return true;
             }
         };
+        let timestamp_ms = message
+            .timestamp()
+            .to_millis()
+            .and_then(|ms| u64::try_from(ms).ok());
+        let read_at_ms = now_ms();
         let at = Position {
             partition,
             offset,
-            timestamp_ms: message
-                .timestamp()
-                .to_millis()
-                .and_then(|ms| u64::try_from(ms).ok()),
+            timestamp_ms,
+            not_after_ms: Some(timestamp_ms.map_or(read_at_ms, |ms| ms.min(read_at_ms))),
         };
         match self.state.apply(&event, at) {
-            Applied::Counted(_) => {
+            Applied::Counted { skewed, .. } => {
                 metrics::counter!(m::QUOTA_EVENTS_APPLIED).increment(1);
+                if skewed {
+                    metrics::counter!(m::QUOTA_CLOCK_SKEW_EVENTS).increment(1);
+                    tracing::warn!(
+                        id = %event.id,
+                        source = %event.source,
+                        partition,
+                        offset,
+                        finished_at_ms = event.data.finished_at_ms,
+                        not_after_ms = at.not_after_ms.unwrap_or(0),
+                        "A usage event's time is ahead of its broker timestamp (or of this loop's clock) by more than the clock-skew bound; counted at that time."
+                    );
+                }
                 if self.rebuilding {
                     self.rebuild_events += 1;
                 }
@@ -334,15 +372,53 @@ impl QuotaLoop {
         false
     }
 
-    /// Ends the rebuild: publishes every scope's snapshot and goes live.
+    /// Whether snapshots may go out now: rebuilt, and holding the lease.
+    fn may_publish(&self) -> bool {
+        !self.rebuilding && self.lease.held()
+    }
+
+    /// When the lease was just granted (a standby taking over, or the first grant after the rebuild), publishes
+    /// every window held, so gateways get the new writer's full state at once.
+    async fn take_over(&mut self) {
+        let held = self.lease.held();
+        if held && !self.held && !self.rebuilding {
+            let snapshots = self.state.all_snapshots(now_ms());
+            tracing::info!(
+                snapshots = snapshots.len(),
+                "Holding the quota lease: publishing every window."
+            );
+            for (key, window_start_ms) in self.publisher.snapshots(snapshots, false).await {
+                self.state.mark_changed(&key, window_start_ms);
+            }
+            let mut expired = self.state.take_expired();
+            expired.extend(self.state.stale_keys(now_ms()));
+            self.publisher.tombstones(expired).await;
+        }
+        if !self.rebuilding {
+            self.held = held;
+        }
+    }
+
+    /// Ends the rebuild: publishes every scope's snapshot (when holding the lease) and goes live.
     async fn finish_rebuild(&mut self, reader: &Reader) {
+        self.rebuilding = false;
+        self.held = self.lease.held();
+        if !self.held {
+            tracing::info!(
+                events = self.rebuild_events,
+                "Quota windows rebuilt from the usage topic; not holding the lease, so publishing nothing."
+            );
+            return;
+        }
         let snapshots = self.state.all_snapshots(now_ms());
         let published = snapshots.len();
         let failed = self.publisher.snapshots(snapshots, false).await;
-        for key in &failed {
-            self.state.mark_changed(key);
+        for (key, window_start_ms) in &failed {
+            self.state.mark_changed(key, *window_start_ms);
         }
-        self.rebuilding = false;
+        let mut expired = self.state.take_expired();
+        expired.extend(self.state.stale_keys(now_ms()));
+        self.publisher.tombstones(expired).await;
         let took = self.started.elapsed();
         metrics::gauge!(m::QUOTA_REBUILD_DURATION).set(took.as_secs_f64());
         tracing::info!(
@@ -358,15 +434,18 @@ impl QuotaLoop {
     /// Publishes the changed snapshots; those that fail stay marked.
     async fn publish(&mut self) {
         let snapshots = self.state.take_changed(now_ms());
-        if snapshots.is_empty() {
-            return;
+        if !snapshots.is_empty() {
+            for (key, window_start_ms) in self.publisher.snapshots(snapshots, true).await {
+                self.state.mark_changed(&key, window_start_ms);
+            }
         }
-        for key in self.publisher.snapshots(snapshots, true).await {
-            self.state.mark_changed(&key);
-        }
+        self.publisher.tombstones(self.state.take_expired()).await;
     }
 
     async fn heartbeat(&self) {
+        if !self.lease.held() {
+            return;
+        }
         let heartbeat = QuotaHeartbeat {
             published_at_ms: now_ms(),
             scopes: u32::try_from(self.state.scope_count()).unwrap_or(u32::MAX),

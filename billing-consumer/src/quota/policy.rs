@@ -32,7 +32,7 @@ use crate::error::BillingError;
 pub struct ConfiguredScope {
     /// Which usage counts, over which window.
     pub scope: QuotaScope,
-    /// [`QuotaScope::key`], computed once: the Kafka key of the scope's snapshots.
+    /// [`QuotaScope::key`], computed once: the scope in its snapshots (their Kafka keys add the window start).
     pub key: String,
     /// Tokens allowed per window.
     pub limit: u64,

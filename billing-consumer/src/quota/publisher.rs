@@ -1,6 +1,7 @@
-//! What the quota loop writes to the quota topic: each [`QuotaSnapshot`] in its CloudEvent keyed by its scope,
-//! and [`QuotaHeartbeat`]s keyed [`HEARTBEAT_KEY`], from an idempotent producer (`acks=all`) so that a retried
-//! send neither reorders nor duplicates a scope's snapshots on the compacted topic.
+//! What the quota loop writes to the quota topic: each [`QuotaSnapshot`] in its CloudEvent keyed by its scope
+//! and window ([`snapshot_key`]: one per (scope, window) on the compacted topic), a tombstone for each published
+//! window the loop dropped, and [`QuotaHeartbeat`]s keyed [`HEARTBEAT_KEY`], from an idempotent producer
+//! (`acks=all`) so that a retried send neither reorders nor duplicates a scope's snapshots on the compacted topic.
 
 use std::fmt;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeat, QuotaSnapshot};
 
 use crate::error::BillingError;
 use crate::metrics as m;
+use crate::quota::windows::snapshot_key;
 
 /// How long a message may wait for delivery (including the producer's own retries).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,25 +58,27 @@ impl Publisher {
         })
     }
 
-    /// Sends every snapshot at once and waits for all deliveries. Returns the scope keys whose snapshot was
-    /// not delivered (logged and counted here), to be published again. `record_lag` adds each delivered
+    /// Sends every snapshot at once and waits for all deliveries. Returns the scope key and window start of
+    /// each snapshot that was not delivered (logged and counted here), to be published again. `record_lag` adds each delivered
     /// snapshot's lag to the lag histogram (live snapshots only: after a rebuild the newest event may be old).
-    pub async fn snapshots(&self, snapshots: Vec<QuotaSnapshot>, record_lag: bool) -> Vec<String> {
+    pub async fn snapshots(&self, snapshots: Vec<QuotaSnapshot>, record_lag: bool) -> Vec<(String, u64)> {
         let mut failed = Vec::new();
         let mut encoded = Vec::with_capacity(snapshots.len());
         for snapshot in snapshots {
-            let key = snapshot.scope.clone();
+            let key = (snapshot.scope.clone(), snapshot.window_start_ms);
             let newest_event_ms = snapshot.newest_event_ms;
             let (used, events) = (snapshot.used, snapshot.events);
-            match self.encode("quota snapshot", &key, snapshot) {
+            match self.encode("quota snapshot", &key.0, snapshot) {
                 Ok(payload) => encoded.push((key, payload, newest_event_ms, used, events)),
                 Err(error) => {
-                    failure(&key, &error);
+                    failure(&key.0, &error);
                     failed.push(key);
                 }
             }
         }
-        let deliveries = encoded.iter().map(|(key, payload, ..)| self.send(key, payload));
+        let deliveries = encoded
+            .iter()
+            .map(|((scope, start), payload, ..)| self.send_owned(snapshot_key(scope, *start), payload));
         let results = futures_util::future::join_all(deliveries).await;
         let now_ms = Utc::now().timestamp_millis().max(0) as u64;
         for ((key, _, newest_event_ms, used, events), result) in encoded.into_iter().zip(results) {
@@ -85,15 +89,32 @@ impl Publisher {
                     if record_lag {
                         metrics::histogram!(m::QUOTA_LAG).record(lag_ms as f64 / 1000.0);
                     }
-                    tracing::debug!(scope = %key, used, events, offset, lag_ms, "Published a quota snapshot.");
+                    tracing::debug!(scope = %key.0, window_start_ms = key.1, used, events, offset, lag_ms, "Published a quota snapshot.");
                 }
                 Err(error) => {
-                    failure(&key, &error);
+                    failure(&key.0, &error);
                     failed.push(key);
                 }
             }
         }
         failed
+    }
+
+    /// Deletes the snapshots of dropped windows from the compacted topic (a null payload per key), waiting for
+    /// the deliveries; a failed one is logged and left to the topic's retention.
+    pub async fn tombstones(&self, keys: Vec<String>) {
+        let sends = keys.iter().map(|key| async move {
+            let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(key.as_str());
+            (key, self.producer.send(record, QUEUE_TIMEOUT).await)
+        });
+        for (key, result) in futures_util::future::join_all(sends).await {
+            match result {
+                Ok(_) => tracing::debug!(key = %key, "Tombstoned the snapshot of a dropped window."),
+                Err((error, _)) => {
+                    tracing::warn!(key = %key, %error, "Tombstoning a dropped window's snapshot failed.")
+                }
+            }
+        }
     }
 
     /// Sends a heartbeat and waits for its delivery.
@@ -126,6 +147,10 @@ impl Publisher {
             what,
             message: e.to_string(),
         })
+    }
+
+    async fn send_owned(&self, key: String, payload: &[u8]) -> Result<i64, BillingError> {
+        self.send(&key, payload).await
     }
 
     /// Sends one message and waits for its delivery; returns its offset.

@@ -1,18 +1,34 @@
-//! The quota loop's state, without any I/O: per configured scope, the usage counted in its newest windows, and
-//! which scopes have a snapshot to publish.
+//! The quota loop's state, without any I/O: per configured scope, the usage counted in its recent windows, and
+//! which (scope, window) pairs have a snapshot to publish.
 //!
 //! Windows are by **event time** (`finished_at_ms` of each usage event), never by the loop's clock, so a rebuild
-//! from the usage topic and a live run count every event into the same window. Each scope keeps its newest two
-//! windows: the current one, and the previous one for events that arrive late. Only the newest window is
-//! published (the compacted quota topic holds one snapshot per scope); a late event for the previous window is
-//! counted there but changes nothing a gateway sees.
+//! from the usage topic and a live run count every event into the same window.
 //!
-//! Events are deduplicated by their envelope id over the most recent `dedup_capacity` ids that counted anywhere:
-//! a gateway's spool may deliver an event twice. A duplicate adds no tokens, but it still advances its gateway's
-//! watermark, because the event it repeats is counted.
+//! **Clock skew.** A gateway's clock can run ahead. An event cannot have finished after the broker stored it nor
+//! after the loop read it, so an event time more than `max_clock_skew` ahead of the earlier of the two
+//! ([`Position::not_after_ms`]; a `CreateTime` stamped by the producer comes from the gateway's clock, so the
+//! loop's own clock bounds it too) is not believed: the event is counted at that bound instead and reported as skewed ([`Applied::Counted::skewed`], metric
+//! `billing_quota_clock_skew_events_total`). An event time far *behind* the broker's is normal (a spool drained
+//! late) and kept. The ledger keeps the event's own time either way (it is part of the ledger's dedup key).
+//!
+//! **Windows kept and published per (scope, window).** Each scope keeps the window containing its *reference
+//! time* — the newest event time no later than its broker timestamp, so a gateway's skew cannot move it — the
+//! window before it, and any window after it (at most `max_clock_skew` ahead). Every window is published as its
+//! own snapshot, keyed by scope and window start ([`snapshot_key`]), so an event in a later window never replaces
+//! the current window's published state, and at a rollover a gateway whose clock is still in the previous window
+//! keeps that window's usage instead of seeing 0. A late event for the previous window is published too. When a
+//! window is dropped, its key is reported once ([`QuotaState::take_expired`]) so the publisher can tombstone it
+//! on the compacted topic.
+//!
+//! Events are deduplicated by their envelope id over the most recent `dedup_capacity` ids that counted anywhere
+//! (default [`DEFAULT_DEDUP_CAPACITY`], at most [`MAX_DEDUP_CAPACITY`]; about [`DEDUP_BYTES_PER_ID`] bytes per id
+//! at worst): a gateway's spool may deliver an event twice. A duplicate adds no tokens, but it still advances its
+//! gateway's watermark, because the event it repeats is counted. The window is a count, not a time: at the
+//! default it covers the last million events, which at 10,000 events/s is 100 s of traffic — a duplicate
+//! redelivered later than that counts twice in the quota (never in the ledger, which deduplicates by id itself).
 //!
 //! The policy can change while the loop runs ([`QuotaState::update_policy`]): a scope whose key stays keeps its
-//! windows (a new limit value shows in its next snapshot), a scope that goes is forgotten, and a new scope starts
+//! windows (a new limit value shows in its next snapshots), a scope that goes is forgotten, and a new scope starts
 //! empty — the caller then rebuilds, since only the usage topic has the usage it must start from.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -26,8 +42,30 @@ use crate::quota::policy::ConfiguredScope;
 /// Event ids remembered for deduplication by default.
 pub const DEFAULT_DEDUP_CAPACITY: usize = 1_000_000;
 
-/// Windows kept per scope: the newest and the one before it.
-pub const WINDOWS_KEPT: usize = 2;
+/// The most event ids that may be remembered: about 500 MiB at [`DEDUP_BYTES_PER_ID`].
+pub const MAX_DEDUP_CAPACITY: usize = 10_000_000;
+
+/// Memory per remembered id, measured at the default capacity: the id set's buckets (16-byte UUID + 1 control
+/// byte, 2^21 of them for 1,000,000 ids at hashbrown's 7/8 load) and the eviction queue (16 bytes per id, 2^20
+/// slots): 52.4 MB for 1,000,000 ids. Just past a power of two the set and the queue may be up to twice that.
+pub const DEDUP_BYTES_PER_ID: usize = 52;
+
+/// How far ahead of its broker timestamp an event's time is believed, by default.
+pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// The Kafka key of the snapshot of `scope_key` for the window starting at `window_start_ms`: one per (scope,
+/// window) on the compacted topic, e.g. `consumer=team-a;window=3600s;strategy=total_tokens@1795168800000`.
+pub fn snapshot_key(scope_key: &str, window_start_ms: u64) -> String {
+    format!("{scope_key}@{window_start_ms}")
+}
+
+/// The time an event is counted at, and whether its own time was too far ahead of the broker's to be believed.
+pub fn counted_time(finished_at_ms: u64, broker_ms: Option<u64>, max_skew_ms: u64) -> (u64, bool) {
+    match broker_ms {
+        Some(broker) if finished_at_ms > broker.saturating_add(max_skew_ms) => (broker, true),
+        _ => (finished_at_ms, false),
+    }
+}
 
 /// Usage of one scope in one window.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +80,10 @@ pub struct WindowUsage {
     pub watermarks: BTreeMap<(String, i32), i64>,
     /// The newest Kafka timestamp (or, without one, `finished_at_ms`) of an event counted here.
     pub newest_event_ms: u64,
+    /// Counted since its last snapshot was taken.
+    changed: bool,
+    /// A snapshot of it was taken (so dropping it leaves one on the topic to tombstone).
+    published: bool,
 }
 
 impl WindowUsage {
@@ -52,6 +94,8 @@ impl WindowUsage {
             events: 0,
             watermarks: BTreeMap::new(),
             newest_event_ms: 0,
+            changed: false,
+            published: false,
         }
     }
 
@@ -70,13 +114,17 @@ pub struct Position {
     pub offset: i64,
     /// The message's Kafka timestamp, Unix epoch milliseconds, when it has one.
     pub timestamp_ms: Option<u64>,
+    /// The latest the event can have happened: the earlier of its Kafka timestamp and when the loop read it
+    /// (a producer-stamped `CreateTime` comes from the gateway's own clock; the loop's clock bounds it too).
+    pub not_after_ms: Option<u64>,
 }
 
 /// What [`QuotaState::apply`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// Counted in this many scopes (zero when no scope matches it).
-    Counted(usize),
+    /// Counted in `scopes` scopes (zero when no scope matches it); `skewed` when its time was too far ahead of
+    /// the broker's and it was counted at the broker's timestamp.
+    Counted { scopes: usize, skewed: bool },
     /// Its id was counted before; only watermarks moved.
     Duplicate,
 }
@@ -86,24 +134,47 @@ struct ScopeState {
     configured: ConfiguredScope,
     /// By window start.
     windows: BTreeMap<u64, WindowUsage>,
-    changed: bool,
+    /// The newest event time seen no later than its broker timestamp: windows before the one before it go.
+    reference_ms: u64,
+    /// Keys of dropped windows that had been published.
+    expired: Vec<String>,
 }
 
 impl ScopeState {
-    fn newest(&self) -> Option<&WindowUsage> {
-        self.windows.values().next_back()
+    fn new(configured: ConfiguredScope) -> Self {
+        Self {
+            configured,
+            windows: BTreeMap::new(),
+            reference_ms: 0,
+            expired: Vec::new(),
+        }
     }
 
-    fn is_newest(&self, window_start_ms: u64) -> bool {
-        self.windows
-            .keys()
-            .next_back()
-            .is_none_or(|newest| window_start_ms >= *newest)
+    fn changed(&self) -> bool {
+        self.windows.values().any(|w| w.changed)
     }
 
-    fn snapshot(&self, published_at_ms: u64) -> Option<QuotaSnapshot> {
-        let usage = self.newest()?;
-        Some(QuotaSnapshot {
+    /// Drops the windows before the one before the reference time's.
+    fn prune(&mut self) {
+        let keep_from = self
+            .configured
+            .scope
+            .window_at(self.reference_ms)
+            .start_ms
+            .saturating_sub(self.configured.scope.window_ms);
+        while let Some(entry) = self.windows.first_entry() {
+            if *entry.key() >= keep_from {
+                break;
+            }
+            let (start, usage) = entry.remove_entry();
+            if usage.published {
+                self.expired.push(snapshot_key(&self.configured.key, start));
+            }
+        }
+    }
+
+    fn snapshot(&self, usage: &WindowUsage, published_at_ms: u64) -> QuotaSnapshot {
+        QuotaSnapshot {
             scope: self.configured.key.clone(),
             limit: self.configured.limit,
             strategy: self.configured.scope.strategy,
@@ -122,7 +193,28 @@ impl ScopeState {
                 .collect(),
             newest_event_ms: usage.newest_event_ms,
             published_at_ms,
-        })
+        }
+    }
+
+    /// Snapshots of the windows `pick` selects, oldest first, marking them published and unchanged.
+    fn take(&mut self, published_at_ms: u64, pick: impl Fn(&WindowUsage) -> bool) -> Vec<QuotaSnapshot> {
+        let mut snapshots = Vec::new();
+        let picked: Vec<u64> = self
+            .windows
+            .iter()
+            .filter(|(_, usage)| pick(usage))
+            .map(|(start, _)| *start)
+            .collect();
+        for start in picked {
+            if let Some(usage) = self.windows.get(&start) {
+                snapshots.push(self.snapshot(usage, published_at_ms));
+            }
+            if let Some(usage) = self.windows.get_mut(&start) {
+                usage.changed = false;
+                usage.published = true;
+            }
+        }
+        snapshots
     }
 }
 
@@ -137,7 +229,7 @@ struct RecentIds {
 impl RecentIds {
     fn new(capacity: usize) -> Self {
         Self {
-            capacity,
+            capacity: capacity.min(MAX_DEDUP_CAPACITY),
             ids: HashSet::new(),
             order: VecDeque::new(),
         }
@@ -184,10 +276,12 @@ pub struct QuotaState {
     scopes: Vec<ScopeState>,
     by_key: HashMap<String, usize>,
     recent: RecentIds,
+    max_skew_ms: u64,
 }
 
 impl QuotaState {
-    /// An empty state for `scopes`, remembering up to `dedup_capacity` event ids (0 turns deduplication off).
+    /// An empty state for `scopes`, remembering up to `dedup_capacity` event ids (0 turns deduplication off; at
+    /// most [`MAX_DEDUP_CAPACITY`]), believing event times up to [`DEFAULT_MAX_CLOCK_SKEW`] ahead of the broker.
     pub fn new(scopes: Vec<ConfiguredScope>, dedup_capacity: usize) -> Self {
         let by_key = scopes
             .iter()
@@ -195,17 +289,17 @@ impl QuotaState {
             .map(|(i, s)| (s.key.clone(), i))
             .collect();
         Self {
-            scopes: scopes
-                .into_iter()
-                .map(|configured| ScopeState {
-                    configured,
-                    windows: BTreeMap::new(),
-                    changed: false,
-                })
-                .collect(),
+            scopes: scopes.into_iter().map(ScopeState::new).collect(),
             by_key,
             recent: RecentIds::new(dedup_capacity),
+            max_skew_ms: u64::try_from(DEFAULT_MAX_CLOCK_SKEW.as_millis()).unwrap_or(u64::MAX),
         }
+    }
+
+    /// Believes event times up to `max_skew` ahead of their broker timestamp.
+    pub fn with_max_clock_skew(mut self, max_skew: std::time::Duration) -> Self {
+        self.max_skew_ms = u64::try_from(max_skew.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Scopes being computed.
@@ -232,18 +326,16 @@ impl QuotaState {
                 Some(mut state) => {
                     if state.configured.limit != configured.limit {
                         diff.relimited.push(configured.key.clone());
-                        state.changed = true;
+                        for usage in state.windows.values_mut() {
+                            usage.changed = true;
+                        }
                     }
                     state.configured = configured;
                     state
                 }
                 None => {
                     diff.added.push(configured.key.clone());
-                    ScopeState {
-                        configured,
-                        windows: BTreeMap::new(),
-                        changed: false,
-                    }
+                    ScopeState::new(configured)
                 }
             };
             self.by_key
@@ -260,9 +352,12 @@ impl QuotaState {
         self.scopes.iter().map(|s| &s.configured)
     }
 
-    /// Counts `event`, read at `at`, in every scope it matches, in the window containing its `finished_at_ms`.
+    /// Counts `event`, read at `at`, in every scope it matches, in the window containing its `finished_at_ms` —
+    /// or its broker timestamp when that time is more than the clock-skew bound ahead of it.
     pub fn apply(&mut self, event: &UsageEvent, at: Position) -> Applied {
         let data = &event.data;
+        let (counted_ms, skewed) = counted_time(data.finished_at_ms, at.not_after_ms, self.max_skew_ms);
+        let reference_ms = at.not_after_ms.map_or(counted_ms, |bound| counted_ms.min(bound));
         let event_ms = at.timestamp_ms.unwrap_or(data.finished_at_ms);
         let duplicate = self.recent.contains(&event.id);
         let mut counted = 0;
@@ -270,13 +365,12 @@ impl QuotaState {
             if !scope.configured.scope.matches_event(data) {
                 continue;
             }
-            let window = scope.configured.scope.window_at(data.finished_at_ms);
-            let newest = scope.is_newest(window.start_ms);
+            let window = scope.configured.scope.window_at(counted_ms);
             if duplicate {
                 // The repeated event is counted already; only say that this offset is covered too.
                 if let Some(usage) = scope.windows.get_mut(&window.start_ms) {
                     usage.advance(&event.source, at.partition, at.offset, event_ms);
-                    scope.changed |= newest;
+                    usage.changed = true;
                 }
                 continue;
             }
@@ -289,10 +383,9 @@ impl QuotaState {
                 .saturating_add(scope.configured.scope.strategy.event_tokens(data));
             usage.events += 1;
             usage.advance(&event.source, at.partition, at.offset, event_ms);
-            scope.changed |= newest;
-            while scope.windows.len() > WINDOWS_KEPT {
-                scope.windows.pop_first();
-            }
+            usage.changed = true;
+            scope.reference_ms = scope.reference_ms.max(reference_ms);
+            scope.prune();
             counted += 1;
         }
         if duplicate {
@@ -301,43 +394,78 @@ impl QuotaState {
         if counted > 0 {
             self.recent.remember(event.id);
         }
-        Applied::Counted(counted)
-    }
-
-    /// True when some scope has a snapshot to publish.
-    pub fn has_changed(&self) -> bool {
-        self.scopes.iter().any(|s| s.changed)
-    }
-
-    /// Snapshots of the newest window of every scope changed since the last call, which clears the marks.
-    pub fn take_changed(&mut self, published_at_ms: u64) -> Vec<QuotaSnapshot> {
-        let mut snapshots = Vec::new();
-        for scope in &mut self.scopes {
-            if std::mem::take(&mut scope.changed)
-                && let Some(snapshot) = scope.snapshot(published_at_ms)
-            {
-                snapshots.push(snapshot);
-            }
+        Applied::Counted {
+            scopes: counted,
+            skewed,
         }
-        snapshots
     }
 
-    /// Snapshots of the newest window of every scope that has counted anything (after a rebuild); clears
-    /// every mark.
-    pub fn all_snapshots(&mut self, published_at_ms: u64) -> Vec<QuotaSnapshot> {
+    /// True when some (scope, window) has a snapshot to publish.
+    pub fn has_changed(&self) -> bool {
+        self.scopes.iter().any(ScopeState::changed)
+    }
+
+    /// Snapshots of every (scope, window) changed since the last call, oldest window first per scope; clears the
+    /// marks.
+    pub fn take_changed(&mut self, published_at_ms: u64) -> Vec<QuotaSnapshot> {
         self.scopes
             .iter_mut()
-            .filter_map(|scope| {
-                scope.changed = false;
-                scope.snapshot(published_at_ms)
-            })
+            .flat_map(|scope| scope.take(published_at_ms, |usage| usage.changed))
             .collect()
     }
 
-    /// Marks a scope changed again, e.g. because publishing its snapshot failed.
-    pub fn mark_changed(&mut self, scope_key: &str) {
-        if let Some(scope) = self.by_key.get(scope_key).and_then(|i| self.scopes.get_mut(*i)) {
-            scope.changed = true;
+    /// Snapshots of every kept window of every scope (after a rebuild), oldest first per scope; clears every
+    /// mark.
+    pub fn all_snapshots(&mut self, published_at_ms: u64) -> Vec<QuotaSnapshot> {
+        self.scopes
+            .iter_mut()
+            .flat_map(|scope| scope.take(published_at_ms, |_| true))
+            .collect()
+    }
+
+    /// The snapshot keys ([`snapshot_key`]) of published windows dropped since the last call: to tombstone.
+    pub fn take_expired(&mut self) -> Vec<String> {
+        self.scopes
+            .iter_mut()
+            .flat_map(|scope| std::mem::take(&mut scope.expired))
+            .collect()
+    }
+
+    /// Keys of the two windows of each scope before the ones kept at `now_ms` (by the clock), unless kept: a
+    /// previous run of the loop left the windows it held when it stopped on the compacted topic (it tombstones
+    /// only what it drops while running); after a rebuild they are tombstoned, so a restart leaves nothing
+    /// behind that is less than two windows older than the previous run's last ones.
+    pub fn stale_keys(&self, now_ms: u64) -> Vec<String> {
+        let mut keys = Vec::new();
+        for scope in &self.scopes {
+            let length = scope.configured.scope.window_ms;
+            let keep_from = scope
+                .configured
+                .scope
+                .window_at(now_ms)
+                .start_ms
+                .saturating_sub(length);
+            for back in 1..=2 {
+                let Some(start) = keep_from.checked_sub(back * length) else {
+                    break;
+                };
+                if !scope.windows.contains_key(&start) {
+                    keys.push(snapshot_key(&scope.configured.key, start));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Marks a snapshot changed again, e.g. because publishing it failed.
+    pub fn mark_changed(&mut self, scope_key: &str, window_start_ms: u64) {
+        if let Some(usage) = self
+            .by_key
+            .get(scope_key)
+            .and_then(|i| self.scopes.get_mut(*i))
+            .and_then(|scope| scope.windows.get_mut(&window_start_ms))
+        {
+            usage.changed = true;
         }
     }
 
@@ -436,6 +564,7 @@ mod tests {
             partition,
             offset,
             timestamp_ms: Some(T0 + 5 * HOUR + offset as u64),
+            not_after_ms: Some(T0 + 5 * HOUR + offset as u64),
         }
     }
 
@@ -455,11 +584,17 @@ mod tests {
         let mut state = QuotaState::new(scopes.to_vec(), 100);
         assert_eq!(
             state.apply(&event("team-a", "m", "i", 10, 3, T0 + 1), at(0, 0)),
-            Applied::Counted(3)
+            Applied::Counted {
+                scopes: 3,
+                skewed: false
+            }
         );
         assert_eq!(
             state.apply(&event("team-a", "m", "i", 20, 4, T0 + 2), at(0, 1)),
-            Applied::Counted(3)
+            Applied::Counted {
+                scopes: 3,
+                skewed: false
+            }
         );
         let snapshots = by_scope(state.take_changed(T0 + HOUR));
         let used: Vec<_> = keys
@@ -493,7 +628,10 @@ mod tests {
         state.apply(&event("team-a", "claude", "vllm", 100, 0, T0), at(0, 1));
         assert_eq!(
             state.apply(&event("team-c", "llama", "local", 1000, 0, T0), at(2, 0)),
-            Applied::Counted(1)
+            Applied::Counted {
+                scopes: 1,
+                skewed: false
+            }
         );
         let snapshots = by_scope(state.take_changed(T0));
         let used: Vec<_> = keys.iter().map(|k| snapshots[k].used).collect();
@@ -508,7 +646,10 @@ mod tests {
         );
         assert_eq!(
             state.apply(&event("team-b", "m", "i", 5, 5, T0), at(0, 0)),
-            Applied::Counted(0)
+            Applied::Counted {
+                scopes: 0,
+                skewed: false
+            }
         );
         assert!(!state.has_changed());
         assert!(
@@ -548,31 +689,151 @@ mod tests {
         );
     }
 
+    /// A late event for the previous window is counted there and published as that window's own snapshot, so a
+    /// gateway whose clock is still in that window sees its usage, not 0; the newest window's snapshot is not
+    /// touched. Windows before the previous one are dropped (and tombstoned once, if they were published).
     #[test]
-    fn a_late_event_for_the_previous_window_is_counted_but_not_published() {
+    fn a_late_event_for_the_previous_window_is_published_as_that_window() {
         let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
         let key = team_a.key.clone();
         let mut state = QuotaState::new(vec![team_a], 100);
         state.apply(&event("team-a", "m", "i", 10, 0, T0 + 5), at(0, 0));
         state.apply(&event("team-a", "m", "i", 20, 0, T0 + HOUR + 5), at(0, 1));
-        assert_eq!(state.take_changed(1).len(), 1);
+        let both = state.take_changed(1);
+        assert_eq!(
+            both.iter()
+                .map(|s| (s.window_start_ms, s.used))
+                .collect::<Vec<_>>(),
+            [(T0, 10), (T0 + HOUR, 20)]
+        );
 
         state.apply(&event("team-a", "m", "i", 3, 0, T0 + 6), at(0, 2));
-        assert!(
-            !state.has_changed(),
-            "the late event does not change the newest window"
+        let late = state.take_changed(2);
+        assert_eq!(late.len(), 1, "only the previous window changed: {late:?}");
+        assert_eq!(
+            (late[0].window_start_ms, late[0].used, late[0].events),
+            (T0, 13, 2)
         );
-        assert!(state.take_changed(2).is_empty());
-        assert_eq!(state.window(&key, T0).unwrap().used, 13);
-        assert_eq!(state.window(&key, T0).unwrap().events, 2);
+        assert!(late[0].covers("tollgate-gateway/gw-1", 0, 2));
+        assert!(state.take_expired().is_empty());
 
-        // Only the newest two windows are kept; an event older than both is dropped with its window.
+        // The window two back is dropped once the reference time moves on, and its key reported once.
         state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR), at(0, 3));
         assert!(state.window(&key, T0).is_none());
+        assert_eq!(state.take_expired(), [snapshot_key(&key, T0)]);
+        assert!(state.take_expired().is_empty());
         state.apply(&event("team-a", "m", "i", 99, 0, T0 + 7), at(0, 4));
-        assert!(state.window(&key, T0).is_none());
+        assert!(
+            state.window(&key, T0).is_none(),
+            "an event older than the kept windows is dropped"
+        );
         let snapshot = state.take_changed(3).remove(0);
         assert_eq!((snapshot.window_start_ms, snapshot.used), (T0 + 2 * HOUR, 1));
+        assert!(
+            state.take_expired().is_empty(),
+            "a window never published needs no tombstone"
+        );
+    }
+
+    /// An event whose time is more than the skew bound ahead of its broker timestamp is counted at the broker's
+    /// time and reported skewed: it can neither open a far-future window nor push the current one out.
+    #[test]
+    fn an_event_from_a_clock_far_ahead_is_counted_at_the_broker_time() {
+        let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let key = team_a.key.clone();
+        let mut state =
+            QuotaState::new(vec![team_a], 100).with_max_clock_skew(std::time::Duration::from_secs(300));
+        let broker = |offset: i64, ms: u64| Position {
+            partition: 0,
+            offset,
+            timestamp_ms: Some(ms),
+            not_after_ms: Some(ms),
+        };
+        let now = T0 + 30 * 60_000;
+        assert_eq!(
+            state.apply(&event("team-a", "m", "i", 10, 0, now), broker(0, now)),
+            Applied::Counted {
+                scopes: 1,
+                skewed: false
+            }
+        );
+        // A gateway a day ahead: counted now, in the current window.
+        assert_eq!(
+            state.apply(
+                &event("team-a", "m", "i", 5, 0, now + 24 * HOUR),
+                broker(1, now + 10)
+            ),
+            Applied::Counted {
+                scopes: 1,
+                skewed: true
+            }
+        );
+        // Within the bound (4 minutes ahead, across the hour): believed, in its own window.
+        let near_end = T0 + HOUR - 60_000;
+        assert_eq!(
+            state.apply(
+                &event("team-a", "m", "i", 7, 0, near_end + 4 * 60_000),
+                broker(2, near_end)
+            ),
+            Applied::Counted {
+                scopes: 1,
+                skewed: false
+            }
+        );
+        let snapshots = state.take_changed(now);
+        assert_eq!(
+            snapshots
+                .iter()
+                .map(|s| (s.window_start_ms, s.used))
+                .collect::<Vec<_>>(),
+            [(T0, 15), (T0 + HOUR, 7)],
+            "the current window keeps its own snapshot beside the one ahead"
+        );
+        assert!(state.window(&key, T0 + 24 * HOUR).is_none());
+        // An event far behind its broker time (a spool drained late) is not skewed: it keeps its time.
+        assert_eq!(counted_time(T0, Some(T0 + 3 * HOUR), 300_000), (T0, false));
+        assert_eq!(counted_time(T0 + HOUR, Some(T0), 300_000), (T0, true));
+        assert_eq!(
+            counted_time(T0 + 300_000, Some(T0), 300_000),
+            (T0 + 300_000, false)
+        );
+        assert_eq!(counted_time(T0 + HOUR, None, 300_000), (T0 + HOUR, false));
+    }
+
+    /// After a rebuild, the two windows before the kept ones (by the clock) are tombstoned, unless the state keeps
+    /// them (an idle scope's last windows).
+    #[test]
+    fn stale_keys_are_the_two_windows_before_the_kept_ones_unless_kept() {
+        let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
+        let key = team_a.key.clone();
+        let mut state = QuotaState::new(vec![team_a], 100);
+        let now = T0 + 5 * HOUR + 10;
+        assert_eq!(
+            state.stale_keys(now),
+            [
+                snapshot_key(&key, T0 + 3 * HOUR),
+                snapshot_key(&key, T0 + 2 * HOUR)
+            ]
+        );
+        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR + 5), at(0, 0));
+        assert_eq!(state.stale_keys(now), [snapshot_key(&key, T0 + 3 * HOUR)]);
+    }
+
+    /// The snapshot key names the scope and the window, so the compacted topic holds one per (scope, window).
+    #[test]
+    fn snapshot_keys_name_the_scope_and_the_window() {
+        assert_eq!(
+            snapshot_key("consumer=team-a;window=3600s;strategy=total_tokens", T0),
+            "consumer=team-a;window=3600s;strategy=total_tokens@1795132800000"
+        );
+    }
+
+    /// The dedup window is capped whatever is asked (each id costs about DEDUP_BYTES_PER_ID bytes).
+    #[test]
+    fn the_dedup_window_is_capped() {
+        assert_eq!(RecentIds::new(usize::MAX).capacity, MAX_DEDUP_CAPACITY);
+        assert_eq!(RecentIds::new(5).capacity, 5);
+        assert_eq!((MAX_DEDUP_CAPACITY * DEDUP_BYTES_PER_ID) >> 20, 495);
     }
 
     #[test]
@@ -580,7 +841,13 @@ mod tests {
         let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
         let mut state = QuotaState::new(vec![team_a], 100);
         let once = event("team-a", "m", "i", 10, 5, T0);
-        assert_eq!(state.apply(&once, at(0, 3)), Applied::Counted(1));
+        assert_eq!(
+            state.apply(&once, at(0, 3)),
+            Applied::Counted {
+                scopes: 1,
+                skewed: false
+            }
+        );
         state.take_changed(1);
         assert_eq!(state.apply(&once, at(0, 9)), Applied::Duplicate);
         let snapshot = state.take_changed(2).remove(0);
@@ -601,7 +868,10 @@ mod tests {
         assert_eq!(state.apply(&events[1], at(0, 11)), Applied::Duplicate);
         assert_eq!(
             state.apply(&events[0], at(0, 12)),
-            Applied::Counted(1),
+            Applied::Counted {
+                scopes: 1,
+                skewed: false
+            },
             "forgotten"
         );
         assert_eq!(state.window(&key, T0).unwrap().events, 4);
@@ -610,8 +880,20 @@ mod tests {
             vec![scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens)],
             0,
         );
-        assert_eq!(off.apply(&events[0], at(0, 0)), Applied::Counted(1));
-        assert_eq!(off.apply(&events[0], at(0, 1)), Applied::Counted(1));
+        assert_eq!(
+            off.apply(&events[0], at(0, 0)),
+            Applied::Counted {
+                scopes: 1,
+                skewed: false
+            }
+        );
+        assert_eq!(
+            off.apply(&events[0], at(0, 1)),
+            Applied::Counted {
+                scopes: 1,
+                skewed: false
+            }
+        );
     }
 
     #[test]
@@ -650,6 +932,7 @@ mod tests {
             partition: 0,
             offset: 0,
             timestamp_ms: None,
+            not_after_ms: None,
         };
         state.apply(&event("team-a", "m", "i", 1, 0, T0 + 42), position);
         assert_eq!(state.take_changed(1)[0].newest_event_ms, T0 + 42);
@@ -660,6 +943,7 @@ mod tests {
         let a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
         let b = scope(Some("team-b"), None, &[], LimitStrategy::TotalTokens);
         let c = scope(Some("team-c"), None, &[], LimitStrategy::TotalTokens);
+        let keys_a = a.key.clone();
         let mut state = QuotaState::new(vec![a, b, c.clone()], 100);
         state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 0));
         state.apply(&event("team-b", "m", "i", 2, 0, T0 + 3 * HOUR), at(0, 1));
@@ -667,11 +951,17 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|s| s.published_at_ms == 9));
         assert!(!state.has_changed());
-        state.mark_changed(&c.key);
-        assert!(state.has_changed());
+        state.mark_changed(&c.key, T0);
         assert!(
-            state.take_changed(10).is_empty(),
-            "a scope without usage has nothing to publish"
+            !state.has_changed(),
+            "a window that does not exist cannot be marked"
+        );
+        state.mark_changed(&keys_a, T0);
+        assert!(state.has_changed());
+        assert_eq!(
+            state.take_changed(10).len(),
+            1,
+            "the marked window is published again"
         );
         assert_eq!(state.scope_count(), 3);
     }
@@ -732,7 +1022,7 @@ mod tests {
             [(c.key.as_str(), 2), (a.key.as_str(), 15)]
         );
         // Marking a removed scope does nothing.
-        state.mark_changed(&b.key);
+        state.mark_changed(&b.key, T0);
         assert!(!state.has_changed());
     }
 }

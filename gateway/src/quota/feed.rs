@@ -1,5 +1,9 @@
 //! The quota feed: billing-consumer's snapshots from the compacted quota topic into [`Quotas`]' moka cache.
 //!
+//! Snapshots are cached per (scope, window) — billing-consumer publishes each window of a scope as its own
+//! snapshot — and one whose watermarks go back from the one held for its window is ignored and counted in
+//! `tollgate_quota_snapshots_regressed_total` ([`Quotas::accept`]).
+//!
 //! A dedicated thread owns an rdkafka consumer that reads every partition of the topic from the beginning (a
 //! compacted topic is the current state: one snapshot per scope) and then follows it. It never joins a consumer
 //! group and never commits: every replica reads everything. Until the topic exists it retries every second.
@@ -34,7 +38,7 @@ use crate::config::Config;
 use crate::kafka::follower_config;
 use crate::metrics as m;
 
-use super::Quotas;
+use super::{Acceptance, Quotas};
 
 /// How long one poll waits; also the longest a stop request waits for the thread.
 const POLL: Duration = Duration::from_millis(100);
@@ -261,7 +265,7 @@ impl Follower {
 
     fn take(&self, message: &BorrowedMessage<'_>) {
         let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
-            return; // a tombstone: a scope was removed
+            return; // a tombstone: a dropped window's or a removed scope's snapshot
         };
         if message.key() == Some(HEARTBEAT_KEY.as_bytes()) {
             match serde_json::from_slice::<QuotaHeartbeatEvent>(payload) {
@@ -275,12 +279,27 @@ impl Follower {
                 let snapshot = event.data;
                 let live = snapshot.published_at_ms >= self.started_at_ms;
                 let newest_event_ms = snapshot.newest_event_ms;
-                if self.quotas.accept(snapshot) {
-                    metrics::counter!(m::QUOTA_SNAPSHOTS_TOTAL).increment(1);
-                    if live && newest_event_ms > 0 {
-                        let lag = wall_ms().saturating_sub(newest_event_ms);
-                        metrics::histogram!(m::QUOTA_SNAPSHOT_LAG_SECONDS).record(lag as f64 / 1000.0);
+                let (scope, window_start_ms) = (snapshot.scope.clone(), snapshot.window_start_ms);
+                match self.quotas.accept(snapshot) {
+                    Acceptance::Taken => {
+                        metrics::counter!(m::QUOTA_SNAPSHOTS_TOTAL).increment(1);
+                        if live && newest_event_ms > 0 {
+                            let lag = wall_ms().saturating_sub(newest_event_ms);
+                            metrics::histogram!(m::QUOTA_SNAPSHOT_LAG_SECONDS).record(lag as f64 / 1000.0);
+                        }
                     }
+                    Acceptance::Regressed => {
+                        metrics::counter!(m::QUOTA_SNAPSHOTS_REGRESSED_TOTAL).increment(1);
+                        tracing::warn!(
+                            %scope,
+                            window_start_ms,
+                            source = %event.source,
+                            partition = message.partition(),
+                            offset = message.offset(),
+                            "Ignored a quota snapshot whose watermarks go back from the one held (a second or stale quota loop)."
+                        );
+                    }
+                    Acceptance::NotEnforced => {}
                 }
             }
             _ => self.undecodable(message),

@@ -341,12 +341,14 @@ pub struct Quotas {
     clock: Arc<dyn Clock>,
     reserve_max_tokens: bool,
     layout: ArcSwap<Layout>,
-    snapshots: Cache<String, Arc<QuotaSnapshot>>,
+    /// By (scope key, window start): billing-consumer publishes each window of a scope as its own snapshot.
+    snapshots: Cache<(String, u64), Arc<QuotaSnapshot>>,
     /// Wall-clock `published_at_ms` of the newest snapshot or heartbeat received; 0 before the first.
     heard_at_ms: AtomicU64,
 }
 
-/// Snapshots cached at most: far more scopes than any configuration has.
+/// Snapshots cached at most, one per (scope, window): far more than any configuration's scopes times the few
+/// windows of each that are read.
 const SNAPSHOT_CACHE_CAPACITY: u64 = 1 << 16;
 
 impl Quotas {
@@ -356,7 +358,12 @@ impl Quotas {
             clock,
             reserve_max_tokens: config.quota.reserve_max_tokens,
             layout: ArcSwap::from_pointee(Layout::new(config, &Layout::default())),
-            snapshots: Cache::new(SNAPSHOT_CACHE_CAPACITY),
+            // LRU, not TinyLFU: a new window's snapshot must always be admitted, and the windows that ended (no
+            // longer read) are the ones to go.
+            snapshots: Cache::builder()
+                .max_capacity(SNAPSHOT_CACHE_CAPACITY)
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .build(),
             heard_at_ms: AtomicU64::new(0),
         }
     }
@@ -517,10 +524,7 @@ impl Quotas {
         let limit = book.limit();
         let scope = &limit.scope;
         let window = scope.window_at(now);
-        let snapshot = self
-            .snapshots
-            .get(&limit.key)
-            .filter(|s| s.window_start_ms == window.start_ms);
+        let snapshot = self.snapshots.get(&(limit.key.clone(), window.start_ms));
         // Without a snapshot of this window nothing can be covered: the recount only folds, and may wait longer.
         let interval = if snapshot.is_some() {
             RECOUNT_INTERVAL_MS
@@ -581,20 +585,31 @@ impl Quotas {
         }
     }
 
-    /// Takes a snapshot from the quota topic into the cache (scopes this gateway does not enforce are ignored)
-    /// and drops from the scope's book what it covers.
-    pub fn accept(&self, snapshot: QuotaSnapshot) -> bool {
+    /// Takes a snapshot from the quota topic into the cache under its scope and window (scopes this gateway does
+    /// not enforce are ignored) and drops from the scope's book what it covers.
+    ///
+    /// A snapshot whose watermarks go back — for some gateway and partition it covers less than the snapshot of
+    /// the same window already held — is ignored ([`Acceptance::Regressed`]): it comes from a second or stale
+    /// quota loop, and taking it would drop from the book usage it does not count (counted zero times). Called
+    /// from the feed's one thread, so the check and the insert cannot interleave with another snapshot's.
+    pub fn accept(&self, snapshot: QuotaSnapshot) -> Acceptance {
         self.heard(snapshot.published_at_ms);
         let Some(book) = self.layout.load().by_key.get(&snapshot.scope).cloned() else {
-            return false;
+            return Acceptance::NotEnforced;
         };
+        let key = (snapshot.scope.clone(), snapshot.window_start_ms);
+        if let Some(held) = self.snapshots.get(&key)
+            && regresses(&held, &snapshot)
+        {
+            return Acceptance::Regressed;
+        }
         // Cache first, prune second: in between, an admission may count an event twice (safe), never zero times.
-        self.snapshots.insert(snapshot.scope.clone(), Arc::new(snapshot));
+        self.snapshots.insert(key, Arc::new(snapshot));
         let now = self.clock.now_ms();
         let mut pending = book.lock();
         pending.counted_at_ms = 0;
         self.standing(&book, &mut pending, now);
-        true
+        Acceptance::Taken
     }
 
     /// Notes a sign of life from billing-consumer's quota loop.
@@ -637,6 +652,25 @@ impl Quotas {
             .map(|s| s.pending)
             .fold(0, u64::saturating_add)
     }
+}
+
+/// What [`Quotas::accept`] did with a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Cached: admissions use it from now on.
+    Taken,
+    /// Of a scope this gateway does not enforce.
+    NotEnforced,
+    /// Ignored: its watermarks go back from the snapshot of the same window already held.
+    Regressed,
+}
+
+/// Whether `newer` covers less than `held` for some gateway and partition `held` names (a watermark lower, or
+/// missing).
+fn regresses(held: &QuotaSnapshot, newer: &QuotaSnapshot) -> bool {
+    held.watermarks
+        .iter()
+        .any(|mark| !newer.covers(&mark.gateway, mark.partition, mark.offset))
 }
 
 /// One scope's standing, for the gauges.

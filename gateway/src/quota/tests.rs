@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tollgate_schemas::quota::{LimitStrategy, QuotaSnapshot, Watermark};
 
-use super::{Demand, Quotas};
+use super::{Acceptance, Demand, Quotas};
 use crate::clock::{Clock, ManualClock};
 use crate::config::Config;
 
@@ -418,4 +418,80 @@ fn books_are_locked_in_one_order_whatever_order_they_are_listed_in() {
         drop(held);
         assert_eq!(waiter.join().unwrap(), 2);
     });
+}
+
+/// A second (or stale) quota loop publishes a snapshot of the same window whose watermark is behind the one held:
+/// it is ignored, so the usage between the two watermarks is neither dropped from this replica's book nor missing
+/// from `used` (before, it replaced the held snapshot and that usage counted zero times).
+#[test]
+fn a_snapshot_whose_watermarks_go_back_is_ignored() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
+    ticket.settle(100, 0, clock.now_ms()).unwrap().delivered(0, 7);
+    assert_eq!(
+        quotas.accept(snapshot(&quotas, &clock, TEAM_A, 600, Some((0, 7)))),
+        Acceptance::Taken
+    );
+    // 600 used, ours among them: 400 left.
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(401, 0)).is_err());
+    // The lagging loop has not counted offset 7 yet: it says 500 and covers offset 5 only.
+    assert_eq!(
+        quotas.accept(snapshot(&quotas, &clock, TEAM_A, 500, Some((0, 5)))),
+        Acceptance::Regressed
+    );
+    let mut other_gateway_only = snapshot(&quotas, &clock, TEAM_A, 10, Some((0, 99)));
+    other_gateway_only.watermarks[0].gateway = "tollgate-gateway/other".into();
+    assert_eq!(
+        quotas.accept(other_gateway_only),
+        Acceptance::Regressed,
+        "ours went missing"
+    );
+    assert!(
+        quotas.admit("team-a", "gpt-4o-mini", demand(401, 0)).is_err(),
+        "still 600 used"
+    );
+    assert!(quotas.admit("team-a", "gpt-4o-mini", demand(400, 0)).is_ok());
+    // Forward (or the same) watermarks are taken, whatever `used` says.
+    assert_eq!(
+        quotas.accept(snapshot(&quotas, &clock, TEAM_A, 600, Some((0, 7)))),
+        Acceptance::Taken
+    );
+    assert_eq!(
+        quotas.accept(snapshot(&quotas, &clock, TEAM_A, 650, Some((0, 9)))),
+        Acceptance::Taken
+    );
+}
+
+/// Snapshots are held per (scope, window): at a rollover, a replica whose clock is still in the old window keeps
+/// that window's usage when billing-consumer already publishes the next one (before, the next window's snapshot
+/// replaced it and the lagging replica saw `used = 0`); a snapshot of a window ahead does not touch the current.
+#[test]
+fn a_replica_still_in_the_previous_window_keeps_its_usage_when_the_next_one_is_published() {
+    let clock = Arc::new(ManualClock::new());
+    let quotas = quotas(clock.clone());
+    let current = snapshot(&quotas, &clock, TEAM_A, 1000, Some((0, 1)));
+    let mut next = current.clone();
+    next.window_start_ms += 3_600_000;
+    next.window_end_ms += 3_600_000;
+    next.used = 5;
+    let mut tomorrow = current.clone();
+    tomorrow.window_start_ms += 24 * 3_600_000;
+    tomorrow.window_end_ms += 24 * 3_600_000;
+    tomorrow.used = 0;
+    assert_eq!(quotas.accept(current), Acceptance::Taken);
+    assert_eq!(quotas.accept(next), Acceptance::Taken);
+    assert_eq!(quotas.accept(tomorrow), Acceptance::Taken);
+    let rejection = quotas.admit("team-a", "gpt-4o-mini", demand(1, 0)).unwrap_err();
+    assert_eq!(
+        rejection.figures.remaining, 0,
+        "the current window's 1,000 still count"
+    );
+    clock.advance(rejection.figures.reset);
+    let (_ticket, figures) = quotas.admit("team-a", "gpt-4o-mini", demand(10, 0)).unwrap();
+    assert_eq!(
+        figures.unwrap().remaining,
+        1000 - 5 - 10,
+        "the next window's snapshot, once in it"
+    );
 }

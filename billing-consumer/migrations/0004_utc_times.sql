@@ -1,0 +1,17 @@
+-- Every DateTime column states its time zone: 'UTC'. A DateTime without one is read, printed and cut into
+-- months (toYYYYMM) in the server's time zone, so on a server set to anything but UTC a month partition would
+-- start at that zone's midnight, not at the UTC month an invoice covers.
+--
+-- Only columns outside the table keys can be altered: ClickHouse refuses to ALTER a column of the partition or
+-- sorting key ("Code: 44 ... trying to ALTER key column event_time", checked on 18.16), and has no way to change
+-- a table's PARTITION BY in place. usage_events.event_time (partition and sorting key) and
+-- usage_events_rejected.received_at (partition key) therefore keep the type 0001/0002 gave them; their months
+-- follow the server's time zone, so billing-consumer refuses to start on a server whose time zone does not
+-- behave as UTC (billing-consumer/src/migrations.rs, check_server_time_zone) — the compose and production
+-- configurations set <timezone>UTC</timezone>. Reads never depend on it: every range is bound as Unix seconds
+-- (toDateTime(<number>)), which is zone-free. Moving an existing ledger to a UTC-typed key needs a new table
+-- and a copy with ingest stopped; that is an operation, not a migration.
+--
+-- The ALTER only changes metadata (the stored UInt32 seconds are the same) and is idempotent: altering a column
+-- to the type it has is a no-op.
+ALTER TABLE usage_events MODIFY COLUMN ingested_at DateTime('UTC');
