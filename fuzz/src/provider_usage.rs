@@ -11,7 +11,9 @@
 //!   [`from_response_body`] (the stream chunks' reader) reads;
 //! - a served model is never empty;
 //! - an Anthropic prompt includes the cached prompt tokens, and its total is prompt plus completion;
-//! - a body that is not JSON yields no usage, no model and no text;
+//! - a body that is not JSON yields no usage, no model and no text. Only checked for valid UTF-8: serde_json does
+//!   not check the UTF-8 of the values it skips, so an answer with invalid UTF-8 in a field the gateway does not
+//!   read still gives its usage and model (billed from the provider's figures, as wanted) but no text;
 //! - settling never bills fewer completion tokens than were counted, nor more prompt tokens than reported or
 //!   estimated, and its total is prompt plus completion.
 
@@ -46,7 +48,7 @@ pub fn run(data: &[u8]) {
     }
     assert_ne!(facts.model.as_deref(), Some(""), "an empty served model");
     let text = completion_text(provider, body);
-    if serde_json::from_slice::<serde_json::Value>(body).is_err() {
+    if std::str::from_utf8(body).is_ok() && serde_json::from_slice::<serde_json::Value>(body).is_err() {
         assert!(
             facts.usage.is_none() && facts.model.is_none() && text.is_none(),
             "facts read from non-JSON"
