@@ -10,8 +10,11 @@ pub mod spool_frame;
 pub mod sse_stream;
 pub mod usage_event_decode;
 
+/// A target's entry point: runs one input, panics when an invariant does not hold.
+pub type Run = fn(&[u8]);
+
 /// Every target: its name (the directory of its corpus under `corpus/`) and its entry point.
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Run); 6] = [
     ("config_toml", config_toml::run),
     ("provider_usage", provider_usage::run),
     ("request_parse", request_parse::run),
