@@ -1079,11 +1079,28 @@ impl Config {
 
 fn toml_error(e: &toml::de::Error) -> String {
     // toml's message already carries the line and column; keep it on one line per problem.
-    e.to_string()
+    let joined = e
+        .to_string()
         .lines()
         .filter(|l| !l.trim().is_empty())
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    one_line(&joined)
+}
+
+/// `text` with its control characters written as escapes (a newline as `\n`), so that a value quoted in a
+/// problem — a name with a newline in it, say — cannot spread the problem over several lines of `check-config`'s
+/// output or of a log, nor forge a line of its own.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The admin API's name for a `[[token_limits]]` entry without an `id`: its scope key in URL-safe characters,
@@ -1108,7 +1125,7 @@ struct Problems(Vec<String>);
 
 impl Problems {
     fn push(&mut self, path: impl fmt::Display, message: impl fmt::Display) {
-        self.0.push(format!("{path}: {message}"));
+        self.0.push(one_line(&format!("{path}: {message}")));
     }
 
     fn duration(&mut self, path: impl fmt::Display, value: &str) -> Duration {
@@ -2218,6 +2235,27 @@ mod tests {
 
     fn problems(text: &str) -> Vec<String> {
         Config::from_toml_with_env(text, env).unwrap_err().0
+    }
+
+    /// Found by the `config_toml` fuzz target: a value quoted in a problem used to carry its newline into the
+    /// problem, which then spread over several lines of `check-config`'s output and of logs.
+    #[test]
+    fn a_problem_quoting_a_value_with_control_characters_stays_on_one_line() {
+        let text = VALID.replace(
+            r#"targets = [{ instance = "openai" }]"#,
+            r#"targets = [{ instance = "op\nai\r\u001b[31m" }]"#,
+        );
+        let found = problems(&text);
+        let problem = found
+            .iter()
+            .find(|p| p.starts_with("routes[0].targets[0].instance"))
+            .unwrap_or_else(|| panic!("{found:?}"));
+        assert!(problem.contains(r"`op\nai\r\u{1b}[31m`"), "{problem}");
+        for problem in &found {
+            assert!(!problem.chars().any(char::is_control), "{problem:?}");
+        }
+        let unparsable = problems("[server]\nlisten = \"127.0.0.1:8080\"\t\r x\n");
+        assert!(!unparsable[0].chars().any(char::is_control), "{unparsable:?}");
     }
 
     #[test]
