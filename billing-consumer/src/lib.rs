@@ -35,7 +35,8 @@
 //! - [`config_topic`] — with `--config-topic`, follows the admin API's `tollgate.config.v1`: its limits replace
 //!   the gateway file's for the quota loop, live, and its price versions join the price file's for ingest.
 //!   [`config_topic::resources`] is the resource map the topic's changes build (pure).
-//! - [`metrics`] — every metric, described once; the Prometheus exporter.
+//! - [`metrics`] — every metric, described once; the Prometheus recorder. [`endpoint`] serves it and
+//!   [`readiness`] (`GET /readyz`: whether ingest and the quota loop reach the broker and ClickHouse).
 //! - [`error`] — [`BillingError`], the one error type, with a bounded `kind()`.
 //!
 //! Exactly-once in the ledger comes from the data, not the transport: Kafka redelivers after a crash or a
@@ -46,6 +47,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config_topic;
+pub mod endpoint;
 pub mod error;
 pub mod ingest;
 pub mod invoice;
@@ -55,6 +57,7 @@ pub mod migrations;
 pub mod pricing;
 pub mod quota;
 pub mod reader;
+pub mod readiness;
 pub mod rebuild;
 pub mod reingest;
 pub mod replay;

@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             let quota_settings = file_scopes
                 .clone()
                 .map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes, &run.quota_tuning));
-            metrics::install_exporter(run.metrics_listen)?;
+            metrics::install_exporter(run.metrics_listen).await?;
             let settings = cli.ingest(run);
             topics::ensure_with_replication(
                 &settings.kafka.brokers,
@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Quota(args) => {
             let scopes = quota::policy::load(&args.config)?;
             let settings = cli.quota(&args.topic, &args.quota_topic, scopes.clone(), &args.tuning);
-            metrics::install_exporter(args.metrics_listen)?;
+            metrics::install_exporter(args.metrics_listen).await?;
             topics::ensure_quota(&settings.brokers, &settings.quota_topic).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));

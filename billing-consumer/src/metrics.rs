@@ -6,6 +6,7 @@
 //! export nothing: they log what they did and print their result.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -69,6 +70,9 @@ pub const QUOTA_HEARTBEATS: &str = "billing_quota_heartbeats_total";
 /// Per live snapshot: its delivery time minus the Kafka timestamp of the newest event it counts.
 pub const QUOTA_LAG: &str = "billing_quota_lag_seconds";
 
+/// Kafka producers replaced by a new idempotent session after a failed send, by `producer` (`quota`).
+pub const KAFKA_PRODUCER_RENEWALS: &str = "billing_kafka_producer_renewals_total";
+
 /// Changes of the config topic applied (puts, deletes, and tombstones that removed a resource), by `kind`.
 pub const CONFIG_CHANGES: &str = "billing_config_changes_total";
 /// The offset of the last config topic message whose change is in effect (in the price table and the quota
@@ -100,6 +104,11 @@ pub fn describe() {
         "Failed batch INSERTs (retried with backoff)."
     );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Kafka messages per batch.");
+    describe_counter!(
+        KAFKA_PRODUCER_RENEWALS,
+        Unit::Count,
+        "Kafka producers replaced by a new idempotent session after a failed send, by producer."
+    );
     describe_counter!(
         COMMIT_FAILURES,
         Unit::Count,
@@ -221,16 +230,26 @@ pub fn describe() {
     }
 }
 
-/// Installs the Prometheus recorder with its HTTP listener on `listen` and describes the metrics.
-/// Must be called within a tokio runtime.
-pub fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
-    PrometheusBuilder::new()
-        .with_http_listener(listen)
+/// How often the recorder's upkeep runs (draining histogram buffers, so memory stays bounded between scrapes).
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the Prometheus recorder, describes the metrics and serves them with the readiness on `listen`
+/// ([`crate::endpoint`]). Must be called within a tokio runtime.
+pub async fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
+    let handle = PrometheusBuilder::new()
         // Histograms, not summaries: p99 can then be aggregated across replicas.
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
         .map_err(|e| BillingError::Metrics(e.to_string()))?
-        .install()
+        .install_recorder()
         .map_err(|e| BillingError::Metrics(e.to_string()))?;
     describe();
-    Ok(())
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
+        loop {
+            ticks.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    crate::endpoint::serve(listen, handle).await
 }

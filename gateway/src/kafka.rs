@@ -1,17 +1,14 @@
 //! The settings of every Kafka client the gateway makes: producers (usage events, config changes) and followers
 //! (the quota and config topics, read whole by every replica, never in a consumer group); and
-//! [`RenewingProducer`], an idempotent producer that replaces itself after a failed send.
+//! [`RenewingProducer`] (shared with billing-consumer), an idempotent producer that replaces itself after a
+//! failed send.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 
 use crate::config::KafkaConfig;
-use crate::metrics as m;
+pub use tollgate_schemas::kafka::RenewingProducer;
 
 /// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): the spool
 /// drains, and followers resume, soon after the broker is back.
@@ -57,84 +54,6 @@ pub fn follower_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
         .set("fetch.wait.max.ms", "10")
         .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX);
     c
-}
-
-/// An idempotent producer that is replaced by a new one after any failed send. A broker that restarted without
-/// the old producer's sequence state must never see that producer again: Tansu answers it with a panic and then
-/// refuses every request, and Apache Kafka fences it with `OutOfOrderSequence` or `UnknownProducerId`. A new
-/// producer starts a new idempotent session (a new producer id), so the next send works as soon as the broker
-/// does. Renewals are counted in `tollgate_kafka_producer_renewals_total{producer}` and logged.
-pub struct RenewingProducer {
-    config: ClientConfig,
-    /// A name for logs and metrics (`config`, `config-seed`).
-    name: &'static str,
-    producer: Mutex<FutureProducer>,
-}
-
-impl std::fmt::Debug for RenewingProducer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RenewingProducer")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RenewingProducer {
-    pub fn new(config: ClientConfig, name: &'static str) -> Result<Self, KafkaError> {
-        let producer = config.create()?;
-        Ok(Self {
-            config,
-            name,
-            producer: Mutex::new(producer),
-        })
-    }
-
-    /// Sends one record and waits up to `timeout` for its delivery; its (partition, offset). After a failure
-    /// the producer is replaced before the next send.
-    pub async fn send(
-        &self,
-        record: FutureRecord<'_, str, [u8]>,
-        timeout: Duration,
-    ) -> Result<(i32, i64), KafkaError> {
-        let producer = self.current();
-        match producer.send(record, Timeout::After(timeout)).await {
-            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
-            Err((error, _)) => {
-                self.renew(&producer, &error);
-                Err(error)
-            }
-        }
-    }
-
-    fn current(&self) -> FutureProducer {
-        self.producer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Replaces `failed` (unless another send already did) with a new producer.
-    fn renew(&self, failed: &FutureProducer, error: &KafkaError) {
-        let mut producer = self
-            .producer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !std::ptr::eq(producer.client().native_ptr(), failed.client().native_ptr()) {
-            return;
-        }
-        match self.config.create::<FutureProducer>() {
-            Ok(renewed) => {
-                let old = std::mem::replace(&mut *producer, renewed);
-                // Destroying a producer waits for what it still holds: not on this thread.
-                std::thread::spawn(move || drop(old));
-                metrics::counter!(m::KAFKA_PRODUCER_RENEWALS_TOTAL, "producer" => self.name).increment(1);
-                tracing::warn!(producer = self.name, %error, "A send failed: replaced the Kafka producer with a new idempotent session.");
-            }
-            Err(create) => {
-                tracing::error!(producer = self.name, %error, %create, "A send failed and a new Kafka producer could not be made; keeping the old one.");
-            }
-        }
-    }
 }
 
 /// The canary a health check produces and reads back: proof that the broker's storage takes and serves records,

@@ -132,6 +132,13 @@ impl PrivateBroker {
         }
     }
 
+    /// Kills the broker with SIGKILL (`kill -9`): no flush, no clean shutdown; its storage stays as it was.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill9(&mut child);
+        }
+    }
+
     /// Starts it again on the same port and storage, and waits until it answers.
     pub fn resume(&mut self) {
         let bin = std::env::var_os("TOLLGATE_TEST_TANSU_BIN")
@@ -415,5 +422,153 @@ targets = [{{ instance = "mock-openai" }}]
 impl Drop for ChildGateway {
     fn drop(&mut self) {
         kill9(&mut self.child);
+    }
+}
+
+/// The real `billing-consumer run` binary as a child process: ingest into the stack's database and, for the
+/// token limits of the gateway configuration it is given, the quota loop; metrics and `/readyz` on a port of its
+/// own. For tests that kill it (`kill -9`) the way an operator's machine would.
+#[derive(Debug)]
+pub struct ChildBillingConsumer {
+    child: Option<Child>,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(&'static str, String)>,
+    /// Its metrics and readiness endpoint, `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub log: PathBuf,
+}
+
+/// Where the child billing-consumer reads and writes.
+#[derive(Debug)]
+pub struct ChildBillingConfig<'a> {
+    pub brokers: &'a str,
+    pub clickhouse_url: &'a str,
+    pub database: &'a str,
+    pub usage_topic: &'a str,
+    pub quota_topic: &'a str,
+    pub group: &'a str,
+    /// The gateway's TOML, for its token limits (written to `scratch/<name>-gateway.toml`).
+    pub gateway_toml: &'a str,
+}
+
+impl ChildBillingConsumer {
+    /// Starts it (log in `scratch/<name>.log`) and waits until it serves `/metrics`.
+    pub async fn start(config: &ChildBillingConfig<'_>, scratch: &Path, name: &str) -> Self {
+        let quota_config = scratch.join(format!("{name}-gateway.toml"));
+        std::fs::write(&quota_config, config.gateway_toml).expect("write the quota configuration");
+        let port = free_port();
+        let args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "--topic".into(),
+            config.usage_topic.into(),
+            "--group".into(),
+            config.group.into(),
+            "--partitions".into(),
+            "1".into(),
+            "--batch-wait".into(),
+            "100ms".into(),
+            "--quota-topic".into(),
+            config.quota_topic.into(),
+            "--quota-config".into(),
+            quota_config.into_os_string(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{port}").into(),
+        ];
+        let envs = vec![
+            ("TOLLGATE_KAFKA_BROKERS", config.brokers.to_owned()),
+            ("TOLLGATE_CLICKHOUSE_URL", config.clickhouse_url.to_owned()),
+            ("TOLLGATE_CLICKHOUSE_DATABASE", config.database.to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ];
+        let mut billing = Self {
+            child: None,
+            args,
+            envs,
+            url: format!("http://127.0.0.1:{port}"),
+            log: scratch.join(format!("{name}.log")),
+        };
+        billing.resume().await;
+        billing
+    }
+
+    /// Kills it with SIGKILL: no flush, no commit, no clean leave of its consumer groups.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill9(&mut child);
+        }
+    }
+
+    /// Stops it with SIGTERM (it settles its batch and leaves its groups).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(20));
+        }
+    }
+
+    /// Starts it again with the same arguments (its log is appended to) and waits until it serves `/metrics`.
+    pub async fn resume(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the billing-consumer log");
+        let child = Command::new(workspace_binary("tollgate-billing-consumer", "billing-consumer"))
+            .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the billing-consumer binary");
+        self.child = Some(child);
+        let metrics = format!("{}/metrics", self.url);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = http().get(&metrics).force_close().send().await
+                && response.status().is_success()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("billing-consumer exited ({status}):\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "billing-consumer did not come up:\n{}",
+                self.log_text()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its `/readyz` answer: status code and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        match http()
+            .get(format!("{}/readyz", self.url))
+            .force_close()
+            .send()
+            .await
+        {
+            Ok(mut response) => {
+                let body = response.body().await.unwrap_or_default();
+                (
+                    response.status().as_u16(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                )
+            }
+            Err(error) => (0, error.to_string()),
+        }
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildBillingConsumer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -88,6 +88,9 @@ pub struct StackOptions {
     /// Run billing-consumer's quota loop when the configuration has token limits (off: gateways see no
     /// snapshots, as when the quota topic is unreachable).
     pub quota_loop: bool,
+    /// Run billing-consumer (ingest and the quota loop) in this process; off: the test runs it itself, e.g. as a
+    /// [`crate::procs::ChildBillingConsumer`] it can kill.
+    pub billing: bool,
     /// Start a second gateway replica with the same configuration (`gateway2_url`).
     pub second_gateway: bool,
     /// The gateways' clock; the wall clock when `None`.
@@ -113,6 +116,7 @@ impl Default for StackOptions {
             second_mock: false,
             consumer_toml: Vec::new(),
             quota_loop: true,
+            billing: true,
             second_gateway: false,
             clock: None,
             brokers: None,
@@ -404,8 +408,7 @@ impl Stack {
         let admin_url = admin_urls.next();
         let admin2_url = admin_urls.next();
         let metrics_url = metrics_urls.into_iter().next().flatten();
-        let quota_loop = options
-            .quota_loop
+        let quota_loop = (options.quota_loop && options.billing)
             .then(|| QuotaLoop::start(&infra.brokers, &topic, &quota_topic, &toml))
             .flatten();
         if quota_loop.is_some() {
@@ -424,15 +427,17 @@ impl Stack {
             batch_wait: Duration::from_millis(100),
         };
         let token = ingest_shutdown.clone();
-        let ingest = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build();
-            let runtime = runtime.expect("ingest runtime");
-            if let Err(e) = runtime.block_on(tollgate_billing_consumer::ingest::run(settings, token)) {
-                panic!("billing-consumer ingest failed: {e}");
-            }
+        let ingest = options.billing.then(|| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build();
+                let runtime = runtime.expect("ingest runtime");
+                if let Err(e) = runtime.block_on(tollgate_billing_consumer::ingest::run(settings, token)) {
+                    panic!("billing-consumer ingest failed: {e}");
+                }
+            })
         });
 
         Self {
@@ -456,7 +461,7 @@ impl Stack {
             gateways,
             meter,
             ingest_shutdown,
-            ingest: Some(ingest),
+            ingest,
             quota_loop,
         }
     }

@@ -61,10 +61,14 @@ pub async fn watch(consumer: Arc<IngestConsumer>, topic: String, shutdown: Cance
         match measured {
             Ok(Ok(Some(partitions))) => {
                 metrics::gauge!(m::CONSUMER_LAG).set(lag_events(&partitions) as f64);
+                crate::readiness::STATE.lag_measured(crate::readiness::now_ms());
                 failing = false;
             }
             // The topic does not exist yet: nothing to ingest.
-            Ok(Ok(None)) => metrics::gauge!(m::CONSUMER_LAG).set(0.0),
+            Ok(Ok(None)) => {
+                metrics::gauge!(m::CONSUMER_LAG).set(0.0);
+                crate::readiness::STATE.lag_measured(crate::readiness::now_ms());
+            }
             Ok(Err(error)) if !failing => {
                 tracing::debug!(error_kind = error.kind(), %error, "Measuring the consumer lag failed.");
                 failing = true;

@@ -91,6 +91,7 @@ pub async fn run_with_live_prices(
         price_versions = prices.current().versions().len(),
         "Ingest started."
     );
+    crate::readiness::STATE.ingest_started(lag::INTERVAL, crate::readiness::now_ms());
     let watching = shutdown.child_token();
     let lag_task = tokio::spawn(lag::watch(
         Arc::clone(&consumer),
@@ -191,10 +192,12 @@ async fn settle(
         match write(client, &batch).await {
             Ok(()) => {
                 metrics::histogram!(m::INSERT_DURATION).record(started.elapsed().as_secs_f64());
+                crate::readiness::STATE.insert_failing(false);
                 break;
             }
             Err(error) => {
                 metrics::counter!(m::INSERT_FAILURES).increment(1);
+                crate::readiness::STATE.insert_failing(true);
                 tracing::warn!(
                     error_kind = error.kind(),
                     %error,

@@ -66,6 +66,7 @@ impl ConsumerContext for LeaseContext {
 
 fn set(holder: &AtomicBool, holds: bool) {
     let held = holder.swap(holds, Ordering::AcqRel);
+    crate::readiness::STATE.lease_held(holds, crate::readiness::now_ms());
     if held != holds {
         metrics::gauge!(m::QUOTA_LEASE_HELD).set(if holds { 1.0 } else { 0.0 });
         if holds {

@@ -130,6 +130,7 @@ pub async fn run_live(
         brokers: settings.brokers.clone(),
         usage_topic: settings.usage_topic.clone(),
     };
+    crate::readiness::STATE.quota_started(settings.heartbeat_interval, now_ms());
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval.max(Duration::from_millis(1)));
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -451,9 +452,12 @@ impl QuotaLoop {
             scopes: u32::try_from(self.state.scope_count()).unwrap_or(u32::MAX),
             rebuilding: self.rebuilding,
         };
-        if let Err(error) = self.publisher.heartbeat(heartbeat).await {
-            metrics::counter!(m::QUOTA_PUBLISH_FAILURES).increment(1);
-            tracing::warn!(error_kind = error.kind(), %error, "Publishing a quota heartbeat failed.");
+        match self.publisher.heartbeat(heartbeat).await {
+            Ok(()) => crate::readiness::STATE.heartbeat_delivered(now_ms()),
+            Err(error) => {
+                metrics::counter!(m::QUOTA_PUBLISH_FAILURES).increment(1);
+                tracing::warn!(error_kind = error.kind(), %error, "Publishing a quota heartbeat failed.");
+            }
         }
     }
 }

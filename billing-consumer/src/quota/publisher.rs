@@ -2,15 +2,19 @@
 //! and window ([`snapshot_key`]: one per (scope, window) on the compacted topic), a tombstone for each published
 //! window the loop dropped, and [`QuotaHeartbeat`]s keyed [`HEARTBEAT_KEY`], from an idempotent producer
 //! (`acks=all`) so that a retried send neither reorders nor duplicates a scope's snapshots on the compacted topic.
+//! The producer renews itself after a failed send ([`RenewingProducer`]): a broker restarted after a crash
+//! never sees a producer whose sequence state it lost, and publishing resumes as soon as the broker is back.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use tollgate_schemas::CloudEvent;
+use tollgate_schemas::kafka::RenewingProducer;
 use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeat, QuotaSnapshot};
 
 use crate::error::BillingError;
@@ -25,7 +29,7 @@ const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The producer and where it writes.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Arc<RenewingProducer>,
     topic: String,
     source: String,
 }
@@ -42,17 +46,19 @@ impl fmt::Debug for Publisher {
 impl Publisher {
     /// A publisher to `topic`, signing events with `source`.
     pub fn new(brokers: &str, topic: &str, source: &str) -> Result<Self, BillingError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", brokers)
             .set("client.id", crate::kafka::CLIENT_ID)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
-            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string())
-            .create()
+            .set("reconnect.backoff.max.ms", "1000")
+            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
+        let producer = RenewingProducer::new(config, "quota", m::KAFKA_PRODUCER_RENEWALS)
             .map_err(BillingError::kafka("create quota producer"))?;
         Ok(Self {
-            producer,
+            producer: Arc::new(producer),
             topic: topic.to_owned(),
             source: source.to_owned(),
         })
@@ -110,7 +116,7 @@ impl Publisher {
         for (key, result) in futures_util::future::join_all(sends).await {
             match result {
                 Ok(_) => tracing::debug!(key = %key, "Tombstoned the snapshot of a dropped window."),
-                Err((error, _)) => {
+                Err(error) => {
                     tracing::warn!(key = %key, %error, "Tombstoning a dropped window's snapshot failed.")
                 }
             }
@@ -159,8 +165,8 @@ impl Publisher {
         self.producer
             .send(record, QUEUE_TIMEOUT)
             .await
-            .map(|delivery| delivery.offset)
-            .map_err(|(source, _)| BillingError::Kafka {
+            .map(|(_, offset)| offset)
+            .map_err(|source| BillingError::Kafka {
                 operation: "publish to the quota topic",
                 source,
             })

@@ -83,7 +83,8 @@ impl Publisher {
         let client_id = format!("tollgate-gateway-config/{}", config.server.instance_id);
         let mut settings = producer_config(&config.kafka, &client_id);
         settings.set("linger.ms", "0");
-        let producer = RenewingProducer::new(settings, "config")?;
+        let producer =
+            RenewingProducer::new(settings, "config", crate::metrics::KAFKA_PRODUCER_RENEWALS_TOTAL)?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),
