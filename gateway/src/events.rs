@@ -28,7 +28,10 @@
 //! (dedup by id) absorb.
 //!
 //! After a failed send nothing more goes out until the producer holds nothing; then it is replaced by a new one
-//! before the spool's records are sent again. (After sends that timed out, librdkafka's idempotent producer moves
+//! before the spool's records are sent again. When librdkafka reports every broker connection down after the
+//! producer had a delivery acknowledged ([`BrokerWatch`]), what it holds is purged at once (those sends fail and
+//! take the same path), so that a broker restarted without the producer's idempotent state never sees it
+//! retransmit. (After sends that timed out, librdkafka's idempotent producer moves
 //! to a new epoch; a broker that cannot follow — Tansu answers every later produce with an unknown error — would
 //! otherwise never take another event from it. A new producer is a new idempotent session.) librdkafka
 //! reconnects to a broker that went away at least every second (`reconnect.backoff.max.ms`), so the spool drains
@@ -65,9 +68,10 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureRecord, Producer, PurgeConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
+use tollgate_schemas::kafka::{BrokerWatch, WatchedProducer};
 use tollgate_schemas::usage::UsageEvent;
 use uuid::Uuid;
 
@@ -192,7 +196,7 @@ impl EventPipeline {
         client_id: &str,
     ) -> Result<(EventSender, Self), EventsError> {
         let config = producer_config(kafka, client_id);
-        let producer: FutureProducer = config.create()?;
+        let producer = BrokerWatch::producer(&config)?;
         let opened = Spool::open(spool)?;
         let status = opened.status();
         let (tx, rx) = mpsc::channel(kafka.queue_capacity);
@@ -250,7 +254,7 @@ enum Origin {
 
 /// Hands one record to librdkafka; its outcome arrives through `deliveries`.
 fn send(
-    producer: &FutureProducer,
+    producer: &WatchedProducer,
     topic: &str,
     key: &[u8],
     payload: &[u8],
@@ -272,7 +276,7 @@ fn send(
 
 /// The drain's way to Kafka.
 struct KafkaSink<'a> {
-    producer: &'a FutureProducer,
+    producer: &'a WatchedProducer,
     topic: &'a str,
     deliveries: &'a FuturesUnordered<Delivery>,
 }
@@ -356,7 +360,9 @@ impl Episode {
 }
 
 struct Pump {
-    producer: FutureProducer,
+    producer: WatchedProducer,
+    /// Whether the producer lost every broker connection after a delivery ([`BrokerWatch::stale`]).
+    watch: BrokerWatch,
     /// How to make a new producer (see [`Pump::renew_producer`]).
     producer_config: ClientConfig,
     /// A send failed: the next retry from the spool goes through a new producer.
@@ -384,7 +390,7 @@ struct Pump {
 
 impl Pump {
     fn new(
-        producer: FutureProducer,
+        (producer, watch): (WatchedProducer, BrokerWatch),
         producer_config: ClientConfig,
         kafka: &KafkaConfig,
         config: &SpoolConfig,
@@ -403,6 +409,7 @@ impl Pump {
         });
         Self {
             producer,
+            watch,
             producer_config,
             renew_producer: false,
             failures: FailureLog::default(),
@@ -595,6 +602,7 @@ impl Pump {
         let now = Instant::now();
         match (delivered.origin, delivered.result) {
             (Origin::Direct(seq), Ok((partition, offset))) => {
+                self.watch.delivered();
                 let Some(direct) = self.direct.remove(&seq) else {
                     return;
                 };
@@ -627,6 +635,7 @@ impl Pump {
                 }
             }
             (Origin::Spool(pos), Ok((partition, offset))) => {
+                self.watch.delivered();
                 if self.drain.acknowledged(pos, partition, offset) {
                     metrics::counter!(m::EVENTS_EMITTED_TOTAL).increment(1);
                     metrics::counter!(m::SPOOL_DRAINED_TOTAL).increment(1);
@@ -647,6 +656,18 @@ impl Pump {
     /// While spooling: sends what the drain has due, deletes acknowledged segments, and goes back to direct mode
     /// when the spool is empty.
     fn pump_spool(&mut self) {
+        if self.watch.stale() {
+            // Every broker connection is gone: the broker may come back without this producer's idempotent
+            // state, and must not see it retransmit. What it holds fails now (and is spooled, or stays in the
+            // spool), and a new producer sends it again once this one holds nothing.
+            if !self.renew_producer {
+                tracing::warn!(
+                    "Kafka is unreachable: purging the usage event producer, which a new one replaces"
+                );
+            }
+            self.producer.purge(PurgeConfig::default().queue().inflight());
+            self.renew_producer = true;
+        }
         if self.renew_producer && self.direct.is_empty() && self.drain.in_flight() == 0 {
             self.renew_producer();
         }
@@ -693,9 +714,10 @@ impl Pump {
     /// follow it (Tansu) fails every later send; a new producer starts a new idempotent session.
     fn renew_producer(&mut self) {
         self.renew_producer = false;
-        match self.producer_config.create::<FutureProducer>() {
-            Ok(producer) => {
+        match BrokerWatch::producer(&self.producer_config) {
+            Ok((producer, watch)) => {
                 let old = std::mem::replace(&mut self.producer, producer);
+                self.watch = watch;
                 drop(old);
                 tracing::info!(
                     "new Kafka producer for the events to send again (the old one's sends were not acknowledged)"

@@ -1,51 +1,124 @@
-//! Kafka plumbing that the gateway and billing-consumer share (feature `kafka`): [`RenewingProducer`], an
-//! idempotent producer that replaces itself after a failed send, so that a broker which restarted without the
-//! old producer's sequence state never sees that producer again.
+//! Kafka plumbing that the gateway and billing-consumer share (feature `kafka`): [`BrokerWatch`], a client
+//! context that notices when every broker connection is down, and [`RenewingProducer`], an idempotent producer
+//! that replaces itself after a failed send or a lost broker, so that a broker which restarted without the old
+//! producer's sequence state never sees that producer again.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::client::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
-/// An idempotent producer that is replaced by a new one after any failed send. A broker that restarted without
-/// the old producer's sequence state must never see that producer again: Tansu answers it with a panic and then
-/// refuses every request, and Apache Kafka fences it with `OutOfOrderSequence` or `UnknownProducerId`. A new
-/// producer starts a new idempotent session (a new producer id), so the next send works as soon as the broker
-/// does. Each renewal increments the counter named at construction (label `producer`) and is logged.
+/// How often a [`RenewingProducer`] looks whether its broker connections were lost.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A producer whose context is a [`BrokerWatch`].
+pub type WatchedProducer = FutureProducer<BrokerWatch>;
+
+/// The context of a producer that notes when librdkafka reports every broker connection down
+/// (`AllBrokersDown`) after the producer had a delivery acknowledged: from then on the broker may come back
+/// without the producer's idempotent state (a single broker that crashed; Tansu keeps it in storage that a
+/// crash can cut short), and a retransmission of what the producer still holds would meet a sequence the broker
+/// does not know — Tansu panics on it and then refuses every request. Such a producer must be purged and
+/// replaced before the broker is back. A producer that never had a delivery acknowledged holds no state a
+/// broker could have lost. Other client errors are logged as rdkafka's default context does.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerWatch {
+    state: Arc<WatchState>,
+}
+
+#[derive(Debug, Default)]
+struct WatchState {
+    lost: AtomicBool,
+    delivered: AtomicBool,
+}
+
+impl BrokerWatch {
+    /// A producer made from `config` with a fresh watch, and the watch.
+    pub fn producer(config: &ClientConfig) -> Result<(WatchedProducer, Self), KafkaError> {
+        let watch = Self::default();
+        let producer = config.create_with_context(watch.clone())?;
+        Ok((producer, watch))
+    }
+
+    /// A delivery was acknowledged: the broker holds this producer's idempotent state.
+    pub fn delivered(&self) {
+        self.state.delivered.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every broker connection was lost after a delivery: the producer must not send again.
+    pub fn stale(&self) -> bool {
+        self.state.lost.load(Ordering::Relaxed)
+    }
+}
+
+impl ClientContext for BrokerWatch {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Only a loss after a delivery counts: a producer made while the broker was down reports one too, before
+        // it has any state a broker could forget.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && self.state.delivered.load(Ordering::Relaxed)
+        {
+            self.state.lost.store(true, Ordering::Relaxed);
+        }
+        tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
+    }
+}
+
+/// An idempotent producer that is replaced by a new one after any failed send, and within
+/// [`WATCH_INTERVAL`] of losing every broker connection after a delivery ([`BrokerWatch::stale`]). A broker that
+/// restarted without the old producer's sequence state must never see that producer again: Tansu answers it
+/// with a panic and then refuses every request, and Apache Kafka fences it with `OutOfOrderSequence` or
+/// `UnknownProducerId`. Replacing purges what the old producer still holds (its sends fail, and their callers
+/// send again), and a new producer starts a new idempotent session (a new producer id), so the next send works
+/// as soon as the broker does. Each renewal increments the counter named at construction (label `producer`)
+/// and is logged.
 pub struct RenewingProducer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: ClientConfig,
     /// A name for logs and the counter's `producer` label (`config`, `quota`).
     name: &'static str,
     /// The counter of renewals, named by the service (`tollgate_kafka_producer_renewals_total`, …).
     renewals_counter: &'static str,
-    producer: Mutex<FutureProducer>,
+    current: Mutex<(WatchedProducer, BrokerWatch)>,
 }
 
 impl std::fmt::Debug for RenewingProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RenewingProducer")
-            .field("name", &self.name)
+            .field("name", &self.inner.name)
             .finish_non_exhaustive()
     }
 }
 
 impl RenewingProducer {
-    /// A producer made from `config`, renewed from it after every failed send.
+    /// A producer made from `config`, renewed from it after every failed send and after a lost broker (watched
+    /// by a thread of its own, which ends with the producer).
     pub fn new(
         config: ClientConfig,
         name: &'static str,
         renewals_counter: &'static str,
     ) -> Result<Self, KafkaError> {
-        let producer = config.create()?;
-        Ok(Self {
+        let current = BrokerWatch::producer(&config)?;
+        let inner = Arc::new(Inner {
             config,
             name,
             renewals_counter,
-            producer: Mutex::new(producer),
-        })
+            current: Mutex::new(current),
+        });
+        let watched = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name(format!("tollgate-kafka-watch-{name}"))
+            .spawn(move || watch(&watched))
+            .map_err(|e| KafkaError::ClientCreation(format!("cannot start the producer's watch: {e}")))?;
+        Ok(Self { inner })
     }
 
     /// Sends one record and waits up to `timeout` for room in the queue and then for its delivery (the
@@ -56,11 +129,14 @@ impl RenewingProducer {
         record: FutureRecord<'_, str, [u8]>,
         timeout: Duration,
     ) -> Result<(i32, i64), KafkaError> {
-        let producer = self.current();
+        let (producer, watch) = self.inner.current();
         match producer.send(record, Timeout::After(timeout)).await {
-            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
+            Ok(delivery) => {
+                watch.delivered();
+                Ok((delivery.partition, delivery.offset))
+            }
             Err((error, _)) => {
-                self.renew(&producer, &error);
+                self.inner.renew(&producer, &error.to_string());
                 Err(error)
             }
         }
@@ -68,35 +144,58 @@ impl RenewingProducer {
 
     /// Waits up to `timeout` until everything sent is delivered (blocking: call it off the async runtime).
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.current().flush(Timeout::After(timeout))
+        self.inner.current().0.flush(Timeout::After(timeout))
     }
+}
 
-    fn current(&self) -> FutureProducer {
-        self.producer
+/// Renews the producer when its broker connections were lost after a delivery, until it is dropped.
+fn watch(inner: &Weak<Inner>) {
+    loop {
+        std::thread::sleep(WATCH_INTERVAL);
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let (producer, watch) = inner.current();
+        if watch.stale() {
+            inner.renew(&producer, "every broker connection was lost after a delivery");
+        }
+    }
+}
+
+impl Inner {
+    fn current(&self) -> (WatchedProducer, BrokerWatch) {
+        self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
-    /// Replaces `failed` (unless another send already did) with a new producer.
-    fn renew(&self, failed: &FutureProducer, error: &KafkaError) {
-        let mut producer = self
-            .producer
+    /// Replaces `failed` (unless that happened already) with a new producer.
+    fn renew(&self, failed: &WatchedProducer, why: &str) {
+        let mut current = self
+            .current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !std::ptr::eq(producer.client().native_ptr(), failed.client().native_ptr()) {
+        if !std::ptr::eq(current.0.client().native_ptr(), failed.client().native_ptr()) {
             return;
         }
-        match self.config.create::<FutureProducer>() {
+        match BrokerWatch::producer(&self.config) {
             Ok(renewed) => {
-                let old = std::mem::replace(&mut *producer, renewed);
-                // Destroying a producer waits for what it still holds: not on this thread.
-                std::thread::spawn(move || drop(old));
+                let (old, _) = std::mem::replace(&mut *current, renewed);
+                // Dropping purges what it holds and waits a moment for the purge: not on this thread.
+                std::thread::spawn(move || {
+                    old.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+                    drop(old);
+                });
                 metrics::counter!(self.renewals_counter, "producer" => self.name).increment(1);
-                tracing::warn!(producer = self.name, %error, "A send failed: replaced the Kafka producer with a new idempotent session.");
+                tracing::warn!(
+                    producer = self.name,
+                    reason = why,
+                    "Replaced the Kafka producer with a new idempotent session."
+                );
             }
             Err(create) => {
-                tracing::error!(producer = self.name, %error, %create, "A send failed and a new Kafka producer could not be made; keeping the old one.");
+                tracing::error!(producer = self.name, reason = why, %create, "A new Kafka producer could not be made; keeping the old one.");
             }
         }
     }

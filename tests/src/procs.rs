@@ -153,7 +153,10 @@ impl PrivateBroker {
             .args(["broker", "--cluster-id", "tollgate-test"])
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db"])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TOLLGATE_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("broker log"))
@@ -181,7 +184,14 @@ impl Drop for PrivateBroker {
         if let Some(mut child) = self.child.take() {
             kill9(&mut child);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "the private broker's storage and log are kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
