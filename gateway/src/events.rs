@@ -71,7 +71,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureRecord, Producer, PurgeConfig};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
-use tollgate_schemas::kafka::{BrokerWatch, WatchedProducer};
+use tollgate_plumbing::kafka::{BrokerWatch, WatchedProducer};
 use tollgate_schemas::usage::UsageEvent;
 use uuid::Uuid;
 

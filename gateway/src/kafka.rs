@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
-pub use tollgate_schemas::kafka::RenewingProducer;
+pub use tollgate_plumbing::kafka::RenewingProducer;
 
 /// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): the spool
 /// drains, and followers resume, soon after the broker is back.

@@ -10,7 +10,6 @@
 //! - [`prices`] — price entries (`[[prices]]` of billing-consumer's price file, `price` resources of the admin
 //!   API) and the one validation both apply: exact decimal prices into micro-units, dates, currencies.
 //! - [`topics`] — topic names and what keys them.
-//! - `kafka` (feature `kafka`) — Kafka plumbing both services share: a producer that renews itself.
 //! - [`json_schema`] — JSON Schema documents generated from these types, checked in under `json-schema/` for
 //!   consumers that are not written in Rust.
 //!
@@ -21,8 +20,6 @@
 pub mod config;
 pub mod envelope;
 pub mod json_schema;
-#[cfg(feature = "kafka")]
-pub mod kafka;
 pub mod prices;
 pub mod quota;
 pub mod topics;
