@@ -16,7 +16,6 @@ use tollgate_billing_consumer::{
     BillingError, audit, ingest, invoice, metrics, migrations, pricing, quota, rebuild, reingest, report,
     topics,
 };
-use tracing_subscriber::EnvFilter;
 
 /// The library's command line ([`Cli`]) with the binary's own logging option beside it.
 #[derive(Debug, Parser)]
@@ -37,7 +36,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Usage(_) | Command::Invoice(_) | Command::CheckPrices(_) => "warn",
         _ => "info",
     };
-    init_tracing(&log_format, default_level);
+    tollgate_plumbing::telemetry::init_tracing(&log_format, default_level);
 
     let clickhouse = cli.clickhouse();
     match &cli.command {
@@ -277,18 +276,6 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Installs logging to stderr: `RUST_LOG` (default `default_level`) in `format`, `text` or `json`.
-fn init_tracing(format: &str, default_level: &str) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// Starts following the config topic `topic` and waits until it was read; `None` when shutdown came first.

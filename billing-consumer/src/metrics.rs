@@ -6,10 +6,9 @@
 //! export nothing: they log what they did and print their result.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::Matcher;
 
 /// Buckets of every `_seconds` histogram: a millisecond to two minutes.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -230,26 +229,15 @@ pub fn describe() {
     }
 }
 
-/// How often the recorder's upkeep runs (draining histogram buffers, so memory stays bounded between scrapes).
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Installs the Prometheus recorder, describes the metrics and serves them with the readiness on `listen`
-/// ([`crate::endpoint`]). Must be called within a tokio runtime.
+/// Installs the Prometheus recorder (with its upkeep), describes the metrics and serves them with the readiness
+/// on `listen` ([`crate::endpoint`]). Must be called within a tokio runtime.
 pub async fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
-    let handle = PrometheusBuilder::new()
-        // Histograms, not summaries: p99 can then be aggregated across replicas.
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)
-        .map_err(|e| BillingError::Metrics(e.to_string()))?
-        .install_recorder()
-        .map_err(|e| BillingError::Metrics(e.to_string()))?;
+    // Histograms, not summaries: p99 can then be aggregated across replicas.
+    let handle = tollgate_plumbing::telemetry::install_prometheus(
+        &[(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)],
+        "billing-metrics-upkeep",
+    )
+    .map_err(|e| BillingError::Metrics(e.to_string()))?;
     describe();
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
-        loop {
-            ticks.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
     crate::endpoint::serve(listen, handle).await
 }

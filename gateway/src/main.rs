@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tollgate_gateway::{Config, Gateway, auth, metrics};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(cli: &Cli) -> anyhow::Result<()> {
-    init_tracing(&cli.log_format);
+    tollgate_plumbing::telemetry::init_tracing(&cli.log_format, "info");
     let config = Config::load(&cli.config)?;
     let metrics = metrics::install_recorder().context("installing the Prometheus recorder")?;
     let listener = std::net::TcpListener::bind(config.server.listen)
@@ -128,16 +127,4 @@ async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
-}
-
-fn init_tracing(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -3,7 +3,7 @@
 //! or request ids.
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusHandle};
 
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
@@ -65,36 +65,17 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// Requests per meter-sidecar call: 1 up to the batch's bound.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// Installs the process-wide Prometheus recorder and returns the handle `/metrics` renders from.
+/// Installs the process-wide Prometheus recorder (with its upkeep) and returns the handle `/metrics` renders from.
 pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(METER_BATCH_REQUESTS.to_owned()), BATCH_BUCKETS)?
-        .install_recorder()?;
+    let handle = tollgate_plumbing::telemetry::install_prometheus(
+        &[
+            (Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS),
+            (Matcher::Full(METER_BATCH_REQUESTS.to_owned()), BATCH_BUCKETS),
+        ],
+        "tollgate-metrics-upkeep",
+    )?;
     describe();
-    keep_up(&handle);
     Ok(handle)
-}
-
-/// How often recorded histogram samples are folded into their buckets.
-const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Folds histogram samples into their buckets every [`UPKEEP_INTERVAL`] on a thread of its own. The recorder
-/// keeps every raw sample until then; without upkeep they pile up for as long as nothing scrapes `/metrics`
-/// (a gateway under load grew by 18 MiB per 10 s that way).
-fn keep_up(handle: &PrometheusHandle) {
-    let handle = handle.clone();
-    let spawned = std::thread::Builder::new()
-        .name("tollgate-metrics-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(UPKEEP_INTERVAL);
-                handle.run_upkeep();
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start the metrics upkeep thread; histograms grow until scraped");
-    }
 }
 
 /// Describes every gateway metric (idempotent).

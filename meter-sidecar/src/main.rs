@@ -13,7 +13,6 @@ use anyhow::Context;
 use clap::Parser;
 use tollgate_meter_sidecar::config::{self, Config, RawConfig};
 use tollgate_meter_sidecar::{metrics, server};
-use tracing_subscriber::EnvFilter;
 
 /// Tollgate's meter sidecar: counts prompt and completion tokens with tiktoken.
 #[derive(Debug, Parser)]
@@ -51,7 +50,7 @@ struct Args {
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(&args.log_format);
+    tollgate_plumbing::telemetry::init_tracing(&args.log_format, "info");
 
     let config = Config::try_from(RawConfig {
         default_encoding: args.default_encoding,
@@ -83,17 +82,6 @@ async fn main() -> anyhow::Result<()> {
     server.await.context("running the HTTP server")?;
     tracing::info!("meter sidecar stopped");
     Ok(())
-}
-
-/// Installs logging: `RUST_LOG` (default `info`) in `format`, `text` or `json`.
-fn init_tracing(format: &str) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// Waits for SIGTERM or Ctrl-C (SIGINT) and says which arrived.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ::metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use actix_web::http::StatusCode;
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusHandle};
 
 use crate::encoding::Encoding;
 use crate::error::MeterError;
@@ -103,34 +103,16 @@ pub fn describe() {
     );
 }
 
-/// Installs the process-wide Prometheus recorder, with histogram buckets for the request duration, and returns
-/// the handle that renders `/metrics`. Fails if a recorder is already installed.
+/// Installs the process-wide Prometheus recorder, with histogram buckets for the request duration and its
+/// upkeep, and returns the handle that renders `/metrics`. Fails if a recorder is already installed.
 pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
+    tollgate_plumbing::telemetry::install_prometheus(
+        &[(
             Matcher::Full(REQUEST_DURATION_SECONDS.to_owned()),
             DURATION_BUCKETS_SECONDS,
-        )?
-        .install_recorder()?;
-    keep_up(&handle);
-    Ok(handle)
-}
-
-/// Folds histogram samples into their buckets every 5 s on a thread of its own: the recorder keeps every raw
-/// sample until then, so without upkeep they pile up for as long as nothing scrapes `/metrics`.
-fn keep_up(handle: &PrometheusHandle) {
-    let handle = handle.clone();
-    let spawned = std::thread::Builder::new()
-        .name("meter-metrics-upkeep".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(5));
-                handle.run_upkeep();
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "could not start the metrics upkeep thread; histograms grow until scraped");
-    }
+        )],
+        "meter-metrics-upkeep",
+    )
 }
 
 /// Records one served request: its count, its duration and, if it failed, its error kind.

@@ -1,4 +1,4 @@
-//! Kafka plumbing that the gateway and billing-consumer share (feature `kafka`): [`BrokerWatch`], a client
+//! Kafka plumbing that the gateway and billing-consumer share: [`BrokerWatch`], a client
 //! context that notices when every broker connection is down, and [`RenewingProducer`], an idempotent producer
 //! that replaces itself after a failed send or a lost broker, so that a broker which restarted without the old
 //! producer's sequence state never sees that producer again.

@@ -1,4 +1,6 @@
 //! The plumbing Tollgate's services share, so that each job is written once: [`kafka`] — Kafka producers that
-//! notice a lost broker and renew themselves.
+//! notice a lost broker and renew themselves; [`telemetry`] — logging and the Prometheus recorder with its
+//! upkeep.
 
 pub mod kafka;
+pub mod telemetry;

@@ -13,8 +13,8 @@ use chrono::Utc;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
-use tollgate_schemas::CloudEvent;
 use tollgate_plumbing::kafka::RenewingProducer;
+use tollgate_schemas::CloudEvent;
 use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeat, QuotaSnapshot};
 
 use crate::error::BillingError;
