@@ -157,7 +157,12 @@ pub(crate) mod tests {
             actor: "ops-alice".to_owned(),
         };
         let key = change.key();
-        let event = CloudEvent::new("tollgate-gateway/gw-1", key.clone(), Utc::now(), change);
+        // Dated before every price version the tests write: a change dated after a version's effective time
+        // would be a back-dated version, which the readers refuse.
+        let at = chrono::DateTime::parse_from_rfc3339("2025-12-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let event = CloudEvent::new("tollgate-gateway/gw-1", key.clone(), at, change);
         (key, serde_json::to_vec(&event).unwrap())
     }
 
