@@ -36,14 +36,10 @@ pub enum BillingError {
         source: KafkaError,
     },
 
-    /// Creating the usage topic failed for a reason other than "it already exists".
-    #[error("creating topic `{topic}` failed: {reason}")]
-    TopicCreation {
-        /// The topic.
-        topic: String,
-        /// The broker's answer.
-        reason: String,
-    },
+    /// Making sure a topic exists failed (the admin request, or the broker's answer other than "it already
+    /// exists").
+    #[error(transparent)]
+    TopicCreation(#[from] tollgate_plumbing::topics::TopicError),
 
     /// A migration that the database records as applied no longer has the same content.
     #[error(
@@ -167,7 +163,7 @@ impl BillingError {
             Self::Config { .. } => "config",
             Self::ClickHouse { .. } => "clickhouse",
             Self::Kafka { .. } => "kafka",
-            Self::TopicCreation { .. } => "topic_creation",
+            Self::TopicCreation(_) => "topic_creation",
             Self::MigrationChanged { .. } => "migration_changed",
             Self::MigrationSet(_) => "migration_set",
             Self::InvalidSince { .. } => "invalid_since",

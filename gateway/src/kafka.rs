@@ -20,7 +20,21 @@ const RECONNECT_BACKOFF_MAX: &str = "1000";
 /// A usage event is not waited on by anyone, so it can wait this long; the config topic's producer sends at once.
 const LINGER_MS: &str = "100";
 
-/// An idempotent producer that waits for every in-sync replica; `kafka.properties` are applied last.
+/// What every client starts from: the bootstrap servers, its client id and the operator's `kafka.properties`
+/// (security, timeouts). Admin clients (topic creation) use it as it is.
+pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.brokers)
+        .set("client.id", client_id)
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX);
+    for (key, value) in &config.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// An idempotent producer that waits for every in-sync replica; `kafka.properties` are applied last (validation
+/// refuses those that would weaken delivery).
 pub fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.brokers)
@@ -40,19 +54,18 @@ pub fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 }
 
 /// A consumer that is assigned partitions by hand and reads them from the start: no group membership, no
-/// commits (the group id is unique and never joined), and fetches answered within 10 ms of new data.
+/// commits (the group id is unique and never joined), and fetches answered within 10 ms of new data. The
+/// operator's `kafka.properties` apply (security above all), except where they would make it something else:
+/// its group and commit settings are set after them.
 pub fn follower_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers)
-        .set(
-            "group.id",
-            format!("tollgate-gateway-follower-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("client.id", client_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "10")
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX);
+    let mut c = client_config(config, client_id);
+    c.set(
+        "group.id",
+        format!("tollgate-gateway-follower-{}", uuid::Uuid::now_v7().simple()),
+    )
+    .set("enable.auto.commit", "false")
+    .set("enable.auto.offset.store", "false")
+    .set("fetch.wait.max.ms", "10");
     c
 }
 

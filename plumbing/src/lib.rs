@@ -1,6 +1,7 @@
 //! The plumbing Tollgate's services share, so that each job is written once: [`kafka`] — Kafka producers that
 //! notice a lost broker and renew themselves; [`telemetry`] — logging and the Prometheus recorder with its
-//! upkeep.
+//! upkeep; [`topics`] — topic creation, compacted where asked, with a fallback for brokers that refuse it.
 
 pub mod kafka;
 pub mod telemetry;
+pub mod topics;

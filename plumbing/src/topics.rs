@@ -1,104 +1,127 @@
-//! Makes sure the topics exist before they are used, so a fresh stack does not depend on the broker's
-//! auto-creation: the usage topic (with the intended partition count) and the quota topic (one partition,
-//! compacted). A topic that already exists is left as it is: its partition count and configuration are an
-//! operator's decision once it exists.
+//! Makes sure a topic exists before it is used, so a fresh stack does not depend on the broker's auto-creation:
+//! the usage topic (with the intended partition count) and the compacted topics (quota snapshots, config changes:
+//! one partition, `cleanup.policy=compact`). A topic that already exists is left as it is: its partition count and
+//! configuration are an operator's decision once it exists. The admin client is made from the caller's client
+//! settings, so `kafka.properties` (security, timeouts) apply to it as to every other client.
 
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
-
-use crate::error::BillingError;
 
 /// How long the broker may take to create the topic.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The replication factor [`ensure`] asks for: `-1`, the broker's `default.replication.factor` (Kafka ≥ 2.4),
+/// The replication factor asked for by default: `-1`, the broker's `default.replication.factor` (Kafka ≥ 2.4),
 /// so one binary fits a single dev broker and a three-broker production cluster alike.
 pub const BROKER_DEFAULT_REPLICATION: i32 = -1;
 
-/// The configuration that keeps one message per key: the quota topic's.
+/// The configuration that keeps one message per key.
 const COMPACT: (&str, &str) = ("cleanup.policy", "compact");
 
 type Admin = AdminClient<DefaultClientContext>;
 
-/// Creates `topic` with `partitions` partitions and the broker's default replication factor, unless it exists.
-pub async fn ensure(brokers: &str, topic: &str, partitions: i32) -> Result<(), BillingError> {
-    ensure_with_replication(brokers, topic, partitions, BROKER_DEFAULT_REPLICATION).await
+/// Why a topic could not be made sure of.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The admin client could not be made, or the request failed.
+    #[error("Kafka {operation} failed: {source}")]
+    Kafka {
+        operation: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    /// The broker refused to create the topic, for a reason other than "it already exists".
+    #[error("creating topic `{topic}` failed: {code}")]
+    Refused { topic: String, code: RDKafkaErrorCode },
 }
 
-/// Creates `topic` with `partitions` partitions and `replication` replicas, unless it exists.
-pub async fn ensure_with_replication(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    replication: i32,
-) -> Result<(), BillingError> {
-    let admin = admin(brokers)?;
-    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    match create(&admin, &new_topic).await? {
-        Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists) => Ok(()),
-        Err(code) => Err(BillingError::TopicCreation {
-            topic: topic.to_owned(),
-            reason: code.to_string(),
-        }),
+/// The topic to make sure of.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    /// Replicas; [`BROKER_DEFAULT_REPLICATION`] for the broker's default.
+    pub replication: i32,
+    /// `cleanup.policy=compact`. A broker that refuses it gets the topic without, with a warning: readers then
+    /// read every message since the start instead of one per key, which is slower but gives the same state.
+    pub compacted: bool,
+}
+
+impl<'a> TopicSpec<'a> {
+    /// A compacted single-partition topic (one order, one message per key) with the broker's replication.
+    pub fn compacted(name: &'a str) -> Self {
+        Self {
+            name,
+            partitions: 1,
+            replication: BROKER_DEFAULT_REPLICATION,
+            compacted: true,
+        }
     }
 }
 
-/// Creates the quota topic `topic` — one partition (snapshots of all scopes in one order), the broker's default
-/// replication, `cleanup.policy=compact` (one snapshot per scope survives) — unless it exists.
-///
-/// A broker that refuses the compaction setting gets the topic without it, with a warning: gateways then read
-/// every snapshot since the start instead of one per scope, which is slower but gives the same state. Whether
-/// the topic ended up compacted is logged when the broker can describe its configuration.
-pub async fn ensure_quota(brokers: &str, topic: &str) -> Result<(), BillingError> {
-    let admin = admin(brokers)?;
-    let replication = || TopicReplication::Fixed(BROKER_DEFAULT_REPLICATION);
-    let compacted = NewTopic::new(topic, 1, replication()).set(COMPACT.0, COMPACT.1);
-    match create(&admin, &compacted).await? {
+/// Creates the topic `spec` describes unless it exists, with an admin client made from `client` (bootstrap
+/// servers, client id and the operator's properties). For a compacted topic, logs whether it ended up compacted
+/// when the broker can describe its configuration.
+pub async fn ensure(client: &ClientConfig, spec: TopicSpec<'_>) -> Result<(), TopicError> {
+    let admin: Admin = client.create().map_err(|source| TopicError::Kafka {
+        operation: "create admin client",
+        source,
+    })?;
+    let plain = || {
+        NewTopic::new(
+            spec.name,
+            spec.partitions,
+            TopicReplication::Fixed(spec.replication),
+        )
+    };
+    let wanted = if spec.compacted {
+        plain().set(COMPACT.0, COMPACT.1)
+    } else {
+        plain()
+    };
+    match create(&admin, &wanted).await? {
         Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists) => {}
-        Err(refused) => {
+        Err(refused) if spec.compacted => {
             tracing::warn!(
-                %topic,
+                topic = %spec.name,
                 code = %refused,
-                "The broker refused to create the quota topic with cleanup.policy=compact; creating it without."
+                "The broker refused to create the topic with cleanup.policy=compact; creating it without."
             );
-            match create(&admin, &NewTopic::new(topic, 1, replication())).await? {
+            match create(&admin, &plain()).await? {
                 Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists) => {}
-                Err(code) => {
-                    return Err(BillingError::TopicCreation {
-                        topic: topic.to_owned(),
-                        reason: code.to_string(),
-                    });
-                }
+                Err(code) => return Err(refused_error(spec.name, code)),
             }
         }
+        Err(code) => return Err(refused_error(spec.name, code)),
     }
-    match cleanup_policy(&admin, topic).await {
-        Some(policy) if policy.contains(COMPACT.1) => {
-            tracing::debug!(%topic, cleanup_policy = %policy, "The quota topic is compacted.");
+    if spec.compacted {
+        match cleanup_policy(&admin, spec.name).await {
+            Some(policy) if policy.contains(COMPACT.1) => {
+                tracing::debug!(topic = %spec.name, cleanup_policy = %policy, "The topic is compacted.");
+            }
+            Some(policy) => tracing::warn!(
+                topic = %spec.name,
+                cleanup_policy = %policy,
+                "The topic is not compacted; its readers will read every message since the start."
+            ),
+            None => tracing::info!(
+                topic = %spec.name,
+                "The broker did not describe the topic's configuration; cannot tell whether it is compacted."
+            ),
         }
-        Some(policy) => tracing::warn!(
-            %topic,
-            cleanup_policy = %policy,
-            "The quota topic is not compacted; gateways will read every snapshot since the start."
-        ),
-        None => tracing::info!(
-            %topic,
-            "The broker did not describe the quota topic's configuration; cannot tell whether it is compacted."
-        ),
     }
     Ok(())
 }
 
-fn admin(brokers: &str) -> Result<Admin, BillingError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("client.id", crate::kafka::CLIENT_ID)
-        .create()
-        .map_err(BillingError::kafka("create admin client"))
+fn refused_error(topic: &str, code: RDKafkaErrorCode) -> TopicError {
+    TopicError::Refused {
+        topic: topic.to_owned(),
+        code,
+    }
 }
 
 fn options() -> AdminOptions {
@@ -109,14 +132,14 @@ fn options() -> AdminOptions {
 
 /// Asks the broker to create `new_topic`: the outer error is the request failing, the inner one the broker's
 /// answer for the topic.
-async fn create(
-    admin: &Admin,
-    new_topic: &NewTopic<'_>,
-) -> Result<Result<(), RDKafkaErrorCode>, BillingError> {
+async fn create(admin: &Admin, new_topic: &NewTopic<'_>) -> Result<Result<(), RDKafkaErrorCode>, TopicError> {
     let results = admin
         .create_topics([new_topic], &options())
         .await
-        .map_err(BillingError::kafka("create topic"))?;
+        .map_err(|source| TopicError::Kafka {
+            operation: "create topic",
+            source,
+        })?;
     for result in results {
         match result {
             Ok(name) => {

@@ -22,13 +22,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
@@ -40,7 +37,8 @@ use tollgate_schemas::config::{
 use super::resources::ResourceSet;
 use super::{Feed, Incoming};
 use crate::config::Config;
-use crate::kafka::{RenewingProducer, follower_config, producer_config};
+use crate::kafka::{RenewingProducer, client_config, follower_config, producer_config};
+use tollgate_plumbing::topics::TopicSpec;
 
 /// How long a start waits for the topic's content before serving on the file.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -147,7 +145,10 @@ impl ConfigFeed {
         let follower = Follower {
             consumer,
             seeder,
-            brokers: config.kafka.brokers.clone(),
+            admin: client_config(
+                &config.kafka,
+                &format!("tollgate-gateway-config-admin/{}", config.server.instance_id),
+            ),
             topic: topic.to_owned(),
             seeds: seeds(file, source),
             stop: stop.clone(),
@@ -235,7 +236,8 @@ fn seeds(file: &ResourceSet, source: &str) -> Vec<ConfigChangeEvent> {
 struct Follower {
     consumer: BaseConsumer,
     seeder: ClientConfig,
-    brokers: String,
+    /// The admin client's settings, for creating the topic.
+    admin: ClientConfig,
     topic: String,
     seeds: Vec<ConfigChangeEvent>,
     stop: Arc<AtomicBool>,
@@ -283,7 +285,7 @@ impl Follower {
 
     /// Ensures the topic, seeds it when it never held anything, and reads it from the beginning to its end.
     fn load(&self) -> Result<Vec<Incoming>, String> {
-        ensure_topic(&self.brokers, &self.topic)?;
+        ensure_topic(&self.admin, &self.topic)?;
         let (_, mut high) = self
             .consumer
             .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
@@ -392,35 +394,15 @@ impl Follower {
 
 /// Creates the topic — one partition, compacted, the broker's default replication — unless it exists. A broker
 /// that refuses compaction gets it without (every change is then kept, which gives the same state).
-fn ensure_topic(brokers: &str, topic: &str) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("client.id", "tollgate-gateway-config-admin")
-        .create()
-        .map_err(|e| e.to_string())?;
+fn ensure_topic(admin: &ClientConfig, topic: &str) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(|e| e.to_string())?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let create = |topic: NewTopic<'_>| -> Result<Result<(), RDKafkaErrorCode>, String> {
-        let results = runtime
-            .block_on(admin.create_topics([&topic], &options))
-            .map_err(|e| e.to_string())?;
-        Ok(results
-            .into_iter()
-            .next()
-            .map_or(Ok(()), |r| r.map(drop).map_err(|(_, code)| code)))
-    };
-    let replication = || TopicReplication::Fixed(-1);
-    match create(NewTopic::new(topic, 1, replication()).set("cleanup.policy", "compact"))? {
-        Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists) => Ok(()),
-        Err(refused) => {
-            tracing::warn!(%topic, code = %refused, "The broker refused a compacted config topic; creating it without.");
-            match create(NewTopic::new(topic, 1, replication()))? {
-                Ok(()) | Err(RDKafkaErrorCode::TopicAlreadyExists) => Ok(()),
-                Err(code) => Err(format!("could not create the config topic: {code}")),
-            }
-        }
-    }
+    runtime
+        .block_on(tollgate_plumbing::topics::ensure(
+            admin,
+            TopicSpec::compacted(topic),
+        ))
+        .map_err(|e| e.to_string())
 }
