@@ -719,6 +719,7 @@ impl Pump {
                 let old = std::mem::replace(&mut self.producer, producer);
                 self.watch = watch;
                 drop(old);
+                metrics::counter!(m::KAFKA_PRODUCER_RENEWALS_TOTAL, "producer" => "usage").increment(1);
                 tracing::info!(
                     "new Kafka producer for the events to send again (the old one's sends were not acknowledged)"
                 );

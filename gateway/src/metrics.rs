@@ -92,8 +92,8 @@ pub fn describe() {
     );
     describe_counter!(
         KAFKA_PRODUCER_RENEWALS_TOTAL,
-        "Kafka producers replaced by a new idempotent session after a failed send, by producer (config, \
-         config-seed): a broker that lost the old producer's state never sees it again."
+        "Kafka producers replaced by a new idempotent session after a failed send or a lost broker, by producer \
+         (usage, config): a broker that lost the old producer's state never sees it again."
     );
     describe_counter!(
         CONFIG_REPLAY_LEFT_OUT_TOTAL,
