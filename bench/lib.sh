@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Sourced by the bench scripts, which use the variables it sets:
+# shellcheck disable=SC2034
 # The set-up bench/load.sh and bench/soak.sh share (sourced, not run): nginx and wrk from Debian when missing,
 # release binaries, and on ports 18180-18199:
 # - the fake upstream (nginx, one worker): 18190 a fixed chat completion, 18191 a fixed SSE stream of 20 chunks
@@ -50,10 +52,13 @@ sse+='data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1,
 sse+='data: [DONE]\n\n'
 json='{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the benchmark upstream."},"finish_reason":"stop"}],"usage":{"prompt_tokens":14,"completion_tokens":7,"total_tokens":21}}'
 
-nginx_common="daemon off; error_log $work/%s-error.log warn; pid $work/%s.pid;
-events { worker_connections 8192; }"
+# nginx_common NAME — the lines every nginx of the bench starts with: its own error log and pid file.
+nginx_common() {
+    printf 'daemon off; error_log %s/%s-error.log warn; pid %s/%s.pid;\nevents { worker_connections 8192; }' \
+        "$work" "$1" "$work" "$1"
+}
 cat >"$work/upstream.conf" <<CONF
-$(printf "$nginx_common" upstream upstream)
+$(nginx_common upstream)
 worker_processes 1;
 http {
     access_log off;
@@ -72,7 +77,7 @@ http {
 }
 CONF
 cat >"$work/proxy.conf" <<CONF
-$(printf "$nginx_common" proxy proxy)
+$(nginx_common proxy)
 worker_processes auto;
 http {
     access_log off;

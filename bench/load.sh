@@ -91,8 +91,10 @@ wrk_run() {
     local target=$1 script=$2 target_url=$3
     # shellcheck disable=SC2046
     local before after out
+    # shellcheck disable=SC2046 # one argument per pid
     before=$(cpu_ticks $(procs "$target"))
     out=$(wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" -s "$script" "$target_url")
+    # shellcheck disable=SC2046
     after=$(cpu_ticks $(procs "$target"))
     if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
         printf '%s\n' "$out" >&2
@@ -124,6 +126,7 @@ declare -A rss_mib
 for t in "${targets[@]}"; do
     # shellcheck disable=SC2046
     rss_mib[$t]=$(($(rss_kib $(procs "$t" | cut -d' ' -f1)) / 1024))
+    # shellcheck disable=SC2046
     [[ $t == nginx ]] && rss_mib[$t]=$(($(rss_kib $(nginx_pids)) / 1024))
 done
 

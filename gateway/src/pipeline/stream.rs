@@ -7,7 +7,7 @@
 //!
 //! Bytes reach the client unchanged, with one exception: when the client did not ask for
 //! `stream_options.include_usage`, the gateway asked the upstream for it (see
-//! [`crate::request::ChatRequest::upstream_body`]) and removes that usage-only chunk; chunks are then forwarded
+//! [`crate::request::ApiRequest::upstream_body`]) and removes that usage-only chunk; chunks are then forwarded
 //! event by event so the chunk can be cut out cleanly.
 //!
 //! The tee owns the upstream response and the request's [`Ledger`], not the client connection: when the client
