@@ -364,7 +364,7 @@ async fn a_change_that_would_break_the_configuration_is_refused_whole_and_nothin
         // Routes are validated in name order, so the model's other route names the clash.
         "routes/gpt-4o-mini.models[0]: `gpt-4o-mini` is already served by route `embeddings`",
         "routes/embeddings.targets[0].instance: no instance is named `nowhere`",
-        "routes/embeddings.failover.max_attempts: must be at least 1",
+        "routes/embeddings.failover.max_attempts: must be 1–10",
     ] {
         assert!(
             problems.iter().any(|p| p.starts_with(expected)),
