@@ -769,8 +769,19 @@ async fn of_two_quota_loops_only_the_lease_holder_publishes_and_watermarks_never
         .until_counted("the first loop's snapshot", &[(TEAM_A_MINI, HOUR_START, 1)])
         .await;
     loops.push((b, fx.start(b)));
-    // Let the second loop join the group and rebuild; the lease may move to it or stay.
+    // Let the second loop join the group and rebuild; the lease may move to it or stay. The group settles when
+    // the heartbeats come from one loop only for a while (a busy machine takes longer than a quiet one).
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let settled_from = quota_topic.heartbeats.len();
+    quota_topic
+        .until("a settled lease", |t| {
+            let recent = &t.heartbeats[settled_from..];
+            recent.len() >= 4
+                && recent[recent.len() - 4..]
+                    .iter()
+                    .all(|h| h.source == recent[recent.len() - 1].source)
+        })
+        .await;
 
     let (snapshots_from, heartbeats_from) = (quota_topic.snapshots.len(), quota_topic.heartbeats.len());
     for i in 0..5_u64 {

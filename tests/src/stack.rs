@@ -514,6 +514,11 @@ impl Stack {
     /// The newest snapshot of every scope on the quota topic, read from its beginning to its end: of its newest
     /// window (each window is its own snapshot), the last published.
     pub fn latest_snapshots(&self) -> HashMap<String, QuotaSnapshot> {
+        self.try_latest_snapshots().expect("read the quota topic")
+    }
+
+    /// [`Stack::latest_snapshots`], or why the broker could not give them (e.g. while it restarts).
+    pub fn try_latest_snapshots(&self) -> Result<HashMap<String, QuotaSnapshot>, String> {
         let mut latest = HashMap::new();
         read_quota_topic(&self.infra.brokers, &self.quota_topic, |key, payload| {
             if key != Some(HEARTBEAT_KEY.as_bytes())
@@ -528,8 +533,8 @@ impl Stack {
                 }
             }
             false
-        });
-        latest
+        })?;
+        Ok(latest)
     }
 
     /// POSTs `body` to the gateway's `path` with `headers` and reads the response to its end (a stream too).
@@ -627,8 +632,12 @@ pub async fn query(url: &str, database: &str, sql: &str) -> Vec<Value> {
 }
 
 /// Reads the quota topic from its beginning to its end (or until `visit` returns true), handing every message's
-/// key and payload to `visit`.
-fn read_quota_topic(brokers: &str, topic: &str, mut visit: impl FnMut(Option<&[u8]>, &[u8]) -> bool) {
+/// key and payload to `visit`; an error when the broker does not give the topic's end.
+fn read_quota_topic(
+    brokers: &str,
+    topic: &str,
+    mut visit: impl FnMut(Option<&[u8]>, &[u8]) -> bool,
+) -> Result<(), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set(
@@ -641,7 +650,7 @@ fn read_quota_topic(brokers: &str, topic: &str, mut visit: impl FnMut(Option<&[u
         .expect("quota reader");
     let (_, high) = consumer
         .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .expect("quota topic watermarks");
+        .map_err(|e| format!("quota topic watermarks: {e}"))?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(topic, 0, Offset::Beginning)
         .expect("partition list");
@@ -656,9 +665,10 @@ fn read_quota_topic(brokers: &str, topic: &str, mut visit: impl FnMut(Option<&[u
         if let Some(payload) = message.payload()
             && visit(message.key(), payload)
         {
-            return;
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 /// Waits until the quota loop has rebuilt its windows and is publishing live (a heartbeat says so).
@@ -671,7 +681,8 @@ fn wait_for_live_quota_loop(brokers: &str, topic: &str) {
                 && serde_json::from_slice::<QuotaHeartbeatEvent>(payload)
                     .is_ok_and(|beat| !beat.data.rebuilding);
             live
-        });
+        })
+        .expect("read the quota topic");
         if live {
             return;
         }

@@ -185,10 +185,10 @@ async fn recovers_from(crash: Crash) {
             == 201
     });
     let quota_back = within("quota snapshots", resumed, async || {
+        // The broker may not answer yet: then try again.
         stack
-            .latest_snapshots()
-            .get(&scope)
-            .is_some_and(|s| s.published_at_ms > resumed_ms)
+            .try_latest_snapshots()
+            .is_ok_and(|latest| latest.get(&scope).is_some_and(|s| s.published_at_ms > resumed_ms))
     });
     let ready_back = within("readiness", resumed, async || {
         readyz(&stack.gateway_url).await == 200 && billing.readyz().await.0 == 200
