@@ -1,4 +1,4 @@
-//! Fuzzes the reading of a client's request body ([`tollgate_gateway::request::ApiRequest`]) on each metered
+//! Fuzzes the reading of a client's request body ([`tollgate_gateway::protocol::request::ApiRequest`]) on each metered
 //! endpoint — chat completions, completions, embeddings, Anthropic messages — and what the gateway derives from it:
 //! the prompt it meters, the in-process prompt estimate, the output tokens reserved, and the body sent upstream.
 //!
@@ -12,9 +12,9 @@
 //!   client asked, asks for the usage chunk whenever the gateway needs it, and is metered as the same prompt.
 
 use bytes::Bytes;
-use tollgate_gateway::meter::fallback_estimate;
+use tollgate_gateway::metering::sidecar::fallback_estimate;
 use tollgate_gateway::protocol::Endpoint;
-use tollgate_gateway::request::ApiRequest;
+use tollgate_gateway::protocol::request::ApiRequest;
 
 /// The model name an instance with its own name for the model is sent.
 const OVERRIDE: &str = "instance-model-name";

@@ -3,6 +3,7 @@
 //! needs upstream, and what an answer says it consumed and which model produced it ([`usage`]). The request path
 //! ([`crate::pipeline`]) asks here; nothing here knows about routes, quotas or events.
 
+pub mod request;
 pub mod usage;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};

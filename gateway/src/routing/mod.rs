@@ -3,7 +3,7 @@
 //! Built once from the configuration into an immutable table keyed by model name (and alias); a lookup is one
 //! hash probe. For each request, [`RouteTable::plan`] orders the targets:
 //! 1. priority groups from the highest `priority` down; within a group only available instances (see
-//!    [`crate::health`]) with a weight above 0;
+//!    [`crate::routing::health`]) with a weight above 0;
 //! 2. the group's first pick comes from its balancer ([`balancer`]): smooth weighted round-robin, or
 //!    consistent hashing on the consumer or a header; the group's other available targets follow by weight, so
 //!    a failover stays within the same priority before going lower;
@@ -11,13 +11,17 @@
 //! 4. the plan is cut to the route's `failover.max_attempts`.
 
 pub mod balancer;
+pub mod health;
+pub mod probe;
+pub mod scrub;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Balancer, Config, FailoverConfig, HashOn, Instance};
-use crate::health::InstanceHealth;
+use crate::routing::health::InstanceHealth;
 use balancer::{HashRing, SmoothWeighted};
 
 /// One target of a route.

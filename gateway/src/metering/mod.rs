@@ -1,0 +1,3 @@
+pub mod sidecar;
+pub mod sse;
+pub mod stream_usage;
