@@ -1,5 +1,5 @@
-//! Fuzzes the spool's frame decoder ([`tollgate_gateway::events::spool::frame`]) over whole segments, the way the spool
-//! reads them: once whole at start-up (`Spool::open` checking each segment), and in chunks that grow when one
+//! Fuzzes the spool's frame decoder ([`tollgate_gateway::events::spool::frame`]) over whole segments, the way the
+//! spool reads them: once whole at start-up (`Spool::open` checking each segment), and in chunks that grow when one
 //! record does not fit (`Spool::read`, which the drain calls).
 //!
 //! Input: one mode byte, then the segment. Mode bit 0 makes the rest a list of records (split at `0xff`; the first

@@ -1,5 +1,5 @@
 //! Usage events out of the request path and into Kafka — or, while Kafka does not acknowledge them, into the
-//! durable spool ([`crate::events::spool`]) until it does. Usage events are money: none may be lost or doubled.
+//! durable spool ([`spool`]) until it does. Usage events are money: none may be lost or doubled.
 //!
 //! Handlers call [`EventSender::emit`] with an [`Outgoing`] event, which never waits: it puts the event into a
 //! bounded queue or, when the queue is full, drops it with a metric and an error log naming the event id. A
@@ -11,7 +11,7 @@
 //!   when a send fails, or when librdkafka refuses one, the pump switches to spooling: every event librdkafka
 //!   still holds is appended to the spool in the order it was sent, and one log line says so.
 //! - **Spooling** (the spool is not empty): every new event is appended to the spool behind the older ones, so
-//!   order holds, and the spool is drained to Kafka in order ([`crate::events::spool::drain`]); a segment file is deleted
+//!   order holds, and the spool is drained to Kafka in order ([`spool::drain`]); a segment file is deleted
 //!   once every record in it is acknowledged. An event that was spooled while librdkafka still held it is sent
 //!   from the spool only if librdkafka gives up on it (after `kafka.message_timeout`), so a slow broker does
 //!   not double it. When the spool is empty again the pump goes back to direct mode and logs the episode's

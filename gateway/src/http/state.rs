@@ -1,7 +1,7 @@
 //! The state a request reads: what every worker shares ([`AppState`]: fixed server settings, the live
 //! configuration, quota books, the event sender, the clock, the tracker of work that outlives clients) and what
-//! each worker owns ([`WorkerClients`]: its HTTP clients, which are not `Send`). Built once by [`crate::http::server`],
-//! read by [`crate::pipeline`], [`crate::http::models`] and [`crate::http::scrape`].
+//! each worker owns ([`WorkerClients`]: its HTTP clients, which are not `Send`). Built once by
+//! [`crate::http::server`], read by [`crate::pipeline`], [`crate::http::models`] and [`crate::http::scrape`].
 
 use std::sync::Arc;
 

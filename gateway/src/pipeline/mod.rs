@@ -15,9 +15,9 @@
 //! 5. [`estimate`] — the prompt's tokens from meter-sidecar, in-process fallback when it is slow or down
 //!    ([`crate::metering::sidecar`]);
 //! 6. [`admit`] — the token quotas of the consumer, then of the model: the estimate plus the most output the
-//!    request can produce is reserved; a used-up quota answers 429 ([`crate::admission::quota`]). Rejections in steps 4
-//!    and 6 are usage events too (zero tokens). **From here a [`Ledger`] owns the request** and emits exactly
-//!    one usage event for it, whichever way it ends ([`settle`]);
+//!    request can produce is reserved; a used-up quota answers 429 ([`crate::admission::quota`]). Rejections in
+//!    steps 4 and 6 are usage events too (zero tokens). **From here a [`Ledger`] owns the request** and emits
+//!    exactly one usage event for it, whichever way it ends ([`settle`]);
 //! 7. [`forward::forward`] — the route's plan, failing over on retry-safe failures before the first byte;
 //! 8. answer — a whole body is read to its end and settled from its usage, or from an exact count of its text
 //!    when it has none ([`settle_whole`]); a stream is relayed chunk by chunk and settled when it ends
@@ -86,9 +86,9 @@ struct TaskAnswer {
     limits: LimitFigures,
 }
 
-/// The handler of every metered endpoint (`app.rs` registers it once per [`Endpoint`]): runs the pipeline on a
-/// tracked task of its own (so that a client that leaves cannot cut it short), waits for its answer, records
-/// metrics.
+/// The handler of every metered endpoint (`http/server.rs` registers it once per [`Endpoint`]): runs the
+/// pipeline on a tracked task of its own (so that a client that leaves cannot cut it short), waits for its
+/// answer, records metrics.
 pub async fn serve(
     endpoint: Endpoint,
     req: HttpRequest,

@@ -1,14 +1,14 @@
 //! Relaying a streamed (SSE) answer and metering it exactly.
 //!
-//! [`relay`] answers the client at once with a streaming body fed by a bounded channel, and spawns the tee: a
-//! task that reads the upstream chunk by chunk, passes each chunk on as soon as it arrived, and meanwhile
-//! frames the bytes into events ([`crate::metering::sse`]) and accumulates what they say ([`crate::metering::stream_usage`]) — the
-//! completion text of every choice and any `usage` block — however the bytes were split on the wire.
+//! [`relay`] answers the client at once with a streaming body fed by a bounded channel, and spawns the tee: a task
+//! that reads the upstream chunk by chunk, passes each chunk on as soon as it arrived, and meanwhile frames the
+//! bytes into events ([`crate::metering::sse`]) and accumulates what they say ([`crate::metering::stream_usage`]) —
+//! the completion text of every choice and any `usage` block — however the bytes were split on the wire.
 //!
 //! Bytes reach the client unchanged, with one exception: when the client did not ask for
 //! `stream_options.include_usage`, the gateway asked the upstream for it (see
-//! [`crate::protocol::request::ApiRequest::upstream_body`]) and removes that usage-only chunk; chunks are then forwarded
-//! event by event so the chunk can be cut out cleanly.
+//! [`crate::protocol::request::ApiRequest::upstream_body`]) and removes that usage-only chunk; chunks are then
+//! forwarded event by event so the chunk can be cut out cleanly.
 //!
 //! The tee owns the upstream response and the request's [`Ledger`], not the client connection: when the client
 //! goes away (the channel closes), or stops reading for `server.send_timeout` (its buffers stay full), the tee
