@@ -16,9 +16,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use tollgate_gateway::auth::KeyStore;
+use tollgate_gateway::admission::auth::KeyStore;
+use tollgate_gateway::admission::limits::RequestLimits;
 use tollgate_gateway::config::Config;
-use tollgate_gateway::limits::RequestLimits;
 use tollgate_gateway::live::resources::ResourceSet;
 use tollgate_gateway::routing::{HashKeys, Router, health_of};
 

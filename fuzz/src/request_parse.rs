@@ -1,6 +1,7 @@
-//! Fuzzes the reading of a client's request body ([`tollgate_gateway::request::ApiRequest`]) on each metered
-//! endpoint — chat completions, completions, embeddings, Anthropic messages — and what the gateway derives from it:
-//! the prompt it meters, the in-process prompt estimate, the output tokens reserved, and the body sent upstream.
+//! Fuzzes the reading of a client's request body ([`tollgate_gateway::protocol::request::ApiRequest`]) on each
+//! metered endpoint — chat completions, completions, embeddings, Anthropic messages — and what the gateway derives
+//! from it: the prompt it meters, the in-process prompt estimate, the output tokens reserved, and the body sent
+//! upstream.
 //!
 //! Input: one byte choosing the endpoint (its value modulo 4, in [`Endpoint::ALL`] order; bit 2 makes the instance
 //! rename the model), then the body as the client sent it.
@@ -12,9 +13,9 @@
 //!   client asked, asks for the usage chunk whenever the gateway needs it, and is metered as the same prompt.
 
 use bytes::Bytes;
-use tollgate_gateway::meter::fallback_estimate;
+use tollgate_gateway::metering::sidecar::fallback_estimate;
 use tollgate_gateway::protocol::Endpoint;
-use tollgate_gateway::request::ApiRequest;
+use tollgate_gateway::protocol::request::ApiRequest;
 
 /// The model name an instance with its own name for the model is sent.
 const OVERRIDE: &str = "instance-model-name";

@@ -1,5 +1,5 @@
-//! Fuzzes the spool's frame decoder ([`tollgate_gateway::spool::frame`]) over whole segments, the way the spool
-//! reads them: once whole at start-up (`Spool::open` checking each segment), and in chunks that grow when one
+//! Fuzzes the spool's frame decoder ([`tollgate_gateway::events::spool::frame`]) over whole segments, the way the
+//! spool reads them: once whole at start-up (`Spool::open` checking each segment), and in chunks that grow when one
 //! record does not fit (`Spool::read`, which the drain calls).
 //!
 //! Input: one mode byte, then the segment. Mode bit 0 makes the rest a list of records (split at `0xff`; the first
@@ -15,7 +15,7 @@
 //! - segments written by the encoder decode to the same records, whole or in chunks;
 //! - a segment with no corruption yields the same records whole and in chunks.
 
-use tollgate_gateway::spool::frame::{self, Step};
+use tollgate_gateway::events::spool::frame::{self, Step};
 
 /// One decoded record: offset, key, payload.
 type Found = (usize, Vec<u8>, Vec<u8>);

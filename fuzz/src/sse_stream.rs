@@ -1,6 +1,6 @@
-//! Fuzzes the stream tee's reading of an upstream stream: SSE framing ([`tollgate_gateway::sse`]) and what a
-//! stream consumed ([`tollgate_gateway::stream_usage`]), for OpenAI and Anthropic streams, with the bytes cut into
-//! network reads at arbitrary points.
+//! Fuzzes the stream tee's reading of an upstream stream: SSE framing ([`tollgate_gateway::metering::sse`]) and
+//! what a stream consumed ([`tollgate_gateway::metering::stream_usage`]), for OpenAI and Anthropic streams, with
+//! the bytes cut into network reads at arbitrary points.
 //!
 //! Input: one flags byte (bit 0: Anthropic instead of OpenAI; bits 1–2: the event size limit, 4 MiB as in the tee
 //! or a small one), one byte `n`, `n` chunk lengths (used in turn, 0 being an empty read), then the stream's
@@ -17,10 +17,10 @@
 //!   plus completion, cached prompt tokens are part of the prompt.
 
 use bytes::Bytes;
+use tollgate_gateway::metering::sse::{EventSplitter, parse_event};
+use tollgate_gateway::metering::stream_usage::{Observed, StreamMeter};
 use tollgate_gateway::protocol::Provider;
 use tollgate_gateway::protocol::usage::Usage;
-use tollgate_gateway::sse::{EventSplitter, parse_event};
-use tollgate_gateway::stream_usage::{Observed, StreamMeter};
 
 /// The tee's limit (`pipeline::stream::MAX_EVENT_BYTES`).
 const TEE_MAX_EVENT_BYTES: usize = 4 << 20;

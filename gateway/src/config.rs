@@ -210,7 +210,7 @@ impl AdminRole {
     }
 }
 
-/// The durable spool of usage events Kafka has not acknowledged (`[spool]`; see [`crate::spool`]).
+/// The durable spool of usage events Kafka has not acknowledged (`[spool]`; see [`crate::events::spool`]).
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     /// The directory of segment files; relative paths are relative to the gateway's working directory.

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tollgate_gateway::{Config, Gateway, auth, metrics};
+use tollgate_gateway::admission::auth;
+use tollgate_gateway::{Config, Gateway, metrics};
 
 #[derive(Debug, Parser)]
 #[command(

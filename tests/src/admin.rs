@@ -17,7 +17,7 @@ pub const VIEWER_KEY: &str = "adm-dash-0123456789";
 /// `[admin]` on a free loopback port with one admin and one viewer key, plus `more` (allow, trusted_proxies,
 /// config_topic).
 pub fn admin_toml(more: &str) -> String {
-    let hash = |key: &str| hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
+    let hash = |key: &str| hex::encode(tollgate_gateway::admission::auth::hash_key(key.as_bytes()));
     format!(
         "[admin]\nlisten = \"127.0.0.1:0\"\n{more}\nkeys = [\n  {{ id = \"ops\", sha256 = \"{}\", role = \"admin\" }},\n  \
          {{ id = \"dash\", sha256 = \"{}\", role = \"viewer\" }},\n]\n",

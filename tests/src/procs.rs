@@ -311,7 +311,7 @@ impl ChildGateway {
         let consumers: String = CONSUMERS
             .iter()
             .map(|(consumer, key_id, key)| {
-                let sha = hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
+                let sha = hex::encode(tollgate_gateway::admission::auth::hash_key(key.as_bytes()));
                 format!("[[consumers]]\nname = \"{consumer}\"\nkeys = [{{ id = \"{key_id}\", sha256 = \"{sha}\" }}]\n")
             })
             .collect();

@@ -23,8 +23,8 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
-use tollgate_gateway::app::GatewayHandle;
 use tollgate_gateway::clock::{Clock, ManualClock, SystemClock};
+use tollgate_gateway::http::server::GatewayHandle;
 use tollgate_gateway::{Config, Gateway};
 use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshot, QuotaSnapshotEvent};
 
@@ -711,7 +711,7 @@ fn gateway_toml(
     let consumers: String = CONSUMERS
         .iter()
         .map(|(name, key_id, key)| {
-            let sha = hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
+            let sha = hex::encode(tollgate_gateway::admission::auth::hash_key(key.as_bytes()));
             let own: String = options
                 .consumer_toml
                 .iter()

@@ -984,7 +984,7 @@ fn start_replica(
 ) -> (
     String,
     String,
-    tollgate_gateway::app::GatewayHandle,
+    tollgate_gateway::http::server::GatewayHandle,
     tokio::task::JoinHandle<std::io::Result<()>>,
 ) {
     let config = tollgate_gateway::Config::from_toml_with_env(text, |name| {

@@ -365,7 +365,7 @@ async fn the_model_list_shows_every_routed_model_to_an_authenticated_consumer() 
 
 #[actix_rt::test]
 async fn a_key_limited_to_some_models_sees_and_uses_only_those_and_an_expired_key_is_refused() {
-    let sha = |key: &str| hex::encode(tollgate_gateway::auth::hash_key(key.as_bytes()));
+    let sha = |key: &str| hex::encode(tollgate_gateway::admission::auth::hash_key(key.as_bytes()));
     let options = StackOptions {
         extra_toml: format!(
             "[[routes]]\nname = \"other\"\nmodels = [\"other-model\"]\ntargets = [{{ instance = \"mock-openai\" }}]\n\n\
@@ -417,7 +417,7 @@ async fn a_key_limited_to_some_models_sees_and_uses_only_those_and_an_expired_ke
 
 #[actix_rt::test]
 async fn a_consumer_over_its_request_rate_gets_a_429_with_retry_after_and_the_rejection_is_an_event() {
-    let sha = hex::encode(tollgate_gateway::auth::hash_key(b"sk-rated"));
+    let sha = hex::encode(tollgate_gateway::admission::auth::hash_key(b"sk-rated"));
     let options = StackOptions {
         extra_toml: format!(
             "[[consumers]]\nname = \"team-rated\"\nkeys = [{{ id = \"rated-1\", sha256 = \"{sha}\" }}]\n\

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use tollgate_gateway::spool::frame::{self, Step};
+use tollgate_gateway::events::spool::frame::{self, Step};
 use tollgate_tests::mock_provider::MockProvider;
 use tollgate_tests::procs::{
     ChildConfig, ChildGateway, PrivateBroker, free_port, kill9, scratch_dir, terminate,

@@ -213,7 +213,7 @@ async fn when_meter_sidecar_is_down_the_request_is_served_and_the_event_says_fal
     assert_eq!(rows[0]["prompt_estimate_source"], "fallback");
     assert_eq!(
         rows[0]["prompt_tokens_estimated"],
-        tollgate_gateway::meter::fallback_chat_estimate(&messages)
+        tollgate_gateway::metering::sidecar::fallback_chat_estimate(&messages)
     );
     // Billing still uses the provider's numbers.
     assert_eq!(rows[0]["usage_source"], "provider");

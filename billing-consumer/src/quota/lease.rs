@@ -16,8 +16,8 @@
 //! (`InitProducerId` with a transactional id works) but does not answer `EndTxn` (librdkafka: "EndTxnRequest
 //! (KIP-98) not supported by broker"), so no transaction can commit on it; checked against the broker before
 //! choosing. The paused-writer case is covered on the reading side instead: gateways ignore a snapshot whose
-//! watermarks go back from the one they hold for its window (`gateway/src/quota/feed.rs`), so a stale writer's
-//! last round cannot move their view backwards.
+//! watermarks go back from the one they hold for its window (`gateway/src/admission/quota/feed.rs`), so a stale
+//! writer's last round cannot move their view backwards.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,7 +13,7 @@ use actix_web::http::header::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::admin::error::AdminError;
-use crate::auth::hash_key;
+use crate::admission::auth::hash_key;
 use crate::config::{AdminKey, AdminRole};
 
 /// The header that carries the admin key.

@@ -37,7 +37,7 @@ use crate::admin::writes::Actor;
 use crate::config::{AdminConfig, ServerConfig};
 use crate::live::LiveConfig;
 use crate::metrics as m;
-use crate::request::BodyLimits;
+use crate::protocol::request::BodyLimits;
 
 /// The largest admin request body: a resource is a few kilobytes.
 const MAX_BODY_BYTES: usize = 1 << 20;

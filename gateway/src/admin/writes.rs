@@ -27,9 +27,9 @@ use tollgate_schemas::config::ResourceKind;
 
 use crate::admin::error::AdminError;
 use crate::admin::resources::{VERSION_HEADER, collection};
-use crate::auth::hash_key;
+use crate::admission::auth::hash_key;
 use crate::live::{LiveConfig, WriteError, Written, shown};
-use crate::request::BodyLimits;
+use crate::protocol::request::BodyLimits;
 
 /// The admin key id of the request, put there by the guard: who a change is recorded as made by.
 #[derive(Debug, Clone)]

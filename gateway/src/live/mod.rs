@@ -46,9 +46,9 @@ use tokio_util::sync::CancellationToken;
 use tollgate_schemas::CloudEvent;
 use tollgate_schemas::config::{ChangeAction, ConfigChange, ConfigChangeEvent, ResourceKind};
 
+use crate::admission::quota::Quotas;
 use crate::config::{Config, RawConfig, Secret};
 use crate::metrics as m;
-use crate::quota::Quotas;
 use cache::{Cached, ConfigCache};
 use history::{Entry, History};
 use resources::ResourceSet;

@@ -2,23 +2,24 @@
 //! limiters and route table — built from a validated [`Config`] and swapped in whole. A request loads the
 //! current runtime once, at its start, and keeps it to the end: a change never meets a request halfway.
 //!
-//! What must outlive a swap lives beside the runtime: [`Instances`] keeps each instance's health (circuit
-//! breaker, cooldowns, probe verdicts) and its probe task while the instance's endpoint, provider, key, breaker
-//! and health check stay the same; the request limiters of consumers whose `limit_count` is unchanged carry
-//! over ([`RequestLimits::rebuilt`]); quota books live in [`crate::quota::Quotas`] and are re-laid, not reset.
+//! What must outlive a swap lives beside the runtime: [`Instances`] keeps each instance's health (circuit breaker,
+//! cooldowns, probe verdicts) and its probe task while the instance's endpoint, provider, key, breaker and health
+//! check stay the same; the request limiters of consumers whose `limit_count` is unchanged carry over
+//! ([`RequestLimits::rebuilt`]); quota books live in [`crate::admission::quota::Quotas`] and are re-laid, not
+//! reset.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::KeyStore;
+use crate::admission::auth::KeyStore;
+use crate::admission::limits::RequestLimits;
 use crate::config::{BreakerConfig, Config, HealthCheck, Instance, Secret};
-use crate::health::InstanceHealth;
-use crate::limits::RequestLimits;
-use crate::probe;
 use crate::protocol::Provider;
 use crate::routing::Router;
+use crate::routing::health::InstanceHealth;
+use crate::routing::probe;
 
 /// One configuration, ready for requests.
 #[derive(Debug)]

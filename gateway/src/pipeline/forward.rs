@@ -13,18 +13,18 @@ use chrono::Utc;
 use tollgate_schemas::Attempt;
 use tollgate_schemas::usage::AttemptError;
 
-use crate::auth::Principal;
+use crate::admission::auth::Principal;
+use crate::admission::quota::QuotaTicket;
 use crate::config::Instance;
 use crate::error::GatewayError;
-use crate::health::parse_retry_after;
-use crate::inflight::Permit;
+use crate::http::inflight::Permit;
+use crate::http::state::{AppState, WorkerClients};
 use crate::metrics as m;
 use crate::pipeline::settle::millis;
-use crate::quota::QuotaTicket;
-use crate::request::ApiRequest;
+use crate::protocol::request::ApiRequest;
+use crate::routing::health::parse_retry_after;
+use crate::routing::upstream::{AttemptFailure, UpstreamHead, UpstreamResponse, status_is_retryable};
 use crate::routing::{HashKeys, RouteTable};
-use crate::state::{AppState, WorkerClients};
-use crate::upstream::{AttemptFailure, UpstreamHead, UpstreamResponse, status_is_retryable};
 
 /// What an attempt brought back.
 #[derive(Debug)]

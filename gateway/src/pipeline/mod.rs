@@ -2,22 +2,22 @@
 //! and Anthropic's `POST /v1/messages` — from the client's bytes to the usage event. [`serve`] runs these
 //! steps, each a function of this module or of the module it names:
 //!
-//! 0. a share of the replica's in-flight budget ([`crate::inflight`]): 503 when requests or bytes in flight
+//! 0. a share of the replica's in-flight budget ([`crate::http::inflight`]): 503 when requests or bytes in flight
 //!    are at their bounds; held to the request's end;
-//! 1. [`authenticate`] — the consumer key → [`Principal`] ([`crate::auth`]);
+//! 1. [`authenticate`] — the consumer key → [`Principal`] ([`crate::admission::auth`]);
 //! 2. [`parse`] — the body, read once up to `server.max_request_bytes` within `server.body_read_timeout`, each
 //!    chunk charged to the budget; its depth and value count checked before the parse, and the parse's cost
 //!    charged → [`ApiRequest`] (model, stream flag, the prompt of its [`Endpoint`]); duplicate keys among the
-//!    fields the gateway reads are refused ([`crate::request`]);
+//!    fields the gateway reads are refused ([`crate::protocol::request`]);
 //! 3. [`route`] — `model` on this path → a route; refused (503) while the usage spool is full and
 //!    `spool.on_full = "reject"`, because its usage could not be recorded ([`crate::events`]);
-//! 4. [`limit`] — one request off the consumer's request rate ([`crate::limits`]);
+//! 4. [`limit`] — one request off the consumer's request rate ([`crate::admission::limits`]);
 //! 5. [`estimate`] — the prompt's tokens from meter-sidecar, in-process fallback when it is slow or down
-//!    ([`crate::meter`]);
+//!    ([`crate::metering::sidecar`]);
 //! 6. [`admit`] — the token quotas of the consumer, then of the model: the estimate plus the most output the
-//!    request can produce is reserved; a used-up quota answers 429 ([`crate::quota`]). Rejections in steps 4
-//!    and 6 are usage events too (zero tokens). **From here a [`Ledger`] owns the request** and emits exactly
-//!    one usage event for it, whichever way it ends ([`settle`]);
+//!    request can produce is reserved; a used-up quota answers 429 ([`crate::admission::quota`]). Rejections in
+//!    steps 4 and 6 are usage events too (zero tokens). **From here a [`Ledger`] owns the request** and emits
+//!    exactly one usage event for it, whichever way it ends ([`settle`]);
 //! 7. [`forward::forward`] — the route's plan, failing over on retry-safe failures before the first byte;
 //! 8. answer — a whole body is read to its end and settled from its usage, or from an exact count of its text
 //!    when it has none ([`settle_whole`]); a stream is relayed chunk by chunk and settled when it ends
@@ -30,7 +30,7 @@
 //! [`AppState::inflight`]; the actix handler only waits for its answer. A client that leaves (FIN or RST)
 //! drops the handler, not the task: the upstream's answer is still read to its end (within the instance's
 //! timeout) and billed, with `outcome = client_cancelled`. A graceful stop waits for these tasks under
-//! `server.drain_timeout` ([`crate::app::GatewayHandle::stop`]); a task dropped after that, or one that
+//! `server.drain_timeout` ([`crate::http::server::GatewayHandle::stop`]); a task dropped after that, or one that
 //! panics, settles in its ledger's `Drop`.
 
 pub mod forward;
@@ -47,20 +47,20 @@ use tokio::sync::oneshot;
 use tollgate_schemas::{EstimateSource, Outcome, UsageSource};
 use uuid::Uuid;
 
-use crate::auth::Principal;
+use crate::admission::auth::Principal;
+use crate::admission::limits::{RateFigures, format_reset};
+use crate::admission::quota::{QuotaTicket, TokenFigures};
 use crate::error::GatewayError;
-use crate::inflight::{Permit, VALUE_COST};
-use crate::limits::{RateFigures, format_reset};
+use crate::http::inflight::{Permit, VALUE_COST};
+use crate::http::state::{AppState, WorkerClients};
 use crate::live::runtime::Runtime;
-use crate::meter::{Estimate, fallback_estimate, fallback_text_estimate};
+use crate::metering::sidecar::{Estimate, fallback_estimate, fallback_text_estimate};
 use crate::metrics as m;
+use crate::protocol::request::{ApiRequest, BodyLimits, read_body, scan};
 use crate::protocol::usage;
 use crate::protocol::{Endpoint, Provider};
-use crate::quota::{QuotaTicket, TokenFigures};
-use crate::request::{ApiRequest, BodyLimits, read_body, scan};
 use crate::routing::RouteTable;
-use crate::state::{AppState, WorkerClients};
-use crate::upstream::{AttemptFailure, UpstreamResponse};
+use crate::routing::upstream::{AttemptFailure, UpstreamResponse};
 use forward::Answer;
 use settle::{Ledger, PendingEvent, Settlement};
 use stream::StreamJob;
@@ -86,9 +86,9 @@ struct TaskAnswer {
     limits: LimitFigures,
 }
 
-/// The handler of every metered endpoint (`app.rs` registers it once per [`Endpoint`]): runs the pipeline on a
-/// tracked task of its own (so that a client that leaves cannot cut it short), waits for its answer, records
-/// metrics.
+/// The handler of every metered endpoint (`http/server.rs` registers it once per [`Endpoint`]): runs the
+/// pipeline on a tracked task of its own (so that a client that leaves cannot cut it short), waits for its
+/// answer, records metrics.
 pub async fn serve(
     endpoint: Endpoint,
     req: HttpRequest,
@@ -655,7 +655,7 @@ mod respond {
     use super::*;
 
     /// The upstream's whole answer: same status, same body, same content type — an error body with anything
-    /// like the instance's `key` redacted ([`crate::scrub`]); on a final 429 or 503 the provider's
+    /// like the instance's `key` redacted ([`crate::routing::scrub`]); on a final 429 or 503 the provider's
     /// `Retry-After` (in whole seconds, cut to `server.max_retry_after`), so the client backs off as the
     /// provider asked.
     pub fn whole(upstream: &UpstreamResponse, max_retry_after: Duration, key: Option<&str>) -> HttpResponse {
@@ -675,7 +675,7 @@ mod respond {
         if upstream.status.is_success() {
             return response.body(upstream.body.clone());
         }
-        match crate::scrub::error_body(&upstream.body, key) {
+        match crate::routing::scrub::error_body(&upstream.body, key) {
             std::borrow::Cow::Borrowed(_) => response.body(upstream.body.clone()),
             std::borrow::Cow::Owned(scrubbed) => {
                 metrics::counter!(m::UPSTREAM_ERRORS_SCRUBBED_TOTAL).increment(1);

@@ -20,14 +20,14 @@ use chrono::{DateTime, Utc};
 use tollgate_schemas::{Attempt, CloudEvent, Outcome, UsageRecorded};
 use uuid::Uuid;
 
-use crate::auth::Principal;
+use crate::admission::auth::Principal;
+use crate::admission::quota::QuotaTicket;
 use crate::clock::Clock;
 use crate::events::{EventSender, Outgoing};
-use crate::meter::{Estimate, fallback_text_estimate};
+use crate::metering::sidecar::{Estimate, fallback_text_estimate};
+use crate::metering::stream_usage::StreamMeter;
 use crate::metrics as m;
 use crate::protocol::usage::{Usage, at_least_streamed, estimated};
-use crate::quota::QuotaTicket;
-use crate::stream_usage::StreamMeter;
 use tollgate_schemas::UsageSource;
 
 /// A usage event waiting for its outcome.
@@ -252,8 +252,8 @@ mod tests {
 
     use super::*;
     use crate::clock::SystemClock;
+    use crate::metering::sse::SseEvent;
     use crate::protocol::Provider;
-    use crate::sse::SseEvent;
     use proptest::prelude::*;
     use tollgate_schemas::EstimateSource;
 

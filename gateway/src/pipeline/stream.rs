@@ -1,14 +1,14 @@
 //! Relaying a streamed (SSE) answer and metering it exactly.
 //!
-//! [`relay`] answers the client at once with a streaming body fed by a bounded channel, and spawns the tee: a
-//! task that reads the upstream chunk by chunk, passes each chunk on as soon as it arrived, and meanwhile
-//! frames the bytes into events ([`crate::sse`]) and accumulates what they say ([`crate::stream_usage`]) — the
-//! completion text of every choice and any `usage` block — however the bytes were split on the wire.
+//! [`relay`] answers the client at once with a streaming body fed by a bounded channel, and spawns the tee: a task
+//! that reads the upstream chunk by chunk, passes each chunk on as soon as it arrived, and meanwhile frames the
+//! bytes into events ([`crate::metering::sse`]) and accumulates what they say ([`crate::metering::stream_usage`]) —
+//! the completion text of every choice and any `usage` block — however the bytes were split on the wire.
 //!
 //! Bytes reach the client unchanged, with one exception: when the client did not ask for
 //! `stream_options.include_usage`, the gateway asked the upstream for it (see
-//! [`crate::request::ApiRequest::upstream_body`]) and removes that usage-only chunk; chunks are then forwarded
-//! event by event so the chunk can be cut out cleanly.
+//! [`crate::protocol::request::ApiRequest::upstream_body`]) and removes that usage-only chunk; chunks are then
+//! forwarded event by event so the chunk can be cut out cleanly.
 //!
 //! The tee owns the upstream response and the request's [`Ledger`], not the client connection: when the client
 //! goes away (the channel closes), or stops reading for `server.send_timeout` (its buffers stay full), the tee
@@ -18,7 +18,7 @@
 //! success. Usage is the provider's when the stream ended as it should; after an early end, completion tokens
 //! are the larger of the provider's figure so far and meter-sidecar's exact count of the text, tool-call
 //! arguments and refusals streamed ([`usage::at_least_streamed`]). The tee runs on a task tracked by
-//! [`crate::state::AppState::inflight`], so a graceful stop waits for it; dropped before it ends, its ledger
+//! [`crate::http::state::AppState::inflight`], so a graceful stop waits for it; dropped before it ends, its ledger
 //! settles from what the meter saw. The event is emitted before the client's stream is closed.
 
 use std::time::Duration;
@@ -30,15 +30,15 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tollgate_schemas::Outcome;
 
+use crate::http::state::{AppState, WorkerClients};
+use crate::metering::sse::{EventSplitter, parse_event};
+use crate::metering::stream_usage::{Observed, StreamMeter};
 use crate::metrics as m;
 use crate::pipeline::count_text;
 use crate::pipeline::settle::{Ledger, Settlement};
 use crate::protocol::Provider;
 use crate::protocol::usage::{self, Usage};
-use crate::sse::{EventSplitter, parse_event};
-use crate::state::{AppState, WorkerClients};
-use crate::stream_usage::{Observed, StreamMeter};
-use crate::upstream::UpstreamHead;
+use crate::routing::upstream::UpstreamHead;
 
 /// Chunks in flight between the tee and the client: a slow client slows the upstream read, not memory.
 const CLIENT_BUFFER_CHUNKS: usize = 16;
@@ -51,7 +51,7 @@ pub struct StreamJob {
     /// The request's settlement, which the tee takes over.
     pub ledger: Ledger,
     /// The request's share of the in-flight budget, held until the tee ends.
-    pub permit: Option<crate::inflight::Permit>,
+    pub permit: Option<crate::http::inflight::Permit>,
     /// The client did not ask for the usage chunk: remove it.
     pub strip_usage_chunk: bool,
     pub state: web::Data<AppState>,

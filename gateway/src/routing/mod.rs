@@ -3,21 +3,30 @@
 //! Built once from the configuration into an immutable table keyed by model name (and alias); a lookup is one
 //! hash probe. For each request, [`RouteTable::plan`] orders the targets:
 //! 1. priority groups from the highest `priority` down; within a group only available instances (see
-//!    [`crate::health`]) with a weight above 0;
+//!    [`health`]) with a weight above 0;
 //! 2. the group's first pick comes from its balancer ([`balancer`]): smooth weighted round-robin, or
 //!    consistent hashing on the consumer or a header; the group's other available targets follow by weight, so
 //!    a failover stays within the same priority before going lower;
 //! 3. when nothing is available, the least-recently-failed target is tried anyway rather than failing untried;
 //! 4. the plan is cut to the route's `failover.max_attempts`.
+//!
+//! The folder holds routing from the table to the instance's answer: the router (here), one pick within a
+//! priority group ([`balancer`]), instance health — circuit breakers and `Retry-After` cooldowns, shared by all
+//! workers ([`health`]) — and active health checks ([`probe`]), one attempt against one instance and which
+//! failures are safe to retry ([`upstream`]), and what of a provider's error body a client may see ([`scrub`]).
 
 pub mod balancer;
+pub mod health;
+pub mod probe;
+pub mod scrub;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Balancer, Config, FailoverConfig, HashOn, Instance};
-use crate::health::InstanceHealth;
+use crate::routing::health::InstanceHealth;
 use balancer::{HashRing, SmoothWeighted};
 
 /// One target of a route.

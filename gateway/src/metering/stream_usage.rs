@@ -1,5 +1,5 @@
 //! What a streamed OpenAI chat completion consumed, read off its events as they pass on their way to the client.
-//! In come parsed SSE events ([`crate::sse::SseEvent`]) in stream order; out come what each one was
+//! In come parsed SSE events ([`crate::metering::sse::SseEvent`]) in stream order; out come what each one was
 //! ([`Observed`]), the completion text streamed so far, the provider's usage if a chunk carried one, and whether
 //! the stream ended with `[DONE]`.
 //!
@@ -8,9 +8,9 @@
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
+use crate::metering::sse::SseEvent;
 use crate::protocol::Provider;
 use crate::protocol::usage::{self, AnthropicUsage, Usage};
-use crate::sse::SseEvent;
 
 /// Accumulates a streamed chat completion as its events pass.
 #[derive(Debug, Default)]
@@ -391,8 +391,8 @@ mod tests {
         );
     }
 
-    use crate::sse::tests::{cut_at, openai_stream};
-    use crate::sse::{EventSplitter, parse_event};
+    use crate::metering::sse::tests::{cut_at, openai_stream};
+    use crate::metering::sse::{EventSplitter, parse_event};
     use proptest::prelude::*;
     use tollgate_schemas::UsageSource;
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Pos, Record, Spool};
-use crate::quota::LocalUsage;
+use crate::admission::quota::LocalUsage;
 
 /// Records sent from the spool and not acknowledged yet, at most. Small enough that a broker just back from an
 /// outage, busy and slow, acknowledges a window well within `kafka.message_timeout` (a window that times out

@@ -17,7 +17,7 @@ use self::batch::Batcher;
 
 use crate::config::MeterConfig;
 use crate::metrics as m;
-use crate::request::Prompt;
+use crate::protocol::request::Prompt;
 
 /// OpenAI's chat-format overhead: tokens per message, and for priming the reply.
 const TOKENS_PER_MESSAGE: u32 = 3;

@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 #[derive(Serialize)]
 struct ModelList<'a> {

@@ -10,7 +10,7 @@
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::state::AppState;
+use crate::http::state::AppState;
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let spool_bytes = state.events.spool_bytes();

@@ -1,21 +1,21 @@
 //! The state a request reads: what every worker shares ([`AppState`]: fixed server settings, the live
 //! configuration, quota books, the event sender, the clock, the tracker of work that outlives clients) and what
-//! each worker owns ([`WorkerClients`]: its HTTP clients, which are not `Send`). Built once by [`crate::app`],
-//! read by [`crate::pipeline`], [`crate::models`] and [`crate::scrape`].
+//! each worker owns ([`WorkerClients`]: its HTTP clients, which are not `Send`). Built once by
+//! [`crate::http::server`], read by [`crate::pipeline`], [`crate::http::models`] and [`crate::http::scrape`].
 
 use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::quota::Quotas;
 use crate::clock::Clock;
 use crate::config::ServerConfig;
 use crate::events::EventSender;
-use crate::inflight::Inflight;
+use crate::http::inflight::Inflight;
 use crate::live::LiveConfig;
-use crate::meter::MeterClient;
-use crate::quota::Quotas;
-use crate::upstream::Upstreams;
+use crate::metering::sidecar::MeterClient;
+use crate::routing::upstream::Upstreams;
 
 /// State shared by every worker. What the admin API can change lives in [`LiveConfig`]; a request loads its
 /// [`Runtime`](crate::live::runtime::Runtime) once and keeps it to the end.
@@ -33,9 +33,9 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub metrics: PrometheusHandle,
     /// The work that outlives a client: answers read to their end after the client left, stream tees. A
-    /// graceful stop waits for it under `server.drain_timeout` ([`crate::app::GatewayHandle::stop`]).
+    /// graceful stop waits for it under `server.drain_timeout` ([`crate::http::server::GatewayHandle::stop`]).
     pub inflight: TaskTracker,
-    /// The replica's budget of requests and bytes in flight ([`crate::inflight`]).
+    /// The replica's budget of requests and bytes in flight ([`crate::http::inflight`]).
     pub budget: Arc<Inflight>,
 }
 

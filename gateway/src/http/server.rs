@@ -1,9 +1,9 @@
-//! The application: builds the shared state ([`crate::state`]) and the per-worker clients, mounts the request
+//! The application: builds the shared state ([`crate::http::state`]) and the per-worker clients, mounts the request
 //! pipeline ([`crate::pipeline`], whose doc lists its steps) on every metered endpoint, and runs the server, the
 //! admin API and the background loops beside it until a graceful stop.
 //!
 //! `GET /v1/models` lists the routed model names; `GET /healthz` sits beside the API, and so does `GET /metrics`
-//! unless `server.metrics_listen` gives it a listener of its own ([`crate::scrape`]); every other path is an
+//! unless `server.metrics_listen` gives it a listener of its own ([`crate::http::scrape`]); every other path is an
 //! OpenAI-shaped 404. The admin API runs beside it on its own listener ([`crate::admin`]).
 //!
 //! **Stopping.** [`GatewayHandle::stop`] stops accepting connections, then waits up to `server.drain_timeout`
@@ -25,21 +25,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminServer;
+use crate::admission::quota::Quotas;
+use crate::admission::quota::feed::{FeedError, QuotaFeed};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::events::{EventPipeline, EventsError};
-use crate::inflight::Inflight;
+use crate::http::inflight::Inflight;
+use crate::http::models;
+use crate::http::scrape::{self, MetricsServer};
+use crate::http::state::{AppState, WorkerClients};
 use crate::live::{LiveConfig, LiveError, LiveHandles};
-use crate::meter::MeterClient;
-use crate::models;
+use crate::metering::sidecar::MeterClient;
 use crate::pipeline;
 use crate::protocol::Endpoint;
-use crate::quota::Quotas;
-use crate::quota::feed::{FeedError, QuotaFeed};
-use crate::scrape::{self, MetricsServer};
-use crate::state::{AppState, WorkerClients};
-use crate::upstream::Upstreams;
+use crate::routing::upstream::Upstreams;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,7 @@ impl Gateway {
                 .app_data(web::Data::new(clients))
                 .route("/v1/models", web::get().to(models::list))
                 .route("/healthz", web::get().to(scrape::healthz))
-                .route("/readyz", web::get().to(crate::ready::readyz))
+                .route("/readyz", web::get().to(crate::http::ready::readyz))
                 .configure(|cfg| {
                     if let Some(metrics) = &metrics_here {
                         cfg.app_data(metrics.clone())

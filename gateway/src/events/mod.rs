@@ -1,5 +1,5 @@
 //! Usage events out of the request path and into Kafka — or, while Kafka does not acknowledge them, into the
-//! durable spool ([`crate::spool`]) until it does. Usage events are money: none may be lost or doubled.
+//! durable spool ([`spool`]) until it does. Usage events are money: none may be lost or doubled.
 //!
 //! Handlers call [`EventSender::emit`] with an [`Outgoing`] event, which never waits: it puts the event into a
 //! bounded queue or, when the queue is full, drops it with a metric and an error log naming the event id. A
@@ -11,7 +11,7 @@
 //!   when a send fails, or when librdkafka refuses one, the pump switches to spooling: every event librdkafka
 //!   still holds is appended to the spool in the order it was sent, and one log line says so.
 //! - **Spooling** (the spool is not empty): every new event is appended to the spool behind the older ones, so
-//!   order holds, and the spool is drained to Kafka in order ([`crate::spool::drain`]); a segment file is deleted
+//!   order holds, and the spool is drained to Kafka in order ([`spool::drain`]); a segment file is deleted
 //!   once every record in it is acknowledged. An event that was spooled while librdkafka still held it is sent
 //!   from the spool only if librdkafka gives up on it (after `kafka.message_timeout`), so a slow broker does
 //!   not double it. When the spool is empty again the pump goes back to direct mode and logs the episode's
@@ -56,6 +56,8 @@
 //! At start-up the spool is opened ([`Spool::open`]) and a spool left by an earlier run is drained as soon as the
 //! broker answers.
 
+pub mod spool;
+
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::io;
@@ -75,12 +77,12 @@ use tollgate_plumbing::kafka::{BrokerWatch, WatchedProducer};
 use tollgate_schemas::usage::UsageEvent;
 use uuid::Uuid;
 
+use crate::admission::quota::LocalUsage;
 use crate::config::{KafkaConfig, OnFull, SpoolConfig};
+use crate::events::spool::drain::{Drain, Refused, Sink};
+use crate::events::spool::{AppendError, Pos, Spool, SpoolError, SpoolStatus, SyncJob};
 use crate::kafka::producer_config;
 use crate::metrics as m;
-use crate::quota::LocalUsage;
-use crate::spool::drain::{Drain, Refused, Sink};
-use crate::spool::{AppendError, Pos, Spool, SpoolError, SpoolStatus, SyncJob};
 
 /// A line about sends Kafka did not acknowledge is logged at most this often while they go on failing.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -326,7 +328,7 @@ impl FailureLog {
         tracing::warn!(
             %error,
             failed = self.unlogged,
-            retry_in_ms = crate::spool::drain::RETRY_AFTER.as_millis() as u64,
+            retry_in_ms = crate::events::spool::drain::RETRY_AFTER.as_millis() as u64,
             "Kafka did not acknowledge usage events sent from the spool; they stay there and are sent again"
         );
         self.logged_at = Some(now);

@@ -11,9 +11,9 @@ use actix_web::http::header;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HealthCheck, HealthMethod, Instance};
-use crate::health::InstanceHealth;
 use crate::metrics as m;
-use crate::upstream::{url_for, with_auth};
+use crate::routing::health::InstanceHealth;
+use crate::routing::upstream::{url_for, with_auth};
 
 /// Starts `instance`'s probe task in the current actix system, when it has a health check; it stops when
 /// `stop` is cancelled (the instance changed or went away, or the gateway stops).

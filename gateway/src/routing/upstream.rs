@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 use tollgate_schemas::usage::AttemptError;
 
 use crate::config::Instance;
-use crate::inflight::Permit;
+use crate::http::inflight::Permit;
 use crate::protocol::Provider;
 
 /// HTTP clients for every instance, one set per worker (each with its own connection pool and connect timeout).
@@ -110,7 +110,7 @@ impl UpstreamHead {
             while let Some(chunk) = self.body.next().await {
                 let chunk = chunk.map_err(|e| AttemptFailure::Protocol(e.to_string()))?;
                 let read = body.len() + chunk.len();
-                // The buffer's capacity is charged before it grows (see `crate::inflight`).
+                // The buffer's capacity is charged before it grows (see `crate::http::inflight`).
                 let mut over_budget =
                     || permit.is_some_and(|p| p.grow(&mut body, chunk.len(), &mut charged).is_err());
                 if read > limit || over_budget() {

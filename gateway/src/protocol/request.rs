@@ -7,13 +7,13 @@
 //! refused before a byte is read (413), the body must arrive whole within `server.body_read_timeout` (408, so a
 //! client trickling bytes cannot hold a request open), and the body's buffer is charged to the replica's
 //! in-flight budget — the declared length before a byte is read, then its capacity as it grows
-//! ([`crate::inflight`], 503 past it). Parsing is bounded by its shape, checked first by
+//! ([`crate::http::inflight`], 503 past it). Parsing is bounded by its shape, checked first by
 //! [`scan`]: one pass over the bytes, no allocation, that counts nesting depth and values (every `[`, `{`, `,`
 //! and `:` outside strings starts one) and refuses a body deeper than `server.max_json_depth` or with more than
 //! `server.max_json_values` values (413) before a `serde_json::Value` exists. The cost of a parse is its values,
 //! not its bytes: 8 MiB of `[],` is 2.8 million values, about 90 MB of `Value`s and doubled `Vec`s (8 MiB of
 //! nested arrays parses into ~130 MB), while 8 MiB of prompt text is one value. So the values counted
-//! are charged to the budget ([`crate::inflight::VALUE_COST`] each) before parsing, and the budget, not the
+//! are charged to the budget ([`crate::http::inflight::VALUE_COST`] each) before parsing, and the budget, not the
 //! request count, bounds what parses hold at once. A borrowed or lighter parse would cut the cost per value but
 //! not its growth with the value count, and the upstream body, the prompt estimate and the rewrite of `model`
 //! all read the parsed tree; the pre-scan is one allocation-free pass, linear in the bytes, and leaves the rest
@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 use crate::protocol::Endpoint;
 
 use crate::error::GatewayError;
-use crate::inflight::Permit;
+use crate::http::inflight::Permit;
 
 /// How a body is read: its bound, its deadline, the budget it is charged to.
 #[derive(Debug, Clone, Copy)]
