@@ -20,12 +20,13 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 pub type WatchedProducer = FutureProducer<BrokerWatch>;
 
 /// The context of a producer that notes when librdkafka reports every broker connection down
-/// (`AllBrokersDown`) after the producer had a delivery acknowledged: from then on the broker may come back
-/// without the producer's idempotent state (a single broker that crashed; Tansu keeps it in storage that a
-/// crash can cut short), and a retransmission of what the producer still holds would meet a sequence the broker
-/// does not know — Tansu panics on it and then refuses every request. Such a producer must be purged and
-/// replaced before the broker is back. A producer that never had a delivery acknowledged holds no state a
-/// broker could have lost. Other client errors are logged as rdkafka's default context does.
+/// (`AllBrokersDown`) and whether anything was ever sent through it. A producer that has both must not send
+/// again: the broker may come back without its idempotent state (a single broker that crashed), and librdkafka
+/// bumps a producer's epoch on its own after timed-out or purged sends — a batch with a producer id or epoch
+/// the broker does not know makes Tansu 0.6 panic and then refuse every request. Such a producer is destroyed
+/// (what it holds is purged) and replaced; a new one asks the broker for a new producer id. A producer that lost
+/// the broker but never sent anything holds nothing to retransmit and is kept until its first send. Other client
+/// errors are logged as rdkafka's default context does.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerWatch {
     state: Arc<WatchState>,
@@ -34,7 +35,7 @@ pub struct BrokerWatch {
 #[derive(Debug, Default)]
 struct WatchState {
     lost: AtomicBool,
-    delivered: AtomicBool,
+    sent: AtomicBool,
 }
 
 impl BrokerWatch {
@@ -45,24 +46,21 @@ impl BrokerWatch {
         Ok((producer, watch))
     }
 
-    /// A delivery was acknowledged: the broker holds this producer's idempotent state.
-    pub fn delivered(&self) {
-        self.state.delivered.store(true, Ordering::Relaxed);
+    /// Something is about to be sent through this producer.
+    pub fn sending(&self) {
+        self.state.sent.store(true, Ordering::Relaxed);
     }
 
-    /// Whether every broker connection was lost after a delivery: the producer must not send again.
+    /// Whether every broker connection was lost and something was sent (in either order): the producer must
+    /// not send again.
     pub fn stale(&self) -> bool {
-        self.state.lost.load(Ordering::Relaxed)
+        self.state.lost.load(Ordering::Relaxed) && self.state.sent.load(Ordering::Relaxed)
     }
 }
 
 impl ClientContext for BrokerWatch {
     fn error(&self, error: KafkaError, reason: &str) {
-        // Only a loss after a delivery counts: a producer made while the broker was down reports one too, before
-        // it has any state a broker could forget.
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
-            && self.state.delivered.load(Ordering::Relaxed)
-        {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.state.lost.store(true, Ordering::Relaxed);
         }
         tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
@@ -70,7 +68,7 @@ impl ClientContext for BrokerWatch {
 }
 
 /// An idempotent producer that is replaced by a new one after any failed send, and within
-/// [`WATCH_INTERVAL`] of losing every broker connection after a delivery ([`BrokerWatch::stale`]). A broker that
+/// [`WATCH_INTERVAL`] of becoming [`BrokerWatch::stale`] (every broker connection lost, and something sent). A broker that
 /// restarted without the old producer's sequence state must never see that producer again: Tansu answers it
 /// with a panic and then refuses every request, and Apache Kafka fences it with `OutOfOrderSequence` or
 /// `UnknownProducerId`. Replacing purges what the old producer still holds (its sends fail, and their callers
@@ -129,12 +127,15 @@ impl RenewingProducer {
         record: FutureRecord<'_, str, [u8]>,
         timeout: Duration,
     ) -> Result<(i32, i64), KafkaError> {
-        let (producer, watch) = self.inner.current();
+        let (mut producer, mut watch) = self.inner.current();
+        if watch.stale() {
+            // It lost the broker after a send that the watch has not replaced it for yet.
+            self.inner.renew(&producer, "every broker connection was lost");
+            (producer, watch) = self.inner.current();
+        }
+        watch.sending();
         match producer.send(record, Timeout::After(timeout)).await {
-            Ok(delivery) => {
-                watch.delivered();
-                Ok((delivery.partition, delivery.offset))
-            }
+            Ok(delivery) => Ok((delivery.partition, delivery.offset)),
             Err((error, _)) => {
                 self.inner.renew(&producer, &error.to_string());
                 Err(error)
@@ -148,7 +149,7 @@ impl RenewingProducer {
     }
 }
 
-/// Renews the producer when its broker connections were lost after a delivery, until it is dropped.
+/// Renews the producer once it is stale, until it is dropped.
 fn watch(inner: &Weak<Inner>) {
     loop {
         std::thread::sleep(WATCH_INTERVAL);
@@ -157,7 +158,7 @@ fn watch(inner: &Weak<Inner>) {
         };
         let (producer, watch) = inner.current();
         if watch.stale() {
-            inner.renew(&producer, "every broker connection was lost after a delivery");
+            inner.renew(&producer, "every broker connection was lost");
         }
     }
 }

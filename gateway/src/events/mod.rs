@@ -28,10 +28,10 @@
 //! (dedup by id) absorb.
 //!
 //! After a failed send nothing more goes out until the producer holds nothing; then it is replaced by a new one
-//! before the spool's records are sent again. When librdkafka reports every broker connection down after the
-//! producer had a delivery acknowledged ([`BrokerWatch`]), what it holds is purged at once (those sends fail and
-//! take the same path), so that a broker restarted without the producer's idempotent state never sees it
-//! retransmit. (After sends that timed out, librdkafka's idempotent producer moves
+//! before the spool's records are sent again. When librdkafka reports every broker connection down for a producer
+//! that sent something ([`BrokerWatch`]), what it holds is purged at once (those sends fail and take the same
+//! path), new events go to the spool, and the producer is replaced once it holds nothing, so that a broker
+//! restarted without the producer's idempotent state never sees it send again. (After sends that timed out, librdkafka's idempotent producer moves
 //! to a new epoch; a broker that cannot follow — Tansu answers every later produce with an unknown error — would
 //! otherwise never take another event from it. A new producer is a new idempotent session.) librdkafka
 //! reconnects to a broker that went away at least every second (`reconnect.backoff.max.ms`), so the spool drains
@@ -279,12 +279,14 @@ fn send(
 /// The drain's way to Kafka.
 struct KafkaSink<'a> {
     producer: &'a WatchedProducer,
+    watch: &'a BrokerWatch,
     topic: &'a str,
     deliveries: &'a FuturesUnordered<Delivery>,
 }
 
 impl Sink for KafkaSink<'_> {
     fn send(&mut self, pos: Pos, key: &[u8], payload: &[u8]) -> Result<(), Refused> {
+        self.watch.sending();
         send(
             self.producer,
             self.topic,
@@ -363,7 +365,7 @@ impl Episode {
 
 struct Pump {
     producer: WatchedProducer,
-    /// Whether the producer lost every broker connection after a delivery ([`BrokerWatch::stale`]).
+    /// Whether the producer lost every broker connection and sent something ([`BrokerWatch::stale`]).
     watch: BrokerWatch,
     /// How to make a new producer (see [`Pump::renew_producer`]).
     producer_config: ClientConfig,
@@ -506,11 +508,16 @@ impl Pump {
                 return;
             }
         };
+        if self.episode.is_none() && self.renew_producer {
+            // The producer waits to be replaced: nothing more goes through it.
+            self.start_spooling("renewing", None);
+        }
         if self.episode.is_none() {
             let seq = self.next_seq;
             self.next_seq += 1;
             let origin = Origin::Direct(seq);
             let key = event.subject.as_bytes();
+            self.watch.sending();
             match send(
                 &self.producer,
                 &self.topic,
@@ -604,7 +611,6 @@ impl Pump {
         let now = Instant::now();
         match (delivered.origin, delivered.result) {
             (Origin::Direct(seq), Ok((partition, offset))) => {
-                self.watch.delivered();
                 let Some(direct) = self.direct.remove(&seq) else {
                     return;
                 };
@@ -637,7 +643,6 @@ impl Pump {
                 }
             }
             (Origin::Spool(pos), Ok((partition, offset))) => {
-                self.watch.delivered();
                 if self.drain.acknowledged(pos, partition, offset) {
                     metrics::counter!(m::EVENTS_EMITTED_TOTAL).increment(1);
                     metrics::counter!(m::SPOOL_DRAINED_TOTAL).increment(1);
@@ -678,6 +683,7 @@ impl Pump {
         }
         let mut sink = KafkaSink {
             producer: &self.producer,
+            watch: &self.watch,
             topic: &self.topic,
             deliveries: &self.deliveries,
         };
