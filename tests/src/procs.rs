@@ -376,23 +376,15 @@ targets = [{{ instance = "mock-openai" }}]
             log,
         };
         let healthz = format!("{}/healthz", gateway.url);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = http().get(&healthz).force_close().send().await
-                && response.status().is_success()
-            {
-                break;
-            }
-            if let Ok(Some(status)) = gateway.child.try_wait() {
-                panic!("the gateway exited ({status}):\n{}", gateway.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not come up:\n{}",
-                gateway.log_text()
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
+        let log = gateway.log.clone();
+        wait_until_serving(
+            "the gateway",
+            &healthz,
+            &mut gateway.child,
+            &log,
+            Duration::from_secs(30),
+        )
+        .await;
         gateway
     }
 
@@ -533,22 +525,15 @@ impl ChildBillingConsumer {
             .expect("start the billing-consumer binary");
         self.child = Some(child);
         let metrics = format!("{}/metrics", self.url);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = http().get(&metrics).force_close().send().await
-                && response.status().is_success()
-            {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("billing-consumer exited ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "billing-consumer did not come up:\n{}",
-                self.log_text()
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        if let Some(child) = self.child.as_mut() {
+            wait_until_serving(
+                "billing-consumer",
+                &metrics,
+                child,
+                &self.log,
+                Duration::from_secs(60),
+            )
+            .await;
         }
     }
 
@@ -580,5 +565,28 @@ impl ChildBillingConsumer {
 impl Drop for ChildBillingConsumer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Polls `url` every 100 ms until it answers 2xx; fails with `what`'s log when `child` exits first or `timeout`
+/// passes.
+async fn wait_until_serving(what: &str, url: &str, child: &mut Child, log: &Path, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    loop {
+        if let Ok(response) = http().get(url).force_close().send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}):\n{}", log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not come up:\n{}",
+            log_text()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
