@@ -347,11 +347,18 @@ async fn a_clean_stop_with_the_broker_down_keeps_every_event_for_the_next_start(
     const REQUESTS: usize = 20;
     let mut broker = PrivateBroker::start();
     let stack = stack_on(&broker).await;
+    // One request through the stack's own gateway, in the ledger before the broker stops: billing-consumer's
+    // ingest has joined its group and holds its partitions (a consumer that first meets the broker after its
+    // restart is a different test).
+    let (status, warm_up, body) = chat(&stack.gateway_url, REQUESTS).await;
+    assert_eq!(status, 200, "{body}");
+    stack.wait_for_usage_rows(1, Duration::from_secs(60)).await;
     let scratch = scratch_dir("spool-clean-stop");
     let spool_dir = scratch.join("spool");
     broker.stop();
     let brokers = broker.brokers();
-    // spool.after is longer than the whole test: only the shutdown can put these events in the spool.
+    // spool.after is long: the events are not spooled for being late. Whether they reach the spool as soon as the
+    // producer finds no broker (it is then purged, BrokerWatch) or only at the shutdown, every one is kept.
     let config = ChildConfig {
         brokers: &brokers,
         topic: &stack.topic,
@@ -361,8 +368,8 @@ async fn a_clean_stop_with_the_broker_down_keeps_every_event_for_the_next_start(
         server: "",
     };
     let mut gateway = ChildGateway::start(&config, &scratch, "first").await;
-    let sent: HashSet<String> = send_ok(&gateway.url, 0..REQUESTS).await.into_iter().collect();
-    assert_eq!(gateway.metric("tollgate_events_spooled_total").await, 0.0);
+    let mut sent: HashSet<String> = send_ok(&gateway.url, 0..REQUESTS).await.into_iter().collect();
+    sent.insert(warm_up);
     let stopping = Instant::now();
     terminate(&mut gateway.child, Duration::from_secs(20));
     println!(
