@@ -20,13 +20,12 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 pub type WatchedProducer = FutureProducer<BrokerWatch>;
 
 /// The context of a producer that notes when librdkafka reports every broker connection down
-/// (`AllBrokersDown`) and whether anything was ever sent through it. A producer that has both must not send
-/// again: the broker may come back without its idempotent state (a single broker that crashed), and librdkafka
+/// (`AllBrokersDown`) after something was sent through it. Such a producer must not send again: the broker may come back without its idempotent state (a single broker that crashed), and librdkafka
 /// bumps a producer's epoch on its own after timed-out or purged sends — a batch with a producer id or epoch
 /// the broker does not know makes Tansu 0.6 panic and then refuse every request. Such a producer is destroyed
 /// (what it holds is purged) and replaced; a new one asks the broker for a new producer id. A producer that lost
-/// the broker but never sent anything holds nothing to retransmit and is kept until its first send. Other client
-/// errors are logged as rdkafka's default context does.
+/// the broker before it sent anything holds nothing to retransmit and is kept. Other client errors are logged as
+/// rdkafka's default context does.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerWatch {
     state: Arc<WatchState>,
@@ -51,16 +50,20 @@ impl BrokerWatch {
         self.state.sent.store(true, Ordering::Relaxed);
     }
 
-    /// Whether every broker connection was lost and something was sent (in either order): the producer must
-    /// not send again.
+    /// Whether every broker connection was lost after something was sent: the producer must not send again.
     pub fn stale(&self) -> bool {
-        self.state.lost.load(Ordering::Relaxed) && self.state.sent.load(Ordering::Relaxed)
+        self.state.lost.load(Ordering::Relaxed)
     }
 }
 
 impl ClientContext for BrokerWatch {
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+        // Only a loss after a send counts: a producer made while the broker is down reports one before it has
+        // sent anything, and must not be purged once it connects and sends after the broker is back (its
+        // in-flight batches may have been written: purging them would send them twice).
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown)
+            && self.state.sent.load(Ordering::Relaxed)
+        {
             self.state.lost.store(true, Ordering::Relaxed);
         }
         tracing::error!(target: "rdkafka::client", "librdkafka: {error}: {reason}");
@@ -68,7 +71,7 @@ impl ClientContext for BrokerWatch {
 }
 
 /// An idempotent producer that is replaced by a new one after any failed send, and within
-/// [`WATCH_INTERVAL`] of becoming [`BrokerWatch::stale`] (every broker connection lost, and something sent). A broker that
+/// [`WATCH_INTERVAL`] of becoming [`BrokerWatch::stale`] (every broker connection lost after a send). A broker that
 /// restarted without the old producer's sequence state must never see that producer again: Tansu answers it
 /// with a panic and then refuses every request, and Apache Kafka fences it with `OutOfOrderSequence` or
 /// `UnknownProducerId`. Replacing purges what the old producer still holds (its sends fail, and their callers
