@@ -139,11 +139,22 @@ pub(crate) mod tests {
     use tollgate_schemas::CloudEvent;
     use tollgate_schemas::config::ConfigChange;
 
-    /// A message's key and value for `change`.
+    /// A message's key and value for a change of `kind`/`id`, dated before every price version the tests write
+    /// (a change dated after a version's effective time would be a back-dated version, which the readers refuse).
     pub(crate) fn message(
         kind: ResourceKind,
         id: &str,
         resource: Option<serde_json::Value>,
+    ) -> (String, Vec<u8>) {
+        message_at(kind, id, resource, "2025-12-01T00:00:00Z")
+    }
+
+    /// A message's key and value for a change of `kind`/`id` dated `at` (RFC 3339).
+    fn message_at(
+        kind: ResourceKind,
+        id: &str,
+        resource: Option<serde_json::Value>,
+        at: &str,
     ) -> (String, Vec<u8>) {
         let change = ConfigChange {
             kind,
@@ -157,12 +168,10 @@ pub(crate) mod tests {
             actor: "ops-alice".to_owned(),
         };
         let key = change.key();
-        // Dated before every price version the tests write: a change dated after a version's effective time
-        // would be a back-dated version, which the readers refuse.
-        let at = chrono::DateTime::parse_from_rfc3339("2025-12-01T00:00:00Z")
+        let time = chrono::DateTime::parse_from_rfc3339(at)
             .unwrap()
             .with_timezone(&Utc);
-        let event = CloudEvent::new("tollgate-gateway/gw-1", key.clone(), at, change);
+        let event = CloudEvent::new("tollgate-gateway/gw-1", key.clone(), time, change);
         (key, serde_json::to_vec(&event).unwrap())
     }
 
@@ -232,23 +241,7 @@ pub(crate) mod tests {
 
     /// A price change message dated `at`.
     fn price_message(id: &str, resource: Option<serde_json::Value>, at: &str) -> (String, Vec<u8>) {
-        let change = ConfigChange {
-            kind: ResourceKind::Price,
-            id: id.to_owned(),
-            action: if resource.is_some() {
-                ChangeAction::Put
-            } else {
-                ChangeAction::Delete
-            },
-            resource,
-            actor: "ops-alice".to_owned(),
-        };
-        let key = change.key();
-        let time = chrono::DateTime::parse_from_rfc3339(at)
-            .unwrap()
-            .with_timezone(&Utc);
-        let event = CloudEvent::new("tollgate-gateway/gw-1", key.clone(), time, change);
-        (key, serde_json::to_vec(&event).unwrap())
+        message_at(ResourceKind::Price, id, resource, at)
     }
 
     #[test]
