@@ -63,6 +63,7 @@ pub mod reingest;
 pub mod replay;
 pub mod report;
 pub mod settings;
+pub mod stall;
 pub mod store;
 pub mod table;
 pub mod topics;

@@ -56,6 +56,12 @@ pub const EVENTS_CLOCK_SKEW: &str = "billing_events_clock_skew_total";
 pub const QUOTA_CLOCK_SKEW_EVENTS: &str = "billing_quota_clock_skew_events_total";
 /// 1 while this process's quota loop holds the lease (it alone publishes), 0 while it is a standby.
 pub const QUOTA_LEASE_HELD: &str = "billing_quota_lease_held";
+/// Times the ingest consumer left its group and joined again because it held no partition while nobody committed
+/// and events waited (an orphaned group).
+pub const INGEST_REJOINS: &str = "billing_ingest_rejoins_total";
+/// Times this quota loop left the lease group and joined again because nobody published while it did not hold the
+/// lease (an orphaned lease).
+pub const QUOTA_LEASE_REJOINS: &str = "billing_quota_lease_rejoins_total";
 /// Quota snapshots delivered to the quota topic.
 pub const QUOTA_SNAPSHOTS_PUBLISHED: &str = "billing_quota_snapshots_published_total";
 /// Quota snapshots that could not be delivered (each is published again).
@@ -160,6 +166,16 @@ pub fn describe() {
         Unit::Count,
         "Usage events whose time was more than the clock-skew bound ahead of their broker timestamp; counted \
          at the broker's time."
+    );
+    describe_counter!(
+        INGEST_REJOINS,
+        Unit::Count,
+        "Times the ingest consumer joined its group again because it held no partition while nobody committed and events waited."
+    );
+    describe_counter!(
+        QUOTA_LEASE_REJOINS,
+        Unit::Count,
+        "Times this quota loop joined the lease group again because nobody published on the quota topic while it did not hold the lease."
     );
     describe_gauge!(
         QUOTA_LEASE_HELD,

@@ -6,9 +6,14 @@
 //!
 //! Measured once a second beside the ingest loop, with the ingest consumer's own client (a metadata, an
 //! offset-fetch and a watermark request per partition); a failed measurement leaves the gauge as it was.
+//!
+//! The same measurement recognises an orphaned group ([`crate::stall`]): while this consumer holds no partition,
+//! there is lag, and the group's committed offsets have not moved for [`ORPHANED_AFTER`], nobody ingests. The
+//! consumer then leaves the group and joins it again (`billing_ingest_rejoins_total`). A member that is idle
+//! beside busy ones (more members than partitions) sees the committed offsets move and never rejoins.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
@@ -17,9 +22,13 @@ use tokio_util::sync::CancellationToken;
 use crate::error::BillingError;
 use crate::kafka::IngestConsumer;
 use crate::metrics as m;
+use crate::stall::Stall;
 
 /// How often the lag is measured.
 pub const INTERVAL: Duration = Duration::from_secs(1);
+/// How long the group's committed offsets may stand still, with lag and no partition held here, before this
+/// consumer joins the group again: two sessions, so that a crashed member's partitions have had time to move.
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(20);
 /// How long one broker request of a measurement may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,6 +59,7 @@ pub async fn watch(consumer: Arc<IngestConsumer>, topic: String, shutdown: Cance
     let mut ticks = tokio::time::interval(INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    let mut stall = Stall::new(ORPHANED_AFTER, Instant::now());
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -60,9 +70,20 @@ pub async fn watch(consumer: Arc<IngestConsumer>, topic: String, shutdown: Cance
         let measured = tokio::task::spawn_blocking(move || measure(&probe, &owned_topic)).await;
         match measured {
             Ok(Ok(Some(partitions))) => {
-                metrics::gauge!(m::CONSUMER_LAG).set(lag_events(&partitions) as f64);
+                let lag = lag_events(&partitions);
+                metrics::gauge!(m::CONSUMER_LAG).set(lag as f64);
                 crate::readiness::STATE.lag_measured(crate::readiness::now_ms());
                 failing = false;
+                let holds_nothing = consumer.assignment().is_ok_and(|held| held.count() == 0);
+                if holds_nothing && lag > 0 {
+                    let committed: Vec<Option<i64>> = partitions.iter().map(|p| p.committed).collect();
+                    if stall.observe(committed, Instant::now()) {
+                        rejoin(&consumer, &topic, lag);
+                        stall.reset(Instant::now());
+                    }
+                } else {
+                    stall.reset(Instant::now());
+                }
             }
             // The topic does not exist yet: nothing to ingest.
             Ok(Ok(None)) => {
@@ -76,6 +97,21 @@ pub async fn watch(consumer: Arc<IngestConsumer>, topic: String, shutdown: Cance
             Ok(Err(_)) => {}
             Err(join) => tracing::debug!(error = %join, "The consumer lag measurement did not finish."),
         }
+    }
+}
+
+/// Leaves the group and joins it again as a new member, so that the group assigns its partitions afresh.
+fn rejoin(consumer: &IngestConsumer, topic: &str, lag: u64) {
+    metrics::counter!(m::INGEST_REJOINS).increment(1);
+    tracing::warn!(
+        lag,
+        quiet_for = %humantime::format_duration(ORPHANED_AFTER),
+        "This consumer holds no partition and nobody has committed while events wait: the group is orphaned, so \
+         this consumer leaves it and joins it again."
+    );
+    consumer.unsubscribe();
+    if let Err(error) = consumer.subscribe(&[topic]) {
+        tracing::warn!(%error, "Joining the ingest group again failed; the next measurement tries again.");
     }
 }
 

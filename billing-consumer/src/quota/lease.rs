@@ -11,6 +11,12 @@
 //! before the partition moves (the eager protocol revokes everywhere first), so two holders never overlap while
 //! both are responsive.
 //!
+//! **An orphaned lease is taken back.** Tansu 0.6 can form the group with nobody holding the partition (see
+//! [`crate::stall`]). Every loop therefore watches the quota topic while it does not hold the lease: the holder
+//! publishes a heartbeat every `heartbeat_interval`, so a topic whose end has not moved for [`orphaned_after`]
+//! means that nobody publishes. The member then leaves and joins again as a new member
+//! (`billing_quota_lease_rejoins_total`). A standby beside a live holder sees the topic move and never rejoins.
+//!
 //! **Why not a transactional producer.** Producer fencing by `transactional.id` epoch would also stop a writer that
 //! was paused past its session and wakes up still believing it holds the lease. Tansu 0.6 hands out epochs
 //! (`InitProducerId` with a transactional id works) but does not answer `EndTxn` (librdkafka: "EndTxnRequest
@@ -22,7 +28,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -30,11 +36,21 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 
 use crate::error::BillingError;
 use crate::metrics as m;
+use crate::stall::Stall;
 
 /// How long the coordinator waits for a silent holder before giving the lease to another loop.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// How often the lease's consumer is polled (rebalance callbacks run in its poll).
 const POLL: Duration = Duration::from_millis(100);
+/// How often a member without the lease looks at the end of the quota topic.
+const LOOK: Duration = Duration::from_secs(1);
+
+/// How long the quota topic's end may stand still before a member without the lease concludes that nobody holds
+/// it: three missed holder heartbeats, and never less than two sessions (a crashed holder's partition moves after
+/// one session on its own).
+pub fn orphaned_after(heartbeat_interval: Duration) -> Duration {
+    (heartbeat_interval * 3).max(SESSION_TIMEOUT * 2)
+}
 
 /// Tracks whether this member holds the quota topic's partition.
 struct LeaseContext {
@@ -79,6 +95,36 @@ fn set(holder: &AtomicBool, holds: bool) {
     }
 }
 
+/// What a member of the lease group is made of; [`Member::join`] makes a new member.
+struct Member {
+    brokers: String,
+    quota_topic: String,
+    group: String,
+    holder: Arc<AtomicBool>,
+}
+
+impl Member {
+    fn join(&self) -> Result<BaseConsumer<LeaseContext>, BillingError> {
+        let consumer: BaseConsumer<LeaseContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", crate::kafka::CLIENT_ID)
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "latest")
+            .set("session.timeout.ms", SESSION_TIMEOUT.as_millis().to_string())
+            .set("heartbeat.interval.ms", "1000")
+            .set("partition.assignment.strategy", "range")
+            .create_with_context(LeaseContext {
+                holder: Arc::clone(&self.holder),
+            })
+            .map_err(BillingError::kafka("create the quota lease consumer"))?;
+        consumer
+            .subscribe(&[self.quota_topic.as_str()])
+            .map_err(BillingError::kafka("join the quota lease group"))?;
+        Ok(consumer)
+    }
+}
+
 /// Membership in the lease group, kept by a thread; dropping or [`Lease::stop`]ping it leaves the group.
 #[derive(Debug)]
 pub struct Lease {
@@ -89,35 +135,70 @@ pub struct Lease {
 
 impl Lease {
     /// Joins `group` on `quota_topic`; the lease may be granted a moment later ([`Lease::held`]).
-    pub fn join(brokers: &str, quota_topic: &str, group: &str) -> Result<Self, BillingError> {
+    /// `heartbeat_interval` is the holder's heartbeat cadence, from which an orphaned lease is recognised.
+    pub fn join(
+        brokers: &str,
+        quota_topic: &str,
+        group: &str,
+        heartbeat_interval: Duration,
+    ) -> Result<Self, BillingError> {
         let holder = Arc::new(AtomicBool::new(false));
         metrics::gauge!(m::QUOTA_LEASE_HELD).set(0.0);
-        let consumer: BaseConsumer<LeaseContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", crate::kafka::CLIENT_ID)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "latest")
-            .set("session.timeout.ms", SESSION_TIMEOUT.as_millis().to_string())
-            .set("heartbeat.interval.ms", "1000")
-            .set("partition.assignment.strategy", "range")
-            .create_with_context(LeaseContext {
-                holder: Arc::clone(&holder),
-            })
-            .map_err(BillingError::kafka("create the quota lease consumer"))?;
-        consumer
-            .subscribe(&[quota_topic])
-            .map_err(BillingError::kafka("join the quota lease group"))?;
+        let member = Member {
+            brokers: brokers.to_owned(),
+            quota_topic: quota_topic.to_owned(),
+            group: group.to_owned(),
+            holder: Arc::clone(&holder),
+        };
+        let mut consumer = member.join()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let bound = orphaned_after(heartbeat_interval);
         let thread = std::thread::Builder::new()
             .name("tollgate-quota-lease".into())
             .spawn(move || {
+                let mut silence = Stall::new(bound, Instant::now());
+                let mut looked = Instant::now();
                 while !stopping.load(Ordering::Acquire) {
                     // Messages are not needed (the partition is only the lease); polling serves the group protocol.
                     let _ = consumer.poll(POLL);
+                    if member.holder.load(Ordering::Acquire) {
+                        silence.reset(Instant::now());
+                        continue;
+                    }
+                    if looked.elapsed() < LOOK {
+                        continue;
+                    }
+                    looked = Instant::now();
+                    // A broker that does not answer says nothing about the lease: only a readable end counts.
+                    let Ok((_, end)) = consumer.fetch_watermarks(&member.quota_topic, 0, LOOK) else {
+                        continue;
+                    };
+                    if silence.observe(end, Instant::now()) {
+                        metrics::counter!(m::QUOTA_LEASE_REJOINS).increment(1);
+                        tracing::warn!(
+                            quiet_for = %humantime::format_duration(bound),
+                            "Nobody has published on the quota topic while this loop did not hold the lease: \
+                             the lease is orphaned, so this loop leaves the group and joins it again."
+                        );
+                        consumer.unsubscribe();
+                        drop(consumer);
+                        consumer = loop {
+                            match member.join() {
+                                Ok(consumer) => break consumer,
+                                Err(error) => {
+                                    tracing::warn!(%error, "Joining the quota lease group again failed; retrying.");
+                                    if stopping.load(Ordering::Acquire) {
+                                        return;
+                                    }
+                                    std::thread::sleep(LOOK);
+                                }
+                            }
+                        };
+                        silence.reset(Instant::now());
+                    }
                 }
-                set(&consumer.context().holder, false);
+                set(&member.holder, false);
                 consumer.unsubscribe();
                 drop(consumer);
             })
@@ -150,5 +231,16 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_covers_three_heartbeats_and_at_least_two_sessions() {
+        assert_eq!(orphaned_after(Duration::from_secs(1)), SESSION_TIMEOUT * 2);
+        assert_eq!(orphaned_after(Duration::from_secs(10)), Duration::from_secs(30));
     }
 }

@@ -97,7 +97,12 @@ pub async fn run_live(
         settings.scopes = updates.borrow_and_update().as_ref().clone();
     }
     let publisher = Publisher::new(&settings.brokers, &settings.quota_topic, &settings.source)?;
-    let lease = Lease::join(&settings.brokers, &settings.quota_topic, &settings.lease_group)?;
+    let lease = Lease::join(
+        &settings.brokers,
+        &settings.quota_topic,
+        &settings.lease_group,
+        settings.heartbeat_interval,
+    )?;
     let lookback = rebuild_lookback(&settings);
     let scopes = settings.scopes.len();
     metrics::gauge!(m::QUOTA_SCOPES).set(scopes as f64);
