@@ -1,7 +1,7 @@
 //! Every key of the gateway's TOML file is documented in `docs/configuration.md`.
 //!
 //! The keys are read from the source, not from a list kept by hand: every `Raw…` struct of
-//! `gateway/src/config.rs` (and `TokenLimitConfig` of `schemas/src/quota.rs`, the token limit tables) is parsed
+//! `gateway/src/config/raw.rs` (and `TokenLimitConfig` of `schemas/src/quota.rs`, the token limit tables) is parsed
 //! for its fields, honouring `#[serde(rename = "…")]`, and the tables are found by walking the field types from
 //! `RawConfig` (`instances: Vec<RawInstance>` → `[[instances]]`, `circuit_breaker: RawBreaker` →
 //! `[instances.circuit_breaker]`). For every table there must be a heading in `docs/configuration.md` naming it
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 /// The root of the configuration: its fields are the top-level tables.
 const ROOT: &str = "RawConfig";
 
-/// Structs outside `config.rs` that are tables of the file.
+/// Structs outside `config/raw.rs` that are tables of the file.
 const SHARED_TABLES: &[(&str, &str)] = &[("schemas/src/quota.rs", "TokenLimitConfig")];
 
 fn repo() -> PathBuf {
@@ -184,7 +184,7 @@ fn sections(markdown: &str) -> Vec<(String, String)> {
 
 #[test]
 fn every_gateway_config_key_is_documented() {
-    let mut all = structs(&read("gateway/src/config.rs"), |name| name.starts_with("Raw"));
+    let mut all = structs(&read("gateway/src/config/raw.rs"), |name| name.starts_with("Raw"));
     for (file, name) in SHARED_TABLES {
         let shared = structs(&read(file), |found| found == *name);
         assert!(shared.contains_key(*name), "no struct {name} in {file}");
