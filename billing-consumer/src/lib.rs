@@ -62,6 +62,7 @@ pub mod rebuild;
 pub mod reingest;
 pub mod replay;
 pub mod report;
+pub mod service;
 pub mod settings;
 pub mod stall;
 pub mod store;

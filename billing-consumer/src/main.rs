@@ -10,11 +10,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::cli::{self, Cli, Command, InvoiceFormat};
-use tollgate_billing_consumer::config_topic::{ConfigFollower, FollowSettings};
-use tollgate_billing_consumer::quota::policy::ConfiguredScope;
+use tollgate_billing_consumer::service::{self, ServiceSettings, UsageTopicLayout};
 use tollgate_billing_consumer::{
-    BillingError, audit, ingest, invoice, metrics, migrations, pricing, quota, rebuild, reingest, report,
-    topics,
+    BillingError, audit, invoice, metrics, migrations, pricing, quota, rebuild, reingest, report, topics,
 };
 
 /// The library's command line ([`Cli`]) with the binary's own logging option beside it.
@@ -73,7 +71,6 @@ async fn main() -> anyhow::Result<ExitCode> {
                     pricing::PriceTable::default()
                 }
             };
-            let prices = Arc::new(prices);
             let file_scopes = match &run.quota_config {
                 Some(path) => Some(quota::policy::load(path)?),
                 None => {
@@ -83,80 +80,34 @@ async fn main() -> anyhow::Result<ExitCode> {
                     None
                 }
             };
-            let quota_settings = file_scopes
-                .clone()
-                .map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes, &run.quota_tuning));
+            let quota =
+                file_scopes.map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes, &run.quota_tuning));
             metrics::install_exporter(run.metrics_listen).await?;
-            let settings = cli.ingest(run);
-            topics::ensure_with_replication(
-                &settings.kafka.brokers,
-                &settings.kafka.topic,
-                run.partitions,
-                run.replication_factor,
-            )
-            .await?;
-            if let Some(quota_settings) = &quota_settings {
-                topics::ensure_quota(&quota_settings.brokers, &quota_settings.quota_topic).await?;
-            }
-            migrations::apply(&clickhouse).await?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
-            let follower = match &run.config_topic {
-                Some(topic) => {
-                    let follower =
-                        follow(&cli, topic, Some(Arc::clone(&prices)), file_scopes, &shutdown).await?;
-                    let Some(follower) = follower else {
-                        return Ok(ExitCode::SUCCESS);
-                    };
-                    Some(follower)
-                }
-                None => None,
+            let layout = UsageTopicLayout {
+                partitions: run.partitions,
+                replication_factor: run.replication_factor,
             };
-            let live_prices = follower
-                .as_ref()
-                .and_then(ConfigFollower::prices)
-                .unwrap_or_else(|| pricing::LivePrices::new(prices));
-            let policy = follower.as_ref().and_then(ConfigFollower::policy);
-            match quota_settings {
-                Some(quota_settings) => {
-                    let (ingested, quotas) = tokio::join!(
-                        stop_all_on_error(
-                            ingest::run_with_live_prices(settings, live_prices, shutdown.clone()),
-                            &shutdown
-                        ),
-                        stop_all_on_error(
-                            quota::run_live(quota_settings, policy, shutdown.clone()),
-                            &shutdown
-                        ),
-                    );
-                    ingested?;
-                    quotas?;
-                }
-                None => ingest::run_with_live_prices(settings, live_prices, shutdown).await?,
-            }
-            if let Some(follower) = follower {
-                follower.stop().await;
-            }
+            serve(ServiceSettings {
+                brokers: cli.brokers.clone(),
+                ingest: Some((cli.ingest(run), layout)),
+                quota,
+                config_topic: run.config_topic.clone(),
+                file_prices: Arc::new(prices),
+            })
+            .await?;
         }
         Command::Quota(args) => {
             let scopes = quota::policy::load(&args.config)?;
-            let settings = cli.quota(&args.topic, &args.quota_topic, scopes.clone(), &args.tuning);
+            let quota = cli.quota(&args.topic, &args.quota_topic, scopes, &args.tuning);
             metrics::install_exporter(args.metrics_listen).await?;
-            topics::ensure_quota(&settings.brokers, &settings.quota_topic).await?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
-            let follower = match &args.config_topic {
-                Some(topic) => match follow(&cli, topic, None, Some(scopes), &shutdown).await? {
-                    Some(follower) => Some(follower),
-                    None => return Ok(ExitCode::SUCCESS),
-                },
-                None => None,
-            };
-            let policy = follower.as_ref().and_then(ConfigFollower::policy);
-            quota::run_live(settings, policy, shutdown).await?;
-            if let Some(follower) = follower {
-                follower.stop().await;
-            }
+            serve(ServiceSettings {
+                brokers: cli.brokers.clone(),
+                ingest: None,
+                quota: Some(quota),
+                config_topic: args.config_topic.clone(),
+                file_prices: Arc::default(),
+            })
+            .await?;
         }
         Command::Usage(usage) => {
             let report = report::usage(&clickhouse, &usage.consumer, usage.since).await?;
@@ -278,61 +229,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts following the config topic `topic` and waits until it was read; `None` when shutdown came first.
-async fn follow(
-    cli: &Cli,
-    topic: &str,
-    file_prices: Option<Arc<pricing::PriceTable>>,
-    file_scopes: Option<Vec<ConfiguredScope>>,
-    shutdown: &CancellationToken,
-) -> Result<Option<ConfigFollower>, BillingError> {
-    let follower = ConfigFollower::start(FollowSettings {
-        brokers: cli.brokers.clone(),
-        topic: topic.to_owned(),
-        file_prices,
-        file_scopes,
-    })?;
-    tokio::select! {
-        () = follower.ready() => Ok(Some(follower)),
-        () = shutdown.cancelled() => {
-            follower.stop().await;
-            Ok(None)
-        }
-    }
-}
-
-/// Runs `task`; if it fails, cancels `shutdown` so that the loops beside it stop too.
-async fn stop_all_on_error(
-    task: impl Future<Output = Result<(), BillingError>>,
-    shutdown: &CancellationToken,
-) -> Result<(), BillingError> {
-    let result = task.await;
-    if let Err(error) = &result {
-        tracing::error!(error_kind = error.kind(), %error, "A loop failed; stopping the others.");
-        shutdown.cancel();
-    }
-    result
-}
-
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops the process.");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("Shutdown requested; settling the batch in hand and the pending quota snapshots.");
-    shutdown.cancel();
+/// Runs the service until SIGTERM or Ctrl-C.
+async fn serve(settings: ServiceSettings) -> Result<(), BillingError> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(service::cancel_on_signal(shutdown.clone()));
+    service::run(settings, shutdown).await
 }
 
 #[cfg(test)]

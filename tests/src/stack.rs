@@ -22,6 +22,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tollgate_billing_consumer::service::{self, ServiceSettings, UsageTopicLayout};
 use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
 use tollgate_gateway::clock::{Clock, ManualClock, SystemClock};
 use tollgate_gateway::http::server::GatewayHandle;
@@ -197,7 +198,14 @@ impl QuotaLoop {
                 .enable_all()
                 .build()
                 .expect("quota runtime");
-            if let Err(e) = runtime.block_on(tollgate_billing_consumer::quota::run(settings, token)) {
+            let service = ServiceSettings {
+                brokers: settings.brokers.clone(),
+                ingest: None,
+                quota: Some(settings),
+                config_topic: None,
+                file_prices: Arc::default(),
+            };
+            if let Err(e) = runtime.block_on(service::run(service, token)) {
                 panic!("billing-consumer quota loop failed: {e}");
             }
         });
@@ -434,7 +442,21 @@ impl Stack {
                     .enable_all()
                     .build();
                 let runtime = runtime.expect("ingest runtime");
-                if let Err(e) = runtime.block_on(tollgate_billing_consumer::ingest::run(settings, token)) {
+                // The same wiring as `billing-consumer run`: topic and schema checked, then the ingest loop.
+                let service = ServiceSettings {
+                    brokers: settings.kafka.brokers.clone(),
+                    ingest: Some((
+                        settings,
+                        UsageTopicLayout {
+                            partitions: 3,
+                            replication_factor: 1,
+                        },
+                    )),
+                    quota: None,
+                    config_topic: None,
+                    file_prices: Arc::default(),
+                };
+                if let Err(e) = runtime.block_on(service::run(service, token)) {
                     panic!("billing-consumer ingest failed: {e}");
                 }
             })

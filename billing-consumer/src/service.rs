@@ -1,0 +1,169 @@
+//! The long-running service: what `billing-consumer run` and `billing-consumer quota` do once their command line
+//! is read, wired in one place so that the binary and the end-to-end stack (`tests/src/stack.rs`) run the same
+//! code.
+//!
+//! In order: create the topics it needs (the usage topic with its partitions and replication when it ingests,
+//! the quota topic when it computes quotas), bring the ClickHouse schema up to date (when it ingests), follow the
+//! config topic until it was read (when one is given: prices and token limits then come from it), and run the
+//! ingest loop and the quota loop side by side until shutdown. A loop that fails stops the other.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config_topic::{ConfigFollower, FollowSettings};
+use crate::error::BillingError;
+use crate::pricing::{LivePrices, PriceTable};
+use crate::quota::policy::ConfiguredScope;
+use crate::settings::{IngestSettings, QuotaSettings};
+use crate::{ingest, migrations, quota, topics};
+
+/// How the usage topic is created when it does not exist.
+#[derive(Debug, Clone, Copy)]
+pub struct UsageTopicLayout {
+    /// Partitions: at most this many ingest replicas do work.
+    pub partitions: i32,
+    /// Copies of each partition (1 on a single broker).
+    pub replication_factor: i32,
+}
+
+/// Everything the service runs; at least one of `ingest` and `quota`.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// The brokers (for the topics and the config topic).
+    pub brokers: String,
+    /// The ingest loop and how its topic is created; `None`: this process only computes quotas.
+    pub ingest: Option<(IngestSettings, UsageTopicLayout)>,
+    /// The quota loop; `None`: this process only ingests.
+    pub quota: Option<QuotaSettings>,
+    /// The config topic to follow for prices and token limits; `None`: the file's only.
+    pub config_topic: Option<String>,
+    /// The prices from the file (empty: events are stored unpriced unless the config topic has prices).
+    pub file_prices: Arc<PriceTable>,
+}
+
+/// Runs the service until `shutdown` is cancelled (or a loop fails, which stops the other).
+pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
+    let ServiceSettings {
+        brokers,
+        ingest,
+        quota,
+        config_topic,
+        file_prices,
+    } = settings;
+    if let Some((ingest, layout)) = &ingest {
+        topics::ensure_with_replication(
+            &ingest.kafka.brokers,
+            &ingest.kafka.topic,
+            layout.partitions,
+            layout.replication_factor,
+        )
+        .await?;
+    }
+    if let Some(quota) = &quota {
+        topics::ensure_quota(&quota.brokers, &quota.quota_topic).await?;
+    }
+    if let Some((ingest, _)) = &ingest {
+        migrations::apply(&ingest.clickhouse).await?;
+    }
+    let follower = match config_topic {
+        Some(topic) => {
+            let file_scopes = quota.as_ref().map(|q| q.scopes.clone());
+            // Prices matter only to ingest; the quota-only service follows the topic for token limits alone.
+            let file_prices = ingest.is_some().then(|| Arc::clone(&file_prices));
+            match follow(brokers, topic, file_prices, file_scopes, &shutdown).await? {
+                Some(follower) => Some(follower),
+                None => return Ok(()),
+            }
+        }
+        None => None,
+    };
+    let live_prices = follower
+        .as_ref()
+        .and_then(ConfigFollower::prices)
+        .unwrap_or_else(|| LivePrices::new(file_prices));
+    let policy = follower.as_ref().and_then(ConfigFollower::policy);
+    let ingesting = async {
+        match ingest {
+            Some((ingest, _)) => {
+                stop_all_on_error(
+                    ingest::run_with_live_prices(ingest, live_prices, shutdown.clone()),
+                    &shutdown,
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let counting = async {
+        match quota {
+            Some(quota) => {
+                stop_all_on_error(quota::run_live(quota, policy, shutdown.clone()), &shutdown).await
+            }
+            None => Ok(()),
+        }
+    };
+    let (ingested, counted) = tokio::join!(ingesting, counting);
+    if let Some(follower) = follower {
+        follower.stop().await;
+    }
+    ingested?;
+    counted
+}
+
+/// Starts following the config topic `topic` and waits until it was read; `None` when shutdown came first.
+async fn follow(
+    brokers: String,
+    topic: String,
+    file_prices: Option<Arc<PriceTable>>,
+    file_scopes: Option<Vec<ConfiguredScope>>,
+    shutdown: &CancellationToken,
+) -> Result<Option<ConfigFollower>, BillingError> {
+    let follower = ConfigFollower::start(FollowSettings {
+        brokers,
+        topic,
+        file_prices,
+        file_scopes,
+    })?;
+    tokio::select! {
+        () = follower.ready() => Ok(Some(follower)),
+        () = shutdown.cancelled() => {
+            follower.stop().await;
+            Ok(None)
+        }
+    }
+}
+
+/// Runs `task`; if it fails, cancels `shutdown` so that the loops beside it stop too.
+async fn stop_all_on_error(
+    task: impl Future<Output = Result<(), BillingError>>,
+    shutdown: &CancellationToken,
+) -> Result<(), BillingError> {
+    let result = task.await;
+    if let Err(error) = &result {
+        tracing::error!(error_kind = error.kind(), %error, "A loop failed; stopping the others.");
+        shutdown.cancel();
+    }
+    result
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Cannot listen for SIGTERM; only Ctrl-C stops the process.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("Shutdown requested; settling the batch in hand and the pending quota snapshots.");
+    shutdown.cancel();
+}
