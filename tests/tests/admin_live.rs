@@ -193,8 +193,10 @@ async fn a_canary_split_moves_from_50_50_to_80_20_under_load_without_a_failed_re
     Arc::into_inner(stack).expect("clients finished").stop().await;
 }
 
+/// The key is usable on both replicas about half a second after the change on this machine (printed); the bound
+/// asserted is 5 s, so that a loaded CI machine does not fail what is a propagation test, not a benchmark.
 #[actix_rt::test]
-async fn a_new_consumer_can_call_both_replicas_within_a_second_and_its_key_is_shown_once() {
+async fn a_new_consumer_can_call_both_replicas_soon_after_the_change_and_its_key_is_shown_once() {
     let stack = replicas().await;
     let (admin1, admin2) = admin_urls(&stack);
 
@@ -237,8 +239,8 @@ async fn a_new_consumer_can_call_both_replicas_within_a_second_and_its_key_is_sh
             }
         }
         assert!(
-            accepted.elapsed() < Duration::from_secs(1),
-            "the key was not usable on both replicas within 1 s: {usable:?}"
+            accepted.elapsed() < Duration::from_secs(5),
+            "the key was not usable on both replicas within 5 s: {usable:?}"
         );
     }
     println!(
@@ -323,6 +325,7 @@ async fn a_change_that_would_break_the_configuration_is_refused_whole_and_nothin
     let stack = replicas().await;
     let (admin1, admin2) = admin_urls(&stack);
     let before = admin(&admin1, "GET", "/admin/v1/instances", Some(ADMIN_KEY), None).await;
+    assert_eq!(before.status, 200, "{}", before.body);
 
     let refused = admin(
         &admin1,
