@@ -4,6 +4,7 @@
 //! failed send.
 
 use std::time::Duration;
+use tollgate_plumbing::KafkaOpError;
 
 use rdkafka::ClientConfig;
 
@@ -73,7 +74,7 @@ pub fn follower_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 /// which a metadata answer is not (a broker whose storage died still answers metadata). Creates `topic` (one
 /// partition) when missing, produces one record with a fresh producer (no idempotent state a restarted broker
 /// could have lost), and reads it back from its offset; how long the round trip took, or why it failed.
-pub fn canary(brokers: &str, topic: &str, timeout: Duration) -> Result<Duration, String> {
+pub fn canary(brokers: &str, topic: &str, timeout: Duration) -> Result<Duration, KafkaOpError> {
     use rdkafka::Message;
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -88,20 +89,24 @@ pub fn canary(brokers: &str, topic: &str, timeout: Duration) -> Result<Duration,
     base.set("bootstrap.servers", brokers)
         .set("client.id", "tollgate-broker-check")
         .set("socket.timeout.ms", timeout.as_millis().max(10).to_string());
-    let admin: AdminClient<DefaultClientContext> = base.create().map_err(|e| e.to_string())?;
+    let admin: AdminClient<DefaultClientContext> = base
+        .create()
+        .map_err(KafkaOpError::client("create the canary's admin client"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let options = AdminOptions::new().operation_timeout(Some(left()));
     let created = runtime
         .block_on(admin.create_topics([&NewTopic::new(topic, 1, TopicReplication::Fixed(-1))], &options))
-        .map_err(|e| format!("creating {topic}: {e}"))?;
+        .map_err(KafkaOpError::client("create the canary topic"))?;
     for result in created {
         if let Err((_, code)) = result
             && code != RDKafkaErrorCode::TopicAlreadyExists
         {
-            return Err(format!("creating {topic}: {code}"));
+            return Err(KafkaOpError::Refused {
+                operation: "create the canary topic",
+                code,
+            });
         }
     }
     let marker = uuid::Uuid::now_v7().to_string();
@@ -110,32 +115,40 @@ pub fn canary(brokers: &str, topic: &str, timeout: Duration) -> Result<Duration,
         .set("acks", "all")
         .set("enable.idempotence", "false")
         .set("message.timeout.ms", timeout.as_millis().max(10).to_string());
-    let producer: BaseProducer = producer_config.create().map_err(|e| e.to_string())?;
+    let producer: BaseProducer = producer_config
+        .create()
+        .map_err(KafkaOpError::client("create the canary's producer"))?;
     producer
         .send(BaseRecord::<str, str>::to(topic).key("canary").payload(&marker))
-        .map_err(|(e, _)| format!("producing: {e}"))?;
+        .map_err(|(e, _)| KafkaOpError::client("produce the canary record")(e))?;
     // A delivery that failed shows as a record that cannot be read back.
-    rdkafka::producer::Producer::flush(&producer, left()).map_err(|e| format!("producing: {e}"))?;
+    rdkafka::producer::Producer::flush(&producer, left())
+        .map_err(KafkaOpError::client("deliver the canary record"))?;
     let consumer: BaseConsumer = base
         .clone()
         .set("group.id", format!("tollgate-broker-check-{marker}"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
-        .map_err(|e| e.to_string())?;
+        .map_err(KafkaOpError::client("create the canary's consumer"))?;
     let (_, high) = consumer
         .fetch_watermarks(topic, 0, left())
-        .map_err(|e| format!("reading the end of {topic}: {e}"))?;
+        .map_err(KafkaOpError::client("read the end of the canary topic"))?;
     let mut list = rdkafka::TopicPartitionList::new();
     list.add_partition_offset(topic, 0, rdkafka::Offset::Offset((high - 8).max(0)))
-        .map_err(|e| e.to_string())?;
-    consumer.assign(&list).map_err(|e| e.to_string())?;
+        .map_err(KafkaOpError::client("list the canary topic's partition"))?;
+    consumer
+        .assign(&list)
+        .map_err(KafkaOpError::client("assign the canary topic's partition"))?;
     while !left().is_zero() {
         match consumer.poll(left().min(Duration::from_millis(200))) {
             Some(Ok(message)) if message.payload() == Some(marker.as_bytes()) => return Ok(started.elapsed()),
-            Some(Err(error)) => return Err(format!("reading back: {error}")),
+            Some(Err(error)) => return Err(KafkaOpError::client("read the canary record back")(error)),
             _ => {}
         }
     }
-    Err(format!("the canary record was not read back within {timeout:?}"))
+    Err(KafkaOpError::Incomplete {
+        operation: "read the canary record back",
+        detail: format!("not read back within {timeout:?}"),
+    })
 }

@@ -38,6 +38,7 @@ use super::resources::ResourceSet;
 use super::{Feed, Incoming};
 use crate::config::Config;
 use crate::kafka::{RenewingProducer, client_config, follower_config, producer_config};
+use tollgate_plumbing::KafkaOpError;
 use tollgate_plumbing::topics::TopicSpec;
 
 /// How long a start waits for the topic's content before serving on the file.
@@ -284,30 +285,35 @@ impl Follower {
     }
 
     /// Ensures the topic, seeds it when it never held anything, and reads it from the beginning to its end.
-    fn load(&self) -> Result<Vec<Incoming>, String> {
+    fn load(&self) -> Result<Vec<Incoming>, KafkaOpError> {
         ensure_topic(&self.admin, &self.topic)?;
         let (_, mut high) = self
             .consumer
             .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
+            .map_err(KafkaOpError::client("read the end of the config topic"))?;
         if high == 0 && !self.seeds.is_empty() {
             self.seed()?;
             high = self
                 .consumer
                 .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
-                .map_err(|e| e.to_string())?
+                .map_err(KafkaOpError::client("read the end of the seeded config topic"))?
                 .1;
         }
         let mut list = TopicPartitionList::new();
         list.add_partition_offset(&self.topic, 0, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-        self.consumer.assign(&list).map_err(|e| e.to_string())?;
+            .map_err(KafkaOpError::client("list the config topic's partition"))?;
+        self.consumer
+            .assign(&list)
+            .map_err(KafkaOpError::client("assign the config topic's partition"))?;
         let mut batch = Vec::new();
         let deadline = Instant::now() + LOAD_TIMEOUT;
         let mut next = 0;
         while next < high {
             if self.stopped() || Instant::now() > deadline {
-                return Err(format!("read {next} of {high} records before giving up"));
+                return Err(KafkaOpError::Incomplete {
+                    operation: "read the config topic to its end",
+                    detail: format!("read {next} of {high} records before giving up"),
+                });
             }
             match self.consumer.poll(POLL) {
                 Some(Ok(message)) => {
@@ -333,18 +339,21 @@ impl Follower {
     }
 
     /// Publishes the file's resources as the topic's first changes.
-    fn seed(&self) -> Result<(), String> {
-        let seeder: BaseProducer = self.seeder.create().map_err(|e| e.to_string())?;
+    fn seed(&self) -> Result<(), KafkaOpError> {
+        let seeder: BaseProducer = self
+            .seeder
+            .create()
+            .map_err(KafkaOpError::client("create the config topic's seeding producer"))?;
         for event in &self.seeds {
             let key = event.data.key();
-            let payload = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+            let payload = serde_json::to_vec(event)?;
             seeder
                 .send(BaseRecord::to(&self.topic).key(&key).payload(&payload))
-                .map_err(|(e, _)| e.to_string())?;
+                .map_err(|(e, _)| KafkaOpError::client("seed the config topic")(e))?;
         }
         seeder
             .flush(Timeout::After(Duration::from_secs(10)))
-            .map_err(|e| format!("seeding did not complete: {e}"))?;
+            .map_err(KafkaOpError::client("complete seeding the config topic"))?;
         tracing::info!(topic = %self.topic, resources = self.seeds.len(), "Seeded the empty config topic from the file.");
         Ok(())
     }
@@ -394,15 +403,13 @@ impl Follower {
 
 /// Creates the topic — one partition, compacted, the broker's default replication — unless it exists. A broker
 /// that refuses compaction gets it without (every change is then kept, which gives the same state).
-fn ensure_topic(admin: &ClientConfig, topic: &str) -> Result<(), String> {
+fn ensure_topic(admin: &ClientConfig, topic: &str) -> Result<(), KafkaOpError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime
-        .block_on(tollgate_plumbing::topics::ensure(
-            admin,
-            TopicSpec::compacted(topic),
-        ))
-        .map_err(|e| e.to_string())
+        .build()?;
+    runtime.block_on(tollgate_plumbing::topics::ensure(
+        admin,
+        TopicSpec::compacted(topic),
+    ))?;
+    Ok(())
 }

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use tollgate_plumbing::KafkaOpError;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -222,40 +223,51 @@ impl Follower {
     }
 
     /// Assigns every partition of the topic from its beginning; the partition count, or why not.
-    fn assign(&mut self) -> Result<usize, String> {
+    fn assign(&mut self) -> Result<usize, KafkaOpError> {
         let metadata = self
             .consumer
             .fetch_metadata(Some(&self.topic), Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
+            .map_err(KafkaOpError::client("fetch the quota topic's metadata"))?;
         // The broker answered: a topic it does not have holds no snapshot to wait for.
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else {
             self.caught_up.set();
-            return Err("not in the broker's metadata".into());
+            return Err(KafkaOpError::Missing {
+                topic: self.topic.clone(),
+                reason: "not in the broker's metadata",
+            });
         };
         if let Some(error) = topic.error() {
             self.caught_up.set();
-            return Err(format!("{error:?}"));
+            return Err(KafkaOpError::Refused {
+                operation: "fetch the quota topic's metadata",
+                code: error.into(),
+            });
         }
         if topic.partitions().is_empty() {
             self.caught_up.set();
-            return Err("no partitions".into());
+            return Err(KafkaOpError::Missing {
+                topic: self.topic.clone(),
+                reason: "no partitions",
+            });
         }
         let mut list = TopicPartitionList::new();
         for partition in topic.partitions() {
             list.add_partition_offset(&self.topic, partition.id(), Offset::Beginning)
-                .map_err(|e| e.to_string())?;
+                .map_err(KafkaOpError::client("list the quota topic's partitions"))?;
         }
         let mut pending = HashMap::new();
         for partition in topic.partitions() {
             let (low, high) = self
                 .consumer
                 .fetch_watermarks(&self.topic, partition.id(), Duration::from_secs(5))
-                .map_err(|e| e.to_string())?;
+                .map_err(KafkaOpError::client("read the end of the quota topic"))?;
             if high > low {
                 pending.insert(partition.id(), high);
             }
         }
-        self.consumer.assign(&list).map_err(|e| e.to_string())?;
+        self.consumer
+            .assign(&list)
+            .map_err(KafkaOpError::client("assign the quota topic's partitions"))?;
         self.pending = pending;
         if self.pending.is_empty() {
             self.caught_up.set();
