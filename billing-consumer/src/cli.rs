@@ -435,36 +435,34 @@ impl Cli {
 impl Cli {
     /// The audit's settings, with `prices` loaded from `--prices`.
     pub fn audit(&self, args: &AuditArgs, prices: Option<PriceTable>) -> AuditSettings {
-        AuditSettings {
-            table: args.table.clone(),
-            margin: args.margin,
-            max_events: args.max_events,
-            ..AuditSettings::new(
-                &self.brokers,
-                &args.topic,
-                self.clickhouse(),
-                args.from,
-                args.to,
-                prices.map(std::sync::Arc::new),
-            )
-        }
+        let mut settings = AuditSettings::new(
+            &self.brokers,
+            &args.topic,
+            self.clickhouse(),
+            args.from,
+            args.to,
+            prices.map(std::sync::Arc::new),
+        );
+        settings.table.clone_from(&args.table);
+        settings.range.margin = args.margin;
+        settings.max_events = args.max_events;
+        settings
     }
 
     /// The rebuild's settings, with `prices` loaded from `--prices` (empty: unpriced).
     pub fn rebuild(&self, args: &RebuildArgs, prices: Option<PriceTable>) -> RebuildSettings {
-        RebuildSettings {
-            margin: args.margin,
-            batch_size: args.batch_size,
-            ..RebuildSettings::new(
-                &self.brokers,
-                &args.topic,
-                self.clickhouse(),
-                &args.table,
-                args.from,
-                args.to,
-                std::sync::Arc::new(prices.unwrap_or_default()),
-            )
-        }
+        let mut settings = RebuildSettings::new(
+            &self.brokers,
+            &args.topic,
+            self.clickhouse(),
+            &args.table,
+            args.from,
+            args.to,
+            std::sync::Arc::new(prices.unwrap_or_default()),
+        );
+        settings.range.margin = args.margin;
+        settings.batch_size = args.batch_size;
+        settings
     }
 }
 
@@ -746,11 +744,11 @@ mod tests {
         };
         assert!(!args.json);
         let settings = cli.audit(args, None);
-        assert_eq!(settings.from.to_rfc3339(), "2026-11-01T00:00:00+00:00");
-        assert_eq!(settings.to.to_rfc3339(), "2026-12-01T00:00:00+00:00");
-        assert_eq!(settings.topic, "tollgate.usage.v1");
+        assert_eq!(settings.range.from.to_rfc3339(), "2026-11-01T00:00:00+00:00");
+        assert_eq!(settings.range.to.to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        assert_eq!(settings.range.topic, "tollgate.usage.v1");
         assert_eq!(settings.table, "usage_events_rebuilt");
-        assert_eq!(settings.margin, Duration::from_secs(3600));
+        assert_eq!(settings.range.margin, Duration::from_secs(3600));
         assert_eq!(settings.max_events, 5);
         assert_eq!(settings.prices, None);
         assert!(Cli::try_parse_from(["billing-consumer", "audit", "--from", "2026-11-01"]).is_err());

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -22,28 +22,21 @@ use crate::error::BillingError;
 use crate::ingest::batch::decode;
 use crate::pricing::PriceTable;
 use crate::replay::Replay;
+use crate::replay::ReplayRange;
 use crate::settings::{ClickHouseSettings, plain_identifier};
 use crate::store::{self, Position, UsageRow};
 
 /// Everything [`run`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildSettings {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
-    /// The usage topic.
-    pub topic: String,
+    /// The events to rebuild and where on the usage topic they are read.
+    pub range: ReplayRange,
     /// The ledger database (must be migrated: `usage_events` is the template).
     pub clickhouse: ClickHouseSettings,
     /// The table to create and fill; must not exist.
     pub table: String,
-    /// Start of the range (included), by event time.
-    pub from: DateTime<Utc>,
-    /// End of the range (excluded).
-    pub to: DateTime<Utc>,
     /// Prices for the rows (an empty table stores every row unpriced).
     pub prices: Arc<PriceTable>,
-    /// How far before `from` reading starts, by Kafka time ([`crate::replay`]).
-    pub margin: Duration,
     /// Rows per INSERT.
     pub batch_size: usize,
 }
@@ -63,14 +56,10 @@ impl RebuildSettings {
         prices: Arc<PriceTable>,
     ) -> Self {
         Self {
-            brokers: brokers.into(),
-            topic: topic.into(),
+            range: ReplayRange::new(brokers, topic, from, to),
             clickhouse,
             table: table.into(),
-            from,
-            to,
             prices,
-            margin: crate::replay::DEFAULT_MARGIN,
             batch_size: Self::DEFAULT_BATCH_SIZE,
         }
     }
@@ -103,7 +92,7 @@ pub struct RebuildSummary {
 pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingError> {
     let started = Instant::now();
     let table = plain_identifier(&settings.table, "table")?;
-    let (from_ms, to_ms) = crate::audit::range_ms(settings.from, settings.to)?;
+    let (from_ms, to_ms) = settings.range.ms()?;
     let client = settings.clickhouse.client();
     let existing: u64 = client
         .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
@@ -121,14 +110,7 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
             ),
         });
     }
-    let mut replay = Replay::open(
-        &settings.brokers,
-        &settings.topic,
-        settings.from,
-        settings.margin,
-        "rebuild",
-    )
-    .await?;
+    let mut replay = Replay::open(&settings.range, "rebuild").await?;
     client
         .query(&format!("CREATE TABLE {table} AS {}", store::USAGE_TABLE))
         .execute()
@@ -136,9 +118,9 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
         .map_err(BillingError::clickhouse("create the rebuild table"))?;
     tracing::info!(
         table = %format!("{}.{table}", settings.clickhouse.database),
-        topic = %settings.topic,
-        from = %settings.from.to_rfc3339(),
-        to = %settings.to.to_rfc3339(),
+        topic = %settings.range.topic,
+        from = %settings.range.from.to_rfc3339(),
+        to = %settings.range.to.to_rfc3339(),
         price_versions = settings.prices.versions().len(),
         messages_to_read = replay.to_read(),
         "Rebuild started."
@@ -177,7 +159,7 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
                     return;
                 }
                 let at = Position {
-                    topic: settings.topic.clone(),
+                    topic: settings.range.topic.clone(),
                     partition,
                     offset,
                 };

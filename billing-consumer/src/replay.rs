@@ -55,17 +55,75 @@ pub struct Replay {
     topic: String,
 }
 
+/// The part of the usage topic an audit or a rebuild replays: the events of `[from, to)` by event time, read
+/// from `margin` before `from` by Kafka time (an event is stamped before Kafka receives it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRange {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// The usage topic.
+    pub topic: String,
+    /// Start of the range (included), by event time.
+    pub from: DateTime<Utc>,
+    /// End of the range (excluded).
+    pub to: DateTime<Utc>,
+    /// How far before `from` reading starts, by Kafka time.
+    pub margin: Duration,
+}
+
+impl ReplayRange {
+    /// The range `[from, to)` of `topic`, with the default margin.
+    pub fn new(
+        brokers: impl Into<String>,
+        topic: impl Into<String>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            from,
+            to,
+            margin: DEFAULT_MARGIN,
+        }
+    }
+
+    /// `[from, to)` in epoch milliseconds; an empty or reversed range, or one before 1970, is refused.
+    pub fn ms(&self) -> Result<(u64, u64), BillingError> {
+        range_ms(self.from, self.to)
+    }
+}
+
+/// `[from, to)` in epoch milliseconds, refusing an empty or reversed range and times before 1970.
+pub(crate) fn range_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(u64, u64), BillingError> {
+    let from_ms = u64::try_from(from.timestamp_millis()).ok();
+    let to_ms = u64::try_from(to.timestamp_millis()).ok();
+    match (from_ms, to_ms) {
+        (Some(from_ms), Some(to_ms)) if from_ms < to_ms => Ok((from_ms, to_ms)),
+        _ => Err(BillingError::Config {
+            setting: "from/to",
+            reason: format!(
+                "the range {} to {} is empty, reversed or before 1970",
+                from.to_rfc3339(),
+                to.to_rfc3339()
+            ),
+        }),
+    }
+}
+
 impl Replay {
     /// Positions a reader on every partition of `topic` at the first record at or after `from − margin`
     /// (Kafka time); the replay ends at the high watermarks of this moment. Fails when the topic does not exist.
     /// `label` names the replay on the progress bar.
-    pub async fn open(
-        brokers: &str,
-        topic: &str,
-        from: DateTime<Utc>,
-        margin: Duration,
-        label: &str,
-    ) -> Result<Self, BillingError> {
+    pub async fn open(range: &ReplayRange, label: &str) -> Result<Self, BillingError> {
+        let ReplayRange {
+            brokers,
+            topic,
+            from,
+            margin,
+            ..
+        } = range;
+        let (brokers, topic, from, margin) = (brokers.as_str(), topic.as_str(), *from, *margin);
         let margin_ms = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
         let since_ms = from.timestamp_millis().saturating_sub(margin_ms);
         let Some(reader) = reader::open_at(brokers, topic, since_ms).await? else {

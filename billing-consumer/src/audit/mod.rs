@@ -31,27 +31,20 @@ use self::tally::{EventValues, GroupKey, Tally, Totals};
 use crate::error::BillingError;
 use crate::pricing::PriceTable;
 use crate::replay::Replay;
+use crate::replay::ReplayRange;
 use crate::settings::{ClickHouseSettings, plain_identifier};
 
 /// Everything [`run`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditSettings {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
-    /// The usage topic.
-    pub topic: String,
+    /// The events to compare and where on the usage topic they are read.
+    pub range: ReplayRange,
     /// The ledger.
     pub clickhouse: ClickHouseSettings,
     /// The table to compare, normally `usage_events` (or one written by `rebuild`).
     pub table: String,
-    /// Start of the range (included), by event time.
-    pub from: DateTime<Utc>,
-    /// End of the range (excluded).
-    pub to: DateTime<Utc>,
     /// Prices to recompute costs with; `None` compares counts and tokens only.
     pub prices: Option<Arc<PriceTable>>,
-    /// How far before `from` reading starts, by Kafka time ([`crate::replay`]).
-    pub margin: Duration,
     /// Events that differ listed at most.
     pub max_events: usize,
 }
@@ -67,14 +60,10 @@ impl AuditSettings {
         prices: Option<Arc<PriceTable>>,
     ) -> Self {
         Self {
-            brokers: brokers.into(),
-            topic: topic.into(),
+            range: ReplayRange::new(brokers, topic, from, to),
             clickhouse,
             table: crate::store::USAGE_TABLE.to_owned(),
-            from,
-            to,
             prices,
-            margin: crate::replay::DEFAULT_MARGIN,
             max_events: DEFAULT_MAX_EVENTS,
         }
     }
@@ -113,25 +102,18 @@ struct LedgerEvent {
 pub async fn run(settings: &AuditSettings) -> Result<AuditReport, BillingError> {
     let started = Instant::now();
     let table = plain_identifier(&settings.table, "table")?;
-    let (from_ms, to_ms) = range_ms(settings.from, settings.to)?;
+    let (from_ms, to_ms) = settings.range.ms()?;
     let costs = settings.prices.is_some();
     tracing::info!(
-        topic = %settings.topic,
+        topic = %settings.range.topic,
         table = %format!("{}.{table}", settings.clickhouse.database),
-        from = %settings.from.to_rfc3339(),
-        to = %settings.to.to_rfc3339(),
+        from = %settings.range.from.to_rfc3339(),
+        to = %settings.range.to.to_rfc3339(),
         costs_compared = costs,
         "Audit started: replaying Kafka."
     );
 
-    let mut replay = Replay::open(
-        &settings.brokers,
-        &settings.topic,
-        settings.from,
-        settings.margin,
-        "audit",
-    )
-    .await?;
+    let mut replay = Replay::open(&settings.range, "audit").await?;
     let mut tally = Tally::new(from_ms, to_ms, settings.prices.clone());
     while replay
         .read(usize::MAX, |partition, offset, payload| {
@@ -199,9 +181,9 @@ pub async fn run(settings: &AuditSettings) -> Result<AuditReport, BillingError> 
         })
     };
     let audit = AuditReport {
-        from: settings.from,
-        to: settings.to,
-        topic: settings.topic.clone(),
+        from: settings.range.from,
+        to: settings.range.to,
+        topic: settings.range.topic.clone(),
         table: format!("{}.{table}", settings.clickhouse.database),
         costs_compared: costs,
         kafka: counts,
@@ -231,23 +213,6 @@ pub async fn run(settings: &AuditSettings) -> Result<AuditReport, BillingError> 
         );
     }
     Ok(audit)
-}
-
-/// `[from, to)` in epoch milliseconds, refusing an empty or reversed range and times before 1970.
-pub(crate) fn range_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<(u64, u64), BillingError> {
-    let from_ms = u64::try_from(from.timestamp_millis()).ok();
-    let to_ms = u64::try_from(to.timestamp_millis()).ok();
-    match (from_ms, to_ms) {
-        (Some(from_ms), Some(to_ms)) if from_ms < to_ms => Ok((from_ms, to_ms)),
-        _ => Err(BillingError::Config {
-            setting: "from/to",
-            reason: format!(
-                "the range {} to {} is empty, reversed or before 1970",
-                from.to_rfc3339(),
-                to.to_rfc3339()
-            ),
-        }),
-    }
 }
 
 /// The `WHERE` of the ledger reads: the exact range on `finished_at_ms`, and `event_time` within a day of it so
@@ -411,7 +376,7 @@ mod tests {
     #[test]
     fn the_range_must_be_forward_and_after_1970() {
         assert_eq!(
-            range_ms(utc("2026-11-01T00:00:00Z"), utc("2026-11-01T00:00:00.001Z")).unwrap(),
+            crate::replay::range_ms(utc("2026-11-01T00:00:00Z"), utc("2026-11-01T00:00:00.001Z")).unwrap(),
             (1_793_491_200_000, 1_793_491_200_001)
         );
         for (from, to) in [
@@ -420,7 +385,7 @@ mod tests {
             ("1969-12-31T00:00:00Z", "2026-11-01T00:00:00Z"),
         ] {
             assert_eq!(
-                range_ms(utc(from), utc(to)).unwrap_err().kind(),
+                crate::replay::range_ms(utc(from), utc(to)).unwrap_err().kind(),
                 "config",
                 "{from} {to}"
             );
