@@ -230,7 +230,12 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
     assert_eq!(
         metric("tollgate_events_emitted_total"),
         (BEFORE + DURING) as f64,
-        "acknowledged once each"
+        "acknowledged once each (spooled {}, drained {}, duplicates ingest dropped within a batch {}, sends \
+         failed {})",
+        metric("tollgate_events_spooled_total"),
+        metric("tollgate_spool_drained_total"),
+        metric("billing_duplicate_events_in_batch_total"),
+        metric("tollgate_events_failed_total"),
     );
     assert_eq!(
         metric("tollgate_events_spooled_total") - spooled_before,
