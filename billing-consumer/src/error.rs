@@ -177,6 +177,32 @@ impl BillingError {
         }
     }
 
+    /// Whether a service this depends on could not be reached (the broker or ClickHouse down, starting or too
+    /// slow): the same operation may succeed later, so start-up waits instead of exiting.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::TopicCreation(error) => error.is_unreachable(),
+            Self::ClickHouse { source, .. } => matches!(
+                source,
+                clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
+            ),
+            Self::Kafka { source, .. } => source
+                .rdkafka_error_code()
+                .is_some_and(tollgate_plumbing::topics::broker_unreachable),
+            Self::Config { .. }
+            | Self::MigrationChanged { .. }
+            | Self::MigrationSet(_)
+            | Self::InvalidSince { .. }
+            | Self::Decode { .. }
+            | Self::Metrics(_)
+            | Self::Output(_)
+            | Self::QuotaPolicy { .. }
+            | Self::Encode { .. }
+            | Self::Prices { .. }
+            | Self::InvalidPeriod { .. } => false,
+        }
+    }
+
     /// Wraps a ClickHouse error with what was being done.
     pub(crate) fn clickhouse(operation: &'static str) -> impl FnOnce(clickhouse::error::Error) -> Self {
         move |source| Self::ClickHouse { operation, source }

@@ -56,6 +56,8 @@ pub const EVENTS_CLOCK_SKEW: &str = "billing_events_clock_skew_total";
 pub const QUOTA_CLOCK_SKEW_EVENTS: &str = "billing_quota_clock_skew_events_total";
 /// 1 while this process's quota loop holds the lease (it alone publishes), 0 while it is a standby.
 pub const QUOTA_LEASE_HELD: &str = "billing_quota_lease_held";
+/// Start-up steps tried again because the broker or ClickHouse could not be reached yet, by `step`.
+pub const STARTUP_RETRIES: &str = "billing_startup_retries_total";
 /// Times the ingest consumer left its group and joined again because it held no partition while nobody committed
 /// and events waited (an orphaned group).
 pub const INGEST_REJOINS: &str = "billing_ingest_rejoins_total";
@@ -166,6 +168,11 @@ pub fn describe() {
         Unit::Count,
         "Usage events whose time was more than the clock-skew bound ahead of their broker timestamp; counted \
          at the broker's time."
+    );
+    describe_counter!(
+        STARTUP_RETRIES,
+        Unit::Count,
+        "Start-up steps (topics, migrations) tried again because the broker or ClickHouse could not be reached yet."
     );
     describe_counter!(
         INGEST_REJOINS,

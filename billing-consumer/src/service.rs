@@ -5,9 +5,12 @@
 //! In order: create the topics it needs (the usage topic with its partitions and replication when it ingests,
 //! the quota topic when it computes quotas), bring the ClickHouse schema up to date (when it ingests), follow the
 //! config topic until it was read (when one is given: prices and token limits then come from it), and run the
-//! ingest loop and the quota loop side by side until shutdown. A loop that fails stops the other.
+//! ingest loop and the quota loop side by side until shutdown. A loop that fails stops the other. A broker or
+//! ClickHouse that cannot be reached yet is waited for, with backoff and a warning per try
+//! (`billing_startup_retries_total{step}`); any other start-up error ends the service.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -51,20 +54,36 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
         config_topic,
         file_prices,
     } = settings;
+    // A broker or ClickHouse that is down or still starting is waited for: a service started before them (or
+    // restarted while they are) comes up when they do, with no supervisor needed.
     if let Some((ingest, layout)) = &ingest {
-        topics::ensure_with_replication(
-            &ingest.kafka.brokers,
-            &ingest.kafka.topic,
-            layout.partitions,
-            layout.replication_factor,
-        )
-        .await?;
+        let made = until_reachable("create the usage topic", &shutdown, || {
+            topics::ensure_with_replication(
+                &ingest.kafka.brokers,
+                &ingest.kafka.topic,
+                layout.partitions,
+                layout.replication_factor,
+            )
+        });
+        if made.await?.is_none() {
+            return Ok(());
+        }
     }
     if let Some(quota) = &quota {
-        topics::ensure_quota(&quota.brokers, &quota.quota_topic).await?;
+        let made = until_reachable("create the quota topic", &shutdown, || {
+            topics::ensure_quota(&quota.brokers, &quota.quota_topic)
+        });
+        if made.await?.is_none() {
+            return Ok(());
+        }
     }
     if let Some((ingest, _)) = &ingest {
-        migrations::apply(&ingest.clickhouse).await?;
+        let applied = until_reachable("apply the ClickHouse migrations", &shutdown, || {
+            migrations::apply(&ingest.clickhouse)
+        });
+        if applied.await?.is_none() {
+            return Ok(());
+        }
     }
     let follower = match config_topic {
         Some(topic) => {
@@ -109,6 +128,49 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
     }
     ingested?;
     counted
+}
+
+/// The first wait after an unreachable dependency, and the longest.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_secs(5);
+
+/// Runs `step` until it succeeds, waiting (with backoff) while it fails because the broker or ClickHouse cannot be
+/// reached; any other error is returned at once. `None` when shutdown came first.
+async fn until_reachable<T, F, Fut>(
+    step_name: &'static str,
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<Option<T>, BillingError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BillingError>>,
+{
+    let mut wait = FIRST_RETRY;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt = attempt.saturating_add(1);
+        let error = tokio::select! {
+            result = step() => match result {
+                Ok(value) => return Ok(Some(value)),
+                Err(error) if error.is_unreachable() => error,
+                Err(error) => return Err(error),
+            },
+            () = shutdown.cancelled() => return Ok(None),
+        };
+        metrics::counter!(crate::metrics::STARTUP_RETRIES, "step" => step_name).increment(1);
+        tracing::warn!(
+            step = step_name,
+            attempt,
+            retry_in_ms = wait.as_millis() as u64,
+            %error,
+            "A dependency cannot be reached yet; waiting for it."
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => return Ok(None),
+        }
+        wait = (wait * 2).min(LAST_RETRY);
+    }
 }
 
 /// Starts following the config topic `topic` and waits until it was read; `None` when shutdown came first.

@@ -39,6 +39,34 @@ pub enum TopicError {
     Refused { topic: String, code: RDKafkaErrorCode },
 }
 
+impl TopicError {
+    /// Whether the broker could not be reached or answered too late (down, starting, or overloaded): the same
+    /// request may succeed later. A refusal for any other reason (a policy, a bad partition count) is not.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Kafka { source, .. } => source.rdkafka_error_code().is_some_and(broker_unreachable),
+            Self::Refused { code, .. } => broker_unreachable(*code),
+        }
+    }
+}
+
+/// Whether `code` means "no broker answered in time", not "the broker said no".
+pub fn broker_unreachable(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::NotController
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::CoordinatorNotAvailable
+            | RDKafkaErrorCode::Resolve
+    )
+}
+
 /// The topic to make sure of.
 #[derive(Debug, Clone, Copy)]
 pub struct TopicSpec<'a> {
