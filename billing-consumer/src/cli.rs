@@ -15,12 +15,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::audit::AuditSettings;
 use crate::error::BillingError;
-use crate::invoice::Period;
-use crate::pricing::PriceTable;
+use crate::ledger::pricing::PriceTable;
 use crate::quota::policy::ConfiguredScope;
-use crate::rebuild::RebuildSettings;
+use crate::replay::audit::AuditSettings;
+use crate::replay::rebuild::RebuildSettings;
+use crate::reports::invoice::Period;
 use crate::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
 
 /// The only way to give the ClickHouse password: it never appears on a command line or in a log.
@@ -135,7 +135,7 @@ pub struct RunArgs {
     pub partitions: i32,
 
     /// Replication factor of the topic if it has to be created; -1 is the broker's default.
-    #[arg(long, default_value_t = crate::topics::BROKER_DEFAULT_REPLICATION, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = crate::kafka::topics::BROKER_DEFAULT_REPLICATION, allow_negative_numbers = true)]
     pub replication_factor: i32,
 
     /// Write a batch when it holds this many messages…
@@ -315,7 +315,7 @@ pub struct InvoiceArgs {
     pub prices: Option<PathBuf>,
 
     /// The table to read, e.g. one written by `rebuild`.
-    #[arg(long, default_value = crate::store::USAGE_TABLE)]
+    #[arg(long, default_value = crate::ledger::store::USAGE_TABLE)]
     pub table: String,
 }
 
@@ -339,7 +339,7 @@ pub struct AuditArgs {
     pub topic: String,
 
     /// The ClickHouse table to compare with.
-    #[arg(long, default_value = crate::store::USAGE_TABLE)]
+    #[arg(long, default_value = crate::ledger::store::USAGE_TABLE)]
     pub table: String,
 
     /// Start reading Kafka this long before --from (by Kafka time), for gateway clocks ahead of the producer's.
@@ -347,7 +347,7 @@ pub struct AuditArgs {
     pub margin: Duration,
 
     /// List at most this many events that differ.
-    #[arg(long, default_value_t = crate::audit::DEFAULT_MAX_EVENTS)]
+    #[arg(long, default_value_t = crate::replay::audit::DEFAULT_MAX_EVENTS)]
     pub max_events: usize,
 
     /// Print JSON instead of text.
@@ -396,7 +396,7 @@ pub struct CheckPricesArgs {
 }
 
 fn since_now(input: &str) -> Result<DateTime<Utc>, BillingError> {
-    crate::report::parse_since(input, Utc::now())
+    crate::reports::usage::parse_since(input, Utc::now())
 }
 
 /// The price table at `path`, if one is given.

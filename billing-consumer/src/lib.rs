@@ -8,35 +8,37 @@
 //! A tour, in the order data flows:
 //!
 //! - [`cli`] — the command line (`migrate`, `run`, `quota`, `usage`, `invoice`, `audit`, `rebuild`,
-//!   `reingest-rejected`, `check-prices`) and how it becomes settings.
-//! - [`settings`] — plain settings structs and the ClickHouse client they build.
-//! - [`topics`] — creates the usage topic and the compacted quota topic when they do not exist yet.
-//! - [`migrations`] — versioned, checksummed SQL embedded from `migrations/`, applied in order.
-//! - [`pricing`] — the price file, its versions, and the cost of one event in integer micro-units (pure).
-//! - [`kafka`] — the consumer (manual commits, earliest reset) and the commit of a written batch.
+//!   `reingest-rejected`, `check-prices`) and how it becomes settings; [`service`] — `run`'s wiring (topics,
+//!   migrations, ingest, the quota loop, the config follower, the endpoint), which `main` and the end-to-end
+//!   stack both run.
+//! - [`kafka`] — the ingest consumer (manual commits, earliest reset) and the commit of a written batch;
+//!   [`kafka::topics`] creates the usage topic and the compacted quota topic; [`kafka::reader`] reads the usage
+//!   topic outside any group from a point in Kafka time up to the high watermarks (the quota loop and
+//!   [`replay`] use it); [`kafka::stall`] makes a group member that holds nothing while work stands still join
+//!   again.
 //! - [`ingest`] — the loop: collect a batch, price and write it, commit it; retry ClickHouse failures, never
 //!   skip. [`ingest::batch`] decodes messages and computes the offsets to commit; [`ingest::lag`] measures the
 //!   group's lag.
-//! - [`store`] — the `usage_events` / `usage_events_rejected` rows, the event → row mapping and the INSERTs.
-//! - [`report`] — per-model usage of one consumer, read with `FINAL`; `--since` parsing; table and JSON output.
-//! - [`invoice`] — one consumer's calendar month: line items per model and price version, totals per currency;
-//!   table, JSON and CSV. [`table`] aligns the text tables.
-//! - [`reader`] — the usage topic read outside any group from a point in Kafka time up to the high watermarks,
-//!   with the broker's offsets-by-time quirks handled; used by the quota loop and by [`replay`], which reads a
-//!   time range in chunks with a progress bar.
-//! - [`audit`] — recomputes a range from Kafka ([`audit::tally`], pure) and compares it with ClickHouse
-//!   ([`audit::report`]): every differing field, then the events that differ.
-//! - [`rebuild`] — re-ingests a range from Kafka into a fresh table like `usage_events`, with today's prices.
-//! - [`reingest`] — `reingest-rejected`: decodes the kept rejected messages again with the current reader and
-//!   bills those that decode now, idempotently.
+//! - [`ledger`] — ClickHouse: [`ledger::migrations`] (versioned, checksummed SQL embedded from `migrations/`),
+//!   [`ledger::pricing`] (the price file, its versions, the cost of one event in integer micro-units; pure),
+//!   [`ledger::store`] (the rows, the event → row mapping and the INSERTs), [`ledger::reingest`]
+//!   (`reingest-rejected`: bills the kept rejected messages that the current reader decodes, idempotently).
+//! - [`reports`] — [`reports::usage`] (per-model usage of one consumer, read with `FINAL`) and
+//!   [`reports::invoice`] (one consumer's month: line items per model and price version, totals per currency;
+//!   table, JSON and CSV).
+//! - [`replay`] — a time range of the usage topic read back in chunks ([`replay::ReplayRange`]):
+//!   [`replay::audit`] recomputes it and compares it with ClickHouse, [`replay::rebuild`] re-ingests it into a
+//!   fresh table with today's prices.
 //! - [`quota`] — the quota loop: rebuild the windows from the usage topic, then count live events and publish
 //!   changed snapshots and heartbeats. [`quota::policy`] reads the scopes from the gateway's TOML (or the config
-//!   topic's resources), [`quota::windows`] is the counting (pure), [`quota::publisher`] writes the quota topic.
+//!   topic's resources), [`quota::windows`] is the counting (pure), [`quota::publisher`] writes the quota topic,
+//!   [`quota::lease`] decides which loop publishes.
 //! - [`config_topic`] — with `--config-topic`, follows the admin API's `tollgate.config.v1`: its limits replace
 //!   the gateway file's for the quota loop, live, and its price versions join the price file's for ingest.
 //!   [`config_topic::resources`] is the resource map the topic's changes build (pure).
-//! - [`metrics`] — every metric, described once; the Prometheus recorder. [`endpoint`] serves it and
-//!   [`readiness`] (`GET /readyz`: whether ingest and the quota loop reach the broker and ClickHouse).
+//! - [`telemetry`] — every metric, described once, and the Prometheus recorder; the endpoint that serves it and
+//!   `GET /readyz` (whether ingest and the quota loop reach the broker and ClickHouse).
+//! - [`settings`] — the settings structs the command line and the tests fill.
 //! - [`error`] — [`BillingError`], the one error type, with a bounded `kind()`.
 //!
 //! Exactly-once in the ledger comes from the data, not the transport: Kafka redelivers after a crash or a
@@ -44,29 +46,17 @@
 //! computed from the event alone, so every delivery of an event carries the same cost, and invoices are sums of
 //! stored per-event costs that the audit reproduces from Kafka to the micro-unit.
 
-pub mod audit;
 pub mod cli;
 pub mod config_topic;
-pub mod endpoint;
 pub mod error;
 pub mod ingest;
-pub mod invoice;
 pub mod kafka;
-pub mod metrics;
-pub mod migrations;
-pub mod pricing;
+pub mod ledger;
 pub mod quota;
-pub mod reader;
-pub mod readiness;
-pub mod rebuild;
-pub mod reingest;
 pub mod replay;
-pub mod report;
+pub mod reports;
 pub mod service;
 pub mod settings;
-pub mod stall;
-pub mod store;
-pub mod table;
-pub mod topics;
+pub mod telemetry;
 
 pub use error::BillingError;

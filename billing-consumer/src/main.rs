@@ -10,10 +10,13 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::cli::{self, Cli, Command, InvoiceFormat};
+use tollgate_billing_consumer::kafka::topics;
+use tollgate_billing_consumer::ledger::{migrations, pricing, reingest};
+use tollgate_billing_consumer::replay::{audit, rebuild};
+use tollgate_billing_consumer::reports::{invoice, usage};
 use tollgate_billing_consumer::service::{self, ServiceSettings, UsageTopicLayout};
-use tollgate_billing_consumer::{
-    BillingError, audit, invoice, metrics, migrations, pricing, quota, rebuild, reingest, report, topics,
-};
+use tollgate_billing_consumer::telemetry::metrics;
+use tollgate_billing_consumer::{BillingError, quota};
 
 /// The library's command line ([`Cli`]) with the binary's own logging option beside it.
 #[derive(Debug, Parser)]
@@ -110,7 +113,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             .await?;
         }
         Command::Usage(usage) => {
-            let report = report::usage(&clickhouse, &usage.consumer, usage.since).await?;
+            let report = usage::usage(&clickhouse, &usage.consumer, usage.since).await?;
             if usage.json {
                 println!(
                     "{}",

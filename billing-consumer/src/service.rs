@@ -16,10 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config_topic::{ConfigFollower, FollowSettings};
 use crate::error::BillingError;
-use crate::pricing::{LivePrices, PriceTable};
+use crate::kafka::topics;
+use crate::ledger::migrations;
+use crate::ledger::pricing::{LivePrices, PriceTable};
 use crate::quota::policy::ConfiguredScope;
 use crate::settings::{IngestSettings, QuotaSettings};
-use crate::{ingest, migrations, quota, topics};
+use crate::{ingest, quota};
 
 /// How the usage topic is created when it does not exist.
 #[derive(Debug, Clone, Copy)]
@@ -157,7 +159,7 @@ where
             },
             () = shutdown.cancelled() => return Ok(None),
         };
-        metrics::counter!(crate::metrics::STARTUP_RETRIES, "step" => step_name).increment(1);
+        metrics::counter!(crate::telemetry::metrics::STARTUP_RETRIES, "step" => step_name).increment(1);
         tracing::warn!(
             step = step_name,
             attempt,

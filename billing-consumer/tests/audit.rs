@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::ledger::{Fixture, produce};
-use tollgate_billing_consumer::audit::report::{EventDifferenceKind, EventRecord};
-use tollgate_billing_consumer::audit::tally::EventValues;
-use tollgate_billing_consumer::audit::{self, AuditSettings};
-use tollgate_billing_consumer::pricing::{PriceTable, TokenUsage};
-use tollgate_billing_consumer::rebuild::{self, RebuildSettings};
+use tollgate_billing_consumer::ledger::pricing::{PriceTable, TokenUsage};
+use tollgate_billing_consumer::replay::audit::report::{EventDifferenceKind, EventRecord};
+use tollgate_billing_consumer::replay::audit::tally::EventValues;
+use tollgate_billing_consumer::replay::audit::{self, AuditSettings};
+use tollgate_billing_consumer::replay::rebuild::{self, RebuildSettings};
 use tollgate_schemas::usage::UsageEvent;
 
 const PRICES: &str = r#"

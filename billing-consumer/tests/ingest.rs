@@ -14,8 +14,10 @@ use common::ledger::{
     Fixture, PARTITIONS, count, offsets, produce, produce_event, wait_until_committed_to_the_end,
 };
 use tokio_util::sync::CancellationToken;
+use tollgate_billing_consumer::ingest;
+use tollgate_billing_consumer::kafka::topics;
+use tollgate_billing_consumer::reports::usage;
 use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings};
-use tollgate_billing_consumer::{ingest, report, topics};
 use tollgate_schemas::usage::UsageEvent;
 
 const DISTINCT_FIRST: usize = 480;
@@ -128,7 +130,7 @@ async fn ingest_writes_each_event_once_keeps_malformed_ones_and_commits_to_the_e
     let mut grand_total = 0;
     for consumer in common::CONSUMERS {
         for since in [None, Some(common::event_time(250))] {
-            let usage = report::usage(&ch, consumer, since).await.unwrap();
+            let usage = usage::usage(&ch, consumer, since).await.unwrap();
             let got = common::report_lines(&usage);
             assert_eq!(
                 got,

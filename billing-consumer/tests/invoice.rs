@@ -13,8 +13,8 @@ mod common;
 
 use chrono::DateTime;
 use common::ledger::Fixture;
-use tollgate_billing_consumer::invoice::{self, Invoice, Period};
-use tollgate_billing_consumer::pricing::PriceTable;
+use tollgate_billing_consumer::ledger::pricing::PriceTable;
+use tollgate_billing_consumer::reports::invoice::{self, Invoice, Period};
 use tollgate_schemas::usage::UsageEvent;
 
 const PRICES: &str = r#"

@@ -6,10 +6,10 @@
 
 mod common;
 
-use tollgate_billing_consumer::migrations::{self, MIGRATIONS};
-use tollgate_billing_consumer::pricing::PriceTable;
-use tollgate_billing_consumer::report;
-use tollgate_billing_consumer::store::{self, Position};
+use tollgate_billing_consumer::ledger::migrations::{self, MIGRATIONS};
+use tollgate_billing_consumer::ledger::pricing::PriceTable;
+use tollgate_billing_consumer::ledger::store::{self, Position};
+use tollgate_billing_consumer::reports::usage;
 
 #[tokio::test]
 async fn migrations_apply_once_and_refuse_a_changed_migration() {
@@ -145,7 +145,7 @@ async fn redelivered_rows_count_once_and_the_report_matches() {
 
     for consumer in common::CONSUMERS {
         for since in [None, Some(common::event_time(30))] {
-            let report = report::usage(&ch, consumer, since).await.unwrap();
+            let report = usage::usage(&ch, consumer, since).await.unwrap();
             let got = common::report_lines(&report);
             assert_eq!(
                 got,
@@ -156,7 +156,7 @@ async fn redelivered_rows_count_once_and_the_report_matches() {
             assert_eq!(report.total.total_tokens, got.iter().map(|l| l.4).sum::<u64>());
         }
     }
-    let nobody = report::usage(&ch, "nobody", None).await.unwrap();
+    let nobody = usage::usage(&ch, "nobody", None).await.unwrap();
     assert!(nobody.models.is_empty());
     assert_eq!(nobody.total.requests, 0);
 

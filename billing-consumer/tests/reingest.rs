@@ -9,8 +9,8 @@ mod common;
 
 use std::process::Command;
 
-use tollgate_billing_consumer::migrations;
-use tollgate_billing_consumer::store::{self, Position, REJECTED_TABLE};
+use tollgate_billing_consumer::ledger::migrations;
+use tollgate_billing_consumer::ledger::store::{self, Position, REJECTED_TABLE};
 
 const FIXTURE: &str = include_str!("../../schemas/fixtures/tollgate.usage.v1.json");
 const EVENT_ID: &str = "019a9b8e-4f3c-7a21-9d4e-2b6c1f0e8a57";

@@ -11,8 +11,8 @@
 use std::sync::OnceLock;
 
 use tollgate_billing_consumer::ingest::batch::{Batch, decode};
-use tollgate_billing_consumer::pricing::PriceTable;
-use tollgate_billing_consumer::store::Position;
+use tollgate_billing_consumer::ledger::pricing::PriceTable;
+use tollgate_billing_consumer::ledger::store::Position;
 
 /// compose/prices.toml, the price table of the local stack.
 fn prices() -> &'static PriceTable {

@@ -304,19 +304,20 @@ impl Stack {
 
         // Creating a topic is idempotent; a busy broker may time out an admin request, so try a few times.
         let mut tries = 0;
-        while let Err(e) = tollgate_billing_consumer::topics::ensure(&infra.brokers, &topic, 3).await {
+        while let Err(e) = tollgate_billing_consumer::kafka::topics::ensure(&infra.brokers, &topic, 3).await {
             tries += 1;
             assert!(tries < 5, "create the usage topic: {e}");
             actix_web::rt::time::sleep(Duration::from_millis(500)).await;
         }
         let mut tries = 0;
-        while let Err(e) = tollgate_billing_consumer::topics::ensure_quota(&infra.brokers, &quota_topic).await
+        while let Err(e) =
+            tollgate_billing_consumer::kafka::topics::ensure_quota(&infra.brokers, &quota_topic).await
         {
             tries += 1;
             assert!(tries < 5, "create the quota topic: {e}");
             actix_web::rt::time::sleep(Duration::from_millis(500)).await;
         }
-        tollgate_billing_consumer::migrations::apply(&clickhouse)
+        tollgate_billing_consumer::ledger::migrations::apply(&clickhouse)
             .await
             .expect("apply ClickHouse migrations");
 

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tollgate_billing_consumer::pricing::{PriceTable, TokenUsage};
+use tollgate_billing_consumer::ledger::pricing::{PriceTable, TokenUsage};
 use tollgate_tests::stack::{CONSUMERS, Stack, StackOptions, UPSTREAM_MODEL};
 
 const LIMIT: u64 = 100;

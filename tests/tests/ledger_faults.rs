@@ -140,7 +140,7 @@ async fn audit_is_clean(brokers: &str, topic: &str, clickhouse_url: &str, databa
         password: None,
     };
     let now = Utc::now();
-    let settings = tollgate_billing_consumer::audit::AuditSettings::new(
+    let settings = tollgate_billing_consumer::replay::audit::AuditSettings::new(
         brokers,
         topic,
         clickhouse,
@@ -148,7 +148,7 @@ async fn audit_is_clean(brokers: &str, topic: &str, clickhouse_url: &str, databa
         now + chrono::Duration::minutes(1),
         None,
     );
-    let report = tollgate_billing_consumer::audit::run(&settings)
+    let report = tollgate_billing_consumer::replay::audit::run(&settings)
         .await
         .expect("the audit runs");
     eprintln!("audit: {}", report.summary());
@@ -173,7 +173,7 @@ fn expected_tokens(events: &[UsageEvent]) -> u64 {
 async fn fresh_topic(infra: &Infra, run: &str) -> String {
     let topic = format!("tollgate.usage.v1.fault-{run}");
     let mut tries = 0;
-    while let Err(e) = tollgate_billing_consumer::topics::ensure(&infra.brokers, &topic, 3).await {
+    while let Err(e) = tollgate_billing_consumer::kafka::topics::ensure(&infra.brokers, &topic, 3).await {
         tries += 1;
         assert!(tries < 5, "create the topic: {e}");
         actix_web::rt::time::sleep(Duration::from_millis(500)).await;

@@ -17,7 +17,7 @@ const PROMETHEUS_SERIES: &[&str] = &["up"];
 const METRIC_SOURCES: &[&str] = &[
     "gateway/src/metrics.rs",
     "meter-sidecar/src/metrics.rs",
-    "billing-consumer/src/metrics.rs",
+    "billing-consumer/src/telemetry/metrics.rs",
 ];
 
 const METRIC_PREFIXES: &[&str] = &["tollgate_", "meter_", "billing_"];

@@ -149,7 +149,7 @@ async fn a_hundred_requests_from_three_consumers_land_in_clickhouse_exactly_once
 
     // billing-consumer's report agrees with the rows, per consumer.
     for (consumer, _, _) in CONSUMERS {
-        let report = tollgate_billing_consumer::report::usage(&stack.clickhouse, consumer, None)
+        let report = tollgate_billing_consumer::reports::usage::usage(&stack.clickhouse, consumer, None)
             .await
             .unwrap();
         let mine: Vec<&Sent> = sent.iter().filter(|s| s.consumer == consumer).collect();

@@ -42,11 +42,11 @@ use tokio::sync::watch;
 use tollgate_schemas::config::ResourceKind;
 
 use crate::error::BillingError;
-use crate::metrics as m;
-use crate::pricing::{LivePrices, PriceTable};
+use crate::kafka::reader::ReaderContext;
+use crate::ledger::pricing::{LivePrices, PriceTable};
 use crate::quota::PolicyUpdates;
 use crate::quota::policy::{self, ConfiguredScope};
-use crate::reader::ReaderContext;
+use crate::telemetry::metrics as m;
 
 use self::resources::Resources;
 

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use tollgate_schemas::usage::UsageEvent;
 
 use crate::error::{BillingError, RejectReason};
-use crate::pricing::PriceTable;
-use crate::store::{self, Position, RejectedRow, UsageRow};
+use crate::ledger::pricing::PriceTable;
+use crate::ledger::store::{self, Position, RejectedRow, UsageRow};
 
 /// Messages read since the last commit, decoded.
 #[derive(Debug, Default)]

@@ -7,7 +7,7 @@
 //! Measured once a second beside the ingest loop, with the ingest consumer's own client (a metadata, an
 //! offset-fetch and a watermark request per partition); a failed measurement leaves the gauge as it was.
 //!
-//! The same measurement recognises an orphaned group ([`crate::stall`]): while this consumer holds no partition,
+//! The same measurement recognises an orphaned group ([`crate::kafka::stall`]): while this consumer holds no partition,
 //! there is lag, and the group's committed offsets have not moved for [`ORPHANED_AFTER`], nobody ingests. The
 //! consumer then leaves the group and joins it again (`billing_ingest_rejoins_total`). A member that is idle
 //! beside busy ones (more members than partitions) sees the committed offsets move and never rejoins.
@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::BillingError;
 use crate::kafka::IngestConsumer;
-use crate::metrics as m;
-use crate::stall::Stall;
+use crate::kafka::stall::Stall;
+use crate::telemetry::metrics as m;
 
 /// How often the lag is measured.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -72,7 +72,7 @@ pub async fn watch(consumer: Arc<IngestConsumer>, topic: String, shutdown: Cance
             Ok(Ok(Some(partitions))) => {
                 let lag = lag_events(&partitions);
                 metrics::gauge!(m::CONSUMER_LAG).set(lag as f64);
-                crate::readiness::STATE.lag_measured(crate::readiness::now_ms());
+                crate::telemetry::readiness::STATE.lag_measured(crate::telemetry::readiness::now_ms());
                 failing = false;
                 let holds_nothing = consumer.assignment().is_ok_and(|held| held.count() == 0);
                 if holds_nothing && lag > 0 {
@@ -88,7 +88,7 @@ pub async fn watch(consumer: Arc<IngestConsumer>, topic: String, shutdown: Cance
             // The topic does not exist yet: nothing to ingest.
             Ok(Ok(None)) => {
                 metrics::gauge!(m::CONSUMER_LAG).set(0.0);
-                crate::readiness::STATE.lag_measured(crate::readiness::now_ms());
+                crate::telemetry::readiness::STATE.lag_measured(crate::telemetry::readiness::now_ms());
             }
             Ok(Err(error)) if !failing => {
                 tracing::debug!(error_kind = error.kind(), %error, "Measuring the consumer lag failed.");

@@ -15,7 +15,7 @@
 //! where exactly-once comes from. While a batch is being retried the consumer does not poll; after
 //! `max.poll.interval.ms` it leaves the group, its commit fails harmlessly, and it rejoins on its next read.
 //!
-//! Each event is priced while its row is built ([`crate::pricing`]: the table loaded at start, or with
+//! Each event is priced while its row is built ([`crate::ledger::pricing`]: the table loaded at start, or with
 //! `--config-topic` the [`LivePrices`] the config follower replaces, read once per batch so a batch is priced by
 //! one table) for the model that served it (`model_served`): cost, currency and price version go into the row,
 //! so invoices are sums of stored per-event costs. An event with no price in force is stored with cost 0,
@@ -38,10 +38,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::BillingError;
 use crate::kafka::{self, IngestConsumer};
-use crate::metrics as m;
-use crate::pricing::{LivePrices, PriceTable};
+use crate::ledger::pricing::{LivePrices, PriceTable};
+use crate::ledger::store::{self, Position};
 use crate::settings::IngestSettings;
-use crate::store::{self, Position};
+use crate::telemetry::metrics as m;
 
 use self::batch::Batch;
 
@@ -61,7 +61,7 @@ pub async fn run(settings: IngestSettings, shutdown: CancellationToken) -> Resul
 /// Runs the ingest loop, pricing every event with `prices`, until `shutdown` is cancelled, then settles the
 /// batch in hand and returns.
 ///
-/// The database must be migrated first ([`crate::migrations::apply`]); the topic need not exist yet (the
+/// The database must be migrated first ([`crate::ledger::migrations::apply`]); the topic need not exist yet (the
 /// consumer picks it up once it does).
 pub async fn run_with_prices(
     settings: IngestSettings,
@@ -91,7 +91,7 @@ pub async fn run_with_live_prices(
         price_versions = prices.current().versions().len(),
         "Ingest started."
     );
-    crate::readiness::STATE.ingest_started(lag::INTERVAL, crate::readiness::now_ms());
+    crate::telemetry::readiness::STATE.ingest_started(lag::INTERVAL, crate::telemetry::readiness::now_ms());
     let watching = shutdown.child_token();
     let lag_task = tokio::spawn(lag::watch(
         Arc::clone(&consumer),
@@ -192,12 +192,12 @@ async fn settle(
         match write(client, &batch).await {
             Ok(()) => {
                 metrics::histogram!(m::INSERT_DURATION).record(started.elapsed().as_secs_f64());
-                crate::readiness::STATE.insert_failing(false);
+                crate::telemetry::readiness::STATE.insert_failing(false);
                 break;
             }
             Err(error) => {
                 metrics::counter!(m::INSERT_FAILURES).increment(1);
-                crate::readiness::STATE.insert_failing(true);
+                crate::telemetry::readiness::STATE.insert_failing(true);
                 tracing::warn!(
                     error_kind = error.kind(),
                     %error,

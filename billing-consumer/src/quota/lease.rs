@@ -12,7 +12,7 @@
 //! both are responsive.
 //!
 //! **An orphaned lease is taken back.** Tansu 0.6 can form the group with nobody holding the partition (see
-//! [`crate::stall`]). Every loop therefore watches the quota topic while it does not hold the lease: the holder
+//! [`crate::kafka::stall`]). Every loop therefore watches the quota topic while it does not hold the lease: the holder
 //! publishes a heartbeat every `heartbeat_interval`, so a topic whose end has not moved for [`orphaned_after`]
 //! means that nobody publishes. The member then leaves and joins again as a new member
 //! (`billing_quota_lease_rejoins_total`). A standby beside a live holder sees the topic move and never rejoins.
@@ -35,8 +35,8 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 
 use crate::error::BillingError;
-use crate::metrics as m;
-use crate::stall::Stall;
+use crate::kafka::stall::Stall;
+use crate::telemetry::metrics as m;
 
 /// How long the coordinator waits for a silent holder before giving the lease to another loop.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
@@ -82,7 +82,7 @@ impl ConsumerContext for LeaseContext {
 
 fn set(holder: &AtomicBool, holds: bool) {
     let held = holder.swap(holds, Ordering::AcqRel);
-    crate::readiness::STATE.lease_held(holds, crate::readiness::now_ms());
+    crate::telemetry::readiness::STATE.lease_held(holds, crate::telemetry::readiness::now_ms());
     if held != holds {
         metrics::gauge!(m::QUOTA_LEASE_HELD).set(if holds { 1.0 } else { 0.0 });
         if holds {

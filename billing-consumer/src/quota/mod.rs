@@ -4,7 +4,7 @@
 //! topic only the [`lease`] holder publishes.
 //!
 //! 1. **Rebuild.** Nothing is stored between runs: on start the loop reads every partition of the usage topic
-//!    from the first record at or after `now − longest window − 5 min` by Kafka time ([`crate::reader`]) up to the high
+//!    from the first record at or after `now − longest window − 5 min` by Kafka time ([`crate::kafka::reader`]) up to the high
 //!    watermarks it had at the start, counting events but publishing nothing, so a gateway never sees a
 //!    half-rebuilt, lower `used`.
 //!    Once caught up it publishes every scope's snapshot at once.
@@ -50,14 +50,14 @@ use tokio_util::sync::CancellationToken;
 use tollgate_schemas::quota::QuotaHeartbeat;
 
 use crate::error::{BillingError, RejectReason};
-use crate::metrics as m;
 use crate::settings::QuotaSettings;
+use crate::telemetry::metrics as m;
 
 use self::lease::Lease;
 use self::policy::ConfiguredScope;
 use self::publisher::Publisher;
 use self::windows::{Applied, Position, QuotaState};
-use crate::reader::{self, Reader, ReaderConsumer};
+use crate::kafka::reader::{self, Reader, ReaderConsumer};
 
 /// The live quota policy: the scopes to compute, replaced whole when the configuration changes.
 pub type PolicyUpdates = watch::Receiver<Arc<Vec<ConfiguredScope>>>;
@@ -81,7 +81,7 @@ pub fn lookback_for(scopes: &[ConfiguredScope]) -> Duration {
 }
 
 /// Runs the quota loop for `settings.scopes` until `shutdown` is cancelled. The quota topic should exist
-/// ([`crate::topics::ensure_quota`]); the usage topic need not yet (the loop waits for it).
+/// ([`crate::kafka::topics::ensure_quota`]); the usage topic need not yet (the loop waits for it).
 pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
     run_live(settings, None, shutdown).await
 }
@@ -135,7 +135,7 @@ pub async fn run_live(
         brokers: settings.brokers.clone(),
         usage_topic: settings.usage_topic.clone(),
     };
-    crate::readiness::STATE.quota_started(settings.heartbeat_interval, now_ms());
+    crate::telemetry::readiness::STATE.quota_started(settings.heartbeat_interval, now_ms());
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval.max(Duration::from_millis(1)));
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
@@ -458,7 +458,7 @@ impl QuotaLoop {
             rebuilding: self.rebuilding,
         };
         match self.publisher.heartbeat(heartbeat).await {
-            Ok(()) => crate::readiness::STATE.heartbeat_delivered(now_ms()),
+            Ok(()) => crate::telemetry::readiness::STATE.heartbeat_delivered(now_ms()),
             Err(error) => {
                 metrics::counter!(m::QUOTA_PUBLISH_FAILURES).increment(1);
                 tracing::warn!(error_kind = error.kind(), %error, "Publishing a quota heartbeat failed.");

@@ -18,8 +18,8 @@ use tollgate_schemas::CloudEvent;
 use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeat, QuotaSnapshot};
 
 use crate::error::BillingError;
-use crate::metrics as m;
 use crate::quota::windows::snapshot_key;
+use crate::telemetry::metrics as m;
 
 /// How long a message may wait for delivery (including the producer's own retries).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -10,9 +10,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-use tollgate_billing_consumer::pricing::PriceTable;
+use tollgate_billing_consumer::ingest;
+use tollgate_billing_consumer::kafka::topics;
+use tollgate_billing_consumer::ledger::migrations;
+use tollgate_billing_consumer::ledger::pricing::PriceTable;
 use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings};
-use tollgate_billing_consumer::{ingest, migrations, topics};
 use tollgate_schemas::usage::UsageEvent;
 
 /// Partitions of every test topic.

@@ -123,7 +123,7 @@ pub fn event(i: usize) -> UsageEvent {
 /// A report's per-model lines as (model, requests, prompt, completion, total), comparable with
 /// [`expected_usage`].
 pub fn report_lines(
-    report: &tollgate_billing_consumer::report::UsageReport,
+    report: &tollgate_billing_consumer::reports::usage::UsageReport,
 ) -> Vec<(String, u64, u64, u64, u64)> {
     report
         .models

@@ -1,5 +1,5 @@
 //! The ClickHouse side of ingest: the row types of `usage_events` and `usage_events_rejected`, the mapping from a
-//! decoded [`UsageEvent`] to its row (priced by [`crate::pricing`] for the model that served it,
+//! decoded [`UsageEvent`] to its row (priced by [`crate::ledger::pricing`] for the model that served it,
 //! `model_served`), and the batch INSERTs.
 //!
 //! Rows go in as `RowBinary` in the struct's field order, which names the columns of the INSERT; the table
@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use tollgate_schemas::usage::UsageEvent;
 
 use crate::error::{BillingError, RejectReason};
-use crate::pricing::{PriceTable, TokenUsage};
+use crate::ledger::pricing::{PriceTable, TokenUsage};
 
 /// The `usage_events` table.
 pub const USAGE_TABLE: &str = "usage_events";
@@ -213,7 +213,7 @@ mod tests {
         Attempt, AttemptError, EstimateSource, Outcome, UsageRecorded, UsageSource,
     };
 
-    const FIXTURE: &str = include_str!("../../schemas/fixtures/tollgate.usage.v1.json");
+    const FIXTURE: &str = include_str!("../../../schemas/fixtures/tollgate.usage.v1.json");
 
     fn at() -> Position {
         Position {

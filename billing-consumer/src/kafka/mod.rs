@@ -1,9 +1,15 @@
-//! The Kafka side of ingest: the consumer's configuration, its context (rebalance and commit logging), and the
-//! offset commit that follows a successful INSERT.
+//! billing-consumer's Kafka plumbing. Here: the ingest consumer's configuration, its context (rebalance and
+//! commit logging), and the offset commit that follows a successful INSERT. Beside it: [`topics`] (the usage and
+//! quota topics made sure of), [`reader`] (a topic read outside any group from a point in Kafka time), and
+//! [`stall`] (a group member that holds nothing while the work stands still joins again).
 //!
 //! Offsets are never committed automatically (`enable.auto.commit=false`): the ingest loop commits them itself,
 //! only after ClickHouse acknowledged the batch, so a crash at any point redelivers rather than loses. A new
 //! group starts from the earliest offset, so a fresh ledger sees the whole retained history.
+
+pub mod reader;
+pub mod stall;
+pub mod topics;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //!    `from − margin` by Kafka time up to the high watermarks at the start, outside any consumer group (nothing
 //!    is committed). [`tally`] keeps the events whose `finished_at_ms` is in `[from, to)`, each id once, and sums
 //!    per consumer, served model (`model_served`) and currency: events, prompt, cached and completion tokens,
-//!    and — with a price table — the cost, priced by the same [`crate::pricing`] code as ingest; the served
+//!    and — with a price table — the cost, priced by the same [`crate::ledger::pricing`] code as ingest; the served
 //!    models with no price in force are reported (and logged once, at warn level).
 //! 2. **Ledger**: the same sums from ClickHouse, `FINAL`, over the rows with `finished_at_ms` in the range
 //!    (their `event_time` within a day of it too, so only the partitions concerned are read: the envelope time
@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use self::report::{AuditReport, EventRecord, KafkaPosition};
 use self::tally::{EventValues, GroupKey, Tally, Totals};
 use crate::error::BillingError;
-use crate::pricing::PriceTable;
+use crate::ledger::pricing::PriceTable;
 use crate::replay::Replay;
 use crate::replay::ReplayRange;
 use crate::settings::{ClickHouseSettings, plain_identifier};
@@ -62,7 +62,7 @@ impl AuditSettings {
         Self {
             range: ReplayRange::new(brokers, topic, from, to),
             clickhouse,
-            table: crate::store::USAGE_TABLE.to_owned(),
+            table: crate::ledger::store::USAGE_TABLE.to_owned(),
             prices,
             max_events: DEFAULT_MAX_EVENTS,
         }

@@ -3,7 +3,7 @@
 //!
 //! Every number is a sum over the month's events counted once (`FINAL` collapses redelivered events), and an
 //! amount is the sum of the events' stored `cost_micros` — each event priced and rounded once at ingest
-//! ([`crate::pricing`]) — so replaying the month through the same prices reproduces every micro-unit. Unit
+//! ([`crate::ledger::pricing`]) — so replaying the month through the same prices reproduces every micro-unit. Unit
 //! prices are shown from the price table when it is given and knows the version; they explain the amount but do
 //! not recompute it (a line's amount differs from tokens × unit price by the per-event rounding, at most half a
 //! micro-unit per event).
@@ -18,9 +18,9 @@ use chrono::{DateTime, Datelike as _, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::error::BillingError;
-use crate::pricing::{PriceTable, format_micros};
+use crate::ledger::pricing::{PriceTable, format_micros};
+use crate::reports::table::{Align, Table};
 use crate::settings::{ClickHouseSettings, plain_identifier};
-use crate::table::{Align, Table};
 
 /// A calendar month, UTC: the period of an invoice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +166,7 @@ pub async fn invoice(
     period: Period,
     prices: Option<&PriceTable>,
 ) -> Result<Invoice, BillingError> {
-    invoice_from(ch, crate::store::USAGE_TABLE, consumer, period, prices).await
+    invoice_from(ch, crate::ledger::store::USAGE_TABLE, consumer, period, prices).await
 }
 
 /// Reads `consumer`'s invoice for `period` from `table` (`usage_events`, or a table written by `rebuild`).
@@ -189,7 +189,7 @@ pub async fn invoice_from(
          GROUP BY model_served, price_version, currency \
          ORDER BY model_served, price_version, currency"
     );
-    let seconds = |t: DateTime<Utc>| crate::store::datetime_seconds(t).unwrap_or(u32::MAX);
+    let seconds = |t: DateTime<Utc>| crate::ledger::store::datetime_seconds(t).unwrap_or(u32::MAX);
     let lines = ch
         .client()
         .query(&sql)

@@ -253,7 +253,7 @@ pub fn describe() {
 }
 
 /// Installs the Prometheus recorder (with its upkeep), describes the metrics and serves them with the readiness
-/// on `listen` ([`crate::endpoint`]). Must be called within a tokio runtime.
+/// on `listen` ([`crate::telemetry::endpoint`]). Must be called within a tokio runtime.
 pub async fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
     // Histograms, not summaries: p99 can then be aggregated across replicas.
     let handle = tollgate_plumbing::telemetry::install_prometheus(
@@ -262,5 +262,5 @@ pub async fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
     )
     .map_err(|e| BillingError::Metrics(e.to_string()))?;
     describe();
-    crate::endpoint::serve(listen, handle).await
+    crate::telemetry::endpoint::serve(listen, handle).await
 }

@@ -1,5 +1,5 @@
 //! Replaying the usage topic for a time range, as the audit and the rebuild do: every partition is read from
-//! the first record whose Kafka timestamp is at or after the range's start less a margin ([`crate::reader`]) up
+//! the first record whose Kafka timestamp is at or after the range's start less a margin ([`crate::kafka::reader`]) up
 //! to the high watermark it had when the replay started, without a consumer group and without committing
 //! anything; each message is handed to the caller, who decodes it and keeps the events whose event time is in
 //! the range.
@@ -12,6 +12,9 @@
 //!
 //! Long replays show a progress bar on stderr (indicatif) when stderr is a terminal; otherwise nothing is drawn.
 
+pub mod audit;
+pub mod rebuild;
+
 use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +25,7 @@ use rdkafka::Message as _;
 use rdkafka::error::KafkaError;
 
 use crate::error::BillingError;
-use crate::reader::{self, Reader};
+use crate::kafka::reader::{self, Reader};
 
 /// How far before the range's start the replay starts reading, by Kafka time, unless told otherwise.
 pub const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);

@@ -5,7 +5,7 @@
 //! Messages are decoded into a lean view of the event (id, type, consumer, served model, tokens,
 //! `finished_at_ms`), borrowing its strings and skipping the rest, which is what makes replaying a million events
 //! cheap. An event counts when its `finished_at_ms` is in the audited range; the first delivery of an id counts
-//! and later ones are duplicates. Costs come from [`crate::pricing`], the same code ingest prices with, for the
+//! and later ones are duplicates. Costs come from [`crate::ledger::pricing`], the same code ingest prices with, for the
 //! served model (`model_served`); the served models with no price in force are collected
 //! ([`Tally::unpriced_models`]). A message the lean view cannot read, or of another event type, is counted as
 //! undecodable (ingest keeps it in `usage_events_rejected`); one the lean view reads but ingest rejected (a field
@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pricing::{PriceTable, TokenUsage};
+use crate::ledger::pricing::{PriceTable, TokenUsage};
 
 /// What the audit sums over: one consumer's events served by one model (`model_served`), priced in one currency
 /// (`""` when unpriced, or when costs are not compared).
@@ -285,7 +285,7 @@ impl Tally {
 mod tests {
     use super::*;
 
-    const FIXTURE: &str = include_str!("../../../schemas/fixtures/tollgate.usage.v1.json");
+    const FIXTURE: &str = include_str!("../../../../schemas/fixtures/tollgate.usage.v1.json");
     const FIXTURE_ID: &str = "019a9b8e-4f3c-7a21-9d4e-2b6c1f0e8a57";
     /// The fixture's `finished_at_ms`: 2026-11-22T09:15:02.481Z.
     const FINISHED: u64 = 1_795_338_902_481;

@@ -332,7 +332,7 @@ fn is_snapshot_date(text: &str) -> bool {
 /// Every version as an aligned table (id, currency, unit prices per million tokens, in force from), for
 /// `check-prices`.
 pub fn describe(table: &PriceTable) -> String {
-    use crate::table::{Align, Table};
+    use crate::reports::table::{Align, Table};
     let mut out = Table::new(&[
         ("price_version", Align::Left),
         ("in force from (UTC)", Align::Left),

@@ -1,7 +1,7 @@
 //! Rebuilding a time range of the ledger from Kafka into a fresh table: `CREATE TABLE NAME AS usage_events`
 //! (same columns, engine, sorting and partition keys), then every event of the usage topic whose
 //! `finished_at_ms` is in `[from, to)` — replayed like the audit does ([`crate::replay`]), decoded and turned
-//! into rows exactly as ingest does ([`crate::ingest::batch::decode`], [`crate::store::usage_row`]), priced with
+//! into rows exactly as ingest does ([`crate::ingest::batch::decode`], [`crate::ledger::store::usage_row`]), priced with
 //! the price table given now for the model that served each event — inserted in batches, each event id once.
 //! The served models left unpriced are logged once, at the end, and listed in the summary.
 //!
@@ -20,11 +20,11 @@ use serde::Serialize;
 
 use crate::error::BillingError;
 use crate::ingest::batch::decode;
-use crate::pricing::PriceTable;
+use crate::ledger::pricing::PriceTable;
+use crate::ledger::store::{self, Position, UsageRow};
 use crate::replay::Replay;
 use crate::replay::ReplayRange;
 use crate::settings::{ClickHouseSettings, plain_identifier};
-use crate::store::{self, Position, UsageRow};
 
 /// Everything [`run`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

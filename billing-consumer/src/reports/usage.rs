@@ -63,7 +63,7 @@ pub async fn usage(
     let mut query = ch.client().query(&sql).bind(consumer);
     if let Some(since) = since {
         // Before 1970 means everything; event times are stored as seconds since 1970.
-        query = query.bind(crate::store::datetime_seconds(since).unwrap_or(0));
+        query = query.bind(crate::ledger::store::datetime_seconds(since).unwrap_or(0));
     }
     let models = query
         .fetch_all::<UsageLine>()

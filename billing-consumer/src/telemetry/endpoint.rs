@@ -1,5 +1,5 @@
 //! The process's HTTP endpoint on `--metrics-listen`: `GET /metrics` (Prometheus text) and `GET /readyz`
-//! ([`crate::readiness`]). HTTP/1.1 through hyper; anything else is 404, a method other than GET or HEAD 405.
+//! ([`crate::telemetry::readiness`]). HTTP/1.1 through hyper; anything else is 404, a method other than GET or HEAD 405.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
 use crate::error::BillingError;
-use crate::readiness;
+use crate::telemetry::readiness;
 
 /// How long a connection may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);

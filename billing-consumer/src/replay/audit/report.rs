@@ -9,8 +9,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 use super::tally::{EventValues, GroupKey, MessageCounts, Totals};
-use crate::pricing::format_micros;
-use crate::table::{Align, Table};
+use crate::ledger::pricing::format_micros;
+use crate::reports::table::{Align, Table};
 
 /// The fields compared per group, in the order they are reported.
 pub const FIELDS: [&str; 5] = [

@@ -39,22 +39,22 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "usage_events",
-        sql: include_str!("../migrations/0001_usage_events.sql"),
+        sql: include_str!("../../migrations/0001_usage_events.sql"),
     },
     Migration {
         version: 2,
         name: "usage_events_rejected",
-        sql: include_str!("../migrations/0002_usage_events_rejected.sql"),
+        sql: include_str!("../../migrations/0002_usage_events_rejected.sql"),
     },
     Migration {
         version: 3,
         name: "usage_events_cost",
-        sql: include_str!("../migrations/0003_usage_events_cost.sql"),
+        sql: include_str!("../../migrations/0003_usage_events_cost.sql"),
     },
     Migration {
         version: 4,
         name: "utc_times",
-        sql: include_str!("../migrations/0004_utc_times.sql"),
+        sql: include_str!("../../migrations/0004_utc_times.sql"),
     },
 ];
 
