@@ -16,12 +16,15 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::BillingError;
+use crate::ingest::IngestSettings;
+use crate::kafka::KafkaSettings;
+use crate::ledger::ClickHouseSettings;
 use crate::ledger::pricing::PriceTable;
+use crate::quota::QuotaSettings;
 use crate::quota::policy::ConfiguredScope;
 use crate::replay::audit::AuditSettings;
 use crate::replay::rebuild::RebuildSettings;
 use crate::reports::invoice::Period;
-use crate::settings::{ClickHouseSettings, IngestSettings, KafkaSettings, QuotaSettings};
 
 /// The only way to give the ClickHouse password: it never appears on a command line or in a log.
 pub const CLICKHOUSE_PASSWORD_ENV: &str = "TOLLGATE_CLICKHOUSE_PASSWORD";

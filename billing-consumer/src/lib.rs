@@ -38,7 +38,6 @@
 //!   [`config_topic::resources`] is the resource map the topic's changes build (pure).
 //! - [`telemetry`] — every metric, described once, and the Prometheus recorder; the endpoint that serves it and
 //!   `GET /readyz` (whether ingest and the quota loop reach the broker and ClickHouse).
-//! - [`settings`] — the settings structs the command line and the tests fill.
 //! - [`error`] — [`BillingError`], the one error type, with a bounded `kind()`.
 //!
 //! Exactly-once in the ledger comes from the data, not the transport: Kafka redelivers after a crash or a
@@ -56,7 +55,6 @@ pub mod quota;
 pub mod replay;
 pub mod reports;
 pub mod service;
-pub mod settings;
 pub mod telemetry;
 
 pub use error::BillingError;

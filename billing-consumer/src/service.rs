@@ -16,11 +16,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config_topic::{ConfigFollower, FollowSettings};
 use crate::error::BillingError;
+use crate::ingest::IngestSettings;
 use crate::kafka::topics;
 use crate::ledger::migrations;
 use crate::ledger::pricing::{LivePrices, PriceTable};
+use crate::quota::QuotaSettings;
 use crate::quota::policy::ConfiguredScope;
-use crate::settings::{IngestSettings, QuotaSettings};
 use crate::{ingest, quota};
 
 /// How the usage topic is created when it does not exist.

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::config_topic::{ConfigFollower, FollowSettings};
 use tollgate_billing_consumer::kafka::topics;
 use tollgate_billing_consumer::ledger::pricing::{PriceTable, TokenUsage};
-use tollgate_billing_consumer::settings::QuotaSettings;
+use tollgate_billing_consumer::quota::QuotaSettings;
 use tollgate_billing_consumer::{ingest, quota};
 use tollgate_schemas::CloudEvent;
 use tollgate_schemas::config::{ChangeAction, ConfigChange, ResourceKind};

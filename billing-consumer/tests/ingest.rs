@@ -15,9 +15,11 @@ use common::ledger::{
 };
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::ingest;
+use tollgate_billing_consumer::ingest::IngestSettings;
+use tollgate_billing_consumer::kafka::KafkaSettings;
 use tollgate_billing_consumer::kafka::topics;
+use tollgate_billing_consumer::ledger::ClickHouseSettings;
 use tollgate_billing_consumer::reports::usage;
-use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings};
 use tollgate_schemas::usage::UsageEvent;
 
 const DISTINCT_FIRST: usize = 480;

@@ -19,8 +19,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::kafka::topics;
+use tollgate_billing_consumer::quota::QuotaSettings;
 use tollgate_billing_consumer::quota::{self, policy::ConfiguredScope};
-use tollgate_billing_consumer::settings::QuotaSettings;
 use tollgate_schemas::quota::{
     HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshot, QuotaSnapshotEvent, Watermark, Window,
 };

@@ -15,7 +15,7 @@ use tollgate_billing_consumer::ledger::store::{self, Position, REJECTED_TABLE};
 const FIXTURE: &str = include_str!("../../schemas/fixtures/tollgate.usage.v1.json");
 const EVENT_ID: &str = "019a9b8e-4f3c-7a21-9d4e-2b6c1f0e8a57";
 
-fn reingest(ch: &tollgate_billing_consumer::settings::ClickHouseSettings) -> String {
+fn reingest(ch: &tollgate_billing_consumer::ledger::ClickHouseSettings) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_billing-consumer"))
         .args(["reingest-rejected", "--since", "2026-01-01"])
         .env("TOLLGATE_CLICKHOUSE_URL", &ch.url)

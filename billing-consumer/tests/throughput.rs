@@ -26,10 +26,10 @@ use chrono::DateTime;
 use common::ledger::{Fixture, produce, wait_until_committed_within};
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::ingest;
+use tollgate_billing_consumer::ingest::IngestSettings;
 use tollgate_billing_consumer::ledger::migrations;
 use tollgate_billing_consumer::ledger::pricing::PriceTable;
 use tollgate_billing_consumer::ledger::store::{self, Position};
-use tollgate_billing_consumer::settings::IngestSettings;
 use tollgate_schemas::usage::UsageEvent;
 
 const PRICES: &str = r#"

@@ -133,7 +133,7 @@ fn billing_consumer(infra: &Infra, clickhouse_url: &str, database: &str, topic: 
 
 /// Replays the topic over the last hour and compares it with the ledger: the audit must find nothing.
 async fn audit_is_clean(brokers: &str, topic: &str, clickhouse_url: &str, database: &str) {
-    let clickhouse = tollgate_billing_consumer::settings::ClickHouseSettings {
+    let clickhouse = tollgate_billing_consumer::ledger::ClickHouseSettings {
         url: clickhouse_url.to_owned(),
         database: database.to_owned(),
         user: "default".into(),

@@ -37,10 +37,11 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BillingError;
+use crate::kafka::KafkaSettings;
 use crate::kafka::{self, IngestConsumer};
+use crate::ledger::ClickHouseSettings;
 use crate::ledger::pricing::{LivePrices, PriceTable};
 use crate::ledger::store::{self, Position};
-use crate::settings::IngestSettings;
 use crate::telemetry::metrics as m;
 
 use self::batch::Batch;
@@ -314,6 +315,19 @@ pub fn next_backoff(current: Duration) -> Duration {
 
 fn now_seconds() -> u32 {
     store::datetime_seconds(Utc::now()).unwrap_or(u32::MAX)
+}
+
+/// Everything [`crate::ingest::run`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestSettings {
+    /// The topic and group to consume.
+    pub kafka: KafkaSettings,
+    /// The ledger to write to.
+    pub clickhouse: ClickHouseSettings,
+    /// A batch is written when it holds this many messages…
+    pub batch_size: usize,
+    /// …or when this long has passed since its first message, whichever comes first.
+    pub batch_wait: Duration,
 }
 
 #[cfg(test)]

@@ -20,7 +20,6 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::error::BillingError;
-use crate::settings::KafkaSettings;
 
 /// The `client.id` Tollgate's billing consumers present to the broker.
 pub const CLIENT_ID: &str = "tollgate-billing-consumer";
@@ -168,4 +167,15 @@ pub async fn commit(
         })?;
     result.map_err(BillingError::kafka("commit offsets"))?;
     Ok(outcome)
+}
+
+/// Where the usage events come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// The usage topic, normally [`tollgate_schemas::topics::USAGE_V1`].
+    pub topic: String,
+    /// The consumer group; its committed offsets are the ingest's progress.
+    pub group_id: String,
 }

@@ -21,7 +21,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::error::BillingError;
-use crate::settings::ClickHouseSettings;
+use crate::ledger::ClickHouseSettings;
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

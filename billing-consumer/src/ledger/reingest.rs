@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{BillingError, RejectReason};
 use crate::ingest::batch::decode;
+use crate::ledger::ClickHouseSettings;
 use crate::ledger::pricing::PriceTable;
 use crate::ledger::store::{self, Position, REJECTED_TABLE, RejectedRow, USAGE_TABLE};
-use crate::settings::ClickHouseSettings;
 
 /// The `reason` of a rejected row whose message is in the ledger now.
 pub const REINGESTED: &str = "reingested";

@@ -2,7 +2,7 @@
 //! overlapping the old process, a second `quota` started by mistake — never both write snapshots.
 //!
 //! **How.** Every quota loop of a quota topic joins one Kafka consumer group
-//! ([`QuotaSettings::lease_group`](crate::settings::QuotaSettings::lease_group), by default
+//! ([`QuotaSettings::lease_group`](crate::quota::QuotaSettings::lease_group), by default
 //! `tollgate-quota-loop/<quota topic>`) subscribed to the quota topic, which has exactly one partition. The group
 //! coordinator assigns that partition to one member: that member holds the lease. The others keep counting (a hot
 //! standby: same topic, same state) but publish nothing, heartbeats included. When the holder leaves (a clean stop

@@ -50,7 +50,6 @@ use tokio_util::sync::CancellationToken;
 use tollgate_schemas::quota::QuotaHeartbeat;
 
 use crate::error::{BillingError, RejectReason};
-use crate::settings::QuotaSettings;
 use crate::telemetry::metrics as m;
 
 use self::lease::Lease;
@@ -469,4 +468,61 @@ impl QuotaLoop {
 
 fn now_ms() -> u64 {
     u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+/// Everything [`crate::quota::run`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaSettings {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// The usage topic to count, normally [`tollgate_schemas::topics::USAGE_V1`].
+    pub usage_topic: String,
+    /// The compacted topic snapshots and heartbeats go to, normally [`tollgate_schemas::topics::QUOTA_V1`].
+    pub quota_topic: String,
+    /// The scopes to compute ([`self::policy`]).
+    pub scopes: Vec<ConfiguredScope>,
+    /// While events keep arriving, changed snapshots are published this often; whenever the usage topic has
+    /// nothing more to read, at once.
+    pub publish_interval: Duration,
+    /// A heartbeat is published this often.
+    pub heartbeat_interval: Duration,
+    /// Event ids remembered for deduplication (at most [`self::windows::MAX_DEDUP_CAPACITY`]).
+    pub dedup_capacity: usize,
+    /// An event whose time is further ahead of its message's broker timestamp is counted at the broker's time.
+    pub max_clock_skew: Duration,
+    /// The CloudEvents `source` of what the loop publishes, e.g. `tollgate-billing-consumer/host-1`.
+    pub source: String,
+    /// The consumer group whose member holding the quota topic's partition publishes ([`self::lease`]):
+    /// the same for every quota loop of `quota_topic`. Default `tollgate-quota-loop/<quota_topic>`.
+    pub lease_group: String,
+}
+
+impl QuotaSettings {
+    /// Default of [`Self::publish_interval`].
+    pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_millis(20);
+    /// Default of [`Self::heartbeat_interval`].
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Settings with the default intervals and deduplication capacity.
+    pub fn new(
+        brokers: impl Into<String>,
+        usage_topic: impl Into<String>,
+        quota_topic: impl Into<String>,
+        scopes: Vec<ConfiguredScope>,
+        source: impl Into<String>,
+    ) -> Self {
+        let quota_topic = quota_topic.into();
+        Self {
+            brokers: brokers.into(),
+            usage_topic: usage_topic.into(),
+            lease_group: format!("tollgate-quota-loop/{quota_topic}"),
+            quota_topic,
+            scopes,
+            publish_interval: Self::DEFAULT_PUBLISH_INTERVAL,
+            heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
+            dedup_capacity: self::windows::DEFAULT_DEDUP_CAPACITY,
+            max_clock_skew: self::windows::DEFAULT_MAX_CLOCK_SKEW,
+            source: source.into(),
+        }
+    }
 }

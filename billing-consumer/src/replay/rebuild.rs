@@ -22,9 +22,9 @@ use crate::error::BillingError;
 use crate::ingest::batch::decode;
 use crate::ledger::pricing::PriceTable;
 use crate::ledger::store::{self, Position, UsageRow};
+use crate::ledger::{ClickHouseSettings, plain_identifier};
 use crate::replay::Replay;
 use crate::replay::ReplayRange;
-use crate::settings::{ClickHouseSettings, plain_identifier};
 
 /// Everything [`run`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use crate::error::BillingError;
 use crate::ledger::pricing::{PriceTable, format_micros};
+use crate::ledger::{ClickHouseSettings, plain_identifier};
 use crate::reports::table::{Align, Table};
-use crate::settings::{ClickHouseSettings, plain_identifier};
 
 /// A calendar month, UTC: the period of an invoice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::error::BillingError;
-use crate::settings::ClickHouseSettings;
+use crate::ledger::ClickHouseSettings;
 
 /// One line of a report: a model's totals, or the grand total.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, serde::Deserialize, clickhouse::Row)]

@@ -11,10 +11,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::ingest;
+use tollgate_billing_consumer::ingest::IngestSettings;
+use tollgate_billing_consumer::kafka::KafkaSettings;
 use tollgate_billing_consumer::kafka::topics;
+use tollgate_billing_consumer::ledger::ClickHouseSettings;
 use tollgate_billing_consumer::ledger::migrations;
 use tollgate_billing_consumer::ledger::pricing::PriceTable;
-use tollgate_billing_consumer::settings::{ClickHouseSettings, IngestSettings, KafkaSettings};
 use tollgate_schemas::usage::UsageEvent;
 
 /// Partitions of every test topic.

@@ -7,7 +7,7 @@
 pub mod ledger;
 
 use chrono::{DateTime, Duration, Utc};
-use tollgate_billing_consumer::settings::ClickHouseSettings;
+use tollgate_billing_consumer::ledger::ClickHouseSettings;
 use tollgate_schemas::CloudEvent;
 use tollgate_schemas::usage::{Attempt, EstimateSource, Outcome, UsageEvent, UsageRecorded, UsageSource};
 

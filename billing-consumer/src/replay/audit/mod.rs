@@ -30,9 +30,9 @@ use self::report::{AuditReport, EventRecord, KafkaPosition};
 use self::tally::{EventValues, GroupKey, Tally, Totals};
 use crate::error::BillingError;
 use crate::ledger::pricing::PriceTable;
+use crate::ledger::{ClickHouseSettings, plain_identifier};
 use crate::replay::Replay;
 use crate::replay::ReplayRange;
-use crate::settings::{ClickHouseSettings, plain_identifier};
 
 /// Everything [`run`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
