@@ -8,12 +8,14 @@
 //! file's for ingest (a version the file already has at other prices is refused, the file's kept). See
 //! [`crate::config_topic`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tollgate_plumbing::kafka::{KafkaConnection, property_problem};
 
 use crate::error::BillingError;
 use crate::ingest::IngestSettings;
@@ -45,6 +47,22 @@ pub struct Cli {
         default_value = "127.0.0.1:9092"
     )]
     pub brokers: String,
+
+    /// A librdkafka property for every Kafka client (`security.protocol=SASL_SSL`, `sasl.mechanism=PLAIN`, …),
+    /// `KEY=VALUE`; repeatable, and over the same key in `--kafka-properties-file`. Properties billing-consumer
+    /// sets itself for its guarantees (group, commits, acknowledgements) are refused.
+    #[arg(long = "kafka-property", global = true, value_name = "KEY=VALUE", value_parser = parse_property)]
+    pub kafka_properties: Vec<(String, String)>,
+
+    /// A file of librdkafka properties for every Kafka client, one `KEY=VALUE` per line (`#` starts a comment):
+    /// the place for credentials, which a command line shows to every user of the host.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_KAFKA_PROPERTIES_FILE",
+        value_name = "PATH"
+    )]
+    pub kafka_properties_file: Option<PathBuf>,
 
     /// ClickHouse HTTP endpoint.
     #[arg(
@@ -407,7 +425,67 @@ pub fn load_prices(path: Option<&PathBuf>) -> Result<Option<PriceTable>, Billing
     path.map(|p| PriceTable::load(p)).transpose()
 }
 
+/// `KEY=VALUE` of `--kafka-property`, with the key checked ([`property_problem`]).
+fn parse_property(input: &str) -> Result<(String, String), String> {
+    let (key, value) = input
+        .split_once('=')
+        .ok_or_else(|| format!("`{input}` is not KEY=VALUE"))?;
+    let key = key.trim();
+    match property_problem(key) {
+        Some(problem) => Err(problem),
+        None => Ok((key.to_owned(), value.to_owned())),
+    }
+}
+
+/// The properties of a `--kafka-properties-file`: `KEY=VALUE` lines, blank lines and `#` comments skipped;
+/// every line that is not a usable property is reported, by line number (never with its value).
+fn parse_properties_file(text: &str) -> Result<BTreeMap<String, String>, Vec<String>> {
+    let mut properties = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            None => problems.push(format!("line {}: not KEY=VALUE", number + 1)),
+            Some((key, value)) => match property_problem(key.trim()) {
+                Some(problem) => problems.push(format!("line {}: {problem}", number + 1)),
+                None => {
+                    properties.insert(key.trim().to_owned(), value.trim().to_owned());
+                }
+            },
+        }
+    }
+    if problems.is_empty() {
+        Ok(properties)
+    } else {
+        Err(problems)
+    }
+}
+
 impl Cli {
+    /// Where every Kafka client connects: `--brokers` with the properties of `--kafka-properties-file` and
+    /// then `--kafka-property`. A file that cannot be read or has bad lines is a configuration error naming
+    /// every bad line.
+    pub fn kafka(&self) -> Result<KafkaConnection, BillingError> {
+        let mut properties = match &self.kafka_properties_file {
+            None => BTreeMap::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| BillingError::Config {
+                    setting: "kafka-properties-file",
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?;
+                parse_properties_file(&text).map_err(|problems| BillingError::Config {
+                    setting: "kafka-properties-file",
+                    reason: format!("{}: {}", path.display(), problems.join("; ")),
+                })?
+            }
+        };
+        properties.extend(self.kafka_properties.iter().cloned());
+        Ok(KafkaConnection::new(self.brokers.clone()).with_properties(properties))
+    }
+
     /// The ClickHouse settings, with the password from [`CLICKHOUSE_PASSWORD_ENV`] if set.
     pub fn clickhouse(&self) -> ClickHouseSettings {
         ClickHouseSettings {
@@ -421,10 +499,10 @@ impl Cli {
     }
 
     /// The ingest settings for `run`.
-    pub fn ingest(&self, run: &RunArgs) -> IngestSettings {
+    pub fn ingest(&self, kafka: &KafkaConnection, run: &RunArgs) -> IngestSettings {
         IngestSettings {
             kafka: KafkaSettings {
-                brokers: self.brokers.clone(),
+                connection: kafka.clone(),
                 topic: run.topic.clone(),
                 group_id: run.group.clone(),
             },
@@ -437,9 +515,14 @@ impl Cli {
 
 impl Cli {
     /// The audit's settings, with `prices` loaded from `--prices`.
-    pub fn audit(&self, args: &AuditArgs, prices: Option<PriceTable>) -> AuditSettings {
+    pub fn audit(
+        &self,
+        kafka: &KafkaConnection,
+        args: &AuditArgs,
+        prices: Option<PriceTable>,
+    ) -> AuditSettings {
         let mut settings = AuditSettings::new(
-            &self.brokers,
+            kafka.clone(),
             &args.topic,
             self.clickhouse(),
             args.from,
@@ -453,9 +536,14 @@ impl Cli {
     }
 
     /// The rebuild's settings, with `prices` loaded from `--prices` (empty: unpriced).
-    pub fn rebuild(&self, args: &RebuildArgs, prices: Option<PriceTable>) -> RebuildSettings {
+    pub fn rebuild(
+        &self,
+        kafka: &KafkaConnection,
+        args: &RebuildArgs,
+        prices: Option<PriceTable>,
+    ) -> RebuildSettings {
         let mut settings = RebuildSettings::new(
-            &self.brokers,
+            kafka.clone(),
             &args.topic,
             self.clickhouse(),
             &args.table,
@@ -474,13 +562,14 @@ impl Cli {
     /// `quota_topic`, with the default intervals, `tuning`, and a CloudEvents source naming this host.
     pub fn quota(
         &self,
+        kafka: &KafkaConnection,
         usage_topic: &str,
         quota_topic: &str,
         scopes: Vec<ConfiguredScope>,
         tuning: &QuotaTuning,
     ) -> QuotaSettings {
         let mut settings =
-            QuotaSettings::new(&self.brokers, usage_topic, quota_topic, scopes, quota_source());
+            QuotaSettings::new(kafka.clone(), usage_topic, quota_topic, scopes, quota_source());
         settings.dedup_capacity = tuning.quota_dedup_ids;
         settings.max_clock_skew = tuning.quota_max_clock_skew;
         settings
@@ -521,7 +610,7 @@ mod tests {
         assert_eq!(run.partitions, 3);
         assert_eq!(run.quota_topic, "tollgate.quota.v1");
         assert_eq!(run.config_topic, None, "off by default");
-        let settings = cli.ingest(run);
+        let settings = cli.ingest(&cli.kafka().unwrap(), run);
         assert_eq!(settings.kafka.group_id, "tollgate-billing");
         assert_eq!(settings.clickhouse.database, "tollgate");
     }
@@ -595,8 +684,14 @@ mod tests {
         assert_eq!(quota.config, Path::new("tollgate.toml"));
         assert_eq!(quota.topic, "tollgate.usage.v1");
         assert_eq!(quota.quota_topic, "tollgate.quota.v1");
-        let settings = cli.quota(&quota.topic, &quota.quota_topic, Vec::new(), &quota.tuning);
-        assert_eq!(settings.brokers, "kafka:9092");
+        let settings = cli.quota(
+            &cli.kafka().unwrap(),
+            &quota.topic,
+            &quota.quota_topic,
+            Vec::new(),
+            &quota.tuning,
+        );
+        assert_eq!(settings.kafka.brokers, "kafka:9092");
         assert_eq!(settings.publish_interval, Duration::from_millis(20));
         assert_eq!(settings.heartbeat_interval, Duration::from_secs(1));
         assert_eq!(settings.dedup_capacity, 1_000_000);
@@ -746,7 +841,7 @@ mod tests {
             panic!("expected audit")
         };
         assert!(!args.json);
-        let settings = cli.audit(args, None);
+        let settings = cli.audit(&cli.kafka().unwrap(), args, None);
         assert_eq!(settings.range.from.to_rfc3339(), "2026-11-01T00:00:00+00:00");
         assert_eq!(settings.range.to.to_rfc3339(), "2026-12-01T00:00:00+00:00");
         assert_eq!(settings.range.topic, "tollgate.usage.v1");
@@ -784,7 +879,7 @@ mod tests {
         let Command::Rebuild(args) = &cli.command else {
             panic!("expected rebuild")
         };
-        let settings = cli.rebuild(args, None);
+        let settings = cli.rebuild(&cli.kafka().unwrap(), args, None);
         assert_eq!(settings.table, "usage_events_2026_11");
         assert_eq!(settings.batch_size, 50_000);
         assert!(settings.prices.is_empty());
@@ -796,5 +891,65 @@ mod tests {
             Cli::try_parse_from(["billing-consumer", "usage", "--consumer", "a", "--since", "soon"]).is_err()
         );
         assert!(Cli::try_parse_from(["billing-consumer", "--clickhouse-password", "x", "migrate"]).is_err());
+    }
+
+    /// Every Kafka client gets the operator's properties: from a file (where credentials belong) and from
+    /// flags, the flags winning; a property the service sets itself is refused with its name.
+    #[test]
+    fn kafka_properties_come_from_a_file_and_flags_and_reserved_ones_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tollgate-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kafka.properties");
+        std::fs::write(
+            &file,
+            "# credentials\nsecurity.protocol=SASL_SSL\nsasl.password = hunter2\n\nsocket.timeout.ms=30000\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "run",
+            "--brokers",
+            "kafka:9093",
+            "--kafka-properties-file",
+            file.to_str().unwrap(),
+            "--kafka-property",
+            "socket.timeout.ms=5000",
+            "--kafka-property",
+            "sasl.mechanism=PLAIN",
+        ])
+        .unwrap();
+        let kafka = cli.kafka().unwrap();
+        assert_eq!(kafka.brokers, "kafka:9093");
+        assert_eq!(kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(kafka.properties["sasl.password"], "hunter2");
+        assert_eq!(kafka.properties["socket.timeout.ms"], "5000");
+        assert_eq!(kafka.properties["sasl.mechanism"], "PLAIN");
+        let Command::Run(run) = &cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(cli.ingest(&kafka, run).kafka.connection, kafka);
+
+        let refused = Cli::try_parse_from(["billing-consumer", "run", "--kafka-property", "group.id=mine"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("group.id"), "{refused}");
+        assert!(Cli::try_parse_from(["billing-consumer", "run", "--kafka-property", "no-equals"]).is_err());
+
+        std::fs::write(&file, "enable.auto.commit=true\nsasl.username\nok.key=1\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "run",
+            "--kafka-properties-file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        let err = cli.kafka().unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && err.contains("enable.auto.commit"),
+            "{err}"
+        );
+        assert!(err.contains("line 2: not KEY=VALUE"), "{err}");
+        assert!(!err.contains("ok.key"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -40,14 +40,15 @@ async fn main() -> anyhow::Result<ExitCode> {
     tollgate_plumbing::telemetry::init_tracing(&log_format, default_level);
 
     let clickhouse = cli.clickhouse();
+    let kafka = cli.kafka()?;
     match &cli.command {
         Command::Migrate => {
             let applied = migrations::apply(&clickhouse).await?;
             tracing::info!(database = %clickhouse.database, ?applied, "Schema is current.");
         }
         Command::CreateTopics(args) => {
-            topics::ensure(&cli.brokers, &args.topic, args.partitions).await?;
-            topics::ensure_quota(&cli.brokers, &args.quota_topic).await?;
+            topics::ensure(&kafka, &args.topic, args.partitions).await?;
+            topics::ensure_quota(&kafka, &args.quota_topic).await?;
             tracing::info!(usage = %args.topic, quota = %args.quota_topic, "Topics exist.");
         }
         Command::Run(run) => {
@@ -83,16 +84,16 @@ async fn main() -> anyhow::Result<ExitCode> {
                     None
                 }
             };
-            let quota =
-                file_scopes.map(|scopes| cli.quota(&run.topic, &run.quota_topic, scopes, &run.quota_tuning));
+            let quota = file_scopes
+                .map(|scopes| cli.quota(&kafka, &run.topic, &run.quota_topic, scopes, &run.quota_tuning));
             metrics::install_exporter(run.metrics_listen).await?;
             let layout = UsageTopicLayout {
                 partitions: run.partitions,
                 replication_factor: run.replication_factor,
             };
             serve(ServiceSettings {
-                brokers: cli.brokers.clone(),
-                ingest: Some((cli.ingest(run), layout)),
+                kafka: kafka.clone(),
+                ingest: Some((cli.ingest(&kafka, run), layout)),
                 quota,
                 config_topic: run.config_topic.clone(),
                 file_prices: Arc::new(prices),
@@ -101,10 +102,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Quota(args) => {
             let scopes = quota::policy::load(&args.config)?;
-            let quota = cli.quota(&args.topic, &args.quota_topic, scopes, &args.tuning);
+            let quota = cli.quota(&kafka, &args.topic, &args.quota_topic, scopes, &args.tuning);
             metrics::install_exporter(args.metrics_listen).await?;
             serve(ServiceSettings {
-                brokers: cli.brokers.clone(),
+                kafka: kafka.clone(),
                 ingest: None,
                 quota: Some(quota),
                 config_topic: args.config_topic.clone(),
@@ -148,7 +149,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                     if prices.is_none() {
                         tracing::info!("No --prices (TOLLGATE_PRICES) given: costs are not compared.");
                     }
-                    audit::run(&cli.audit(args, prices)).await
+                    audit::run(&cli.audit(&kafka, args, prices)).await
                 }
                 Err(error) => Err(error),
             };
@@ -179,7 +180,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             if prices.is_none() {
                 tracing::warn!("No --prices (TOLLGATE_PRICES) given: every rebuilt row is stored unpriced.");
             }
-            let summary = rebuild::run(&cli.rebuild(args, prices)).await?;
+            let summary = rebuild::run(&cli.rebuild(&kafka, args, prices)).await?;
             println!(
                 "Rebuilt {}: {} rows from {} messages ({} duplicates, {} outside the range, {} undecodable, {} \
                  unpriced) in {:.1} s.",

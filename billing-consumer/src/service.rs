@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tollgate_plumbing::kafka::KafkaConnection;
 
 use crate::config_topic::{ConfigFollower, FollowSettings};
 use crate::error::BillingError;
@@ -36,8 +37,8 @@ pub struct UsageTopicLayout {
 /// Everything the service runs; at least one of `ingest` and `quota`.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
-    /// The brokers (for the topics and the config topic).
-    pub brokers: String,
+    /// The brokers and the operator's librdkafka properties (for the topics and the config topic).
+    pub kafka: KafkaConnection,
     /// The ingest loop and how its topic is created; `None`: this process only computes quotas.
     pub ingest: Option<(IngestSettings, UsageTopicLayout)>,
     /// The quota loop; `None`: this process only ingests.
@@ -51,7 +52,7 @@ pub struct ServiceSettings {
 /// Runs the service until `shutdown` is cancelled (or a loop fails, which stops the other).
 pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
     let ServiceSettings {
-        brokers,
+        kafka,
         ingest,
         quota,
         config_topic,
@@ -62,7 +63,7 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
     if let Some((ingest, layout)) = &ingest {
         let made = until_reachable("create the usage topic", &shutdown, || {
             topics::ensure_with_replication(
-                &ingest.kafka.brokers,
+                &ingest.kafka.connection,
                 &ingest.kafka.topic,
                 layout.partitions,
                 layout.replication_factor,
@@ -74,7 +75,7 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
     }
     if let Some(quota) = &quota {
         let made = until_reachable("create the quota topic", &shutdown, || {
-            topics::ensure_quota(&quota.brokers, &quota.quota_topic)
+            topics::ensure_quota(&quota.kafka, &quota.quota_topic)
         });
         if made.await?.is_none() {
             return Ok(());
@@ -93,7 +94,7 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
             let file_scopes = quota.as_ref().map(|q| q.scopes.clone());
             // Prices matter only to ingest; the quota-only service follows the topic for token limits alone.
             let file_prices = ingest.is_some().then(|| Arc::clone(&file_prices));
-            match follow(brokers, topic, file_prices, file_scopes, &shutdown).await? {
+            match follow(kafka, topic, file_prices, file_scopes, &shutdown).await? {
                 Some(follower) => Some(follower),
                 None => return Ok(()),
             }
@@ -178,14 +179,14 @@ where
 
 /// Starts following the config topic `topic` and waits until it was read; `None` when shutdown came first.
 async fn follow(
-    brokers: String,
+    kafka: KafkaConnection,
     topic: String,
     file_prices: Option<Arc<PriceTable>>,
     file_scopes: Option<Vec<ConfiguredScope>>,
     shutdown: &CancellationToken,
 ) -> Result<Option<ConfigFollower>, BillingError> {
     let follower = ConfigFollower::start(FollowSettings {
-        brokers,
+        kafka,
         topic,
         file_prices,
         file_scopes,

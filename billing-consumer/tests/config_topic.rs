@@ -30,6 +30,7 @@ use tollgate_billing_consumer::kafka::topics;
 use tollgate_billing_consumer::ledger::pricing::{PriceTable, TokenUsage};
 use tollgate_billing_consumer::quota::QuotaSettings;
 use tollgate_billing_consumer::{ingest, quota};
+use tollgate_plumbing::kafka::KafkaConnection;
 use tollgate_schemas::CloudEvent;
 use tollgate_schemas::config::{ChangeAction, ConfigChange, ResourceKind};
 use tollgate_schemas::quota::{
@@ -93,10 +94,8 @@ where
 /// A fresh config topic: one partition, compacted, as the gateway creates it.
 async fn config_topic(brokers: &str, suffix: &str) -> String {
     let topic = format!("tollgate.config.config-it.{suffix}");
-    retry("create the config topic", || {
-        topics::ensure_quota(brokers, &topic)
-    })
-    .await;
+    let kafka = KafkaConnection::new(brokers);
+    retry("create the config topic", || topics::ensure_quota(&kafka, &topic)).await;
     topic
 }
 
@@ -248,12 +247,13 @@ async fn a_limit_on_the_config_topic_replaces_the_files_and_is_computed_live() {
     let suffix = common::unique_suffix();
     let usage_topic = format!("tollgate.usage.config-it.{suffix}");
     let quota_topic = format!("tollgate.quota.config-it.{suffix}");
+    let kafka = KafkaConnection::new(brokers.as_str());
     retry("create the usage topic", || {
-        topics::ensure(&brokers, &usage_topic, 3)
+        topics::ensure(&kafka, &usage_topic, 3)
     })
     .await;
     retry("create the quota topic", || {
-        topics::ensure_quota(&brokers, &quota_topic)
+        topics::ensure_quota(&kafka, &quota_topic)
     })
     .await;
     let config_topic = config_topic(&brokers, &suffix).await;
@@ -272,7 +272,7 @@ async fn a_limit_on_the_config_topic_replaces_the_files_and_is_computed_live() {
     // The config topic is empty: the file's limits apply.
     let file_scopes = quota::policy::from_gateway_toml(POLICY).unwrap();
     let follower = ConfigFollower::start(FollowSettings {
-        brokers: brokers.clone(),
+        kafka: brokers.as_str().into(),
         topic: config_topic.clone(),
         file_prices: None,
         file_scopes: Some(file_scopes.clone()),
@@ -397,7 +397,7 @@ async fn a_price_version_on_the_config_topic_prices_later_events() {
     )
     .await;
     let follower = ConfigFollower::start(FollowSettings {
-        brokers: fixture.brokers.clone(),
+        kafka: fixture.brokers.as_str().into(),
         topic: config_topic.clone(),
         file_prices: Some(std::sync::Arc::clone(&file)),
         file_scopes: None,

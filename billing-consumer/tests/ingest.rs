@@ -34,7 +34,9 @@ async fn ingest_writes_each_event_once_keeps_malformed_ones_and_commits_to_the_e
         group,
         producer,
     } = Fixture::new().await;
-    topics::ensure(&brokers, &topic, PARTITIONS).await.unwrap(); // already exists: fine
+    topics::ensure(&brokers.as_str().into(), &topic, PARTITIONS)
+        .await
+        .unwrap(); // already exists: fine
 
     // Phase 1, before the consumer starts: 480 distinct events, 20 of them sent twice (the gateway's spool
     // retried), and two messages that are not usage events.
@@ -60,7 +62,7 @@ async fn ingest_writes_each_event_once_keeps_malformed_ones_and_commits_to_the_e
 
     let settings = IngestSettings {
         kafka: KafkaSettings {
-            brokers: brokers.clone(),
+            connection: brokers.as_str().into(),
             topic: topic.clone(),
             group_id: group.clone(),
         },
@@ -172,7 +174,7 @@ async fn a_clickhouse_outage_commits_nothing_and_loses_nothing() {
     };
     let settings = IngestSettings {
         kafka: KafkaSettings {
-            brokers: brokers.clone(),
+            connection: brokers.as_str().into(),
             topic: topic.clone(),
             group_id: group.clone(),
         },

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::kafka::topics;
 use tollgate_billing_consumer::quota::QuotaSettings;
 use tollgate_billing_consumer::quota::{self, policy::ConfiguredScope};
+use tollgate_plumbing::kafka::KafkaConnection;
 use tollgate_schemas::quota::{
     HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshot, QuotaSnapshotEvent, Watermark, Window,
 };
@@ -81,12 +82,13 @@ impl Fixture {
         let usage_topic = format!("tollgate.usage.quota-it.{suffix}");
         let quota_topic = format!("tollgate.quota.quota-it.{suffix}");
         // A busy broker may time out an admin request; creating a topic is idempotent, so try a few times.
+        let kafka = KafkaConnection::new(brokers.as_str());
         retry("create the usage topic", || {
-            topics::ensure(&brokers, &usage_topic, PARTITIONS)
+            topics::ensure(&kafka, &usage_topic, PARTITIONS)
         })
         .await;
         retry("create the quota topic", || {
-            topics::ensure_quota(&brokers, &quota_topic)
+            topics::ensure_quota(&kafka, &quota_topic)
         })
         .await;
         let producer = ClientConfig::new()

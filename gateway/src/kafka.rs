@@ -9,11 +9,7 @@ use tollgate_plumbing::KafkaOpError;
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
-pub use tollgate_plumbing::kafka::RenewingProducer;
-
-/// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): the spool
-/// drains, and followers resume, soon after the broker is back.
-const RECONNECT_BACKOFF_MAX: &str = "1000";
+pub use tollgate_plumbing::kafka::{KafkaConnection, RenewingProducer};
 
 /// How long usage events wait to share a produce request. The idempotent producer allows a partition five requests
 /// in flight, and librdkafka's broker thread spins while a ready batch waits for a free slot: against the local
@@ -22,28 +18,23 @@ const RECONNECT_BACKOFF_MAX: &str = "1000";
 const LINGER_MS: &str = "100";
 
 /// What every client starts from: the bootstrap servers, its client id and the operator's `kafka.properties`
-/// (security, timeouts). Admin clients (topic creation) use it as it is.
+/// (security, timeouts) — [`KafkaConnection::client_config`]. Admin clients (topic creation) use it as it is.
 pub fn client_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers)
-        .set("client.id", client_id)
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX);
-    for (key, value) in &config.properties {
-        c.set(key, value);
-    }
-    c
+    connection(config).client_config(client_id)
+}
+
+/// The gateway's [`KafkaConnection`]: `kafka.brokers` with `kafka.properties`.
+pub fn connection(config: &KafkaConfig) -> KafkaConnection {
+    KafkaConnection::new(config.brokers.clone()).with_properties(config.properties.clone())
 }
 
 /// An idempotent producer that waits for every in-sync replica; `kafka.properties` are applied last (validation
 /// refuses those that would weaken delivery).
 pub fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.brokers)
-        .set("client.id", client_id)
-        .set("enable.idempotence", "true")
+    let mut c = client_config(config, client_id);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", LINGER_MS)
-        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX)
         .set(
             "message.timeout.ms",
             config.message_timeout.as_millis().to_string(),

@@ -1,8 +1,9 @@
-//! Kafka plumbing that the gateway and billing-consumer share: [`BrokerWatch`], a client
-//! context that notices when every broker connection is down, and [`RenewingProducer`], an idempotent producer
+//! Kafka plumbing that the gateway and billing-consumer share: [`KafkaConnection`], where every client connects
+//! with the operator's librdkafka properties applied; [`BrokerWatch`], a client context that notices when every broker connection is down, and [`RenewingProducer`], an idempotent producer
 //! that replaces itself after a failed send or a lost broker, so that a broker which restarted without the old
 //! producer's sequence state never sees that producer again.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -12,6 +13,115 @@ use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
+
+/// librdkafka's longest wait before reconnecting to a broker that went away (its default is 10 s): producers,
+/// consumers and followers resume soon after the broker is back.
+pub const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
+/// Properties every service sets on its clients itself, because its guarantees depend on them (who reads
+/// what, when offsets are committed, how sends are acknowledged), or because they have a setting of their own
+/// (`bootstrap.servers`): an operator's properties may not name them.
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "client.id",
+    "group.id",
+    "group.instance.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+    "isolation.level",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "transactional.id",
+];
+
+/// Where a service's Kafka clients connect, and the operator's librdkafka properties (security, timeouts,
+/// buffer sizes) that every one of its clients applies: producers, group consumers, followers, readers and
+/// admin clients alike. `Debug` shows the property keys only: their values may be credentials.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaConnection {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// librdkafka properties (`security.protocol`, `sasl.*`, `ssl.*`, …), applied to every client before its
+    /// own settings.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConnection {
+    /// A connection to `brokers` without extra properties.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// This connection with `properties` applied to every client.
+    #[must_use]
+    pub fn with_properties(mut self, properties: BTreeMap<String, String>) -> Self {
+        self.properties = properties;
+        self
+    }
+
+    /// What every client starts from: the bootstrap servers, its client id, a short reconnect backoff and the
+    /// operator's properties. Each client sets what its guarantees depend on after this, over any property.
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+impl From<&str> for KafkaConnection {
+    fn from(brokers: &str) -> Self {
+        Self::new(brokers)
+    }
+}
+
+impl From<&String> for KafkaConnection {
+    fn from(brokers: &String) -> Self {
+        Self::new(brokers.as_str())
+    }
+}
+
+impl From<String> for KafkaConnection {
+    fn from(brokers: String) -> Self {
+        Self::new(brokers)
+    }
+}
+
+impl std::fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConnection")
+            .field("brokers", &self.brokers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Why `key` cannot be an operator's property, if it cannot: empty, not a librdkafka property name, or one of
+/// [`RESERVED_PROPERTIES`].
+pub fn property_problem(key: &str) -> Option<String> {
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Some(format!("`{key}` is not a librdkafka property name"));
+    }
+    RESERVED_PROPERTIES
+        .contains(&key)
+        .then(|| format!("`{key}` is set by Tollgate itself and cannot be overridden"))
+}
 
 /// How often a [`RenewingProducer`] looks whether its broker connections were lost.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -201,6 +311,58 @@ impl Inner {
             Err(create) => {
                 tracing::error!(producer = self.name, reason = why, %create, "A new Kafka producer could not be made; keeping the old one.");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_gets_the_operators_properties() {
+        let connection = KafkaConnection::new("kafka:9092").with_properties(BTreeMap::from([
+            ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+            ("sasl.password".to_owned(), "hunter2".to_owned()),
+        ]));
+        let config = connection.client_config("tollgate-test");
+        assert_eq!(config.get("bootstrap.servers"), Some("kafka:9092"));
+        assert_eq!(config.get("client.id"), Some("tollgate-test"));
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.get("sasl.password"), Some("hunter2"));
+    }
+
+    #[test]
+    fn debug_shows_property_keys_never_their_values() {
+        let connection = KafkaConnection::new("kafka:9092").with_properties(BTreeMap::from([(
+            "sasl.password".to_owned(),
+            "hunter2".to_owned(),
+        )]));
+        let shown = format!("{connection:?}");
+        assert!(shown.contains("sasl.password"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn reserved_and_malformed_property_names_are_refused() {
+        for key in [
+            "group.id",
+            "enable.auto.commit",
+            "acks",
+            "bootstrap.servers",
+            "",
+            "a b",
+            "x=y",
+        ] {
+            assert!(property_problem(key).is_some(), "{key}");
+        }
+        for key in [
+            "security.protocol",
+            "sasl.mechanism",
+            "ssl.ca.location",
+            "socket.timeout.ms",
+        ] {
+            assert_eq!(property_problem(key), None, "{key}");
         }
     }
 }

@@ -202,7 +202,7 @@ impl QuotaLoop {
                 .build()
                 .expect("quota runtime");
             let service = ServiceSettings {
-                brokers: settings.brokers.clone(),
+                kafka: settings.kafka.clone(),
                 ingest: None,
                 quota: Some(settings),
                 config_topic: None,
@@ -307,14 +307,19 @@ impl Stack {
 
         // Creating a topic is idempotent; a busy broker may time out an admin request, so try a few times.
         let mut tries = 0;
-        while let Err(e) = tollgate_billing_consumer::kafka::topics::ensure(&infra.brokers, &topic, 3).await {
+        while let Err(e) =
+            tollgate_billing_consumer::kafka::topics::ensure(&infra.brokers.as_str().into(), &topic, 3).await
+        {
             tries += 1;
             assert!(tries < 5, "create the usage topic: {e}");
             actix_web::rt::time::sleep(Duration::from_millis(500)).await;
         }
         let mut tries = 0;
-        while let Err(e) =
-            tollgate_billing_consumer::kafka::topics::ensure_quota(&infra.brokers, &quota_topic).await
+        while let Err(e) = tollgate_billing_consumer::kafka::topics::ensure_quota(
+            &infra.brokers.as_str().into(),
+            &quota_topic,
+        )
+        .await
         {
             tries += 1;
             assert!(tries < 5, "create the quota topic: {e}");
@@ -430,7 +435,7 @@ impl Stack {
         let ingest_shutdown = CancellationToken::new();
         let settings = IngestSettings {
             kafka: KafkaSettings {
-                brokers: infra.brokers.clone(),
+                connection: infra.brokers.as_str().into(),
                 topic: topic.clone(),
                 group_id: format!("billing-{run}"),
             },
@@ -448,7 +453,7 @@ impl Stack {
                 let runtime = runtime.expect("ingest runtime");
                 // The same wiring as `billing-consumer run`: topic and schema checked, then the ingest loop.
                 let service = ServiceSettings {
-                    brokers: settings.kafka.brokers.clone(),
+                    kafka: settings.kafka.connection.clone(),
                     ingest: Some((
                         settings,
                         UsageTopicLayout {

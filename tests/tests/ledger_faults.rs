@@ -173,7 +173,9 @@ fn expected_tokens(events: &[UsageEvent]) -> u64 {
 async fn fresh_topic(infra: &Infra, run: &str) -> String {
     let topic = format!("tollgate.usage.v1.fault-{run}");
     let mut tries = 0;
-    while let Err(e) = tollgate_billing_consumer::kafka::topics::ensure(&infra.brokers, &topic, 3).await {
+    while let Err(e) =
+        tollgate_billing_consumer::kafka::topics::ensure(&(&infra.brokers).into(), &topic, 3).await
+    {
         tries += 1;
         assert!(tries < 5, "create the topic: {e}");
         actix_web::rt::time::sleep(Duration::from_millis(500)).await;

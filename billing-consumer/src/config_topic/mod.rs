@@ -33,12 +33,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
+use tollgate_plumbing::kafka::KafkaConnection;
 use tollgate_schemas::config::ResourceKind;
 
 use crate::error::BillingError;
@@ -64,8 +64,8 @@ const REFRESH_AFTER: usize = 1000;
 /// What the follower starts from and keeps current.
 #[derive(Debug, Clone)]
 pub struct FollowSettings {
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// The brokers and the operator's librdkafka properties.
+    pub kafka: KafkaConnection,
     /// The config topic, normally [`tollgate_schemas::topics::CONFIG_V1`].
     pub topic: String,
     /// The price file's table, when this process ingests: the topic's price versions are added to it.
@@ -88,14 +88,14 @@ pub struct ConfigFollower {
 impl ConfigFollower {
     /// Starts following `settings.topic` on a thread of its own.
     pub fn start(settings: FollowSettings) -> Result<Self, BillingError> {
-        let consumer: BaseConsumer<ReaderContext> = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
+        let consumer: BaseConsumer<ReaderContext> = settings
+            .kafka
+            .client_config(crate::kafka::CLIENT_ID)
             // librdkafka needs a group to assign partitions; a fresh one, never joined and never committed.
             .set(
                 "group.id",
                 format!("tollgate-billing-config-{}", uuid::Uuid::now_v7().simple()),
             )
-            .set("client.id", crate::kafka::CLIENT_ID)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -137,7 +137,7 @@ impl ConfigFollower {
                 reason: format!("cannot start the config follower thread: {e}"),
             })?;
         tracing::info!(
-            brokers = %settings.brokers,
+            brokers = %settings.kafka.brokers,
             topic = %settings.topic,
             prices = prices.is_some(),
             quota_policy = policy.is_some(),

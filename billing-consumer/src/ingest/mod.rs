@@ -83,7 +83,7 @@ pub async fn run_with_live_prices(
     let client = settings.clickhouse.client();
     let batch_size = settings.batch_size.max(1);
     tracing::info!(
-        brokers = %settings.kafka.brokers,
+        brokers = %settings.kafka.connection.brokers,
         topic = %settings.kafka.topic,
         group = %settings.kafka.group_id,
         database = %settings.clickhouse.database,

@@ -14,10 +14,11 @@ pub mod topics;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use tollgate_plumbing::kafka::KafkaConnection;
 
 use crate::error::BillingError;
 
@@ -80,11 +81,9 @@ fn describe(partitions: &TopicPartitionList) -> String {
 
 /// A consumer in `settings.group_id`, subscribed to `settings.topic`.
 pub fn subscribe(settings: &KafkaSettings) -> Result<IngestConsumer, BillingError> {
-    let mut config = ClientConfig::new();
+    let mut config = settings.connection.client_config(CLIENT_ID);
     config
-        .set("bootstrap.servers", &settings.brokers)
         .set("group.id", &settings.group_id)
-        .set("client.id", CLIENT_ID)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -172,8 +171,8 @@ pub async fn commit(
 /// Where the usage events come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
-    /// Bootstrap servers, comma-separated `host:port`.
-    pub brokers: String,
+    /// The brokers and the operator's librdkafka properties.
+    pub connection: KafkaConnection,
     /// The usage topic, normally [`tollgate_schemas::topics::USAGE_V1`].
     pub topic: String,
     /// The consumer group; its committed offsets are the ingest's progress.

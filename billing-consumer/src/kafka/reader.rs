@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use crate::error::BillingError;
+use tollgate_plumbing::kafka::KafkaConnection;
 
 /// How long one metadata, watermark or offset lookup may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,13 +122,12 @@ const FETCH_WAIT_MAX_MS: &str = "10";
 
 /// A consumer outside any group. With `eof`, it reports the end of each partition (for a replay, which stops
 /// there; the quota loop reads on).
-fn consumer(brokers: &str, purpose: &str, eof: bool) -> Result<Arc<ReaderConsumer>, BillingError> {
+fn consumer(kafka: &KafkaConnection, purpose: &str, eof: bool) -> Result<Arc<ReaderConsumer>, BillingError> {
     // librdkafka needs a group to assign partitions; a fresh one per run, never joined and never committed.
     let group = format!("tollgate-billing-{purpose}-{}", uuid::Uuid::now_v7().simple());
-    let consumer: ReaderConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: ReaderConsumer = kafka
+        .client_config(crate::kafka::CLIENT_ID)
         .set("group.id", &group)
-        .set("client.id", crate::kafka::CLIENT_ID)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -144,9 +143,13 @@ fn consumer(brokers: &str, purpose: &str, eof: bool) -> Result<Arc<ReaderConsume
 /// Creates a reader positioned at the first record of every partition at or after `since_ms` (Kafka time, epoch
 /// milliseconds) that reports each partition's end (partition EOF) — or `None` when `topic` does not exist.
 /// For a replay: one attempt, no waiting.
-pub async fn open_at(brokers: &str, topic: &str, since_ms: i64) -> Result<Option<Reader>, BillingError> {
-    let consumer = consumer(brokers, "replay", true)?;
-    match lookup(&consumer, brokers, topic, since_ms.max(0)).await? {
+pub async fn open_at(
+    kafka: &KafkaConnection,
+    topic: &str,
+    since_ms: i64,
+) -> Result<Option<Reader>, BillingError> {
+    let consumer = consumer(kafka, "replay", true)?;
+    match lookup(&consumer, kafka, topic, since_ms.max(0)).await? {
         Some((partitions, start_by_time)) => assign(consumer, topic, &partitions, start_by_time).map(Some),
         None => Ok(None),
     }
@@ -155,14 +158,14 @@ pub async fn open_at(brokers: &str, topic: &str, since_ms: i64) -> Result<Option
 /// Looks up the partitions of `topic` and where to start reading them, off the async runtime.
 async fn lookup(
     consumer: &Arc<ReaderConsumer>,
-    brokers: &str,
+    kafka: &KafkaConnection,
     topic: &str,
     since_ms: i64,
 ) -> Result<Option<(Vec<PartitionStart>, bool)>, BillingError> {
     let probe = Arc::clone(consumer);
     let owned_topic = topic.to_owned();
-    let owned_brokers = brokers.to_owned();
-    tokio::task::spawn_blocking(move || locate(&probe, &owned_brokers, &owned_topic, since_ms))
+    let owned_kafka = kafka.clone();
+    tokio::task::spawn_blocking(move || locate(&probe, &owned_kafka, &owned_topic, since_ms))
         .await
         .map_err(|join| {
             tracing::warn!(error = %join, "The usage topic lookup did not finish.");
@@ -176,14 +179,14 @@ async fn lookup(
 
 /// Creates the quota loop's reader and waits until `topic` exists (forever: the caller drops this future to
 /// stop), then assigns every partition from the rebuild point `now − lookback`.
-pub async fn open(brokers: &str, topic: &str, lookback: Duration) -> Result<Reader, BillingError> {
-    let consumer = consumer(brokers, "quota", false)?;
+pub async fn open(kafka: &KafkaConnection, topic: &str, lookback: Duration) -> Result<Reader, BillingError> {
+    let consumer = consumer(kafka, "quota", false)?;
     let lookback_ms = i64::try_from(lookback.as_millis()).unwrap_or(i64::MAX);
 
     let mut waiting_logged = false;
     let starts = loop {
         let since_ms = Utc::now().timestamp_millis().saturating_sub(lookback_ms).max(0);
-        match lookup(&consumer, brokers, topic, since_ms).await {
+        match lookup(&consumer, kafka, topic, since_ms).await {
             Ok(Some(starts)) => break starts,
             Ok(None) if !waiting_logged => {
                 tracing::info!(%topic, "The usage topic does not exist yet; waiting for it.");
@@ -245,7 +248,7 @@ fn assign(
 /// offsets-by-time lookup; `None` while the topic does not exist. Blocking.
 fn locate(
     consumer: &ReaderConsumer,
-    brokers: &str,
+    kafka: &KafkaConnection,
     topic: &str,
     since_ms: i64,
 ) -> Result<Option<(Vec<PartitionStart>, bool)>, BillingError> {
@@ -297,7 +300,7 @@ fn locate(
                     let offset = offset.clamp(low, high.max(low));
                     let quiet = offset == low
                         && high > low
-                        && last_timestamp_ms(brokers, topic, partition, high).is_some_and(|t| t < since_ms);
+                        && last_timestamp_ms(kafka, topic, partition, high).is_some_and(|t| t < since_ms);
                     if quiet {
                         tracing::debug!(
                             %topic,
@@ -335,14 +338,13 @@ fn locate(
 }
 
 /// The Kafka timestamp of the record just before `high` in `partition`, if it can be read. Blocking.
-fn last_timestamp_ms(brokers: &str, topic: &str, partition: i32, high: i64) -> Option<i64> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+fn last_timestamp_ms(kafka: &KafkaConnection, topic: &str, partition: i32, high: i64) -> Option<i64> {
+    let probe: BaseConsumer = kafka
+        .client_config(crate::kafka::CLIENT_ID)
         .set(
             "group.id",
             format!("tollgate-billing-probe-{}", uuid::Uuid::now_v7().simple()),
         )
-        .set("client.id", crate::kafka::CLIENT_ID)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .create()

@@ -31,8 +31,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+
+use tollgate_plumbing::kafka::KafkaConnection;
 
 use crate::error::BillingError;
 use crate::kafka::stall::Stall;
@@ -97,7 +98,7 @@ fn set(holder: &AtomicBool, holds: bool) {
 
 /// What a member of the lease group is made of; [`Member::join`] makes a new member.
 struct Member {
-    brokers: String,
+    kafka: KafkaConnection,
     quota_topic: String,
     group: String,
     holder: Arc<AtomicBool>,
@@ -105,9 +106,9 @@ struct Member {
 
 impl Member {
     fn join(&self) -> Result<BaseConsumer<LeaseContext>, BillingError> {
-        let consumer: BaseConsumer<LeaseContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("client.id", crate::kafka::CLIENT_ID)
+        let consumer: BaseConsumer<LeaseContext> = self
+            .kafka
+            .client_config(crate::kafka::CLIENT_ID)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
@@ -137,7 +138,7 @@ impl Lease {
     /// Joins `group` on `quota_topic`; the lease may be granted a moment later ([`Lease::held`]).
     /// `heartbeat_interval` is the holder's heartbeat cadence, from which an orphaned lease is recognised.
     pub fn join(
-        brokers: &str,
+        kafka: &KafkaConnection,
         quota_topic: &str,
         group: &str,
         heartbeat_interval: Duration,
@@ -145,7 +146,7 @@ impl Lease {
         let holder = Arc::new(AtomicBool::new(false));
         metrics::gauge!(m::QUOTA_LEASE_HELD).set(0.0);
         let member = Member {
-            brokers: brokers.to_owned(),
+            kafka: kafka.clone(),
             quota_topic: quota_topic.to_owned(),
             group: group.to_owned(),
             holder: Arc::clone(&holder),

@@ -47,6 +47,7 @@ use rdkafka::message::BorrowedMessage;
 use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tollgate_plumbing::kafka::KafkaConnection;
 use tollgate_schemas::quota::QuotaHeartbeat;
 
 use crate::error::{BillingError, RejectReason};
@@ -95,9 +96,9 @@ pub async fn run_live(
     if let Some(updates) = &mut policy {
         settings.scopes = updates.borrow_and_update().as_ref().clone();
     }
-    let publisher = Publisher::new(&settings.brokers, &settings.quota_topic, &settings.source)?;
+    let publisher = Publisher::new(&settings.kafka, &settings.quota_topic, &settings.source)?;
     let lease = Lease::join(
-        &settings.brokers,
+        &settings.kafka,
         &settings.quota_topic,
         &settings.lease_group,
         settings.heartbeat_interval,
@@ -106,7 +107,7 @@ pub async fn run_live(
     let scopes = settings.scopes.len();
     metrics::gauge!(m::QUOTA_SCOPES).set(scopes as f64);
     tracing::info!(
-        brokers = %settings.brokers,
+        brokers = %settings.kafka.brokers,
         usage_topic = %settings.usage_topic,
         quota_topic = %settings.quota_topic,
         scopes,
@@ -131,7 +132,7 @@ pub async fn run_live(
         rebuild_events: 0,
         dedup_capacity: settings.dedup_capacity,
         max_clock_skew: settings.max_clock_skew,
-        brokers: settings.brokers.clone(),
+        kafka: settings.kafka.clone(),
         usage_topic: settings.usage_topic.clone(),
     };
     crate::telemetry::readiness::STATE.quota_started(settings.heartbeat_interval, now_ms());
@@ -233,7 +234,7 @@ struct QuotaLoop {
     rebuild_events: u64,
     dedup_capacity: usize,
     max_clock_skew: Duration,
-    brokers: String,
+    kafka: KafkaConnection,
     usage_topic: String,
 }
 
@@ -246,8 +247,8 @@ impl QuotaLoop {
         heartbeat: &mut Interval,
         shutdown: &CancellationToken,
     ) -> Result<Option<Reader>, BillingError> {
-        let (brokers, topic) = (self.brokers.clone(), self.usage_topic.clone());
-        let opening = reader::open(&brokers, &topic, lookback);
+        let (kafka, topic) = (self.kafka.clone(), self.usage_topic.clone());
+        let opening = reader::open(&kafka, &topic, lookback);
         tokio::pin!(opening);
         let reader = loop {
             tokio::select! {
@@ -473,8 +474,8 @@ fn now_ms() -> u64 {
 /// Everything [`crate::quota::run`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaSettings {
-    /// Bootstrap servers, comma-separated `host:port`.
-    pub brokers: String,
+    /// The brokers and the operator's librdkafka properties.
+    pub kafka: KafkaConnection,
     /// The usage topic to count, normally [`tollgate_schemas::topics::USAGE_V1`].
     pub usage_topic: String,
     /// The compacted topic snapshots and heartbeats go to, normally [`tollgate_schemas::topics::QUOTA_V1`].
@@ -505,7 +506,7 @@ impl QuotaSettings {
 
     /// Settings with the default intervals and deduplication capacity.
     pub fn new(
-        brokers: impl Into<String>,
+        kafka: impl Into<KafkaConnection>,
         usage_topic: impl Into<String>,
         quota_topic: impl Into<String>,
         scopes: Vec<ConfiguredScope>,
@@ -513,7 +514,7 @@ impl QuotaSettings {
     ) -> Self {
         let quota_topic = quota_topic.into();
         Self {
-            brokers: brokers.into(),
+            kafka: kafka.into(),
             usage_topic: usage_topic.into(),
             lease_group: format!("tollgate-quota-loop/{quota_topic}"),
             quota_topic,

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::FutureRecord;
 use serde::Serialize;
 use tollgate_plumbing::kafka::RenewingProducer;
 use tollgate_schemas::CloudEvent;
 use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeat, QuotaSnapshot};
+
+use tollgate_plumbing::kafka::KafkaConnection;
 
 use crate::error::BillingError;
 use crate::quota::windows::snapshot_key;
@@ -45,15 +46,12 @@ impl fmt::Debug for Publisher {
 
 impl Publisher {
     /// A publisher to `topic`, signing events with `source`.
-    pub fn new(brokers: &str, topic: &str, source: &str) -> Result<Self, BillingError> {
-        let mut config = ClientConfig::new();
+    pub fn new(kafka: &KafkaConnection, topic: &str, source: &str) -> Result<Self, BillingError> {
+        let mut config = kafka.client_config(crate::kafka::CLIENT_ID);
         config
-            .set("bootstrap.servers", brokers)
-            .set("client.id", crate::kafka::CLIENT_ID)
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "0")
-            .set("reconnect.backoff.max.ms", "1000")
             .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
         let producer = RenewingProducer::new(config, "quota", m::KAFKA_PRODUCER_RENEWALS)
             .map_err(BillingError::kafka("create quota producer"))?;

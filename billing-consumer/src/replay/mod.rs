@@ -24,6 +24,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::Message as _;
 use rdkafka::error::KafkaError;
 
+use tollgate_plumbing::kafka::KafkaConnection;
+
 use crate::error::BillingError;
 use crate::kafka::reader::{self, Reader};
 
@@ -62,8 +64,8 @@ pub struct Replay {
 /// from `margin` before `from` by Kafka time (an event is stamped before Kafka receives it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayRange {
-    /// Kafka bootstrap servers.
-    pub brokers: String,
+    /// The brokers and the operator's librdkafka properties.
+    pub kafka: KafkaConnection,
     /// The usage topic.
     pub topic: String,
     /// Start of the range (included), by event time.
@@ -77,13 +79,13 @@ pub struct ReplayRange {
 impl ReplayRange {
     /// The range `[from, to)` of `topic`, with the default margin.
     pub fn new(
-        brokers: impl Into<String>,
+        kafka: impl Into<KafkaConnection>,
         topic: impl Into<String>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Self {
         Self {
-            brokers: brokers.into(),
+            kafka: kafka.into(),
             topic: topic.into(),
             from,
             to,
@@ -120,19 +122,19 @@ impl Replay {
     /// `label` names the replay on the progress bar.
     pub async fn open(range: &ReplayRange, label: &str) -> Result<Self, BillingError> {
         let ReplayRange {
-            brokers,
+            kafka,
             topic,
             from,
             margin,
             ..
         } = range;
-        let (brokers, topic, from, margin) = (brokers.as_str(), topic.as_str(), *from, *margin);
+        let (topic, from, margin) = (topic.as_str(), *from, *margin);
         let margin_ms = i64::try_from(margin.as_millis()).unwrap_or(i64::MAX);
         let since_ms = from.timestamp_millis().saturating_sub(margin_ms);
-        let Some(reader) = reader::open_at(brokers, topic, since_ms).await? else {
+        let Some(reader) = reader::open_at(kafka, topic, since_ms).await? else {
             return Err(BillingError::Config {
                 setting: "topic",
-                reason: format!("the usage topic `{topic}` does not exist on {brokers}"),
+                reason: format!("the usage topic `{topic}` does not exist on {}", kafka.brokers),
             });
         };
         let stats = ReplayStats {

@@ -47,7 +47,7 @@ impl RebuildSettings {
 
     /// Settings with the default margin and batch size.
     pub fn new(
-        brokers: impl Into<String>,
+        kafka: impl Into<tollgate_plumbing::kafka::KafkaConnection>,
         topic: impl Into<String>,
         clickhouse: ClickHouseSettings,
         table: impl Into<String>,
@@ -56,7 +56,7 @@ impl RebuildSettings {
         prices: Arc<PriceTable>,
     ) -> Self {
         Self {
-            range: ReplayRange::new(brokers, topic, from, to),
+            range: ReplayRange::new(kafka, topic, from, to),
             clickhouse,
             table: table.into(),
             prices,

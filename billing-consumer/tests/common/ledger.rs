@@ -40,7 +40,9 @@ impl Fixture {
         let ch = super::clickhouse(&suffix);
         let topic = format!("tollgate.usage.it.{suffix}");
         let group = format!("tollgate-billing-it-{suffix}");
-        topics::ensure(&brokers, &topic, PARTITIONS).await.unwrap();
+        topics::ensure(&brokers.as_str().into(), &topic, PARTITIONS)
+            .await
+            .unwrap();
         migrations::apply(&ch).await.unwrap();
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
@@ -60,7 +62,7 @@ impl Fixture {
     pub fn ingest_settings(&self) -> IngestSettings {
         IngestSettings {
             kafka: KafkaSettings {
-                brokers: self.brokers.clone(),
+                connection: self.brokers.as_str().into(),
                 topic: self.topic.clone(),
                 group_id: self.group.clone(),
             },

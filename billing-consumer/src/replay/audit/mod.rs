@@ -52,7 +52,7 @@ pub struct AuditSettings {
 impl AuditSettings {
     /// Settings with the default table (`usage_events`), margin and event list length.
     pub fn new(
-        brokers: impl Into<String>,
+        kafka: impl Into<tollgate_plumbing::kafka::KafkaConnection>,
         topic: impl Into<String>,
         clickhouse: ClickHouseSettings,
         from: DateTime<Utc>,
@@ -60,7 +60,7 @@ impl AuditSettings {
         prices: Option<Arc<PriceTable>>,
     ) -> Self {
         Self {
-            range: ReplayRange::new(brokers, topic, from, to),
+            range: ReplayRange::new(kafka, topic, from, to),
             clickhouse,
             table: crate::ledger::store::USAGE_TABLE.to_owned(),
             prices,
