@@ -1,7 +1,10 @@
-//! The gateway's one error type. Every way a request can fail is a [`GatewayError`] variant, and
-//! [`ResponseError`] maps each — by an exhaustive `match` — to an HTTP status and an OpenAI-shaped body:
-//! `{"error":{"message","type","param","code"}}`. Clients written against OpenAI's SDKs parse it as they parse
-//! OpenAI's own errors.
+//! The gateway's one error type. Every way a request can fail is a [`GatewayError`] variant, mapped — by an
+//! exhaustive `match` — to an HTTP status and a body in the client's protocol ([`GatewayError::response_in`]):
+//! OpenAI's `{"error":{"message","type","param","code"}}` (also [`ResponseError`]'s default), or on Anthropic's
+//! Messages API `{"type":"error","error":{"type","message"}}` with Anthropic's type names
+//! (`invalid_request_error`, `authentication_error`, `not_found_error`, `request_too_large`, `rate_limit_error`,
+//! `api_error`, `overloaded_error`, `timeout_error`). Clients written against either provider's SDKs parse the
+//! gateway's errors as they parse the provider's own, and raise the same exception classes.
 //!
 //! [`GatewayError::kind`] is a short, bounded name for metric labels and log fields; messages never become labels.
 
@@ -9,6 +12,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
+
+use crate::protocol::Provider;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -91,6 +96,21 @@ pub struct ErrorDetail<'a> {
     pub error_type: &'a str,
     pub param: Option<&'a str>,
     pub code: Option<&'a str>,
+}
+
+/// Anthropic's error body.
+#[derive(Debug, Serialize)]
+struct AnthropicErrorBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct AnthropicErrorDetail<'a> {
+    #[serde(rename = "type")]
+    error_type: &'static str,
+    message: &'a str,
 }
 
 impl GatewayError {
@@ -236,20 +256,63 @@ impl GatewayError {
     }
 }
 
-impl ResponseError for GatewayError {
-    fn status_code(&self) -> StatusCode {
-        self.parts().0
+impl GatewayError {
+    /// Anthropic's error type for this error: the names Anthropic's API answers with, so that its SDKs raise
+    /// the matching exception (`AuthenticationError`, `NotFoundError`, `RateLimitError`, …).
+    fn anthropic_type(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => "authentication_error",
+            Self::InvalidJson(_)
+            | Self::MissingParameter(_)
+            | Self::InvalidParameter { .. }
+            | Self::RequestBody(_)
+            | Self::RequestTimeout { .. } => "invalid_request_error",
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } | Self::InstanceQuotaExhausted { .. } => {
+                "rate_limit_error"
+            }
+            Self::ModelNotFound(_) | Self::UnknownUrl { .. } => "not_found_error",
+            Self::PayloadTooLarge { .. } | Self::JsonTooComplex(_) => "request_too_large",
+            Self::Overloaded { .. } => "overloaded_error",
+            Self::UpstreamTimeout => "timeout_error",
+            Self::UpstreamAnswerTooLarge { .. }
+            | Self::UpstreamUnreachable
+            | Self::UpstreamBadResponse
+            | Self::UsageSpoolFull
+            | Self::Internal => "api_error",
+        }
     }
 
-    fn error_response(&self) -> HttpResponse {
+    /// The message in `protocol`'s words: Anthropic's clients send their key in `x-api-key`.
+    fn message_in(&self, protocol: Provider) -> String {
+        match (self, protocol) {
+            (Self::MissingApiKey, Provider::Anthropic) => {
+                "x-api-key header is required (or Authorization: Bearer YOUR_KEY).".to_owned()
+            }
+            _ => self.to_string(),
+        }
+    }
+
+    /// The response for a client of `protocol`: status, body in that protocol's error shape, and the
+    /// `Retry-After` header where the error has one.
+    pub fn response_in(&self, protocol: Provider) -> HttpResponse {
         let (status, error_type, param, code) = self.parts();
-        let body = ErrorBody {
-            error: ErrorDetail {
-                message: self.to_string(),
-                error_type,
-                param,
-                code,
-            },
+        let message = self.message_in(protocol);
+        let body = match protocol {
+            Provider::Openai => serde_json::to_string(&ErrorBody {
+                error: ErrorDetail {
+                    message,
+                    error_type,
+                    param,
+                    code,
+                },
+            }),
+            Provider::Anthropic => serde_json::to_string(&AnthropicErrorBody {
+                kind: "error",
+                error: AnthropicErrorDetail {
+                    error_type: self.anthropic_type(),
+                    message: &message,
+                },
+            }),
         };
         let mut response = HttpResponse::build(status);
         if let Self::RateLimited { retry_after, .. }
@@ -265,7 +328,18 @@ impl ResponseError for GatewayError {
         }
         response
             .insert_header(ContentType::json())
-            .body(serde_json::to_string(&body).unwrap_or_default())
+            .body(body.unwrap_or_default())
+    }
+}
+
+impl ResponseError for GatewayError {
+    fn status_code(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The OpenAI-shaped response; [`GatewayError::response_in`] answers in the client's protocol.
+    fn error_response(&self) -> HttpResponse {
+        self.response_in(Provider::Openai)
     }
 }
 
@@ -287,9 +361,8 @@ mod tests {
         serde_json::to_value(body).unwrap()
     }
 
-    #[test]
-    fn every_error_has_the_openai_shape() {
-        let all = [
+    fn every_error() -> Vec<GatewayError> {
+        vec![
             GatewayError::MissingApiKey,
             GatewayError::InvalidApiKey,
             GatewayError::ExpiredApiKey,
@@ -329,8 +402,12 @@ mod tests {
             GatewayError::UpstreamBadResponse,
             GatewayError::UsageSpoolFull,
             GatewayError::Internal,
-        ];
-        for err in &all {
+        ]
+    }
+
+    #[test]
+    fn every_error_has_the_openai_shape() {
+        for err in &every_error() {
             let body = body_of(err);
             let detail = body["error"].as_object().unwrap();
             let mut keys: Vec<_> = detail.keys().map(String::as_str).collect();
@@ -339,6 +416,76 @@ mod tests {
             assert!(!detail["message"].as_str().unwrap().is_empty());
             assert!(!err.kind().is_empty());
         }
+    }
+
+    fn anthropic_body(err: &GatewayError) -> (u16, serde_json::Value) {
+        use actix_web::body::MessageBody as _;
+        let response = err.response_in(Provider::Anthropic);
+        let status = response.status().as_u16();
+        let bytes = match response.into_body().try_into_bytes() {
+            Ok(bytes) => bytes,
+            Err(_) => panic!("a whole body"),
+        };
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// On the Messages API every error has Anthropic's shape and one of Anthropic's type names, with the same
+    /// status as on OpenAI's endpoints: the Anthropic SDKs raise their own exception classes from it.
+    #[test]
+    fn every_error_has_the_anthropic_shape_on_the_messages_api() {
+        const TYPES: [&str; 8] = [
+            "invalid_request_error",
+            "authentication_error",
+            "not_found_error",
+            "request_too_large",
+            "rate_limit_error",
+            "api_error",
+            "overloaded_error",
+            "timeout_error",
+        ];
+        for err in &every_error() {
+            let (status, body) = anthropic_body(err);
+            assert_eq!(status, err.status_code().as_u16(), "{err:?}");
+            assert_eq!(body["type"], "error", "{err:?}");
+            let mut keys: Vec<_> = body["error"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            keys.sort_unstable();
+            assert_eq!(keys, ["message", "type"], "{err:?}");
+            assert!(
+                TYPES.contains(&body["error"]["type"].as_str().unwrap()),
+                "{err:?}"
+            );
+            assert!(!body["error"]["message"].as_str().unwrap().is_empty());
+        }
+        let (status, body) = anthropic_body(&GatewayError::InvalidApiKey);
+        assert_eq!(
+            (status, body["error"]["type"].as_str()),
+            (401, Some("authentication_error"))
+        );
+        let (_, body) = anthropic_body(&GatewayError::MissingApiKey);
+        assert!(body["error"]["message"].as_str().unwrap().contains("x-api-key"));
+        let (status, body) = anthropic_body(&GatewayError::ModelNotFound("claude-9".into()));
+        assert_eq!(
+            (status, body["error"]["type"].as_str()),
+            (404, Some("not_found_error"))
+        );
+        let quota = GatewayError::QuotaExceeded {
+            status: 429,
+            message: "over".into(),
+            error_type: "insufficient_quota",
+            retry_after: std::time::Duration::from_secs(2),
+        };
+        let response = quota.response_in(Provider::Anthropic);
+        assert_eq!(response.headers().get("retry-after").unwrap(), "2");
+        let (status, body) = anthropic_body(&quota);
+        assert_eq!(
+            (status, body["error"]["type"].as_str()),
+            (429, Some("rate_limit_error"))
+        );
     }
 
     #[test]

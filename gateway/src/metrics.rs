@@ -17,6 +17,8 @@ pub const ESTIMATES_TOTAL: &str = "tollgate_prompt_estimates_total";
 pub const METER_DURATION_SECONDS: &str = "tollgate_meter_duration_seconds";
 pub const METER_BATCH_REQUESTS: &str = "tollgate_meter_batch_requests";
 pub const AUTH_FAILURES_TOTAL: &str = "tollgate_auth_failures_total";
+pub const COUNT_TOKENS_TOTAL: &str = "tollgate_count_tokens_total";
+pub const COUNT_TOKENS_DURATION_SECONDS: &str = "tollgate_count_tokens_duration_seconds";
 pub const EVENTS_EMITTED_TOTAL: &str = "tollgate_events_emitted_total";
 pub const EVENTS_FAILED_TOTAL: &str = "tollgate_events_failed_total";
 pub const EVENTS_DROPPED_TOTAL: &str = "tollgate_events_dropped_total";
@@ -80,6 +82,16 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
 
 /// Describes every gateway metric (idempotent).
 pub fn describe() {
+    describe_counter!(
+        COUNT_TOKENS_TOTAL,
+        "Token counts answered on /v1/messages/count_tokens, by source (provider: an Anthropic instance counted; \
+         estimated: the gateway's estimate; refused: an error)."
+    );
+    describe_histogram!(
+        COUNT_TOKENS_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to answer a token count on /v1/messages/count_tokens."
+    );
     describe_counter!(
         ADMIN_REQUESTS_TOTAL,
         "Admin API requests answered, by status and outcome (ok, not_found, or the refusal: missing_admin_key, \

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 /// How the mock answers requests, on every endpoint and in each endpoint's own protocol: OpenAI chat
 /// completions, legacy completions and embeddings (whole, and SSE for the first two), Anthropic messages (whole
-/// and SSE).
+/// and SSE) and Anthropic's token count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Behaviour {
@@ -128,6 +128,7 @@ impl MockProvider {
                 .route("/{version}/completions", web::post().to(chat))
                 .route("/{version}/embeddings", web::post().to(chat))
                 .route("/{version}/messages", web::post().to(chat))
+                .route("/{version}/messages/count_tokens", web::post().to(chat))
                 .route("/_mock/behaviour", web::post().to(set_behaviour))
                 .route(
                     "/healthz",
@@ -233,7 +234,9 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     let api_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-    let anthropic = req.path().ends_with("/messages");
+    // Anthropic's token count answers `{"input_tokens"}`: the prompt of the usage a message would report.
+    let counting = req.path().ends_with("/messages/count_tokens");
+    let anthropic = req.path().ends_with("/messages") || counting;
     let authorized = state.expected_key.as_ref().is_none_or(|k| {
         if anthropic {
             api_key == Some(k.as_str())
@@ -311,6 +314,10 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
                 .body("<html>not json");
         }
         _ => {}
+    }
+    if counting {
+        let (prompt, _, _) = reported_usage(&as_messages(&body));
+        return HttpResponse::Ok().json(serde_json::json!({ "input_tokens": prompt }));
     }
     let with_usage = behaviour != Behaviour::NoUsage;
     let long = match behaviour {

@@ -6,8 +6,8 @@
 //! a client library on the way.
 //!
 //! What it specifies: every answer is a 4xx, none a 5xx; an answer from the gateway's own code has the OpenAI
-//! error shape (`{"error":{"message","type",...}}`, on `/v1/messages` too, as the gateway answers its own
-//! refusals there) and the admin API's shape on `/admin/v1`. Requests whose head HTTP itself cannot parse
+//! error shape (`{"error":{"message","type","param","code"}}`) on OpenAI's endpoints, Anthropic's
+//! (`{"type":"error","error":{"type","message"}}`) on `/v1/messages`, and the admin API's shape on `/admin/v1`. Requests whose head HTTP itself cannot parse
 //! (a header line with a bare CR, a Content-Length that is not a number, a head that never ends) are refused by
 //! the HTTP layer before any of Tollgate's code runs: a 4xx with an empty body, or the connection closed
 //! (counted apart). Meanwhile and afterwards the gateway serves normal requests correctly, and nothing hostile
@@ -838,9 +838,26 @@ fn judge(case: &Case, answer: &Answer) -> Option<String> {
         return Some(format!("content type {}", answer.content_type));
     }
     let error = &body["error"];
+    // The path the gateway saw: the request line's target (some cases write it as an absolute URI, or with
+    // odd spacing), without scheme and host.
+    let request_line = case.bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+    let target = request_line
+        .split(|b| *b == b' ')
+        .filter(|part| !part.is_empty())
+        .nth(1)
+        .unwrap_or_default();
+    let path = match target.windows(3).position(|w| w == b"://") {
+        Some(at) => {
+            let rest = &target[at + 3..];
+            &rest[rest.iter().position(|b| *b == b'/').unwrap_or(rest.len())..]
+        }
+        None => target,
+    };
+    let anthropic = path.starts_with(b"/v1/messages");
     let shaped = error["message"].as_str().is_some_and(|m| !m.is_empty())
         && error["type"].is_string()
         && match case.api {
+            Api::Gateway if anthropic => body["type"] == "error" && error.get("code").is_none(),
             Api::Gateway => error.get("param").is_some() && error.get("code").is_some(),
             Api::Admin => error["code"].is_string(),
         };

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::rt::net::TcpStream;
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -160,6 +160,10 @@ impl Gateway {
                 .app_data(state.clone())
                 .app_data(web::Data::new(clients))
                 .route("/v1/models", web::get().to(models::list))
+                .route(
+                    pipeline::count_tokens::PATH,
+                    web::post().to(pipeline::count_tokens::serve),
+                )
                 .route("/healthz", web::get().to(scrape::healthz))
                 .route("/readyz", web::get().to(crate::http::ready::readyz))
                 .configure(|cfg| {
@@ -322,5 +326,5 @@ async fn unknown_url(req: HttpRequest) -> HttpResponse {
         method: req.method().to_string(),
         path: req.path().to_owned(),
     }
-    .error_response()
+    .response_in(Endpoint::protocol_of_path(req.path()))
 }

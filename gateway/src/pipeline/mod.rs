@@ -33,6 +33,7 @@
 //! `server.drain_timeout` ([`crate::http::server::GatewayHandle::stop`]); a task dropped after that, or one that
 //! panics, settles in its ledger's `Drop`.
 
+pub mod count_tokens;
 pub mod forward;
 pub mod settle;
 pub mod stream;
@@ -137,7 +138,7 @@ pub async fn serve(
                 metrics::counter!(m::AUTH_FAILURES_TOTAL, "reason" => error.kind()).increment(1);
             }
             tracing::debug!(request_id = %arrival.request_id, kind = error.kind(), "request refused");
-            (error.error_response(), None)
+            (error.response_in(endpoint.client_protocol()), None)
         }
     };
     if let Ok(value) = HeaderValue::from_str(&arrival.request_id.to_string()) {
@@ -328,7 +329,7 @@ async fn run(
                 usage,
                 ttfb: None,
             });
-            error.error_response()
+            error.response_in(api.endpoint.client_protocol())
         }
     };
     Ok((
@@ -366,7 +367,7 @@ fn authenticate(runtime: &Runtime, req: &HttpRequest) -> Result<Principal, Gatew
 }
 
 /// Step 2: the body, read once within its deadline and budget, its shape checked, then parsed.
-async fn parse(
+pub(crate) async fn parse(
     endpoint: Endpoint,
     req: &HttpRequest,
     payload: web::Payload,

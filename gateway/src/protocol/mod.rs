@@ -58,6 +58,24 @@ impl Endpoint {
         }
     }
 
+    /// The protocol the client speaks on this endpoint: the shape of every answer and error it gets.
+    pub fn client_protocol(self) -> Provider {
+        match self {
+            Self::ChatCompletions | Self::Completions | Self::Embeddings => Provider::Openai,
+            Self::Messages => Provider::Anthropic,
+        }
+    }
+
+    /// The protocol of a client on `path`: Anthropic's on every path that starts with `/v1/messages`, OpenAI's
+    /// elsewhere.
+    pub fn protocol_of_path(path: &str) -> Provider {
+        if path.starts_with("/v1/messages") {
+            Provider::Anthropic
+        } else {
+            Provider::Openai
+        }
+    }
+
     /// The client path.
     pub fn path(self) -> &'static str {
         match self {
