@@ -40,13 +40,16 @@ async fn migrations_apply_once_and_refuse_a_changed_migration() {
         "cost_micros",
         "currency",
         "price_version",
+        "reasoning_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
     ] {
         assert!(
             columns.iter().any(|c| c == column),
             "missing {column} in {columns:?}"
         );
     }
-    assert_eq!(columns.len(), 34);
+    assert_eq!(columns.len(), 37);
 
     // Every DateTime column outside the keys states 'UTC' (0004); the key columns cannot be altered, and the
     // server is checked to behave as UTC instead.
@@ -161,4 +164,52 @@ async fn redelivered_rows_count_once_and_the_report_matches() {
     assert_eq!(nobody.total.requests, 0);
 
     common::drop_database(&ch).await;
+}
+
+/// Reasoning tokens and cache writes by lifetime reach their own columns; an event that did not report them
+/// (every event written before they existed) stores NULL, never a zero that would read as measured.
+#[tokio::test]
+async fn token_types_are_stored_in_their_own_columns_and_null_when_unreported() {
+    let ch = common::clickhouse(&common::unique_suffix());
+    migrations::apply(&ch).await.unwrap();
+    let client = ch.client();
+    let mut reported = common::event(0);
+    reported.data.reasoning_tokens = Some(448);
+    reported.data.cache_write_5m_tokens = Some(100);
+    reported.data.cache_write_1h_tokens = Some(200);
+    let unreported = common::event(1);
+    let rows: Vec<_> = [&reported, &unreported]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let at = Position {
+                topic: "t".into(),
+                partition: 0,
+                offset: i as i64,
+            };
+            store::usage_row(e, &at, 1_800_000_000, &PriceTable::default()).unwrap()
+        })
+        .collect();
+    store::insert_all(&client, store::USAGE_TABLE, &rows)
+        .await
+        .unwrap();
+    let read = |event_id: String| {
+        let client = client.clone();
+        async move {
+            client
+                .query(
+                    "SELECT reasoning_tokens, cache_write_5m_tokens, cache_write_1h_tokens \
+                     FROM usage_events FINAL WHERE event_id = ?",
+                )
+                .bind(event_id.as_str())
+                .fetch_one::<(Option<u32>, Option<u32>, Option<u32>)>()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        read(rows[0].event_id.clone()).await,
+        (Some(448), Some(100), Some(200))
+    );
+    assert_eq!(read(rows[1].event_id.clone()).await, (None, None, None));
 }

@@ -61,6 +61,12 @@ pub fn run(data: &[u8]) {
                 usage.cached_prompt_tokens.unwrap_or(0) <= usage.prompt_tokens,
                 "{usage:?}"
             );
+            let written = u64::from(usage.cache_write_5m_tokens.unwrap_or(0))
+                + u64::from(usage.cache_write_1h_tokens.unwrap_or(0));
+            assert!(
+                written <= u64::from(usage.prompt_tokens) || usage.prompt_tokens == u32::MAX,
+                "cache writes are prompt tokens: {usage:?}"
+            );
             assert_eq!(
                 usage.total_tokens,
                 usage.prompt_tokens.saturating_add(usage.completion_tokens),

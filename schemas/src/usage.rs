@@ -56,6 +56,20 @@ pub struct UsageRecorded {
     pub total_tokens: u32,
     /// Prompt tokens served from the provider's prompt cache, when the provider reports them.
     pub cached_prompt_tokens: Option<u32>,
+    /// Of `completion_tokens`, those the model spent reasoning (OpenAI's
+    /// `completion_tokens_details.reasoning_tokens`, Gemini's `thoughtsTokenCount`), when reported. Absent in
+    /// events written before it existed, and left out when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u32>,
+    /// Of `prompt_tokens`, those written to the provider's prompt cache for 5 minutes (Anthropic's
+    /// `cache_creation.ephemeral_5m_input_tokens`, or all of `cache_creation_input_tokens` when the provider does
+    /// not split them), when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m_tokens: Option<u32>,
+    /// Of `prompt_tokens`, those written to the provider's prompt cache for an hour (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`), when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h_tokens: Option<u32>,
     /// Where `prompt_tokens`/`completion_tokens` came from.
     pub usage_source: UsageSource,
     /// Wall time from the request's arrival to its last byte, in milliseconds.

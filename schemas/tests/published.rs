@@ -37,6 +37,49 @@ fn usage_v1_round_trips_without_loss() {
     assert_eq!(event, again);
 }
 
+/// The token types added after the first events were written (reasoning, cache writes by lifetime) are
+/// optional: an event without them reads with none, one with them round-trips, and a writer leaves out those it
+/// does not know, so an event is byte-for-byte what it was before they existed.
+#[test]
+fn token_types_added_later_are_optional_and_left_out_when_unknown() {
+    let text = std::fs::read_to_string(crate_dir().join("fixtures/tollgate.usage.v1.json")).unwrap();
+    let old: UsageEvent = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (
+            old.data.reasoning_tokens,
+            old.data.cache_write_5m_tokens,
+            old.data.cache_write_1h_tokens
+        ),
+        (None, None, None)
+    );
+    let written = serde_json::to_value(&old).unwrap();
+    for field in [
+        "reasoning_tokens",
+        "cache_write_5m_tokens",
+        "cache_write_1h_tokens",
+    ] {
+        assert!(
+            written["data"].get(field).is_none(),
+            "{field} is left out when unknown"
+        );
+    }
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["data"]["reasoning_tokens"] = 448.into();
+    value["data"]["cache_write_5m_tokens"] = 100.into();
+    value["data"]["cache_write_1h_tokens"] = 200.into();
+    let new: UsageEvent = serde_json::from_value(value).unwrap();
+    assert_eq!(
+        (
+            new.data.reasoning_tokens,
+            new.data.cache_write_5m_tokens,
+            new.data.cache_write_1h_tokens
+        ),
+        (Some(448), Some(100), Some(200))
+    );
+    let again: UsageEvent = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+    assert_eq!(new, again);
+}
+
 /// Readers tolerate what a newer writer or a CloudEvents transport adds: an extension attribute on the envelope
 /// (`traceparent`) and an unknown field in `data` or in an attempt are ignored, so such an event is billed, not
 /// rejected. The known fields stay strict in type.
@@ -47,7 +90,7 @@ fn readers_ignore_unknown_fields_and_extensions_but_keep_known_fields_strict() {
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
     value["traceparent"] = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into();
     value["partitionkey"] = "team-a".into();
-    value["data"]["reasoning_tokens"] = 3.into();
+    value["data"]["audio_tokens"] = 3.into();
     value["data"]["attempts"][0]["region"] = "eu-west-1".into();
     let event: UsageEvent = serde_json::from_value(value.clone()).unwrap();
     assert_eq!(

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "utc_times",
         sql: include_str!("../../migrations/0004_utc_times.sql"),
     },
+    Migration {
+        version: 5,
+        name: "token_types",
+        sql: include_str!("../../migrations/0005_token_types.sql"),
+    },
 ];
 
 /// The bookkeeping table, created before anything else. Never changes (it is how changes are tracked).

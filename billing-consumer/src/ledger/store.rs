@@ -74,6 +74,12 @@ pub struct UsageRow {
     pub currency: String,
     /// The price version that applied (`model@effective_from`); `""` when no price was in force.
     pub price_version: String,
+    /// Of `completion_tokens`, those spent reasoning; NULL when the event did not say (migration 0005).
+    pub reasoning_tokens: Option<u32>,
+    /// Of `prompt_tokens`, those written to the prompt cache for 5 minutes; NULL when not reported.
+    pub cache_write_5m_tokens: Option<u32>,
+    /// Of `prompt_tokens`, those written to the prompt cache for an hour; NULL when not reported.
+    pub cache_write_1h_tokens: Option<u32>,
 }
 
 impl UsageRow {
@@ -157,6 +163,9 @@ pub fn usage_row(
         cost_micros: charge.cost_micros,
         currency: charge.currency().to_owned(),
         price_version: charge.price_version().to_owned(),
+        reasoning_tokens: data.reasoning_tokens,
+        cache_write_5m_tokens: data.cache_write_5m_tokens,
+        cache_write_1h_tokens: data.cache_write_1h_tokens,
     })
 }
 
@@ -262,6 +271,9 @@ mod tests {
             cost_micros: 0,
             currency: String::new(),
             price_version: String::new(),
+            reasoning_tokens: None,
+            cache_write_5m_tokens: None,
+            cache_write_1h_tokens: None,
         };
         assert_eq!(row, expected);
         // The attempt trail round-trips to what the event carried.
@@ -302,6 +314,9 @@ mod tests {
                 completion_tokens: 40,
                 total_tokens: 52,
                 cached_prompt_tokens: Some(8),
+                reasoning_tokens: None,
+                cache_write_5m_tokens: None,
+                cache_write_1h_tokens: None,
                 usage_source: UsageSource::Counted,
                 latency_ms: 900,
                 ttfb_ms: None,

@@ -242,6 +242,7 @@ impl AnthropicStreamAccumulator {
                         .or(usage.cache_creation_input_tokens);
                     usage.cache_read_input_tokens =
                         update.cache_read_input_tokens.or(usage.cache_read_input_tokens);
+                    usage.cache_creation = update.cache_creation.or(usage.cache_creation);
                 }
             }
             Some("message_stop") => {
@@ -429,6 +430,9 @@ mod tests {
                 completion_tokens: 12,
                 total_tokens: 21,
                 cached_prompt_tokens: None,
+                reasoning_tokens: None,
+                cache_write_5m_tokens: None,
+                cache_write_1h_tokens: None,
                 source: UsageSource::Provider,
             })
         );
@@ -552,6 +556,9 @@ mod tests {
                 completion_tokens: 12,
                 total_tokens: 21,
                 cached_prompt_tokens: Some(4),
+                reasoning_tokens: None,
+                cache_write_5m_tokens: None,
+                cache_write_1h_tokens: None,
                 source: UsageSource::Provider,
             };
             prop_assert_eq!(whole.provider_usage(), Some(usage));

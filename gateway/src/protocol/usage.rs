@@ -16,6 +16,13 @@ pub struct Usage {
     pub completion_tokens: u32,
     pub total_tokens: u32,
     pub cached_prompt_tokens: Option<u32>,
+    /// Of `completion_tokens`, those spent reasoning (OpenAI's `completion_tokens_details.reasoning_tokens`).
+    pub reasoning_tokens: Option<u32>,
+    /// Of `prompt_tokens`, those written to the prompt cache for 5 minutes (Anthropic's
+    /// `cache_creation.ephemeral_5m_input_tokens`, or all of `cache_creation_input_tokens` when not split).
+    pub cache_write_5m_tokens: Option<u32>,
+    /// Of `prompt_tokens`, those written to the prompt cache for an hour (`ephemeral_1h_input_tokens`).
+    pub cache_write_1h_tokens: Option<u32>,
     pub source: UsageSource,
 }
 
@@ -133,6 +140,9 @@ pub fn at_least_streamed(
         completion_tokens,
         total_tokens: prompt_tokens.saturating_add(completion_tokens),
         cached_prompt_tokens: provider.and_then(|u| u.cached_prompt_tokens),
+        reasoning_tokens: provider.and_then(|u| u.reasoning_tokens),
+        cache_write_5m_tokens: provider.and_then(|u| u.cache_write_5m_tokens),
+        cache_write_1h_tokens: provider.and_then(|u| u.cache_write_1h_tokens),
         source,
     }
 }
@@ -143,6 +153,12 @@ struct RawUsage {
     completion_tokens: Option<u32>,
     total_tokens: Option<u32>,
     prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +186,9 @@ impl RawUsage {
                 .total_tokens
                 .unwrap_or(prompt_tokens.saturating_add(completion_tokens)),
             cached_prompt_tokens: self.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            reasoning_tokens: self.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+            cache_write_5m_tokens: None,
+            cache_write_1h_tokens: None,
             source: UsageSource::Provider,
         })
     }
@@ -187,7 +206,16 @@ pub struct AnthropicUsage {
     pub input_tokens: Option<u32>,
     pub cache_creation_input_tokens: Option<u32>,
     pub cache_read_input_tokens: Option<u32>,
+    /// The cache writes split by lifetime, when the provider splits them.
+    pub cache_creation: Option<CacheCreation>,
     pub output_tokens: Option<u32>,
+}
+
+/// Anthropic's `usage.cache_creation`: the tokens written to the prompt cache, by lifetime.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct CacheCreation {
+    pub ephemeral_5m_input_tokens: Option<u32>,
+    pub ephemeral_1h_input_tokens: Option<u32>,
 }
 
 impl AnthropicUsage {
@@ -197,12 +225,29 @@ impl AnthropicUsage {
     }
 
     /// As billed: every prompt token — uncached, written to and read from the cache — is a prompt token, and the
-    /// total includes them (not only the output, as some gateways count Anthropic streams).
+    /// total includes them (not only the output, as some gateways count Anthropic streams). Cache writes are
+    /// split by lifetime when the provider says (`cache_creation`), otherwise they are all the default 5-minute
+    /// ones; a split that adds up to more than `cache_creation_input_tokens` counts as written.
     pub fn to_usage(self) -> Usage {
+        let split = self
+            .cache_creation
+            .filter(|c| c.ephemeral_5m_input_tokens.is_some() || c.ephemeral_1h_input_tokens.is_some());
+        let (cache_write_5m_tokens, cache_write_1h_tokens) = match split {
+            Some(split) => (
+                Some(split.ephemeral_5m_input_tokens.unwrap_or(0)),
+                Some(split.ephemeral_1h_input_tokens.unwrap_or(0)),
+            ),
+            None => (self.cache_creation_input_tokens, None),
+        };
+        let written = self.cache_creation_input_tokens.unwrap_or(0).max(
+            cache_write_5m_tokens
+                .unwrap_or(0)
+                .saturating_add(cache_write_1h_tokens.unwrap_or(0)),
+        );
         let prompt_tokens = self
             .input_tokens
             .unwrap_or(0)
-            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
+            .saturating_add(written)
             .saturating_add(self.cache_read_input_tokens.unwrap_or(0));
         let completion_tokens = self.output_tokens.unwrap_or(0);
         Usage {
@@ -210,6 +255,9 @@ impl AnthropicUsage {
             completion_tokens,
             total_tokens: prompt_tokens.saturating_add(completion_tokens),
             cached_prompt_tokens: self.cache_read_input_tokens,
+            reasoning_tokens: None,
+            cache_write_5m_tokens,
+            cache_write_1h_tokens,
             source: UsageSource::Provider,
         }
     }
@@ -229,6 +277,9 @@ pub fn estimated(prompt_estimate: u32, succeeded: bool) -> Usage {
         completion_tokens: 0,
         total_tokens: prompt_tokens,
         cached_prompt_tokens: None,
+        reasoning_tokens: None,
+        cache_write_5m_tokens: None,
+        cache_write_1h_tokens: None,
         source: UsageSource::Estimated,
     }
 }
@@ -261,6 +312,40 @@ mod tests {
             (114, 7, 121)
         );
         assert_eq!(usage.cached_prompt_tokens, Some(100));
+    }
+
+    #[test]
+    fn reasoning_tokens_and_cache_writes_by_lifetime_are_their_own_figures() {
+        let openai = br#"{"usage":{"prompt_tokens":30,"completion_tokens":500,"total_tokens":530,
+            "completion_tokens_details":{"reasoning_tokens":448}}}"#;
+        let usage = from_response_body(openai).unwrap();
+        assert_eq!(
+            (usage.completion_tokens, usage.reasoning_tokens),
+            (500, Some(448))
+        );
+        assert_eq!(
+            (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens),
+            (None, None)
+        );
+
+        let split = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":300,
+            "cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":200},
+            "cache_read_input_tokens":50,"output_tokens":7}}"#;
+        let usage = from_body(Provider::Anthropic, split).unwrap();
+        assert_eq!(usage.prompt_tokens, 360, "every input token, written or read");
+        assert_eq!(
+            (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens),
+            (Some(100), Some(200))
+        );
+        assert_eq!(usage.cached_prompt_tokens, Some(50));
+
+        let unsplit = br#"{"type":"message","usage":{"input_tokens":10,"cache_creation_input_tokens":40,
+            "output_tokens":7}}"#;
+        let usage = from_body(Provider::Anthropic, unsplit).unwrap();
+        assert_eq!(
+            (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens),
+            (Some(40), None)
+        );
     }
 
     #[test]
@@ -315,6 +400,9 @@ mod tests {
             completion_tokens: 1,
             total_tokens: 26,
             cached_prompt_tokens: None,
+            reasoning_tokens: None,
+            cache_write_5m_tokens: None,
+            cache_write_1h_tokens: None,
             source: UsageSource::Provider,
         };
         let billed = at_least_streamed(Some(start), 30, 40, UsageSource::Counted);
@@ -348,6 +436,9 @@ mod tests {
                 completion_tokens,
                 total_tokens: 9 + completion_tokens,
                 cached_prompt_tokens: None,
+                reasoning_tokens: None,
+                cache_write_5m_tokens: None,
+                cache_write_1h_tokens: None,
                 source: UsageSource::Provider,
             });
             let billed = at_least_streamed(provider, estimate, counted, UsageSource::Counted);
