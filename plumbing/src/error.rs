@@ -2,6 +2,8 @@
 //! a log line says what was being done ("read the end of tollgate.config.v1: …") and a caller can tell a broker
 //! that refused from one that did not answer.
 
+use std::borrow::Cow;
+
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::topics::TopicError;
@@ -35,7 +37,7 @@ pub enum KafkaOpError {
         /// The topic.
         topic: String,
         /// What is missing.
-        reason: &'static str,
+        reason: Cow<'static, str>,
     },
     /// `operation` did not finish in the time it had.
     #[error("{operation}: {detail}")]

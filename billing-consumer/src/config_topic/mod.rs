@@ -2,13 +2,15 @@
 //! follows the admin API's `tollgate.config.v1` topic, as every gateway replica does, for the two things it
 //! takes from the configuration — quota limits and prices.
 //!
-//! A thread owns an rdkafka consumer outside any group (never joined, never committed) assigned partition 0 of
-//! the topic from the beginning, like the gateway's quota feed. Every message is applied in order to a map
-//! (kind, id) → resource ([`resources`]): a `put` change stores its resource, a `delete` change or a tombstone
-//! (null value) removes it. Each applied change is logged once (kind, id, action, actor — the topic carries no
-//! secrets, and resources are never logged) and counted in `billing_config_changes_total{kind}`; a message that
-//! is not a change is logged and skipped. Once what is ready has been read, the derived configuration is
-//! refreshed and `billing_config_version` set to the offset of the last message read:
+//! A thread owns an rdkafka consumer outside any group (never joined, never committed) assigned partition 0
+//! of the topic from the beginning, like the gateway's quota feed; the thread, the waiting for the topic and
+//! telling when its end is reached are [`tollgate_plumbing::follow`]'s, as they are the gateway's. Every
+//! message is applied in order to a map (kind, id) → resource ([`resources`]): a `put` change stores its
+//! resource, a `delete` change or a tombstone (null value) removes it. Each applied change is logged once
+//! (kind, id, action, actor — the topic carries no secrets, and resources are never logged) and counted in
+//! `billing_config_changes_total{kind}`; a message that is not a change is logged and skipped. Once what is
+//! ready has been read, the derived configuration is refreshed and `billing_config_version` set to the offset
+//! of the last message read:
 //!
 //! - **Quota policy** (with the quota loop): while the topic is empty, the gateway file's (`--quota-config` /
 //!   `--config`) limits; once it held any change, its `instance`, `consumer` and `limit` resources replace the
@@ -21,23 +23,24 @@
 //!   prices is logged as an error and the file's kept. The new table replaces the old one whole in
 //!   [`LivePrices`]; each ingest batch is priced by the table in use when its first message arrived.
 //!
-//! **Start-up.** [`ConfigFollower::ready`] resolves once the topic was read to the end it had when the follower
-//! started (or after [`CATCH_UP_TIMEOUT`], with a warning), so ingest and the quota loop start from the topic's
-//! configuration, not the files'. A topic that does not exist yet is not waited for: the files apply, and the
-//! follower looks for the topic every second and follows it once it appears.
+//! **Start-up.** [`ConfigFollower::ready`] resolves once the topic was read to the end it had when the
+//! follower started (or [`CATCH_UP_TIMEOUT`] after it was assigned, with a warning), so ingest and the quota
+//! loop start from the topic's configuration, not the files'. A topic that does not exist yet is not waited
+//! for: the files apply, and the follower looks for the topic every second and follows it once it appears.
 
 pub mod resources;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
+use tollgate_plumbing::follow::{
+    Assignment, Handler, Late, Partitions, Progress, Settings, TopicFollower, Waiting,
+};
 use tollgate_plumbing::kafka::KafkaConnection;
 use tollgate_schemas::config::ResourceKind;
 
@@ -78,8 +81,8 @@ pub struct FollowSettings {
 /// The running follower.
 #[derive(Debug)]
 pub struct ConfigFollower {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Taken by [`ConfigFollower::stop`].
+    follower: Option<TopicFollower>,
     ready: watch::Receiver<bool>,
     prices: Option<LivePrices>,
     policy: Option<PolicyUpdates>,
@@ -112,10 +115,10 @@ impl ConfigFollower {
             None => (None, None),
         };
         let (ready_sender, ready) = watch::channel(false);
-        let stop = Arc::new(AtomicBool::new(false));
-        let follower = Follower {
-            consumer,
-            stop: Arc::clone(&stop),
+        let handler = Follower {
+            waiting_logged: false,
+            caught_up: false,
+            read_since_refresh: 0,
             state: State {
                 topic: settings.topic.clone(),
                 resources: Resources::default(),
@@ -129,13 +132,16 @@ impl ConfigFollower {
                 refresh_policy: true,
             },
         };
-        let thread = std::thread::Builder::new()
-            .name("tollgate-billing-config".into())
-            .spawn(move || follower.run())
-            .map_err(|e| BillingError::Config {
-                setting: "config-topic",
-                reason: format!("cannot start the config follower thread: {e}"),
-            })?;
+        let mut follow = Settings::new("tollgate-billing-config", settings.topic.clone());
+        follow.partitions = Partitions::One(0);
+        follow.poll = POLL;
+        follow.retry = RETRY;
+        follow.metadata_timeout = LOOKUP_TIMEOUT;
+        follow.catch_up_timeout = Some(CATCH_UP_TIMEOUT);
+        let follower = TopicFollower::spawn(consumer, follow, handler).map_err(|e| BillingError::Config {
+            setting: "config-topic",
+            reason: format!("cannot start the config follower thread: {e}"),
+        })?;
         tracing::info!(
             brokers = %settings.kafka.brokers,
             topic = %settings.topic,
@@ -144,8 +150,7 @@ impl ConfigFollower {
             "Following the config topic."
         );
         Ok(Self {
-            stop,
-            thread: Some(thread),
+            follower: Some(follower),
             ready,
             prices,
             policy,
@@ -172,24 +177,32 @@ impl ConfigFollower {
 
     /// Stops the thread and waits for it.
     pub async fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        if let Some(follower) = self.follower.take() {
+            follower.request_stop();
+            let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
         }
     }
 }
 
 impl Drop for ConfigFollower {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        if let Some(follower) = &self.follower {
+            follower.request_stop();
+        }
     }
 }
 
-/// The thread: its consumer and the configuration it builds.
+/// What the follower's thread does with the config topic ([`TopicFollower`] reads it): the configuration it
+/// builds, and when to refresh what derives from it.
 struct Follower {
-    consumer: BaseConsumer<ReaderContext>,
-    stop: Arc<AtomicBool>,
     state: State,
+    /// Whether the topic's absence was logged.
+    waiting_logged: bool,
+    /// Whether [`ConfigFollower::ready`] was signalled: the topic was read to its end at assignment, or it was
+    /// not there, or [`CATCH_UP_TIMEOUT`] passed.
+    caught_up: bool,
+    /// Messages read since the derived configuration was last refreshed.
+    read_since_refresh: usize,
 }
 
 /// The configuration read so far and where it goes.
@@ -208,121 +221,82 @@ struct State {
     refresh_policy: bool,
 }
 
+impl Handler for Follower {
+    fn waiting(&mut self, reason: &Waiting) {
+        if !self.waiting_logged {
+            tracing::warn!(
+                topic = %self.state.topic,
+                %reason,
+                "The config topic is not available; the configuration files apply until it is. \
+                 Looking for it every second."
+            );
+            self.waiting_logged = true;
+        }
+        if !self.caught_up {
+            self.caught_up = true;
+            self.state.refresh();
+            self.state.ready.send_replace(true);
+        }
+    }
+
+    fn assigned(&mut self, assignment: &Assignment) {
+        tracing::info!(topic = %self.state.topic, messages = assignment.end(), "Reading the config topic.");
+    }
+
+    fn message(&mut self, message: &BorrowedMessage<'_>) -> ControlFlow<()> {
+        self.state.take(message);
+        self.read_since_refresh += 1;
+        if self.caught_up && self.read_since_refresh >= REFRESH_AFTER {
+            self.refresh();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn caught_up(&mut self) -> ControlFlow<()> {
+        if !self.caught_up {
+            self.caught_up = true;
+            self.refresh();
+            self.state.ready.send_replace(true);
+            tracing::info!(
+                topic = %self.state.topic,
+                resources = self.state.resources.len(),
+                version = self.state.last_offset,
+                "The config topic was read; following it."
+            );
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Not read to its end within [`CATCH_UP_TIMEOUT`]: start with what was read.
+    fn late(&mut self, _: Progress) -> Late {
+        if !self.caught_up {
+            tracing::warn!(
+                topic = %self.state.topic,
+                seconds = CATCH_UP_TIMEOUT.as_secs(),
+                "The config topic was not read to its end in time; starting with what was read."
+            );
+        }
+        Late::Proceed
+    }
+
+    fn idle(&mut self) {
+        if self.caught_up && self.read_since_refresh > 0 {
+            self.refresh();
+        }
+    }
+
+    fn read_error(&mut self, error: &KafkaError) {
+        // librdkafka's own errors are logged by the context; this one repeats while they last.
+        tracing::debug!(topic = %self.state.topic, %error, "Reading the config topic failed; retrying.");
+        std::thread::sleep(POLL);
+    }
+}
+
 impl Follower {
-    fn run(mut self) {
-        let started = Instant::now();
-        // The end of the partition when it was assigned: read up to there, the follower is ready.
-        let mut end: Option<i64> = None;
-        let mut caught_up = false;
-        let mut waiting_logged = false;
-        let mut read_since_refresh = 0_usize;
-        while !self.stop.load(Ordering::Acquire) {
-            let Some(end_offset) = end else {
-                match self.assign() {
-                    Ok(high) => {
-                        tracing::info!(topic = %self.state.topic, messages = high, "Reading the config topic.");
-                        end = Some(high);
-                    }
-                    Err(reason) => {
-                        if !waiting_logged {
-                            tracing::warn!(
-                                topic = %self.state.topic,
-                                %reason,
-                                "The config topic is not available; the configuration files apply until it is. \
-                                 Looking for it every second."
-                            );
-                            waiting_logged = true;
-                        }
-                        if !caught_up {
-                            caught_up = true;
-                            self.state.refresh();
-                            self.state.ready.send_replace(true);
-                        }
-                        self.sleep(RETRY);
-                    }
-                }
-                continue;
-            };
-            let mut at_end = false;
-            let mut idle = false;
-            match self.consumer.poll(POLL) {
-                Some(Ok(message)) => {
-                    self.state.take(&message);
-                    read_since_refresh += 1;
-                    at_end = message.offset().saturating_add(1) >= end_offset;
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {
-                    at_end = true;
-                    idle = true;
-                }
-                Some(Err(error)) => {
-                    // librdkafka's own errors are logged by the context; this one repeats while they last.
-                    tracing::debug!(topic = %self.state.topic, %error, "Reading the config topic failed; retrying.");
-                    self.sleep(POLL);
-                }
-                None => idle = true,
-            }
-            if !caught_up {
-                let timed_out = started.elapsed() >= CATCH_UP_TIMEOUT;
-                if at_end || end_offset == 0 || timed_out {
-                    if timed_out && !at_end {
-                        tracing::warn!(
-                            topic = %self.state.topic,
-                            seconds = CATCH_UP_TIMEOUT.as_secs(),
-                            "The config topic was not read to its end in time; starting with what was read."
-                        );
-                    }
-                    caught_up = true;
-                    read_since_refresh = 0;
-                    self.state.refresh();
-                    self.state.ready.send_replace(true);
-                    tracing::info!(
-                        topic = %self.state.topic,
-                        resources = self.state.resources.len(),
-                        version = self.state.last_offset,
-                        "The config topic was read; following it."
-                    );
-                }
-            } else if (idle || read_since_refresh >= REFRESH_AFTER) && read_since_refresh > 0 {
-                read_since_refresh = 0;
-                self.state.refresh();
-            }
-        }
-    }
-
-    /// Assigns partition 0 of the topic from its beginning; its high watermark, or why not.
-    fn assign(&self) -> Result<i64, String> {
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&self.state.topic), LOOKUP_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        let topic = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == self.state.topic)
-            .ok_or("not in the broker's metadata")?;
-        if let Some(error) = topic.error() {
-            return Err(format!("{error:?}"));
-        }
-        if !topic.partitions().iter().any(|p| p.id() == 0) {
-            return Err("no partition 0".into());
-        }
-        let (_, high) = self
-            .consumer
-            .fetch_watermarks(&self.state.topic, 0, LOOKUP_TIMEOUT)
-            .map_err(|e| e.to_string())?;
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.state.topic, 0, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-        self.consumer.assign(&list).map_err(|e| e.to_string())?;
-        Ok(high)
-    }
-
-    fn sleep(&self, total: Duration) {
-        let until = Instant::now() + total;
-        while !self.stop.load(Ordering::Acquire) && Instant::now() < until {
-            std::thread::sleep(POLL.min(total));
-        }
+    /// Brings what derives from the configuration up to the messages read so far.
+    fn refresh(&mut self) {
+        self.read_since_refresh = 0;
+        self.state.refresh();
     }
 }
 

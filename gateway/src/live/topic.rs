@@ -9,25 +9,24 @@
 //! gateway serves; if the broker is slower than that, the gateway starts on the configuration it last applied
 //! (kept on disk, [`super::cache`]) — never on its file, whose consumers and keys the topic may have revoked —
 //! or, without one, keeps waiting. The content then follows as a catch-up as soon as it is read. Then the feed
-//! follows the topic and hands every change to the applier task.
+//! follows the topic and hands every change to the applier task. A read that does not reach the end within
+//! [`LOAD_TIMEOUT`] starts over from the beginning. The thread, the assignment and telling when the end is
+//! reached are [`tollgate_plumbing::follow`]'s; this module makes sure of the topic, seeds it and decodes it.
 //!
 //! A record's key is `kind/id`; its value a `tollgate.config.v1` CloudEvent, or null (a tombstone: deleted).
 //! Records that are neither are logged and skipped.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::ControlFlow;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc::UnboundedSender;
 use tollgate_schemas::CloudEvent;
 use tollgate_schemas::config::{
@@ -39,12 +38,13 @@ use super::{Feed, Incoming};
 use crate::config::Config;
 use crate::kafka::{RenewingProducer, client_config, follower_config, producer_config};
 use tollgate_plumbing::KafkaOpError;
+use tollgate_plumbing::follow::{
+    Assignment, Handler, Late, Partitions, Progress, Settings, TopicFollower, Waiting,
+};
 use tollgate_plumbing::topics::TopicSpec;
 
 /// How long a start waits for the topic's content before serving on the file.
 pub const LOAD_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long one poll waits; also the longest a stop request waits for the thread.
-const POLL: Duration = Duration::from_millis(100);
 /// Retry interval while the broker or topic is not reachable.
 const RETRY: Duration = Duration::from_secs(1);
 /// How long publishing one change may take.
@@ -116,8 +116,7 @@ impl Publisher {
 /// The running feed thread; [`ConfigFeed::stop`] ends it.
 #[derive(Debug)]
 pub struct ConfigFeed {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    follower: TopicFollower,
 }
 
 impl ConfigFeed {
@@ -141,10 +140,8 @@ impl ConfigFeed {
         );
         // Checked now; a producer is made for each seeding attempt, so a failed one is never reused.
         let _: BaseProducer = seeder.create()?;
-        let stop = Arc::new(AtomicBool::new(false));
         let (initial_tx, initial_rx) = sync_channel(0);
-        let follower = Follower {
-            consumer,
+        let handler = Follower {
             seeder,
             admin: client_config(
                 &config.kafka,
@@ -152,17 +149,19 @@ impl ConfigFeed {
             ),
             topic: topic.to_owned(),
             seeds: seeds(file, source),
-            stop: stop.clone(),
             applier,
+            initial: Some(initial_tx),
+            batch: Vec::new(),
+            end: 0,
+            logged: false,
         };
-        let thread = std::thread::Builder::new()
-            .name("tollgate-config-feed".into())
-            .spawn(move || follower.run(initial_tx))?;
+        let mut settings = Settings::new("tollgate-config-feed", topic);
+        settings.partitions = Partitions::One(0);
+        settings.retry = RETRY;
+        settings.catch_up_timeout = Some(LOAD_TIMEOUT);
+        let follower = TopicFollower::spawn(consumer, settings, handler)?;
         Ok((
-            Self {
-                stop,
-                thread: Some(thread),
-            },
+            Self { follower },
             InitialLoad {
                 receiver: initial_rx,
                 topic: topic.to_owned(),
@@ -171,11 +170,8 @@ impl ConfigFeed {
     }
 
     /// Stops the thread and waits for it (at most about one poll).
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn stop(self) {
+        self.follower.stop();
     }
 }
 
@@ -234,108 +230,96 @@ fn seeds(file: &ResourceSet, source: &str) -> Vec<ConfigChangeEvent> {
         .collect()
 }
 
+/// What the feed's thread does with the config topic ([`TopicFollower`] reads it).
 struct Follower {
-    consumer: BaseConsumer,
     seeder: ClientConfig,
     /// The admin client's settings, for creating the topic.
     admin: ClientConfig,
     topic: String,
     seeds: Vec<ConfigChangeEvent>,
-    stop: Arc<AtomicBool>,
     applier: UnboundedSender<Feed>,
+    /// Where the content read up to the end goes; taken once it went.
+    initial: Option<SyncSender<Vec<Incoming>>>,
+    /// The content read since the assignment, until it went.
+    batch: Vec<Incoming>,
+    /// The topic's end at assignment.
+    end: i64,
+    /// Whether a reason the topic is not readable was logged.
+    logged: bool,
 }
 
-impl Follower {
-    fn run(self, initial: SyncSender<Vec<Incoming>>) {
-        let mut logged = false;
-        let batch = loop {
-            if self.stopped() {
-                return;
-            }
-            match self.load() {
-                Ok(batch) => break batch,
-                Err(reason) => {
-                    if !logged {
-                        tracing::warn!(topic = %self.topic, %reason, "Config topic not readable yet; retrying every second.");
-                        logged = true;
-                    }
-                    self.sleep(RETRY);
-                }
-            }
+impl Handler for Follower {
+    /// Ensures the topic and seeds it when it never held anything; it is then read from the beginning to its end.
+    fn prepare<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<(), KafkaOpError> {
+        ensure_topic(&self.admin, &self.topic)?;
+        let (_, high) = consumer
+            .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
+            .map_err(KafkaOpError::client("read the end of the config topic"))?;
+        if high == 0 && !self.seeds.is_empty() {
+            self.seed()?;
+        }
+        Ok(())
+    }
+
+    fn waiting(&mut self, reason: &Waiting) {
+        self.not_readable(reason);
+    }
+
+    fn assigned(&mut self, assignment: &Assignment) {
+        self.batch.clear();
+        self.end = assignment.end();
+    }
+
+    fn message(&mut self, message: &BorrowedMessage<'_>) -> ControlFlow<()> {
+        if self.initial.is_some() {
+            self.batch.extend(self.decode(message));
+        } else if let Some(incoming) = self.decode(message)
+            && self.applier.send(Feed::Change(Box::new(incoming))).is_err()
+        {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn caught_up(&mut self) -> ControlFlow<()> {
+        let batch = std::mem::take(&mut self.batch);
+        tracing::info!(topic = %self.topic, records = self.end, changes = batch.len(), "Read the config topic to its end.");
+        let Some(initial) = self.initial.take() else {
+            return ControlFlow::Continue(());
         };
         // A rendezvous: if `start` gave up waiting, the content goes to the applier as a catch-up instead.
         if let Err(unsent) = initial.send(batch)
             && self.applier.send(Feed::Catchup(unsent.0)).is_err()
         {
-            return;
+            return ControlFlow::Break(());
         }
-        while !self.stopped() {
-            match self.consumer.poll(POLL) {
-                Some(Ok(message)) => {
-                    if let Some(incoming) = self.decode(&message)
-                        && self.applier.send(Feed::Change(Box::new(incoming))).is_err()
-                    {
-                        return;
-                    }
-                }
-                Some(Err(error)) => tracing::debug!(%error, "Config feed read error."),
-                None => {}
-            }
-        }
+        ControlFlow::Continue(())
     }
 
-    /// Ensures the topic, seeds it when it never held anything, and reads it from the beginning to its end.
-    fn load(&self) -> Result<Vec<Incoming>, KafkaOpError> {
-        ensure_topic(&self.admin, &self.topic)?;
-        let (_, mut high) = self
-            .consumer
-            .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
-            .map_err(KafkaOpError::client("read the end of the config topic"))?;
-        if high == 0 && !self.seeds.is_empty() {
-            self.seed()?;
-            high = self
-                .consumer
-                .fetch_watermarks(&self.topic, 0, Duration::from_secs(5))
-                .map_err(KafkaOpError::client("read the end of the seeded config topic"))?
-                .1;
+    /// Not read within [`LOAD_TIMEOUT`]: read it again from the beginning.
+    fn late(&mut self, progress: Progress) -> Late {
+        self.not_readable(&KafkaOpError::Incomplete {
+            operation: "read the config topic to its end",
+            detail: format!(
+                "read {} of {} records before giving up",
+                progress.read, progress.end
+            ),
+        });
+        Late::Reassign
+    }
+
+    fn read_error(&mut self, error: &KafkaError) {
+        tracing::debug!(%error, "Config feed read error.");
+    }
+}
+
+impl Follower {
+    /// Logs the first reason the topic could not be read.
+    fn not_readable(&mut self, reason: &dyn std::fmt::Display) {
+        if !self.logged {
+            tracing::warn!(topic = %self.topic, %reason, "Config topic not readable yet; retrying every second.");
+            self.logged = true;
         }
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(&self.topic, 0, Offset::Beginning)
-            .map_err(KafkaOpError::client("list the config topic's partition"))?;
-        self.consumer
-            .assign(&list)
-            .map_err(KafkaOpError::client("assign the config topic's partition"))?;
-        let mut batch = Vec::new();
-        let deadline = Instant::now() + LOAD_TIMEOUT;
-        let mut next = 0;
-        while next < high {
-            if self.stopped() || Instant::now() > deadline {
-                return Err(KafkaOpError::Incomplete {
-                    operation: "read the config topic to its end",
-                    detail: format!("read {next} of {high} records before giving up"),
-                });
-            }
-            match self.consumer.poll(POLL) {
-                Some(Ok(message)) => {
-                    next = message.offset() + 1;
-                    batch.extend(self.decode(&message));
-                }
-                Some(Err(error)) => tracing::debug!(%error, "Config feed read error."),
-                None => {
-                    // Compaction may have removed the last offsets below `high`: past the low watermark of an
-                    // empty fetch, what was read is all there is.
-                    if let Ok(position) = self.consumer.position()
-                        && let Some(p) = position.find_partition(&self.topic, 0)
-                        && let Offset::Offset(at) = p.offset()
-                        && at >= high
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::info!(topic = %self.topic, records = high, changes = batch.len(), "Read the config topic to its end.");
-        Ok(batch)
     }
 
     /// Publishes the file's resources as the topic's first changes.
@@ -387,17 +371,6 @@ impl Follower {
             id: id.to_owned(),
             event,
         })
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
-    }
-
-    fn sleep(&self, total: Duration) {
-        let until = Instant::now() + total;
-        while !self.stopped() && Instant::now() < until {
-            std::thread::sleep(POLL);
-        }
     }
 }
 

@@ -6,7 +6,9 @@
 //!
 //! A dedicated thread owns an rdkafka consumer that reads every partition of the topic from the beginning (a
 //! compacted topic is the current state: one snapshot per scope) and then follows it. It never joins a consumer
-//! group and never commits: every replica reads everything. Until the topic exists it retries every second.
+//! group and never commits: every replica reads everything. Until the topic exists it retries every second. The
+//! thread, the waiting and the reading are [`tollgate_plumbing::follow`]'s; this module says what a message, the
+//! topic's absence and each second mean for the quotas.
 //!
 //! Once a second the thread publishes how old billing-consumer's newest word (snapshot or heartbeat) is, in
 //! `tollgate_quota_snapshot_age_seconds`. Past `quota.max_snapshot_age` — the topic unreachable, billing-consumer
@@ -21,17 +23,14 @@
 //! default 15 s); past it the gateway serves degraded, as above, and says so in a warning and in
 //! `tollgate_quota_feed_caught_up` (0 until the feed has read what the topic held at start).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::ControlFlow;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-use tollgate_plumbing::KafkaOpError;
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
+use tollgate_plumbing::follow::{Assignment, Handler, Settings, TopicFollower, Waiting};
 use tollgate_schemas::quota::{HEARTBEAT_KEY, QuotaHeartbeatEvent, QuotaSnapshotEvent};
 
 use crate::clock::wall_ms;
@@ -41,16 +40,15 @@ use crate::metrics as m;
 
 use super::{Acceptance, Quotas};
 
-/// How long one poll waits; also the longest a stop request waits for the thread.
-const POLL: Duration = Duration::from_millis(100);
+/// How long the topic's metadata lookup may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the staleness gauge is refreshed and the topic looked for while it does not exist.
 const TICK: Duration = Duration::from_secs(1);
 
 /// The running feed; [`QuotaFeed::stop`] ends it.
 #[derive(Debug)]
 pub struct QuotaFeed {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    follower: TopicFollower,
     caught_up: Arc<CaughtUp>,
 }
 
@@ -100,27 +98,23 @@ impl QuotaFeed {
             &format!("tollgate-gateway-quota/{}", config.server.instance_id),
         )
         .create()?;
-        let stop = Arc::new(AtomicBool::new(false));
         let caught_up = Arc::new(CaughtUp::default());
         metrics::gauge!(m::QUOTA_FEED_CAUGHT_UP).set(0.0);
-        let follower = Follower {
+        let handler = Follower {
             caught_up: caught_up.clone(),
-            pending: HashMap::new(),
-            consumer,
             topic: config.quota.topic.clone(),
             quotas,
             max_age: config.quota.max_snapshot_age,
-            stop: stop.clone(),
             started_at_ms: wall_ms(),
+            waiting_logged: false,
+            degraded: None,
         };
-        let thread = std::thread::Builder::new()
-            .name("tollgate-quota-feed".into())
-            .spawn(move || follower.run())?;
-        Ok(Some(Self {
-            stop,
-            thread: Some(thread),
-            caught_up,
-        }))
+        let mut settings = Settings::new("tollgate-quota-feed", config.quota.topic.clone());
+        settings.metadata_timeout = METADATA_TIMEOUT;
+        settings.retry = TICK;
+        settings.tick = Some(TICK);
+        let follower = TopicFollower::spawn(consumer, settings, handler)?;
+        Ok(Some(Self { follower, caught_up }))
     }
 
     /// Waits up to `timeout` for the feed to have read what the topic held when it started; whether it has.
@@ -129,11 +123,8 @@ impl QuotaFeed {
     }
 
     /// Stops the thread and waits for it (at most about one poll).
-    pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn stop(self) {
+        self.follower.stop();
     }
 }
 
@@ -146,135 +137,55 @@ pub enum FeedError {
     Thread(#[from] std::io::Error),
 }
 
+/// What the feed's thread does with the quota topic ([`TopicFollower`] reads it).
 struct Follower {
-    consumer: BaseConsumer,
     topic: String,
     quotas: Arc<Quotas>,
     max_age: Duration,
-    stop: Arc<AtomicBool>,
     started_at_ms: u64,
     caught_up: Arc<CaughtUp>,
-    /// Per partition, the end it had at assignment that is not read yet.
-    pending: HashMap<i32, i64>,
+    /// Whether the topic's absence was logged.
+    waiting_logged: bool,
+    /// Whether the last tick found the gateway degraded; `None` before the first.
+    degraded: Option<bool>,
+}
+
+impl Handler for Follower {
+    fn waiting(&mut self, reason: &Waiting) {
+        // The broker answered: a topic it does not have holds no snapshot to wait for.
+        if reason.is_absent() {
+            self.caught_up.set();
+        }
+        if !self.waiting_logged {
+            tracing::warn!(topic = %self.topic, %reason, "Quota topic not available yet; retrying every second.");
+            self.waiting_logged = true;
+        }
+    }
+
+    fn assigned(&mut self, assignment: &Assignment) {
+        tracing::info!(topic = %self.topic, partitions = assignment.partitions(), "Following quota snapshots.");
+    }
+
+    fn message(&mut self, message: &BorrowedMessage<'_>) -> ControlFlow<()> {
+        self.take(message);
+        ControlFlow::Continue(())
+    }
+
+    fn caught_up(&mut self) -> ControlFlow<()> {
+        self.caught_up.set();
+        ControlFlow::Continue(())
+    }
+
+    fn read_error(&mut self, error: &KafkaError) {
+        tracing::debug!(%error, "Quota feed read error.");
+    }
+
+    fn tick(&mut self) {
+        self.degraded = Some(self.refresh_gauges(self.degraded));
+    }
 }
 
 impl Follower {
-    fn run(mut self) {
-        let mut assigned = false;
-        let mut waiting_logged = false;
-        let mut degraded: Option<bool> = None;
-        let mut last_tick = Instant::now().checked_sub(TICK).unwrap_or_else(Instant::now);
-        while !self.stop.load(Ordering::Acquire) {
-            if !assigned {
-                match self.assign() {
-                    Ok(partitions) => {
-                        assigned = true;
-                        tracing::info!(topic = %self.topic, partitions, "Following quota snapshots.");
-                    }
-                    Err(reason) => {
-                        if !waiting_logged {
-                            tracing::warn!(topic = %self.topic, %reason, "Quota topic not available yet; retrying every second.");
-                            waiting_logged = true;
-                        }
-                        self.sleep(TICK);
-                    }
-                }
-            }
-            if assigned {
-                match self.consumer.poll(POLL) {
-                    Some(Ok(message)) => {
-                        self.take(&message);
-                        self.read_up_to(message.partition(), message.offset() + 1);
-                    }
-                    Some(Err(error)) => tracing::debug!(%error, "Quota feed read error."),
-                    None => self.check_positions(),
-                }
-            }
-            if last_tick.elapsed() >= TICK {
-                last_tick = Instant::now();
-                degraded = Some(self.tick(degraded));
-            }
-        }
-    }
-
-    /// Records that `partition` was read up to `next`; once every partition reached its end at assignment,
-    /// the feed is caught up.
-    fn read_up_to(&mut self, partition: i32, next: i64) {
-        if self.pending.get(&partition).is_some_and(|end| next >= *end) {
-            self.pending.remove(&partition);
-            if self.pending.is_empty() {
-                self.caught_up.set();
-            }
-        }
-    }
-
-    /// Compaction may have removed the last offsets below a partition's end: an empty poll past them is the end.
-    fn check_positions(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        if let Ok(positions) = self.consumer.position() {
-            for element in positions.elements() {
-                if let Offset::Offset(at) = element.offset() {
-                    self.read_up_to(element.partition(), at);
-                }
-            }
-        }
-    }
-
-    /// Assigns every partition of the topic from its beginning; the partition count, or why not.
-    fn assign(&mut self) -> Result<usize, KafkaOpError> {
-        let metadata = self
-            .consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(2))
-            .map_err(KafkaOpError::client("fetch the quota topic's metadata"))?;
-        // The broker answered: a topic it does not have holds no snapshot to wait for.
-        let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else {
-            self.caught_up.set();
-            return Err(KafkaOpError::Missing {
-                topic: self.topic.clone(),
-                reason: "not in the broker's metadata",
-            });
-        };
-        if let Some(error) = topic.error() {
-            self.caught_up.set();
-            return Err(KafkaOpError::Refused {
-                operation: "fetch the quota topic's metadata",
-                code: error.into(),
-            });
-        }
-        if topic.partitions().is_empty() {
-            self.caught_up.set();
-            return Err(KafkaOpError::Missing {
-                topic: self.topic.clone(),
-                reason: "no partitions",
-            });
-        }
-        let mut list = TopicPartitionList::new();
-        for partition in topic.partitions() {
-            list.add_partition_offset(&self.topic, partition.id(), Offset::Beginning)
-                .map_err(KafkaOpError::client("list the quota topic's partitions"))?;
-        }
-        let mut pending = HashMap::new();
-        for partition in topic.partitions() {
-            let (low, high) = self
-                .consumer
-                .fetch_watermarks(&self.topic, partition.id(), Duration::from_secs(5))
-                .map_err(KafkaOpError::client("read the end of the quota topic"))?;
-            if high > low {
-                pending.insert(partition.id(), high);
-            }
-        }
-        self.consumer
-            .assign(&list)
-            .map_err(KafkaOpError::client("assign the quota topic's partitions"))?;
-        self.pending = pending;
-        if self.pending.is_empty() {
-            self.caught_up.set();
-        }
-        Ok(topic.partitions().len())
-    }
-
     fn take(&self, message: &BorrowedMessage<'_>) {
         let Some(payload) = message.payload().filter(|p| !p.is_empty()) else {
             return; // a tombstone: a dropped window's or a removed scope's snapshot
@@ -328,7 +239,7 @@ impl Follower {
     }
 
     /// Refreshes the staleness gauges; logs when the gateway enters or leaves degraded mode.
-    fn tick(&self, was_degraded: Option<bool>) -> bool {
+    fn refresh_gauges(&self, was_degraded: Option<bool>) -> bool {
         let age = self.quotas.staleness();
         let degraded = age.is_none_or(|age| age > self.max_age);
         metrics::gauge!(m::QUOTA_SNAPSHOT_AGE_SECONDS).set(age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
@@ -349,12 +260,5 @@ impl Follower {
             _ => {}
         }
         degraded
-    }
-
-    fn sleep(&self, total: Duration) {
-        let until = Instant::now() + total;
-        while !self.stop.load(Ordering::Acquire) && Instant::now() < until {
-            std::thread::sleep(POLL);
-        }
     }
 }
