@@ -297,8 +297,8 @@ impl GatewayError {
     pub fn response_in(&self, protocol: Provider) -> HttpResponse {
         let (status, error_type, param, code) = self.parts();
         let message = self.message_in(protocol);
-        let body = match protocol {
-            Provider::Openai => serde_json::to_string(&ErrorBody {
+        let body = match protocol.protocol() {
+            Provider::Openai | Provider::AzureOpenai => serde_json::to_string(&ErrorBody {
                 error: ErrorDetail {
                     message,
                     error_type,

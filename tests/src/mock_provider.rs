@@ -88,6 +88,8 @@ pub struct Received {
     /// The status the mock answered with.
     pub status: u16,
     pub path: String,
+    /// The query string (Azure OpenAI's `api-version=…`), empty when there was none.
+    pub query: String,
     pub authorization: Option<String>,
     pub headers: Vec<(String, String)>,
     pub body: Value,
@@ -129,6 +131,19 @@ impl MockProvider {
                 .route("/{version}/embeddings", web::post().to(chat))
                 .route("/{version}/messages", web::post().to(chat))
                 .route("/{version}/messages/count_tokens", web::post().to(chat))
+                // Azure OpenAI: the deployment in the path, `api-version` in the query, the key in `api-key`.
+                .route(
+                    "/openai/deployments/{deployment}/chat/completions",
+                    web::post().to(chat),
+                )
+                .route(
+                    "/openai/deployments/{deployment}/completions",
+                    web::post().to(chat),
+                )
+                .route(
+                    "/openai/deployments/{deployment}/embeddings",
+                    web::post().to(chat),
+                )
                 .route("/_mock/behaviour", web::post().to(set_behaviour))
                 .route(
                     "/healthz",
@@ -237,8 +252,13 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
     // Anthropic's token count answers `{"input_tokens"}`: the prompt of the usage a message would report.
     let counting = req.path().ends_with("/messages/count_tokens");
     let anthropic = req.path().ends_with("/messages") || counting;
+    let azure = req.path().starts_with("/openai/deployments/");
+    let azure_key = req.headers().get("api-key").and_then(|v| v.to_str().ok());
     let authorized = state.expected_key.as_ref().is_none_or(|k| {
-        if anthropic {
+        if azure {
+            // Azure answers 401 without an `api-key`, and without `api-version` 404 ("Resource not found").
+            azure_key == Some(k.as_str()) && req.query_string().contains("api-version=")
+        } else if anthropic {
             api_key == Some(k.as_str())
         } else {
             authorization.as_deref() == Some(format!("Bearer {k}").as_str())
@@ -259,6 +279,7 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
             at,
             status,
             path: req.path().to_owned(),
+            query: req.query_string().to_owned(),
             authorization: authorization.clone(),
             headers,
             body: body.clone(),

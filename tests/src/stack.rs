@@ -80,7 +80,8 @@ impl Infra {
 pub struct StackOptions {
     /// Start meter-sidecar; when false, the gateway's meter URL points at a closed port.
     pub meter: bool,
-    /// TOML appended to the gateway's configuration. `{mock}` becomes the mock's endpoint and `{closed}` an
+    /// TOML appended to the gateway's configuration. `{mock}` becomes the mock's endpoint (`{mock_origin}` the
+    /// same without its `/v1`, as an Azure OpenAI resource's endpoint has none) and `{closed}` an
     /// endpoint where nothing listens.
     pub extra_toml: String,
     /// Replaces the default route's `targets` when set.
@@ -761,6 +762,7 @@ fn gateway_toml(
     let extra = options
         .extra_toml
         .replace("{mock2}", mock2)
+        .replace("{mock_origin}", mock.trim_end_matches("/v1"))
         .replace("{mock}", mock)
         .replace("{closed}", &closed_endpoint());
     format!(

@@ -359,6 +359,34 @@ pub struct Instance {
     pub health_check: Option<HealthCheck>,
     /// The instance's own token quota: when it is used up, requests fail over to the next target.
     pub token_limit: Option<TokenLimit>,
+    /// Azure OpenAI: the API version and the deployment of each model.
+    pub azure: Option<AzureDeployments>,
+}
+
+/// How an Azure OpenAI instance is addressed: `{endpoint}/openai/deployments/{deployment}/{path}?api-version=…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureDeployments {
+    pub api_version: String,
+    /// Model name → deployment name.
+    pub deployments: BTreeMap<String, String>,
+}
+
+impl Instance {
+    /// The path a request for `model` is sent to on this instance, relative to its endpoint (or absolute):
+    /// `path` itself, or for Azure OpenAI `openai/deployments/{deployment}/{path}?api-version={version}`, the
+    /// deployment looked up by `model` (a model without an entry goes to the deployment of its own name).
+    pub fn request_path<'a>(&self, path: &'a str, model: &str) -> std::borrow::Cow<'a, str> {
+        let Some(azure) = &self.azure else {
+            return std::borrow::Cow::Borrowed(path);
+        };
+        let deployment = azure.deployments.get(model).map_or(model, String::as_str);
+        let version = &azure.api_version;
+        std::borrow::Cow::Owned(if path.starts_with('/') {
+            format!("{path}?api-version={version}")
+        } else {
+            format!("openai/deployments/{deployment}/{path}?api-version={version}")
+        })
+    }
 }
 
 /// Passive health: `failures` consecutive retry-worthy failures open the circuit for `cooldown`; then one trial

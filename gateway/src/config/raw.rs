@@ -137,7 +137,7 @@ fn default_health_threshold() -> u32 {
 pub(super) fn provider_paths(provider: Provider) -> Vec<String> {
     Endpoint::ALL
         .iter()
-        .filter(|e| e.provider() == provider)
+        .filter(|e| e.provider() == provider.protocol())
         .map(|e| e.path().to_owned())
         .collect()
 }
@@ -405,6 +405,12 @@ pub struct RawInstance {
     pub circuit_breaker: RawBreaker,
     pub health_check: Option<RawHealthCheck>,
     pub token_limit: Option<TokenLimitConfig>,
+    /// Azure OpenAI only: the `api-version` query parameter of every request, e.g. `"2024-10-21"`.
+    pub api_version: Option<String>,
+    /// Azure OpenAI only: model name → deployment name. A request for a model goes to its deployment; a model
+    /// without an entry goes to the deployment of the same name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deployments: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

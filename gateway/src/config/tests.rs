@@ -736,3 +736,90 @@ fn secrets_do_not_print() {
     let config = Config::from_toml_with_env(VALID, env).unwrap();
     assert!(!format!("{config:?}").contains("sk-provider"));
 }
+
+const AZURE: &str = r#"
+    [[instances]]
+    name = "azure"
+    provider = "azure_openai"
+    endpoint = "https://contoso.openai.azure.com"
+    api_key_env = "OPENAI_API_KEY"
+    api_version = "2024-10-21"
+    deployments = { "gpt-4o" = "prod-gpt4o" }
+
+    [[routes]]
+    name = "gpt-4o"
+    models = ["gpt-4o"]
+    targets = [{ instance = "azure", priority = 2 }, { instance = "openai" }]
+"#;
+
+/// An Azure OpenAI instance speaks OpenAI's protocol: it may share a route with OpenAI instances, and requests
+/// go to the deployment of the model sent upstream, with the API version in the query.
+#[test]
+fn an_azure_openai_instance_addresses_the_models_deployment_and_shares_openai_routes() {
+    let config = Config::from_toml_with_env(&format!("{VALID}{AZURE}"), env).unwrap();
+    let azure = config.instances.iter().find(|i| i.name == "azure").unwrap();
+    assert_eq!(azure.provider, crate::protocol::Provider::AzureOpenai);
+    assert_eq!(
+        azure.request_path("chat/completions", "gpt-4o"),
+        "openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(
+        azure.request_path("embeddings", "text-embedding-3-small"),
+        "openai/deployments/text-embedding-3-small/embeddings?api-version=2024-10-21",
+        "a model without an entry goes to the deployment of its own name"
+    );
+    assert_eq!(
+        azure.request_path("/canary/chat/completions", "gpt-4o"),
+        "/canary/chat/completions?api-version=2024-10-21"
+    );
+    let openai = config.instances.iter().find(|i| i.name == "openai").unwrap();
+    assert_eq!(
+        openai.request_path("chat/completions", "gpt-4o"),
+        "chat/completions"
+    );
+}
+
+#[test]
+fn azure_addressing_is_required_for_azure_and_refused_elsewhere() {
+    let without_version = AZURE.replace("api_version = \"2024-10-21\"\n", "");
+    let found = problems(&format!("{VALID}{without_version}"));
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("instances[1].api_version: is required")),
+        "{found:?}"
+    );
+
+    let bad = AZURE
+        .replace("\"2024-10-21\"", "\"2024-10-21&x=1\"")
+        .replace("\"prod-gpt4o\"", "\"prod/../gpt4o\"");
+    let found = problems(&format!("{VALID}{bad}"));
+    assert!(
+        found.iter().any(|p| p.starts_with("instances[1].api_version")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("instances[1].deployments.\"gpt-4o\"")),
+        "{found:?}"
+    );
+
+    let on_openai = VALID.replace(
+        "api_key_env = \"OPENAI_API_KEY\"",
+        "api_key_env = \"OPENAI_API_KEY\"\n    api_version = \"2024-10-21\"\n    deployments = { a = \"b\" }",
+    );
+    let found = problems(&on_openai);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("instances[0].api_version: only an `azure_openai`")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("instances[0].deployments: only an `azure_openai`")),
+        "{found:?}"
+    );
+}

@@ -267,7 +267,7 @@ pub enum StreamMeter {
 impl StreamMeter {
     pub fn for_provider(provider: Provider) -> Self {
         match provider {
-            Provider::Openai => Self::OpenAi(ChatStreamAccumulator::default()),
+            Provider::Openai | Provider::AzureOpenai => Self::OpenAi(ChatStreamAccumulator::default()),
             Provider::Anthropic => Self::Anthropic(AnthropicStreamAccumulator::default()),
         }
     }

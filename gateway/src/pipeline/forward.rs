@@ -131,10 +131,14 @@ pub async fn forward<'a>(
             continue;
         }
         let body = api.upstream_body(instance.model.as_deref(), state.server.metering)?;
-        let path = target.path.as_deref().unwrap_or(api.endpoint.upstream_path());
+        let model_sent = instance.model.as_deref().unwrap_or(&api.model);
+        let path = instance.request_path(
+            target.path.as_deref().unwrap_or(api.endpoint.upstream_path()),
+            model_sent,
+        );
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
         let outbound = Outbound {
-            path,
+            path: &path,
             body,
             timeout,
             passthrough: &passthrough,

@@ -277,7 +277,7 @@ async fn run(
                 let job = StreamJob {
                     ledger,
                     permit: Some(permit),
-                    strip_usage_chunk: provider == Provider::Openai && !api.client_wants_usage(),
+                    strip_usage_chunk: provider.protocol() == Provider::Openai && !api.client_wants_usage(),
                     state: state.clone(),
                     clients: clients.clone(),
                     ttfb,

@@ -292,7 +292,9 @@ mod tests {
     /// One stream event of `provider` carrying `text`.
     fn event(provider: Provider, text: &str) -> SseEvent {
         let data = match provider {
-            Provider::Openai => serde_json::json!({"choices": [{"delta": {"content": text}}]}),
+            Provider::Openai | Provider::AzureOpenai => {
+                serde_json::json!({"choices": [{"delta": {"content": text}}]})
+            }
             Provider::Anthropic => {
                 serde_json::json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": text}})
             }

@@ -10,7 +10,7 @@ pub mod usage;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-/// The protocol an instance speaks.
+/// The kind of provider an instance is: the protocol it speaks ([`Provider::protocol`]) and how it is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Provider {
@@ -18,6 +18,9 @@ pub enum Provider {
     Openai,
     /// Anthropic's Messages API: `x-api-key` and `anthropic-version`.
     Anthropic,
+    /// Azure OpenAI: OpenAI's protocol, reached as `{endpoint}/openai/deployments/{deployment}/{path}?api-version=…`
+    /// with an `api-key` header; the deployment is looked up by the model sent upstream.
+    AzureOpenai,
 }
 
 impl Provider {
@@ -25,6 +28,16 @@ impl Provider {
         match self {
             Self::Openai => "openai",
             Self::Anthropic => "anthropic",
+            Self::AzureOpenai => "azure_openai",
+        }
+    }
+
+    /// The protocol its requests, answers, streams and errors are in: [`Provider::Openai`] or
+    /// [`Provider::Anthropic`].
+    pub fn protocol(self) -> Provider {
+        match self {
+            Self::Openai | Self::AzureOpenai => Self::Openai,
+            Self::Anthropic => Self::Anthropic,
         }
     }
 }

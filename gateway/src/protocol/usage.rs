@@ -44,7 +44,7 @@ pub struct AnswerFacts {
 /// body that is not JSON.
 pub fn read_answer(provider: Provider, body: &[u8]) -> AnswerFacts {
     let (model, usage) = match provider {
-        Provider::Openai => match serde_json::from_slice::<Envelope>(body) {
+        Provider::Openai | Provider::AzureOpenai => match serde_json::from_slice::<Envelope>(body) {
             Ok(answer) => (answer.model, answer.usage.and_then(RawUsage::reported)),
             Err(_) => (None, None),
         },
@@ -72,7 +72,7 @@ pub fn completion_text(provider: Provider, body: &[u8]) -> Option<String> {
         }
     };
     match provider {
-        Provider::Openai => {
+        Provider::Openai | Provider::AzureOpenai => {
             for choice in value
                 .get("choices")
                 .and_then(|c| c.as_array())

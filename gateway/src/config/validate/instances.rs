@@ -9,6 +9,7 @@ use url::Url;
 use super::{LIMIT_ID_ONLY_GLOBAL, Problems, http_url};
 use crate::config::model::*;
 use crate::config::raw::*;
+use crate::protocol::Provider;
 
 /// The instances, and what later sections look up in them.
 pub(super) struct Instances {
@@ -83,7 +84,9 @@ pub(super) fn instances(
             }
             instance_limits.push((i, limit));
         }
+        let azure = azure(p, &path, raw.provider, raw.api_version, raw.deployments);
         instances.push(Instance {
+            azure,
             circuit_breaker,
             health_check,
             endpoint: http_url(p, format!("{path}.endpoint"), &raw.endpoint, placeholder),
@@ -102,6 +105,69 @@ pub(super) fn instances(
         secrets,
         limits: instance_limits,
     }
+}
+
+/// Azure OpenAI's addressing: required for `provider = "azure_openai"` (an `api_version`; `deployments` may map
+/// models to deployments of other names), refused for every other provider. Both end up in the URL, so they are
+/// checked to be plain: an API version of lowercase letters, digits, `-` and `.`; deployment names of letters,
+/// digits, `-`, `_` and `.`.
+fn azure(
+    p: &mut Problems,
+    path: &str,
+    provider: Provider,
+    api_version: Option<String>,
+    deployments: BTreeMap<String, String>,
+) -> Option<AzureDeployments> {
+    if provider != Provider::AzureOpenai {
+        if api_version.is_some() {
+            p.push(
+                format!("{path}.api_version"),
+                "only an `azure_openai` instance has an API version",
+            );
+        }
+        if !deployments.is_empty() {
+            p.push(
+                format!("{path}.deployments"),
+                "only an `azure_openai` instance has deployments",
+            );
+        }
+        return None;
+    }
+    let plain = |s: &str, extra: &[char]| {
+        !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
+    };
+    let api_version = match api_version {
+        Some(v) if plain(&v, &['-', '.']) && !v.chars().any(|c| c.is_ascii_uppercase()) => v,
+        Some(v) => {
+            p.push(
+                format!("{path}.api_version"),
+                format!("`{v}` is not an API version such as \"2024-10-21\""),
+            );
+            v
+        }
+        None => {
+            p.push(
+                format!("{path}.api_version"),
+                "is required for an `azure_openai` instance, e.g. \"2024-10-21\"",
+            );
+            String::new()
+        }
+    };
+    for (model, deployment) in &deployments {
+        if model.is_empty() {
+            p.push(format!("{path}.deployments"), "a model name must not be empty");
+        }
+        if !plain(deployment, &['-', '_', '.']) {
+            p.push(
+                format!("{path}.deployments.\"{model}\""),
+                format!("`{deployment}` is not a deployment name (letters, digits, `-`, `_`, `.`)"),
+            );
+        }
+    }
+    Some(AzureDeployments {
+        api_version,
+        deployments,
+    })
 }
 
 fn validate_health_check(p: &mut Problems, instance_path: &str, raw: RawHealthCheck) -> HealthCheck {

@@ -118,12 +118,12 @@ pub(super) fn routes(p: &mut Problems, raw_routes: Vec<RawRoute>, known: &Instan
             };
             for t in &targets {
                 if let Some(instance) = instances.get(t.instance)
-                    && instance.provider != endpoint.provider()
+                    && instance.provider.protocol() != endpoint.provider()
                 {
                     p.push(
                         format!("{path}.paths[{j}]"),
                         format!(
-                            "`{route_path}` speaks the {} protocol but target `{}` is a {} instance",
+                            "`{route_path}` speaks the {} protocol but target `{}` is an instance of {}",
                             endpoint.provider().as_str(),
                             instance.name,
                             instance.provider.as_str()
