@@ -123,6 +123,17 @@ pub(crate) fn anthropic_error_value_to_openai(status: u16, error: &Value) -> Tra
     }
 }
 
+/// The status an OpenAI error without one (sent mid-stream) stands for, from its `type` and `code`:
+/// `invalid_request_error` 400, `requests` / `tokens` / `rate_limit_exceeded` 429, anything else 500.
+pub(crate) fn openai_stream_error_status(body: &Value) -> u16 {
+    let inner = openai_error_object(body).unwrap_or(body);
+    match (string_at(inner, "type"), string_at(inner, "code")) {
+        (Some("invalid_request_error"), _) => 400,
+        (Some("requests" | "tokens"), _) | (_, Some("rate_limit_exceeded")) => 429,
+        _ => 500,
+    }
+}
+
 /// An OpenAI error object (or a whole error body) → Anthropic's status and body.
 pub(crate) fn openai_error_value_to_anthropic(status: u16, body: &Value) -> TranslatedError {
     let inner = openai_error_object(body).unwrap_or(body);

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use super::error::{anthropic_error_value_to_openai, openai_error_value_to_anthropic};
+use super::error::{
+    anthropic_error_value_to_openai, openai_error_value_to_anthropic, openai_stream_error_status,
+};
 use super::response::{finish_reason, stop_reason};
 use super::usage::{AnthropicUsageTracker, MeteredUsage};
 
@@ -419,7 +421,7 @@ impl OpenAiToAnthropicStream {
         let mut out = Vec::new();
         if chunk.get("error").is_some_and(|e| !e.is_null()) {
             self.done = true;
-            let error = openai_error_value_to_anthropic(500, &chunk);
+            let error = openai_error_value_to_anthropic(openai_stream_error_status(&chunk), &chunk);
             anthropic_frame(&mut out, "error", &error.body);
             return out;
         }

@@ -283,6 +283,21 @@ fn unknown_error_text_is_cut_to_a_kib() {
 }
 
 #[test]
+fn mid_stream_openai_errors_map_by_type() {
+    let mut stream = OpenAiToAnthropicStream::new();
+    let out = stream.push(
+        None,
+        br#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+    );
+    let frames = frames(&out);
+    let error = frames.last().unwrap();
+    assert_eq!(error["event"], json!("error"));
+    assert_eq!(error["data"]["error"]["type"], json!("rate_limit_error"));
+    assert!(stream.is_done());
+    assert!(stream.push(None, b"[DONE]").is_empty());
+}
+
+#[test]
 fn dropped_header_joins_names() {
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 1, "logprobs": true,
         "logit_bias": {"1": 2}});
