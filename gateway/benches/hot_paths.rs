@@ -1,5 +1,6 @@
 //! The gateway's per-request work outside the network: SSE framing and stream metering, request parsing and
-//! the upstream body, route planning, quota admission, usage event encoding and key checks.
+//! the upstream body, route planning, quota admission, usage event encoding, key checks, and the translation
+//! between OpenAI and Anthropic requests, answers and streams.
 //!
 //! `cargo bench -p tollgate-gateway --bench hot_paths`; add `-- <filter>` (e.g. `-- sse/`) to run one group.
 
@@ -21,6 +22,10 @@ use tollgate_gateway::config::Config;
 use tollgate_gateway::metering::sse::{EventSplitter, parse_event};
 use tollgate_gateway::metering::stream_usage::StreamMeter;
 use tollgate_gateway::protocol::request::ApiRequest;
+use tollgate_gateway::protocol::translate::{
+    AnthropicToOpenAiStream, OpenAiToAnthropicStream, anthropic_to_openai_answer,
+    anthropic_to_openai_request, openai_to_anthropic_answer, openai_to_anthropic_request,
+};
 use tollgate_gateway::protocol::{Endpoint, Provider};
 use tollgate_gateway::routing::{HashKeys, Router, health_of};
 use tollgate_schemas::quota::{LimitStrategy, QuotaSnapshot, Watermark, Window};
@@ -506,6 +511,170 @@ fn auth(c: &mut Criterion) {
     group.finish();
 }
 
+// -----------------------------------------------------------------------------------------------------------
+// 7. Protocol translation
+// -----------------------------------------------------------------------------------------------------------
+
+/// A whole Anthropic answer: a paragraph of text and a tool call, with cache usage (about 1 KB).
+fn anthropic_answer() -> Vec<u8> {
+    let text = "Failover does not bill twice: the usage event lists both attempts, but tokens are charged \
+                only for the attempt that answered (Billing > attempts). The 503 attempt carries no usage; \
+                the 200 attempt carries the provider's figures and names the instance that served it, which \
+                is the one finance should attribute the tokens to. "
+        .repeat(2);
+    serde_json::to_vec(&serde_json::json!({
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": [
+            {"type": "text", "text": text},
+            {"type": "tool_use", "id": "toolu_01A", "name": "search_docs",
+             "input": {"query": "billing attempts failover", "limit": 3}},
+        ],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 512, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 768,
+                  "output_tokens": 96},
+    }))
+    .unwrap()
+}
+
+/// The same answer streamed by Anthropic: 40 text deltas, 12 argument fragments, pings; (event, data) pairs.
+fn anthropic_events() -> Vec<(&'static str, Vec<u8>)> {
+    use serde_json::json;
+    let event = |name: &'static str, data: serde_json::Value| (name, serde_json::to_vec(&data).unwrap());
+    let mut events = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL", "type": "message", "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929", "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": 512, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 768,
+                  "output_tokens": 1}}}),
+    )];
+    events.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}}),
+    ));
+    for n in 0..40 {
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": format!(" word{n} and more")}}),
+        ));
+        if n % 10 == 0 {
+            events.push(event("ping", json!({"type": "ping"})));
+        }
+    }
+    events.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 1,
+        "content_block": {"type": "tool_use", "id": "toolu_01A", "name": "search_docs", "input": {}}}),
+    ));
+    let arguments = r#"{"query": "billing attempts failover", "limit": 3}"#;
+    for piece in arguments.as_bytes().chunks(5) {
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": std::str::from_utf8(piece).unwrap()}}),
+        ));
+    }
+    events.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 1}),
+    ));
+    events.push(event(
+        "message_delta",
+        json!({"type": "message_delta",
+        "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 96}}),
+    ));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    events
+}
+
+/// Request translation each way on the chat body of group 2 (as parsed JSON), whole answers each way, and
+/// streams each way per upstream event.
+fn translate(c: &mut Criterion) {
+    let chat: serde_json::Value = serde_json::from_slice(&chat_body("")).unwrap();
+    let chat_bytes = serde_json::to_vec(&chat).unwrap().len() as u64;
+    let messages = openai_to_anthropic_request(&chat, 4096).unwrap().body;
+    assert_eq!(
+        anthropic_to_openai_request(&messages).unwrap().body["messages"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+
+    let anthropic = anthropic_answer();
+    let openai = serde_json::to_vec(
+        &anthropic_to_openai_answer(&anthropic, 1_750_771_200)
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(openai_to_anthropic_answer(&openai).unwrap().usage.is_some());
+
+    let events = anthropic_events();
+    let mut to_openai = AnthropicToOpenAiStream::new(true, 1_750_771_200);
+    let openai_events: Vec<Vec<u8>> = events
+        .iter()
+        .flat_map(|(name, data)| {
+            let frames = to_openai.push(Some(name), data);
+            String::from_utf8(frames)
+                .unwrap()
+                .split_terminator("\n\n")
+                .map(|frame| frame.strip_prefix("data: ").unwrap().as_bytes().to_vec())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(to_openai.malformed_events(), 0);
+    assert_eq!(to_openai.usage().unwrap().prompt_tokens, 1280);
+
+    let mut group = c.benchmark_group("translate");
+    group.throughput(Throughput::Bytes(chat_bytes));
+    group.bench_function("request/openai_to_anthropic", |b| {
+        b.iter(|| openai_to_anthropic_request(black_box(&chat), 4096).unwrap())
+    });
+    group.bench_function("request/anthropic_to_openai", |b| {
+        b.iter(|| anthropic_to_openai_request(black_box(&messages)).unwrap())
+    });
+    group.throughput(Throughput::Bytes(anthropic.len() as u64));
+    group.bench_function("answer/anthropic_to_openai", |b| {
+        b.iter(|| anthropic_to_openai_answer(black_box(&anthropic), 1_750_771_200).unwrap())
+    });
+    group.throughput(Throughput::Bytes(openai.len() as u64));
+    group.bench_function("answer/openai_to_anthropic", |b| {
+        b.iter(|| openai_to_anthropic_answer(black_box(&openai)).unwrap())
+    });
+    // Upstream events per second.
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("stream/anthropic_to_openai", |b| {
+        b.iter(|| {
+            let mut stream = AnthropicToOpenAiStream::new(true, 1_750_771_200);
+            let mut bytes = 0;
+            for (name, data) in black_box(&events) {
+                bytes += stream.push(Some(name), data).len();
+            }
+            bytes
+        })
+    });
+    group.throughput(Throughput::Elements(openai_events.len() as u64));
+    group.bench_function("stream/openai_to_anthropic", |b| {
+        b.iter(|| {
+            let mut stream = OpenAiToAnthropicStream::new();
+            let mut bytes = 0;
+            for data in black_box(&openai_events) {
+                bytes += stream.push(None, data).len();
+            }
+            bytes
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // Short runs, as in meter-sidecar's bench: orders of magnitude on a shared 2-core machine, not 1 %
@@ -514,6 +683,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = sse, request, routing, quota, event, auth
+    targets = sse, request, routing, quota, event, auth, translate
 }
 criterion_main!(benches);

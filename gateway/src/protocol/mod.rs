@@ -1,10 +1,12 @@
 //! The providers' protocol facts, in one place: which protocols an instance can speak ([`Provider`]), the client
 //! endpoints the gateway meters and the upstream paths behind them ([`Endpoint`]), the client headers a protocol
 //! needs upstream, how a client's request body is read and parsed ([`request`]), and what an answer says it
-//! consumed and which model produced it ([`usage`]). The request path ([`crate::pipeline`]) asks here; nothing
-//! here knows about routes, quotas or events.
+//! consumed and which model produced it ([`usage`]), and the translation of requests, answers, streams and
+//! errors between OpenAI Chat Completions and Anthropic Messages ([`translate`]). The request path
+//! ([`crate::pipeline`]) asks here; nothing here knows about routes, quotas or events.
 
 pub mod request;
+pub mod translate;
 pub mod usage;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
