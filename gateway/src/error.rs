@@ -49,6 +49,10 @@ pub enum GatewayError {
     InstanceQuotaExhausted { retry_after: std::time::Duration },
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// The request was routed to an instance of the other protocol, and cannot be carried across (`n` > 1, a
+    /// malformed tool call, …).
+    #[error("Invalid value for '{param}': {message}")]
+    Untranslatable { param: String, message: String },
     #[error("The request body is larger than the limit of {limit} bytes.")]
     PayloadTooLarge { limit: usize },
     #[error("Could not read the request body: {0}")]
@@ -127,6 +131,7 @@ impl GatewayError {
             Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::InstanceQuotaExhausted { .. } => "instance_quota_exhausted",
             Self::ModelNotFound(_) => "model_not_found",
+            Self::Untranslatable { .. } => "untranslatable",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::RequestBody(_) => "request_body",
             Self::RequestTimeout { .. } => "request_timeout",
@@ -195,6 +200,7 @@ impl GatewayError {
                 Some("model"),
                 Some("model_not_found"),
             ),
+            Self::Untranslatable { .. } => (StatusCode::BAD_REQUEST, INVALID, None, Some("invalid_value")),
             Self::PayloadTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 INVALID,
@@ -266,6 +272,7 @@ impl GatewayError {
             | Self::MissingParameter(_)
             | Self::InvalidParameter { .. }
             | Self::RequestBody(_)
+            | Self::Untranslatable { .. }
             | Self::RequestTimeout { .. } => "invalid_request_error",
             Self::RateLimited { .. } | Self::QuotaExceeded { .. } | Self::InstanceQuotaExhausted { .. } => {
                 "rate_limit_error"
@@ -387,6 +394,10 @@ mod tests {
                 retry_after: std::time::Duration::from_secs(1),
             },
             GatewayError::ModelNotFound("gpt-9".into()),
+            GatewayError::Untranslatable {
+                param: "n".into(),
+                message: "`n` cannot be honoured by this model's provider".into(),
+            },
             GatewayError::PayloadTooLarge { limit: 10 },
             GatewayError::RequestBody("reset".into()),
             GatewayError::RequestTimeout { seconds: 30 },

@@ -361,6 +361,8 @@ pub struct Instance {
     pub token_limit: Option<TokenLimit>,
     /// Azure OpenAI: the API version and the deployment of each model.
     pub azure: Option<AzureDeployments>,
+    /// The `max_tokens` of a translated chat completion that set no limit, sent to an Anthropic instance.
+    pub default_max_tokens: u32,
 }
 
 /// How an Azure OpenAI instance is addressed: `{endpoint}/openai/deployments/{deployment}/{path}?api-version=…`.

@@ -141,6 +141,9 @@ pub(super) fn provider_paths(provider: Provider) -> Vec<String> {
         .map(|e| e.path().to_owned())
         .collect()
 }
+fn default_max_tokens() -> u32 {
+    4096
+}
 fn default_weight() -> u32 {
     1
 }
@@ -405,6 +408,10 @@ pub struct RawInstance {
     pub circuit_breaker: RawBreaker,
     pub health_check: Option<RawHealthCheck>,
     pub token_limit: Option<TokenLimitConfig>,
+    /// The `max_tokens` sent to an Anthropic instance with a translated chat completion that set no limit
+    /// (Anthropic requires one).
+    #[serde(default = "default_max_tokens")]
+    pub default_max_tokens: u32,
     /// Azure OpenAI only: the `api-version` query parameter of every request, e.g. `"2024-10-21"`.
     pub api_version: Option<String>,
     /// Azure OpenAI only: model name → deployment name. A request for a model goes to its deployment; a model

@@ -488,22 +488,31 @@ fn duplicates_are_refused() {
 }
 
 #[test]
-fn a_route_cannot_send_one_protocol_to_another_protocols_instance() {
+fn a_route_mixes_protocols_only_on_the_endpoints_translated_between_them() {
     let mixed = format!(
         "{VALID}\n[[instances]]\nname = \"claude\"\nprovider = \"anthropic\"\nendpoint = \"https://api.anthropic.com/v1\"\n\
-         [[routes]]\nname = \"mixed\"\nmodels = [\"m\"]\npaths = [\"/v1/messages\"]\ntargets = [{{ instance = \"openai\" }}, {{ instance = \"claude\" }}]\n"
+         [[routes]]\nname = \"mixed\"\nmodels = [\"m\"]\npaths = [\"/v1/messages\", \"/v1/chat/completions\"]\n\
+         targets = [{{ instance = \"openai\" }}, {{ instance = \"claude\" }}]\n"
     );
-    let found = problems(&mixed);
+    let config = Config::from_toml_with_env(&mixed, env).unwrap();
+    assert_eq!(config.routes[1].paths, ["/v1/messages", "/v1/chat/completions"]);
+
+    // Embeddings and legacy completions are not translated: an Anthropic target cannot serve them.
+    let embeddings = mixed.replace("\"/v1/chat/completions\"]", "\"/v1/embeddings\"]");
+    let found = problems(&embeddings);
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(
         found[0].starts_with(
-            "routes[1].paths[0]: `/v1/messages` speaks the anthropic protocol but target `openai`"
-        )
+            "routes[1].paths[1]: `/v1/embeddings` speaks the openai protocol, which target `claude`"
+        ),
+        "{found:?}"
     );
-    // Without `paths`, a route serves every endpoint of its targets' protocol.
-    let claude_only = mixed
-        .replace("paths = [\"/v1/messages\"]\n", "")
-        .replace("{ instance = \"openai\" }, ", "");
+
+    // Without `paths`: the first target's protocol's endpoints that every target can serve.
+    let defaulted = mixed.replace("paths = [\"/v1/messages\", \"/v1/chat/completions\"]\n", "");
+    let config = Config::from_toml_with_env(&defaulted, env).unwrap();
+    assert_eq!(config.routes[1].paths, ["/v1/chat/completions"]);
+    let claude_only = defaulted.replace("{ instance = \"openai\" }, ", "");
     let config = Config::from_toml_with_env(&claude_only, env).unwrap();
     assert_eq!(config.routes[1].paths, ["/v1/messages"]);
     assert_eq!(

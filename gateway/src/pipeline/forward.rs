@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::http::inflight::Permit;
 use crate::http::state::{AppState, WorkerClients};
 use crate::metrics as m;
+use crate::pipeline::crossing::{self, Crossing};
 use crate::pipeline::settle::millis;
 use crate::protocol::request::ApiRequest;
 use crate::routing::health::parse_retry_after;
@@ -60,6 +61,18 @@ pub struct Forwarded<'a> {
     pub attempts: Vec<Attempt>,
     /// Time spent waiting on upstreams, over every attempt.
     pub upstream_time: Duration,
+    /// How the answering instance's protocol differs from the client's, and what the translation dropped.
+    pub crossed: Option<Crossed>,
+}
+
+/// A request that went to an instance of the other protocol.
+#[derive(Debug, Clone)]
+pub struct Crossed {
+    pub crossing: Crossing,
+    /// The client's fields the upstream protocol could not carry, comma-separated.
+    pub dropped: Option<String>,
+    /// The client (OpenAI) asked for the usage chunk of its stream.
+    pub include_usage: bool,
 }
 
 /// The upstream's `Retry-After` as a cooldown: seconds or an HTTP date, cut to `server.max_retry_after` (so a
@@ -110,6 +123,25 @@ pub async fn forward<'a>(
         if last.is_some() && remaining.is_zero() {
             break;
         }
+        // An instance of the other protocol gets the request translated, on its own endpoint — before anything is
+        // held for the attempt, so a request that cannot be carried across holds nothing.
+        let crossing = Crossing::of(api.endpoint, instance.provider);
+        let (body, upstream_endpoint, crossed) = match crossing {
+            None => (
+                api.upstream_body(instance.model.as_deref(), state.server.metering)?,
+                api.endpoint,
+                None,
+            ),
+            Some(crossing) => {
+                let request = crossing::upstream_request(crossing, api, instance)?;
+                let crossed = Crossed {
+                    crossing,
+                    dropped: request.dropped,
+                    include_usage: request.include_usage,
+                };
+                (request.body, crossing.upstream_endpoint(), Some(crossed))
+            }
+        };
         // An instance whose own token quota is used up is passed over, as if it were down.
         if let Err(retry_after) =
             state
@@ -130,10 +162,14 @@ pub async fn forward<'a>(
             ticket.release_attempt();
             continue;
         }
-        let body = api.upstream_body(instance.model.as_deref(), state.server.metering)?;
         let model_sent = instance.model.as_deref().unwrap_or(&api.model);
+        let default_path = match crossing {
+            None => target.path.as_deref(),
+            // A target's own path is for the client's protocol; the other protocol's endpoint is its own.
+            Some(_) => None,
+        };
         let path = instance.request_path(
-            target.path.as_deref().unwrap_or(api.endpoint.upstream_path()),
+            default_path.unwrap_or(upstream_endpoint.upstream_path()),
             model_sent,
         );
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
@@ -141,7 +177,7 @@ pub async fn forward<'a>(
             path: &path,
             body,
             timeout,
-            passthrough: &passthrough,
+            passthrough: if crossing.is_some() { &[] } else { &passthrough },
             stream: api.stream,
         };
         let result = attempt(clients, state, instance, outbound, permit).await;
@@ -173,6 +209,7 @@ pub async fn forward<'a>(
             result,
             attempts: Vec::new(),
             upstream_time: Duration::ZERO,
+            crossed,
         });
         let can_go_on = !is_last && Instant::now() < deadline;
         let Some(reason) = failure.filter(|_| can_go_on) else {

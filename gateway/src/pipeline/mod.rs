@@ -34,6 +34,7 @@
 //! panics, settles in its ledger's `Drop`.
 
 pub mod count_tokens;
+pub mod crossing;
 pub mod forward;
 pub mod settle;
 pub mod stream;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use tollgate_schemas::{EstimateSource, Outcome, UsageSource};
 use uuid::Uuid;
@@ -58,11 +60,13 @@ use crate::live::runtime::Runtime;
 use crate::metering::sidecar::{Estimate, fallback_estimate, fallback_text_estimate};
 use crate::metrics as m;
 use crate::protocol::request::{ApiRequest, BodyLimits, read_body, scan};
+use crate::protocol::translate::DROPPED_FIELDS_HEADER;
 use crate::protocol::usage;
 use crate::protocol::{Endpoint, Provider};
 use crate::routing::RouteTable;
 use crate::routing::upstream::{AttemptFailure, UpstreamResponse};
-use forward::Answer;
+use crossing::StreamTranslator;
+use forward::{Answer, Crossed};
 use settle::{Ledger, PendingEvent, Settlement};
 use stream::StreamJob;
 
@@ -230,6 +234,7 @@ async fn run(
         ..
     } = request;
     let instance = forwarded.instance;
+    let crossed = forwarded.crossed.clone();
     // The gateway's own share of the time to the answer's head (or, for a whole body, to its last byte).
     let overhead = arrival.started.elapsed().saturating_sub(forwarded.upstream_time);
     metrics::histogram!(m::OVERHEAD_SECONDS, "route" => route.name.to_string())
@@ -266,18 +271,27 @@ async fn run(
                 &upstream,
                 max_retry_after,
                 instance.api_key.as_ref().map(|k| k.expose()),
+                crossed.as_ref(),
+                api.endpoint,
             )
         }
         Ok(Answer::Stream(head)) => {
             let ttfb = head.head_at.saturating_duration_since(arrival.started);
             metrics::histogram!(m::TIME_TO_FIRST_BYTE_SECONDS, "route" => route.name.to_string())
                 .record(ttfb.as_secs_f64());
-            if metered {
+            // A stream in the other protocol goes through the tee even unmetered: it is translated there.
+            if metered || crossed.is_some() {
                 ledger.if_dropped(Outcome::UpstreamCut, head.status.as_u16(), Some(ttfb));
                 let job = StreamJob {
                     ledger,
                     permit: Some(permit),
-                    strip_usage_chunk: provider.protocol() == Provider::Openai && !api.client_wants_usage(),
+                    // A translated stream's usage chunk is the translator's to give or keep.
+                    strip_usage_chunk: crossed.is_none()
+                        && provider.protocol() == Provider::Openai
+                        && !api.client_wants_usage(),
+                    translator: crossed.as_ref().map(|c| {
+                        StreamTranslator::new(c.crossing, c.include_usage, chrono::Utc::now().timestamp())
+                    }),
                     state: state.clone(),
                     clients: clients.clone(),
                     ttfb,
@@ -332,10 +346,15 @@ async fn run(
             error.response_in(api.endpoint.client_protocol())
         }
     };
-    Ok((
-        respond::routed(response, &instance.name, runtime.version),
-        route.name.to_string(),
-    ))
+    let mut response = respond::routed(response, &instance.name, runtime.version);
+    if let Some(dropped) = crossed.as_ref().and_then(|c| c.dropped.as_deref())
+        && let Ok(value) = HeaderValue::from_str(dropped)
+    {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(DROPPED_FIELDS_HEADER), value);
+    }
+    Ok((response, route.name.to_string()))
 }
 
 /// A request past steps 1–3: who asked for what, on which route.
@@ -659,7 +678,13 @@ mod respond {
     /// like the instance's `key` redacted ([`crate::routing::scrub`]); on a final 429 or 503 the provider's
     /// `Retry-After` (in whole seconds, cut to `server.max_retry_after`), so the client backs off as the
     /// provider asked.
-    pub fn whole(upstream: &UpstreamResponse, max_retry_after: Duration, key: Option<&str>) -> HttpResponse {
+    pub fn whole(
+        upstream: &UpstreamResponse,
+        max_retry_after: Duration,
+        key: Option<&str>,
+        crossed: Option<&Crossed>,
+        endpoint: Endpoint,
+    ) -> HttpResponse {
         let mut response = HttpResponse::build(upstream.status);
         if let Some(content_type) = &upstream.content_type {
             response.insert_header((header::CONTENT_TYPE, content_type.clone()));
@@ -673,15 +698,29 @@ mod respond {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
-        if upstream.status.is_success() {
-            return response.body(upstream.body.clone());
-        }
-        match crate::routing::scrub::error_body(&upstream.body, key) {
-            std::borrow::Cow::Borrowed(_) => response.body(upstream.body.clone()),
-            std::borrow::Cow::Owned(scrubbed) => {
-                metrics::counter!(m::UPSTREAM_ERRORS_SCRUBBED_TOTAL).increment(1);
-                response.body(scrubbed)
+        let body = if upstream.status.is_success() {
+            upstream.body.clone()
+        } else {
+            match crate::routing::scrub::error_body(&upstream.body, key) {
+                std::borrow::Cow::Borrowed(_) => upstream.body.clone(),
+                std::borrow::Cow::Owned(scrubbed) => {
+                    metrics::counter!(m::UPSTREAM_ERRORS_SCRUBBED_TOTAL).increment(1);
+                    Bytes::from(scrubbed)
+                }
             }
+        };
+        let Some(crossed) = crossed else {
+            return response.body(body);
+        };
+        // In the client's protocol: the answer or the error translated, always JSON.
+        let created = chrono::Utc::now().timestamp();
+        match crossing::client_body(crossed.crossing, upstream.status.as_u16(), &body, created) {
+            Ok((status, translated)) => {
+                response.status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+                response.insert_header(header::ContentType::json());
+                response.body(translated)
+            }
+            Err(error) => error.response_in(endpoint.client_protocol()),
         }
     }
 

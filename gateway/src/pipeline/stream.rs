@@ -35,6 +35,7 @@ use crate::metering::sse::{EventSplitter, parse_event};
 use crate::metering::stream_usage::{Observed, StreamMeter};
 use crate::metrics as m;
 use crate::pipeline::count_text;
+use crate::pipeline::crossing::StreamTranslator;
 use crate::pipeline::settle::{Ledger, Settlement};
 use crate::protocol::Provider;
 use crate::protocol::usage::{self, Usage};
@@ -60,6 +61,8 @@ pub struct StreamJob {
     pub ttfb: Duration,
     /// The protocol of the stream's events.
     pub provider: Provider,
+    /// The client speaks the other protocol: each upstream event is translated for it (and metered as it came).
+    pub translator: Option<StreamTranslator>,
 }
 
 /// Without metering: the upstream's body to the client as it comes, read by nothing in between.
@@ -139,7 +142,17 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
         let Some(stream) = job.ledger.stream_mut() else {
             break;
         };
-        let forward = if job.strip_usage_chunk {
+        let forward = if let Some(translator) = job.translator.as_mut() {
+            let mut translated = Vec::new();
+            for raw in &events {
+                let event = parse_event(raw);
+                stream.observe(&event);
+                if let Some(data) = event.data.as_deref() {
+                    translated.extend(translator.push(event.event.as_deref(), data.as_bytes()));
+                }
+            }
+            Bytes::from(translated)
+        } else if job.strip_usage_chunk {
             let mut kept = BytesMut::new();
             for raw in &events {
                 if stream.observe(&parse_event(raw)) != Observed::UsageOnly {
@@ -180,8 +193,31 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
     {
         // An event held back for the byte after its final `\r` is complete now that the stream ended.
         let last = splitter.finish();
-        let last_kept = last.filter(|raw| stream.observe(&parse_event(raw)) != Observed::UsageOnly);
-        if job.strip_usage_chunk {
+        if let Some(translator) = job.translator.as_mut() {
+            let mut tail = Vec::new();
+            if let Some(raw) = last {
+                let event = parse_event(&raw);
+                stream.observe(&event);
+                if let Some(data) = event.data.as_deref() {
+                    tail.extend(translator.push(event.event.as_deref(), data.as_bytes()));
+                }
+            }
+            // Closed for the client only when the upstream's stream ended as it should: no fake success.
+            if stream.saw_done() {
+                tail.extend(translator.finish());
+            }
+            if translator.malformed_events() > 0 {
+                tracing::warn!(
+                    request_id = ?request_id,
+                    skipped = translator.malformed_events(),
+                    "upstream stream events that could not be translated were skipped"
+                );
+            }
+            if !tail.is_empty() {
+                let _ = tokio::time::timeout(send_timeout, tx.send(Bytes::from(tail))).await;
+            }
+        } else if job.strip_usage_chunk {
+            let last_kept = last.filter(|raw| stream.observe(&parse_event(raw)) != Observed::UsageOnly);
             // Bytes held back for framing reach the client as the upstream sent them (an unfinished event too).
             let mut tail = BytesMut::new();
             tail.extend_from_slice(last_kept.as_deref().unwrap_or_default());
@@ -189,6 +225,8 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
             if !tail.is_empty() {
                 let _ = tokio::time::timeout(send_timeout, tx.send(tail.freeze())).await;
             }
+        } else if let Some(raw) = last {
+            stream.observe(&parse_event(&raw));
         }
     }
     let saw_done = job.ledger.stream().is_some_and(StreamMeter::saw_done);

@@ -85,7 +85,11 @@ pub(super) fn instances(
             instance_limits.push((i, limit));
         }
         let azure = azure(p, &path, raw.provider, raw.api_version, raw.deployments);
+        if raw.default_max_tokens == 0 {
+            p.push(format!("{path}.default_max_tokens"), "must be at least 1");
+        }
         instances.push(Instance {
+            default_max_tokens: raw.default_max_tokens,
             azure,
             circuit_breaker,
             health_check,

@@ -102,9 +102,23 @@ pub(super) fn routes(p: &mut Problems, raw_routes: Vec<RawRoute>, known: &Instan
             .first()
             .and_then(|t| instances.get(t.instance))
             .map(|i: &Instance| i.provider);
-        let paths = raw
-            .paths
-            .unwrap_or_else(|| provider_paths(first_provider.unwrap_or(Provider::Openai)));
+        let paths = raw.paths.unwrap_or_else(|| {
+            // The first target's protocol's endpoints that every target can serve (a route that mixes
+            // protocols defaults to the endpoints translated between them).
+            provider_paths(first_provider.unwrap_or(Provider::Openai))
+                .into_iter()
+                .filter(|route_path| {
+                    Endpoint::ALL.iter().any(|e| {
+                        e.path() == route_path
+                            && targets.iter().all(|t| {
+                                instances.get(t.instance).is_none_or(|i: &Instance| {
+                                    crate::pipeline::crossing::Crossing::can_serve(*e, i.provider)
+                                })
+                            })
+                    })
+                })
+                .collect()
+        });
         for (j, route_path) in paths.iter().enumerate() {
             let Some(endpoint) = Endpoint::ALL.iter().find(|e| e.path() == route_path) else {
                 p.push(
@@ -118,12 +132,13 @@ pub(super) fn routes(p: &mut Problems, raw_routes: Vec<RawRoute>, known: &Instan
             };
             for t in &targets {
                 if let Some(instance) = instances.get(t.instance)
-                    && instance.provider.protocol() != endpoint.provider()
+                    && !crate::pipeline::crossing::Crossing::can_serve(*endpoint, instance.provider)
                 {
                     p.push(
                         format!("{path}.paths[{j}]"),
                         format!(
-                            "`{route_path}` speaks the {} protocol but target `{}` is an instance of {}",
+                            "`{route_path}` speaks the {} protocol, which target `{}` ({}) cannot serve: only chat \
+                             completions and messages are translated between protocols",
                             endpoint.provider().as_str(),
                             instance.name,
                             instance.provider.as_str()
