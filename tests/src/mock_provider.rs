@@ -413,6 +413,20 @@ pub fn sse_events(body: &Value, with_usage: bool) -> Vec<String> {
             ));
         }
     }
+    // The last choice chunk: an empty delta and why the answer ended, as OpenAI ends every choice.
+    let finish = if body["tools"].is_array() && !legacy {
+        "tool_calls"
+    } else {
+        "stop"
+    };
+    let last = if legacy {
+        json!({"id": "cmpl-mock", "object": "text_completion", "created": 1_795_338_902,
+               "model": body["model"], "choices": [{"index": 0, "text": "", "finish_reason": finish}]})
+    } else {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_795_338_902,
+               "model": body["model"], "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+    };
+    events.push(format!("data: {last}\n\n"));
     if with_usage && body["stream_options"]["include_usage"] == true {
         let (prompt, completion, cached) = reported_usage(messages);
         let usage = json!({

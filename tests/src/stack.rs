@@ -48,6 +48,29 @@ pub const CONSUMERS: [(&str, &str, &str); 3] = [
 pub const MODEL: &str = "gpt-4o-mini";
 pub const UPSTREAM_MODEL: &str = "gpt-4o-mini-2024-07-18";
 
+/// `extra_toml` for a route that mixes protocols: model `frontier` on an OpenAI instance `gpt` (the mock,
+/// preferred, serving as `gpt-4o-2024-08-06`) and an Anthropic instance `claude` (the second mock, serving as
+/// `claude-sonnet-4-5`), on both `/v1/chat/completions` and `/v1/messages`. Needs `second_mock`.
+pub const MIXED_ROUTE: &str = r#"
+[[instances]]
+name = "gpt"
+provider = "openai"
+endpoint = "{mock}"
+api_key_env = "PROVIDER_KEY"
+model = "gpt-4o-2024-08-06"
+[[instances]]
+name = "claude"
+provider = "anthropic"
+endpoint = "{mock2}"
+api_key_env = "PROVIDER_KEY"
+model = "claude-sonnet-4-5"
+[[routes]]
+name = "frontier"
+models = ["frontier"]
+paths = ["/v1/chat/completions", "/v1/messages"]
+targets = [{ instance = "gpt", priority = 2 }, { instance = "claude", priority = 1 }]
+"#;
+
 /// Where the real infrastructure is.
 #[derive(Debug, Clone)]
 pub struct Infra {

@@ -13,31 +13,11 @@ use serde_json::{Value, json};
 use tollgate_tests::mock_provider::{
     Behaviour, anthropic_usage, as_messages, completion_text, reported_usage,
 };
-use tollgate_tests::stack::{CONSUMERS, Stack, StackOptions};
-
-const MIXED: &str = r#"
-[[instances]]
-name = "gpt"
-provider = "openai"
-endpoint = "{mock}"
-api_key_env = "PROVIDER_KEY"
-model = "gpt-4o-2024-08-06"
-[[instances]]
-name = "claude"
-provider = "anthropic"
-endpoint = "{mock2}"
-api_key_env = "PROVIDER_KEY"
-model = "claude-sonnet-4-5"
-[[routes]]
-name = "frontier"
-models = ["frontier"]
-paths = ["/v1/chat/completions", "/v1/messages"]
-targets = [{ instance = "gpt", priority = 2 }, { instance = "claude", priority = 1 }]
-"#;
+use tollgate_tests::stack::{CONSUMERS, MIXED_ROUTE, Stack, StackOptions};
 
 async fn stack() -> Stack {
     Stack::start(StackOptions {
-        extra_toml: MIXED.into(),
+        extra_toml: MIXED_ROUTE.into(),
         second_mock: true,
         ..StackOptions::default()
     })
