@@ -41,6 +41,18 @@ impl ManualClock {
         Self::default()
     }
 
+    /// A clock that reads 10 s past the start of the next hour (and runs on from there): windows of up to an hour
+    /// then start when a test does, and a test that runs near the top of the wall clock's hour (or minute) does
+    /// not see a window roll over that it did not ask for.
+    pub fn early_in_an_hour() -> Self {
+        const HOUR_MS: u64 = 3_600_000;
+        let now = wall_ms();
+        let target = (now / HOUR_MS + 1) * HOUR_MS + 10_000;
+        Self {
+            offset_ms: AtomicU64::new(target - now),
+        }
+    }
+
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
         let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
@@ -57,6 +69,13 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clock_early_in_an_hour_is_ten_seconds_past_an_hour() {
+        let clock = ManualClock::early_in_an_hour();
+        let into_hour = clock.now_ms() % 3_600_000;
+        assert!((10_000..11_000).contains(&into_hour), "{into_hour}");
+    }
 
     #[test]
     fn a_manual_clock_moves_only_forward_by_what_it_is_told() {

@@ -87,7 +87,7 @@ fn snapshot(
 
 #[test]
 fn admits_while_the_estimate_fits_and_rejects_the_request_that_would_cross_the_limit() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let mut tickets = Vec::new();
     for _ in 0..4 {
@@ -111,7 +111,7 @@ fn admits_while_the_estimate_fits_and_rejects_the_request_that_would_cross_the_l
 
 #[test]
 fn the_tightest_scope_sets_the_token_headers() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (_ticket, figures) = quotas.admit("team-b", "gpt-4o-mini", demand(100, 0)).unwrap();
     // team-b: 2,000 − 100; the model: 2,500 − 100. The consumer's is tighter.
@@ -123,7 +123,7 @@ fn the_tightest_scope_sets_the_token_headers() {
 
 #[test]
 fn the_consumer_is_checked_before_the_model_and_either_rejects() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     quotas.accept(snapshot(&quotas, &clock, MODEL, 2400, None));
     let rejection = quotas.admit("team-b", "gpt-4o-mini", demand(101, 0)).unwrap_err();
@@ -139,7 +139,7 @@ fn the_consumer_is_checked_before_the_model_and_either_rejects() {
 
 #[test]
 fn settling_replaces_the_reservation_and_a_covering_snapshot_takes_it_over() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 500)).unwrap();
     // Reserved 600 of 1,000: a 401-token request does not fit, a 400-token one does.
@@ -165,7 +165,7 @@ fn settling_replaces_the_reservation_and_a_covering_snapshot_takes_it_over() {
 
 #[test]
 fn a_watermark_of_another_partition_or_gateway_does_not_cover_our_event() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
     ticket.settle(100, 0, clock.now_ms()).unwrap().delivered(1, 5);
@@ -178,7 +178,7 @@ fn a_watermark_of_another_partition_or_gateway_does_not_cover_our_event() {
 
 #[test]
 fn a_dropped_ticket_gives_its_reservation_back() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(1000, 0)).unwrap();
     assert!(quotas.admit("team-a", "gpt-4o-mini", demand(1, 0)).is_err());
@@ -188,7 +188,7 @@ fn a_dropped_ticket_gives_its_reservation_back() {
 
 #[test]
 fn windows_roll_over_on_the_hour_and_the_old_usage_stops_counting() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(1000, 0)).unwrap();
     ticket.settle(1000, 0, clock.now_ms());
@@ -205,7 +205,7 @@ fn windows_roll_over_on_the_hour_and_the_old_usage_stops_counting() {
 
 #[test]
 fn a_request_in_flight_across_the_window_boundary_counts_in_the_window_it_finishes_in() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (ticket, figures) = quotas.admit("team-a", "gpt-4o-mini", demand(400, 0)).unwrap();
     clock.advance(figures.unwrap().reset);
@@ -217,7 +217,7 @@ fn a_request_in_flight_across_the_window_boundary_counts_in_the_window_it_finish
 
 #[test]
 fn concurrent_admissions_cannot_share_the_same_remaining_tokens() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = Arc::new(quotas(clock));
     let admitted: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..64)
@@ -241,7 +241,7 @@ fn concurrent_admissions_cannot_share_the_same_remaining_tokens() {
 
 #[test]
 fn an_instance_with_its_quota_used_up_is_refused_per_attempt_and_released_on_failover() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (mut first, _) = quotas.admit("team-b", "gpt-4o-mini", demand(200, 0)).unwrap();
     quotas
@@ -264,7 +264,7 @@ fn an_instance_with_its_quota_used_up_is_refused_per_attempt_and_released_on_fai
 
 #[test]
 fn an_event_acknowledged_after_the_snapshot_that_counts_it_stops_counting_at_the_next_recount() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
     let local = ticket.settle(100, 0, clock.now_ms()).unwrap();
@@ -285,7 +285,7 @@ fn an_event_acknowledged_after_the_snapshot_that_counts_it_stops_counting_at_the
 
 #[test]
 fn admission_does_not_rescan_the_books_on_every_request() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     // Thousands of settled requests no snapshot covers (billing-consumer's loop is down).
     for _ in 0..5_000 {
@@ -307,7 +307,7 @@ fn admission_does_not_rescan_the_books_on_every_request() {
 
 #[test]
 fn settled_acknowledged_requests_fold_into_a_few_spans_that_a_snapshot_takes_over_whole() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     // billing-consumer's loop is away: 10,000 requests over 5 s, their events landing in two partitions.
     for i in 0..10_000i64 {
@@ -354,7 +354,7 @@ fn settled_acknowledged_requests_fold_into_a_few_spans_that_a_snapshot_takes_ove
 
 /// Team-a's books with four settled 100-token requests whose events landed at offsets 0 to 3 of partition 0.
 fn four_settled_requests_in_partition_0() -> (Arc<ManualClock>, Quotas) {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     for offset in 0..4 {
         let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
@@ -425,7 +425,7 @@ fn books_are_locked_in_one_order_whatever_order_they_are_listed_in() {
 /// from `used` (before, it replaced the held snapshot and that usage counted zero times).
 #[test]
 fn a_snapshot_whose_watermarks_go_back_is_ignored() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(100, 0)).unwrap();
     ticket.settle(100, 0, clock.now_ms()).unwrap().delivered(0, 7);
@@ -468,7 +468,7 @@ fn a_snapshot_whose_watermarks_go_back_is_ignored() {
 /// replaced it and the lagging replica saw `used = 0`); a snapshot of a window ahead does not touch the current.
 #[test]
 fn a_replica_still_in_the_previous_window_keeps_its_usage_when_the_next_one_is_published() {
-    let clock = Arc::new(ManualClock::new());
+    let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
     let current = snapshot(&quotas, &clock, TEAM_A, 1000, Some((0, 1)));
     let mut next = current.clone();
