@@ -186,9 +186,7 @@ impl BillingError {
                 source,
                 clickhouse::error::Error::Network(_) | clickhouse::error::Error::TimedOut
             ),
-            Self::Kafka { source, .. } => source
-                .rdkafka_error_code()
-                .is_some_and(tollgate_plumbing::topics::broker_unreachable),
+            Self::Kafka { source, .. } => tollgate_plumbing::topics::unreachable_error(source),
             Self::Config { .. }
             | Self::MigrationChanged { .. }
             | Self::MigrationSet(_)

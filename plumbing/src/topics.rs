@@ -44,10 +44,20 @@ impl TopicError {
     /// request may succeed later. A refusal for any other reason (a policy, a bad partition count) is not.
     pub fn is_unreachable(&self) -> bool {
         match self {
-            Self::Kafka { source, .. } => source.rdkafka_error_code().is_some_and(broker_unreachable),
+            Self::Kafka { source, .. } => unreachable_error(source),
             Self::Refused { code, .. } => broker_unreachable(*code),
         }
     }
+}
+
+/// Whether `error` means that no broker answered in time. An admin operation's error carries its code as
+/// `AdminOp(code)`, which rdkafka's `rdkafka_error_code()` does not report: it is read here too.
+pub fn unreachable_error(error: &KafkaError) -> bool {
+    let code = match error {
+        KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    code.is_some_and(broker_unreachable)
 }
 
 /// Whether `code` means "no broker answered in time", not "the broker said no".
@@ -197,5 +207,32 @@ async fn cleanup_policy(admin: &Admin, topic: &str) -> Option<String> {
             tracing::debug!(%error, %topic, "Describing the topic's configuration failed.");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A topic creation against a broker that is down fails as `AdminOp(BrokerTransportFailure)`, whose code
+    /// rdkafka's `rdkafka_error_code()` does not report: it must still read as "not reachable yet", so that a
+    /// service started before its broker waits for it instead of exiting.
+    #[test]
+    fn an_admin_operation_that_reached_no_broker_is_unreachable_and_a_refusal_is_not() {
+        let down = KafkaError::AdminOp(RDKafkaErrorCode::BrokerTransportFailure);
+        assert!(unreachable_error(&down));
+        assert!(
+            TopicError::Kafka {
+                operation: "create topic",
+                source: down,
+            }
+            .is_unreachable()
+        );
+        let refused = KafkaError::AdminOp(RDKafkaErrorCode::TopicAuthorizationFailed);
+        assert!(!unreachable_error(&refused));
+        assert!(unreachable_error(&KafkaError::MetadataFetch(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert!(!unreachable_error(&KafkaError::Canceled));
     }
 }
