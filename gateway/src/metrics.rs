@@ -30,6 +30,8 @@ pub const SPOOL_SEGMENTS: &str = "tollgate_spool_segments";
 pub const SPOOL_DRAINED_TOTAL: &str = "tollgate_spool_drained_total";
 pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "tollgate_spool_corrupt_records_total";
 pub const FAILOVERS_TOTAL: &str = "tollgate_failovers_total";
+pub const TRANSLATIONS_TOTAL: &str = "tollgate_translations_total";
+pub const TRANSLATION_SKIPPED_EVENTS_TOTAL: &str = "tollgate_translation_skipped_events_total";
 pub const INSTANCE_HEALTHY: &str = "tollgate_instance_healthy";
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
@@ -82,6 +84,18 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
 
 /// Describes every gateway metric (idempotent).
 pub fn describe() {
+    describe_counter!(
+        TRANSLATIONS_TOTAL,
+        "Requests sent to an instance of the other protocol, by direction (chat_to_messages, messages_to_chat) \
+         and result (ok: sent translated; refused: the client's request cannot be carried across, answered 400; \
+         dropped_fields: sent with fields the other protocol cannot carry, named in x-tollgate-dropped-fields; \
+         untranslatable_answer: the upstream's answer could not be translated, answered 502)."
+    );
+    describe_counter!(
+        TRANSLATION_SKIPPED_EVENTS_TOTAL,
+        "Upstream stream events that could not be translated for the client and were skipped (metered all the \
+         same), by direction."
+    );
     describe_counter!(
         COUNT_TOKENS_TOTAL,
         "Token counts answered on /v1/messages/count_tokens, by source (provider: an Anthropic instance counted; \

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tollgate_tests::mock_provider::{
     Behaviour, anthropic_usage, as_messages, completion_text, reported_usage,
 };
-use tollgate_tests::stack::{CONSUMERS, MIXED_ROUTE, Stack, StackOptions};
+use tollgate_tests::stack::{CONSUMERS, MIXED_ROUTE, Stack, StackOptions, sample};
 
 async fn stack() -> Stack {
     Stack::start(StackOptions {
@@ -93,6 +93,11 @@ async fn while_gpt_answers_503_an_openai_client_is_answered_by_claude_in_openais
     assert_eq!(row["prompt_tokens"], input + cache_read);
     assert_eq!(row["completion_tokens"], output);
     assert_eq!(row["attempt_count"], 2, "gpt's 503, then claude");
+    let translated = sample(
+        &stack.metrics.render(),
+        r#"tollgate_translations_total{direction="chat_to_messages",result="dropped_fields"}"#,
+    );
+    assert!(translated.is_some_and(|n| n >= 1.0), "{translated:?}");
     stack.stop().await;
 }
 
@@ -206,5 +211,10 @@ async fn what_cannot_be_honoured_across_protocols_is_refused_before_claude_works
         stack.mock2.as_ref().unwrap().received().is_empty(),
         "Claude did no work"
     );
+    let refused = sample(
+        &stack.metrics.render(),
+        r#"tollgate_translations_total{direction="chat_to_messages",result="refused"}"#,
+    );
+    assert!(refused.is_some_and(|n| n >= 1.0), "{refused:?}");
     stack.stop().await;
 }

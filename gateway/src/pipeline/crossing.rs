@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::config::Instance;
 use crate::error::GatewayError;
+use crate::metrics as m;
 use crate::protocol::request::ApiRequest;
 use crate::protocol::translate::{
     self, AnthropicToOpenAiStream, OpenAiToAnthropicStream, TranslateError, TranslatedRequest,
@@ -31,6 +32,14 @@ pub enum Crossing {
 }
 
 impl Crossing {
+    /// The `direction` label of the translation metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ChatToMessages => "chat_to_messages",
+            Self::MessagesToChat => "messages_to_chat",
+        }
+    }
+
     /// How `endpoint`'s requests reach `provider`; `None` when they speak the same protocol.
     pub fn of(endpoint: Endpoint, provider: Provider) -> Option<Self> {
         match (endpoint, provider.protocol()) {
@@ -77,7 +86,18 @@ pub fn upstream_request(
         }
         Crossing::MessagesToChat => translate::anthropic_to_openai_request(&body),
     }
-    .map_err(untranslatable)?;
+    .map_err(|error| {
+        counted(crossing, "refused");
+        untranslatable(error)
+    })?;
+    counted(
+        crossing,
+        if translated.dropped.is_empty() {
+            "ok"
+        } else {
+            "dropped_fields"
+        },
+    );
     let TranslatedRequest {
         mut body,
         dropped,
@@ -93,6 +113,12 @@ pub fn upstream_request(
         dropped: (!dropped.is_empty()).then(|| dropped.join(",")),
         include_usage,
     })
+}
+
+/// One more `tollgate_translations_total{direction, result}`.
+fn counted(crossing: Crossing, result: &'static str) {
+    metrics::counter!(m::TRANSLATIONS_TOTAL, "direction" => crossing.as_str(), "result" => result)
+        .increment(1);
 }
 
 /// A translation failure as the client's error: its own request (400), or the upstream's answer (502).
@@ -119,7 +145,10 @@ pub fn client_body(
             Crossing::ChatToMessages => translate::anthropic_to_openai_answer(body, created),
             Crossing::MessagesToChat => translate::openai_to_anthropic_answer(body),
         }
-        .map_err(|_| GatewayError::UpstreamBadResponse)?;
+        .map_err(|_| {
+            counted(crossing, "untranslatable_answer");
+            GatewayError::UpstreamBadResponse
+        })?;
         let bytes = serde_json::to_vec(&answer.body).map_err(|_| GatewayError::Internal)?;
         return Ok((status, Bytes::from(bytes)));
     }
@@ -162,6 +191,14 @@ impl StreamTranslator {
         match self {
             Self::AnthropicToOpenAi(t) => t.finish(),
             Self::OpenAiToAnthropic(t) => t.finish(),
+        }
+    }
+
+    /// The `direction` label of the translation metrics.
+    pub fn direction(&self) -> &'static str {
+        match self {
+            Self::AnthropicToOpenAi(_) => Crossing::ChatToMessages.as_str(),
+            Self::OpenAiToAnthropic(_) => Crossing::MessagesToChat.as_str(),
         }
     }
 

@@ -207,6 +207,8 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
                 tail.extend(translator.finish());
             }
             if translator.malformed_events() > 0 {
+                metrics::counter!(m::TRANSLATION_SKIPPED_EVENTS_TOTAL, "direction" => translator.direction())
+                    .increment(translator.malformed_events());
                 tracing::warn!(
                     request_id = ?request_id,
                     skipped = translator.malformed_events(),
