@@ -79,12 +79,12 @@ pub fn upstream_request(
     api: &ApiRequest,
     instance: &Instance,
 ) -> Result<CrossedRequest, GatewayError> {
-    let body = Value::Object(api.body.clone());
+    // Read in place: the client's body is not copied for each instance it is translated for.
     let translated = match crossing {
         Crossing::ChatToMessages => {
-            translate::openai_to_anthropic_request(&body, u64::from(instance.default_max_tokens))
+            translate::openai_object_to_anthropic(&api.body, u64::from(instance.default_max_tokens))
         }
-        Crossing::MessagesToChat => translate::anthropic_to_openai_request(&body),
+        Crossing::MessagesToChat => translate::anthropic_object_to_openai(&api.body),
     }
     .map_err(|error| {
         counted(crossing, "refused");

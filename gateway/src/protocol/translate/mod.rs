@@ -16,7 +16,8 @@ mod tests;
 
 pub use error::{TranslatedError, anthropic_error_to_openai, openai_error_to_anthropic};
 pub use request::{
-    DROPPED_FIELDS_HEADER, TranslatedRequest, anthropic_to_openai_request, openai_to_anthropic_request,
+    DROPPED_FIELDS_HEADER, TranslatedRequest, anthropic_object_to_openai, anthropic_to_openai_request,
+    openai_object_to_anthropic, openai_to_anthropic_request,
 };
 pub use response::{TranslatedAnswer, anthropic_to_openai_answer, openai_to_anthropic_answer};
 pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};

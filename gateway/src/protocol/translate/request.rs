@@ -91,7 +91,14 @@ pub fn openai_to_anthropic_request(
     body: &Value,
     default_max_tokens: u64,
 ) -> Result<TranslatedRequest, TranslateError> {
-    let body = object(body)?;
+    openai_object_to_anthropic(object(body)?, default_max_tokens)
+}
+
+/// [`openai_to_anthropic_request`] of a body already parsed into an object (the request path's, read in place).
+pub fn openai_object_to_anthropic(
+    body: &Map<String, Value>,
+    default_max_tokens: u64,
+) -> Result<TranslatedRequest, TranslateError> {
     let mut out = Map::new();
     let mut dropped = Dropped::default();
     let mut stream = false;
@@ -505,7 +512,11 @@ fn tool_use_block(call: &Value, param: &str) -> Result<Value, TranslateError> {
 /// An Anthropic Messages request → an OpenAI chat completion request. A streamed request also asks for the
 /// usage (`stream_options.include_usage`), which the translated stream reports in `message_delta`.
 pub fn anthropic_to_openai_request(body: &Value) -> Result<TranslatedRequest, TranslateError> {
-    let body = object(body)?;
+    anthropic_object_to_openai(object(body)?)
+}
+
+/// [`anthropic_to_openai_request`] of a body already parsed into an object (the request path's, read in place).
+pub fn anthropic_object_to_openai(body: &Map<String, Value>) -> Result<TranslatedRequest, TranslateError> {
     let mut out = Map::new();
     let mut dropped = Dropped::default();
     let mut stream = false;
