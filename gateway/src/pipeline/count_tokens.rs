@@ -83,11 +83,7 @@ async fn count(
     let runtime = state.live.runtime();
     let principal = runtime.keys.authenticate_request(req.headers())?;
     let api = super::parse(Endpoint::Messages, req, payload, state, &permit).await?;
-    let route = Some(&api.model)
-        .filter(|model| principal.may_use(model))
-        .and_then(|model| runtime.router.route(Endpoint::Messages.path(), model))
-        .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?
-        .clone();
+    let route = super::route_for(&runtime, &principal, Endpoint::Messages.path(), &api.model)?.clone();
     if let Err(rejection) = runtime.limits.check(&principal.consumer) {
         return Err(GatewayError::RateLimited {
             status: rejection.status,

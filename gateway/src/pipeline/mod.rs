@@ -419,10 +419,7 @@ fn route(
     api: &ApiRequest,
     arrival: Arrival,
 ) -> Result<Arc<RouteTable>, GatewayError> {
-    let route = Some(&api.model)
-        .filter(|model| principal.may_use(model))
-        .and_then(|model| runtime.router.route(req.path(), model))
-        .ok_or_else(|| GatewayError::ModelNotFound(api.model.clone()))?;
+    let route = route_for(runtime, principal, req.path(), &api.model)?;
     if state.server.metering && !state.events.accepts_metered_requests() {
         tracing::debug!(
             request_id = %arrival.request_id,
@@ -432,6 +429,20 @@ fn route(
         return Err(GatewayError::UsageSpoolFull);
     }
     Ok(route.clone())
+}
+
+/// The route serving `model` on `path` for `principal`: a model the key may not use is answered as OpenAI does,
+/// as if it did not exist.
+pub(crate) fn route_for<'a>(
+    runtime: &'a Runtime,
+    principal: &Principal,
+    path: &str,
+    model: &str,
+) -> Result<&'a Arc<RouteTable>, GatewayError> {
+    Some(model)
+        .filter(|model| principal.may_use(model))
+        .and_then(|model| runtime.router.route(path, model))
+        .ok_or_else(|| GatewayError::ModelNotFound(model.to_owned()))
 }
 
 /// Step 4: one request off the consumer's request rate; a refusal is recorded as a zero-token event.

@@ -81,6 +81,11 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint served on `path`, if one is.
+    pub fn of_path(path: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.path() == path)
+    }
+
     /// The protocol of a client on `path`: Anthropic's on every path that starts with `/v1/messages`, OpenAI's
     /// elsewhere.
     pub fn protocol_of_path(path: &str) -> Provider {

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use super::Problems;
 use crate::config::model::*;
 use crate::config::raw::*;
+use crate::pipeline::crossing::Crossing;
 use crate::protocol::{Endpoint, Provider};
 
 use super::instances::Instances;
@@ -108,19 +109,17 @@ pub(super) fn routes(p: &mut Problems, raw_routes: Vec<RawRoute>, known: &Instan
             provider_paths(first_provider.unwrap_or(Provider::Openai))
                 .into_iter()
                 .filter(|route_path| {
-                    Endpoint::ALL.iter().any(|e| {
-                        e.path() == route_path
-                            && targets.iter().all(|t| {
-                                instances.get(t.instance).is_none_or(|i: &Instance| {
-                                    crate::pipeline::crossing::Crossing::can_serve(*e, i.provider)
-                                })
-                            })
+                    Endpoint::of_path(route_path).is_some_and(|endpoint| {
+                        targets
+                            .iter()
+                            .filter_map(|t| instances.get(t.instance))
+                            .all(|i: &Instance| Crossing::can_serve(endpoint, i.provider))
                     })
                 })
                 .collect()
         });
         for (j, route_path) in paths.iter().enumerate() {
-            let Some(endpoint) = Endpoint::ALL.iter().find(|e| e.path() == route_path) else {
+            let Some(endpoint) = Endpoint::of_path(route_path) else {
                 p.push(
                     format!("{path}.paths[{j}]"),
                     format!(
@@ -132,7 +131,7 @@ pub(super) fn routes(p: &mut Problems, raw_routes: Vec<RawRoute>, known: &Instan
             };
             for t in &targets {
                 if let Some(instance) = instances.get(t.instance)
-                    && !crate::pipeline::crossing::Crossing::can_serve(*endpoint, instance.provider)
+                    && !Crossing::can_serve(endpoint, instance.provider)
                 {
                     p.push(
                         format!("{path}.paths[{j}]"),
