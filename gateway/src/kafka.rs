@@ -50,14 +50,8 @@ pub fn producer_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
 /// operator's `kafka.properties` apply (security above all), except where they would make it something else:
 /// its group and commit settings are set after them.
 pub fn follower_config(config: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut c = client_config(config, client_id);
-    c.set(
-        "group.id",
-        format!("tollgate-gateway-follower-{}", uuid::Uuid::now_v7().simple()),
-    )
-    .set("enable.auto.commit", "false")
-    .set("enable.auto.offset.store", "false")
-    .set("fetch.wait.max.ms", "10");
+    let mut c = connection(config).groupless_consumer_config(client_id, "tollgate-gateway-follower");
+    c.set("fetch.wait.max.ms", "10");
     c
 }
 

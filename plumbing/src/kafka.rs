@@ -79,6 +79,21 @@ impl KafkaConnection {
         }
         config
     }
+
+    /// A consumer that is assigned partitions by hand, outside any consumer group: librdkafka needs a group id
+    /// to assign partitions, so it gets a fresh one (`{group_prefix}-{uuid}`) that is never joined, and nothing
+    /// is ever committed. Set over the operator's properties, which cannot make it a group member.
+    pub fn groupless_consumer_config(&self, client_id: &str, group_prefix: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set(
+                "group.id",
+                format!("{group_prefix}-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+    }
 }
 
 impl From<&str> for KafkaConnection {
@@ -330,6 +345,25 @@ mod tests {
         assert_eq!(config.get("client.id"), Some("tollgate-test"));
         assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(config.get("sasl.password"), Some("hunter2"));
+    }
+
+    #[test]
+    fn a_groupless_consumer_has_a_fresh_group_and_never_commits_whatever_the_properties_say() {
+        let connection = KafkaConnection::new("kafka:9092").with_properties(BTreeMap::from([(
+            "enable.auto.commit".to_owned(),
+            "true".to_owned(),
+        )]));
+        let one = connection.groupless_consumer_config("tollgate-test", "tollgate-test-reader");
+        let two = connection.groupless_consumer_config("tollgate-test", "tollgate-test-reader");
+        let group = one.get("group.id").unwrap();
+        assert!(group.starts_with("tollgate-test-reader-"), "{group}");
+        assert_ne!(
+            Some(group),
+            two.get("group.id"),
+            "a fresh group for each consumer"
+        );
+        assert_eq!(one.get("enable.auto.commit"), Some("false"));
+        assert_eq!(one.get("enable.auto.offset.store"), Some("false"));
     }
 
     #[test]

@@ -93,14 +93,7 @@ impl ConfigFollower {
     pub fn start(settings: FollowSettings) -> Result<Self, BillingError> {
         let consumer: BaseConsumer<ReaderContext> = settings
             .kafka
-            .client_config(crate::kafka::CLIENT_ID)
-            // librdkafka needs a group to assign partitions; a fresh one, never joined and never committed.
-            .set(
-                "group.id",
-                format!("tollgate-billing-config-{}", uuid::Uuid::now_v7().simple()),
-            )
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+            .groupless_consumer_config(crate::kafka::CLIENT_ID, "tollgate-billing-config")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", "100")

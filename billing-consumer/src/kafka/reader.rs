@@ -123,13 +123,8 @@ const FETCH_WAIT_MAX_MS: &str = "10";
 /// A consumer outside any group. With `eof`, it reports the end of each partition (for a replay, which stops
 /// there; the quota loop reads on).
 fn consumer(kafka: &KafkaConnection, purpose: &str, eof: bool) -> Result<Arc<ReaderConsumer>, BillingError> {
-    // librdkafka needs a group to assign partitions; a fresh one per run, never joined and never committed.
-    let group = format!("tollgate-billing-{purpose}-{}", uuid::Uuid::now_v7().simple());
     let consumer: ReaderConsumer = kafka
-        .client_config(crate::kafka::CLIENT_ID)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
+        .groupless_consumer_config(crate::kafka::CLIENT_ID, &format!("tollgate-billing-{purpose}"))
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", if eof { "true" } else { "false" })
         // Snapshot lag is quota overshoot between replicas: ask for new events often rather than let an idle
@@ -340,13 +335,7 @@ fn locate(
 /// The Kafka timestamp of the record just before `high` in `partition`, if it can be read. Blocking.
 fn last_timestamp_ms(kafka: &KafkaConnection, topic: &str, partition: i32, high: i64) -> Option<i64> {
     let probe: BaseConsumer = kafka
-        .client_config(crate::kafka::CLIENT_ID)
-        .set(
-            "group.id",
-            format!("tollgate-billing-probe-{}", uuid::Uuid::now_v7().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
+        .groupless_consumer_config(crate::kafka::CLIENT_ID, "tollgate-billing-probe")
         .create()
         .ok()?;
     let mut assignment = TopicPartitionList::new();
