@@ -95,6 +95,16 @@ pub struct Received {
     pub body: Value,
 }
 
+impl Received {
+    /// The value of the request header `name` (lowercase), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     behaviour: Mutex<Behaviour>,

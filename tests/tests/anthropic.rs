@@ -86,20 +86,13 @@ async fn a_message_passes_through_with_the_instance_key_and_is_billed_with_its_i
 
     let received = &stack.mock.received()[0];
     assert_eq!(received.path, "/v1/messages");
-    let header = |name: &str| {
-        received
-            .headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
     assert_eq!(
-        header("x-api-key"),
+        received.header("x-api-key"),
         Some(PROVIDER_KEY),
         "the instance's key, not the consumer's"
     );
-    assert_eq!(header("anthropic-version"), Some("2023-06-01"));
-    assert_eq!(header("authorization"), None);
+    assert_eq!(received.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(received.header("authorization"), None);
 
     let row = row(&stack, &request_id, 1).await;
     assert_billed_with_input_tokens(&row, &body);
@@ -258,12 +251,11 @@ async fn count_tokens_is_answered_by_the_anthropic_instance_or_estimated_and_nev
     let received = stack.mock.received();
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].path, "/v1/messages/count_tokens");
-    let key = received[0]
-        .headers
-        .iter()
-        .find(|(k, _)| k == "x-api-key")
-        .map(|(_, v)| v.as_str());
-    assert_eq!(key, Some(PROVIDER_KEY), "the instance's key, not the consumer's");
+    assert_eq!(
+        received[0].header("x-api-key"),
+        Some(PROVIDER_KEY),
+        "the instance's key, not the consumer's"
+    );
 
     // The instance fails: the gateway's estimate answers instead, and says so.
     stack.mock.set_behaviour(Behaviour::Status {
