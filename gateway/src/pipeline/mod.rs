@@ -521,6 +521,8 @@ fn admit(
                 scope = %rejection.scope,
                 limit = rejection.figures.limit,
                 remaining = rejection.figures.remaining,
+                counted_by_snapshot = rejection.counted,
+                pending_here = rejection.pending,
                 requested = demand.prompt + demand.completion,
                 retry_after_s = rejection.retry_after.as_secs(),
                 "request rejected: a token quota is used up for this window"

@@ -138,6 +138,10 @@ pub struct QuotaRejection {
     pub kind: &'static str,
     /// The scope's key, for the log line.
     pub scope: String,
+    /// Of the tokens committed, those billing-consumer's snapshot counts, and those of this replica's requests
+    /// it does not count yet (in flight, or settled since): for the log line.
+    pub counted: u64,
+    pub pending: u64,
 }
 
 /// One scope and this replica's usage in it that no snapshot counts yet.
@@ -474,14 +478,29 @@ impl Quotas {
         let mut tightest: Option<TokenFigures> = None;
         let mut needs = Vec::with_capacity(books.len());
         for (book, pending) in books.iter().zip(guards.iter_mut()) {
-            let standing = self.standing(book, pending, now);
             let limit = book.limit();
             let need = limit.scope.strategy.tokens(demand.prompt, demand.completion);
             needs.push(need);
-            let committed = standing.used.saturating_add(standing.pending);
-            if committed.saturating_add(need) > limit.limit {
+            let fits = |standing: &Standing| {
+                standing
+                    .used
+                    .saturating_add(standing.pending)
+                    .saturating_add(need)
+                    <= limit.limit
+            };
+            let mut standing = self.standing(book, pending, now);
+            if !fits(&standing) && now > pending.counted_at_ms {
+                // Before refusing, the book is recounted against the cached snapshot: between recounts the running
+                // total still holds requests whose events Kafka acknowledged after the snapshot that counts them
+                // arrived, and a refusal must not rest on counting those twice. At most once a millisecond, so a
+                // client hammering a used-up quota does not recount the book on every request.
+                pending.counted_at_ms = 0;
+                standing = self.standing(book, pending, now);
+            }
+            if !fits(&standing) {
                 return Err((book, standing));
             }
+            let committed = standing.used.saturating_add(standing.pending);
             let figures = TokenFigures {
                 limit: limit.limit,
                 remaining: limit.limit - committed - need,
@@ -515,6 +534,8 @@ impl Quotas {
             error_type: limit.rejected_type,
             kind: book.kind,
             scope: limit.key.clone(),
+            counted: standing.used,
+            pending: standing.pending,
         }
     }
 

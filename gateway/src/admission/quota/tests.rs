@@ -164,6 +164,26 @@ fn settling_replaces_the_reservation_and_a_covering_snapshot_takes_it_over() {
 }
 
 #[test]
+fn an_event_acknowledged_after_the_snapshot_that_counts_it_is_not_refused_on() {
+    let clock = Arc::new(ManualClock::early_in_an_hour());
+    let quotas = quotas(clock.clone());
+    let (ticket, _) = quotas.admit("team-a", "gpt-4o-mini", demand(600, 0)).unwrap();
+    let local = ticket.settle(600, 0, clock.now_ms()).unwrap();
+    // billing-consumer counted the event before Kafka's acknowledgment reached this replica: the snapshot's
+    // recount could not drop it from the book yet.
+    quotas.accept(snapshot(&quotas, &clock, TEAM_A, 600, Some((0, 3))));
+    local.delivered(0, 3);
+    clock.advance(Duration::from_millis(1));
+    // Counted twice (1,200) the request would be refused; the recount before a refusal finds it covered.
+    let (_held, figures) = quotas
+        .admit("team-a", "gpt-4o-mini", demand(400, 0))
+        .expect("600 of 1,000 used: 400 fit");
+    assert_eq!(figures.map(|f| f.remaining), Some(0));
+    let rejection = quotas.admit("team-a", "gpt-4o-mini", demand(1, 0)).unwrap_err();
+    assert_eq!((rejection.counted, rejection.pending), (600, 400));
+}
+
+#[test]
 fn a_watermark_of_another_partition_or_gateway_does_not_cover_our_event() {
     let clock = Arc::new(ManualClock::early_in_an_hour());
     let quotas = quotas(clock.clone());
