@@ -373,6 +373,10 @@ pub struct AzureDeployments {
     pub deployments: BTreeMap<String, String>,
 }
 
+/// The one upstream path on which Azure OpenAI takes the deployment in the body (`model`), not in the path:
+/// `openai/responses?api-version=…`.
+const AZURE_BODY_DEPLOYMENT_PATH: &str = "responses";
+
 impl Instance {
     /// The path a request for `model` is sent to on this instance, relative to its endpoint (or absolute):
     /// `path` itself, or for Azure OpenAI `openai/deployments/{deployment}/{path}?api-version={version}`, the
@@ -385,9 +389,25 @@ impl Instance {
         let version = &azure.api_version;
         std::borrow::Cow::Owned(if path.starts_with('/') {
             format!("{path}?api-version={version}")
+        } else if path == AZURE_BODY_DEPLOYMENT_PATH {
+            format!("openai/{path}?api-version={version}")
         } else {
             format!("openai/deployments/{deployment}/{path}?api-version={version}")
         })
+    }
+
+    /// The model named in the body sent to `path` for a client's `model`: the instance's own model name when it
+    /// has one (`None`: the client's stays). Azure OpenAI's Responses API takes the deployment in the body
+    /// instead of the path, so there it is the deployment.
+    pub fn body_model<'a>(&'a self, path: &str, model: &'a str) -> Option<&'a str> {
+        let sent = self.model.as_deref();
+        match &self.azure {
+            Some(azure) if path == AZURE_BODY_DEPLOYMENT_PATH => {
+                let model = sent.unwrap_or(model);
+                Some(azure.deployments.get(model).map_or(model, String::as_str))
+            }
+            _ => sent,
+        }
     }
 }
 

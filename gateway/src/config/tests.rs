@@ -517,7 +517,12 @@ fn a_route_mixes_protocols_only_on_the_endpoints_translated_between_them() {
     assert_eq!(config.routes[1].paths, ["/v1/messages"]);
     assert_eq!(
         config.routes[0].paths,
-        ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+        [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/responses"
+        ]
     );
 }
 
@@ -781,10 +786,22 @@ fn an_azure_openai_instance_addresses_the_models_deployment_and_shares_openai_ro
         azure.request_path("/canary/chat/completions", "gpt-4o"),
         "/canary/chat/completions?api-version=2024-10-21"
     );
+    // The Responses API names the deployment in the body instead.
+    assert_eq!(
+        azure.request_path("responses", "gpt-4o"),
+        "openai/responses?api-version=2024-10-21"
+    );
+    assert_eq!(azure.body_model("responses", "gpt-4o"), Some("prod-gpt4o"));
+    assert_eq!(azure.body_model("chat/completions", "gpt-4o"), None);
     let openai = config.instances.iter().find(|i| i.name == "openai").unwrap();
     assert_eq!(
         openai.request_path("chat/completions", "gpt-4o"),
         "chat/completions"
+    );
+    assert_eq!(
+        openai.body_model("responses", "gpt-4o"),
+        openai.model.as_deref(),
+        "elsewhere the instance's own model name, if any"
     );
 }
 

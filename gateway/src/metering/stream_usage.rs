@@ -1,7 +1,9 @@
-//! What a streamed OpenAI chat completion consumed, read off its events as they pass on their way to the client.
-//! In come parsed SSE events ([`crate::metering::sse::SseEvent`]) in stream order; out come what each one was
-//! ([`Observed`]), the completion text streamed so far, the provider's usage if a chunk carried one, and whether
-//! the stream ended with `[DONE]`.
+//! What a streamed answer consumed, read off its events as they pass on their way to the client: an OpenAI chat
+//! (or legacy) completion's chunks, an Anthropic message's events, an OpenAI Responses API stream's events
+//! ([`StreamMeter`] picks by the upstream's protocol and endpoint). In come parsed SSE events
+//! ([`crate::metering::sse::SseEvent`]) in stream order; out come what each one was ([`Observed`]), the
+//! completion text streamed so far, the provider's usage if an event carried one, and whether the stream ended
+//! as its protocol ends one (`[DONE]`, `message_stop`, `response.completed`).
 //!
 //! Memory: the completion text is the only thing that grows with the stream; everything else is a few counters.
 
@@ -9,8 +11,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::metering::sse::SseEvent;
-use crate::protocol::Provider;
 use crate::protocol::usage::{self, AnthropicUsage, Usage};
+use crate::protocol::{Endpoint, Provider};
 
 /// Accumulates a streamed chat completion as its events pass.
 #[derive(Debug, Default)]
@@ -256,19 +258,114 @@ impl AnthropicStreamAccumulator {
     }
 }
 
+/// What a Responses API stream consumed: `response.created` names the model; the `*.delta` events of output
+/// text, refusals, function-call arguments and reasoning carry the text (a function call's name comes with its
+/// `response.output_item.added`); `response.completed` — or `response.incomplete` (a limit was reached) or
+/// `response.failed` — ends it and carries the whole response with its `usage`.
+#[derive(Debug, Default)]
+pub struct ResponsesStreamAccumulator {
+    text: String,
+    model: Option<String>,
+    usage: Option<Usage>,
+    done: bool,
+    chunks: u64,
+}
+
+#[derive(Deserialize)]
+struct ResponsesEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    delta: Option<String>,
+    item: Option<ResponsesItem>,
+    response: Option<ResponsesSnapshot>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesItem {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesSnapshot {
+    model: Option<String>,
+    usage: Option<serde_json::Value>,
+}
+
+impl ResponsesStreamAccumulator {
+    pub fn observe(&mut self, event: &SseEvent) -> Observed {
+        let Some(data) = event.data.as_deref() else {
+            return Observed::Chunk;
+        };
+        self.chunks += 1;
+        let Ok(parsed) = serde_json::from_str::<ResponsesEvent>(data) else {
+            return if event.event.as_deref() == Some("error") {
+                Observed::Error
+            } else {
+                Observed::Chunk
+            };
+        };
+        if let Some(response) = parsed.response {
+            if let Some(model) = response.model.filter(|m| !m.is_empty()) {
+                self.model = Some(model);
+            }
+            if let Some(usage) = response.usage.and_then(usage::from_openai_usage) {
+                self.usage = Some(usage);
+            }
+        }
+        match parsed.kind.as_deref() {
+            Some(
+                "response.output_text.delta"
+                | "response.refusal.delta"
+                | "response.function_call_arguments.delta"
+                | "response.reasoning_summary_text.delta"
+                | "response.reasoning_text.delta",
+            ) => {
+                if let Some(delta) = parsed.delta {
+                    self.text.push_str(&delta);
+                }
+            }
+            Some("response.output_item.added") => {
+                if let Some(item) = parsed.item
+                    && item.kind.as_deref() == Some("function_call")
+                    && let Some(name) = item.name
+                {
+                    self.text.push_str(&name);
+                }
+            }
+            Some("response.completed" | "response.incomplete") => {
+                self.done = true;
+                return Observed::Done;
+            }
+            Some("response.failed") => {
+                self.done = true;
+                return Observed::Error;
+            }
+            Some("error") => return Observed::Error,
+            _ => {}
+        }
+        Observed::Chunk
+    }
+}
+
 /// The accumulator for a stream of either protocol, as the tee uses it (and, when the tee is dropped before it
 /// ends, the settlement of what it had seen: [`crate::pipeline::settle::Ledger`]).
 #[derive(Debug)]
 pub enum StreamMeter {
     OpenAi(ChatStreamAccumulator),
     Anthropic(AnthropicStreamAccumulator),
+    Responses(ResponsesStreamAccumulator),
 }
 
 impl StreamMeter {
-    pub fn for_provider(provider: Provider) -> Self {
-        match provider {
-            Provider::Openai | Provider::AzureOpenai => Self::OpenAi(ChatStreamAccumulator::default()),
-            Provider::Anthropic => Self::Anthropic(AnthropicStreamAccumulator::default()),
+    /// The accumulator for a stream from an instance of `provider` called on `endpoint` (the upstream's: a
+    /// translated request is metered in the protocol that answered it).
+    pub fn new(provider: Provider, endpoint: Endpoint) -> Self {
+        match (provider.protocol(), endpoint) {
+            (Provider::Anthropic, _) => Self::Anthropic(AnthropicStreamAccumulator::default()),
+            (_, Endpoint::Responses) => Self::Responses(ResponsesStreamAccumulator::default()),
+            _ => Self::OpenAi(ChatStreamAccumulator::default()),
         }
     }
 
@@ -276,6 +373,7 @@ impl StreamMeter {
         match self {
             Self::OpenAi(a) => a.observe(event),
             Self::Anthropic(a) => a.observe(event),
+            Self::Responses(a) => a.observe(event),
         }
     }
 
@@ -283,6 +381,7 @@ impl StreamMeter {
         match self {
             Self::OpenAi(a) => a.completion_text(),
             Self::Anthropic(a) => &a.text,
+            Self::Responses(a) => &a.text,
         }
     }
 
@@ -293,6 +392,7 @@ impl StreamMeter {
                 .usage
                 .filter(|u| u.input_tokens.is_some())
                 .map(AnthropicUsage::to_usage),
+            Self::Responses(a) => a.usage,
         }
     }
 
@@ -303,6 +403,8 @@ impl StreamMeter {
             Self::OpenAi(a) => a.provider_usage(),
             Self::Anthropic(a) if a.output_final => self.provider_usage(),
             Self::Anthropic(_) => None,
+            // Only the final events carry the response's usage.
+            Self::Responses(a) => a.usage,
         }
     }
 
@@ -311,6 +413,7 @@ impl StreamMeter {
         match self {
             Self::OpenAi(a) => a.model.as_deref(),
             Self::Anthropic(a) => a.model.as_deref(),
+            Self::Responses(a) => a.model.as_deref(),
         }
     }
 
@@ -318,6 +421,7 @@ impl StreamMeter {
         match self {
             Self::OpenAi(a) => a.saw_done(),
             Self::Anthropic(a) => a.done,
+            Self::Responses(a) => a.done,
         }
     }
 
@@ -325,6 +429,7 @@ impl StreamMeter {
         match self {
             Self::OpenAi(a) => a.chunks(),
             Self::Anthropic(a) => a.chunks,
+            Self::Responses(a) => a.chunks,
         }
     }
 }
@@ -344,7 +449,7 @@ mod tests {
             r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}}"#,
             r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":15}}"#,
         ];
-        let mut meter = StreamMeter::for_provider(Provider::Anthropic);
+        let mut meter = StreamMeter::new(Provider::Anthropic, Endpoint::Messages);
         for e in events {
             assert_eq!(
                 meter.observe(&SseEvent {
@@ -371,8 +476,80 @@ mod tests {
     }
 
     #[test]
+    fn a_responses_stream_counts_its_deltas_and_bills_response_completed() {
+        let events = [
+            (
+                "response.created",
+                r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1","model":"gpt-4.1-mini-2025-04-14","status":"in_progress","usage":null}}"#,
+            ),
+            (
+                "response.output_item.added",
+                r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"function_call","name":"get_weather","arguments":""}}"#,
+            ),
+            (
+                "response.function_call_arguments.delta",
+                r#"{"type":"response.function_call_arguments.delta","delta":"{\"city\":1}"}"#,
+            ),
+            (
+                "response.output_text.delta",
+                r#"{"type":"response.output_text.delta","delta":"Hi"}"#,
+            ),
+            (
+                "response.reasoning_summary_text.delta",
+                r#"{"type":"response.reasoning_summary_text.delta","delta":"hm"}"#,
+            ),
+        ];
+        let mut meter = StreamMeter::new(Provider::AzureOpenai, Endpoint::Responses);
+        for (name, e) in events {
+            let event = SseEvent {
+                event: Some(name.into()),
+                data: Some(e.into()),
+                ..SseEvent::default()
+            };
+            assert_eq!(meter.observe(&event), Observed::Chunk);
+        }
+        assert!(!meter.saw_done());
+        assert!(meter.final_usage().is_none(), "no usage before the end");
+        assert_eq!(meter.completion_text(), "get_weather{\"city\":1}Hihm");
+        let completed = SseEvent {
+            event: Some("response.completed".into()),
+            data: Some(
+                r#"{"type":"response.completed","response":{"model":"gpt-4.1-mini-2025-04-14","status":"completed",
+                "usage":{"input_tokens":40,"input_tokens_details":{"cached_tokens":32},"output_tokens":25,
+                "output_tokens_details":{"reasoning_tokens":9},"total_tokens":65}}}"#
+                    .into(),
+            ),
+            ..SseEvent::default()
+        };
+        assert_eq!(meter.observe(&completed), Observed::Done);
+        assert!(meter.saw_done());
+        let usage = meter.final_usage().unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (40, 25, 65)
+        );
+        assert_eq!(
+            (usage.cached_prompt_tokens, usage.reasoning_tokens),
+            (Some(32), Some(9))
+        );
+        assert_eq!(meter.served_model(), Some("gpt-4.1-mini-2025-04-14"));
+    }
+
+    #[test]
+    fn a_failed_response_ends_the_stream_as_an_error() {
+        let mut meter = StreamMeter::new(Provider::Openai, Endpoint::Responses);
+        let failed = SseEvent {
+            data: Some(r#"{"type":"response.failed","response":{"status":"failed","error":{"code":"server_error","message":"x"}}}"#.into()),
+            ..SseEvent::default()
+        };
+        assert_eq!(meter.observe(&failed), Observed::Error);
+        assert!(meter.saw_done());
+        assert!(meter.final_usage().is_none());
+    }
+
+    #[test]
     fn anthropics_output_tokens_are_provisional_until_a_message_delta_reports_them() {
-        let mut meter = StreamMeter::for_provider(Provider::Anthropic);
+        let mut meter = StreamMeter::new(Provider::Anthropic, Endpoint::Messages);
         for e in [
             r#"{"type":"message_start","message":{"model":"m","usage":{"input_tokens":5,"output_tokens":1}}}"#,
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello there"}}"#,

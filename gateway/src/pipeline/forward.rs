@@ -128,7 +128,10 @@ pub async fn forward<'a>(
         let crossing = Crossing::of(api.endpoint, instance.provider);
         let (body, upstream_endpoint, crossed) = match crossing {
             None => (
-                api.upstream_body(instance.model.as_deref(), state.server.metering)?,
+                api.upstream_body(
+                    instance.body_model(api.endpoint.upstream_path(), &api.model),
+                    state.server.metering,
+                )?,
                 api.endpoint,
                 None,
             ),

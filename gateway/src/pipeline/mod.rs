@@ -288,6 +288,7 @@ async fn run(
                     // A translated stream's usage chunk is the translator's to give or keep.
                     strip_usage_chunk: crossed.is_none()
                         && provider.protocol() == Provider::Openai
+                        && matches!(api.endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
                         && !api.client_wants_usage(),
                     translator: crossed.as_ref().map(|c| {
                         StreamTranslator::new(c.crossing, c.include_usage, chrono::Utc::now().timestamp())
@@ -296,6 +297,9 @@ async fn run(
                     clients: clients.clone(),
                     ttfb,
                     provider,
+                    endpoint: crossed
+                        .as_ref()
+                        .map_or(api.endpoint, |c| c.crossing.upstream_endpoint()),
                 };
                 stream::relay(head, job).await
             } else {

@@ -340,7 +340,7 @@ mod tests {
             ledger.if_dropped(Outcome::UpstreamCut, 200, None);
             let text: String = streamed.concat();
             if watch {
-                ledger.watch_stream(StreamMeter::for_provider(provider));
+                ledger.watch_stream(StreamMeter::new(provider, crate::protocol::Endpoint::ChatCompletions));
                 for piece in &streamed {
                     if let Some(stream) = ledger.stream_mut() {
                         stream.observe(&event(provider, piece));

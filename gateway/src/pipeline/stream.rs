@@ -37,8 +37,8 @@ use crate::metrics as m;
 use crate::pipeline::count_text;
 use crate::pipeline::crossing::StreamTranslator;
 use crate::pipeline::settle::{Ledger, Settlement};
-use crate::protocol::Provider;
 use crate::protocol::usage::{self, Usage};
+use crate::protocol::{Endpoint, Provider};
 use crate::routing::upstream::UpstreamHead;
 
 /// Chunks in flight between the tee and the client: a slow client slows the upstream read, not memory.
@@ -59,8 +59,9 @@ pub struct StreamJob {
     pub clients: web::Data<WorkerClients>,
     /// Arrival to the upstream's response head.
     pub ttfb: Duration,
-    /// The protocol of the stream's events.
+    /// The protocol of the stream's events: the instance's provider and the endpoint it was called on.
     pub provider: Provider,
+    pub endpoint: Endpoint,
     /// The client speaks the other protocol: each upstream event is translated for it (and metered as it came).
     pub translator: Option<StreamTranslator>,
 }
@@ -106,7 +107,8 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
     let send_timeout = job.state.server.send_timeout;
     let status = head.status.as_u16();
     let mut splitter = EventSplitter::new(MAX_EVENT_BYTES);
-    job.ledger.watch_stream(StreamMeter::for_provider(job.provider));
+    job.ledger
+        .watch_stream(StreamMeter::new(job.provider, job.endpoint));
     let request_id = job.ledger.pending().map(|p| p.request_id);
     let mut outcome = Outcome::Ok;
     loop {

@@ -6,6 +6,7 @@
 //! ([`crate::pipeline`]) asks here; nothing here knows about routes, quotas or events.
 
 pub mod request;
+pub mod responses;
 pub mod translate;
 pub mod usage;
 
@@ -55,20 +56,26 @@ pub enum Endpoint {
     Embeddings,
     /// `POST /v1/messages`: Anthropic's Messages API (`messages`, optional `system`), streamable.
     Messages,
+    /// `POST /v1/responses`: OpenAI's Responses API (`input`, optional `instructions`), streamable; served by
+    /// OpenAI-protocol instances only.
+    Responses,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 4] = [
+    pub const ALL: [Endpoint; 5] = [
         Self::ChatCompletions,
         Self::Completions,
         Self::Embeddings,
         Self::Messages,
+        Self::Responses,
     ];
 
     /// The protocol of the instances that serve it.
     pub fn provider(self) -> Provider {
         match self {
-            Self::ChatCompletions | Self::Completions | Self::Embeddings => Provider::Openai,
+            Self::ChatCompletions | Self::Completions | Self::Embeddings | Self::Responses => {
+                Provider::Openai
+            }
             Self::Messages => Provider::Anthropic,
         }
     }
@@ -76,7 +83,9 @@ impl Endpoint {
     /// The protocol the client speaks on this endpoint: the shape of every answer and error it gets.
     pub fn client_protocol(self) -> Provider {
         match self {
-            Self::ChatCompletions | Self::Completions | Self::Embeddings => Provider::Openai,
+            Self::ChatCompletions | Self::Completions | Self::Embeddings | Self::Responses => {
+                Provider::Openai
+            }
             Self::Messages => Provider::Anthropic,
         }
     }
@@ -103,6 +112,7 @@ impl Endpoint {
             Self::Completions => "/v1/completions",
             Self::Embeddings => "/v1/embeddings",
             Self::Messages => "/v1/messages",
+            Self::Responses => "/v1/responses",
         }
     }
 
@@ -113,6 +123,7 @@ impl Endpoint {
             Self::Completions => "completions",
             Self::Embeddings => "embeddings",
             Self::Messages => "messages",
+            Self::Responses => "responses",
         }
     }
 
@@ -121,7 +132,7 @@ impl Endpoint {
         match self {
             Self::ChatCompletions | Self::Messages => "messages",
             Self::Completions => "prompt",
-            Self::Embeddings => "input",
+            Self::Embeddings | Self::Responses => "input",
         }
     }
 
@@ -137,7 +148,7 @@ impl Endpoint {
         const ANTHROPIC: [&str; 2] = ["anthropic-version", "anthropic-beta"];
         let names: &[&str] = match self {
             Self::Messages => &ANTHROPIC,
-            Self::ChatCompletions | Self::Completions | Self::Embeddings => &[],
+            Self::ChatCompletions | Self::Completions | Self::Embeddings | Self::Responses => &[],
         };
         names
             .iter()

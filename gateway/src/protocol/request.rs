@@ -172,6 +172,11 @@ impl ApiRequest {
             (_, None | Some(Value::Null)) => return Err(GatewayError::MissingParameter(field)),
             (Endpoint::ChatCompletions | Endpoint::Messages, Some(Value::Array(m))) => !m.is_empty(),
             (Endpoint::ChatCompletions | Endpoint::Messages, Some(_)) => false,
+            (Endpoint::Responses, Some(Value::String(text))) => !text.is_empty(),
+            (Endpoint::Responses, Some(Value::Array(items))) => {
+                !items.is_empty() && items.iter().all(|i| i.is_object() || i.is_string())
+            }
+            (Endpoint::Responses, Some(_)) => false,
             (_, Some(Value::String(_))) => true,
             (_, Some(Value::Array(items))) => !items.is_empty() && items.iter().all(is_prompt_item),
             (_, Some(_)) => false,
@@ -179,6 +184,7 @@ impl ApiRequest {
         if !valid {
             let message = match endpoint {
                 Endpoint::ChatCompletions | Endpoint::Messages => "expected a non-empty array of messages",
+                Endpoint::Responses => "expected a non-empty string or a non-empty array of input items",
                 Endpoint::Completions | Endpoint::Embeddings => {
                     "expected a string, an array of strings, an array of token ids, or an array of token id arrays"
                 }
@@ -214,11 +220,15 @@ impl ApiRequest {
     }
 
     /// The most output tokens the request can produce, when it says: the larger of `max_completion_tokens` and
-    /// `max_tokens` (an upstream may honour either), times `n` choices. Quota admission reserves it besides the
+    /// `max_tokens` (an upstream may honour either; the Responses API's `max_output_tokens`), times `n` choices. Quota admission reserves it besides the
     /// prompt. A value that is not a non-negative integer counts as absent here; the provider refuses it with its
     /// own error.
     pub fn max_output_tokens(&self) -> Option<u64> {
-        let limit = ["max_completion_tokens", "max_tokens"]
+        let fields: &[&str] = match self.endpoint {
+            Endpoint::Responses => &["max_output_tokens"],
+            _ => &["max_completion_tokens", "max_tokens"],
+        };
+        let limit = fields
             .iter()
             .filter_map(|field| self.body.get(*field).and_then(Value::as_u64))
             .max()?;
@@ -249,6 +259,14 @@ impl ApiRequest {
                 messages.extend(value.as_array().into_iter().flatten().cloned());
                 return Prompt::Chat {
                     messages: Cow::Owned(Value::Array(messages)),
+                    tools: self.field("tools"),
+                    functions: None,
+                };
+            }
+            // Instructions and input items: estimated as the chat messages they stand for.
+            Endpoint::Responses => {
+                return Prompt::Chat {
+                    messages: Cow::Owned(super::responses::input_as_messages(&self.body)),
                     tools: self.field("tools"),
                     functions: None,
                 };

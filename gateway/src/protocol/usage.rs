@@ -60,7 +60,8 @@ pub fn read_answer(provider: Provider, body: &[u8]) -> AnswerFacts {
 }
 
 /// The generated text of a whole answer, as a stream of it would be counted: OpenAI chat choices' `content`,
-/// `refusal` and tool-call (or `function_call`) names and arguments, legacy completions' `text`; Anthropic
+/// `refusal` and tool-call (or `function_call`) names and arguments, legacy completions' `text`, Responses API
+/// output items' text, refusals, reasoning summaries and function calls' names and arguments; Anthropic
 /// content blocks' `text`, `thinking` and tool-use `name` and `input` (as JSON). `None` for a body that is not
 /// JSON: there is nothing to count, only to estimate.
 pub fn completion_text(provider: Provider, body: &[u8]) -> Option<String> {
@@ -96,6 +97,35 @@ pub fn completion_text(provider: Provider, body: &[u8]) -> Option<String> {
                 {
                     push(function.get("name"));
                     push(function.get("arguments"));
+                }
+            }
+            // A Responses API answer: its output items.
+            for item in value
+                .get("output")
+                .and_then(|o| o.as_array())
+                .into_iter()
+                .flatten()
+            {
+                for part in item
+                    .get("content")
+                    .and_then(|c| c.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    push(part.get("text"));
+                    push(part.get("refusal"));
+                }
+                for summary in item
+                    .get("summary")
+                    .and_then(|s| s.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    push(summary.get("text"));
+                }
+                if item.get("type").and_then(serde_json::Value::as_str) == Some("function_call") {
+                    push(item.get("name"));
+                    push(item.get("arguments"));
                 }
             }
         }
@@ -147,12 +177,18 @@ pub fn at_least_streamed(
     }
 }
 
+/// An OpenAI `usage` object: Chat Completions' names, or the Responses API's (`input_tokens`, `output_tokens`
+/// and their `_details`), which mean the same.
 #[derive(Deserialize)]
 struct RawUsage {
+    #[serde(alias = "input_tokens")]
     prompt_tokens: Option<u32>,
+    #[serde(alias = "output_tokens")]
     completion_tokens: Option<u32>,
     total_tokens: Option<u32>,
+    #[serde(alias = "input_tokens_details")]
     prompt_tokens_details: Option<PromptDetails>,
+    #[serde(alias = "output_tokens_details")]
     completion_tokens_details: Option<CompletionDetails>,
 }
 
@@ -169,6 +205,11 @@ struct PromptDetails {
 /// The provider's usage in a JSON response body, if it reported one.
 pub fn from_response_body(body: &[u8]) -> Option<Usage> {
     serde_json::from_slice::<Envelope>(body).ok()?.usage?.reported()
+}
+
+/// The usage an OpenAI `usage` object reports (Chat Completions' or the Responses API's names), if it does.
+pub fn from_openai_usage(usage: serde_json::Value) -> Option<Usage> {
+    serde_json::from_value::<RawUsage>(usage).ok()?.reported()
 }
 
 impl RawUsage {
@@ -346,6 +387,28 @@ mod tests {
             (usage.cache_write_5m_tokens, usage.cache_write_1h_tokens),
             (Some(40), None)
         );
+    }
+
+    #[test]
+    fn a_responses_api_answer_names_its_usage_with_input_and_output_tokens() {
+        let body = br#"{"id":"resp_1","object":"response","model":"gpt-4.1-mini-2025-04-14","output":[
+            {"type":"reasoning","summary":[{"type":"summary_text","text":"Think."}]},
+            {"type":"message","role":"assistant","content":[{"type":"output_text","text":"Hi","annotations":[]}]},
+            {"type":"function_call","call_id":"c","name":"f","arguments":"{}"}],
+            "usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":20},"output_tokens":87,
+            "output_tokens_details":{"reasoning_tokens":64},"total_tokens":123}}"#;
+        let facts = read_answer(Provider::Openai, body);
+        let usage = facts.usage.unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (36, 87, 123)
+        );
+        assert_eq!(
+            (usage.cached_prompt_tokens, usage.reasoning_tokens),
+            (Some(20), Some(64))
+        );
+        assert_eq!(facts.model.as_deref(), Some("gpt-4.1-mini-2025-04-14"));
+        assert_eq!(completion_text(Provider::Openai, body).unwrap(), "Think.Hif{}");
     }
 
     #[test]
