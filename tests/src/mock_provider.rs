@@ -1,5 +1,6 @@
 //! A mock LLM provider: the only thing Tollgate's tests fake, because it stands for the outside world. It speaks
-//! OpenAI's chat completions, legacy completions and embeddings and Anthropic's Messages API, whole and streamed,
+//! OpenAI's chat completions, legacy completions, embeddings and Responses API ([`crate::mock_responses`]) and
+//! Anthropic's Messages API, whole and streamed,
 //! with deterministic answers and usage, and misbehaves on demand ([`Behaviour`]: error statuses with
 //! `Retry-After`, delays, bodies that are not JSON, missing usage, streams cut or slowed down, answers broken off
 //! at a random byte, whole JSON answers to stream requests, endless streams) — switched at run time through
@@ -16,6 +17,8 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+use crate::mock_responses::{responses_answer, responses_events};
 
 /// How the mock answers requests, on every endpoint and in each endpoint's own protocol: OpenAI chat
 /// completions, legacy completions and embeddings (whole, and SSE for the first two), Anthropic messages (whole
@@ -141,6 +144,7 @@ impl MockProvider {
                 .route("/{version}/embeddings", web::post().to(chat))
                 .route("/{version}/messages", web::post().to(chat))
                 .route("/{version}/messages/count_tokens", web::post().to(chat))
+                .route("/{version}/responses", web::post().to(chat))
                 // Azure OpenAI: the deployment in the path, `api-version` in the query, the key in `api-key`.
                 .route(
                     "/openai/deployments/{deployment}/chat/completions",
@@ -154,6 +158,8 @@ impl MockProvider {
                     "/openai/deployments/{deployment}/embeddings",
                     web::post().to(chat),
                 )
+                // Azure's Responses API: the deployment is the body's `model`.
+                .route("/openai/responses", web::post().to(chat))
                 .route("/_mock/behaviour", web::post().to(set_behaviour))
                 .route(
                     "/healthz",
@@ -262,7 +268,8 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
     // Anthropic's token count answers `{"input_tokens"}`: the prompt of the usage a message would report.
     let counting = req.path().ends_with("/messages/count_tokens");
     let anthropic = req.path().ends_with("/messages") || counting;
-    let azure = req.path().starts_with("/openai/deployments/");
+    let responses = req.path().ends_with("/responses");
+    let azure = req.path().starts_with("/openai/");
     let azure_key = req.headers().get("api-key").and_then(|v| v.to_str().ok());
     let authorized = state.expected_key.as_ref().is_none_or(|k| {
         if azure {
@@ -355,6 +362,12 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         Behaviour::LongStream { events } => Some(events),
         _ => None,
     };
+    if responses {
+        if body["stream"] == true && behaviour != Behaviour::JsonToStream {
+            return stream(responses_events(&body, with_usage, long), &behaviour, request);
+        }
+        return whole(&responses_answer(&body, with_usage, long), &behaviour, request);
+    }
     if body["stream"] == true && behaviour != Behaviour::JsonToStream {
         let events = match (anthropic, long) {
             (true, _) => anthropic_stream_events(&body, with_usage, long),

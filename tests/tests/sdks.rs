@@ -1,7 +1,8 @@
 //! The official client SDKs, unchanged, against the gateway on the real stack: the OpenAI Python SDK against a
 //! route answered by an Anthropic instance, the Anthropic Python SDK against a route answered by an OpenAI
-//! instance, and both against an Azure OpenAI instance — whole answers, streams, tools, errors (and Anthropic's
-//! token count). Each request the providers worked on is billed once.
+//! instance, the OpenAI SDK's Responses API against a route failing over between OpenAI instances, and all of
+//! them against an Azure OpenAI instance — whole answers, streams, tools, errors (and Anthropic's token count).
+//! Each request the providers worked on is billed once.
 //!
 //! The SDKs run from a virtual environment that `compose/sdks` makes (`compose/test` does it first), found
 //! through `TOLLGATE_TEST_PYTHON` or at `~/.cache/tollgate/sdk-venv/bin/python`. The scripts are in `tests/sdk/`.
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tollgate_tests::mock_provider::Behaviour;
+use tollgate_tests::mock_responses::responses_usage;
 use tollgate_tests::stack::{CONSUMERS, MIXED_ROUTE, Stack, StackOptions};
 
 const AZURE: &str = r#"
@@ -26,8 +28,24 @@ deployments = { "gpt-4o" = "prod-gpt4o" }
 [[routes]]
 name = "gpt-4o"
 models = ["gpt-4o"]
-paths = ["/v1/chat/completions", "/v1/messages"]
+paths = ["/v1/chat/completions", "/v1/messages", "/v1/responses"]
 targets = [{ instance = "azure" }]
+"#;
+
+/// `gpt-4.1-mini` on two OpenAI instances: `first` (the mock, preferred) and `second` (the second mock).
+const FAILOVER: &str = r#"
+[[instances]]
+name = "first"
+endpoint = "{mock}"
+api_key_env = "PROVIDER_KEY"
+[[instances]]
+name = "second"
+endpoint = "{mock2}"
+api_key_env = "PROVIDER_KEY"
+[[routes]]
+name = "gpt-4.1-mini"
+models = ["gpt-4.1-mini"]
+targets = [{ instance = "first", priority = 2 }, { instance = "second", priority = 1 }]
 "#;
 
 /// The Python of the SDKs' virtual environment.
@@ -175,12 +193,79 @@ async fn both_sdks_are_served_by_an_azure_openai_deployment() {
     assert_eq!(checks(&openai).len(), 5);
     let anthropic = run_sdk(&stack, "anthropic_client.py", CONSUMERS[1].2, "gpt-4o").await;
     assert_eq!(checks(&anthropic).len(), 5);
+    let responses = run_sdk(&stack, "openai_responses_client.py", CONSUMERS[2].2, "gpt-4o").await;
+    assert_eq!(checks(&responses).len(), 4);
     for received in stack.mock.received().iter().filter(|r| r.status == 200) {
-        assert_eq!(received.path, "/openai/deployments/prod-gpt4o/chat/completions");
+        if received.path == "/openai/responses" {
+            // Azure's Responses API takes the deployment as the body's model.
+            assert_eq!(received.body["model"], "prod-gpt4o");
+        } else {
+            assert_eq!(received.path, "/openai/deployments/prod-gpt4o/chat/completions");
+        }
         assert_eq!(received.query, "api-version=2024-10-21");
     }
-    let rows = rows(&stack, 5).await;
-    assert_eq!(rows.len(), 5, "three OpenAI and two Anthropic requests: {rows:?}");
+    let rows = rows(&stack, 8).await;
+    assert_eq!(
+        rows.len(),
+        8,
+        "three OpenAI, two Anthropic and three Responses requests: {rows:?}"
+    );
     assert!(rows.iter().all(|r| r["provider"] == "azure_openai"));
+    assert_eq!(
+        rows.iter().filter(|r| r["endpoint"] == "/v1/responses").count(),
+        3
+    );
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_openai_sdks_responses_api_fails_over_and_is_billed_from_response_completed() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: FAILOVER.into(),
+        second_mock: true,
+        ..StackOptions::default()
+    })
+    .await;
+    stack.mock.set_behaviour(Behaviour::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let reported = run_sdk(&stack, "openai_responses_client.py", CONSUMERS[0].2, "gpt-4.1-mini").await;
+    assert_eq!(
+        checks(&reported),
+        ["whole", "stream", "stream with tools", "wrong key"]
+    );
+    let second = stack.mock2.as_ref().unwrap().received();
+    assert_eq!(second.len(), 3);
+    assert!(second.iter().all(|r| r.path == "/v1/responses"));
+    let rows = rows(&stack, 3).await;
+    assert_eq!(rows.len(), 3, "whole, stream, stream with tools: {rows:?}");
+    for row in &rows {
+        assert_eq!(row["endpoint"], "/v1/responses");
+        assert_eq!(row["instance"], "second");
+        assert_eq!(row["attempt_count"], 2, "first's 503, then second");
+        assert_eq!(row["outcome"], "ok");
+        assert_eq!(row["usage_source"], "provider");
+    }
+    // Billed with the provider's figures: the usage of each response.
+    let mut billed: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["prompt_tokens"].as_u64().unwrap(),
+                r["completion_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut reported: Vec<(u64, u64)> = second
+        .iter()
+        .map(|r| {
+            let (input, output, _, _) = responses_usage(&r.body);
+            (u64::from(input), u64::from(output))
+        })
+        .collect();
+    billed.sort_unstable();
+    reported.sort_unstable();
+    assert_eq!(billed, reported);
     stack.stop().await;
 }

@@ -3,7 +3,7 @@
 //! upstream does — and never for less than the client received.
 //!
 //! Rows are the metered endpoints (chat whole and streamed, legacy completions, embeddings, Anthropic messages
-//! whole and streamed); columns are what can go wrong around a request (the client closes its socket with FIN
+//! whole and streamed, OpenAI Responses whole and streamed); columns are what can go wrong around a request (the client closes its socket with FIN
 //! or RST while the provider works, stops reading, the upstream breaks off at a random byte, reports no usage,
 //! answers a stream request with whole JSON, refuses with 429 or 503 and `Retry-After`, or is slower than the
 //! instance's timeout). Every cell has its own route, model and instance, so its rows are told apart by
@@ -16,8 +16,9 @@
 //! - every client that received a response head (and so an `x-request-id`) has a row with that request id,
 //!   whose `completion_tokens` is at least what the client received: the final usage the answer reported to the
 //!   client when it carried one (a whole body's `usage`, OpenAI's usage chunk, Anthropic's `message_delta`
-//!   usage), otherwise meter-sidecar's count of the completion text the client received — chat `content` and
-//!   tool calls, legacy `text`, Anthropic `text_delta` — for the model it asked for. A client without a head
+//!   usage, `response.completed`'s usage), otherwise meter-sidecar's count of the completion text the client
+//!   received — chat `content` and tool calls, legacy `text`, Anthropic `text_delta`, Responses output text and
+//!   function calls — for the model it asked for. A client without a head
 //!   received nothing (0 tokens); an error status carries no completion.
 //!
 //! Every mismatch of the whole matrix is collected and reported at the end in one table (run with
@@ -57,15 +58,19 @@ enum Row {
     Embeddings,
     AnthropicWhole,
     AnthropicStream,
+    ResponsesWhole,
+    ResponsesStream,
 }
 
-const ROWS: [Row; 6] = [
+const ROWS: [Row; 8] = [
     Row::ChatWhole,
     Row::ChatStream,
     Row::Completions,
     Row::Embeddings,
     Row::AnthropicWhole,
     Row::AnthropicStream,
+    Row::ResponsesWhole,
+    Row::ResponsesStream,
 ];
 
 impl Row {
@@ -77,6 +82,8 @@ impl Row {
             Self::Embeddings => "embeddings",
             Self::AnthropicWhole => "anthropic",
             Self::AnthropicStream => "anthropic-stream",
+            Self::ResponsesWhole => "responses",
+            Self::ResponsesStream => "responses-stream",
         }
     }
 
@@ -86,6 +93,7 @@ impl Row {
             Self::Completions => "/v1/completions",
             Self::Embeddings => "/v1/embeddings",
             Self::AnthropicWhole | Self::AnthropicStream => "/v1/messages",
+            Self::ResponsesWhole | Self::ResponsesStream => "/v1/responses",
         }
     }
 
@@ -94,7 +102,14 @@ impl Row {
     }
 
     fn stream(self) -> bool {
-        matches!(self, Self::ChatStream | Self::AnthropicStream)
+        matches!(
+            self,
+            Self::ChatStream | Self::AnthropicStream | Self::ResponsesStream
+        )
+    }
+
+    fn responses(self) -> bool {
+        matches!(self, Self::ResponsesWhole | Self::ResponsesStream)
     }
 
     /// The client's headers: consumer team-a with a bearer key for OpenAI, team-b with `x-api-key` for Anthropic.
@@ -124,6 +139,13 @@ impl Row {
             Self::Embeddings => json!({"model": model, "input": PROMPT}),
             Self::AnthropicWhole | Self::AnthropicStream => json!({
                 "model": model, "max_tokens": 64, "stream": self.stream(), "messages": messages
+            }),
+            // The streamed one has a tool, so the mock streams a function call's arguments too.
+            Self::ResponsesWhole => json!({"model": model, "input": PROMPT, "max_output_tokens": 64}),
+            Self::ResponsesStream => json!({
+                "model": model, "stream": true, "instructions": "Answer briefly.",
+                "input": [{"role": "user", "content": [{"type": "input_text", "text": PROMPT}]}],
+                "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
             }),
         }
     }
@@ -473,6 +495,21 @@ fn received_completion(row: Row, body: &[u8]) -> (Option<u64>, String) {
         let Ok(data) = serde_json::from_str::<Value>(&data) else {
             continue;
         };
+        if row.responses() {
+            match data["type"].as_str() {
+                Some(
+                    "response.output_text.delta" | "response.function_call_arguments.delta",
+                ) => completion.push_str(data["delta"].as_str().unwrap_or("")),
+                Some("response.output_item.added") if data["item"]["type"] == "function_call" => {
+                    completion.push_str(data["item"]["name"].as_str().unwrap_or(""));
+                }
+                Some("response.completed" | "response.incomplete") => {
+                    usage = data["response"]["usage"]["output_tokens"].as_u64().or(usage);
+                }
+                _ => {}
+            }
+            continue;
+        }
         if row.anthropic() {
             match data["type"].as_str() {
                 Some("content_block_delta") => {
@@ -511,6 +548,17 @@ fn whole_completion(row: Row, answer: &Value) -> (Option<u64>, String) {
             .flatten()
             .filter_map(|block| block["text"].as_str())
             .collect();
+        return (answer["usage"]["output_tokens"].as_u64(), text);
+    }
+    if row.responses() {
+        let mut text = String::new();
+        for item in answer["output"].as_array().into_iter().flatten() {
+            for part in item["content"].as_array().into_iter().flatten() {
+                text.push_str(part["text"].as_str().unwrap_or(""));
+            }
+            text.push_str(item["name"].as_str().unwrap_or(""));
+            text.push_str(item["arguments"].as_str().unwrap_or(""));
+        }
         return (answer["usage"]["output_tokens"].as_u64(), text);
     }
     let mut text = String::new();
