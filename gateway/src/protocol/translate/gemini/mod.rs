@@ -12,6 +12,9 @@ pub mod response;
 pub mod stream;
 pub mod usage;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{gemini_error_to_anthropic, gemini_error_to_openai};
 pub use request::{GeminiRequest, STRIPPED_SCHEMA_KEYWORDS, openai_object_to_gemini};
 pub use response::gemini_to_openai_answer;

@@ -39,7 +39,7 @@ impl GeminiRequest {
 
 /// JSON Schema keywords Gemini's `Schema` (tool `parameters`, `responseSchema`) refuses as unknown fields. They
 /// are removed at every level of a schema (a property that merely has one of these names is kept). Besides, a
-/// `type` list of one type and `"null"` becomes that type with `nullable: true`.
+/// `type` list of one type and `"null"` becomes that type with `nullable: true` (its `enum` losing `null`).
 pub const STRIPPED_SCHEMA_KEYWORDS: &[&str] = &[
     "$schema",
     "$id",
@@ -272,7 +272,7 @@ fn response_format(value: &Value, config: &mut Map<String, Value>) -> Result<(),
 
 /// A JSON Schema in the subset Gemini's `Schema` reads: [`STRIPPED_SCHEMA_KEYWORDS`] removed at every schema
 /// position (the schemas under `properties`, `items`, `anyOf`…, not the property names), and a nullable type
-/// list (`["string", "null"]`) as `type` + `nullable`.
+/// list (`["string", "null"]`) as `type` + `nullable` (and without the `null` of its `enum`).
 fn gemini_schema(schema: &Value) -> Value {
     let map = match schema {
         Value::Object(map) => map,
@@ -304,6 +304,10 @@ fn gemini_schema(schema: &Value) -> Value {
             let only = (*only).clone();
             out.insert("type".to_owned(), only);
             out.entry("nullable").or_insert(Value::Bool(true));
+            // Gemini's enums are strings: the `null` member is what `nullable` now says.
+            if let Some(Value::Array(members)) = out.get_mut("enum") {
+                members.retain(|m| !m.is_null());
+            }
         }
     }
     Value::Object(out)
