@@ -18,8 +18,8 @@ mod tests;
 
 pub use error::{TranslatedError, anthropic_error_to_openai, openai_error_to_anthropic};
 pub use gemini::{
-    GeminiRequest, GeminiToOpenAiStream, gemini_error_to_anthropic, gemini_error_to_openai, gemini_to_openai_answer,
-    openai_object_to_gemini,
+    GeminiRequest, GeminiToOpenAiStream, gemini_error_to_anthropic, gemini_error_to_openai,
+    gemini_to_openai_answer, openai_object_to_gemini,
 };
 pub use request::{
     DROPPED_FIELDS_HEADER, TranslatedRequest, anthropic_object_to_openai, anthropic_to_openai_request,

@@ -15,7 +15,9 @@ use super::super::error::{
 /// Gemini's error `status` (or, without one, the HTTP status) → OpenAI's status, `type` and `code`.
 fn openai_kind(grpc_status: Option<&str>, status: u16) -> (u16, &'static str, Option<&'static str>) {
     match grpc_status {
-        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => (400, "invalid_request_error", None),
+        Some("INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE") => {
+            (400, "invalid_request_error", None)
+        }
         Some("UNAUTHENTICATED") => (401, "invalid_request_error", Some("invalid_api_key")),
         Some("PERMISSION_DENIED") => (403, "invalid_request_error", Some("permission_denied")),
         Some("NOT_FOUND") => (404, "invalid_request_error", Some("not_found")),

@@ -242,9 +242,12 @@ fn response_format(value: &Value, config: &mut Map<String, Value>) -> Result<(),
             config.insert("responseMimeType".to_owned(), Value::from("application/json"));
         }
         Some("json_schema") => {
-            let spec = value.get("json_schema").filter(|s| s.is_object()).ok_or_else(|| {
-                TranslateError::invalid("response_format.json_schema", "expected an object")
-            })?;
+            let spec = value
+                .get("json_schema")
+                .filter(|s| s.is_object())
+                .ok_or_else(|| {
+                    TranslateError::invalid("response_format.json_schema", "expected an object")
+                })?;
             config.insert("responseMimeType".to_owned(), Value::from("application/json"));
             match spec.get("schema") {
                 None | Some(Value::Null) => {}
@@ -291,7 +294,9 @@ fn gemini_schema(schema: &Value) -> Value {
                     .map(|(name, s)| (name.clone(), gemini_schema(s)))
                     .collect(),
             ),
-            ("items" | "not" | "contains" | "anyOf" | "oneOf" | "allOf" | "prefixItems", v) => gemini_schema(v),
+            ("items" | "not" | "contains" | "anyOf" | "oneOf" | "allOf" | "prefixItems", v) => {
+                gemini_schema(v)
+            }
             (_, v) => v.clone(),
         };
         out.insert(key.clone(), value);
@@ -348,7 +353,10 @@ fn function_declaration(tool: &Value, i: usize, dropped: &mut Dropped) -> Result
                 .get("properties")
                 .and_then(Value::as_object)
                 .is_none_or(Map::is_empty)
-                && schema.get("type").and_then(Value::as_str).is_none_or(|t| t == "object");
+                && schema
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .is_none_or(|t| t == "object");
             if !empty_object {
                 out.insert("parameters".to_owned(), gemini_schema(schema));
             }

@@ -181,10 +181,7 @@ impl GeminiToOpenAiStream {
             self.malformed += 1;
             return;
         }
-        let index = candidate
-            .get("index")
-            .and_then(Value::as_u64)
-            .unwrap_or(position);
+        let index = candidate.get("index").and_then(Value::as_u64).unwrap_or(position);
         let Some(slot) = self.start(index, out) else {
             self.malformed += 1;
             return;

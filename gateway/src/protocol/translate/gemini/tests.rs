@@ -135,7 +135,8 @@ fn reasoning_effort_sets_the_thinking_budget() {
             json!({"thinkingBudget": budget})
         );
     }
-    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "max"});
+    let body =
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "max"});
     assert_eq!(
         translate_request(&body).unwrap_err().param(),
         Some("reasoning_effort")
@@ -154,17 +155,16 @@ fn tool_choice_modes() {
         ),
     ] {
         let out = request(json!({"tool_choice": choice}));
-        assert_eq!(
-            out.body["toolConfig"],
-            json!({"functionCallingConfig": config})
-        );
+        assert_eq!(out.body["toolConfig"], json!({"functionCallingConfig": config}));
     }
 }
 
 #[test]
 fn nulls_are_absent_and_false_is_not_dropped() {
-    let out = request(json!({"temperature": null, "logprobs": false, "store": false, "parallel_tool_calls": true,
-        "stream": false, "stream_options": {"include_usage": true}}));
+    let out = request(
+        json!({"temperature": null, "logprobs": false, "store": false, "parallel_tool_calls": true,
+        "stream": false, "stream_options": {"include_usage": true}}),
+    );
     assert!(out.dropped.is_empty(), "{:?}", out.dropped);
     assert!(out.body.get("generationConfig").is_none());
     assert!(!out.stream);
@@ -247,7 +247,10 @@ fn usage_from_gemini() {
     );
     assert_eq!(usage.total_tokens(), 427);
     assert_eq!(MeteredUsage::from_gemini(&json!({"totalTokenCount": 5})), None);
-    assert_eq!(MeteredUsage::from_gemini(&json!({"promptTokenCount": null})), None);
+    assert_eq!(
+        MeteredUsage::from_gemini(&json!({"promptTokenCount": null})),
+        None
+    );
     assert_eq!(MeteredUsage::from_gemini(&json!([1])), None);
     assert_eq!(
         MeteredUsage::from_gemini(&json!({"candidatesTokenCount": 3})).map(|u| u.completion_tokens),

@@ -28,7 +28,8 @@ impl MeteredUsage {
         }
         let thoughts = count(usage, "thoughtsTokenCount");
         Some(Self {
-            prompt_tokens: count(usage, "promptTokenCount").saturating_add(count(usage, "toolUsePromptTokenCount")),
+            prompt_tokens: count(usage, "promptTokenCount")
+                .saturating_add(count(usage, "toolUsePromptTokenCount")),
             completion_tokens: count(usage, "candidatesTokenCount").saturating_add(thoughts),
             cached_read_tokens: count(usage, "cachedContentTokenCount"),
             cache_write_5m_tokens: 0,
