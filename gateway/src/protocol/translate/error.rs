@@ -79,7 +79,7 @@ pub(crate) fn truncated(text: &str) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
-fn unrecognised(status: u16, body: &[u8]) -> String {
+pub(super) fn unrecognised(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let text = truncated(text.trim());
     if text.is_empty() {
@@ -89,7 +89,7 @@ fn unrecognised(status: u16, body: &[u8]) -> String {
     }
 }
 
-fn string_at<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
+pub(super) fn string_at<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
     value.get(field).and_then(Value::as_str)
 }
 

@@ -1,4 +1,5 @@
-//! Translation between OpenAI Chat Completions and Anthropic Messages, both ways: a client's request into the
+//! Translation between OpenAI Chat Completions and Anthropic Messages, both ways (and from OpenAI Chat
+//! Completions to Google Gemini's `generateContent`, in [`gemini`]): a client's request into the
 //! upstream's protocol ([`request`]), a whole upstream answer back into the client's ([`response`]), a streamed
 //! answer one SSE event at a time ([`stream`]), an upstream error answer ([`error`]), and what an answer consumed
 //! in the terms Tollgate bills ([`usage`]). Everything here is a pure function over JSON values or bytes: no
@@ -6,6 +7,7 @@
 //! in a stream, a skipped and counted event), never a panic. `docs/translation.md` is the mapping in prose.
 
 pub mod error;
+pub mod gemini;
 pub mod request;
 pub mod response;
 pub mod stream;
@@ -15,6 +17,10 @@ pub mod usage;
 mod tests;
 
 pub use error::{TranslatedError, anthropic_error_to_openai, openai_error_to_anthropic};
+pub use gemini::{
+    GeminiRequest, GeminiToOpenAiStream, gemini_error_to_anthropic, gemini_error_to_openai,
+    gemini_to_openai_answer, openai_object_to_gemini,
+};
 pub use request::{
     DROPPED_FIELDS_HEADER, TranslatedRequest, anthropic_object_to_openai, anthropic_to_openai_request,
     openai_object_to_anthropic, openai_to_anthropic_request,

@@ -36,10 +36,10 @@ impl TranslatedRequest {
 
 /// The names of dropped fields, each once.
 #[derive(Debug, Default)]
-struct Dropped(Vec<String>);
+pub(super) struct Dropped(pub(super) Vec<String>);
 
 impl Dropped {
-    fn add(&mut self, name: &str) {
+    pub(super) fn add(&mut self, name: &str) {
         if !self.0.iter().any(|n| n == name) {
             self.0.push(name.to_owned());
         }
@@ -50,32 +50,32 @@ fn object(body: &Value) -> Result<&Map<String, Value>, TranslateError> {
     body.as_object().ok_or(TranslateError::NotAnObject)
 }
 
-fn string<'a>(value: &'a Value, param: &str) -> Result<&'a str, TranslateError> {
+pub(super) fn string<'a>(value: &'a Value, param: &str) -> Result<&'a str, TranslateError> {
     value
         .as_str()
         .ok_or_else(|| TranslateError::invalid(param, "expected a string"))
 }
 
-fn array<'a>(value: &'a Value, param: &str) -> Result<&'a Vec<Value>, TranslateError> {
+pub(super) fn array<'a>(value: &'a Value, param: &str) -> Result<&'a Vec<Value>, TranslateError> {
     value
         .as_array()
         .ok_or_else(|| TranslateError::invalid(param, "expected an array"))
 }
 
-fn number(value: &Value, param: &str) -> Result<f64, TranslateError> {
+pub(super) fn number(value: &Value, param: &str) -> Result<f64, TranslateError> {
     value
         .as_f64()
         .ok_or_else(|| TranslateError::invalid(param, "expected a number"))
 }
 
-fn positive_integer(value: &Value, param: &str) -> Result<u64, TranslateError> {
+pub(super) fn positive_integer(value: &Value, param: &str) -> Result<u64, TranslateError> {
     match value.as_u64() {
         Some(n) if n > 0 => Ok(n),
         _ => Err(TranslateError::invalid(param, "expected a positive integer")),
     }
 }
 
-fn boolean(value: &Value, param: &str) -> Result<bool, TranslateError> {
+pub(super) fn boolean(value: &Value, param: &str) -> Result<bool, TranslateError> {
     value
         .as_bool()
         .ok_or_else(|| TranslateError::invalid(param, "expected a boolean"))

@@ -41,11 +41,11 @@ pub(crate) fn stop_reason(finish_reason: Option<&str>) -> &'static str {
     }
 }
 
-fn upstream(reason: &str) -> TranslateError {
+pub(super) fn upstream(reason: &str) -> TranslateError {
     TranslateError::Upstream(reason.to_owned())
 }
 
-fn parse(body: &[u8]) -> Result<Value, TranslateError> {
+pub(super) fn parse(body: &[u8]) -> Result<Value, TranslateError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| TranslateError::Upstream(format!("not JSON ({e})")))?;
     if value.is_object() {

@@ -24,7 +24,7 @@ use super::usage::{AnthropicUsageTracker, MeteredUsage};
 /// malformed.
 pub const MAX_BLOCKS: usize = 4096;
 
-fn openai_frame(value: &Value) -> Vec<u8> {
+pub(super) fn openai_frame(value: &Value) -> Vec<u8> {
     let mut frame = b"data: ".to_vec();
     // Serializing a `Value` cannot fail (its keys are strings); should it, the frame is empty data.
     let _ = serde_json::to_writer(&mut frame, value);
@@ -32,7 +32,7 @@ fn openai_frame(value: &Value) -> Vec<u8> {
     frame
 }
 
-const OPENAI_DONE: &[u8] = b"data: [DONE]\n\n";
+pub(super) const OPENAI_DONE: &[u8] = b"data: [DONE]\n\n";
 
 fn anthropic_frame(out: &mut Vec<u8>, event: &str, value: &Value) {
     out.extend_from_slice(b"event: ");

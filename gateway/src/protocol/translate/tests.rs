@@ -14,12 +14,17 @@ use serde_json::{Value, json};
 
 use super::*;
 
-fn fixtures_dir() -> PathBuf {
+pub(super) fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/translate")
 }
 
 fn fixtures(prefix: &str) -> Vec<(PathBuf, Value)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+    fixtures_in(&fixtures_dir(), prefix)
+}
+
+/// The fixtures of `dir` whose file name starts with `prefix`, by name.
+pub(super) fn fixtures_in(dir: &Path, prefix: &str) -> Vec<(PathBuf, Value)> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| {
@@ -47,7 +52,7 @@ fn bless() -> bool {
 }
 
 /// Compares `actual` with `fixture[field]`, or writes it there when blessing.
-fn check(path: &Path, fixture: &mut Value, field: &str, actual: Value) {
+pub(super) fn check(path: &Path, fixture: &mut Value, field: &str, actual: Value) {
     if bless() {
         fixture[field] = actual;
         let text = serde_json::to_string_pretty(fixture).unwrap();
@@ -67,17 +72,17 @@ fn direction(fixture: &Value) -> &str {
     fixture["direction"].as_str().unwrap()
 }
 
-fn usage_value(usage: Option<MeteredUsage>) -> Value {
+pub(super) fn usage_value(usage: Option<MeteredUsage>) -> Value {
     serde_json::to_value(usage).unwrap()
 }
 
-fn error_value(error: &TranslateError) -> Value {
+pub(super) fn error_value(error: &TranslateError) -> Value {
     json!({"status": error.status(), "param": error.param(), "message": error.to_string()})
 }
 
 /// Data given as a JSON string is sent as that string's text (a malformed or `[DONE]` event); anything else
 /// as its JSON.
-fn data_bytes(data: &Value) -> Vec<u8> {
+pub(super) fn data_bytes(data: &Value) -> Vec<u8> {
     match data {
         Value::String(text) => text.clone().into_bytes(),
         other => serde_json::to_vec(other).unwrap(),
@@ -85,7 +90,7 @@ fn data_bytes(data: &Value) -> Vec<u8> {
 }
 
 /// SSE frames → `[{"event": name or null, "data": JSON or the raw text}]`.
-fn frames(bytes: &[u8]) -> Vec<Value> {
+pub(super) fn frames(bytes: &[u8]) -> Vec<Value> {
     let text = std::str::from_utf8(bytes).unwrap();
     assert!(
         text.is_empty() || text.ends_with("\n\n"),
@@ -311,7 +316,7 @@ fn dropped_header_joins_names() {
 // -----------------------------------------------------------------------------------------------------------
 
 /// `text` cut before the characters at `cuts` (taken modulo its length).
-fn split(text: &str, cuts: &[usize]) -> Vec<String> {
+pub(super) fn split(text: &str, cuts: &[usize]) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     let mut points: Vec<usize> = cuts.iter().map(|c| c % (chars.len() + 1)).collect();
     points.push(0);
@@ -710,7 +715,7 @@ fn truncated_and_mistyped_fixtures_do_not_panic() {
     }
 }
 
-fn collect_paths(value: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+pub(super) fn collect_paths(value: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     out.push(path.clone());
     match value {
         Value::Object(map) => {
@@ -731,7 +736,7 @@ fn collect_paths(value: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String
     }
 }
 
-fn pointer_mut<'a>(value: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+pub(super) fn pointer_mut<'a>(value: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
     let pointer: String = path
         .iter()
         .map(|p| format!("/{}", p.replace('~', "~0").replace('/', "~1")))
