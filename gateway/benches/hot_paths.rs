@@ -100,7 +100,7 @@ fn openai_stream() -> Vec<u8> {
 /// [`StreamMeter`]. Returns the number of events and the meter.
 fn tee(pieces: &[Bytes], meter: bool) -> (usize, Option<StreamMeter>) {
     let mut splitter = EventSplitter::new(MAX_EVENT_BYTES);
-    let mut stream = meter.then(|| StreamMeter::for_provider(Provider::Openai));
+    let mut stream = meter.then(|| StreamMeter::new(Provider::Openai, Endpoint::ChatCompletions));
     let mut events = 0;
     for piece in pieces {
         for raw in splitter.push(piece).unwrap() {

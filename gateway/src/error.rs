@@ -305,14 +305,17 @@ impl GatewayError {
         let (status, error_type, param, code) = self.parts();
         let message = self.message_in(protocol);
         let body = match protocol.protocol() {
-            Provider::Openai | Provider::AzureOpenai => serde_json::to_string(&ErrorBody {
-                error: ErrorDetail {
-                    message,
-                    error_type,
-                    param,
-                    code,
-                },
-            }),
+            // No client speaks Gemini's protocol (it is only ever reached translated): OpenAI's shape.
+            Provider::Openai | Provider::AzureOpenai | Provider::Gemini => {
+                serde_json::to_string(&ErrorBody {
+                    error: ErrorDetail {
+                        message,
+                        error_type,
+                        param,
+                        code,
+                    },
+                })
+            }
             Provider::Anthropic => serde_json::to_string(&AnthropicErrorBody {
                 kind: "error",
                 error: AnthropicErrorDetail {

@@ -1,6 +1,6 @@
 //! A mock LLM provider: the only thing Tollgate's tests fake, because it stands for the outside world. It speaks
-//! OpenAI's chat completions, legacy completions, embeddings and Responses API ([`crate::mock_responses`]) and
-//! Anthropic's Messages API, whole and streamed,
+//! OpenAI's chat completions, legacy completions, embeddings and Responses API ([`crate::mock_responses`]),
+//! Anthropic's Messages API and Google's Gemini API ([`crate::mock_gemini`]), whole and streamed,
 //! with deterministic answers and usage, and misbehaves on demand ([`Behaviour`]: error statuses with
 //! `Retry-After`, delays, bodies that are not JSON, missing usage, streams cut or slowed down, answers broken off
 //! at a random byte, whole JSON answers to stream requests, endless streams) — switched at run time through
@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::mock_gemini::{gemini_answer, gemini_call, gemini_error, gemini_events, gemini_wrong_key};
 use crate::mock_responses::{responses_answer, responses_events};
 
 /// How the mock answers requests, on every endpoint and in each endpoint's own protocol: OpenAI chat
@@ -145,6 +146,8 @@ impl MockProvider {
                 .route("/{version}/messages", web::post().to(chat))
                 .route("/{version}/messages/count_tokens", web::post().to(chat))
                 .route("/{version}/responses", web::post().to(chat))
+                // Gemini: `models/{model}:generateContent` and `:streamGenerateContent`.
+                .route("/{version}/models/{action}", web::post().to(chat))
                 // Azure OpenAI: the deployment in the path, `api-version` in the query, the key in `api-key`.
                 .route(
                     "/openai/deployments/{deployment}/chat/completions",
@@ -269,10 +272,14 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
     let counting = req.path().ends_with("/messages/count_tokens");
     let anthropic = req.path().ends_with("/messages") || counting;
     let responses = req.path().ends_with("/responses");
+    let gemini = gemini_call(req.path());
+    let goog_key = req.headers().get("x-goog-api-key").and_then(|v| v.to_str().ok());
     let azure = req.path().starts_with("/openai/");
     let azure_key = req.headers().get("api-key").and_then(|v| v.to_str().ok());
     let authorized = state.expected_key.as_ref().is_none_or(|k| {
-        if azure {
+        if gemini.is_some() {
+            goog_key == Some(k.as_str())
+        } else if azure {
             // Azure answers 401 without an `api-key`, and without `api-version` 404 ("Resource not found").
             azure_key == Some(k.as_str()) && req.query_string().contains("api-version=")
         } else if anthropic {
@@ -301,6 +308,9 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
             headers,
             body: body.clone(),
         });
+    if !authorized && gemini.is_some() {
+        return gemini_wrong_key();
+    }
     if !authorized {
         return error(
             anthropic,
@@ -337,6 +347,9 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
             return error(anthropic, 401, &message, "invalid_api_key", None);
         }
         Behaviour::Delay { millis } => actix_web::rt::time::sleep(Duration::from_millis(millis)).await,
+        Behaviour::Status { status, retry_after } if gemini.is_some() => {
+            return gemini_error(status, "The mock is misbehaving on purpose.", retry_after);
+        }
         Behaviour::Status { status, retry_after } => {
             return error(
                 anthropic,
@@ -362,6 +375,20 @@ async fn chat(req: HttpRequest, body: web::Json<Value>, state: web::Data<State>)
         Behaviour::LongStream { events } => Some(events),
         _ => None,
     };
+    if let Some((model, streamed)) = gemini {
+        if streamed && behaviour != Behaviour::JsonToStream {
+            return stream(
+                gemini_events(&body, &model, with_usage, long),
+                &behaviour,
+                request,
+            );
+        }
+        return whole(
+            &gemini_answer(&body, &model, with_usage, long),
+            &behaviour,
+            request,
+        );
+    }
     if responses {
         if body["stream"] == true && behaviour != Behaviour::JsonToStream {
             return stream(responses_events(&body, with_usage, long), &behaviour, request);

@@ -133,8 +133,13 @@ fn default_health_timeout() -> String {
 fn default_health_threshold() -> u32 {
     2
 }
-/// Every client path an instance of `provider` can serve.
+/// The client paths a route whose first target is of `provider` serves when it names none: its protocol's
+/// endpoints; for Gemini, which no client endpoint speaks, chat completions (Anthropic messages reach it too when
+/// a route lists `/v1/messages`).
 pub(super) fn provider_paths(provider: Provider) -> Vec<String> {
+    if provider == Provider::Gemini {
+        return vec![Endpoint::ChatCompletions.path().to_owned()];
+    }
     Endpoint::ALL
         .iter()
         .filter(|e| e.provider() == provider.protocol())

@@ -1,6 +1,7 @@
 //! What a streamed answer consumed, read off its events as they pass on their way to the client: an OpenAI chat
-//! (or legacy) completion's chunks, an Anthropic message's events, an OpenAI Responses API stream's events
-//! ([`StreamMeter`] picks by the upstream's protocol and endpoint). In come parsed SSE events
+//! (or legacy) completion's chunks, an Anthropic message's events, an OpenAI Responses API stream's events, a
+//! Gemini `streamGenerateContent` stream's responses ([`StreamMeter`] picks by the upstream's protocol and
+//! endpoint). In come parsed SSE events
 //! ([`crate::metering::sse::SseEvent`]) in stream order; out come what each one was ([`Observed`]), the
 //! completion text streamed so far, the provider's usage if an event carried one, and whether the stream ended
 //! as its protocol ends one (`[DONE]`, `message_stop`, `response.completed`).
@@ -11,7 +12,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use crate::metering::sse::SseEvent;
-use crate::protocol::usage::{self, AnthropicUsage, Usage};
+use crate::protocol::usage::{self, AnthropicUsage, GeminiUsage, Usage};
 use crate::protocol::{Endpoint, Provider};
 
 /// Accumulates a streamed chat completion as its events pass.
@@ -349,6 +350,66 @@ impl ResponsesStreamAccumulator {
     }
 }
 
+/// What a Gemini stream (`streamGenerateContent?alt=sse`) consumed: each event is a whole
+/// `GenerateContentResponse` with the next parts of each candidate — their text (thoughts included) and
+/// function calls are the completion — and `usageMetadata`, whose latest figures win. Gemini ends a stream by
+/// closing it: it ended as it should once a candidate gave its `finishReason` (or the prompt was blocked).
+#[derive(Debug, Default)]
+pub struct GeminiStreamAccumulator {
+    text: String,
+    model: Option<String>,
+    usage: Option<Usage>,
+    done: bool,
+    chunks: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiEvent {
+    model_version: Option<String>,
+    usage_metadata: Option<GeminiUsage>,
+    candidates: Option<Vec<serde_json::Value>>,
+    prompt_feedback: Option<GeminiFeedback>,
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiFeedback {
+    block_reason: Option<String>,
+}
+
+impl GeminiStreamAccumulator {
+    pub fn observe(&mut self, event: &SseEvent) -> Observed {
+        let Some(data) = event.data.as_deref() else {
+            return Observed::Chunk;
+        };
+        self.chunks += 1;
+        let Ok(parsed) = serde_json::from_str::<GeminiEvent>(data) else {
+            return Observed::Chunk;
+        };
+        if parsed.error.is_some() {
+            return Observed::Error;
+        }
+        if let Some(model) = parsed.model_version.filter(|m| !m.is_empty()) {
+            self.model = Some(model);
+        }
+        if let Some(usage) = parsed.usage_metadata.and_then(GeminiUsage::reported) {
+            self.usage = Some(usage);
+        }
+        for candidate in parsed.candidates.iter().flatten() {
+            usage::gemini_parts_text(candidate, &mut self.text);
+            if candidate.get("finishReason").is_some_and(|r| !r.is_null()) {
+                self.done = true;
+            }
+        }
+        if parsed.prompt_feedback.is_some_and(|f| f.block_reason.is_some()) {
+            self.done = true;
+        }
+        Observed::Chunk
+    }
+}
+
 /// The accumulator for a stream of either protocol, as the tee uses it (and, when the tee is dropped before it
 /// ends, the settlement of what it had seen: [`crate::pipeline::settle::Ledger`]).
 #[derive(Debug)]
@@ -356,6 +417,7 @@ pub enum StreamMeter {
     OpenAi(ChatStreamAccumulator),
     Anthropic(AnthropicStreamAccumulator),
     Responses(ResponsesStreamAccumulator),
+    Gemini(GeminiStreamAccumulator),
 }
 
 impl StreamMeter {
@@ -364,6 +426,7 @@ impl StreamMeter {
     pub fn new(provider: Provider, endpoint: Endpoint) -> Self {
         match (provider.protocol(), endpoint) {
             (Provider::Anthropic, _) => Self::Anthropic(AnthropicStreamAccumulator::default()),
+            (Provider::Gemini, _) => Self::Gemini(GeminiStreamAccumulator::default()),
             (_, Endpoint::Responses) => Self::Responses(ResponsesStreamAccumulator::default()),
             _ => Self::OpenAi(ChatStreamAccumulator::default()),
         }
@@ -374,6 +437,7 @@ impl StreamMeter {
             Self::OpenAi(a) => a.observe(event),
             Self::Anthropic(a) => a.observe(event),
             Self::Responses(a) => a.observe(event),
+            Self::Gemini(a) => a.observe(event),
         }
     }
 
@@ -382,6 +446,7 @@ impl StreamMeter {
             Self::OpenAi(a) => a.completion_text(),
             Self::Anthropic(a) => &a.text,
             Self::Responses(a) => &a.text,
+            Self::Gemini(a) => &a.text,
         }
     }
 
@@ -393,6 +458,7 @@ impl StreamMeter {
                 .filter(|u| u.input_tokens.is_some())
                 .map(AnthropicUsage::to_usage),
             Self::Responses(a) => a.usage,
+            Self::Gemini(a) => a.usage,
         }
     }
 
@@ -405,6 +471,9 @@ impl StreamMeter {
             Self::Anthropic(_) => None,
             // Only the final events carry the response's usage.
             Self::Responses(a) => a.usage,
+            // Gemini's figures grow with the stream: final once it ended as it should.
+            Self::Gemini(a) if a.done => a.usage,
+            Self::Gemini(_) => None,
         }
     }
 
@@ -414,6 +483,7 @@ impl StreamMeter {
             Self::OpenAi(a) => a.model.as_deref(),
             Self::Anthropic(a) => a.model.as_deref(),
             Self::Responses(a) => a.model.as_deref(),
+            Self::Gemini(a) => a.model.as_deref(),
         }
     }
 
@@ -422,6 +492,7 @@ impl StreamMeter {
             Self::OpenAi(a) => a.saw_done(),
             Self::Anthropic(a) => a.done,
             Self::Responses(a) => a.done,
+            Self::Gemini(a) => a.done,
         }
     }
 
@@ -430,6 +501,7 @@ impl StreamMeter {
             Self::OpenAi(a) => a.chunks(),
             Self::Anthropic(a) => a.chunks,
             Self::Responses(a) => a.chunks,
+            Self::Gemini(a) => a.chunks,
         }
     }
 }
@@ -533,6 +605,41 @@ mod tests {
             (Some(32), Some(9))
         );
         assert_eq!(meter.served_model(), Some("gpt-4.1-mini-2025-04-14"));
+    }
+
+    #[test]
+    fn a_gemini_stream_counts_its_parts_and_bills_the_latest_usage_once_a_candidate_finished() {
+        let mut meter = StreamMeter::new(Provider::Gemini, Endpoint::ChatCompletions);
+        let chunks = [
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]}}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":1},"modelVersion":"gemini-2.5-flash"}"#,
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"lo"},{"functionCall":{"name":"f","args":{}}}]}}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":3}}"#,
+        ];
+        for chunk in chunks {
+            assert_eq!(meter.observe(&data(chunk)), Observed::Chunk);
+        }
+        assert!(!meter.saw_done());
+        assert!(meter.final_usage().is_none(), "provisional until the end");
+        assert_eq!(meter.provider_usage().map(|u| u.completion_tokens), Some(3));
+        let last = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"!"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":4,"thoughtsTokenCount":20,"totalTokenCount":33}}"#;
+        meter.observe(&data(last));
+        assert!(meter.saw_done());
+        assert_eq!(meter.completion_text(), "Hellof{}!");
+        let usage = meter.final_usage().unwrap();
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.reasoning_tokens
+            ),
+            (9, 24, Some(20))
+        );
+        assert_eq!(meter.served_model(), Some("gemini-2.5-flash"));
+        assert_eq!(
+            meter.observe(&data(
+                r#"{"error":{"code":503,"message":"overloaded","status":"UNAVAILABLE"}}"#
+            )),
+            Observed::Error
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! never retried. In: the admitted request and its quota ticket; out: [`Forwarded`] — the instance that answered
 //! and its [`Answer`], or why none did.
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -73,6 +74,8 @@ pub struct Crossed {
     pub dropped: Option<String>,
     /// The client (OpenAI) asked for the usage chunk of its stream.
     pub include_usage: bool,
+    /// The model sent upstream: it names a translated answer that does not name its own.
+    pub model: String,
 }
 
 /// The upstream's `Retry-After` as a cooldown: seconds or an HTTP date, cut to `server.max_retry_after` (so a
@@ -126,13 +129,18 @@ pub async fn forward<'a>(
         // An instance of the other protocol gets the request translated, on its own endpoint — before anything is
         // held for the attempt, so a request that cannot be carried across holds nothing.
         let crossing = Crossing::of(api.endpoint, instance.provider);
-        let (body, upstream_endpoint, crossed) = match crossing {
+        let model_sent = instance.model.as_deref().unwrap_or(&api.model);
+        let (body, upstream_path, crossed) = match crossing {
             None => (
                 api.upstream_body(
                     instance.body_model(api.endpoint.upstream_path(), &api.model),
                     state.server.metering,
                 )?,
-                api.endpoint,
+                // A target's own path is for the client's protocol.
+                target
+                    .path
+                    .as_deref()
+                    .map_or(Cow::Borrowed(api.endpoint.upstream_path()), Cow::Borrowed),
                 None,
             ),
             Some(crossing) => {
@@ -141,8 +149,13 @@ pub async fn forward<'a>(
                     crossing,
                     dropped: request.dropped,
                     include_usage: request.include_usage,
+                    model: model_sent.to_owned(),
                 };
-                (request.body, crossing.upstream_endpoint(), Some(crossed))
+                (
+                    request.body,
+                    crossing.upstream_path(model_sent, api.stream),
+                    Some(crossed),
+                )
             }
         };
         // An instance whose own token quota is used up is passed over, as if it were down.
@@ -165,16 +178,7 @@ pub async fn forward<'a>(
             ticket.release_attempt();
             continue;
         }
-        let model_sent = instance.model.as_deref().unwrap_or(&api.model);
-        let default_path = match crossing {
-            None => target.path.as_deref(),
-            // A target's own path is for the client's protocol; the other protocol's endpoint is its own.
-            Some(_) => None,
-        };
-        let path = instance.request_path(
-            default_path.unwrap_or(upstream_endpoint.upstream_path()),
-            model_sent,
-        );
+        let path = instance.request_path(&upstream_path, model_sent);
         let timeout = instance.timeout.min(remaining).max(Duration::from_millis(1));
         let outbound = Outbound {
             path: &path,

@@ -291,15 +291,23 @@ async fn run(
                         && matches!(api.endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
                         && !api.client_wants_usage(),
                     translator: crossed.as_ref().map(|c| {
-                        StreamTranslator::new(c.crossing, c.include_usage, chrono::Utc::now().timestamp())
+                        StreamTranslator::new(
+                            c.crossing,
+                            c.include_usage,
+                            chrono::Utc::now().timestamp(),
+                            &c.model,
+                        )
                     }),
                     state: state.clone(),
                     clients: clients.clone(),
                     ttfb,
                     provider,
+                    // The endpoint the upstream was called on; Gemini's has none of ours, and its meter needs
+                    // none.
                     endpoint: crossed
                         .as_ref()
-                        .map_or(api.endpoint, |c| c.crossing.upstream_endpoint()),
+                        .and_then(|c| c.crossing.upstream_endpoint())
+                        .unwrap_or(api.endpoint),
                 };
                 stream::relay(head, job).await
             } else {
@@ -731,7 +739,13 @@ mod respond {
         };
         // In the client's protocol: the answer or the error translated, always JSON.
         let created = chrono::Utc::now().timestamp();
-        match crossing::client_body(crossed.crossing, upstream.status.as_u16(), &body, created) {
+        match crossing::client_body(
+            crossed.crossing,
+            upstream.status.as_u16(),
+            &body,
+            created,
+            &crossed.model,
+        ) {
             Ok((status, translated)) => {
                 response.status(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
                 response.insert_header(header::ContentType::json());

@@ -298,6 +298,9 @@ mod tests {
             Provider::Anthropic => {
                 serde_json::json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": text}})
             }
+            Provider::Gemini => {
+                serde_json::json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}}]})
+            }
         };
         SseEvent {
             data: Some(data.to_string()),
@@ -327,13 +330,12 @@ mod tests {
     proptest! {
         #[test]
         fn every_schedule_emits_exactly_one_event_never_below_what_was_streamed(
-            anthropic in any::<bool>(),
+            provider in prop_oneof![Just(Provider::Openai), Just(Provider::Anthropic), Just(Provider::Gemini)],
             streamed in proptest::collection::vec("[a-z ]{0,24}", 0..20),
             watch in any::<bool>(),
             end in end(),
             metered in any::<bool>(),
         ) {
-            let provider = if anthropic { Provider::Anthropic } else { Provider::Openai };
             let (events, mut received) = EventSender::to_channel(16);
             let request_id = Uuid::now_v7();
             let mut ledger = Ledger::open(pending(request_id), events, metered);

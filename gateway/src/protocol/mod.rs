@@ -24,6 +24,10 @@ pub enum Provider {
     /// Azure OpenAI: OpenAI's protocol, reached as `{endpoint}/openai/deployments/{deployment}/{path}?api-version=…`
     /// with an `api-key` header; the deployment is looked up by the model sent upstream.
     AzureOpenai,
+    /// Google's Gemini API: its own protocol (`models/{model}:generateContent`, `:streamGenerateContent?alt=sse`)
+    /// with an `x-goog-api-key` header. No client endpoint speaks it: OpenAI chat completions and Anthropic
+    /// messages reach it translated ([`crate::pipeline::crossing`]).
+    Gemini,
 }
 
 impl Provider {
@@ -32,15 +36,17 @@ impl Provider {
             Self::Openai => "openai",
             Self::Anthropic => "anthropic",
             Self::AzureOpenai => "azure_openai",
+            Self::Gemini => "gemini",
         }
     }
 
-    /// The protocol its requests, answers, streams and errors are in: [`Provider::Openai`] or
-    /// [`Provider::Anthropic`].
+    /// The protocol its requests, answers, streams and errors are in: [`Provider::Openai`],
+    /// [`Provider::Anthropic`] or [`Provider::Gemini`].
     pub fn protocol(self) -> Provider {
         match self {
             Self::Openai | Self::AzureOpenai => Self::Openai,
             Self::Anthropic => Self::Anthropic,
+            Self::Gemini => Self::Gemini,
         }
     }
 }

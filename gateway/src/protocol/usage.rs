@@ -1,6 +1,7 @@
 //! Reading what a provider says a request consumed: the `usage` block of an OpenAI-compatible response
-//! (`prompt_tokens`, `completion_tokens`, `total_tokens`, `prompt_tokens_details.cached_tokens`) or Anthropic's
-//! (`input_tokens`, cache writes and reads, `output_tokens`), the model that answered, the completion text of a
+//! (`prompt_tokens`, `completion_tokens`, `total_tokens`, `prompt_tokens_details.cached_tokens`; the Responses
+//! API's `input_tokens` and `output_tokens`), Anthropic's (`input_tokens`, cache writes and reads,
+//! `output_tokens`) or Gemini's `usageMetadata` (prompt, cached, candidates and thinking tokens), the model that answered, the completion text of a
 //! whole answer (counted when the provider reported no usage), and the rule that settles the numbers billed when
 //! an answer ended early or said nothing ([`at_least_streamed`], [`estimated`]).
 
@@ -50,6 +51,13 @@ pub fn read_answer(provider: Provider, body: &[u8]) -> AnswerFacts {
         },
         Provider::Anthropic => match serde_json::from_slice::<AnthropicEnvelope>(body) {
             Ok(answer) => (answer.model, answer.usage.and_then(AnthropicUsage::reported)),
+            Err(_) => (None, None),
+        },
+        Provider::Gemini => match serde_json::from_slice::<GeminiEnvelope>(body) {
+            Ok(answer) => (
+                answer.model_version,
+                answer.usage_metadata.and_then(GeminiUsage::reported),
+            ),
             Err(_) => (None, None),
         },
     };
@@ -127,6 +135,16 @@ pub fn completion_text(provider: Provider, body: &[u8]) -> Option<String> {
                     push(item.get("name"));
                     push(item.get("arguments"));
                 }
+            }
+        }
+        Provider::Gemini => {
+            for candidate in value
+                .get("candidates")
+                .and_then(|c| c.as_array())
+                .into_iter()
+                .flatten()
+            {
+                gemini_parts_text(candidate, &mut text);
             }
         }
         Provider::Anthropic => {
@@ -304,6 +322,78 @@ impl AnthropicUsage {
     }
 }
 
+/// A whole Gemini answer (or one event of its stream): the model that answered and the usage.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GeminiEnvelope {
+    model_version: Option<String>,
+    usage_metadata: Option<GeminiUsage>,
+}
+
+/// Gemini's `usageMetadata`. `promptTokenCount` already counts the cached tokens; thinking tokens are billed as
+/// output, as Google bills them.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GeminiUsage {
+    pub prompt_token_count: Option<u32>,
+    pub cached_content_token_count: Option<u32>,
+    pub candidates_token_count: Option<u32>,
+    pub thoughts_token_count: Option<u32>,
+    pub tool_use_prompt_token_count: Option<u32>,
+}
+
+impl GeminiUsage {
+    /// The usage billed, when the object reports prompt or candidate tokens: the prompt with the tokens of
+    /// tool results Gemini's tools added, the candidates with the thinking.
+    pub fn reported(self) -> Option<Usage> {
+        if self.prompt_token_count.is_none() && self.candidates_token_count.is_none() {
+            return None;
+        }
+        let prompt_tokens = self
+            .prompt_token_count
+            .unwrap_or(0)
+            .saturating_add(self.tool_use_prompt_token_count.unwrap_or(0));
+        let completion_tokens = self
+            .candidates_token_count
+            .unwrap_or(0)
+            .saturating_add(self.thoughts_token_count.unwrap_or(0));
+        Some(Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            cached_prompt_tokens: self.cached_content_token_count,
+            reasoning_tokens: self.thoughts_token_count,
+            cache_write_5m_tokens: None,
+            cache_write_1h_tokens: None,
+            source: UsageSource::Provider,
+        })
+    }
+}
+
+/// Appends the generated text of one Gemini candidate: its parts' `text` (thoughts included) and each
+/// `functionCall`'s name and arguments (as JSON).
+pub(crate) fn gemini_parts_text(candidate: &serde_json::Value, text: &mut String) {
+    let parts = candidate
+        .get("content")
+        .and_then(|c| c.get("parts"))
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten();
+    for part in parts {
+        if let Some(piece) = part.get("text").and_then(serde_json::Value::as_str) {
+            text.push_str(piece);
+        }
+        if let Some(call) = part.get("functionCall") {
+            if let Some(name) = call.get("name").and_then(serde_json::Value::as_str) {
+                text.push_str(name);
+            }
+            if let Some(args) = call.get("args") {
+                text.push_str(&args.to_string());
+            }
+        }
+    }
+}
+
 /// The provider's usage in a whole response body, read the way `provider` reports it.
 pub fn from_body(provider: Provider, body: &[u8]) -> Option<Usage> {
     read_answer(provider, body).usage
@@ -409,6 +499,31 @@ mod tests {
         );
         assert_eq!(facts.model.as_deref(), Some("gpt-4.1-mini-2025-04-14"));
         assert_eq!(completion_text(Provider::Openai, body).unwrap(), "Think.Hif{}");
+    }
+
+    #[test]
+    fn a_gemini_answer_bills_thinking_as_output_and_names_its_model_version() {
+        let body = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hm","thought":true},
+            {"text":"Hi"},{"functionCall":{"name":"f","args":{"a":1}}}]},"finishReason":"STOP"}],
+            "usageMetadata":{"promptTokenCount":40,"cachedContentTokenCount":32,"candidatesTokenCount":12,
+            "thoughtsTokenCount":100,"toolUsePromptTokenCount":3,"totalTokenCount":155},
+            "modelVersion":"gemini-2.5-flash","responseId":"r"}"#;
+        let facts = read_answer(Provider::Gemini, body);
+        let usage = facts.usage.unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (43, 112, 155)
+        );
+        assert_eq!(
+            (usage.cached_prompt_tokens, usage.reasoning_tokens),
+            (Some(32), Some(100))
+        );
+        assert_eq!(facts.model.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(
+            completion_text(Provider::Gemini, body).unwrap(),
+            r#"HmHif{"a":1}"#
+        );
+        assert_eq!(read_answer(Provider::Gemini, br#"{"candidates":[]}"#).usage, None);
     }
 
     #[test]

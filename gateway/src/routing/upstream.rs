@@ -172,8 +172,8 @@ pub fn status_is_retryable(status: StatusCode, extra: &[u16]) -> bool {
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Adds the instance's credentials as its provider expects them: `Authorization: Bearer` for OpenAI-compatible
-/// APIs, `api-key` for Azure OpenAI, `x-api-key` (and a default `anthropic-version`) for Anthropic. Never the
-/// client's key.
+/// APIs, `api-key` for Azure OpenAI, `x-goog-api-key` for Gemini, `x-api-key` (and a default
+/// `anthropic-version`) for Anthropic. Never the client's key.
 pub fn with_auth(mut request: awc::ClientRequest, instance: &Instance) -> awc::ClientRequest {
     match instance.provider {
         Provider::Openai => {
@@ -184,6 +184,11 @@ pub fn with_auth(mut request: awc::ClientRequest, instance: &Instance) -> awc::C
         Provider::AzureOpenai => {
             if let Some(key) = &instance.api_key {
                 request = request.insert_header(("api-key", key.expose()));
+            }
+        }
+        Provider::Gemini => {
+            if let Some(key) = &instance.api_key {
+                request = request.insert_header(("x-goog-api-key", key.expose()));
             }
         }
         Provider::Anthropic => {
