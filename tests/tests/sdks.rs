@@ -1,7 +1,7 @@
 //! The official client SDKs, unchanged, against the gateway on the real stack: the OpenAI Python SDK against a
 //! route answered by an Anthropic instance, the Anthropic Python SDK against a route answered by an OpenAI
-//! instance, the OpenAI SDK's Responses API against a route failing over between OpenAI instances, and all of
-//! them against an Azure OpenAI instance — whole answers, streams, tools, errors (and Anthropic's token count).
+//! instance, the OpenAI SDK against a route answered by a Gemini instance, the OpenAI SDK's Responses API
+//! against a route failing over between OpenAI instances, and all of them against an Azure OpenAI instance — whole answers, streams, tools, errors (and Anthropic's token count).
 //! Each request the providers worked on is billed once.
 //!
 //! The SDKs run from a virtual environment that `compose/sdks` makes (`compose/test` does it first), found
@@ -30,6 +30,19 @@ name = "gpt-4o"
 models = ["gpt-4o"]
 paths = ["/v1/chat/completions", "/v1/messages", "/v1/responses"]
 targets = [{ instance = "azure" }]
+"#;
+
+/// `gemini-2.5-flash` on a Gemini instance (the mock, as Google's `v1beta` API).
+const GEMINI: &str = r#"
+[[instances]]
+name = "gemini"
+provider = "gemini"
+endpoint = "{mock}beta"
+api_key_env = "PROVIDER_KEY"
+[[routes]]
+name = "gemini-2.5-flash"
+models = ["gemini-2.5-flash"]
+targets = [{ instance = "gemini" }]
 "#;
 
 /// `gpt-4.1-mini` on two OpenAI instances: `first` (the mock, preferred) and `second` (the second mock).
@@ -230,7 +243,13 @@ async fn the_openai_sdks_responses_api_fails_over_and_is_billed_from_response_co
         status: 503,
         retry_after: None,
     });
-    let reported = run_sdk(&stack, "openai_responses_client.py", CONSUMERS[0].2, "gpt-4.1-mini").await;
+    let reported = run_sdk(
+        &stack,
+        "openai_responses_client.py",
+        CONSUMERS[0].2,
+        "gpt-4.1-mini",
+    )
+    .await;
     assert_eq!(
         checks(&reported),
         ["whole", "stream", "stream with tools", "wrong key"]
@@ -267,5 +286,48 @@ async fn the_openai_sdks_responses_api_fails_over_and_is_billed_from_response_co
     billed.sort_unstable();
     reported.sort_unstable();
     assert_eq!(billed, reported);
+    stack.stop().await;
+}
+
+#[actix_rt::test]
+async fn the_openai_sdk_is_served_by_gemini_with_streams_tools_and_errors() {
+    let stack = Stack::start(StackOptions {
+        extra_toml: GEMINI.into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let reported = run_sdk(&stack, "openai_client.py", CONSUMERS[0].2, "gemini-2.5-flash").await;
+    assert_eq!(
+        checks(&reported),
+        ["whole", "stream", "tools", "wrong key", "unknown model"]
+    );
+    let received = stack.mock.received();
+    assert!(
+        received.iter().all(|r| r.path.starts_with("/v1beta/models/gemini-2.5-flash:")),
+        "{:?}",
+        received.iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    // The tool call and its result went to Gemini as a functionCall and a functionResponse.
+    let tools = received
+        .iter()
+        .find(|r| r.body.get("tools").is_some())
+        .expect("the tools request");
+    assert_eq!(
+        tools.body["tools"][0]["functionDeclarations"][0]["name"],
+        "get_weather"
+    );
+    let contents = tools.body["contents"].to_string();
+    assert!(
+        contents.contains("functionCall") && contents.contains("functionResponse"),
+        "{contents}"
+    );
+    let rows = rows(&stack, 3).await;
+    assert_eq!(rows.len(), 3, "whole, stream and tools: {rows:?}");
+    for row in &rows {
+        assert_eq!(row["provider"], "gemini");
+        assert_eq!(row["model_served"], "gemini-2.5-flash");
+        assert_eq!(row["outcome"], "ok");
+        assert_eq!(row["usage_source"], "provider");
+    }
     stack.stop().await;
 }
