@@ -86,7 +86,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
 pub fn describe() {
     describe_counter!(
         TRANSLATIONS_TOTAL,
-        "Requests sent to an instance of the other protocol, by direction (chat_to_messages, messages_to_chat) \
+        "Requests sent to an instance of the other protocol, by direction (chat_to_messages, messages_to_chat, chat_to_gemini, messages_to_gemini) \
          and result (ok: sent translated; refused: the client's request cannot be carried across, answered 400; \
          dropped_fields: sent with fields the other protocol cannot carry, named in x-tollgate-dropped-fields; \
          untranslatable_answer: the upstream's answer could not be translated, answered 502)."
