@@ -23,8 +23,9 @@ use tollgate_gateway::metering::sse::{EventSplitter, parse_event};
 use tollgate_gateway::metering::stream_usage::StreamMeter;
 use tollgate_gateway::protocol::request::ApiRequest;
 use tollgate_gateway::protocol::translate::{
-    AnthropicToOpenAiStream, OpenAiToAnthropicStream, anthropic_to_openai_answer,
-    anthropic_to_openai_request, openai_to_anthropic_answer, openai_to_anthropic_request,
+    AnthropicToOpenAiStream, GeminiToOpenAiStream, OpenAiToAnthropicStream, anthropic_to_openai_answer,
+    anthropic_to_openai_request, gemini_to_openai_answer, openai_object_to_gemini,
+    openai_to_anthropic_answer, openai_to_anthropic_request,
 };
 use tollgate_gateway::protocol::{Endpoint, Provider};
 use tollgate_gateway::routing::{HashKeys, Router, health_of};
@@ -594,6 +595,32 @@ fn anthropic_events() -> Vec<(&'static str, Vec<u8>)> {
     events
 }
 
+/// A Gemini stream of about the same answer as [`anthropic_events`]: 60 text pieces, a function call, usage
+/// growing on each event and final on the last.
+fn gemini_events() -> Vec<Vec<u8>> {
+    let mut events: Vec<Vec<u8>> = (0..60)
+        .map(|n| {
+            serde_json::to_vec(&json!({
+                "candidates": [{"content": {"role": "model", "parts": [{"text": format!(" word{n} and more")}]}, "index": 0}],
+                "usageMetadata": {"promptTokenCount": 1280, "candidatesTokenCount": n + 1, "totalTokenCount": 1281 + n},
+                "modelVersion": "gemini-2.5-flash", "responseId": "r-bench"
+            }))
+            .unwrap()
+        })
+        .collect();
+    events.push(
+        serde_json::to_vec(&json!({
+            "candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "search_docs",
+                "args": {"query": "billing attempts failover", "limit": 3}}}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 1280, "candidatesTokenCount": 96, "thoughtsTokenCount": 40,
+                "totalTokenCount": 1416},
+            "modelVersion": "gemini-2.5-flash", "responseId": "r-bench"
+        }))
+        .unwrap(),
+    );
+    events
+}
+
 /// Request translation each way on the chat body of group 2 (as parsed JSON), whole answers each way, and
 /// streams each way per upstream event.
 fn translate(c: &mut Criterion) {
@@ -670,6 +697,45 @@ fn translate(c: &mut Criterion) {
                 bytes += stream.push(None, data).len();
             }
             bytes
+        })
+    });
+    let chat_object = chat.as_object().unwrap();
+    assert!(openai_object_to_gemini(chat_object).is_ok());
+    group.throughput(Throughput::Bytes(chat_bytes));
+    group.bench_function("request/openai_to_gemini", |b| {
+        b.iter(|| openai_object_to_gemini(black_box(chat_object)).unwrap())
+    });
+    let gemini_events = gemini_events();
+    let gemini_answer = serde_json::to_vec(&json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"text": (0..60).map(|n| format!(" word{n} and more")).collect::<String>()},
+            {"functionCall": {"name": "search_docs", "args": {"query": "billing attempts failover", "limit": 3}}}]},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 1280, "candidatesTokenCount": 96, "totalTokenCount": 1376},
+        "modelVersion": "gemini-2.5-flash"
+    }))
+    .unwrap();
+    assert!(
+        gemini_to_openai_answer(&gemini_answer, "gemini-2.5-flash", 0)
+            .unwrap()
+            .usage
+            .is_some()
+    );
+    group.throughput(Throughput::Bytes(gemini_answer.len() as u64));
+    group.bench_function("answer/gemini_to_openai", |b| {
+        b.iter(|| {
+            gemini_to_openai_answer(black_box(&gemini_answer), "gemini-2.5-flash", 1_750_771_200).unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements(gemini_events.len() as u64));
+    group.bench_function("stream/gemini_to_openai", |b| {
+        b.iter(|| {
+            let mut stream = GeminiToOpenAiStream::new(true, 1_750_771_200, "gemini-2.5-flash");
+            let mut bytes = 0;
+            for data in black_box(&gemini_events) {
+                bytes += stream.push(None, data).len();
+            }
+            bytes + stream.finish().len()
         })
     });
     group.finish();
