@@ -318,10 +318,19 @@ pub struct ReingestArgs {
 
 /// Flags of `invoice`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("billed").required(true).args(["consumer", "team", "organization"])))]
 pub struct InvoiceArgs {
     /// The consumer id.
     #[arg(long)]
-    pub consumer: String,
+    pub consumer: Option<String>,
+
+    /// A team (`[[teams]]`): the events of its consumers while they were in it.
+    #[arg(long)]
+    pub team: Option<String>,
+
+    /// An organisation: the events of every team under it.
+    #[arg(long)]
+    pub organization: Option<String>,
 
     /// The calendar month, UTC, e.g. 2026-11.
     #[arg(long, value_parser = Period::parse)]
@@ -338,6 +347,18 @@ pub struct InvoiceArgs {
     /// The table to read, e.g. one written by `rebuild`.
     #[arg(long, default_value = crate::ledger::store::USAGE_TABLE)]
     pub table: String,
+}
+
+impl InvoiceArgs {
+    /// Whose invoice the flags ask for (exactly one of them is given: clap checks it).
+    pub fn billed(&self) -> crate::reports::invoice::Billed {
+        use crate::reports::invoice::Billed;
+        match (&self.consumer, &self.team, &self.organization) {
+            (_, Some(team), _) => Billed::Team(team.clone()),
+            (_, _, Some(organization)) => Billed::Organization(organization.clone()),
+            (consumer, _, _) => Billed::Consumer(consumer.clone().unwrap_or_default()),
+        }
+    }
 }
 
 /// Flags of `audit`.
@@ -792,7 +813,7 @@ mod tests {
         let Command::Invoice(invoice) = &cli.command else {
             panic!("expected invoice")
         };
-        assert_eq!(invoice.consumer, "team-a");
+        assert_eq!(invoice.consumer.as_deref(), Some("team-a"));
         assert_eq!(invoice.period.to_string(), "2026-11");
         assert_eq!(invoice.format, InvoiceFormat::Csv);
         assert_eq!(invoice.table, "usage_events");

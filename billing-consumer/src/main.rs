@@ -126,10 +126,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Invoice(args) => {
             let prices = cli::load_prices(args.prices.as_ref())?;
-            let invoice = invoice::invoice_from(
+            let invoice = invoice::invoice_of(
                 &clickhouse,
                 &args.table,
-                &args.consumer,
+                &args.billed(),
                 args.period,
                 prices.as_ref(),
             )

@@ -397,6 +397,8 @@ fn usage_event(request_id: Uuid, finished_at_ms: u64) -> CloudEvent<UsageRecorde
     let data = UsageRecorded {
         request_id: request_id.to_string(),
         consumer_id: "team-a".to_owned(),
+        team: None,
+        organization: None,
         key_id: "a1-2025-06".to_owned(),
         endpoint: "/v1/chat/completions".to_owned(),
         route: "mini".to_owned(),
@@ -600,7 +602,7 @@ fn anthropic_events() -> Vec<(&'static str, Vec<u8>)> {
 fn gemini_events() -> Vec<Vec<u8>> {
     let mut events: Vec<Vec<u8>> = (0..60)
         .map(|n| {
-            serde_json::to_vec(&json!({
+            serde_json::to_vec(&serde_json::json!({
                 "candidates": [{"content": {"role": "model", "parts": [{"text": format!(" word{n} and more")}]}, "index": 0}],
                 "usageMetadata": {"promptTokenCount": 1280, "candidatesTokenCount": n + 1, "totalTokenCount": 1281 + n},
                 "modelVersion": "gemini-2.5-flash", "responseId": "r-bench"
@@ -609,7 +611,7 @@ fn gemini_events() -> Vec<Vec<u8>> {
         })
         .collect();
     events.push(
-        serde_json::to_vec(&json!({
+        serde_json::to_vec(&serde_json::json!({
             "candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": "search_docs",
                 "args": {"query": "billing attempts failover", "limit": 3}}}]}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": {"promptTokenCount": 1280, "candidatesTokenCount": 96, "thoughtsTokenCount": 40,
@@ -706,7 +708,7 @@ fn translate(c: &mut Criterion) {
         b.iter(|| openai_object_to_gemini(black_box(chat_object)).unwrap())
     });
     let gemini_events = gemini_events();
-    let gemini_answer = serde_json::to_vec(&json!({
+    let gemini_answer = serde_json::to_vec(&serde_json::json!({
         "candidates": [{"content": {"role": "model", "parts": [
             {"text": (0..60).map(|n| format!(" word{n} and more")).collect::<String>()},
             {"functionCall": {"name": "search_docs", "args": {"query": "billing attempts failover", "limit": 3}}}]},

@@ -42,6 +42,8 @@ pub enum ResourceKind {
     Instance,
     /// Model names → targets (`[[routes]]`).
     Route,
+    /// A group of consumers, with an optional parent team: organisation → team → consumer (`[[teams]]`).
+    Team,
     /// A tenant with its keys and limits (`[[consumers]]`).
     Consumer,
     /// A token limit over every consumer (`[[token_limits]]`).
@@ -52,9 +54,10 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind, in the order a configuration is assembled (what a route names must exist before it).
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Instance,
         Self::Route,
+        Self::Team,
         Self::Consumer,
         Self::Limit,
         Self::Price,
@@ -65,6 +68,7 @@ impl ResourceKind {
         match self {
             Self::Instance => "instance",
             Self::Route => "route",
+            Self::Team => "team",
             Self::Consumer => "consumer",
             Self::Limit => "limit",
             Self::Price => "price",
@@ -76,6 +80,7 @@ impl ResourceKind {
         match self {
             Self::Instance => "instances",
             Self::Route => "routes",
+            Self::Team => "teams",
             Self::Consumer => "consumers",
             Self::Limit => "limits",
             Self::Price => "prices",

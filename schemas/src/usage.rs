@@ -20,6 +20,14 @@ pub struct UsageRecorded {
     pub request_id: String,
     /// The consumer (tenant) the request was billed to.
     pub consumer_id: String,
+    /// The team the consumer belonged to when the request was made (`[[teams]]`), if any. Stamped at request
+    /// time, so moving a consumer to another team later never rewrites its history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// The organisation at the top of that team's chain of parents (the team itself when it has no parent), if
+    /// the consumer has a team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
     /// The id of the consumer key that authenticated the request. Never the key itself.
     pub key_id: String,
     /// The API path the client called, e.g. `/v1/chat/completions`.

@@ -38,6 +38,8 @@ fn event(run: &str, i: u32) -> UsageEvent {
         UsageRecorded {
             request_id: format!("{run}-{i}"),
             consumer_id: consumer.into(),
+            team: None,
+            organization: None,
             key_id: format!("{consumer}-key"),
             endpoint: "/v1/chat/completions".into(),
             route: "gpt-4o-mini".into(),

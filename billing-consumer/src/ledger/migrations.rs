@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "token_types",
         sql: include_str!("../../migrations/0005_token_types.sql"),
     },
+    Migration {
+        version: 7,
+        name: "teams",
+        sql: include_str!("../../migrations/0007_teams.sql"),
+    },
 ];
 
 /// The bookkeeping table, created before anything else. Never changes (it is how changes are tracked).

@@ -80,6 +80,10 @@ pub struct UsageRow {
     pub cache_write_5m_tokens: Option<u32>,
     /// Of `prompt_tokens`, those written to the prompt cache for an hour; NULL when not reported.
     pub cache_write_1h_tokens: Option<u32>,
+    /// The consumer's team when the request was made; `""` when it had none (migration 0007).
+    pub team: String,
+    /// That team's organisation; `""` when the consumer had no team.
+    pub organization: String,
 }
 
 impl UsageRow {
@@ -166,6 +170,8 @@ pub fn usage_row(
         reasoning_tokens: data.reasoning_tokens,
         cache_write_5m_tokens: data.cache_write_5m_tokens,
         cache_write_1h_tokens: data.cache_write_1h_tokens,
+        team: data.team.clone().unwrap_or_default(),
+        organization: data.organization.clone().unwrap_or_default(),
     })
 }
 
@@ -274,6 +280,8 @@ mod tests {
             reasoning_tokens: None,
             cache_write_5m_tokens: None,
             cache_write_1h_tokens: None,
+            team: String::new(),
+            organization: String::new(),
         };
         assert_eq!(row, expected);
         // The attempt trail round-trips to what the event carried.
@@ -292,6 +300,8 @@ mod tests {
             UsageRecorded {
                 request_id: "r-1".into(),
                 consumer_id: "team-b".into(),
+                team: None,
+                organization: None,
                 key_id: "k-1".into(),
                 endpoint: "/v1/chat/completions".into(),
                 route: "llama".into(),

@@ -533,6 +533,8 @@ mod tests {
             UsageRecorded {
                 request_id: "req".into(),
                 consumer_id: consumer.into(),
+                team: None,
+                organization: None,
                 key_id: "key".into(),
                 endpoint: "/v1/chat/completions".into(),
                 route: model.into(),

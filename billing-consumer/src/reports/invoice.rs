@@ -1,5 +1,8 @@
-//! Invoices read from the ledger: one consumer's calendar month (UTC, by event time), a line item per served
-//! model (`model_served`, the model that answered and was priced) and price version, and a total per currency.
+//! Invoices read from the ledger: one consumer's — or one team's, or one organisation's ([`Billed`]) — calendar
+//! month (UTC, by event time), a line item per served model (`model_served`, the model that answered and was
+//! priced) and price version, and a total per currency. A team's invoice sums the events its consumers made while
+//! they were in it (the team stamped into each event when the request was made), so the invoices of a team's
+//! consumers for their time in it add up exactly to the team's, and a team's to its organisation's.
 //!
 //! Every number is a sum over the month's events counted once (`FINAL` collapses redelivered events), and an
 //! amount is the sum of the events' stored `cost_micros` — each event priced and rounded once at ingest
@@ -72,6 +75,40 @@ impl Serialize for Period {
     }
 }
 
+/// Whose invoice: a consumer's, a team's or an organisation's — the ledger column it selects by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Billed {
+    Consumer(String),
+    Team(String),
+    Organization(String),
+}
+
+impl Billed {
+    /// The `usage_events` column holding the name.
+    fn column(&self) -> &'static str {
+        match self {
+            Self::Consumer(_) => "consumer_id",
+            Self::Team(_) => "team",
+            Self::Organization(_) => "organization",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Consumer(name) | Self::Team(name) | Self::Organization(name) => name,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Consumer(_) => "consumer",
+            Self::Team(_) => "team",
+            Self::Organization(_) => "organization",
+        }
+    }
+}
+
 /// One line of the ledger query.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, clickhouse::Row)]
 struct LedgerLine {
@@ -140,11 +177,13 @@ pub struct CurrencyTotal {
     pub amount: String,
 }
 
-/// One consumer's invoice for one month.
+/// One consumer's (team's, organisation's) invoice for one month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Invoice {
-    /// The consumer id.
+    /// The consumer id; for a team's or an organisation's invoice, `""` (see `billed`).
     pub consumer: String,
+    /// Whose invoice it is.
+    pub billed: Billed,
     /// The month.
     pub period: Period,
     /// Its first instant (included).
@@ -177,7 +216,19 @@ pub async fn invoice_from(
     period: Period,
     prices: Option<&PriceTable>,
 ) -> Result<Invoice, BillingError> {
+    invoice_of(ch, table, &Billed::Consumer(consumer.to_owned()), period, prices).await
+}
+
+/// Reads the invoice of `billed` — a consumer, a team or an organisation — for `period` from `table`.
+pub async fn invoice_of(
+    ch: &ClickHouseSettings,
+    table: &str,
+    billed: &Billed,
+    period: Period,
+    prices: Option<&PriceTable>,
+) -> Result<Invoice, BillingError> {
     let table = plain_identifier(table, "table")?;
+    let column = billed.column();
     // The month's events of one consumer, once each, by served model, price version and currency. Cached tokens
     // are part of the prompt and never more than it, as in pricing.
     let sql = format!(
@@ -185,7 +236,7 @@ pub async fn invoice_from(
          toUInt64(sum(prompt_tokens - least(ifNull(cached_prompt_tokens, 0), prompt_tokens))), \
          sum(least(ifNull(cached_prompt_tokens, 0), prompt_tokens)), sum(completion_tokens), sum(cost_micros) \
          FROM {table} FINAL \
-         WHERE consumer_id = ? AND event_time >= toDateTime(?) AND event_time < toDateTime(?) \
+         WHERE {column} = ? AND event_time >= toDateTime(?) AND event_time < toDateTime(?) \
          GROUP BY model_served, price_version, currency \
          ORDER BY model_served, price_version, currency"
     );
@@ -193,13 +244,13 @@ pub async fn invoice_from(
     let lines = ch
         .client()
         .query(&sql)
-        .bind(consumer)
+        .bind(billed.name())
         .bind(seconds(period.start()))
         .bind(seconds(period.end()))
         .fetch_all::<LedgerLine>()
         .await
         .map_err(BillingError::clickhouse("read invoice lines"))?;
-    let invoice = Invoice::new(consumer, period, lines, prices);
+    let invoice = Invoice::new(billed.clone(), period, lines, prices);
     for line in invoice
         .lines
         .iter()
@@ -214,7 +265,7 @@ pub async fn invoice_from(
 }
 
 impl Invoice {
-    fn new(consumer: &str, period: Period, ledger: Vec<LedgerLine>, prices: Option<&PriceTable>) -> Self {
+    fn new(billed: Billed, period: Period, ledger: Vec<LedgerLine>, prices: Option<&PriceTable>) -> Self {
         let mut totals: Vec<CurrencyTotal> = Vec::new();
         let mut unpriced_requests = 0;
         let mut lines = Vec::with_capacity(ledger.len());
@@ -269,7 +320,11 @@ impl Invoice {
             total.amount = format_micros(total.amount_micros);
         }
         Self {
-            consumer: consumer.to_owned(),
+            consumer: match &billed {
+                Billed::Consumer(name) => name.clone(),
+                Billed::Team(_) | Billed::Organization(_) => String::new(),
+            },
+            billed,
             period,
             from: period.start(),
             to: period.end(),
@@ -286,7 +341,10 @@ impl Invoice {
         let _ = writeln!(
             out,
             "Invoice for {}, {} ({} to {}, by event time)",
-            self.consumer,
+            match &self.billed {
+                Billed::Consumer(name) => name.clone(),
+                other => format!("{} {}", other.kind(), other.name()),
+            },
             self.period,
             self.from.to_rfc3339_opts(SecondsFormat::Secs, true),
             self.to.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -518,7 +576,7 @@ mod tests {
 
     fn sample(prices: Option<&PriceTable>) -> Invoice {
         Invoice::new(
-            "team-a",
+            Billed::Consumer("team-a".to_owned()),
             Period::parse("2026-11").unwrap(),
             vec![
                 ledger(
@@ -625,7 +683,12 @@ team-a,2026-11,total,,USD,4,1000010,2000,500005,,,,0.450155
 
     #[test]
     fn an_empty_month_renders_a_zero_total() {
-        let invoice = Invoice::new("nobody", Period::parse("2026-11").unwrap(), vec![], None);
+        let invoice = Invoice::new(
+            Billed::Consumer("nobody".to_owned()),
+            Period::parse("2026-11").unwrap(),
+            vec![],
+            None,
+        );
         assert!(invoice.lines.is_empty() && invoice.totals.is_empty());
         let table = invoice.to_table();
         let last: Vec<&str> = table.lines().last().unwrap().split_whitespace().collect();

@@ -94,6 +94,8 @@ pub fn event(i: usize) -> UsageEvent {
         UsageRecorded {
             request_id: format!("req-{i}"),
             consumer_id: consumer.into(),
+            team: None,
+            organization: None,
             key_id: format!("{consumer}-key"),
             endpoint: "/v1/chat/completions".into(),
             route: model.into(),

@@ -83,7 +83,7 @@ pub async fn history(
         None => None,
         Some(name) => Some(ResourceKind::parse(name).ok_or_else(|| {
             AdminError::InvalidBody(format!(
-                "kind: `{name}` is not one of instance, route, consumer, limit, price"
+                "kind: `{name}` is not one of instance, route, team, consumer, limit, price"
             ))
         })?),
     };

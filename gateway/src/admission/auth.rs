@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Consumer;
+use crate::config::{Consumer, TeamPath};
 use crate::error::GatewayError;
 
 /// Who a request is billed to.
@@ -22,6 +22,8 @@ pub struct Principal {
     pub key_id: Arc<str>,
     /// The models this key may use; all when `None`.
     pub models: Option<Arc<[String]>>,
+    /// The consumer's team and organisation, as configured when the request arrived.
+    pub team: Option<Arc<TeamPath>>,
 }
 
 impl Principal {
@@ -53,12 +55,14 @@ impl KeyStore {
             .flat_map(|c| {
                 let consumer: Arc<str> = Arc::from(c.name.as_str());
                 let class: Arc<str> = Arc::from(c.class.as_str());
+                let team = c.team.clone().map(Arc::new);
                 c.keys.iter().map(move |k| {
                     let principal = Principal {
                         consumer: consumer.clone(),
                         class: class.clone(),
                         key_id: Arc::from(k.id.as_str()),
                         models: k.models.as_deref().map(Arc::from),
+                        team: team.clone(),
                     };
                     (
                         k.sha256,
@@ -156,6 +160,7 @@ mod tests {
         };
         KeyStore::new(&[
             Consumer {
+                team: None,
                 name: "team-a".into(),
                 class: "default".into(),
                 keys: vec![key("a-1", b"sk-a-one"), limited],
@@ -163,6 +168,7 @@ mod tests {
                 token_limits: Vec::new(),
             },
             Consumer {
+                team: None,
                 name: "team-b".into(),
                 class: "default".into(),
                 keys: vec![key("b-1", b"sk-b")],

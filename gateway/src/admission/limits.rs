@@ -164,6 +164,7 @@ mod tests {
 
     fn consumer(name: &str, limit: Option<LimitCount>) -> Consumer {
         Consumer {
+            team: None,
             name: name.into(),
             class: "default".into(),
             keys: vec![ConsumerKey {

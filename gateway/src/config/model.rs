@@ -23,6 +23,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub instances: Vec<Instance>,
     pub routes: Vec<Route>,
+    pub teams: Vec<Team>,
     pub consumers: Vec<Consumer>,
     /// Token limits not tied to one consumer: per model (global) or over everything (`[[token_limits]]`).
     pub token_limits: Vec<TokenLimit>,
@@ -500,6 +501,9 @@ pub struct FailoverConfig {
 #[derive(Debug, Clone)]
 pub struct Consumer {
     pub name: String,
+    /// Its team and the organisation at the top of the team's chain (`[[teams]]`), stamped into each of its
+    /// usage events.
+    pub team: Option<TeamPath>,
     /// A label for metrics (`tollgate_tokens_total{class}`): few values (plans, tiers, teams), unlike consumer
     /// names. Default `default`.
     pub class: String,
@@ -508,6 +512,21 @@ pub struct Consumer {
     pub limit_count: Option<LimitCount>,
     /// The consumer's token quotas, checked before the global ones.
     pub token_limits: Vec<TokenLimit>,
+}
+
+/// A consumer's place among the teams: its own team, and the organisation — the top of the team's chain of
+/// parents (the team itself when it has no parent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamPath {
+    pub team: String,
+    pub organization: String,
+}
+
+/// A team (`[[teams]]`), with its parent if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Team {
+    pub name: String,
+    pub parent: Option<String>,
 }
 
 /// A request-rate limit (APISIX's `limit-count`): `count` requests per `time_window`.

@@ -174,6 +174,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
+    pub teams: Vec<RawTeam>,
+    #[serde(default)]
     pub consumers: Vec<RawConsumer>,
     #[serde(default)]
     pub token_limits: Vec<TokenLimitConfig>,
@@ -517,10 +519,23 @@ pub struct RawConsumer {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
+    /// The team it belongs to (`[[teams]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     pub keys: Vec<RawKey>,
     pub limit_count: Option<RawLimitCount>,
     #[serde(default)]
     pub token_limits: Vec<TokenLimitConfig>,
+}
+
+/// `[[teams]]`: a group of consumers; a team with a `parent` is part of that team, and a team without one is an
+/// organisation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

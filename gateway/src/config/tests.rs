@@ -849,3 +849,55 @@ fn azure_addressing_is_required_for_azure_and_refused_elsewhere() {
         "{found:?}"
     );
 }
+
+/// Teams: organisation → team → consumer. A consumer's place is resolved once at load — its team and the top of
+/// the team's chain — for its events to carry.
+#[test]
+fn a_consumer_in_a_team_carries_its_team_and_the_organisation_at_the_top_of_the_chain() {
+    let text = VALID.replace(
+        "    [[consumers]]\n    name = \"team-a\"",
+        "    [[teams]]\n    name = \"acme\"\n    [[teams]]\n    name = \"research\"\n    parent = \"acme\"\n    \
+         [[teams]]\n    name = \"vision\"\n    parent = \"research\"\n    [[consumers]]\n    name = \"team-a\"\n    team = \"vision\"",
+    );
+    let config = Config::from_toml_with_env(&text, env).unwrap();
+    let place = config.consumers[0].team.clone().unwrap();
+    assert_eq!(
+        (place.team.as_str(), place.organization.as_str()),
+        ("vision", "acme")
+    );
+    assert_eq!(config.teams.len(), 3);
+    assert_eq!(config.teams[1].parent.as_deref(), Some("acme"));
+}
+
+#[test]
+fn teams_must_exist_be_named_once_and_not_be_their_own_ancestors() {
+    let text = VALID.replace(
+        "    [[consumers]]\n    name = \"team-a\"",
+        "    [[teams]]\n    name = \"a\"\n    parent = \"b\"\n    [[teams]]\n    name = \"b\"\n    parent = \"a\"\n    \
+         [[teams]]\n    name = \"c\"\n    parent = \"nowhere\"\n    [[teams]]\n    name = \"c\"\n    \
+         [[consumers]]\n    name = \"team-a\"\n    team = \"ghost\"",
+    );
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("teams[0].parent: the chain of parents comes back")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p == "teams[2].parent: no team is named `nowhere`"),
+        "{found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p == "teams[3].name: `c` is defined twice"),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p == "consumers[0].team: no team is named `ghost`"),
+        "{found:?}"
+    );
+}

@@ -1,4 +1,4 @@
-//! The resources of the live configuration — instances, routes, consumers, global token limits and prices — as
+//! The resources of the live configuration — instances, routes, teams, consumers, global token limits and prices — as
 //! the admin API stores them: one JSON document per `(kind, id)`, with exactly the fields of the resource's TOML
 //! table. [`ResourceSet::assemble`] turns a set into a validated [`Config`] by putting its resources in place of
 //! the file's and running the file's validation, so a change is judged by the same rules as the file, as a whole.
@@ -33,6 +33,9 @@ impl ResourceSet {
         }
         for route in &raw.routes {
             set.insert_typed(ResourceKind::Route, &route.name, route);
+        }
+        for team in &raw.teams {
+            set.insert_typed(ResourceKind::Team, &team.name, team);
         }
         for consumer in &raw.consumers {
             set.insert_typed(ResourceKind::Consumer, &consumer.name, consumer);
@@ -108,6 +111,7 @@ impl ResourceSet {
         let (instances, instance_ids) =
             self.typed::<RawInstance>(ResourceKind::Instance, "name", &mut problems);
         let (routes, route_ids) = self.typed(ResourceKind::Route, "name", &mut problems);
+        let (teams, team_ids) = self.typed(ResourceKind::Team, "name", &mut problems);
         let (consumers, consumer_ids) = self.typed(ResourceKind::Consumer, "name", &mut problems);
         let (token_limits, limit_ids) =
             self.typed::<TokenLimitConfig>(ResourceKind::Limit, "id", &mut problems);
@@ -124,6 +128,7 @@ impl ResourceSet {
         }
         raw.instances = instances;
         raw.routes = routes;
+        raw.teams = teams;
         raw.consumers = consumers;
         raw.token_limits = token_limits;
         let env = |name: &str| {
@@ -136,6 +141,7 @@ impl ResourceSet {
             let tables = [
                 ("instances", ResourceKind::Instance, &instance_ids),
                 ("routes", ResourceKind::Route, &route_ids),
+                ("teams", ResourceKind::Team, &team_ids),
                 ("consumers", ResourceKind::Consumer, &consumer_ids),
                 ("token_limits", ResourceKind::Limit, &limit_ids),
             ];

@@ -89,6 +89,8 @@ impl PendingEvent {
         let data = UsageRecorded {
             request_id: self.request_id.to_string(),
             consumer_id: self.principal.consumer.to_string(),
+            team: self.principal.team.as_ref().map(|t| t.team.clone()),
+            organization: self.principal.team.as_ref().map(|t| t.organization.clone()),
             key_id: self.principal.key_id.to_string(),
             endpoint: self.endpoint.to_owned(),
             route: self.route.to_string(),
@@ -269,6 +271,7 @@ mod tests {
                 class: Arc::from("default"),
                 key_id: Arc::from("a-1"),
                 models: None,
+                team: None,
             },
             endpoint: "/v1/chat/completions",
             route: Arc::from("chat"),

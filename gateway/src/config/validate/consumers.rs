@@ -7,6 +7,7 @@ use crate::config::model::*;
 use crate::config::raw::*;
 
 use super::limits::LimitRules;
+use super::teams::Teams;
 
 /// The consumers, and the hashes of all their keys (an admin key must not be one of them).
 pub(super) struct Consumers {
@@ -18,6 +19,7 @@ pub(super) fn consumers(
     p: &mut Problems,
     raw_consumers: Vec<RawConsumer>,
     limits: &mut LimitRules<'_>,
+    teams: &Teams,
 ) -> Consumers {
     let model_owner = limits.models;
     let aliases = limits.aliases;
@@ -124,8 +126,10 @@ pub(super) fn consumers(
             .collect();
         let class = raw.class.unwrap_or_else(|| "default".to_owned());
         p.name(format!("{path}.class"), &class);
+        let team = teams.place(p, &format!("{path}.team"), raw.team.as_deref());
         consumers.push(Consumer {
             class,
+            team,
             name: raw.name,
             keys,
             limit_count,

@@ -23,6 +23,7 @@ mod limits;
 mod routes;
 mod server;
 mod spool;
+mod teams;
 
 pub(super) const LIMIT_ID_ONLY_GLOBAL: &str =
     "only [[token_limits]] entries have an id; a consumer's or an instance's limit is named by its owner";
@@ -106,10 +107,11 @@ impl RawConfig {
         };
         limits::instance_limits(&mut p, &mut limits, instance_limits, &mut instances);
 
+        let teams = teams::teams(&mut p, self.teams);
         let consumers::Consumers {
             list: consumers,
             key_hashes,
-        } = consumers::consumers(&mut p, self.consumers, &mut limits);
+        } = consumers::consumers(&mut p, self.consumers, &mut limits, &teams);
         let token_limits = limits::token_limits(&mut p, self.token_limits, &mut limits);
         let quota = limits::quota(&mut p, self.quota);
 
@@ -132,6 +134,7 @@ impl RawConfig {
                 kafka,
                 instances,
                 routes,
+                teams: teams.list,
                 consumers,
                 token_limits,
                 quota,
