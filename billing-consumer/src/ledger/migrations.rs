@@ -62,9 +62,9 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0005_token_types.sql"),
     },
     Migration {
-        version: 7,
+        version: 6,
         name: "teams",
-        sql: include_str!("../../migrations/0007_teams.sql"),
+        sql: include_str!("../../migrations/0006_teams.sql"),
     },
 ];
 

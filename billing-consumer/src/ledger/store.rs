@@ -80,7 +80,7 @@ pub struct UsageRow {
     pub cache_write_5m_tokens: Option<u32>,
     /// Of `prompt_tokens`, those written to the prompt cache for an hour; NULL when not reported.
     pub cache_write_1h_tokens: Option<u32>,
-    /// The consumer's team when the request was made; `""` when it had none (migration 0007).
+    /// The consumer's team when the request was made; `""` when it had none (migration 0006).
     pub team: String,
     /// That team's organisation; `""` when the consumer had no team.
     pub organization: String,
