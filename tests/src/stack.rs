@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_billing_consumer::ingest::IngestSettings;
 use tollgate_billing_consumer::kafka::KafkaSettings;
 use tollgate_billing_consumer::ledger::ClickHouseSettings;
+use tollgate_billing_consumer::ledger::pricing::PriceTable;
 use tollgate_billing_consumer::quota::QuotaSettings;
 use tollgate_billing_consumer::service::{self, ServiceSettings, UsageTopicLayout};
 use tollgate_gateway::clock::{Clock, ManualClock, SystemClock};
@@ -133,6 +134,9 @@ pub struct StackOptions {
     pub spool_toml: String,
     /// TOML added inside the gateways' `[server]` table, e.g. `metering = false`.
     pub server_toml: String,
+    /// A price file (`[[prices]]`) that billing-consumer's ingest prices events with; none by default (every
+    /// event unpriced).
+    pub prices_toml: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -145,6 +149,7 @@ impl Default for StackOptions {
             consumer_toml: Vec::new(),
             quota_loop: true,
             billing: true,
+            prices_toml: None,
             second_gateway: false,
             clock: None,
             brokers: None,
@@ -468,6 +473,13 @@ impl Stack {
             batch_wait: Duration::from_millis(100),
         };
         let token = ingest_shutdown.clone();
+        let file_prices = options
+            .prices_toml
+            .as_deref()
+            .map_or_else(PriceTable::default, |text| {
+                PriceTable::from_toml(text)
+                    .unwrap_or_else(|problems| panic!("the test's price file: {problems:?}"))
+            });
         let ingest = options.billing.then(|| {
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -487,7 +499,7 @@ impl Stack {
                     )),
                     quota: None,
                     config_topic: None,
-                    file_prices: Arc::default(),
+                    file_prices: Arc::new(file_prices),
                 };
                 if let Err(e) = runtime.block_on(service::run(service, token)) {
                     panic!("billing-consumer ingest failed: {e}");
