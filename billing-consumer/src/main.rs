@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             };
             let quota = file_scopes
                 .map(|scopes| cli.quota(&kafka, &run.topic, &run.quota_topic, scopes, &run.quota_tuning));
-            metrics::install_exporter(run.metrics_listen).await?;
+            metrics::install_exporter(run.metrics_listen, Some(clickhouse.clone())).await?;
             let layout = UsageTopicLayout {
                 partitions: run.partitions,
                 replication_factor: run.replication_factor,
@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Quota(args) => {
             let scopes = quota::policy::load(&args.config)?;
             let quota = cli.quota(&kafka, &args.topic, &args.quota_topic, scopes, &args.tuning);
-            metrics::install_exporter(args.metrics_listen).await?;
+            metrics::install_exporter(args.metrics_listen, None).await?;
             serve(ServiceSettings {
                 kafka: kafka.clone(),
                 ingest: None,

@@ -86,7 +86,7 @@ pub enum Billed {
 
 impl Billed {
     /// The `usage_events` column holding the name.
-    fn column(&self) -> &'static str {
+    pub(crate) fn column(&self) -> &'static str {
         match self {
             Self::Consumer(_) => "consumer_id",
             Self::Team(_) => "team",
@@ -100,7 +100,7 @@ impl Billed {
         }
     }
 
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Self::Consumer(_) => "consumer",
             Self::Team(_) => "team",

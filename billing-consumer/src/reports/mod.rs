@@ -2,5 +2,6 @@
 //! [`table`], the aligned text tables both print.
 
 pub mod invoice;
+pub mod statement;
 pub mod table;
 pub mod usage;

@@ -254,7 +254,10 @@ pub fn describe() {
 
 /// Installs the Prometheus recorder (with its upkeep), describes the metrics and serves them with the readiness
 /// on `listen` ([`crate::telemetry::endpoint`]). Must be called within a tokio runtime.
-pub async fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
+pub async fn install_exporter(
+    listen: SocketAddr,
+    ledger: Option<crate::ledger::ClickHouseSettings>,
+) -> Result<(), BillingError> {
     // Histograms, not summaries: p99 can then be aggregated across replicas.
     let handle = tollgate_plumbing::telemetry::install_prometheus(
         &[(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)],
@@ -262,5 +265,5 @@ pub async fn install_exporter(listen: SocketAddr) -> Result<(), BillingError> {
     )
     .map_err(|e| BillingError::Metrics(e.to_string()))?;
     describe();
-    crate::telemetry::endpoint::serve(listen, handle).await
+    crate::telemetry::endpoint::serve(listen, handle, ledger).await
 }
