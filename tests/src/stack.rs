@@ -137,6 +137,9 @@ pub struct StackOptions {
     /// A price file (`[[prices]]`) that billing-consumer's ingest prices events with; none by default (every
     /// event unpriced).
     pub prices_toml: Option<String>,
+    /// Serve billing-consumer's usage statements (`GET /v1/usage`, as `run` does on its endpoint) and point the
+    /// gateways' `[billing] url` at them.
+    pub usage_api: bool,
 }
 
 impl Default for StackOptions {
@@ -150,6 +153,7 @@ impl Default for StackOptions {
             quota_loop: true,
             billing: true,
             prices_toml: None,
+            usage_api: false,
             second_gateway: false,
             clock: None,
             brokers: None,
@@ -395,6 +399,18 @@ impl Stack {
             }
         };
         options.spool_dir = Some(spool_dir.clone());
+        if options.usage_api {
+            let port = free_port();
+            let listen: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+            tollgate_billing_consumer::telemetry::endpoint::serve(
+                listen,
+                metrics.clone(),
+                Some(clickhouse.clone()),
+            )
+            .await
+            .expect("billing-consumer's endpoint");
+            options.extra_toml = format!("[billing]\nurl = \"http://{listen}\"\n{}", options.extra_toml);
+        }
         let toml = gateway_toml(
             &infra,
             &topic,
@@ -856,4 +872,12 @@ targets = {targets}
 pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// A port nothing listens on now, for a server that binds it itself right after.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
 }

@@ -97,6 +97,7 @@ impl AdminServer {
                 .service(
                     web::scope("/admin/v1")
                         .route("/history", web::get().to(resources::history))
+                        .route("/usage", web::get().to(crate::http::usage::admin))
                         .route("/{collection}", web::get().to(resources::list))
                         .route("/{collection}/{id}", web::get().to(resources::one))
                         .route("/{collection}/{id}", web::put().to(writes::put))

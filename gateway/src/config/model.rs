@@ -20,6 +20,7 @@ use crate::protocol::Provider;
 pub struct Config {
     pub server: ServerConfig,
     pub meter: MeterConfig,
+    pub billing: BillingConfig,
     pub kafka: KafkaConfig,
     pub instances: Vec<Instance>,
     pub routes: Vec<Route>,
@@ -325,6 +326,15 @@ pub struct MeterConfig {
     /// Base URL of meter-sidecar.
     pub url: Url,
     /// Budget for one estimate; past it the gateway uses its in-process fallback.
+    pub timeout: Duration,
+}
+
+/// `[billing]`: billing-consumer's endpoint, which the usage API (`GET /v1/usage`, `GET /admin/v1/usage`) reads
+/// the ledger through; `None`: the usage API answers that it is not configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BillingConfig {
+    pub url: Option<Url>,
+    /// Budget for one statement.
     pub timeout: Duration,
 }
 

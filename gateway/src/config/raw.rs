@@ -185,6 +185,18 @@ pub struct RawConfig {
     pub spool: RawSpool,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub billing: RawBilling,
+}
+
+/// `[billing]`: where the usage API's numbers come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBilling {
+    /// billing-consumer's endpoint (`run --metrics-listen`), e.g. `http://127.0.0.1:9102`; the usage API is off
+    /// without it.
+    pub url: Option<String>,
+    pub timeout: Option<String>,
 }
 
 fn default_admin_listen() -> String {

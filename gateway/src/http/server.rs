@@ -155,11 +155,13 @@ impl Gateway {
             let clients = WorkerClients {
                 meter: MeterClient::new(&runtime.config.meter),
                 upstreams: Upstreams::new(&runtime.config.instances),
+                billing: awc::Client::default(),
             };
             let app = App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(clients))
                 .route("/v1/models", web::get().to(models::list))
+                .route("/v1/usage", web::get().to(crate::http::usage::consumer))
                 .route(
                     pipeline::count_tokens::PATH,
                     web::post().to(pipeline::count_tokens::serve),

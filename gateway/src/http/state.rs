@@ -40,8 +40,18 @@ pub struct AppState {
 }
 
 /// HTTP clients owned by one worker thread (awc clients are not `Send`).
-#[derive(Debug)]
 pub struct WorkerClients {
     pub meter: MeterClient,
     pub upstreams: Upstreams,
+    /// For billing-consumer's usage statements ([`crate::http::usage`]).
+    pub billing: awc::Client,
+}
+
+impl std::fmt::Debug for WorkerClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerClients")
+            .field("meter", &self.meter)
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
 }

@@ -246,6 +246,11 @@ impl LiveConfig {
     }
 
     /// The configuration new requests use.
+    /// The quota books this configuration's limits are enforced with.
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
+    }
+
     pub fn runtime(&self) -> Arc<Runtime> {
         self.current.load_full()
     }

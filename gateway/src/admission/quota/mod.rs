@@ -666,6 +666,37 @@ impl Quotas {
             .collect()
     }
 
+    /// Where each token quota that applies to `consumer`'s requests stands now, as this replica sees it: the
+    /// consumer's own, then the global ones (an instance's quota is left out: it fails a request over, never
+    /// refuses it). For the usage API.
+    pub fn standing_of(&self, consumer: &str) -> Vec<QuotaStanding> {
+        let now = self.clock.now_ms();
+        let layout = self.layout.load();
+        layout
+            .by_consumer
+            .get(consumer)
+            .into_iter()
+            .flatten()
+            .chain(&layout.global)
+            .map(|book| {
+                let standing = self.standing(book, &mut book.lock(), now);
+                let limit = book.limit();
+                let used = standing.used.saturating_add(standing.pending);
+                QuotaStanding {
+                    id: limit.id.clone(),
+                    kind: book.kind,
+                    models: limit.scope.models.clone(),
+                    strategy: limit.scope.strategy.as_str(),
+                    limit: limit.limit,
+                    used,
+                    remaining: limit.limit.saturating_sub(used),
+                    window_start_ms: standing.window.start_ms,
+                    window_end_ms: standing.window.end_ms,
+                }
+            })
+            .collect()
+    }
+
     /// Tokens this replica holds in its books that no snapshot counts yet, over every scope.
     pub fn pending_tokens(&self) -> u64 {
         self.scopes()
@@ -692,6 +723,26 @@ fn regresses(held: &QuotaSnapshot, newer: &QuotaSnapshot) -> bool {
     held.watermarks
         .iter()
         .any(|mark| !newer.covers(&mark.gateway, mark.partition, mark.offset))
+}
+
+/// One token quota's standing for one consumer, as the usage API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct QuotaStanding {
+    /// The limit's id.
+    pub id: String,
+    /// `consumer` (its own) or `global`.
+    pub kind: &'static str,
+    /// The requested models it counts; every model when empty.
+    pub models: Vec<String>,
+    /// What it counts: `total_tokens`, `prompt_tokens` or `completion_tokens`.
+    pub strategy: &'static str,
+    pub limit: u64,
+    /// Counted by billing-consumer's snapshot, plus this replica's usage it does not count yet.
+    pub used: u64,
+    pub remaining: u64,
+    /// The current window, Unix epoch milliseconds (the end excluded): when `remaining` resets.
+    pub window_start_ms: u64,
+    pub window_end_ms: u64,
 }
 
 /// One scope's standing, for the gauges.

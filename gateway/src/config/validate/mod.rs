@@ -78,6 +78,7 @@ impl RawConfig {
 
         let server = server::server(&mut p, self.server);
         let meter = server::meter(&mut p, self.meter, &placeholder);
+        let billing = server::billing(&mut p, self.billing, &placeholder);
         let kafka = server::kafka(&mut p, self.kafka);
         let known = instances::instances(&mut p, self.instances, env, &placeholder);
         let routes::Routes {
@@ -131,6 +132,7 @@ impl RawConfig {
             Ok(Config {
                 server,
                 meter,
+                billing,
                 kafka,
                 instances,
                 routes,

@@ -1,4 +1,5 @@
-//! `[server]`, `[meter]` and `[kafka]`: the listener, the edge budgets, the meter-sidecar and the usage producer.
+//! `[server]`, `[meter]`, `[billing]` and `[kafka]`: the listener, the edge budgets, the meter-sidecar, the usage
+//! API's source and the usage producer.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -107,6 +108,20 @@ pub(super) fn meter(p: &mut Problems, raw: RawMeter, placeholder: &Url) -> Meter
     MeterConfig {
         url: http_url(p, "meter.url", &raw.url, placeholder),
         timeout: p.duration("meter.timeout", &raw.timeout),
+    }
+}
+
+pub(super) fn billing(p: &mut Problems, raw: RawBilling, placeholder: &Url) -> BillingConfig {
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map_or(Duration::from_secs(10), |t| p.duration("billing.timeout", t));
+    BillingConfig {
+        url: raw
+            .url
+            .as_deref()
+            .map(|url| http_url(p, "billing.url", url, placeholder)),
+        timeout,
     }
 }
 
