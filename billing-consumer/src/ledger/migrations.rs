@@ -61,6 +61,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "token_types",
         sql: include_str!("../../migrations/0005_token_types.sql"),
     },
+    Migration {
+        version: 6,
+        name: "unpriced_flag",
+        sql: include_str!("../../migrations/0006_unpriced_flag.sql"),
+    },
 ];
 
 /// The bookkeeping table, created before anything else. Never changes (it is how changes are tracked).

@@ -1339,6 +1339,37 @@ gpt-4o-mini@2026-11-15T11:00:00Z  2026-11-15T11:00:00Z  USD             0.10    
     }
 
     #[test]
+    fn the_local_stacks_price_file_prices_anthropic_cache_writes_and_gemini_thinking() {
+        let table = PriceTable::from_toml(include_str!("../../../compose/prices.toml")).unwrap();
+        let at = ms("2026-01-01T00:00:00Z");
+        // 10,000 prompt tokens: 2,000 read from the cache, 3,000 written for 5 min, 1,000 for 1 h, 4,000 uncached;
+        // 500 completion tokens: 4,000 × 3 + 2,000 × 0.30 + 3,000 × 3.75 + 1,000 × 6 + 500 × 15 = 37,350.
+        let sonnet = TokenUsage {
+            prompt: 10_000,
+            cached_prompt: Some(2_000),
+            cache_write_5m: Some(3_000),
+            cache_write_1h: Some(1_000),
+            completion: 500,
+            reasoning: None,
+            served: true,
+        };
+        let charge = table.charge("claude-sonnet-4-5-20250929", at, &sonnet);
+        assert_eq!(
+            (charge.price_version(), charge.cost_micros),
+            ("claude-sonnet-4-5@2025-09-29", 37_350)
+        );
+        // 1,000 prompt, 300 completion of which 200 thinking: 1,000 × 0.30 + 100 × 2.50 + 200 × 2.50 = 1,050.
+        let gemini = TokenUsage {
+            prompt: 1_000,
+            completion: 300,
+            reasoning: Some(200),
+            served: true,
+            ..TokenUsage::default()
+        };
+        assert_eq!(table.charge("gemini-2.5-flash", at, &gemini).cost_micros, 1_050);
+    }
+
+    #[test]
     fn load_names_the_file() {
         let err = PriceTable::load(Path::new("/nonexistent/prices.toml")).unwrap_err();
         assert_eq!(err.kind(), "prices");
