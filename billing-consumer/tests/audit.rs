@@ -226,7 +226,9 @@ async fn an_audit_of_ingested_events_finds_no_difference() {
             sum(|e| e.data.cache_write_1h_tokens)
         )
     );
-    assert!(totals.reasoning_tokens > 0 && totals.cache_write_5m_tokens > 0 && totals.cache_write_1h_tokens > 0);
+    assert!(
+        totals.reasoning_tokens > 0 && totals.cache_write_5m_tokens > 0 && totals.cache_write_1h_tokens > 0
+    );
     assert!(report.event_differences.is_empty());
     // Served snapshots of gpt-4o-mini and claude-haiku are priced as their families; llama-3 has no price.
     assert_eq!(report.unpriced_models, ["llama-3-2026-01-15"]);

@@ -407,7 +407,14 @@ async fn every_token_type_is_invoiced_at_its_own_price_and_the_audit_agrees() {
         event.data.reasoning_tokens = reasoning;
         event
     };
-    let mut failed = used("team-a", "claude-sonnet-4-5", 100, None, 0, "2026-11-03T10:00:00Z");
+    let mut failed = used(
+        "team-a",
+        "claude-sonnet-4-5",
+        100,
+        None,
+        0,
+        "2026-11-03T10:00:00Z",
+    );
     failed.data.outcome = Outcome::UpstreamError;
     failed.data.http_status = 502;
     let events = vec![

@@ -128,9 +128,7 @@ impl TokenUsage {
 
     /// 5-minute cache writes, at most the prompt tokens not cached.
     pub fn cache_write_5m(&self) -> u32 {
-        self.cache_write_5m
-            .unwrap_or(0)
-            .min(self.prompt - self.cached())
+        self.cache_write_5m.unwrap_or(0).min(self.prompt - self.cached())
     }
 
     /// 1-hour cache writes, at most the prompt tokens neither cached nor 5-minute writes.
@@ -782,7 +780,12 @@ mod tests {
             served: true,
         };
         assert_eq!(
-            (mixed.uncached(), mixed.cached(), mixed.cache_write_5m(), mixed.cache_write_1h()),
+            (
+                mixed.uncached(),
+                mixed.cached(),
+                mixed.cache_write_5m(),
+                mixed.cache_write_1h()
+            ),
             (400, 100, 200, 300)
         );
         assert_eq!((mixed.output(), mixed.reasoning()), (350, 150));
@@ -826,7 +829,12 @@ mod tests {
             served: false,
         };
         assert_eq!(
-            (over.cached(), over.cache_write_5m(), over.cache_write_1h(), over.uncached()),
+            (
+                over.cached(),
+                over.cache_write_5m(),
+                over.cache_write_1h(),
+                over.uncached()
+            ),
             (60, 30, 10, 0)
         );
         assert_eq!((over.reasoning(), over.output()), (10, 0));
@@ -864,7 +872,11 @@ mod tests {
                 ..TokenUsage::default()
             },
         ] {
-            assert_eq!(cost_micros(&version, &usage), before(&version, &usage), "{usage:?}");
+            assert_eq!(
+                cost_micros(&version, &usage),
+                before(&version, &usage),
+                "{usage:?}"
+            );
         }
     }
 

@@ -264,7 +264,8 @@ impl TokenParts {
     fn sql() -> Self {
         let cached = "least(ifNull(cached_prompt_tokens, 0), prompt_tokens)".to_owned();
         let write_5m = format!("least(ifNull(cache_write_5m_tokens, 0), prompt_tokens - {cached})");
-        let write_1h = format!("least(ifNull(cache_write_1h_tokens, 0), prompt_tokens - {cached} - {write_5m})");
+        let write_1h =
+            format!("least(ifNull(cache_write_1h_tokens, 0), prompt_tokens - {cached} - {write_5m})");
         let input = format!("prompt_tokens - {cached} - {write_5m} - {write_1h}");
         let reasoning = "least(ifNull(reasoning_tokens, 0), completion_tokens)".to_owned();
         let output = format!("completion_tokens - {reasoning}");
@@ -779,7 +780,11 @@ total                                                   6       1000410         
                 &sonnet["cache_write_1h_tokens"],
                 &sonnet["reasoning_tokens"]
             ),
-            (&serde_json::json!(200), &serde_json::json!(300), &serde_json::json!(150))
+            (
+                &serde_json::json!(200),
+                &serde_json::json!(300),
+                &serde_json::json!(150)
+            )
         );
         assert_eq!(sonnet["unit_prices"]["cache_write_5m_per_mtok"], "3.75");
         assert_eq!(sonnet["unit_prices"]["cache_write_1h_per_mtok"], "6.00");

@@ -411,7 +411,12 @@ fn describe(record: &EventRecord) -> String {
     } else {
         format!("{} {}", format_micros(v.cost_micros), record.currency)
     };
-    let others = if (v.reasoning_tokens, v.cache_write_5m_tokens, v.cache_write_1h_tokens) == (0, 0, 0) {
+    let others = if (
+        v.reasoning_tokens,
+        v.cache_write_5m_tokens,
+        v.cache_write_1h_tokens,
+    ) == (0, 0, 0)
+    {
         String::new()
     } else {
         format!(
