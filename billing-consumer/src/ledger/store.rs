@@ -412,7 +412,11 @@ mod tests {
         let row = usage_row(&event, &at(), 0, &prices).unwrap();
         assert_eq!(row.cost_micros, 454);
         assert_eq!(
-            (row.reasoning_tokens, row.cache_write_5m_tokens, row.cache_write_1h_tokens),
+            (
+                row.reasoning_tokens,
+                row.cache_write_5m_tokens,
+                row.cache_write_1h_tokens
+            ),
             (Some(10), Some(3), None)
         );
         // Every attempt failed: no fee.
