@@ -1,5 +1,6 @@
 //! The replay audit and the rebuild against the real broker and ClickHouse. Usage events (some delivered twice,
-//! some outside the audited range, one malformed message) are ingested with prices; then:
+//! some outside the audited range, one malformed message, some with reasoning tokens and prompt-cache writes,
+//! some that failed upstream and carry no per-request fee) are ingested with prices; then:
 //!
 //! - the audit recomputes the range from Kafka alone and finds ClickHouse in agreement — the library call and
 //!   the `billing-consumer audit` command, which exits 0;
@@ -43,7 +44,11 @@ const PRICES: &str = r#"
     currency = "EUR"
     input_per_mtok = "1"
     cached_input_per_mtok = "0.10"
+    cache_write_5m_per_mtok = "1.25"
+    cache_write_1h_per_mtok = "2"
     output_per_mtok = "5"
+    reasoning_per_mtok = "6"
+    per_request = "0.0001"
 "#;
 /// Events 0..300 are in the audited range (2026-11-20, 00:00 to 05:00, one a minute); 300..320 after it.
 const IN_RANGE: usize = 300;
@@ -63,10 +68,29 @@ fn prices() -> PriceTable {
     PriceTable::from_toml(PRICES).unwrap()
 }
 
+/// Event `i` with the other token types on some: every fifth (from the fourth) has reasoning tokens and 5-minute
+/// cache writes, every seventh (from the fourth) 1-hour cache writes, and every eleventh failed upstream.
+fn event(i: usize) -> UsageEvent {
+    let mut event = common::event(i);
+    let data = &mut event.data;
+    if i % 5 == 3 {
+        data.reasoning_tokens = Some(data.completion_tokens / 3);
+        data.cache_write_5m_tokens = Some(data.prompt_tokens / 4);
+    }
+    if i % 7 == 3 {
+        data.cache_write_1h_tokens = Some(data.prompt_tokens / 5);
+    }
+    if i % 11 == 10 {
+        data.outcome = tollgate_schemas::usage::Outcome::UpstreamError;
+        data.http_status = 502;
+    }
+    event
+}
+
 /// A ledger holding the events, ingested with prices; returns them (each once).
 async fn ingested() -> (Fixture, Vec<UsageEvent>) {
     let fixture = Fixture::new().await;
-    let events: Vec<UsageEvent> = (0..IN_RANGE + AFTER_RANGE).map(common::event).collect();
+    let events: Vec<UsageEvent> = (0..IN_RANGE + AFTER_RANGE).map(event).collect();
     let redelivered: Vec<UsageEvent> = events[..IN_RANGE]
         .iter()
         .step_by(REDELIVERED_EVERY)
@@ -157,6 +181,9 @@ fn record(event: &UsageEvent) -> (EventRecord, i64) {
             prompt_tokens: data.prompt_tokens,
             cached_prompt_tokens: data.cached_prompt_tokens.unwrap_or(0),
             completion_tokens: data.completion_tokens,
+            reasoning_tokens: data.reasoning_tokens.unwrap_or(0),
+            cache_write_5m_tokens: data.cache_write_5m_tokens.unwrap_or(0),
+            cache_write_1h_tokens: data.cache_write_1h_tokens.unwrap_or(0),
             cost_micros: charge.cost_micros,
         },
     };
@@ -179,6 +206,29 @@ async fn an_audit_of_ingested_events_finds_no_difference() {
     assert!(expected_cost > 0);
     // USD and EUR micro-units added up: meaningless as money, exact as a checksum.
     assert_eq!(report.kafka_totals.cost_micros, expected_cost);
+    // Every token type is compared, and there were some of each.
+    let sum = |pick: fn(&UsageEvent) -> Option<u32>| -> u64 {
+        events[..IN_RANGE]
+            .iter()
+            .map(|e| u64::from(pick(e).unwrap_or(0)))
+            .sum()
+    };
+    let totals = &report.clickhouse_totals;
+    assert_eq!(
+        (
+            totals.reasoning_tokens,
+            totals.cache_write_5m_tokens,
+            totals.cache_write_1h_tokens
+        ),
+        (
+            sum(|e| e.data.reasoning_tokens),
+            sum(|e| e.data.cache_write_5m_tokens),
+            sum(|e| e.data.cache_write_1h_tokens)
+        )
+    );
+    assert!(
+        totals.reasoning_tokens > 0 && totals.cache_write_5m_tokens > 0 && totals.cache_write_1h_tokens > 0
+    );
     assert!(report.event_differences.is_empty());
     // Served snapshots of gpt-4o-mini and claude-haiku are priced as their families; llama-3 has no price.
     assert_eq!(report.unpriced_models, ["llama-3-2026-01-15"]);
@@ -211,8 +261,9 @@ async fn an_audit_of_ingested_events_finds_no_difference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_deleted_from_clickhouse_is_exactly_the_difference_reported() {
     let (fixture, events) = ingested().await;
-    // Event 3: team-a, claude-haiku, 13 prompt tokens of which 6 cached, 21 completion tokens:
-    // 7 × 1 + 6 × 0.10 + 21 × 5 = 112.6 → 113 micro-EUR.
+    // Event 3: team-a, claude-haiku, 13 prompt tokens of which 6 cached, 3 written for 5 min and 2 for 1 h;
+    // 21 completion tokens of which 7 reasoning: 2 × 1 + 6 × 0.10 + 3 × 1.25 + 2 × 2 + 14 × 5 + 7 × 6 = 122.35
+    // → 122, plus the 100 micro-EUR fee = 222 micro-EUR.
     let victim = &events[3];
     let (victim_record, victim_cost) = record(victim);
     assert_eq!(
@@ -222,7 +273,7 @@ async fn a_row_deleted_from_clickhouse_is_exactly_the_difference_reported() {
         ),
         ("team-a", "claude-haiku-2026-01-15")
     );
-    assert_eq!((victim_record.values.cached_prompt_tokens, victim_cost), (6, 113));
+    assert_eq!((victim_record.values.cached_prompt_tokens, victim_cost), (6, 222));
     let before = audit::run(&settings(&fixture, "usage_events")).await.unwrap();
     assert!(before.is_clean());
 
@@ -251,7 +302,10 @@ async fn a_row_deleted_from_clickhouse_is_exactly_the_difference_reported() {
             ("prompt_tokens", 13),
             ("cached_prompt_tokens", 6),
             ("completion_tokens", 21),
-            ("cost_micros", 113),
+            ("reasoning_tokens", 7),
+            ("cache_write_5m_tokens", 3),
+            ("cache_write_1h_tokens", 2),
+            ("cost_micros", 222),
         ]
     );
     assert_eq!(report.event_differences_found, 1);
@@ -269,14 +323,14 @@ async fn a_row_deleted_from_clickhouse_is_exactly_the_difference_reported() {
     assert!(stdout.contains(&victim.id.hyphenated().to_string()), "{stdout}");
     assert!(stdout.contains("missing_in_clickhouse"), "{stdout}");
     assert!(
-        last_line(&output).starts_with("DIFFERENCES: 5 field(s) in 1 of 9 groups differ"),
+        last_line(&output).starts_with("DIFFERENCES: 8 field(s) in 1 of 9 groups differ"),
         "{stdout}"
     );
     // And as JSON, for scripts.
     let output = audit_command(&fixture, &["--json"]).await;
     assert_eq!(output.status.code(), Some(1));
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(json["differences"].as_array().unwrap().len(), 5);
+    assert_eq!(json["differences"].as_array().unwrap().len(), 8);
     assert_eq!(json["event_differences"][0]["kind"], "missing_in_clickhouse");
 
     common::drop_database(&fixture.ch).await;
@@ -366,7 +420,8 @@ async fn rows(fixture: &Fixture, table: &str) -> String {
          model_requested, model_served, provider, instance, attempts, attempt_count, stream, outcome, http_status, \
          prompt_tokens_estimated, prompt_estimate_source, prompt_tokens, completion_tokens, total_tokens, \
          cached_prompt_tokens, usage_source, latency_ms, ttfb_ms, started_at_ms, finished_at_ms, cost_micros, \
-         currency, price_version FROM {table} FINAL WHERE finished_at_ms >= ? AND finished_at_ms < ?) \
+         currency, price_version, reasoning_tokens, cache_write_5m_tokens, cache_write_1h_tokens, unpriced \
+         FROM {table} FINAL WHERE finished_at_ms >= ? AND finished_at_ms < ?) \
          ORDER BY event_id"
     );
     let bytes = fixture

@@ -4,18 +4,25 @@
 //! event rounded once, cached tokens at the cached price, an unpriced model apart, the neighbouring months and
 //! the other consumers left out, a redelivered event counted once. Lines are per served model (the events are
 //! served by dated snapshots, priced as their families), and a request that failed over to another model is
-//! invoiced for the model that answered.
+//! invoiced for the model that answered. Reasoning tokens and prompt-cache writes are invoiced at their own
+//! prices (or, for an entry without them, exactly as before they had prices), the per-request fee is charged
+//! only when a provider served the request, the replay audit agrees to the micro-unit, and the unpriced served
+//! models of the month are listed.
 
 // Test helpers: a panic there is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use std::sync::Arc;
+
 use chrono::DateTime;
 use common::ledger::Fixture;
 use tollgate_billing_consumer::ledger::pricing::PriceTable;
+use tollgate_billing_consumer::replay::audit::{self, AuditSettings};
 use tollgate_billing_consumer::reports::invoice::{self, Invoice, Period};
-use tollgate_schemas::usage::UsageEvent;
+use tollgate_billing_consumer::reports::unpriced;
+use tollgate_schemas::usage::{Outcome, UsageEvent};
 
 const PRICES: &str = r#"
     [[prices]]
@@ -359,6 +366,189 @@ async fn a_request_is_invoiced_for_the_model_that_served_it() {
         ]
     );
     assert_eq!(invoice.unpriced_requests, 1);
+
+    common::drop_database(&fixture.ch).await;
+}
+
+/// A line item's token types as (input, cached, 5-minute writes, 1-hour writes, output, reasoning).
+fn token_types(line: &invoice::LineItem) -> [u64; 6] {
+    [
+        line.input_tokens,
+        line.cached_input_tokens,
+        line.cache_write_5m_tokens,
+        line.cache_write_1h_tokens,
+        line.output_tokens,
+        line.reasoning_tokens,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_token_type_is_invoiced_at_its_own_price_and_the_audit_agrees() {
+    let fixture = Fixture::new().await;
+    let mut prices = PRICES.to_owned();
+    prices.push_str(
+        r#"
+        [[prices]]
+        model = "claude-sonnet-4-5"
+        effective_from = "2026-01-01"
+        currency = "USD"
+        input_per_mtok = "3"
+        cached_input_per_mtok = "0.30"
+        cache_write_5m_per_mtok = "3.75"
+        cache_write_1h_per_mtok = "6"
+        output_per_mtok = "15"
+        reasoning_per_mtok = "20"
+        per_request = "0.001"
+        "#,
+    );
+    let with = |mut event: UsageEvent, w5: Option<u32>, w1: Option<u32>, reasoning: Option<u32>| {
+        event.data.cache_write_5m_tokens = w5;
+        event.data.cache_write_1h_tokens = w1;
+        event.data.reasoning_tokens = reasoning;
+        event
+    };
+    let mut failed = used(
+        "team-a",
+        "claude-sonnet-4-5",
+        100,
+        None,
+        0,
+        "2026-11-03T10:00:00Z",
+    );
+    failed.data.outcome = Outcome::UpstreamError;
+    failed.data.http_status = 502;
+    let events = vec![
+        // 10,000 prompt = 4,000 uncached + 2,000 cached + 3,000 5-min + 1,000 1-h writes; 500 completion = 300
+        // output + 200 reasoning: 4,000 × 3 + 2,000 × 0.30 + 3,000 × 3.75 + 1,000 × 6 + 300 × 15 + 200 × 20
+        // = 38,350, + 1,000 fee = 39,350 micro-USD.
+        with(
+            used(
+                "team-a",
+                "claude-sonnet-4-5",
+                10_000,
+                Some(2_000),
+                500,
+                "2026-11-02T10:00:00Z",
+            ),
+            Some(3_000),
+            Some(1_000),
+            Some(200),
+        ),
+        // Failed upstream: 100 × 3 = 300, no fee.
+        failed,
+        // More reported than the prompt and completion hold: 60 cached, 30 5-min, 10 1-h writes, 0 uncached;
+        // 10 reasoning, 0 output: 60 × 0.30 + 30 × 3.75 + 10 × 6 + 10 × 20 = 390.5 → 391, + 1,000 = 1,391.
+        with(
+            used(
+                "team-a",
+                "claude-sonnet-4-5",
+                100,
+                Some(60),
+                10,
+                "2026-11-04T10:00:00Z",
+            ),
+            Some(30),
+            Some(50),
+            Some(25),
+        ),
+        // An entry without the new prices prices as before: 1,200 × 0.15 + 300 × 0.60 = 360, the 500 cache
+        // writes at the input price and the 100 reasoning tokens at the output price.
+        with(
+            used("team-a", "gpt-4o-mini", 1_200, None, 300, "2026-11-05T10:00:00Z"),
+            Some(500),
+            None,
+            Some(100),
+        ),
+        // No price: unpriced, listed.
+        used("team-a", "llama-3", 7, None, 3, "2026-11-06T10:00:00Z"),
+    ];
+    fixture.produce_all(&events).await;
+    let prices = PriceTable::from_toml(&prices).unwrap();
+    fixture.ingest(prices.clone(), events.len() as i64).await;
+
+    let november = Period::parse("2026-11").unwrap();
+    let invoice = invoice::invoice(&fixture.ch, "team-a", november, Some(&prices))
+        .await
+        .unwrap();
+    assert_eq!(
+        lines(&invoice),
+        [
+            line(
+                "claude-sonnet-4-5-2026-01-15",
+                "claude-sonnet-4-5@2026-01-01",
+                "USD",
+                [3, 4_100, 2_060, 300],
+                "0.041041"
+            ),
+            line(
+                "gpt-4o-mini-2026-01-15",
+                "gpt-4o-mini@2026-10-01",
+                "USD",
+                [1, 700, 0, 200],
+                "0.00036"
+            ),
+            line("llama-3-2026-01-15", "", "", [1, 7, 0, 3], "0.00"),
+        ]
+    );
+    assert_eq!(
+        token_types(&invoice.lines[0]),
+        [4_100, 2_060, 3_030, 1_010, 300, 210]
+    );
+    assert_eq!(token_types(&invoice.lines[1]), [700, 0, 500, 0, 200, 100]);
+    let unit = invoice.lines[0].unit_prices.as_ref().unwrap();
+    assert_eq!(
+        (
+            unit.cache_write_5m_per_mtok.as_str(),
+            unit.cache_write_1h_per_mtok.as_str(),
+            unit.reasoning_per_mtok.as_str(),
+            unit.per_request.as_str()
+        ),
+        ("3.75", "6.00", "20.00", "0.001")
+    );
+    assert_eq!(invoice.totals[0].amount_micros, 41_401);
+    assert_eq!(invoice.unpriced_requests, 1);
+
+    // The audit recomputes every event from the topic with the same prices and finds the ledger in agreement,
+    // on every token type and on the cost.
+    let report = audit::run(&AuditSettings::new(
+        &fixture.brokers,
+        &fixture.topic,
+        fixture.ch.clone(),
+        november.start(),
+        november.end(),
+        Some(Arc::new(prices.clone())),
+    ))
+    .await
+    .unwrap();
+    assert!(report.is_clean(), "{}", report.to_text());
+    assert_eq!(report.kafka_totals.cost_micros, 41_401);
+    assert_eq!(
+        (
+            report.clickhouse_totals.reasoning_tokens,
+            report.clickhouse_totals.cache_write_5m_tokens,
+            report.clickhouse_totals.cache_write_1h_tokens
+        ),
+        (325, 3_530, 1_050)
+    );
+    assert_eq!(report.unpriced_models, ["llama-3-2026-01-15"]);
+
+    // The unpriced served models of the month, as an alert or a report reads them.
+    let missing = unpriced::unpriced_models(&fixture.ch, "usage_events", november.start(), november.end())
+        .await
+        .unwrap();
+    let missing: Vec<_> = missing
+        .iter()
+        .map(|m| (m.model.as_str(), m.events, m.consumers))
+        .collect();
+    assert_eq!(missing, [("llama-3-2026-01-15", 1, 1)]);
+    let flagged: u64 = fixture
+        .ch
+        .client()
+        .query("SELECT count() FROM usage_events FINAL WHERE unpriced")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(flagged, 1);
 
     common::drop_database(&fixture.ch).await;
 }

@@ -9,12 +9,24 @@
 //! currency = "USD"               # three capital letters (ISO 4217)
 //! input_per_mtok = "0.15"        # per million uncached prompt tokens
 //! cached_input_per_mtok = "0.075"  # per million cached prompt tokens; optional, defaults to input_per_mtok
-//! output_per_mtok = "0.60"       # per million completion tokens
+//! output_per_mtok = "0.60"       # per million completion tokens (reasoning ones too, unless reasoning_per_mtok)
+//! # Optional, for the other token types and a fixed fee:
+//! cache_write_5m_per_mtok = "3.75"  # per million prompt tokens written to the cache for 5 min; default input
+//! cache_write_1h_per_mtok = "6"     # per million prompt tokens written to the cache for 1 h; default input
+//! reasoning_per_mtok = "0.60"       # per million reasoning tokens, instead of output_per_mtok; default output
+//! per_request = "0.001"             # per request served by a provider, in currency units; default 0
 //! ```
+//!
+//! **Defaults keep old bills.** Every optional field defaults to the price the tokens were charged at before it
+//! existed: cached and cache-write tokens at the input price, reasoning tokens at the output price, no fee. An
+//! entry written with only the old fields therefore prices every event — including events that carry reasoning or
+//! cache-write tokens — exactly as before, so a replay of the usage topic reproduces every stored bill. A provider
+//! that charges cache writes at a premium (Anthropic: 1.25 × input for 5 minutes, 2 × input for an hour) needs
+//! the prices written out; no multiplier is implied.
 //!
 //! **Money is integers.** Prices are decimal strings (or integers, whole units), never floats, read exactly into
 //! micro-units of the currency per million tokens (`"0.15"` → 150 000); more than six decimals is refused, and so
-//! is a price above [`MAX_PRICE_UNITS`] per million tokens. A [`PriceEntry`] is the entry as written: its prices
+//! is a price above [`MAX_PRICE_UNITS`] per million tokens, or a `per_request` fee above [`MAX_REQUEST_FEE_UNITS`]. A [`PriceEntry`] is the entry as written: its prices
 //! are [`Amount`]s that deserialize from anything scalar, so that a float or a boolean is reported by
 //! validation, with its field's path, beside the entry's other problems — not as one opaque parse error.
 //!
@@ -38,6 +50,8 @@ pub const MICROS_PER_UNIT: u64 = 1_000_000;
 /// The highest price per million tokens, in currency units: far above any model's, and low enough that
 /// `u32::MAX` tokens of each kind at this price still fit an `i64` of micro-units.
 pub const MAX_PRICE_UNITS: u64 = 1_000_000;
+/// The highest `per_request` fee, in currency units per request.
+pub const MAX_REQUEST_FEE_UNITS: u64 = 1_000;
 /// Decimal places a price may have: one micro-unit is the smallest amount.
 pub const MAX_DECIMALS: usize = 6;
 
@@ -57,6 +71,16 @@ pub enum Amount {
 impl Amount {
     /// The amount in micro-units per million tokens, or what is wrong with it.
     pub fn micros(&self) -> Result<u64, String> {
+        self.micros_at_most(MAX_PRICE_UNITS, "per million tokens")
+    }
+
+    /// The amount in micro-units of a `per_request` fee, or what is wrong with it.
+    pub fn fee_micros(&self) -> Result<u64, String> {
+        self.micros_at_most(MAX_REQUEST_FEE_UNITS, "per request")
+    }
+
+    /// The amount in micro-units, at most `max_units` whole units (`per` names the unit in the problem).
+    fn micros_at_most(&self, max_units: u64, per: &str) -> Result<u64, String> {
         let micros = match self {
             Self::Decimal(text) => parse_micros(text)?,
             Self::Units(units) => u64::try_from(*units)
@@ -65,9 +89,9 @@ impl Amount {
                 .ok_or_else(|| format!("{units} is not a price (negative or too large)"))?,
             Self::Invalid(value) => return Err(invalid_amount(value)),
         };
-        if micros > MAX_PRICE_UNITS * MICROS_PER_UNIT {
+        if micros > max_units * MICROS_PER_UNIT {
             return Err(format!(
-                "{} is above the highest price accepted, {MAX_PRICE_UNITS} per million tokens",
+                "{} is above the highest price accepted, {max_units} {per}",
                 format_micros(i64::try_from(micros).unwrap_or(i64::MAX))
             ));
         }
@@ -125,8 +149,24 @@ pub struct PriceEntry {
     /// Per million cached prompt tokens; `input_per_mtok` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input_per_mtok: Option<Amount>,
-    /// Per million completion tokens.
+    /// Per million completion tokens (reasoning tokens included unless `reasoning_per_mtok` is given).
     pub output_per_mtok: Amount,
+    /// Per million prompt tokens written to the provider's prompt cache for 5 minutes; `input_per_mtok` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_5m_per_mtok: Option<Amount>,
+    /// Per million prompt tokens written to the provider's prompt cache for an hour; `input_per_mtok` when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_1h_per_mtok: Option<Amount>,
+    /// Per million reasoning tokens (part of the completion), charged instead of `output_per_mtok`;
+    /// `output_per_mtok` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_per_mtok: Option<Amount>,
+    /// A fixed fee per request that reached a provider (see [`PriceVersion::per_request_micros`]), in currency
+    /// units (not per million); 0 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_request: Option<Amount>,
 }
 
 impl PriceEntry {
@@ -152,6 +192,17 @@ impl PriceEntry {
             None => input,
         };
         let output = field("output_per_mtok", self.output_per_mtok.micros());
+        let mut optional = |name: &str, value: &Option<Amount>, default: Option<u64>| match value {
+            Some(value) => field(name, value.micros()),
+            None => default,
+        };
+        let write_5m = optional("cache_write_5m_per_mtok", &self.cache_write_5m_per_mtok, input);
+        let write_1h = optional("cache_write_1h_per_mtok", &self.cache_write_1h_per_mtok, input);
+        let reasoning = optional("reasoning_per_mtok", &self.reasoning_per_mtok, output);
+        let per_request = match &self.per_request {
+            Some(value) => field("per_request", value.fee_micros()),
+            None => Some(0),
+        };
         let effective = match parse_effective_from(&self.effective_from) {
             Ok(effective) => Some(effective),
             Err(problem) => {
@@ -171,26 +222,57 @@ impl PriceEntry {
                 self.currency
             ));
         }
-        match (effective, input, cached, output) {
-            (Some((effective_from_ms, label)), Some(input), Some(cached), Some(output))
-                if problems.is_empty() =>
-            {
-                Ok(PriceVersion {
-                    id: format!("{}@{label}", self.model),
-                    model: self.model.clone(),
-                    effective_from_ms,
-                    currency: self.currency.clone(),
-                    input_per_mtok: input,
-                    cached_input_per_mtok: cached,
-                    output_per_mtok: output,
-                })
-            }
+        let prices = match (input, cached, output, write_5m, write_1h, reasoning, per_request) {
+            (
+                Some(input),
+                Some(cached),
+                Some(output),
+                Some(write_5m),
+                Some(write_1h),
+                Some(reasoning),
+                Some(per_request),
+            ) => Some(Prices {
+                input,
+                cached,
+                output,
+                write_5m,
+                write_1h,
+                reasoning,
+                per_request,
+            }),
+            _ => None,
+        };
+        match (effective, prices) {
+            (Some((effective_from_ms, label)), Some(p)) if problems.is_empty() => Ok(PriceVersion {
+                id: format!("{}@{label}", self.model),
+                model: self.model.clone(),
+                effective_from_ms,
+                currency: self.currency.clone(),
+                input_per_mtok: p.input,
+                cached_input_per_mtok: p.cached,
+                output_per_mtok: p.output,
+                cache_write_5m_per_mtok: p.write_5m,
+                cache_write_1h_per_mtok: p.write_1h,
+                reasoning_per_mtok: p.reasoning,
+                per_request_micros: p.per_request,
+            }),
             _ => Err(problems),
         }
     }
 }
 
-/// One version of one model's price: a [`PriceEntry`] validated.
+/// The validated prices of an entry, before they become a [`PriceVersion`].
+struct Prices {
+    input: u64,
+    cached: u64,
+    output: u64,
+    write_5m: u64,
+    write_1h: u64,
+    reasoning: u64,
+    per_request: u64,
+}
+
+/// One version of one model's price: a [`PriceEntry`] validated, its defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceVersion {
     /// `model@effective_from`, e.g. `gpt-4o-mini@2026-01-01`, an RFC 3339 time in UTC; stored with every
@@ -206,8 +288,18 @@ pub struct PriceVersion {
     pub input_per_mtok: u64,
     /// Micro-units per million cached prompt tokens.
     pub cached_input_per_mtok: u64,
-    /// Micro-units per million completion tokens.
+    /// Micro-units per million completion tokens that are not reasoning tokens.
     pub output_per_mtok: u64,
+    /// Micro-units per million prompt tokens written to the prompt cache for 5 minutes.
+    pub cache_write_5m_per_mtok: u64,
+    /// Micro-units per million prompt tokens written to the prompt cache for an hour.
+    pub cache_write_1h_per_mtok: u64,
+    /// Micro-units per million reasoning tokens.
+    pub reasoning_per_mtok: u64,
+    /// Micro-units charged once per priced event whose request was served by a provider: outcome `ok`,
+    /// `client_cancelled` or `upstream_cut` — not `upstream_error` (the provider refused or could not be
+    /// reached) nor `rejected_*` (no provider was asked).
+    pub per_request_micros: u64,
 }
 
 impl PriceVersion {
@@ -221,6 +313,10 @@ impl PriceVersion {
             self.input_per_mtok,
             self.cached_input_per_mtok,
             self.output_per_mtok,
+            self.cache_write_5m_per_mtok,
+            self.cache_write_1h_per_mtok,
+            self.reasoning_per_mtok,
+            self.per_request_micros,
         ) == (
             &other.model,
             other.effective_from_ms,
@@ -228,6 +324,10 @@ impl PriceVersion {
             other.input_per_mtok,
             other.cached_input_per_mtok,
             other.output_per_mtok,
+            other.cache_write_5m_per_mtok,
+            other.cache_write_1h_per_mtok,
+            other.reasoning_per_mtok,
+            other.per_request_micros,
         )
     }
 }
@@ -446,6 +546,10 @@ mod tests {
                 input_per_mtok: 150_000,
                 cached_input_per_mtok: 75_000,
                 output_per_mtok: 600_000,
+                cache_write_5m_per_mtok: 150_000,
+                cache_write_1h_per_mtok: 150_000,
+                reasoning_per_mtok: 600_000,
+                per_request_micros: 0,
             }
         );
         // Integers are whole units; the cached price defaults to the input price.
@@ -464,6 +568,84 @@ mod tests {
                 version.output_per_mtok
             ),
             (1_000_000, 1_000_000, 5_000_000)
+        );
+    }
+
+    #[test]
+    fn the_token_type_prices_and_the_fee_default_to_what_those_tokens_cost_before() {
+        // Only the old fields: cache writes at the input price, reasoning at the output price, no fee.
+        let old = entry(mini()).validate("p").unwrap();
+        assert_eq!(
+            (
+                old.cache_write_5m_per_mtok,
+                old.cache_write_1h_per_mtok,
+                old.reasoning_per_mtok,
+                old.per_request_micros
+            ),
+            (150_000, 150_000, 600_000, 0)
+        );
+        let mut sonnet = mini();
+        sonnet["input_per_mtok"] = json!("3");
+        sonnet["cache_write_5m_per_mtok"] = json!("3.75");
+        sonnet["cache_write_1h_per_mtok"] = json!(6);
+        sonnet["reasoning_per_mtok"] = json!("0.9");
+        sonnet["per_request"] = json!("0.001");
+        let written = entry(sonnet.clone());
+        let version = written.validate("p").unwrap();
+        assert_eq!(
+            (
+                version.input_per_mtok,
+                version.cache_write_5m_per_mtok,
+                version.cache_write_1h_per_mtok,
+                version.reasoning_per_mtok,
+                version.per_request_micros
+            ),
+            (3_000_000, 3_750_000, 6_000_000, 900_000, 1_000)
+        );
+        // They round-trip as written, and a version differing only in one of them is another price.
+        assert_eq!(serde_json::to_value(&written).unwrap(), sonnet);
+        assert!(!old.same_price(&PriceVersion {
+            per_request_micros: 1,
+            ..old.clone()
+        }));
+        assert!(!old.same_price(&PriceVersion {
+            reasoning_per_mtok: 1,
+            ..old.clone()
+        }));
+    }
+
+    #[test]
+    fn every_problem_of_the_new_fields_is_reported_with_its_path() {
+        let mut bad = mini();
+        bad["cache_write_5m_per_mtok"] = json!(3.75);
+        bad["cache_write_1h_per_mtok"] = json!("6.0000001");
+        bad["reasoning_per_mtok"] = json!("2000000");
+        bad["per_request"] = json!("1000.000001");
+        let problems = entry(bad).validate("prices[4]").unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "prices[4].cache_write_5m_per_mtok: 3.75 is a float, which cannot hold money exactly: write it \
+                 as a string, e.g. \"3.75\"",
+                "prices[4].cache_write_1h_per_mtok: `6.0000001` has more than 6 decimals: a micro-unit is the \
+                 smallest amount",
+                "prices[4].reasoning_per_mtok: 2000000.00 is above the highest price accepted, 1000000 per \
+                 million tokens",
+                "prices[4].per_request: 1000.000001 is above the highest price accepted, 1000 per request",
+            ]
+        );
+        let mut top = mini();
+        top["per_request"] = json!(1_000);
+        assert_eq!(
+            entry(top).validate("p").unwrap().per_request_micros,
+            1_000_000_000
+        );
+        let mut negative = mini();
+        negative["per_request"] = json!("-0.01");
+        let problems = entry(negative).validate("p").unwrap_err();
+        assert!(
+            problems[0].starts_with("p.per_request: `-0.01` is not a decimal amount"),
+            "{problems:?}"
         );
     }
 

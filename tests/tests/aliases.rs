@@ -105,6 +105,8 @@ output_per_mtok = "0.60"
             prompt: u32::try_from(row["prompt_tokens"].as_u64().unwrap()).unwrap(),
             cached_prompt: None,
             completion: u32::try_from(row["completion_tokens"].as_u64().unwrap()).unwrap(),
+            served: true,
+            ..TokenUsage::default()
         };
         let charge = prices.charge(
             row["model_served"].as_str().unwrap(),

@@ -20,7 +20,9 @@
 //! one table) for the model that served it (`model_served`): cost, currency and price version go into the row,
 //! so invoices are sums of stored per-event costs. An event with no price in force is stored with cost 0,
 //! counted in `billing_events_unpriced_total` (no model label) and its served model logged at warn level once
-//! per process ([`UnpricedLog`]; up to [`UnpricedLog::MAX_MODELS`] models, then once that there are more).
+//! per process ([`UnpricedLog`]; up to [`UnpricedLog::MAX_MODELS`] models, then once that there are more), the
+//! number of such models kept in `billing_unpriced_models`. The row is flagged by its empty `price_version`
+//! (the ledger's `unpriced` column, migration 0007).
 //! [`lag`] keeps `billing_consumer_lag_events` current beside the loop.
 //!
 //! Shutdown (the token is cancelled) stops collecting, settles the batch in hand (write + commit) and returns.
@@ -109,10 +111,14 @@ pub async fn run_with_live_prices(
             if !settle(&consumer, &client, batch, &shutdown).await {
                 break;
             }
-            // Without any price every event is unpriced, which was said once at start.
-            if !table.is_empty() {
+            // Without any price every event is unpriced, which was said once at start: the models are only
+            // counted then.
+            if table.is_empty() {
+                unpriced_log.first_sightings(&unpriced_models);
+            } else {
                 unpriced_log.log(&unpriced_models);
             }
+            metrics::gauge!(m::UNPRICED_MODELS).set(unpriced_log.models() as f64);
         }
         if shutdown.is_cancelled() {
             break;
@@ -284,6 +290,11 @@ impl UnpricedLog {
         }
     }
 
+    /// How many distinct served models were seen unpriced (at most [`UnpricedLog::MAX_MODELS`]).
+    pub fn models(&self) -> usize {
+        self.logged.len()
+    }
+
     /// The models of `models` not seen before, remembered now; once [`UnpricedLog::MAX_MODELS`] are
     /// remembered, none (and a warning, once).
     pub fn first_sightings<'a>(&mut self, models: impl IntoIterator<Item = &'a String>) -> Vec<String> {
@@ -362,6 +373,8 @@ mod tests {
             ["o3"]
         );
         assert!(log.first_sightings(&batch(&[])).is_empty());
+        // What billing_unpriced_models reports.
+        assert_eq!(log.models(), 3);
     }
 
     #[test]

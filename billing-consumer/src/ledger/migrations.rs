@@ -66,6 +66,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "teams",
         sql: include_str!("../../migrations/0006_teams.sql"),
     },
+    Migration {
+        version: 7,
+        name: "unpriced_flag",
+        sql: include_str!("../../migrations/0007_unpriced_flag.sql"),
+    },
 ];
 
 /// The bookkeeping table, created before anything else. Never changes (it is how changes are tracked).

@@ -10,8 +10,16 @@
 //! currency = "USD"               # three capital letters (ISO 4217)
 //! input_per_mtok = "0.15"        # per million uncached prompt tokens
 //! cached_input_per_mtok = "0.075"  # per million cached prompt tokens; optional, defaults to input_per_mtok
-//! output_per_mtok = "0.60"       # per million completion tokens
+//! output_per_mtok = "0.60"       # per million completion tokens that are not reasoning tokens
+//! cache_write_5m_per_mtok = "0.15"  # per million prompt tokens written to the cache for 5 min; default input
+//! cache_write_1h_per_mtok = "0.15"  # per million prompt tokens written to the cache for 1 h; default input
+//! reasoning_per_mtok = "0.60"    # per million reasoning tokens, instead of the output price; default output
+//! per_request = "0"              # a fee per request served by a provider, in currency units; default 0
 //! ```
+//!
+//! The optional prices default to what those tokens cost before they had prices of their own (cache writes at
+//! the input price, reasoning at the output price, no fee), so an entry with only the older fields prices every
+//! event exactly as it did before, and replaying the topic reproduces every stored bill.
 //!
 //! An entry, its validation and the decimal arithmetic are [`tollgate_schemas::prices`]'s, shared with the
 //! gateway's admin API so that both accept exactly the same price versions; this module reads the file into
@@ -22,12 +30,23 @@
 //! event's cost, in micro-units, is
 //!
 //! ```text
-//! (uncached_prompt × input + cached × cached_input + completion × output) / 1 000 000, rounded half up
+//!   ( uncached × input + cached × cached_input + write_5m × cache_write_5m + write_1h × cache_write_1h
+//!   + (completion − reasoning) × output + reasoning × reasoning ) / 1 000 000, rounded half up
+//! + per_request, when a provider served the request
 //! ```
 //!
-//! computed in `u128`, rounded once per event, where `cached = min(cached_prompt_tokens, prompt_tokens)` (cached
-//! tokens are part of the prompt) and `uncached_prompt = prompt_tokens − cached`. Prices are capped at
-//! [`MAX_PRICE_UNITS`] per million tokens, so no event's cost can overflow an `i64`.
+//! computed in `u128`, rounded once per event ([`cost_micros`]). Cached tokens and cache writes are part of the
+//! prompt, reasoning tokens part of the completion; each part is clamped so that the parts never exceed their
+//! whole, in this order ([`TokenUsage`]): `cached = min(cached_prompt_tokens, prompt)`, `write_5m =
+//! min(cache_write_5m_tokens, prompt − cached)`, `write_1h = min(cache_write_1h_tokens, prompt − cached −
+//! write_5m)`, `uncached = prompt − cached − write_5m − write_1h`; `reasoning = min(reasoning_tokens,
+//! completion)`. A token is charged at exactly one price: reasoning tokens at the reasoning price *instead of*
+//! the output price, never both. Absent counts are 0. The fee is charged once per priced event whose outcome is
+//! `ok`, `client_cancelled` or `upstream_cut` ([`charges_request_fee`]); never for `upstream_error` or
+//! `rejected_*`, and never for an unpriced event. Prices are capped at [`MAX_PRICE_UNITS`] per million tokens
+//! and the fee at [`MAX_REQUEST_FEE_UNITS`], so no event's cost can overflow an `i64` (at most about
+//! 8.6 × 10^15 micro-units: two token wholes of `u32::MAX` at the highest price, plus the fee). The cost grows
+//! with every token count: more tokens of any type never make an event cheaper.
 //!
 //! **One model, one price.** An event is priced for the model that served it (`model_served`: the model the
 //! upstream named in its answer, else the instance's model override, else the route's name), never for the one
@@ -41,7 +60,10 @@
 //! versions looked at, an event is priced by the latest whose `effective_from` is at or before the event's time
 //! (`finished_at_ms`). An event with no version in force — a model unknown with its family, or a time before the
 //! model's first version (the family is not consulted then) — is unpriced: cost 0, no currency, price version
-//! `""`; ingest counts it in `billing_events_unpriced_total` and logs its served model once.
+//! `""`; ingest counts it in `billing_events_unpriced_total`, logs its served model once, and keeps the number of
+//! distinct unpriced served models in `billing_unpriced_models`. An empty `price_version` is the flag: the
+//! ledger's `unpriced` column (migration 0007) is `price_version = ''`, and
+//! [`crate::reports::unpriced`] lists the unpriced served models of a time range.
 //!
 //! Validation reports every problem of the file at once, each with its path (`prices[2].input_per_mtok: …`).
 //!
@@ -57,30 +79,45 @@ use std::sync::{Arc, PoisonError, RwLock};
 use chrono::{DateTime, NaiveDate, SecondsFormat};
 use serde::Deserialize;
 pub use tollgate_schemas::prices::{
-    MAX_PRICE_UNITS, MICROS_PER_UNIT, PriceEntry, PriceListValidator, PriceVersion, format_micros,
-    parse_micros,
+    MAX_PRICE_UNITS, MAX_REQUEST_FEE_UNITS, MICROS_PER_UNIT, PriceEntry, PriceListValidator, PriceVersion,
+    format_micros, parse_micros,
 };
+use tollgate_schemas::usage::Outcome;
 
 use crate::error::BillingError;
 
-/// The tokens of one event that a price applies to.
+/// The tokens of one event that a price applies to, and whether its request was served by a provider (the
+/// per-request fee applies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TokenUsage {
-    /// Prompt tokens, cached ones included.
+    /// Prompt tokens, cached ones and cache writes included.
     pub prompt: u32,
-    /// Cached prompt tokens, when the provider reported them.
+    /// Cached prompt tokens (read from the provider's prompt cache), when the provider reported them.
     pub cached_prompt: Option<u32>,
-    /// Completion tokens.
+    /// Prompt tokens written to the prompt cache for 5 minutes, when reported.
+    pub cache_write_5m: Option<u32>,
+    /// Prompt tokens written to the prompt cache for an hour, when reported.
+    pub cache_write_1h: Option<u32>,
+    /// Completion tokens, reasoning ones included.
     pub completion: u32,
+    /// Of the completion, the reasoning tokens, when reported.
+    pub reasoning: Option<u32>,
+    /// True when the request was served by a provider ([`charges_request_fee`]): the version's `per_request`
+    /// fee is added.
+    pub served: bool,
 }
 
 impl TokenUsage {
-    /// The tokens a usage event reports.
+    /// The tokens a usage event reports, and whether its outcome carries the per-request fee.
     pub fn of(data: &tollgate_schemas::usage::UsageRecorded) -> Self {
         Self {
             prompt: data.prompt_tokens,
             cached_prompt: data.cached_prompt_tokens,
+            cache_write_5m: data.cache_write_5m_tokens,
+            cache_write_1h: data.cache_write_1h_tokens,
             completion: data.completion_tokens,
+            reasoning: data.reasoning_tokens,
+            served: charges_request_fee(data.outcome),
         }
     }
 
@@ -89,20 +126,66 @@ impl TokenUsage {
         self.cached_prompt.unwrap_or(0).min(self.prompt)
     }
 
-    /// Prompt tokens billed at the input price: the prompt less its cached part.
+    /// 5-minute cache writes, at most the prompt tokens not cached.
+    pub fn cache_write_5m(&self) -> u32 {
+        self.cache_write_5m.unwrap_or(0).min(self.prompt - self.cached())
+    }
+
+    /// 1-hour cache writes, at most the prompt tokens neither cached nor 5-minute writes.
+    pub fn cache_write_1h(&self) -> u32 {
+        self.cache_write_1h
+            .unwrap_or(0)
+            .min(self.prompt - self.cached() - self.cache_write_5m())
+    }
+
+    /// Prompt tokens billed at the input price: the prompt less its cached part and its cache writes (never
+    /// negative: the parts are clamped in that order so that they never exceed the prompt).
     pub fn uncached(&self) -> u32 {
-        self.prompt - self.cached()
+        self.prompt - self.cached() - self.cache_write_5m() - self.cache_write_1h()
+    }
+
+    /// Reasoning tokens, at most the completion tokens.
+    pub fn reasoning(&self) -> u32 {
+        self.reasoning.unwrap_or(0).min(self.completion)
+    }
+
+    /// Completion tokens billed at the output price: the completion less its reasoning part.
+    pub fn output(&self) -> u32 {
+        self.completion - self.reasoning()
     }
 }
 
-/// The cost of `usage` under `version`, in micro-units of its currency, rounded half up.
+/// Whether an event with this outcome is charged its price version's `per_request` fee: when a provider served
+/// the request — `ok`, and `client_cancelled` and `upstream_cut`, which a provider started answering. Not
+/// `upstream_error` (every attempt failed: the provider refused the request or could not be reached, and
+/// providers do not bill failed requests) nor `rejected_quota`/`rejected_rate_limit` (no provider was asked).
+pub fn charges_request_fee(outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Ok | Outcome::ClientCancelled | Outcome::UpstreamCut => true,
+        Outcome::UpstreamError | Outcome::RejectedQuota | Outcome::RejectedRateLimit => false,
+    }
+}
+
+/// The cost of `usage` under `version`, in micro-units of its currency: the token-weighted sum divided by a
+/// million, rounded half up once, plus the per-request fee when the request was served (see the module docs).
 pub fn cost_micros(version: &PriceVersion, usage: &TokenUsage) -> i64 {
-    let scaled = u128::from(usage.uncached()) * u128::from(version.input_per_mtok)
-        + u128::from(usage.cached()) * u128::from(version.cached_input_per_mtok)
-        + u128::from(usage.completion) * u128::from(version.output_per_mtok);
+    let part = |tokens: u32, price: u64| u128::from(tokens) * u128::from(price);
+    let scaled = part(usage.uncached(), version.input_per_mtok)
+        + part(usage.cached(), version.cached_input_per_mtok)
+        + part(usage.cache_write_5m(), version.cache_write_5m_per_mtok)
+        + part(usage.cache_write_1h(), version.cache_write_1h_per_mtok)
+        + part(usage.output(), version.output_per_mtok)
+        + part(usage.reasoning(), version.reasoning_per_mtok);
     let half = u128::from(MICROS_PER_UNIT / 2);
-    let micros = (scaled + half) / u128::from(MICROS_PER_UNIT);
-    // Cannot exceed 3 × u32::MAX × MAX_PRICE_UNITS, far below i64::MAX.
+    let fee = if usage.served {
+        u128::from(version.per_request_micros)
+    } else {
+        0
+    };
+    let micros = (scaled + half) / u128::from(MICROS_PER_UNIT) + fee;
+    // The prompt's parts sum to at most u32::MAX tokens and so do the completion's, each at most
+    // MAX_PRICE_UNITS per million tokens: at most 2 × u32::MAX × MAX_PRICE_UNITS units (≈ 8.6 × 10^15
+    // micro-units), plus a fee of at most MAX_REQUEST_FEE_UNITS — far below i64::MAX.
     i64::try_from(micros).unwrap_or(i64::MAX)
 }
 
@@ -329,8 +412,8 @@ fn is_snapshot_date(text: &str) -> bool {
     }
 }
 
-/// Every version as an aligned table (id, currency, unit prices per million tokens, in force from), for
-/// `check-prices`.
+/// Every version as an aligned table (id, currency, unit prices per million tokens of every token type, the
+/// per-request fee, in force from), for `check-prices`.
 pub fn describe(table: &PriceTable) -> String {
     use crate::reports::table::{Align, Table};
     let mut out = Table::new(&[
@@ -340,6 +423,10 @@ pub fn describe(table: &PriceTable) -> String {
         ("input/Mtok", Align::Right),
         ("cached/Mtok", Align::Right),
         ("output/Mtok", Align::Right),
+        ("write5m/Mtok", Align::Right),
+        ("write1h/Mtok", Align::Right),
+        ("reasoning/Mtok", Align::Right),
+        ("per request", Align::Right),
     ]);
     let price = |micros: u64| format_micros(i64::try_from(micros).unwrap_or(i64::MAX));
     for version in table.versions() {
@@ -354,6 +441,10 @@ pub fn describe(table: &PriceTable) -> String {
             price(version.input_per_mtok),
             price(version.cached_input_per_mtok),
             price(version.output_per_mtok),
+            price(version.cache_write_5m_per_mtok),
+            price(version.cache_write_1h_per_mtok),
+            price(version.reasoning_per_mtok),
+            price(version.per_request_micros),
         ]);
     }
     out.render()
@@ -461,6 +552,8 @@ mod tests {
             prompt,
             cached_prompt: cached,
             completion,
+            served: true,
+            ..TokenUsage::default()
         }
     }
 
@@ -601,10 +694,268 @@ mod tests {
             input_per_mtok: MAX_PRICE_UNITS * MICROS_PER_UNIT,
             cached_input_per_mtok: MAX_PRICE_UNITS * MICROS_PER_UNIT,
             output_per_mtok: MAX_PRICE_UNITS * MICROS_PER_UNIT,
+            cache_write_5m_per_mtok: MAX_PRICE_UNITS * MICROS_PER_UNIT,
+            cache_write_1h_per_mtok: MAX_PRICE_UNITS * MICROS_PER_UNIT,
+            reasoning_per_mtok: MAX_PRICE_UNITS * MICROS_PER_UNIT,
+            per_request_micros: MAX_REQUEST_FEE_UNITS * MICROS_PER_UNIT,
         };
         let cost = cost_micros(&top, &usage(u32::MAX, Some(u32::MAX / 2), u32::MAX));
         // Every token at 1,000,000 units per million tokens: one unit (a million micro-units) per token.
-        assert_eq!(cost, 2 * i64::from(u32::MAX) * 1_000_000);
+        assert_eq!(cost, 2 * i64::from(u32::MAX) * 1_000_000 + 1_000_000_000);
+        // Every counter at its largest, every type reported: the parts never exceed their wholes.
+        let all = TokenUsage {
+            prompt: u32::MAX,
+            cached_prompt: Some(u32::MAX),
+            cache_write_5m: Some(u32::MAX),
+            cache_write_1h: Some(u32::MAX),
+            completion: u32::MAX,
+            reasoning: Some(u32::MAX),
+            served: true,
+        };
+        assert_eq!(cost_micros(&top, &all), cost);
+    }
+
+    /// The Anthropic-style version of the token-type tests: every price different, so that a token at the
+    /// wrong price shows.
+    const SONNET: &str = r#"
+        [[prices]]
+        model = "claude-sonnet-4-5"
+        effective_from = "2026-01-01"
+        currency = "USD"
+        input_per_mtok = "3"
+        cached_input_per_mtok = "0.30"
+        cache_write_5m_per_mtok = "3.75"
+        cache_write_1h_per_mtok = "6"
+        output_per_mtok = "15"
+        reasoning_per_mtok = "20"
+        per_request = "0.01"
+    "#;
+
+    fn sonnet() -> PriceVersion {
+        PriceTable::from_toml(SONNET)
+            .unwrap()
+            .version("claude-sonnet-4-5@2026-01-01")
+            .unwrap()
+            .clone()
+    }
+
+    /// One token type alone: `n` tokens of it (and of its whole), no fee.
+    fn only(kind: &str, n: u32) -> TokenUsage {
+        let mut usage = TokenUsage::default();
+        match kind {
+            "input" => usage.prompt = n,
+            "cached" => (usage.prompt, usage.cached_prompt) = (n, Some(n)),
+            "write_5m" => (usage.prompt, usage.cache_write_5m) = (n, Some(n)),
+            "write_1h" => (usage.prompt, usage.cache_write_1h) = (n, Some(n)),
+            "output" => usage.completion = n,
+            "reasoning" => (usage.completion, usage.reasoning) = (n, Some(n)),
+            other => panic!("{other}"),
+        }
+        usage
+    }
+
+    #[test]
+    fn each_token_type_is_charged_at_its_own_price() {
+        let version = sonnet();
+        for (kind, micros) in [
+            ("input", 3_000_000),
+            ("cached", 300_000),
+            ("write_5m", 3_750_000),
+            ("write_1h", 6_000_000),
+            ("output", 15_000_000),
+            ("reasoning", 20_000_000),
+        ] {
+            assert_eq!(cost_micros(&version, &only(kind, 1_000_000)), micros, "{kind}");
+        }
+        // All at once, each part of its whole: 1,000 prompt = 100 cached + 200 5-min writes + 300 1-h writes +
+        // 400 uncached; 500 completion = 150 reasoning + 350 output.
+        // 400 × 3 + 100 × 0.30 + 200 × 3.75 + 300 × 6 + 350 × 15 + 150 × 20 = 12,030 micro-USD, + 0.01 fee.
+        let mixed = TokenUsage {
+            prompt: 1_000,
+            cached_prompt: Some(100),
+            cache_write_5m: Some(200),
+            cache_write_1h: Some(300),
+            completion: 500,
+            reasoning: Some(150),
+            served: true,
+        };
+        assert_eq!(
+            (
+                mixed.uncached(),
+                mixed.cached(),
+                mixed.cache_write_5m(),
+                mixed.cache_write_1h()
+            ),
+            (400, 100, 200, 300)
+        );
+        assert_eq!((mixed.output(), mixed.reasoning()), (350, 150));
+        assert_eq!(cost_micros(&version, &mixed), 12_030 + 10_000);
+        // Not served by a provider: no fee.
+        let refused = TokenUsage {
+            served: false,
+            ..mixed
+        };
+        assert_eq!(cost_micros(&version, &refused), 12_030);
+    }
+
+    #[test]
+    fn reasoning_tokens_are_charged_once_at_the_reasoning_price_or_else_the_output_price() {
+        let thinking = TokenUsage {
+            completion: 1_000,
+            reasoning: Some(400),
+            ..TokenUsage::default()
+        };
+        // 600 × 15 + 400 × 20 = 17,000: never 1,000 × 15 + 400 × 20.
+        assert_eq!(cost_micros(&sonnet(), &thinking), 17_000);
+        // Without a reasoning price they are output tokens: 1,000 × 0.60 = 600, as without reasoning.
+        let mini = table().version("gpt-4o-mini@2026-01-01").unwrap().clone();
+        assert_eq!(
+            cost_micros(&mini, &thinking),
+            cost_micros(&mini, &usage(0, None, 1_000))
+        );
+        assert_eq!(cost_micros(&mini, &thinking), 600);
+    }
+
+    #[test]
+    fn the_parts_never_exceed_their_whole() {
+        // More reported than the prompt has: cached first, then 5-minute, then 1-hour writes take what is left.
+        let over = TokenUsage {
+            prompt: 100,
+            cached_prompt: Some(60),
+            cache_write_5m: Some(30),
+            cache_write_1h: Some(50),
+            completion: 10,
+            reasoning: Some(25),
+            served: false,
+        };
+        assert_eq!(
+            (
+                over.cached(),
+                over.cache_write_5m(),
+                over.cache_write_1h(),
+                over.uncached()
+            ),
+            (60, 30, 10, 0)
+        );
+        assert_eq!((over.reasoning(), over.output()), (10, 0));
+        // 60 × 0.30 + 30 × 3.75 + 10 × 6 + 10 × 20 = 390.5 → 391.
+        assert_eq!(cost_micros(&sonnet(), &over), 391);
+    }
+
+    #[test]
+    fn an_entry_with_only_the_older_fields_prices_every_event_as_before() {
+        // The formula before reasoning and cache writes had prices: (prompt − cached) × input + cached × cached
+        // + completion × output.
+        let before = |v: &PriceVersion, u: &TokenUsage| {
+            let scaled = u128::from(u.prompt - u.cached()) * u128::from(v.input_per_mtok)
+                + u128::from(u.cached()) * u128::from(v.cached_input_per_mtok)
+                + u128::from(u.completion) * u128::from(v.output_per_mtok);
+            i64::try_from((scaled + 500_000) / 1_000_000).unwrap()
+        };
+        let version = table().version("gpt-4o-mini@2026-01-01").unwrap().clone();
+        for usage in [
+            usage(1_200, Some(1_000), 300),
+            TokenUsage {
+                prompt: 5_000,
+                cached_prompt: Some(1_000),
+                cache_write_5m: Some(2_000),
+                cache_write_1h: Some(1_500),
+                completion: 700,
+                reasoning: Some(650),
+                served: true,
+            },
+            TokenUsage {
+                prompt: 3,
+                cache_write_5m: Some(9),
+                completion: 1,
+                reasoning: Some(1),
+                ..TokenUsage::default()
+            },
+        ] {
+            assert_eq!(
+                cost_micros(&version, &usage),
+                before(&version, &usage),
+                "{usage:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_fee_is_charged_when_a_provider_served_the_request() {
+        let charged: Vec<&str> = [
+            Outcome::Ok,
+            Outcome::UpstreamError,
+            Outcome::ClientCancelled,
+            Outcome::UpstreamCut,
+            Outcome::RejectedQuota,
+            Outcome::RejectedRateLimit,
+        ]
+        .into_iter()
+        .filter(|o| charges_request_fee(*o))
+        .map(Outcome::as_str)
+        .collect();
+        assert_eq!(charged, ["ok", "client_cancelled", "upstream_cut"]);
+        // Once per event, even without tokens; never for an unpriced event.
+        let table = PriceTable::from_toml(SONNET).unwrap();
+        let served = TokenUsage {
+            served: true,
+            ..TokenUsage::default()
+        };
+        let at = ms("2026-06-01T00:00:00Z");
+        assert_eq!(table.charge("claude-sonnet-4-5", at, &served).cost_micros, 10_000);
+        assert_eq!(table.charge("claude-opus", at, &served).cost_micros, 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn more_tokens_of_any_type_never_cost_less(
+            prompt in 0u32..2_000_000,
+            cached in proptest::option::of(0u32..2_000_000),
+            write_5m in proptest::option::of(0u32..2_000_000),
+            write_1h in proptest::option::of(0u32..2_000_000),
+            completion in 0u32..2_000_000,
+            reasoning in proptest::option::of(0u32..2_000_000),
+            served: bool,
+            kind in 0usize..6,
+            more in 1u32..1_000_000,
+            prices in proptest::array::uniform7(0u64..50_000_000),
+        ) {
+            let version = PriceVersion {
+                input_per_mtok: prices[0],
+                cached_input_per_mtok: prices[1],
+                cache_write_5m_per_mtok: prices[2],
+                cache_write_1h_per_mtok: prices[3],
+                output_per_mtok: prices[4],
+                reasoning_per_mtok: prices[5],
+                per_request_micros: prices[6],
+                ..sonnet()
+            };
+            let usage = TokenUsage { prompt, cached_prompt: cached, cache_write_5m: write_5m,
+                                     cache_write_1h: write_1h, completion, reasoning, served };
+            // Tokens of one type more, and as many more in its whole (a part of the prompt is prompt too).
+            let grow = |n: Option<u32>| Some(n.unwrap_or(0) + more);
+            let mut grown = usage;
+            match kind {
+                0 => grown.prompt += more,
+                1 => (grown.prompt, grown.cached_prompt) = (prompt + more, grow(cached)),
+                2 => (grown.prompt, grown.cache_write_5m) = (prompt + more, grow(write_5m)),
+                3 => (grown.prompt, grown.cache_write_1h) = (prompt + more, grow(write_1h)),
+                4 => grown.completion += more,
+                _ => (grown.completion, grown.reasoning) = (completion + more, grow(reasoning)),
+            }
+            proptest::prop_assert!(
+                cost_micros(&version, &grown) >= cost_micros(&version, &usage),
+                "{usage:?} → {grown:?}"
+            );
+            // The parts always add up to their wholes.
+            for u in [usage, grown] {
+                proptest::prop_assert_eq!(
+                    u.uncached() + u.cached() + u.cache_write_5m() + u.cache_write_1h(),
+                    u.prompt
+                );
+                proptest::prop_assert_eq!(u.output() + u.reasoning(), u.completion);
+            }
+        }
     }
 
     #[test]
@@ -991,12 +1342,43 @@ mod tests {
     #[test]
     fn describe_lists_every_version() {
         let expected = "\
-price_version                     in force from (UTC)   currency  input/Mtok  cached/Mtok  output/Mtok
-claude-haiku@2026-06-01           2026-06-01T00:00:00Z  EUR             1.00         1.00         5.00
-gpt-4o-mini@2026-01-01            2026-01-01T00:00:00Z  USD             0.15        0.075         0.60
-gpt-4o-mini@2026-11-15T11:00:00Z  2026-11-15T11:00:00Z  USD             0.10         0.05         0.40
+price_version                     in force from (UTC)   currency  input/Mtok  cached/Mtok  output/Mtok  write5m/Mtok  write1h/Mtok  reasoning/Mtok  per request
+claude-haiku@2026-06-01           2026-06-01T00:00:00Z  EUR             1.00         1.00         5.00          1.00          1.00            5.00         0.00
+gpt-4o-mini@2026-01-01            2026-01-01T00:00:00Z  USD             0.15        0.075         0.60          0.15          0.15            0.60         0.00
+gpt-4o-mini@2026-11-15T11:00:00Z  2026-11-15T11:00:00Z  USD             0.10         0.05         0.40          0.10          0.10            0.40         0.00
 ";
         assert_eq!(describe(&table()), expected);
+    }
+
+    #[test]
+    fn the_local_stacks_price_file_prices_anthropic_cache_writes_and_gemini_thinking() {
+        let table = PriceTable::from_toml(include_str!("../../../compose/prices.toml")).unwrap();
+        let at = ms("2026-01-01T00:00:00Z");
+        // 10,000 prompt tokens: 2,000 read from the cache, 3,000 written for 5 min, 1,000 for 1 h, 4,000 uncached;
+        // 500 completion tokens: 4,000 × 3 + 2,000 × 0.30 + 3,000 × 3.75 + 1,000 × 6 + 500 × 15 = 37,350.
+        let sonnet = TokenUsage {
+            prompt: 10_000,
+            cached_prompt: Some(2_000),
+            cache_write_5m: Some(3_000),
+            cache_write_1h: Some(1_000),
+            completion: 500,
+            reasoning: None,
+            served: true,
+        };
+        let charge = table.charge("claude-sonnet-4-5-20250929", at, &sonnet);
+        assert_eq!(
+            (charge.price_version(), charge.cost_micros),
+            ("claude-sonnet-4-5@2025-09-29", 37_350)
+        );
+        // 1,000 prompt, 300 completion of which 200 thinking: 1,000 × 0.30 + 100 × 2.50 + 200 × 2.50 = 1,050.
+        let gemini = TokenUsage {
+            prompt: 1_000,
+            completion: 300,
+            reasoning: Some(200),
+            served: true,
+            ..TokenUsage::default()
+        };
+        assert_eq!(table.charge("gemini-2.5-flash", at, &gemini).cost_micros, 1_050);
     }
 
     #[test]

@@ -397,6 +397,44 @@ mod tests {
     }
 
     #[test]
+    fn the_row_is_priced_for_every_token_type_and_the_fee_by_outcome() {
+        let prices = PriceTable::from_toml(
+            r#"
+            [[prices]]
+            model = "meta-llama/Llama-3-8B"
+            effective_from = "2026-11-01"
+            currency = "USD"
+            input_per_mtok = "2"
+            cached_input_per_mtok = "0.5"
+            cache_write_5m_per_mtok = "2.5"
+            cache_write_1h_per_mtok = "4"
+            output_per_mtok = "8"
+            reasoning_per_mtok = "10"
+            per_request = "0.0001"
+            "#,
+        )
+        .unwrap();
+        // 12 prompt = 8 cached + 3 5-min writes + 1 uncached; 40 completion = 30 output + 10 reasoning:
+        // 1 × 2 + 8 × 0.5 + 3 × 2.5 + 30 × 8 + 10 × 10 = 353.5 → 354, + 100 (upstream_cut: a provider answered).
+        let mut event = streamed_event();
+        event.data.cache_write_5m_tokens = Some(3);
+        event.data.reasoning_tokens = Some(10);
+        let row = usage_row(&event, &at(), 0, &prices).unwrap();
+        assert_eq!(row.cost_micros, 454);
+        assert_eq!(
+            (
+                row.reasoning_tokens,
+                row.cache_write_5m_tokens,
+                row.cache_write_1h_tokens
+            ),
+            (Some(10), Some(3), None)
+        );
+        // Every attempt failed: no fee.
+        event.data.outcome = Outcome::UpstreamError;
+        assert_eq!(usage_row(&event, &at(), 0, &prices).unwrap().cost_micros, 354);
+    }
+
+    #[test]
     fn the_golden_event_is_priced_by_the_family_of_its_dated_snapshot() {
         let event: UsageEvent = serde_json::from_str(FIXTURE).unwrap();
         let prices = PriceTable::from_toml(

@@ -11,6 +11,12 @@
 //! not recompute it (a line's amount differs from tokens × unit price by the per-event rounding, at most half a
 //! micro-unit per event).
 //!
+//! Token columns are the parts each charged at one price, as [`crate::ledger::pricing::TokenUsage`] splits an
+//! event: `input_tokens` (the prompt less its cached part and cache writes), `cached_input_tokens`,
+//! `cache_write_5m_tokens`, `cache_write_1h_tokens` (together the prompt), `output_tokens` (the completion less
+//! its reasoning part) and `reasoning_tokens` (together the completion). For events without reasoning or cache
+//! writes — every event written before they were reported — the columns are what they always were.
+//!
 //! Events with no price in force are lines of their own (no price version, no currency, amount 0) and are
 //! counted apart from the totals. Shown as a table ([`Invoice::to_table`]), JSON (through `Serialize`, amounts
 //! as exact decimal strings beside their micro-units) or CSV ([`Invoice::to_csv`]).
@@ -119,18 +125,29 @@ struct LedgerLine {
     input_tokens: u64,
     cached_input_tokens: u64,
     output_tokens: u64,
+    cache_write_5m_tokens: u64,
+    cache_write_1h_tokens: u64,
+    reasoning_tokens: u64,
     amount_micros: i64,
 }
 
-/// Prices per million tokens, as exact decimals of the currency.
+/// Prices per million tokens (and per request), as exact decimals of the currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnitPrices {
     /// Per million uncached prompt tokens.
     pub input_per_mtok: String,
     /// Per million cached prompt tokens.
     pub cached_input_per_mtok: String,
-    /// Per million completion tokens.
+    /// Per million completion tokens that are not reasoning tokens.
     pub output_per_mtok: String,
+    /// Per million prompt tokens written to the prompt cache for 5 minutes.
+    pub cache_write_5m_per_mtok: String,
+    /// Per million prompt tokens written to the prompt cache for an hour.
+    pub cache_write_1h_per_mtok: String,
+    /// Per million reasoning tokens.
+    pub reasoning_per_mtok: String,
+    /// The fee per request served by a provider.
+    pub per_request: String,
 }
 
 /// One line item: a served model under one price version.
@@ -144,12 +161,18 @@ pub struct LineItem {
     pub currency: String,
     /// Requests (events).
     pub requests: u64,
-    /// Prompt tokens billed at the input price (the prompt less its cached part).
+    /// Prompt tokens billed at the input price (the prompt less its cached part and cache writes).
     pub input_tokens: u64,
     /// Cached prompt tokens.
     pub cached_input_tokens: u64,
-    /// Completion tokens.
+    /// Completion tokens billed at the output price (the completion less its reasoning part).
     pub output_tokens: u64,
+    /// Prompt tokens written to the prompt cache for 5 minutes.
+    pub cache_write_5m_tokens: u64,
+    /// Prompt tokens written to the prompt cache for an hour.
+    pub cache_write_1h_tokens: u64,
+    /// Reasoning tokens (of the completion).
+    pub reasoning_tokens: u64,
     /// The version's unit prices, when the price table given knows it.
     pub unit_prices: Option<UnitPrices>,
     /// The sum of the events' costs, in micro-units of `currency`.
@@ -169,8 +192,14 @@ pub struct CurrencyTotal {
     pub input_tokens: u64,
     /// Cached prompt tokens.
     pub cached_input_tokens: u64,
-    /// Completion tokens.
+    /// Completion tokens billed at the output price.
     pub output_tokens: u64,
+    /// Prompt tokens written to the prompt cache for 5 minutes.
+    pub cache_write_5m_tokens: u64,
+    /// Prompt tokens written to the prompt cache for an hour.
+    pub cache_write_1h_tokens: u64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: u64,
     /// Micro-units of `currency`.
     pub amount_micros: i64,
     /// The same, as an exact decimal.
@@ -229,16 +258,24 @@ pub async fn invoice_of(
 ) -> Result<Invoice, BillingError> {
     let table = plain_identifier(table, "table")?;
     let column = billed.column();
-    // The month's events of one consumer, once each, by served model, price version and currency. Cached tokens
-    // are part of the prompt and never more than it, as in pricing.
+    // The month's events of one consumer (team, organisation), once each, by served model, price version and
+    // currency, the tokens split into the parts pricing charges (each clamped to what is left of its whole, as in
+    // pricing).
+    let parts = TokenParts::sql();
     let sql = format!(
         "SELECT model_served, price_version, currency, count(), \
-         toUInt64(sum(prompt_tokens - least(ifNull(cached_prompt_tokens, 0), prompt_tokens))), \
-         sum(least(ifNull(cached_prompt_tokens, 0), prompt_tokens)), sum(completion_tokens), sum(cost_micros) \
+         toUInt64(sum({input})), toUInt64(sum({cached})), toUInt64(sum({output})), \
+         toUInt64(sum({write_5m})), toUInt64(sum({write_1h})), toUInt64(sum({reasoning})), sum(cost_micros) \
          FROM {table} FINAL \
          WHERE {column} = ? AND event_time >= toDateTime(?) AND event_time < toDateTime(?) \
          GROUP BY model_served, price_version, currency \
-         ORDER BY model_served, price_version, currency"
+         ORDER BY model_served, price_version, currency",
+        input = parts.input,
+        cached = parts.cached,
+        output = parts.output,
+        write_5m = parts.write_5m,
+        write_1h = parts.write_1h,
+        reasoning = parts.reasoning,
     );
     let seconds = |t: DateTime<Utc>| crate::ledger::store::datetime_seconds(t).unwrap_or(u32::MAX);
     let lines = ch
@@ -264,6 +301,37 @@ pub async fn invoice_of(
     Ok(invoice)
 }
 
+/// The ledger's token columns split as [`crate::ledger::pricing::TokenUsage`] splits an event, as ClickHouse
+/// expressions over one row: every part clamped to what is left of its whole, in pricing's order.
+struct TokenParts {
+    input: String,
+    cached: String,
+    write_5m: String,
+    write_1h: String,
+    output: String,
+    reasoning: String,
+}
+
+impl TokenParts {
+    fn sql() -> Self {
+        let cached = "least(ifNull(cached_prompt_tokens, 0), prompt_tokens)".to_owned();
+        let write_5m = format!("least(ifNull(cache_write_5m_tokens, 0), prompt_tokens - {cached})");
+        let write_1h =
+            format!("least(ifNull(cache_write_1h_tokens, 0), prompt_tokens - {cached} - {write_5m})");
+        let input = format!("prompt_tokens - {cached} - {write_5m} - {write_1h}");
+        let reasoning = "least(ifNull(reasoning_tokens, 0), completion_tokens)".to_owned();
+        let output = format!("completion_tokens - {reasoning}");
+        Self {
+            input,
+            cached,
+            write_5m,
+            write_1h,
+            output,
+            reasoning,
+        }
+    }
+}
+
 impl Invoice {
     fn new(billed: Billed, period: Period, ledger: Vec<LedgerLine>, prices: Option<&PriceTable>) -> Self {
         let mut totals: Vec<CurrencyTotal> = Vec::new();
@@ -282,6 +350,9 @@ impl Invoice {
                             input_tokens: 0,
                             cached_input_tokens: 0,
                             output_tokens: 0,
+                            cache_write_5m_tokens: 0,
+                            cache_write_1h_tokens: 0,
+                            reasoning_tokens: 0,
                             amount_micros: 0,
                             amount: String::new(),
                         });
@@ -293,6 +364,9 @@ impl Invoice {
                 total.input_tokens += line.input_tokens;
                 total.cached_input_tokens += line.cached_input_tokens;
                 total.output_tokens += line.output_tokens;
+                total.cache_write_5m_tokens += line.cache_write_5m_tokens;
+                total.cache_write_1h_tokens += line.cache_write_1h_tokens;
+                total.reasoning_tokens += line.reasoning_tokens;
                 total.amount_micros = total.amount_micros.saturating_add(line.amount_micros);
             }
             let unit_prices = prices
@@ -301,6 +375,10 @@ impl Invoice {
                     input_per_mtok: format_micros(micros(v.input_per_mtok)),
                     cached_input_per_mtok: format_micros(micros(v.cached_input_per_mtok)),
                     output_per_mtok: format_micros(micros(v.output_per_mtok)),
+                    cache_write_5m_per_mtok: format_micros(micros(v.cache_write_5m_per_mtok)),
+                    cache_write_1h_per_mtok: format_micros(micros(v.cache_write_1h_per_mtok)),
+                    reasoning_per_mtok: format_micros(micros(v.reasoning_per_mtok)),
+                    per_request: format_micros(micros(v.per_request_micros)),
                 });
             lines.push(LineItem {
                 amount: format_micros(line.amount_micros),
@@ -311,6 +389,9 @@ impl Invoice {
                 input_tokens: line.input_tokens,
                 cached_input_tokens: line.cached_input_tokens,
                 output_tokens: line.output_tokens,
+                cache_write_5m_tokens: line.cache_write_5m_tokens,
+                cache_write_1h_tokens: line.cache_write_1h_tokens,
+                reasoning_tokens: line.reasoning_tokens,
                 unit_prices,
                 amount_micros: line.amount_micros,
             });
@@ -355,10 +436,17 @@ impl Invoice {
             ("requests", Align::Right),
             ("input_tokens", Align::Right),
             ("cached_input_tokens", Align::Right),
+            ("cache_write_5m_tokens", Align::Right),
+            ("cache_write_1h_tokens", Align::Right),
             ("output_tokens", Align::Right),
+            ("reasoning_tokens", Align::Right),
             ("input/Mtok", Align::Right),
             ("cached/Mtok", Align::Right),
+            ("write5m/Mtok", Align::Right),
+            ("write1h/Mtok", Align::Right),
             ("output/Mtok", Align::Right),
+            ("reasoning/Mtok", Align::Right),
+            ("per request", Align::Right),
             ("currency", Align::Left),
             ("amount", Align::Right),
         ]);
@@ -379,10 +467,17 @@ impl Invoice {
                 line.requests.to_string(),
                 line.input_tokens.to_string(),
                 line.cached_input_tokens.to_string(),
+                line.cache_write_5m_tokens.to_string(),
+                line.cache_write_1h_tokens.to_string(),
                 line.output_tokens.to_string(),
+                line.reasoning_tokens.to_string(),
                 unit(|u| &u.input_per_mtok),
                 unit(|u| &u.cached_input_per_mtok),
+                unit(|u| &u.cache_write_5m_per_mtok),
+                unit(|u| &u.cache_write_1h_per_mtok),
                 unit(|u| &u.output_per_mtok),
+                unit(|u| &u.reasoning_per_mtok),
+                unit(|u| &u.per_request),
                 if line.currency.is_empty() {
                     "-".to_owned()
                 } else {
@@ -398,7 +493,14 @@ impl Invoice {
                 total.requests.to_string(),
                 total.input_tokens.to_string(),
                 total.cached_input_tokens.to_string(),
+                total.cache_write_5m_tokens.to_string(),
+                total.cache_write_1h_tokens.to_string(),
                 total.output_tokens.to_string(),
+                total.reasoning_tokens.to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -421,7 +523,8 @@ impl Invoice {
     }
 
     /// CSV with a header: one record per line item, then one per currency total (model `total`, no price
-    /// version, no unit prices). Unit prices are empty when unknown.
+    /// version, no unit prices). Unit prices are empty when unknown. The columns of reasoning, cache writes and
+    /// the per-request fee come after `amount`, so that the columns before it keep their positions.
     pub fn to_csv(&self) -> Result<String, BillingError> {
         let mut writer = csv::Writer::from_writer(Vec::new());
         let failed = |e: csv::Error| BillingError::Output(e.to_string());
@@ -440,6 +543,13 @@ impl Invoice {
                 "cached_input_per_mtok",
                 "output_per_mtok",
                 "amount",
+                "cache_write_5m_tokens",
+                "cache_write_1h_tokens",
+                "reasoning_tokens",
+                "cache_write_5m_per_mtok",
+                "cache_write_1h_per_mtok",
+                "reasoning_per_mtok",
+                "per_request",
             ])
             .map_err(failed)?;
         let period = self.period.to_string();
@@ -464,6 +574,13 @@ impl Invoice {
                     unit(|u| &u.cached_input_per_mtok),
                     unit(|u| &u.output_per_mtok),
                     line.amount.clone(),
+                    line.cache_write_5m_tokens.to_string(),
+                    line.cache_write_1h_tokens.to_string(),
+                    line.reasoning_tokens.to_string(),
+                    unit(|u| &u.cache_write_5m_per_mtok),
+                    unit(|u| &u.cache_write_1h_per_mtok),
+                    unit(|u| &u.reasoning_per_mtok),
+                    unit(|u| &u.per_request),
                 ])
                 .map_err(failed)?;
         }
@@ -483,6 +600,13 @@ impl Invoice {
                     String::new(),
                     String::new(),
                     total.amount.clone(),
+                    total.cache_write_5m_tokens.to_string(),
+                    total.cache_write_1h_tokens.to_string(),
+                    total.reasoning_tokens.to_string(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
                 ])
                 .map_err(failed)?;
         }
@@ -549,6 +673,18 @@ mod tests {
         currency = "EUR"
         input_per_mtok = "1"
         output_per_mtok = "2"
+
+        [[prices]]
+        model = "claude-sonnet-4-5"
+        effective_from = "2026-01-01"
+        currency = "USD"
+        input_per_mtok = "3"
+        cached_input_per_mtok = "0.30"
+        cache_write_5m_per_mtok = "3.75"
+        cache_write_1h_per_mtok = "6"
+        output_per_mtok = "15"
+        reasoning_per_mtok = "15"
+        per_request = "0.001"
     "#;
 
     #[allow(clippy::too_many_arguments)]
@@ -570,11 +706,31 @@ mod tests {
             input_tokens: input,
             cached_input_tokens: cached,
             output_tokens: output,
+            cache_write_5m_tokens: 0,
+            cache_write_1h_tokens: 0,
+            reasoning_tokens: 0,
             amount_micros: amount,
         }
     }
 
     fn sample(prices: Option<&PriceTable>) -> Invoice {
+        // 2 requests: 400 input, 100 cached, 200 + 300 cache writes, 350 output and 150 reasoning tokens:
+        // 400 × 3 + 100 × 0.30 + 200 × 3.75 + 300 × 6 + 350 × 15 + 150 × 15 = 11,280 + 2 × 1,000 in fees.
+        let sonnet = LedgerLine {
+            cache_write_5m_tokens: 200,
+            cache_write_1h_tokens: 300,
+            reasoning_tokens: 150,
+            ..ledger(
+                "claude-sonnet-4-5",
+                "claude-sonnet-4-5@2026-01-01",
+                "USD",
+                2,
+                400,
+                100,
+                350,
+                13_280,
+            )
+        };
         Invoice::new(
             Billed::Consumer("team-a".to_owned()),
             Period::parse("2026-11").unwrap(),
@@ -601,6 +757,7 @@ mod tests {
                     0,
                     1_000_000,
                 ),
+                sonnet,
             ],
             prices,
         )
@@ -623,9 +780,21 @@ mod tests {
             .collect();
         assert_eq!(
             totals,
-            [("EUR", 1, 1_000_000, "1.00"), ("USD", 4, 450_155, "0.450155")]
+            [("EUR", 1, 1_000_000, "1.00"), ("USD", 6, 463_435, "0.463435")]
         );
-        assert_eq!(invoice.totals[1].input_tokens, 1_000_010);
+        // Every token type adds up by itself.
+        let usd = &invoice.totals[1];
+        assert_eq!(
+            (
+                usd.input_tokens,
+                usd.cached_input_tokens,
+                usd.cache_write_5m_tokens,
+                usd.cache_write_1h_tokens,
+                usd.output_tokens,
+                usd.reasoning_tokens
+            ),
+            (1_000_410, 2_100, 200, 300, 500_355, 150)
+        );
         assert_eq!(invoice.unpriced_requests, 2);
         assert_eq!(invoice.lines[2].amount, "0.00");
         assert_eq!(invoice.lines[0].unit_prices, None, "no price table given");
@@ -637,14 +806,15 @@ mod tests {
         let table = sample(Some(&prices)).to_table();
         let expected = "\
 Invoice for team-a, 2026-11 (2026-11-01T00:00:00Z to 2026-12-01T00:00:00Z, by event time)
-model        price_version           requests  input_tokens  cached_input_tokens  output_tokens  input/Mtok  cached/Mtok  output/Mtok  currency    amount
-gpt-4o-mini  gpt-4o-mini@2026-01-01         3       1000000                 2000         500000        0.15        0.075         0.60  USD       0.450151
-gpt-4o-mini  gpt-4o-mini@2026-11-15         1            10                    0              5           ?            ?            ?  USD       0.000004
-llama-3      (unpriced)                     2            70                    0             30           -            -            -  -             0.00
-llama-3      llama-3@2026-01-01             1       1000000                    0              0        1.00         1.00         2.00  EUR           1.00
----------------------------------------------------------------------------------------------------------------------------------------------------------
-total                                       1       1000000                    0              0                                        EUR           1.00
-total                                       4       1000010                 2000         500005                                        USD       0.450155
+model              price_version                 requests  input_tokens  cached_input_tokens  cache_write_5m_tokens  cache_write_1h_tokens  output_tokens  reasoning_tokens  input/Mtok  cached/Mtok  write5m/Mtok  write1h/Mtok  output/Mtok  reasoning/Mtok  per request  currency    amount
+gpt-4o-mini        gpt-4o-mini@2026-01-01               3       1000000                 2000                      0                      0         500000                 0        0.15        0.075          0.15          0.15         0.60            0.60         0.00  USD       0.450151
+gpt-4o-mini        gpt-4o-mini@2026-11-15               1            10                    0                      0                      0              5                 0           ?            ?             ?             ?            ?               ?            ?  USD       0.000004
+llama-3            (unpriced)                           2            70                    0                      0                      0             30                 0           -            -             -             -            -               -            -  -             0.00
+llama-3            llama-3@2026-01-01                   1       1000000                    0                      0                      0              0                 0        1.00         1.00          1.00          1.00         2.00            2.00         0.00  EUR           1.00
+claude-sonnet-4-5  claude-sonnet-4-5@2026-01-01         2           400                  100                    200                    300            350               150        3.00         0.30          3.75          6.00        15.00           15.00        0.001  USD        0.01328
+----------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------------
+total                                                   1       1000000                    0                      0                      0              0                 0                                                                                                 EUR           1.00
+total                                                   6       1000410                 2100                    200                    300         500355               150                                                                                                 USD       0.463435
 2 request(s) had no price in force and are not in the totals.
 ";
         assert_eq!(table, expected);
@@ -661,7 +831,24 @@ total                                       4       1000010                 2000
         assert_eq!(json["lines"][0]["unit_prices"]["cached_input_per_mtok"], "0.075");
         assert_eq!(json["lines"][1]["unit_prices"], serde_json::Value::Null);
         assert_eq!(json["totals"][1]["currency"], "USD");
-        assert_eq!(json["totals"][1]["amount"], "0.450155");
+        assert_eq!(json["totals"][1]["amount"], "0.463435");
+        let sonnet = &json["lines"][4];
+        assert_eq!(
+            (
+                &sonnet["cache_write_5m_tokens"],
+                &sonnet["cache_write_1h_tokens"],
+                &sonnet["reasoning_tokens"]
+            ),
+            (
+                &serde_json::json!(200),
+                &serde_json::json!(300),
+                &serde_json::json!(150)
+            )
+        );
+        assert_eq!(sonnet["unit_prices"]["cache_write_5m_per_mtok"], "3.75");
+        assert_eq!(sonnet["unit_prices"]["cache_write_1h_per_mtok"], "6.00");
+        assert_eq!(sonnet["unit_prices"]["reasoning_per_mtok"], "15.00");
+        assert_eq!(sonnet["unit_prices"]["per_request"], "0.001");
         assert_eq!(json["unpriced_requests"], 2);
     }
 
@@ -670,13 +857,14 @@ total                                       4       1000010                 2000
         let prices = PriceTable::from_toml(PRICES).unwrap();
         let csv = sample(Some(&prices)).to_csv().unwrap();
         let expected = "\
-consumer,period,model,price_version,currency,requests,input_tokens,cached_input_tokens,output_tokens,input_per_mtok,cached_input_per_mtok,output_per_mtok,amount
-team-a,2026-11,gpt-4o-mini,gpt-4o-mini@2026-01-01,USD,3,1000000,2000,500000,0.15,0.075,0.60,0.450151
-team-a,2026-11,gpt-4o-mini,gpt-4o-mini@2026-11-15,USD,1,10,0,5,,,,0.000004
-team-a,2026-11,llama-3,,,2,70,0,30,,,,0.00
-team-a,2026-11,llama-3,llama-3@2026-01-01,EUR,1,1000000,0,0,1.00,1.00,2.00,1.00
-team-a,2026-11,total,,EUR,1,1000000,0,0,,,,1.00
-team-a,2026-11,total,,USD,4,1000010,2000,500005,,,,0.450155
+consumer,period,model,price_version,currency,requests,input_tokens,cached_input_tokens,output_tokens,input_per_mtok,cached_input_per_mtok,output_per_mtok,amount,cache_write_5m_tokens,cache_write_1h_tokens,reasoning_tokens,cache_write_5m_per_mtok,cache_write_1h_per_mtok,reasoning_per_mtok,per_request
+team-a,2026-11,gpt-4o-mini,gpt-4o-mini@2026-01-01,USD,3,1000000,2000,500000,0.15,0.075,0.60,0.450151,0,0,0,0.15,0.15,0.60,0.00
+team-a,2026-11,gpt-4o-mini,gpt-4o-mini@2026-11-15,USD,1,10,0,5,,,,0.000004,0,0,0,,,,
+team-a,2026-11,llama-3,,,2,70,0,30,,,,0.00,0,0,0,,,,
+team-a,2026-11,llama-3,llama-3@2026-01-01,EUR,1,1000000,0,0,1.00,1.00,2.00,1.00,0,0,0,1.00,1.00,2.00,0.00
+team-a,2026-11,claude-sonnet-4-5,claude-sonnet-4-5@2026-01-01,USD,2,400,100,350,3.00,0.30,15.00,0.01328,200,300,150,3.75,6.00,15.00,0.001
+team-a,2026-11,total,,EUR,1,1000000,0,0,,,,1.00,0,0,0,,,,
+team-a,2026-11,total,,USD,6,1000410,2100,500355,,,,0.463435,200,300,150,,,,
 ";
         assert_eq!(csv, expected);
     }

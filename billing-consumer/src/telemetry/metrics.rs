@@ -39,6 +39,10 @@ pub const DUPLICATES_IN_BATCH: &str = "billing_duplicate_events_in_batch_total";
 /// No model label: the served models are logged once each instead, so the label set cannot grow with what
 /// upstreams answer.
 pub const EVENTS_UNPRICED: &str = "billing_events_unpriced_total";
+/// Distinct served models this process has stored unpriced events of since it started (each also logged once at
+/// warn level), at most [`crate::ingest::UnpricedLog::MAX_MODELS`]. Goes up when a new model is missing from the
+/// price table; an alert on unpriced usage watches this and `billing_events_unpriced_total`.
+pub const UNPRICED_MODELS: &str = "billing_unpriced_models";
 /// Messages of the usage topic not yet committed by the ingest group: high watermark − committed offset, summed
 /// over the topic's partitions.
 pub const CONSUMER_LAG: &str = "billing_consumer_lag_events";
@@ -136,6 +140,12 @@ pub fn describe() {
         Unit::Count,
         "Usage events written with no price in force for their served model at their time (stored with cost 0)."
     );
+    describe_gauge!(
+        UNPRICED_MODELS,
+        Unit::Count,
+        "Distinct served models this process stored unpriced events of since it started (each logged once)."
+    );
+    metrics::gauge!(UNPRICED_MODELS).set(0.0);
     describe_gauge!(
         CONSUMER_LAG,
         Unit::Count,

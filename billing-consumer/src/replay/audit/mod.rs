@@ -5,7 +5,8 @@
 //!    `from − margin` by Kafka time up to the high watermarks at the start, outside any consumer group (nothing
 //!    is committed). [`tally`] keeps the events whose `finished_at_ms` is in `[from, to)`, each id once, and sums
 //!    per consumer, served model (`model_served`) and currency: events, prompt, cached and completion tokens,
-//!    and — with a price table — the cost, priced by the same [`crate::ledger::pricing`] code as ingest; the served
+//!    reasoning tokens and 5-minute and 1-hour prompt-cache writes (absent counts as 0), and — with a price
+//!    table — the cost under every token type's price and the per-request fee, priced by the same [`crate::ledger::pricing`] code as ingest; the served
 //!    models with no price in force are reported (and logged once, at warn level).
 //! 2. **Ledger**: the same sums from ClickHouse, `FINAL`, over the rows with `finished_at_ms` in the range
 //!    (their `event_time` within a day of it too, so only the partitions concerned are read: the envelope time
@@ -15,7 +16,7 @@
 //!
 //! Audit a range that has ended, once ingest has caught up (`billing_consumer_lag_events` at 0): events
 //! produced after the replay started are not read from Kafka but may already be in ClickHouse. A replay holds
-//! every event of the range in memory (about 120 bytes each).
+//! every event of the range in memory (about 140 bytes each).
 
 pub mod report;
 pub mod tally;
@@ -84,6 +85,9 @@ struct LedgerGroup {
     prompt_tokens: u64,
     cached_prompt_tokens: u64,
     completion_tokens: u64,
+    reasoning_tokens: u64,
+    cache_write_5m_tokens: u64,
+    cache_write_1h_tokens: u64,
     cost_micros: i64,
 }
 
@@ -95,6 +99,9 @@ struct LedgerEvent {
     prompt_tokens: u32,
     cached_prompt_tokens: u32,
     completion_tokens: u32,
+    reasoning_tokens: u32,
+    cache_write_5m_tokens: u32,
+    cache_write_1h_tokens: u32,
     cost_micros: i64,
 }
 
@@ -246,7 +253,8 @@ async fn ledger_totals(
     };
     let sql = format!(
         "SELECT consumer_id, model_served, {currency}, count(), sum(prompt_tokens), \
-         sum(ifNull(cached_prompt_tokens, 0)), sum(completion_tokens), {cost} \
+         sum(ifNull(cached_prompt_tokens, 0)), sum(completion_tokens), sum(ifNull(reasoning_tokens, 0)), \
+         sum(ifNull(cache_write_5m_tokens, 0)), sum(ifNull(cache_write_1h_tokens, 0)), {cost} \
          FROM {table} FINAL WHERE {RANGE} GROUP BY consumer_id, model_served{group_by}"
     );
     let (from_s, to_s) = slack_seconds(from_ms, to_ms);
@@ -274,6 +282,9 @@ async fn ledger_totals(
                     prompt_tokens: row.prompt_tokens,
                     cached_prompt_tokens: row.cached_prompt_tokens,
                     completion_tokens: row.completion_tokens,
+                    reasoning_tokens: row.reasoning_tokens,
+                    cache_write_5m_tokens: row.cache_write_5m_tokens,
+                    cache_write_1h_tokens: row.cache_write_1h_tokens,
                     cost_micros: row.cost_micros,
                 },
             )
@@ -297,7 +308,8 @@ async fn ledger_events(
         ("''", "toInt64(0)")
     };
     let sql = format!(
-        "SELECT event_id, {currency}, prompt_tokens, ifNull(cached_prompt_tokens, 0), completion_tokens, {cost} \
+        "SELECT event_id, {currency}, prompt_tokens, ifNull(cached_prompt_tokens, 0), completion_tokens, \
+         ifNull(reasoning_tokens, 0), ifNull(cache_write_5m_tokens, 0), ifNull(cache_write_1h_tokens, 0), {cost} \
          FROM {table} FINAL WHERE consumer_id = ? AND model_served = ? AND {RANGE}"
     );
     let (from_s, to_s) = slack_seconds(from_ms, to_ms);
@@ -324,6 +336,9 @@ async fn ledger_events(
                         prompt_tokens: row.prompt_tokens,
                         cached_prompt_tokens: row.cached_prompt_tokens,
                         completion_tokens: row.completion_tokens,
+                        reasoning_tokens: row.reasoning_tokens,
+                        cache_write_5m_tokens: row.cache_write_5m_tokens,
+                        cache_write_1h_tokens: row.cache_write_1h_tokens,
                         cost_micros: row.cost_micros,
                     },
                 },

@@ -13,11 +13,14 @@ use crate::ledger::pricing::format_micros;
 use crate::reports::table::{Align, Table};
 
 /// The fields compared per group, in the order they are reported.
-pub const FIELDS: [&str; 5] = [
+pub const FIELDS: [&str; 8] = [
     "events",
     "prompt_tokens",
     "cached_prompt_tokens",
     "completion_tokens",
+    "reasoning_tokens",
+    "cache_write_5m_tokens",
+    "cache_write_1h_tokens",
     "cost_micros",
 ];
 
@@ -127,13 +130,16 @@ pub fn differences(
     found
 }
 
-fn fields(totals: &Totals) -> [i64; 5] {
+fn fields(totals: &Totals) -> [i64; 8] {
     let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     [
         signed(totals.events),
         signed(totals.prompt_tokens),
         signed(totals.cached_prompt_tokens),
         signed(totals.completion_tokens),
+        signed(totals.reasoning_tokens),
+        signed(totals.cache_write_5m_tokens),
+        signed(totals.cache_write_1h_tokens),
         totals.cost_micros,
     ]
 }
@@ -158,6 +164,9 @@ pub fn event_differences(
                 r.values.prompt_tokens,
                 r.values.cached_prompt_tokens,
                 r.values.completion_tokens,
+                r.values.reasoning_tokens,
+                r.values.cache_write_5m_tokens,
+                r.values.cache_write_1h_tokens,
             )
         };
         tokens(a) == tokens(b)
@@ -402,8 +411,21 @@ fn describe(record: &EventRecord) -> String {
     } else {
         format!("{} {}", format_micros(v.cost_micros), record.currency)
     };
+    let others = if (
+        v.reasoning_tokens,
+        v.cache_write_5m_tokens,
+        v.cache_write_1h_tokens,
+    ) == (0, 0, 0)
+    {
+        String::new()
+    } else {
+        format!(
+            " (reasoning {}, cache writes 5m/1h {}/{})",
+            v.reasoning_tokens, v.cache_write_5m_tokens, v.cache_write_1h_tokens
+        )
+    };
     format!(
-        "{}/{}/{} {cost}",
+        "{}/{}/{}{others} {cost}",
         v.prompt_tokens, v.cached_prompt_tokens, v.completion_tokens
     )
 }
@@ -427,6 +449,7 @@ mod tests {
             cached_prompt_tokens: cached,
             completion_tokens: completion,
             cost_micros: cost,
+            ..Totals::default()
         }
     }
 
@@ -438,6 +461,7 @@ mod tests {
                 cached_prompt_tokens: 0,
                 completion_tokens: completion,
                 cost_micros: cost,
+                ..EventValues::default()
             },
         }
     }

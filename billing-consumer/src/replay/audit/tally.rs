@@ -2,8 +2,8 @@
 //! currency) the events and their tokens and cost out, each event counted once by id — computed from the
 //! messages alone, without ClickHouse.
 //!
-//! Messages are decoded into a lean view of the event (id, type, consumer, served model, tokens,
-//! `finished_at_ms`), borrowing its strings and skipping the rest, which is what makes replaying a million events
+//! Messages are decoded into a lean view of the event (id, type, consumer, served model, outcome, tokens of
+//! every type, `finished_at_ms`), borrowing its strings and skipping the rest, which is what makes replaying a million events
 //! cheap. An event counts when its `finished_at_ms` is in the audited range; the first delivery of an id counts
 //! and later ones are duplicates. Costs come from [`crate::ledger::pricing`], the same code ingest prices with, for the
 //! served model (`model_served`); the served models with no price in force are collected
@@ -11,7 +11,7 @@
 //! undecodable (ingest keeps it in `usage_events_rejected`); one the lean view reads but ingest rejected (a field
 //! it does not look at is malformed) shows up as an event missing from ClickHouse.
 //!
-//! Memory: every counted event is remembered (id, group, tokens, cost and Kafka position, about 120 bytes with
+//! Memory: every counted event is remembered (id, group, tokens, cost and Kafka position, about 140 bytes with
 //! the hash table's overhead) so that duplicates are recognised and differences can be listed per event.
 
 use std::borrow::Cow;
@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::pricing::{PriceTable, TokenUsage};
+use tollgate_schemas::usage::Outcome;
+
+use crate::ledger::pricing::{PriceTable, TokenUsage, charges_request_fee};
 
 /// What the audit sums over: one consumer's events served by one model (`model_served`), priced in one currency
 /// (`""` when unpriced, or when costs are not compared).
@@ -46,6 +48,12 @@ pub struct Totals {
     pub cached_prompt_tokens: u64,
     /// Completion tokens.
     pub completion_tokens: u64,
+    /// Reasoning tokens (of the completion) as reported (0 when absent).
+    pub reasoning_tokens: u64,
+    /// 5-minute prompt-cache writes (of the prompt) as reported (0 when absent).
+    pub cache_write_5m_tokens: u64,
+    /// 1-hour prompt-cache writes (of the prompt) as reported (0 when absent).
+    pub cache_write_1h_tokens: u64,
     /// Cost in micro-units of the group's currency (0 when costs are not compared).
     pub cost_micros: i64,
 }
@@ -57,6 +65,9 @@ impl Totals {
         self.prompt_tokens += u64::from(values.prompt_tokens);
         self.cached_prompt_tokens += u64::from(values.cached_prompt_tokens);
         self.completion_tokens += u64::from(values.completion_tokens);
+        self.reasoning_tokens += u64::from(values.reasoning_tokens);
+        self.cache_write_5m_tokens += u64::from(values.cache_write_5m_tokens);
+        self.cache_write_1h_tokens += u64::from(values.cache_write_1h_tokens);
         self.cost_micros = self.cost_micros.saturating_add(values.cost_micros);
     }
 
@@ -66,6 +77,9 @@ impl Totals {
         self.prompt_tokens += other.prompt_tokens;
         self.cached_prompt_tokens += other.cached_prompt_tokens;
         self.completion_tokens += other.completion_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cache_write_5m_tokens += other.cache_write_5m_tokens;
+        self.cache_write_1h_tokens += other.cache_write_1h_tokens;
         self.cost_micros = self.cost_micros.saturating_add(other.cost_micros);
     }
 }
@@ -79,6 +93,12 @@ pub struct EventValues {
     pub cached_prompt_tokens: u32,
     /// Completion tokens.
     pub completion_tokens: u32,
+    /// Reasoning tokens as reported (0 when absent).
+    pub reasoning_tokens: u32,
+    /// 5-minute prompt-cache writes as reported (0 when absent).
+    pub cache_write_5m_tokens: u32,
+    /// 1-hour prompt-cache writes as reported (0 when absent).
+    pub cache_write_1h_tokens: u32,
     /// Cost in micro-units (0 when costs are not compared).
     pub cost_micros: i64,
 }
@@ -148,9 +168,16 @@ struct LeanData<'a> {
     consumer_id: Cow<'a, str>,
     #[serde(borrow)]
     model_served: Cow<'a, str>,
+    outcome: Outcome,
     prompt_tokens: u32,
     completion_tokens: u32,
     cached_prompt_tokens: Option<u32>,
+    #[serde(default)]
+    reasoning_tokens: Option<u32>,
+    #[serde(default)]
+    cache_write_5m_tokens: Option<u32>,
+    #[serde(default)]
+    cache_write_1h_tokens: Option<u32>,
     finished_at_ms: u64,
 }
 
@@ -202,7 +229,11 @@ impl Tally {
         let usage = TokenUsage {
             prompt: data.prompt_tokens,
             cached_prompt: data.cached_prompt_tokens,
+            cache_write_5m: data.cache_write_5m_tokens,
+            cache_write_1h: data.cache_write_1h_tokens,
             completion: data.completion_tokens,
+            reasoning: data.reasoning_tokens,
+            served: charges_request_fee(data.outcome),
         };
         let charge = prices
             .as_deref()
@@ -218,6 +249,9 @@ impl Tally {
             prompt_tokens: data.prompt_tokens,
             cached_prompt_tokens: data.cached_prompt_tokens.unwrap_or(0),
             completion_tokens: data.completion_tokens,
+            reasoning_tokens: data.reasoning_tokens.unwrap_or(0),
+            cache_write_5m_tokens: data.cache_write_5m_tokens.unwrap_or(0),
+            cache_write_1h_tokens: data.cache_write_1h_tokens.unwrap_or(0),
             cost_micros: charge.map_or(0, |c| c.cost_micros),
         };
         let currency = charge.as_ref().map_or("", |c| c.currency());
@@ -357,6 +391,7 @@ mod tests {
                 cached_prompt_tokens: 20,
                 completion_tokens: 18,
                 cost_micros: 16,
+                ..Totals::default()
             }
         );
         assert_eq!(totals[&key("team-b", "USD")].events, 1);

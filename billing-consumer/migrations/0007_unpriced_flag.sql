@@ -1,0 +1,14 @@
+-- Unpriced events, queryable by name: an event with no price in force for its served model (nor its family) at
+-- its time is stored with cost_micros 0, currency '' and price_version '' (billing-consumer/src/ledger/pricing.rs).
+-- The empty price_version is the flag; `unpriced` names it, so that a query, a dashboard or an alert reads
+--
+--     SELECT model_served, count() AS events, min(event_time), max(event_time)
+--     FROM usage_events FINAL WHERE unpriced AND event_time >= toDateTime(<from>) GROUP BY model_served
+--
+-- (billing-consumer/src/reports/unpriced.rs runs that query). An ALIAS column is computed when read, never stored:
+-- adding it rewrites no part, every existing row has it at once, and INSERTs (which name their columns) ignore it.
+-- `SELECT *` does not return it; name it. `CREATE TABLE … AS usage_events` (rebuild) copies it.
+--
+-- No per-token-type cost is stored: an event's cost is rounded once, over all its token types, so parts rounded
+-- apart would not add up to it; the parts are recomputed from the token columns and the price version when needed.
+ALTER TABLE usage_events ADD COLUMN unpriced UInt8 ALIAS price_version = '';
