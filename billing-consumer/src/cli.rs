@@ -238,6 +238,10 @@ pub struct QuotaTuning {
     /// counts it at the broker's time instead (and counts it in billing_quota_clock_skew_events_total).
     #[arg(long, default_value = "5m", value_parser = max_clock_skew)]
     pub quota_max_clock_skew: Duration,
+
+    /// Threshold alerts by webhook.
+    #[command(flatten)]
+    pub alerts: AlertArgs,
 }
 
 impl Default for QuotaTuning {
@@ -245,7 +249,90 @@ impl Default for QuotaTuning {
         Self {
             quota_dedup_ids: crate::quota::windows::DEFAULT_DEDUP_CAPACITY,
             quota_max_clock_skew: crate::quota::windows::DEFAULT_MAX_CLOCK_SKEW,
+            alerts: AlertArgs::default(),
         }
+    }
+}
+
+/// Threshold alerts of the quota loop ([`crate::alerts`]): off unless `--alert-webhook-url` is given; checked
+/// at start-up, every problem reported at once.
+#[derive(Debug, Clone, Args)]
+pub struct AlertArgs {
+    /// POST a signed JSON alert here (http:// or https://) when a token limit's window crosses a threshold.
+    /// Alerts are off without it.
+    #[arg(long, env = "TOLLGATE_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+
+    /// The environment variable holding the webhook's HMAC-SHA256 secret (at least 16 bytes); the secret itself
+    /// never goes on the command line.
+    #[arg(long, default_value = crate::alerts::settings::DEFAULT_SECRET_ENV)]
+    pub alert_secret_env: String,
+
+    /// Thresholds in percent of each limit, comma-separated (1 to 1000).
+    #[arg(long, env = "TOLLGATE_ALERT_THRESHOLDS", default_value = "50,80,100")]
+    pub alert_thresholds: String,
+
+    /// The compacted topic where what was sent is kept (read at start, so nothing is sent twice).
+    #[arg(long, default_value = tollgate_schemas::topics::ALERTS_V1)]
+    pub alerts_topic: String,
+
+    /// Delivery attempts per alert (network errors, timeouts, 5xx and 429 are retried), then it is failed.
+    #[arg(long, default_value_t = 8)]
+    pub alert_max_attempts: u32,
+
+    /// The wait after the first failed attempt; doubled after each, with jitter.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub alert_retry_initial: Duration,
+
+    /// The longest wait between attempts.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub alert_retry_max: Duration,
+
+    /// How long one attempt may take.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub alert_timeout: Duration,
+}
+
+impl Default for AlertArgs {
+    fn default() -> Self {
+        let retry = crate::alerts::settings::RetryPolicy::default();
+        Self {
+            alert_webhook_url: None,
+            alert_secret_env: crate::alerts::settings::DEFAULT_SECRET_ENV.to_owned(),
+            alert_thresholds: "50,80,100".to_owned(),
+            alerts_topic: tollgate_schemas::topics::ALERTS_V1.to_owned(),
+            alert_max_attempts: retry.max_attempts,
+            alert_retry_initial: retry.initial_backoff,
+            alert_retry_max: retry.max_backoff,
+            alert_timeout: retry.attempt_timeout,
+        }
+    }
+}
+
+impl AlertArgs {
+    /// The validated settings, reading the secret from the process environment; `None` when alerts are off.
+    pub fn settings(&self) -> Result<Option<crate::alerts::AlertSettings>, BillingError> {
+        self.settings_with_env(|name| std::env::var(name).ok())
+    }
+
+    /// [`AlertArgs::settings`] with `env` for the environment.
+    pub fn settings_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<crate::alerts::AlertSettings>, BillingError> {
+        let input = crate::alerts::settings::AlertInput {
+            url: self.alert_webhook_url.clone(),
+            secret_env: self.alert_secret_env.clone(),
+            thresholds: self.alert_thresholds.clone(),
+            topic: self.alerts_topic.clone(),
+            retry: crate::alerts::settings::RetryPolicy {
+                max_attempts: self.alert_max_attempts,
+                initial_backoff: self.alert_retry_initial,
+                max_backoff: self.alert_retry_max,
+                attempt_timeout: self.alert_timeout,
+            },
+        };
+        crate::alerts::AlertSettings::validate(&input, env)
     }
 }
 
@@ -759,6 +846,53 @@ mod tests {
             panic!("expected run")
         };
         assert_eq!(run.quota_tuning.quota_dedup_ids, 0);
+    }
+
+    #[test]
+    fn alerts_are_off_by_default_and_validated_when_on() {
+        let cli = Cli::try_parse_from(["billing-consumer", "quota", "--config", "t.toml"]).unwrap();
+        let Command::Quota(quota) = &cli.command else {
+            panic!("expected quota")
+        };
+        assert_eq!(quota.tuning.alerts.settings_with_env(|_| None).unwrap(), None);
+        let cli = Cli::try_parse_from([
+            "billing-consumer",
+            "run",
+            "--quota-config",
+            "t.toml",
+            "--alert-webhook-url",
+            "http://127.0.0.1:9/hook",
+            "--alert-secret-env",
+            "HOOK_SECRET",
+            "--alert-thresholds",
+            "90,75",
+            "--alert-max-attempts",
+            "3",
+            "--alert-retry-initial",
+            "10ms",
+        ])
+        .unwrap();
+        let Command::Run(run) = &cli.command else {
+            panic!("expected run")
+        };
+        let secret = |name: &str| (name == "HOOK_SECRET").then(|| "s".repeat(32));
+        let settings = run
+            .quota_tuning
+            .alerts
+            .settings_with_env(secret)
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.thresholds, [75, 90]);
+        assert_eq!(settings.topic, "tollgate.alerts.v1");
+        assert_eq!(settings.retry.max_attempts, 3);
+        assert_eq!(settings.retry.initial_backoff, Duration::from_millis(10));
+        let missing = run
+            .quota_tuning
+            .alerts
+            .settings_with_env(|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("HOOK_SECRET is not set"), "{missing}");
     }
 
     #[test]

@@ -33,6 +33,9 @@
 //!   changed snapshots and heartbeats. [`quota::policy`] reads the scopes from the gateway's TOML (or the config
 //!   topic's resources), [`quota::windows`] is the counting (pure), [`quota::publisher`] writes the quota topic,
 //!   [`quota::lease`] decides which loop publishes.
+//! - [`alerts`] — threshold alerts: the quota loop hands it each snapshot it publishes; a threshold crossed (50,
+//!   80, 100 % by default) is POSTed once to a signed webhook, with what was sent kept on the compacted alerts
+//!   topic so that restarts and lease moves never send it twice.
 //! - [`config_topic`] — with `--config-topic`, follows the admin API's `tollgate.config.v1`: its limits replace
 //!   the gateway file's for the quota loop, live, and its price versions join the price file's for ingest.
 //!   [`config_topic::resources`] is the resource map the topic's changes build (pure).
@@ -45,6 +48,7 @@
 //! computed from the event alone, so every delivery of an event carries the same cost, and invoices are sums of
 //! stored per-event costs that the audit reproduces from Kafka to the micro-unit.
 
+pub mod alerts;
 pub mod cli;
 pub mod config_topic;
 pub mod error;

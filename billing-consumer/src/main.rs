@@ -84,8 +84,17 @@ async fn main() -> anyhow::Result<ExitCode> {
                     None
                 }
             };
-            let quota = file_scopes
-                .map(|scopes| cli.quota(&kafka, &run.topic, &run.quota_topic, scopes, &run.quota_tuning));
+            let alerts = run.quota_tuning.alerts.settings()?;
+            if alerts.is_some() && file_scopes.is_none() {
+                tracing::warn!(
+                    "--alert-webhook-url is ignored: without --quota-config this process computes no quotas."
+                );
+            }
+            let quota = file_scopes.map(|scopes| {
+                let mut quota = cli.quota(&kafka, &run.topic, &run.quota_topic, scopes, &run.quota_tuning);
+                quota.alerts = alerts;
+                quota
+            });
             metrics::install_exporter(run.metrics_listen, Some(clickhouse.clone())).await?;
             let layout = UsageTopicLayout {
                 partitions: run.partitions,
@@ -101,8 +110,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             .await?;
         }
         Command::Quota(args) => {
+            let alerts = args.tuning.alerts.settings()?;
             let scopes = quota::policy::load(&args.config)?;
-            let quota = cli.quota(&kafka, &args.topic, &args.quota_topic, scopes, &args.tuning);
+            let mut quota = cli.quota(&kafka, &args.topic, &args.quota_topic, scopes, &args.tuning);
+            quota.alerts = alerts;
             metrics::install_exporter(args.metrics_listen, None).await?;
             serve(ServiceSettings {
                 kafka: kafka.clone(),

@@ -80,6 +80,14 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
         if made.await?.is_none() {
             return Ok(());
         }
+        if let Some(alerts) = &quota.alerts {
+            let made = until_reachable("create the alerts topic", &shutdown, || {
+                topics::ensure_alerts(&quota.kafka, &alerts.topic)
+            });
+            if made.await?.is_none() {
+                return Ok(());
+            }
+        }
     }
     if let Some((ingest, _)) = &ingest {
         let applied = until_reachable("apply the ClickHouse migrations", &shutdown, || {

@@ -11,3 +11,8 @@ pub const QUOTA_V1: &str = "tollgate.quota.v1";
 
 /// Admin configuration changes. Compacted; key: resource kind and id.
 pub const CONFIG_V1: &str = "tollgate.config.v1";
+
+/// What billing-consumer's threshold alerts sent: one record per alert id (`pending`, then `delivered`,
+/// `rejected` or `failed`), read back at start so no threshold is sent twice. Compacted, one partition; key: the
+/// alert id.
+pub const ALERTS_V1: &str = "tollgate.alerts.v1";

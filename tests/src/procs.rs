@@ -456,11 +456,23 @@ pub struct ChildBillingConfig<'a> {
 impl ChildBillingConsumer {
     /// Starts it (log in `scratch/<name>.log`) and waits until it serves `/metrics`.
     pub async fn start(config: &ChildBillingConfig<'_>, scratch: &Path, name: &str) -> Self {
+        Self::start_with(config, &[], Vec::new(), scratch, name).await
+    }
+
+    /// [`ChildBillingConsumer::start`] with `extra_args` after `run`'s own and `extra_envs` in its environment
+    /// (e.g. the threshold alerts' flags and secret).
+    pub async fn start_with(
+        config: &ChildBillingConfig<'_>,
+        extra_args: &[String],
+        extra_envs: Vec<(&'static str, String)>,
+        scratch: &Path,
+        name: &str,
+    ) -> Self {
         let quota_config = scratch.join(format!("{name}-gateway.toml"));
         std::fs::write(&quota_config, config.gateway_toml).expect("write the quota configuration");
         let port = free_port();
-        let args: Vec<std::ffi::OsString> = vec![
-            "run".into(),
+        let args: Vec<std::ffi::OsString> = [
+            std::ffi::OsString::from("run"),
             "--topic".into(),
             config.usage_topic.into(),
             "--group".into(),
@@ -475,13 +487,17 @@ impl ChildBillingConsumer {
             quota_config.into_os_string(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{port}").into(),
-        ];
-        let envs = vec![
+        ]
+        .into_iter()
+        .chain(extra_args.iter().map(Into::into))
+        .collect();
+        let mut envs = vec![
             ("TOLLGATE_KAFKA_BROKERS", config.brokers.to_owned()),
             ("TOLLGATE_CLICKHOUSE_URL", config.clickhouse_url.to_owned()),
             ("TOLLGATE_CLICKHOUSE_DATABASE", config.database.to_owned()),
             ("RUST_LOG", "info".to_owned()),
         ];
+        envs.extend(extra_envs);
         let mut billing = Self {
             child: None,
             args,

@@ -51,7 +51,10 @@ async fn a_whole_response_passes_through_and_is_billed_with_its_reasoning_and_ca
     assert_eq!(sent.body, expected, "sent as the client sent it, the model aside");
 
     let (input, output, cached, reasoning) = responses_usage(&sent.body);
-    assert_eq!(answer["usage"]["output_tokens_details"]["reasoning_tokens"], REASONING_TOKENS);
+    assert_eq!(
+        answer["usage"]["output_tokens_details"]["reasoning_tokens"],
+        REASONING_TOKENS
+    );
     let row = the_row(&stack, &reply.request_id).await;
     assert_eq!(row["endpoint"], "/v1/responses");
     assert_eq!(row["outcome"], "ok");
@@ -131,7 +134,10 @@ async fn a_consumers_quota_reserves_max_output_tokens_and_refuses_in_openais_sha
     let rows = stack.wait_for_usage_rows(2, Duration::from_secs(30)).await;
     let outcomes: Vec<&str> = rows.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    assert!(outcomes.contains(&"rejected_quota") && outcomes.contains(&"ok"), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&"rejected_quota") && outcomes.contains(&"ok"),
+        "{outcomes:?}"
+    );
     stack.stop().await;
 }
 

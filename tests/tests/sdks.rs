@@ -303,7 +303,9 @@ async fn the_openai_sdk_is_served_by_gemini_with_streams_tools_and_errors() {
     );
     let received = stack.mock.received();
     assert!(
-        received.iter().all(|r| r.path.starts_with("/v1beta/models/gemini-2.5-flash:")),
+        received
+            .iter()
+            .all(|r| r.path.starts_with("/v1beta/models/gemini-2.5-flash:")),
         "{:?}",
         received.iter().map(|r| &r.path).collect::<Vec<_>>()
     );

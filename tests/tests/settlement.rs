@@ -497,9 +497,9 @@ fn received_completion(row: Row, body: &[u8]) -> (Option<u64>, String) {
         };
         if row.responses() {
             match data["type"].as_str() {
-                Some(
-                    "response.output_text.delta" | "response.function_call_arguments.delta",
-                ) => completion.push_str(data["delta"].as_str().unwrap_or("")),
+                Some("response.output_text.delta" | "response.function_call_arguments.delta") => {
+                    completion.push_str(data["delta"].as_str().unwrap_or(""))
+                }
                 Some("response.output_item.added") if data["item"]["type"] == "function_call" => {
                     completion.push_str(data["item"]["name"].as_str().unwrap_or(""));
                 }

@@ -38,3 +38,13 @@ pub async fn ensure_quota(kafka: &KafkaConnection, topic: &str) -> Result<(), Bi
     )
     .await?)
 }
+
+/// Creates the alerts topic `topic` (one partition, compacted: the latest record of each alert id survives) unless
+/// it exists.
+pub async fn ensure_alerts(kafka: &KafkaConnection, topic: &str) -> Result<(), BillingError> {
+    Ok(ensure_spec(
+        &kafka.client_config(crate::kafka::CLIENT_ID),
+        TopicSpec::compacted(topic),
+    )
+    .await?)
+}

@@ -28,6 +28,10 @@
 //!    granted the lease publishes every window it holds at its next heartbeat tick. Gateways additionally ignore a
 //!    snapshot whose watermarks go back, so a stale writer cannot move their view backwards.
 //!
+//! 7. **Alerts** (when configured): every snapshot the loop is about to publish is also handed to
+//!    [`crate::alerts::Alerter`], which POSTs a webhook for each threshold crossed — so only the lease holder
+//!    alerts, and never from a half-rebuilt window.
+//!
 //! [`policy`] reads the scopes from the gateway's configuration file (or the config topic's resources);
 //! [`publisher`] writes to the quota topic.
 
@@ -50,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tollgate_plumbing::kafka::KafkaConnection;
 use tollgate_schemas::quota::QuotaHeartbeat;
 
+use crate::alerts::{self, AlertSettings, Alerter};
 use crate::error::{BillingError, RejectReason};
 use crate::telemetry::metrics as m;
 
@@ -103,6 +108,10 @@ pub async fn run_live(
         &settings.lease_group,
         settings.heartbeat_interval,
     )?;
+    let alerter = match settings.alerts.clone() {
+        Some(alerts) => Some(Alerter::start(alerts, &settings.kafka)?),
+        None => None,
+    };
     let lookback = rebuild_lookback(&settings);
     let scopes = settings.scopes.len();
     metrics::gauge!(m::QUOTA_SCOPES).set(scopes as f64);
@@ -134,6 +143,7 @@ pub async fn run_live(
         max_clock_skew: settings.max_clock_skew,
         kafka: settings.kafka.clone(),
         usage_topic: settings.usage_topic.clone(),
+        alerter,
     };
     crate::telemetry::readiness::STATE.quota_started(settings.heartbeat_interval, now_ms());
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval.max(Duration::from_millis(1)));
@@ -143,6 +153,9 @@ pub async fn run_live(
     let Some(mut reader) = quota.open(lookback, &mut heartbeat, &shutdown).await? else {
         quota.publisher.flush().await;
         quota.lease.stop().await;
+        if let Some(alerter) = quota.alerter.take() {
+            alerter.stop().await;
+        }
         tracing::info!("Quota loop stopped before the usage topic was read.");
         return Ok(());
     };
@@ -201,6 +214,9 @@ pub async fn run_live(
     }
     quota.publisher.flush().await;
     quota.lease.stop().await;
+    if let Some(alerter) = quota.alerter.take() {
+        alerter.stop().await;
+    }
     tracing::info!("Quota loop stopped.");
     Ok(())
 }
@@ -236,6 +252,8 @@ struct QuotaLoop {
     max_clock_skew: Duration,
     kafka: KafkaConnection,
     usage_topic: String,
+    /// Threshold alerts, when configured: fed every snapshot this loop publishes.
+    alerter: Option<Alerter>,
 }
 
 impl QuotaLoop {
@@ -393,6 +411,7 @@ impl QuotaLoop {
                 snapshots = snapshots.len(),
                 "Holding the quota lease: publishing every window."
             );
+            self.alert(&snapshots, true);
             for (key, window_start_ms) in self.publisher.snapshots(snapshots, false).await {
                 self.state.mark_changed(&key, window_start_ms);
             }
@@ -418,6 +437,7 @@ impl QuotaLoop {
         }
         let snapshots = self.state.all_snapshots(now_ms());
         let published = snapshots.len();
+        self.alert(&snapshots, true);
         let failed = self.publisher.snapshots(snapshots, false).await;
         for (key, window_start_ms) in &failed {
             self.state.mark_changed(key, *window_start_ms);
@@ -440,12 +460,26 @@ impl QuotaLoop {
     /// Publishes the changed snapshots; those that fail stay marked.
     async fn publish(&mut self) {
         let snapshots = self.state.take_changed(now_ms());
+        self.alert(&snapshots, false);
         if !snapshots.is_empty() {
             for (key, window_start_ms) in self.publisher.snapshots(snapshots, true).await {
                 self.state.mark_changed(&key, window_start_ms);
             }
         }
         self.publisher.tombstones(self.state.take_expired()).await;
+    }
+
+    /// Hands the snapshots about to be published to the alerts (the loop holds the lease and is not rebuilding);
+    /// `fresh` after a rebuild or a takeover, when every threshold reached is checked against the alerts ledger.
+    fn alert(&mut self, snapshots: &[tollgate_schemas::quota::QuotaSnapshot], fresh: bool) {
+        let now = now_ms();
+        alerts::record_standing(snapshots, now);
+        if let Some(alerter) = &mut self.alerter {
+            let queued = alerter.observe_snapshots(snapshots, fresh, now);
+            if queued > 0 {
+                tracing::debug!(queued, "Thresholds crossed; alerts queued.");
+            }
+        }
     }
 
     async fn heartbeat(&self) {
@@ -496,6 +530,8 @@ pub struct QuotaSettings {
     /// The consumer group whose member holding the quota topic's partition publishes ([`self::lease`]):
     /// the same for every quota loop of `quota_topic`. Default `tollgate-quota-loop/<quota_topic>`.
     pub lease_group: String,
+    /// Threshold alerts by webhook ([`crate::alerts`]); `None`: off.
+    pub alerts: Option<AlertSettings>,
 }
 
 impl QuotaSettings {
@@ -524,6 +560,7 @@ impl QuotaSettings {
             dedup_capacity: self::windows::DEFAULT_DEDUP_CAPACITY,
             max_clock_skew: self::windows::DEFAULT_MAX_CLOCK_SKEW,
             source: source.into(),
+            alerts: None,
         }
     }
 }

@@ -81,6 +81,19 @@ pub const QUOTA_HEARTBEATS: &str = "billing_quota_heartbeats_total";
 /// Per live snapshot: its delivery time minus the Kafka timestamp of the newest event it counts.
 pub const QUOTA_LAG: &str = "billing_quota_lag_seconds";
 
+/// Threshold alerts delivered to the webhook (2xx), by `kind` (token_quota, budget) and `threshold` (percent, one
+/// of the configured thresholds).
+pub const ALERTS_SENT: &str = "billing_alerts_sent_total";
+/// Threshold alerts not delivered, by `reason`: `rejected` (a 4xx other than 429) or `gave_up` (every attempt
+/// failed).
+pub const ALERTS_FAILED: &str = "billing_alerts_failed_total";
+/// From an alert's first attempt to its 2xx, retries included.
+pub const ALERT_DELIVERY_DURATION: &str = "billing_alert_delivery_seconds";
+/// Writes to the alerts topic that failed (each is tried again).
+pub const ALERT_RECORD_FAILURES: &str = "billing_alert_record_failures_total";
+/// Usage of each token limit's current window over its limit, by `scope` (the configured scopes only).
+pub const QUOTA_USED_RATIO: &str = "billing_quota_used_ratio";
+
 /// Kafka producers replaced by a new idempotent session after a failed send, by `producer` (`quota`).
 pub const KAFKA_PRODUCER_RENEWALS: &str = "billing_kafka_producer_renewals_total";
 
@@ -227,6 +240,32 @@ pub fn describe() {
     );
 
     describe_counter!(
+        ALERTS_SENT,
+        Unit::Count,
+        "Threshold alerts delivered to the webhook (2xx), by kind and threshold (percent)."
+    );
+    describe_counter!(
+        ALERTS_FAILED,
+        Unit::Count,
+        "Threshold alerts not delivered, by reason (rejected: a 4xx other than 429; gave_up: every attempt failed)."
+    );
+    describe_histogram!(
+        ALERT_DELIVERY_DURATION,
+        Unit::Seconds,
+        "Time from an alert's first delivery attempt to its 2xx, retries included."
+    );
+    describe_counter!(
+        ALERT_RECORD_FAILURES,
+        Unit::Count,
+        "Writes to the alerts topic that failed (each is tried again)."
+    );
+    describe_gauge!(
+        QUOTA_USED_RATIO,
+        Unit::Count,
+        "Usage of each token limit's current window over its limit (1 = used up), by scope."
+    );
+
+    describe_counter!(
         CONFIG_CHANGES,
         Unit::Count,
         "Changes of the config topic applied (puts, deletes, tombstones that removed a resource), by kind."
@@ -250,11 +289,15 @@ pub fn describe() {
         QUOTA_SNAPSHOTS_PUBLISHED,
         QUOTA_PUBLISH_FAILURES,
         QUOTA_HEARTBEATS,
+        ALERT_RECORD_FAILURES,
     ] {
         metrics::counter!(counter).increment(0);
     }
     for kind in tollgate_schemas::config::ResourceKind::ALL {
         metrics::counter!(CONFIG_CHANGES, "kind" => kind.as_str()).increment(0);
+    }
+    for reason in ["rejected", "gave_up"] {
+        metrics::counter!(ALERTS_FAILED, "reason" => reason).increment(0);
     }
     for reason in RejectReason::ALL {
         metrics::counter!(EVENTS_REJECTED, "reason" => reason.as_str()).increment(0);
