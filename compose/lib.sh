@@ -332,6 +332,7 @@ gateway_config() {
             -e "s/\(127\.0\.0\.1\|localhost\):8090\b/\1:$MOCK_PROVIDER_PORT/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):9092\b/\1:$KAFKA_PORT/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):9465\b/\1:$GATEWAY_METRICS_PORT/g" \
+            -e "s/\(127\.0\.0\.1\|localhost\):9464\b/\1:$BILLING_METRICS_PORT/g" \
             "$src"
         printf '\n# Added by compose/up: the admin API on loopback, its key from compose/admin-key.\n'
         printf '[admin]\nlisten = "127.0.0.1:%s"\nconfig_topic = "%s"\n' "$ADMIN_PORT" "$CONFIG_TOPIC"
