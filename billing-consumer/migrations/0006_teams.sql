@@ -4,5 +4,5 @@
 -- these columns, so they add up exactly to the invoices of the consumers they grouped.
 --
 -- ADD COLUMN only changes metadata: existing parts read the default without being rewritten.
-ALTER TABLE usage_events ADD COLUMN team LowCardinality(String) DEFAULT '';
-ALTER TABLE usage_events ADD COLUMN organization LowCardinality(String) DEFAULT '';
+ALTER TABLE usage_events ADD COLUMN team String DEFAULT '';
+ALTER TABLE usage_events ADD COLUMN organization String DEFAULT '';

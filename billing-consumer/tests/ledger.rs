@@ -44,13 +44,15 @@ async fn migrations_apply_once_and_refuse_a_changed_migration() {
         "cache_write_5m_tokens",
         "cache_write_1h_tokens",
         "unpriced",
+        "team",
+        "organization",
     ] {
         assert!(
             columns.iter().any(|c| c == column),
             "missing {column} in {columns:?}"
         );
     }
-    assert_eq!(columns.len(), 38);
+    assert_eq!(columns.len(), 40);
 
     // Every DateTime column outside the keys states 'UTC' (0004); the key columns cannot be altered, and the
     // server is checked to behave as UTC instead.
