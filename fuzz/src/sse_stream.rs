@@ -19,7 +19,7 @@
 use bytes::Bytes;
 use tollgate_gateway::metering::sse::{EventSplitter, parse_event};
 use tollgate_gateway::metering::stream_usage::{Observed, StreamMeter};
-use tollgate_gateway::protocol::Provider;
+use tollgate_gateway::protocol::{Endpoint, Provider};
 use tollgate_gateway::protocol::usage::Usage;
 
 /// The tee's limit (`pipeline::stream::MAX_EVENT_BYTES`).
@@ -44,7 +44,7 @@ struct Run {
 
 fn feed(provider: Provider, limit: usize, chunks: &[&[u8]]) -> Run {
     let mut splitter = EventSplitter::new(limit);
-    let mut meter = StreamMeter::for_provider(provider);
+    let mut meter = StreamMeter::new(provider, Endpoint::ChatCompletions);
     let mut events = Vec::new();
     let mut observed = Vec::new();
     let mut forwarded = Vec::new();
