@@ -75,6 +75,32 @@ pub(super) fn positive_integer(value: &Value, param: &str) -> Result<u64, Transl
     }
 }
 
+/// An OpenAI `stop`: a string or an array of strings, as the list of stop sequences (empty: none).
+pub(super) fn stop_sequences(value: &Value) -> Result<Vec<Value>, TranslateError> {
+    match value {
+        Value::String(s) => Ok(vec![Value::from(s.as_str())]),
+        Value::Array(list) => {
+            for stop in list {
+                string(stop, "stop")?;
+            }
+            Ok(list.clone())
+        }
+        _ => Err(TranslateError::invalid(
+            "stop",
+            "expected a string or an array of strings",
+        )),
+    }
+}
+
+/// An OpenAI `n` where the upstream answers with one choice: 1 passes, more is refused with `why`.
+pub(super) fn one_choice(value: &Value, why: &str) -> Result<(), TranslateError> {
+    match value.as_u64() {
+        Some(1) => Ok(()),
+        Some(0) | None => Err(TranslateError::invalid("n", "expected a positive integer")),
+        Some(_) => Err(TranslateError::unsupported("n", why)),
+    }
+}
+
 pub(super) fn boolean(value: &Value, param: &str) -> Result<bool, TranslateError> {
     value
         .as_bool()
@@ -143,35 +169,15 @@ pub fn openai_object_to_anthropic(
                 out.insert("top_p".to_owned(), Value::from(number(value, "top_p")?));
             }
             "stop" => {
-                let stops: Vec<Value> = match value {
-                    Value::String(s) => vec![Value::from(s.as_str())],
-                    Value::Array(list) => {
-                        for stop in list {
-                            string(stop, "stop")?;
-                        }
-                        list.clone()
-                    }
-                    _ => {
-                        return Err(TranslateError::invalid(
-                            "stop",
-                            "expected a string or an array of strings",
-                        ));
-                    }
-                };
+                let stops = stop_sequences(value)?;
                 if !stops.is_empty() {
                     out.insert("stop_sequences".to_owned(), Value::Array(stops));
                 }
             }
-            "n" => match value.as_u64() {
-                Some(1) => {}
-                Some(0) | None => return Err(TranslateError::invalid("n", "expected a positive integer")),
-                Some(_) => {
-                    return Err(TranslateError::unsupported(
-                        "n",
-                        "Anthropic answers with one choice; send one request per choice",
-                    ));
-                }
-            },
+            "n" => one_choice(
+                value,
+                "Anthropic answers with one choice; send one request per choice",
+            )?,
             "user" => {
                 out.insert("metadata".to_owned(), json!({"user_id": string(value, "user")?}));
             }

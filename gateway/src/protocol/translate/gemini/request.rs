@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 
 use super::super::TranslateError;
-use super::super::request::{Dropped, array, boolean, number, positive_integer, string};
+use super::super::request::{
+    Dropped, array, boolean, number, one_choice, positive_integer, stop_sequences, string,
+};
 
 /// A request body in Gemini's protocol, and what the caller needs beside it to send it.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,35 +128,15 @@ pub fn openai_object_to_gemini(body: &Map<String, Value>) -> Result<GeminiReques
                 config.insert("seed".to_owned(), Value::from(seed));
             }
             "stop" => {
-                let stops: Vec<Value> = match value {
-                    Value::String(s) => vec![Value::from(s.as_str())],
-                    Value::Array(list) => {
-                        for stop in list {
-                            string(stop, "stop")?;
-                        }
-                        list.clone()
-                    }
-                    _ => {
-                        return Err(TranslateError::invalid(
-                            "stop",
-                            "expected a string or an array of strings",
-                        ));
-                    }
-                };
+                let stops = stop_sequences(value)?;
                 if !stops.is_empty() {
                     config.insert("stopSequences".to_owned(), Value::Array(stops));
                 }
             }
-            "n" => match value.as_u64() {
-                Some(1) => {}
-                Some(0) | None => return Err(TranslateError::invalid("n", "expected a positive integer")),
-                Some(_) => {
-                    return Err(TranslateError::unsupported(
-                        "n",
-                        "Tollgate sends Gemini one candidate per request; send one request per choice",
-                    ));
-                }
-            },
+            "n" => one_choice(
+                value,
+                "Tollgate sends Gemini one candidate per request; send one request per choice",
+            )?,
             "response_format" => response_format(value, &mut config)?,
             "reasoning_effort" => {
                 let budget = thinking_budget(string(value, "reasoning_effort")?).ok_or_else(|| {
