@@ -21,7 +21,7 @@ use crate::error::BillingError;
 use crate::ingest::IngestSettings;
 use crate::kafka::KafkaSettings;
 use crate::ledger::ClickHouseSettings;
-use crate::ledger::pricing::PriceTable;
+use crate::ledger::pricing::{self, PriceTable};
 use crate::quota::QuotaSettings;
 use crate::quota::policy::ConfiguredScope;
 use crate::replay::audit::AuditSettings;
@@ -530,7 +530,7 @@ fn since_now(input: &str) -> Result<DateTime<Utc>, BillingError> {
 
 /// The price table at `path`, if one is given.
 pub fn load_prices(path: Option<&PathBuf>) -> Result<Option<PriceTable>, BillingError> {
-    path.map(|p| PriceTable::load(p)).transpose()
+    path.map(|p| pricing::load(p)).transpose()
 }
 
 /// `KEY=VALUE` of `--kafka-property`, with the key checked ([`property_problem`]).

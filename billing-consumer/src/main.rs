@@ -237,7 +237,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             );
         }
         Command::CheckPrices(args) => {
-            let prices = pricing::PriceTable::load(&args.prices)?;
+            let prices = pricing::load(&args.prices)?;
             print!("{}", pricing::describe(&prices));
         }
     }

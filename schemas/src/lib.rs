@@ -21,6 +21,7 @@ pub mod config;
 pub mod envelope;
 pub mod json_schema;
 pub mod prices;
+pub mod pricing;
 pub mod quota;
 pub mod topics;
 pub mod usage;
