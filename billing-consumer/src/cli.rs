@@ -223,6 +223,11 @@ pub struct QuotaArgs {
     /// replace the --config file's, live.
     #[arg(long, env = CONFIG_TOPIC_ENV)]
     pub config_topic: Option<String>,
+
+    /// The price file ([[prices]] entries) the spend of budgets is counted at; without it (and without
+    /// config-topic prices) every event counts as unpriced, spending nothing.
+    #[arg(long, env = PRICES_ENV)]
+    pub prices: Option<PathBuf>,
 }
 
 /// The quota loop's tuning, for `run --quota-config` and `quota`.

@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Quota(args) => {
             let alerts = args.tuning.alerts.settings()?;
             let scopes = quota::policy::load(&args.config)?;
+            let prices = cli::load_prices(args.prices.as_ref())?.unwrap_or_default();
             let mut quota = cli.quota(&kafka, &args.topic, &args.quota_topic, scopes, &args.tuning);
             quota.alerts = alerts;
             metrics::install_exporter(args.metrics_listen, None).await?;
@@ -120,7 +121,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 ingest: None,
                 quota: Some(quota),
                 config_topic: args.config_topic.clone(),
-                file_prices: Arc::default(),
+                file_prices: Arc::new(prices),
             })
             .await?;
         }

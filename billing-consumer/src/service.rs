@@ -100,9 +100,8 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
     let follower = match config_topic {
         Some(topic) => {
             let file_scopes = quota.as_ref().map(|q| q.scopes.clone());
-            // Prices matter only to ingest; the quota-only service follows the topic for token limits alone.
-            let file_prices = ingest.is_some().then(|| Arc::clone(&file_prices));
-            match follow(kafka, topic, file_prices, file_scopes, &shutdown).await? {
+            // Prices matter to ingest and to the quota loop's budgets alike.
+            match follow(kafka, topic, Some(Arc::clone(&file_prices)), file_scopes, &shutdown).await? {
                 Some(follower) => Some(follower),
                 None => return Ok(()),
             }
@@ -114,6 +113,7 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
         .and_then(ConfigFollower::prices)
         .unwrap_or_else(|| LivePrices::new(file_prices));
     let policy = follower.as_ref().and_then(ConfigFollower::policy);
+    let prices_for_quota = live_prices.clone();
     let ingesting = async {
         match ingest {
             Some((ingest, _)) => {
@@ -129,7 +129,11 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
     let counting = async {
         match quota {
             Some(quota) => {
-                stop_all_on_error(quota::run_live(quota, policy, shutdown.clone()), &shutdown).await
+                stop_all_on_error(
+                    quota::run_live(quota, policy, prices_for_quota, shutdown.clone()),
+                    &shutdown,
+                )
+                .await
             }
             None => Ok(()),
         }

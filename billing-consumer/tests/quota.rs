@@ -232,6 +232,7 @@ impl Fixture {
             scope: key.to_owned(),
             limit: configured.limit,
             strategy: scope.strategy,
+            currency: None,
             window_start_ms: window.start_ms,
             window_end_ms: window.end_ms,
             used,

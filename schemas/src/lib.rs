@@ -17,6 +17,7 @@
 //! schema; `fixtures/` holds one golden JSON document per published version and a test proves each still
 //! deserializes.
 
+pub mod budget;
 pub mod config;
 pub mod envelope;
 pub mod json_schema;

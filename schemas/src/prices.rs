@@ -54,6 +54,9 @@ pub const MAX_PRICE_UNITS: u64 = 1_000_000;
 pub const MAX_REQUEST_FEE_UNITS: u64 = 1_000;
 /// Decimal places a price may have: one micro-unit is the smallest amount.
 pub const MAX_DECIMALS: usize = 6;
+/// The largest spend budget, in whole currency units: a billion (far above any real budget, far below the
+/// micro-unit arithmetic's limits).
+pub const MAX_BUDGET_UNITS: u64 = 1_000_000_000;
 
 /// A price per million tokens as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +80,11 @@ impl Amount {
     /// The amount in micro-units of a `per_request` fee, or what is wrong with it.
     pub fn fee_micros(&self) -> Result<u64, String> {
         self.micros_at_most(MAX_REQUEST_FEE_UNITS, "per request")
+    }
+
+    /// The amount in micro-units of a spend budget, or what is wrong with it.
+    pub fn budget_micros(&self) -> Result<u64, String> {
+        self.micros_at_most(MAX_BUDGET_UNITS, "for a budget")
     }
 
     /// The amount in micro-units, at most `max_units` whole units (`per` names the unit in the problem).

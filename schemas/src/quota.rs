@@ -42,19 +42,41 @@ pub enum LimitStrategy {
     PromptTokens,
     /// Completion (output) tokens only.
     CompletionTokens,
+    /// Money: micro-units of the scope's currency, each event priced at the model that served it (a spend
+    /// budget, [`crate::budget`]).
+    Spend,
+}
+
+/// What one request consumed, in every unit a scope can count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Amounts {
+    pub prompt: u64,
+    pub completion: u64,
+    /// Its cost in micro-units of `currency`; 0 when it has no price.
+    pub cost_micros: u64,
 }
 
 impl LimitStrategy {
-    /// The tokens of a request with `prompt` and `completion` tokens that count under this strategy.
+    /// The tokens of a request with `prompt` and `completion` tokens that count under this strategy (none for
+    /// [`LimitStrategy::Spend`], which counts money).
     pub fn tokens(self, prompt: u64, completion: u64) -> u64 {
         match self {
             Self::TotalTokens => prompt.saturating_add(completion),
             Self::PromptTokens => prompt,
             Self::CompletionTokens => completion,
+            Self::Spend => 0,
         }
     }
 
-    /// The tokens of a usage event that count under this strategy.
+    /// What of `amounts` counts under this strategy: tokens, or micro-units of money.
+    pub fn amount(self, amounts: &Amounts) -> u64 {
+        match self {
+            Self::Spend => amounts.cost_micros,
+            tokens => tokens.tokens(amounts.prompt, amounts.completion),
+        }
+    }
+
+    /// The tokens of a usage event that count under this strategy (none for [`LimitStrategy::Spend`]).
     pub fn event_tokens(self, event: &UsageRecorded) -> u64 {
         self.tokens(u64::from(event.prompt_tokens), u64::from(event.completion_tokens))
     }
@@ -65,6 +87,7 @@ impl LimitStrategy {
             Self::TotalTokens => "total_tokens",
             Self::PromptTokens => "prompt_tokens",
             Self::CompletionTokens => "completion_tokens",
+            Self::Spend => "spend",
         }
     }
 }
@@ -106,13 +129,165 @@ pub struct TokenLimitConfig {
 pub struct QuotaScope {
     /// Only this consumer's usage; everyone's when `None`.
     pub consumer: Option<String>,
+    /// Only the usage of consumers of this team, or of the teams under it (an event's `team` or
+    /// `organization`, stamped when the request was made); everyone's when `None`.
+    pub team: Option<String>,
     /// Only these requested models (sorted); every model when empty.
     pub models: Vec<String>,
     /// Only usage served by this instance; any instance when `None`.
     pub instance: Option<String>,
-    /// The window length in milliseconds; windows start at multiples of it since the Unix epoch.
-    pub window_ms: u64,
+    /// The windows usage is counted in.
+    pub period: Period,
     pub strategy: LimitStrategy,
+    /// For [`LimitStrategy::Spend`], the currency counted (ISO 4217): events priced in another count nothing.
+    pub currency: Option<String>,
+}
+
+/// Who made a request, as a scope matches it: the consumer and, when it has one, its team and organisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Requester<'a> {
+    pub consumer: &'a str,
+    pub team: Option<&'a str>,
+    pub organization: Option<&'a str>,
+}
+
+impl<'a> Requester<'a> {
+    /// A consumer without a team.
+    pub fn consumer(consumer: &'a str) -> Self {
+        Self {
+            consumer,
+            team: None,
+            organization: None,
+        }
+    }
+
+    /// Who made the request of a usage event, as stamped in it.
+    pub fn of_event(event: &'a UsageRecorded) -> Self {
+        Self {
+            consumer: &event.consumer_id,
+            team: event.team.as_deref(),
+            organization: event.organization.as_deref(),
+        }
+    }
+}
+
+/// The windows of a scope, all in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Period {
+    /// Fixed-length windows starting at multiples of the length since the Unix epoch (a day: midnight UTC).
+    Every { ms: u64 },
+    /// Calendar weeks, Monday 00:00 UTC to the next Monday.
+    Week,
+    /// Calendar months, the 1st 00:00 UTC to the next 1st.
+    Month,
+    /// One window, `[start_ms, end_ms)`; usage outside it counts in no window.
+    Fixed { start_ms: u64, end_ms: u64 },
+}
+
+const DAY_MS: u64 = 86_400_000;
+const WEEK_MS: u64 = 7 * DAY_MS;
+/// 1970-01-05, the first Monday after the epoch (a Thursday).
+const FIRST_MONDAY_MS: u64 = 4 * DAY_MS;
+
+impl Period {
+    /// The window containing `at_ms` (for [`Period::Fixed`], its one window whatever `at_ms`).
+    pub fn window_at(&self, at_ms: u64) -> Window {
+        match *self {
+            Self::Every { ms } => Window::containing(at_ms, ms),
+            Self::Week => {
+                let since = at_ms.saturating_sub(FIRST_MONDAY_MS);
+                let start_ms = FIRST_MONDAY_MS + since - since % WEEK_MS;
+                Window {
+                    start_ms,
+                    end_ms: start_ms.saturating_add(WEEK_MS),
+                }
+            }
+            Self::Month => month_containing(at_ms),
+            Self::Fixed { start_ms, end_ms } => Window { start_ms, end_ms },
+        }
+    }
+
+    /// Whether usage at `at_ms` counts in some window: always, but for a fixed window outside it.
+    pub fn applies_at(&self, at_ms: u64) -> bool {
+        match *self {
+            Self::Fixed { start_ms, end_ms } => (start_ms..end_ms).contains(&at_ms),
+            _ => true,
+        }
+    }
+
+    /// The start of the window before the one starting at `start_ms`; `None` when there is none (a fixed
+    /// window, or the epoch).
+    pub fn previous_start(&self, start_ms: u64) -> Option<u64> {
+        match self {
+            Self::Fixed { .. } => None,
+            _ => start_ms.checked_sub(1).map(|before| self.window_at(before).start_ms),
+        }
+    }
+
+    /// The longest a window lasts: how far back a rebuild must read to recount the current one.
+    pub fn longest_ms(&self) -> u64 {
+        match *self {
+            Self::Every { ms } => ms,
+            Self::Week => WEEK_MS,
+            Self::Month => 31 * DAY_MS,
+            Self::Fixed { start_ms, end_ms } => end_ms.saturating_sub(start_ms),
+        }
+    }
+
+    /// The period in a scope key: `3600s`, `week`, `month`, `1764547200000-1767225600000`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Every { ms } => format!("{}s", ms / 1000),
+            Self::Week => "week".to_owned(),
+            Self::Month => "month".to_owned(),
+            Self::Fixed { start_ms, end_ms } => format!("{start_ms}-{end_ms}"),
+        }
+    }
+
+    /// The period as people say it: `per day`, `per month`, `until 2027-01-01T00:00:00Z`.
+    pub fn describe(&self) -> String {
+        match *self {
+            Self::Every { ms } if ms == DAY_MS => "per day".to_owned(),
+            Self::Every { ms } => format!(
+                "per {}",
+                humantime::format_duration(Duration::from_millis(ms))
+            ),
+            Self::Week => "per week".to_owned(),
+            Self::Month => "per month".to_owned(),
+            Self::Fixed { end_ms, .. } => format!("until {}", rfc3339(end_ms)),
+        }
+    }
+}
+
+/// `at_ms` as an RFC 3339 time in UTC (the number itself when out of range).
+pub fn rfc3339(at_ms: u64) -> String {
+    i64::try_from(at_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || at_ms.to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        )
+}
+
+/// The calendar month (UTC) containing `at_ms`.
+fn month_containing(at_ms: u64) -> Window {
+    use chrono::{Datelike, NaiveDate};
+    let first_of = |year: i32, month: u32| {
+        NaiveDate::from_ymd_opt(year, month, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| u64::try_from(t.and_utc().timestamp_millis()).unwrap_or(0))
+    };
+    let at = i64::try_from(at_ms)
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .unwrap_or_default();
+    let (year, month) = (at.year(), at.month());
+    let next = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    match (first_of(year, month), first_of(next.0, next.1)) {
+        (Some(start_ms), Some(end_ms)) => Window { start_ms, end_ms },
+        _ => Window::containing(at_ms, 31 * DAY_MS),
+    }
 }
 
 /// The longest window of a token or request limit: a year and a day. Longer windows are budgets that never
@@ -178,12 +353,22 @@ impl QuotaScope {
         let mut models = limit.models.clone();
         models.sort();
         models.dedup();
+        if limit.limit_strategy == LimitStrategy::Spend {
+            return Err(vec![(
+                "limit_strategy",
+                "`spend` is for budgets ([[consumers.budgets]], [[teams.budgets]]), not token limits".to_owned(),
+            )]);
+        }
         Ok(Self {
             consumer: consumer.map(str::to_owned),
+            team: None,
             models,
             instance: instance.or(limit.instance.as_deref()).map(str::to_owned),
-            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            period: Period::Every {
+                ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            },
             strategy: limit.limit_strategy,
+            currency: None,
         })
     }
 
@@ -194,6 +379,11 @@ impl QuotaScope {
         if let Some(consumer) = &self.consumer {
             key.push_str("consumer=");
             key.push_str(consumer);
+            key.push(';');
+        }
+        if let Some(team) = &self.team {
+            key.push_str("team=");
+            key.push_str(team);
             key.push(';');
         }
         if !self.models.is_empty() {
@@ -207,28 +397,40 @@ impl QuotaScope {
             key.push(';');
         }
         key.push_str(&format!(
-            "window={}s;strategy={}",
-            self.window_ms / 1000,
+            "window={};strategy={}",
+            self.period.label(),
             self.strategy.as_str()
         ));
+        if let Some(currency) = &self.currency {
+            key.push_str(";currency=");
+            key.push_str(currency);
+        }
         key
     }
 
-    /// Whether a request by `consumer` for `model`, served by `instance`, counts against this scope.
-    pub fn matches(&self, consumer: &str, model: &str, instance: &str) -> bool {
-        self.consumer.as_deref().is_none_or(|c| c == consumer)
+    /// Whether a request by `who` for `model`, served by `instance`, counts against this scope.
+    pub fn matches(&self, who: &Requester<'_>, model: &str, instance: &str) -> bool {
+        self.consumer.as_deref().is_none_or(|c| c == who.consumer)
+            && self
+                .team
+                .as_deref()
+                .is_none_or(|t| who.team == Some(t) || who.organization == Some(t))
             && (self.models.is_empty() || self.models.iter().any(|m| m == model))
             && self.instance.as_deref().is_none_or(|i| i == instance)
     }
 
-    /// Whether a usage event counts against this scope.
+    /// Whether a usage event counts against this scope (its time aside: see [`Period::applies_at`]).
     pub fn matches_event(&self, event: &UsageRecorded) -> bool {
-        self.matches(&event.consumer_id, &event.model_requested, &event.instance)
+        self.matches(
+            &Requester::of_event(event),
+            &event.model_requested,
+            &event.instance,
+        )
     }
 
     /// The window containing `at_ms`.
     pub fn window_at(&self, at_ms: u64) -> Window {
-        Window::containing(at_ms, self.window_ms)
+        self.period.window_at(at_ms)
     }
 }
 
@@ -262,15 +464,18 @@ impl Window {
 pub struct QuotaSnapshot {
     /// The scope's key ([`QuotaScope::key`]); the Kafka key is this key, `@` and `window_start_ms`.
     pub scope: String,
-    /// Tokens allowed per window.
+    /// Tokens allowed per window (micro-units of the currency for [`LimitStrategy::Spend`]).
     pub limit: u64,
-    /// Which tokens count.
+    /// Which tokens count, or money.
     pub strategy: LimitStrategy,
+    /// For a budget ([`LimitStrategy::Spend`]), the currency `limit` and `used` are micro-units of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
     /// Start of the window, Unix epoch milliseconds (inclusive).
     pub window_start_ms: u64,
     /// End of the window, Unix epoch milliseconds (exclusive).
     pub window_end_ms: u64,
-    /// Tokens counted in the window so far.
+    /// Tokens counted in the window so far (micro-units for [`LimitStrategy::Spend`]).
     pub used: u64,
     /// Usage events counted in the window so far.
     pub events: u64,
@@ -403,12 +608,13 @@ mod tests {
             &limit((&["gpt-4o-mini"], Some("vllm"), 10, "1h")),
         )
         .unwrap();
-        assert!(scope.matches("team-a", "gpt-4o-mini", "vllm"));
-        assert!(!scope.matches("team-b", "gpt-4o-mini", "vllm"));
-        assert!(!scope.matches("team-a", "gpt-4o", "vllm"));
-        assert!(!scope.matches("team-a", "gpt-4o-mini", "openai"));
+        let who = Requester::consumer;
+        assert!(scope.matches(&who("team-a"), "gpt-4o-mini", "vllm"));
+        assert!(!scope.matches(&who("team-b"), "gpt-4o-mini", "vllm"));
+        assert!(!scope.matches(&who("team-a"), "gpt-4o", "vllm"));
+        assert!(!scope.matches(&who("team-a"), "gpt-4o-mini", "openai"));
         let everything = QuotaScope::from_limit(None, None, &limit((&[], None, 10, "1h"))).unwrap();
-        assert!(everything.matches("anyone", "any-model", "any-instance"));
+        assert!(everything.matches(&who("anyone"), "any-model", "any-instance"));
     }
 
     #[test]
@@ -439,6 +645,7 @@ mod tests {
             scope: "window=60s;strategy=total_tokens".into(),
             limit: 100,
             strategy: LimitStrategy::TotalTokens,
+            currency: None,
             window_start_ms: 0,
             window_end_ms: 60_000,
             used: 10,

@@ -216,6 +216,16 @@ impl QuotaLoop {
         if scopes.is_empty() {
             return None;
         }
+        // Budgets are priced with the gateways' `[billing] prices` file, as `billing-consumer --prices` would.
+        let prices = toml::from_str::<toml::Value>(gateway_toml)
+            .ok()
+            .and_then(|config| {
+                let path = config.get("billing")?.get("prices")?.as_str()?.to_owned();
+                Some(std::fs::read_to_string(path).expect("the gateways' price file"))
+            })
+            .map_or_else(PriceTable::default, |text| {
+                PriceTable::from_toml(&text).unwrap_or_else(|problems| panic!("the test's price file: {problems:?}"))
+            });
         let mut settings = QuotaSettings::new(
             brokers,
             usage_topic,
@@ -239,7 +249,7 @@ impl QuotaLoop {
                 ingest: None,
                 quota: Some(settings),
                 config_topic: None,
-                file_prices: Arc::default(),
+                file_prices: Arc::new(prices),
             };
             if let Err(e) = runtime.block_on(service::run(service, token)) {
                 panic!("billing-consumer quota loop failed: {e}");
@@ -399,6 +409,13 @@ impl Stack {
             }
         };
         options.spool_dir = Some(spool_dir.clone());
+        let mut billing_section = String::new();
+        if let Some(prices) = &options.prices_toml {
+            // The gateways reserve and settle budgets at the prices billing-consumer bills with.
+            let path = crate::procs::scratch_dir("prices").join("prices.toml");
+            std::fs::write(&path, prices).expect("the test's price file");
+            billing_section.push_str(&format!("prices = \"{}\"\n", path.display()));
+        }
         if options.usage_api {
             let port = free_port();
             let listen: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
@@ -409,7 +426,10 @@ impl Stack {
             )
             .await
             .expect("billing-consumer's endpoint");
-            options.extra_toml = format!("[billing]\nurl = \"http://{listen}\"\n{}", options.extra_toml);
+            billing_section.push_str(&format!("url = \"http://{listen}\"\n"));
+        }
+        if !billing_section.is_empty() {
+            options.extra_toml = format!("[billing]\n{billing_section}{}", options.extra_toml);
         }
         let toml = gateway_toml(
             &infra,

@@ -1,5 +1,5 @@
-//! Threshold alerts: when the usage of a limited subject — a token quota's (scope, window) today, a money
-//! budget's (scope, period) later — crosses one of the configured thresholds (by default 50 %, 80 % and 100 % of
+//! Threshold alerts: when the usage of a limited subject — a token quota's (scope, window) or a money
+//! budget's (scope, period) — crosses one of the configured thresholds (by default 50 %, 80 % and 100 % of
 //! its limit), a signed webhook is POSTed, once per (subject, threshold).
 //!
 //! - **What crosses** (this file): [`crossed`] is the pure check over (previous usage, new usage, limit,
@@ -7,8 +7,8 @@
 //!   ([`AlertKind::TokenQuota`] in tokens, [`AlertKind::Budget`] in a currency's micro-units); [`alert_id`] names
 //!   an (subject, threshold) pair deterministically, so a receiver can deduplicate.
 //! - **The hook** ([`Alerter`]): the quota loop hands it every snapshot it publishes ([`Alerter::observe_snapshots`]),
-//!   only while it holds the lease and is not rebuilding, so only the lease holder alerts. Money budgets call
-//!   [`Alerter::observe`] with their own [`Standing`]s.
+//!   only while it holds the lease and is not rebuilding, so only the lease holder alerts. A budget's snapshots
+//!   carry its currency and alert as [`AlertKind::Budget`].
 //! - **What was sent** ([`ledger`]): the state lives in Kafka, on the compacted alerts topic (one record per alert
 //!   id, `pending` → `delivered` | `rejected` | `failed`), read to its end before anything is sent and followed
 //!   while the process runs, so a restart, a `kill -9` or a lease moving to another process never sends a
@@ -90,16 +90,20 @@ pub struct Standing {
 }
 
 impl Standing {
-    /// A token quota's standing in one snapshot.
+    /// A token quota's or a budget's standing in one snapshot.
     pub fn of_snapshot(snapshot: &QuotaSnapshot) -> Self {
+        let (kind, unit) = match &snapshot.currency {
+            Some(currency) => (AlertKind::Budget, currency.clone()),
+            None => (AlertKind::TokenQuota, UNIT_TOKENS.to_owned()),
+        };
         Self {
-            kind: AlertKind::TokenQuota,
+            kind,
             scope: snapshot.scope.clone(),
             window_start_ms: snapshot.window_start_ms,
             window_end_ms: snapshot.window_end_ms,
             used: snapshot.used,
             limit: snapshot.limit,
-            unit: UNIT_TOKENS.to_owned(),
+            unit,
         }
     }
 

@@ -56,6 +56,7 @@ use tollgate_schemas::quota::QuotaHeartbeat;
 
 use crate::alerts::{self, AlertSettings, Alerter};
 use crate::error::{BillingError, RejectReason};
+use crate::ledger::pricing::LivePrices;
 use crate::telemetry::metrics as m;
 
 use self::lease::Lease;
@@ -81,21 +82,27 @@ pub fn rebuild_lookback(settings: &QuotaSettings) -> Duration {
 
 /// How far back a rebuild of `scopes` reads: their longest window plus [`REBUILD_MARGIN`].
 pub fn lookback_for(scopes: &[ConfiguredScope]) -> Duration {
-    let longest = scopes.iter().map(|s| s.scope.window_ms).max().unwrap_or(0);
+    let longest = scopes
+        .iter()
+        .map(|s| s.scope.period.longest_ms())
+        .max()
+        .unwrap_or(0);
     Duration::from_millis(longest).saturating_add(REBUILD_MARGIN)
 }
 
 /// Runs the quota loop for `settings.scopes` until `shutdown` is cancelled. The quota topic should exist
 /// ([`crate::kafka::topics::ensure_quota`]); the usage topic need not yet (the loop waits for it).
 pub async fn run(settings: QuotaSettings, shutdown: CancellationToken) -> Result<(), BillingError> {
-    run_live(settings, None, shutdown).await
+    run_live(settings, None, LivePrices::default(), shutdown).await
 }
 
 /// Runs the quota loop as [`run`] does; with `policy`, its current value replaces `settings.scopes` and each
-/// new value is applied while the loop runs (see the module docs).
+/// new value is applied while the loop runs (see the module docs). Budgets count each event's cost under the
+/// table `prices` holds when the event is counted.
 pub async fn run_live(
     mut settings: QuotaSettings,
     mut policy: Option<PolicyUpdates>,
+    prices: LivePrices,
     shutdown: CancellationToken,
 ) -> Result<(), BillingError> {
     if let Some(updates) = &mut policy {
@@ -144,6 +151,7 @@ pub async fn run_live(
         kafka: settings.kafka.clone(),
         usage_topic: settings.usage_topic.clone(),
         alerter,
+        prices,
     };
     crate::telemetry::readiness::STATE.quota_started(settings.heartbeat_interval, now_ms());
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval.max(Duration::from_millis(1)));
@@ -254,6 +262,8 @@ struct QuotaLoop {
     usage_topic: String,
     /// Threshold alerts, when configured: fed every snapshot this loop publishes.
     alerter: Option<Alerter>,
+    /// The prices budgets count spend at.
+    prices: LivePrices,
 }
 
 impl QuotaLoop {
@@ -353,7 +363,7 @@ impl QuotaLoop {
             timestamp_ms,
             not_after_ms: Some(timestamp_ms.map_or(read_at_ms, |ms| ms.min(read_at_ms))),
         };
-        match self.state.apply(&event, at) {
+        match self.state.apply(&event, at, &self.prices.current()) {
             Applied::Counted { skewed, .. } => {
                 metrics::counter!(m::QUOTA_EVENTS_APPLIED).increment(1);
                 if skewed {

@@ -6,12 +6,16 @@
 //!
 //! - `[[consumers.token_limits]]` — a consumer's own limits;
 //! - top-level `[[token_limits]]` — limits on everyone's usage (of some models, or of one instance);
-//! - `[instances.token_limit]` — an instance's capacity, over every consumer.
+//! - `[instances.token_limit]` — an instance's capacity, over every consumer;
+//!
+//! and two hold spend budgets ([`tollgate_schemas::budget`]), computed as scopes of the `spend` strategy whose
+//! limit is micro-units of their currency: `[[consumers.budgets]]` and `[[teams.budgets]]`.
 //!
 //! Every problem is reported at once with its path (`consumers[0].token_limits[1].time_window: …`).
 //!
 //! With `--config-topic`, the admin API's resources replace those three sections once the topic held any change
-//! ([`from_resources`]): each `consumer` resource is a `[[consumers]]` table, each `limit` one
+//! ([`from_resources`]): each `consumer` resource is a `[[consumers]]` table, each `team` a `[[teams]]` table,
+//! each `limit` one
 //! `[[token_limits]]` entry (with its `id`), each `instance` an `[[instances]]` table — the same scopes, in the
 //! same order (consumers, limits, instances; each by id), with problems at resource paths
 //! (`limits/daily.time_window: …`). Routes carry no limits.
@@ -22,6 +26,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tollgate_schemas::config::ResourceKind;
+use tollgate_schemas::budget::{BudgetConfig, BudgetHolder};
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 
 use crate::config_topic::resources::Resources;
@@ -34,7 +39,7 @@ pub struct ConfiguredScope {
     pub scope: QuotaScope,
     /// [`QuotaScope::key`], computed once: the scope in its snapshots (their Kafka keys add the window start).
     pub key: String,
-    /// Tokens allowed per window.
+    /// Tokens allowed per window (micro-units of the currency for a budget).
     pub limit: u64,
 }
 
@@ -47,6 +52,8 @@ struct GatewayFile {
     token_limits: Vec<toml::Value>,
     #[serde(default)]
     instances: Vec<InstanceSection>,
+    #[serde(default)]
+    teams: Vec<TeamSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +61,15 @@ struct ConsumerSection {
     name: Option<String>,
     #[serde(default)]
     token_limits: Vec<toml::Value>,
+    #[serde(default)]
+    budgets: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TeamSection {
+    name: Option<String>,
+    #[serde(default)]
+    budgets: Vec<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +84,16 @@ struct ConsumerResource {
     name: Option<String>,
     #[serde(default)]
     token_limits: Vec<serde_json::Value>,
+    #[serde(default)]
+    budgets: Vec<serde_json::Value>,
+}
+
+/// A `team` resource, as far as budgets are concerned.
+#[derive(Debug, Deserialize)]
+struct TeamResource {
+    name: Option<String>,
+    #[serde(default)]
+    budgets: Vec<serde_json::Value>,
 }
 
 /// An `instance` resource, as far as quotas are concerned.
@@ -104,6 +130,22 @@ pub fn from_gateway_toml(text: &str) -> Result<Vec<ConfiguredScope>, Vec<String>
                 None => collector.problem(format!("consumers[{i}].name: missing")),
             }
         }
+        for (j, budget) in consumer.budgets.iter().enumerate() {
+            let path = format!("consumers[{i}].budgets[{j}]");
+            match &consumer.name {
+                Some(name) => collector.add_budget(&path, BudgetHolder::Consumer(name), toml_budget(budget)),
+                None => collector.problem(format!("consumers[{i}].name: missing")),
+            }
+        }
+    }
+    for (i, team) in file.teams.iter().enumerate() {
+        for (j, budget) in team.budgets.iter().enumerate() {
+            let path = format!("teams[{i}].budgets[{j}]");
+            match &team.name {
+                Some(name) => collector.add_budget(&path, BudgetHolder::Team(name), toml_budget(budget)),
+                None => collector.problem(format!("teams[{i}].name: missing")),
+            }
+        }
     }
     for (i, limit) in file.token_limits.iter().enumerate() {
         collector.add(&format!("token_limits[{i}]"), None, None, toml_limit(limit));
@@ -135,6 +177,20 @@ pub fn from_resources(resources: &Resources) -> (Vec<ConfiguredScope>, Vec<Strin
             let path = format!("consumers/{id}.token_limits[{j}]");
             collector.add(&path, Some(name), None, json_limit(limit));
         }
+        for (j, budget) in consumer.budgets.iter().enumerate() {
+            let path = format!("consumers/{id}.budgets[{j}]");
+            collector.add_budget(&path, BudgetHolder::Consumer(name), json_budget(budget));
+        }
+    }
+    for (id, resource) in resources.of_kind(ResourceKind::Team) {
+        let Some(team) = collector.read::<TeamResource>(&format!("teams/{id}"), resource) else {
+            continue;
+        };
+        let name = team.name.as_deref().unwrap_or(id);
+        for (j, budget) in team.budgets.iter().enumerate() {
+            let path = format!("teams/{id}.budgets[{j}]");
+            collector.add_budget(&path, BudgetHolder::Team(name), json_budget(budget));
+        }
     }
     for (id, limit) in resources.of_kind(ResourceKind::Limit) {
         collector.add(&format!("limits/{id}"), None, None, json_limit(limit));
@@ -165,6 +221,16 @@ fn toml_limit(raw: &toml::Value) -> Result<TokenLimitConfig, String> {
 
 fn json_limit(raw: &serde_json::Value) -> Result<TokenLimitConfig, String> {
     TokenLimitConfig::deserialize(raw).map_err(|e| e.to_string())
+}
+
+fn toml_budget(raw: &toml::Value) -> Result<BudgetConfig, String> {
+    raw.clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())
+}
+
+fn json_budget(raw: &serde_json::Value) -> Result<BudgetConfig, String> {
+    BudgetConfig::deserialize(raw).map_err(|e| e.to_string())
 }
 
 /// Scopes and problems gathered so far.
@@ -208,7 +274,30 @@ impl Collector {
                 return;
             }
         };
-        let scope = match QuotaScope::from_limit(consumer, instance, &limit) {
+        let scope = QuotaScope::from_limit(consumer, instance, &limit).map(|scope| (scope, limit.limit));
+        self.add_scope(path, "limit", scope);
+    }
+
+    fn add_budget(&mut self, path: &str, holder: BudgetHolder<'_>, budget: Result<BudgetConfig, String>) {
+        match budget {
+            Ok(budget) => {
+                let scope = budget
+                    .validate(holder)
+                    .map(|budget| (budget.scope, budget.limit_micros));
+                self.add_scope(path, "amount", scope);
+            }
+            Err(problem) => self.problem(format!("{path}: {problem}")),
+        }
+    }
+
+    /// Adds a validated scope with its limit (its field named `limit_field`), or notes its problems.
+    fn add_scope(
+        &mut self,
+        path: &str,
+        limit_field: &str,
+        scope: Result<(QuotaScope, u64), Vec<(&'static str, String)>>,
+    ) {
+        let (scope, limit) = match scope {
             Ok(scope) => scope,
             Err(problems) => {
                 for (field, problem) in problems {
@@ -220,23 +309,18 @@ impl Collector {
         let key = scope.key();
         match self.seen.get(&key) {
             Some((index, first)) => {
-                let configured = self.scopes.get(*index).map_or(limit.limit, |s| s.limit);
-                if configured != limit.limit {
+                let configured = self.scopes.get(*index).map_or(limit, |s| s.limit);
+                if configured != limit {
                     self.problem(format!(
-                        "{path}.limit: {} differs from the limit {configured} of the same scope `{key}` \
-                         at {first}",
-                        limit.limit
+                        "{path}.{limit_field}: {limit} differs from the limit {configured} of the same scope \
+                         `{key}` at {first}"
                     ));
                 }
             }
             None => {
                 self.seen
                     .insert(key.clone(), (self.scopes.len(), path.to_owned()));
-                self.scopes.push(ConfiguredScope {
-                    scope,
-                    key,
-                    limit: limit.limit,
-                });
+                self.scopes.push(ConfiguredScope { scope, key, limit });
             }
         }
     }
@@ -330,7 +414,7 @@ mod tests {
         );
         let team_a = &scopes[0].scope;
         assert_eq!(team_a.consumer.as_deref(), Some("team-a"));
-        assert_eq!(team_a.window_ms, 3_600_000);
+        assert_eq!(team_a.period, tollgate_schemas::quota::Period::Every { ms: 3_600_000 });
         assert_eq!(scopes[2].scope.strategy, LimitStrategy::PromptTokens);
         assert_eq!(scopes[3].scope.instance.as_deref(), Some("openai-1"));
         assert!(scopes.iter().all(|s| s.key == s.scope.key()));

@@ -33,6 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+use tollgate_schemas::pricing::{PriceTable, TokenUsage};
 use tollgate_schemas::quota::{QuotaSnapshot, Watermark, Window};
 use tollgate_schemas::usage::UsageEvent;
 use uuid::Uuid;
@@ -156,12 +157,9 @@ impl ScopeState {
 
     /// Drops the windows before the one before the reference time's.
     fn prune(&mut self) {
-        let keep_from = self
-            .configured
-            .scope
-            .window_at(self.reference_ms)
-            .start_ms
-            .saturating_sub(self.configured.scope.window_ms);
+        let period = &self.configured.scope.period;
+        let current = period.window_at(self.reference_ms).start_ms;
+        let keep_from = period.previous_start(current).unwrap_or(current);
         while let Some(entry) = self.windows.first_entry() {
             if *entry.key() >= keep_from {
                 break;
@@ -178,6 +176,7 @@ impl ScopeState {
             scope: self.configured.key.clone(),
             limit: self.configured.limit,
             strategy: self.configured.scope.strategy,
+            currency: self.configured.scope.currency.clone(),
             window_start_ms: usage.window.start_ms,
             window_end_ms: usage.window.end_ms,
             used: usage.used,
@@ -353,16 +352,21 @@ impl QuotaState {
     }
 
     /// Counts `event`, read at `at`, in every scope it matches, in the window containing its `finished_at_ms` —
-    /// or its broker timestamp when that time is more than the clock-skew bound ahead of it.
-    pub fn apply(&mut self, event: &UsageEvent, at: Position) -> Applied {
+    /// or its broker timestamp when that time is more than the clock-skew bound ahead of it. A spend scope
+    /// counts the event's cost under `prices` (at the model that served it, as the ledger prices it) when it is
+    /// priced in the scope's currency.
+    pub fn apply(&mut self, event: &UsageEvent, at: Position, prices: &PriceTable) -> Applied {
         let data = &event.data;
         let (counted_ms, skewed) = counted_time(data.finished_at_ms, at.not_after_ms, self.max_skew_ms);
         let reference_ms = at.not_after_ms.map_or(counted_ms, |bound| counted_ms.min(bound));
         let event_ms = at.timestamp_ms.unwrap_or(data.finished_at_ms);
         let duplicate = self.recent.contains(&event.id);
         let mut counted = 0;
+        let mut charge = None;
         for scope in &mut self.scopes {
-            if !scope.configured.scope.matches_event(data) {
+            if !scope.configured.scope.matches_event(data)
+                || !scope.configured.scope.period.applies_at(counted_ms)
+            {
                 continue;
             }
             let window = scope.configured.scope.window_at(counted_ms);
@@ -378,9 +382,20 @@ impl QuotaState {
                 .windows
                 .entry(window.start_ms)
                 .or_insert_with(|| WindowUsage::new(window));
-            usage.used = usage
-                .used
-                .saturating_add(scope.configured.scope.strategy.event_tokens(data));
+            let amount = match &scope.configured.scope.currency {
+                Some(currency) => {
+                    let charge = charge.get_or_insert_with(|| {
+                        prices.charge(&data.model_served, data.finished_at_ms, &TokenUsage::of(data))
+                    });
+                    if charge.currency() == currency {
+                        u64::try_from(charge.cost_micros).unwrap_or(0)
+                    } else {
+                        0
+                    }
+                }
+                None => scope.configured.scope.strategy.event_tokens(data),
+            };
+            usage.used = usage.used.saturating_add(amount);
             usage.events += 1;
             usage.advance(&event.source, at.partition, at.offset, event_ms);
             usage.changed = true;
@@ -438,17 +453,14 @@ impl QuotaState {
     pub fn stale_keys(&self, now_ms: u64) -> Vec<String> {
         let mut keys = Vec::new();
         for scope in &self.scopes {
-            let length = scope.configured.scope.window_ms;
-            let keep_from = scope
-                .configured
-                .scope
-                .window_at(now_ms)
-                .start_ms
-                .saturating_sub(length);
-            for back in 1..=2 {
-                let Some(start) = keep_from.checked_sub(back * length) else {
+            let period = &scope.configured.scope.period;
+            let current = period.window_at(now_ms).start_ms;
+            let mut start = period.previous_start(current).unwrap_or(current);
+            for _ in 1..=2 {
+                let Some(before) = period.previous_start(start) else {
                     break;
                 };
+                start = before;
                 if !scope.windows.contains_key(&start) {
                     keys.push(snapshot_key(&scope.configured.key, start));
                 }
@@ -588,14 +600,14 @@ mod tests {
         let keys = scopes.clone().map(|s| s.key);
         let mut state = QuotaState::new(scopes.to_vec(), 100);
         assert_eq!(
-            state.apply(&event("team-a", "m", "i", 10, 3, T0 + 1), at(0, 0)),
+            state.apply(&event("team-a", "m", "i", 10, 3, T0 + 1), at(0, 0), &PriceTable::default()),
             Applied::Counted {
                 scopes: 3,
                 skewed: false
             }
         );
         assert_eq!(
-            state.apply(&event("team-a", "m", "i", 20, 4, T0 + 2), at(0, 1)),
+            state.apply(&event("team-a", "m", "i", 20, 4, T0 + 2), at(0, 1), &PriceTable::default()),
             Applied::Counted {
                 scopes: 3,
                 skewed: false
@@ -628,11 +640,11 @@ mod tests {
         let keys = [&team_a_mini, &global_mini, &everything, &vllm].map(|s| s.key.clone());
         let mut state = QuotaState::new(vec![team_a_mini, global_mini, everything, vllm], 100);
 
-        state.apply(&event("team-a", "gpt-4o-mini", "openai", 1, 0, T0), at(0, 0));
-        state.apply(&event("team-b", "gpt-4o-mini", "vllm", 10, 0, T0), at(1, 0));
-        state.apply(&event("team-a", "claude", "vllm", 100, 0, T0), at(0, 1));
+        state.apply(&event("team-a", "gpt-4o-mini", "openai", 1, 0, T0), at(0, 0), &PriceTable::default());
+        state.apply(&event("team-b", "gpt-4o-mini", "vllm", 10, 0, T0), at(1, 0), &PriceTable::default());
+        state.apply(&event("team-a", "claude", "vllm", 100, 0, T0), at(0, 1), &PriceTable::default());
         assert_eq!(
-            state.apply(&event("team-c", "llama", "local", 1000, 0, T0), at(2, 0)),
+            state.apply(&event("team-c", "llama", "local", 1000, 0, T0), at(2, 0), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -650,7 +662,7 @@ mod tests {
             100,
         );
         assert_eq!(
-            state.apply(&event("team-b", "m", "i", 5, 5, T0), at(0, 0)),
+            state.apply(&event("team-b", "m", "i", 5, 5, T0), at(0, 0), &PriceTable::default()),
             Applied::Counted {
                 scopes: 0,
                 skewed: false
@@ -668,11 +680,11 @@ mod tests {
         let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
         let key = team_a.key.clone();
         let mut state = QuotaState::new(vec![team_a], 100);
-        state.apply(&event("team-a", "m", "i", 10, 0, T0 + HOUR - 1), at(0, 0));
+        state.apply(&event("team-a", "m", "i", 10, 0, T0 + HOUR - 1), at(0, 0), &PriceTable::default());
         let before = state.take_changed(1).remove(0);
         assert_eq!((before.window_start_ms, before.used), (T0, 10));
 
-        state.apply(&event("team-a", "m", "i", 7, 0, T0 + HOUR), at(0, 1));
+        state.apply(&event("team-a", "m", "i", 7, 0, T0 + HOUR), at(0, 1), &PriceTable::default());
         let after = state.take_changed(2).remove(0);
         assert_eq!(
             (after.window_start_ms, after.window_end_ms),
@@ -702,8 +714,8 @@ mod tests {
         let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
         let key = team_a.key.clone();
         let mut state = QuotaState::new(vec![team_a], 100);
-        state.apply(&event("team-a", "m", "i", 10, 0, T0 + 5), at(0, 0));
-        state.apply(&event("team-a", "m", "i", 20, 0, T0 + HOUR + 5), at(0, 1));
+        state.apply(&event("team-a", "m", "i", 10, 0, T0 + 5), at(0, 0), &PriceTable::default());
+        state.apply(&event("team-a", "m", "i", 20, 0, T0 + HOUR + 5), at(0, 1), &PriceTable::default());
         let both = state.take_changed(1);
         assert_eq!(
             both.iter()
@@ -712,7 +724,7 @@ mod tests {
             [(T0, 10), (T0 + HOUR, 20)]
         );
 
-        state.apply(&event("team-a", "m", "i", 3, 0, T0 + 6), at(0, 2));
+        state.apply(&event("team-a", "m", "i", 3, 0, T0 + 6), at(0, 2), &PriceTable::default());
         let late = state.take_changed(2);
         assert_eq!(late.len(), 1, "only the previous window changed: {late:?}");
         assert_eq!(
@@ -723,11 +735,11 @@ mod tests {
         assert!(state.take_expired().is_empty());
 
         // The window two back is dropped once the reference time moves on, and its key reported once.
-        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR), at(0, 3));
+        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR), at(0, 3), &PriceTable::default());
         assert!(state.window(&key, T0).is_none());
         assert_eq!(state.take_expired(), [snapshot_key(&key, T0)]);
         assert!(state.take_expired().is_empty());
-        state.apply(&event("team-a", "m", "i", 99, 0, T0 + 7), at(0, 4));
+        state.apply(&event("team-a", "m", "i", 99, 0, T0 + 7), at(0, 4), &PriceTable::default());
         assert!(
             state.window(&key, T0).is_none(),
             "an event older than the kept windows is dropped"
@@ -756,7 +768,7 @@ mod tests {
         };
         let now = T0 + 30 * 60_000;
         assert_eq!(
-            state.apply(&event("team-a", "m", "i", 10, 0, now), broker(0, now)),
+            state.apply(&event("team-a", "m", "i", 10, 0, now), broker(0, now), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -766,8 +778,7 @@ mod tests {
         assert_eq!(
             state.apply(
                 &event("team-a", "m", "i", 5, 0, now + 24 * HOUR),
-                broker(1, now + 10)
-            ),
+                broker(1, now + 10), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: true
@@ -778,8 +789,7 @@ mod tests {
         assert_eq!(
             state.apply(
                 &event("team-a", "m", "i", 7, 0, near_end + 4 * 60_000),
-                broker(2, near_end)
-            ),
+                broker(2, near_end), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -820,7 +830,7 @@ mod tests {
                 snapshot_key(&key, T0 + 2 * HOUR)
             ]
         );
-        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR + 5), at(0, 0));
+        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR + 5), at(0, 0), &PriceTable::default());
         assert_eq!(state.stale_keys(now), [snapshot_key(&key, T0 + 3 * HOUR)]);
     }
 
@@ -847,14 +857,14 @@ mod tests {
         let mut state = QuotaState::new(vec![team_a], 100);
         let once = event("team-a", "m", "i", 10, 5, T0);
         assert_eq!(
-            state.apply(&once, at(0, 3)),
+            state.apply(&once, at(0, 3), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
             }
         );
         state.take_changed(1);
-        assert_eq!(state.apply(&once, at(0, 9)), Applied::Duplicate);
+        assert_eq!(state.apply(&once, at(0, 9), &PriceTable::default()), Applied::Duplicate);
         let snapshot = state.take_changed(2).remove(0);
         assert_eq!((snapshot.used, snapshot.events), (15, 1));
         assert_eq!(snapshot.watermarks[0].offset, 9);
@@ -867,12 +877,12 @@ mod tests {
         let mut state = QuotaState::new(vec![team_a], 2);
         let events: Vec<_> = (0..3).map(|i| event("team-a", "m", "i", 1, 0, T0 + i)).collect();
         for (i, e) in events.iter().enumerate() {
-            state.apply(e, at(0, i as i64));
+            state.apply(e, at(0, i as i64), &PriceTable::default());
         }
-        assert_eq!(state.apply(&events[2], at(0, 10)), Applied::Duplicate);
-        assert_eq!(state.apply(&events[1], at(0, 11)), Applied::Duplicate);
+        assert_eq!(state.apply(&events[2], at(0, 10), &PriceTable::default()), Applied::Duplicate);
+        assert_eq!(state.apply(&events[1], at(0, 11), &PriceTable::default()), Applied::Duplicate);
         assert_eq!(
-            state.apply(&events[0], at(0, 12)),
+            state.apply(&events[0], at(0, 12), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -886,14 +896,14 @@ mod tests {
             0,
         );
         assert_eq!(
-            off.apply(&events[0], at(0, 0)),
+            off.apply(&events[0], at(0, 0), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
             }
         );
         assert_eq!(
-            off.apply(&events[0], at(0, 1)),
+            off.apply(&events[0], at(0, 1), &PriceTable::default()),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -907,10 +917,10 @@ mod tests {
         let mut state = QuotaState::new(vec![everything], 100);
         let mut from_gw2 = event("team-b", "m", "i", 1, 0, T0);
         from_gw2.source = "tollgate-gateway/gw-2".into();
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 7));
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 4));
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(1, 2));
-        state.apply(&from_gw2, at(0, 5));
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 7), &PriceTable::default());
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 4), &PriceTable::default());
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(1, 2), &PriceTable::default());
+        state.apply(&from_gw2, at(0, 5), &PriceTable::default());
         let snapshot = state.take_changed(1).remove(0);
         let marks: Vec<_> = snapshot
             .watermarks
@@ -939,7 +949,7 @@ mod tests {
             timestamp_ms: None,
             not_after_ms: None,
         };
-        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 42), position);
+        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 42), position, &PriceTable::default());
         assert_eq!(state.take_changed(1)[0].newest_event_ms, T0 + 42);
     }
 
@@ -950,8 +960,8 @@ mod tests {
         let c = scope(Some("team-c"), None, &[], LimitStrategy::TotalTokens);
         let keys_a = a.key.clone();
         let mut state = QuotaState::new(vec![a, b, c.clone()], 100);
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 0));
-        state.apply(&event("team-b", "m", "i", 2, 0, T0 + 3 * HOUR), at(0, 1));
+        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 0), &PriceTable::default());
+        state.apply(&event("team-b", "m", "i", 2, 0, T0 + 3 * HOUR), at(0, 1), &PriceTable::default());
         let all = state.all_snapshots(9);
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|s| s.published_at_ms == 9));
@@ -978,8 +988,8 @@ mod tests {
         let c = scope(Some("team-c"), None, &[], LimitStrategy::TotalTokens);
         let mut state = QuotaState::new(vec![a.clone(), b.clone()], 100);
         let counted = event("team-a", "m", "i", 10, 5, T0);
-        state.apply(&counted, at(0, 0));
-        state.apply(&event("team-b", "m", "i", 1, 0, T0), at(0, 1));
+        state.apply(&counted, at(0, 0), &PriceTable::default());
+        state.apply(&event("team-b", "m", "i", 1, 0, T0), at(0, 1), &PriceTable::default());
         state.take_changed(1);
 
         // The same policy: nothing changes, nothing to publish.
@@ -1014,10 +1024,10 @@ mod tests {
         );
 
         // The removed scope is never published again, and the recent ids are still known.
-        state.apply(&event("team-b", "m", "i", 1, 0, T0 + 1), at(0, 2));
+        state.apply(&event("team-b", "m", "i", 1, 0, T0 + 1), at(0, 2), &PriceTable::default());
         assert!(!state.has_changed());
-        assert_eq!(state.apply(&counted, at(0, 3)), Applied::Duplicate);
-        state.apply(&event("team-c", "m", "i", 2, 0, T0 + 2), at(0, 4));
+        assert_eq!(state.apply(&counted, at(0, 3), &PriceTable::default()), Applied::Duplicate);
+        state.apply(&event("team-c", "m", "i", 2, 0, T0 + 2), at(0, 4), &PriceTable::default());
         let snapshots = state.take_changed(3);
         assert_eq!(
             snapshots

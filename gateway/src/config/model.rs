@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use tollgate_schemas::budget::OnExceed;
+use tollgate_schemas::pricing::PriceTable;
 use tollgate_schemas::quota::QuotaScope;
 use url::Url;
 
@@ -29,6 +31,9 @@ pub struct Config {
     /// Token limits not tied to one consumer: per model (global) or over everything (`[[token_limits]]`).
     pub token_limits: Vec<TokenLimit>,
     pub quota: QuotaConfig,
+    /// The prices budgets reserve and settle at: the `[billing] prices` file's, plus the admin API's price
+    /// versions when the configuration is live.
+    pub prices: std::sync::Arc<PriceTable>,
     pub spool: SpoolConfig,
     /// The admin listener (`[admin]`); it starts only when at least one admin key is configured.
     pub admin: AdminConfig,
@@ -251,6 +256,8 @@ pub struct QuotaConfig {
     pub topic: String,
     /// Reserve the request's `max_tokens` (besides the prompt estimate) at admission, when it gives one.
     pub reserve_max_tokens: bool,
+    /// Output tokens a budget reserves for a request that sets no `max_tokens`.
+    pub budget_output_tokens: u64,
     /// Snapshots older than this (no heartbeat either) put the gateway in degraded mode: it keeps enforcing from
     /// its last snapshots plus its own usage, logs it and sets `tollgate_quota_degraded`.
     pub max_snapshot_age: Duration,
@@ -275,6 +282,16 @@ pub struct TokenLimit {
     pub rejected_msg: String,
     /// The OpenAI error `type` of a rejection.
     pub rejected_type: &'static str,
+    /// For a spend budget: its currency and what happens once it is spent (`limit` is micro-units then).
+    pub budget: Option<BudgetTerms>,
+}
+
+/// What makes a [`TokenLimit`] a spend budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetTerms {
+    /// ISO 4217; `limit` and usage are micro-units of it.
+    pub currency: String,
+    pub on_exceed: OnExceed,
 }
 
 #[derive(Debug, Clone)]
@@ -336,6 +353,8 @@ pub struct BillingConfig {
     pub url: Option<Url>,
     /// Budget for one statement.
     pub timeout: Duration,
+    /// The price file budgets are priced with, when given.
+    pub prices: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -533,10 +552,12 @@ pub struct TeamPath {
 }
 
 /// A team (`[[teams]]`), with its parent if it has one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Team {
     pub name: String,
     pub parent: Option<String>,
+    /// Its spend budgets (scopes of the `spend` strategy over its consumers' requests).
+    pub budgets: Vec<TokenLimit>,
 }
 
 /// A request-rate limit (APISIX's `limit-count`): `count` requests per `time_window`.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tollgate_schemas::budget::BudgetConfig;
 use tollgate_schemas::quota::TokenLimitConfig;
 
 use super::model::HealthMethod;
@@ -197,6 +198,8 @@ pub struct RawBilling {
     /// without it.
     pub url: Option<String>,
     pub timeout: Option<String>,
+    /// The price file (billing-consumer's `--prices`): budgets reserve and settle money at these prices.
+    pub prices: Option<String>,
 }
 
 fn default_admin_listen() -> String {
@@ -308,6 +311,13 @@ pub struct RawQuota {
     /// How long a start waits for the quota feed to read the topic before serving degraded.
     #[serde(default = "default_quota_load_timeout")]
     pub load_timeout: String,
+    /// Output tokens a budget reserves for a request that sets no `max_tokens`.
+    #[serde(default = "default_budget_output_tokens")]
+    pub budget_output_tokens: u64,
+}
+
+fn default_budget_output_tokens() -> u64 {
+    4096
 }
 
 fn default_quota_load_timeout() -> String {
@@ -321,6 +331,7 @@ impl Default for RawQuota {
             reserve_max_tokens: true,
             max_snapshot_age: default_max_snapshot_age(),
             load_timeout: default_quota_load_timeout(),
+            budget_output_tokens: default_budget_output_tokens(),
         }
     }
 }
@@ -538,6 +549,9 @@ pub struct RawConsumer {
     pub limit_count: Option<RawLimitCount>,
     #[serde(default)]
     pub token_limits: Vec<TokenLimitConfig>,
+    /// Spend budgets on the consumer's own requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetConfig>,
 }
 
 /// `[[teams]]`: a group of consumers; a team with a `parent` is part of that team, and a team without one is an
@@ -548,6 +562,9 @@ pub struct RawTeam {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
+    /// Spend budgets on the requests of the team's consumers (an organisation's: of every team under it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -64,7 +64,7 @@ pub async fn consumer(
     let billing = &runtime.config.billing;
     match statement(&clients.billing, billing.url.as_ref(), billing.timeout, &asked).await {
         Ok(mut statement) => {
-            with_quotas(&mut statement, &state.quotas, &principal.consumer);
+            with_quotas(&mut statement, &state.quotas, &runtime.config, &principal.consumer);
             HttpResponse::Ok().json(statement)
         }
         Err(error) => {
@@ -99,7 +99,7 @@ pub async fn admin(req: HttpRequest, live: web::Data<LiveConfig>) -> Result<Http
                 .and_then(Value::as_str)
                 .map(str::to_owned)
             {
-                with_quotas(&mut statement, live.quotas(), &consumer);
+                with_quotas(&mut statement, live.quotas(), &runtime.config, &consumer);
             }
             Ok(HttpResponse::Ok().json(statement))
         }
@@ -115,10 +115,26 @@ pub async fn admin(req: HttpRequest, live: web::Data<LiveConfig>) -> Result<Http
     }
 }
 
-/// Adds `quotas`: where each of `consumer`'s token quotas stands.
-fn with_quotas(statement: &mut Value, quotas: &crate::admission::quota::Quotas, consumer: &str) {
+/// Adds `quotas`: where each of `consumer`'s token quotas and budgets (its own, its team's and its
+/// organisation's, as configured now) stands.
+fn with_quotas(
+    statement: &mut Value,
+    quotas: &crate::admission::quota::Quotas,
+    config: &crate::config::Config,
+    consumer: &str,
+) {
+    let place = config
+        .consumers
+        .iter()
+        .find(|c| c.name == consumer)
+        .and_then(|c| c.team.as_ref());
+    let who = tollgate_schemas::quota::Requester {
+        consumer,
+        team: place.map(|t| t.team.as_str()),
+        organization: place.map(|t| t.organization.as_str()),
+    };
     if let Some(object) = statement.as_object_mut() {
-        let standing = serde_json::to_value(quotas.standing_of(consumer)).unwrap_or(Value::Null);
+        let standing = serde_json::to_value(quotas.standing_of(&who)).unwrap_or(Value::Null);
         object.insert("quotas".to_owned(), standing);
     }
 }

@@ -4,8 +4,8 @@
 //! the file's and running the file's validation, so a change is judged by the same rules as the file, as a whole.
 //!
 //! Problems come back with resource paths instead of file positions: `routes/chat.targets[0].instance: no
-//! instance is named `x``. Prices are not part of the gateway's configuration; they are validated here with the
-//! price file's rules (`tollgate_schemas::prices`) and applied by billing-consumer.
+//! instance is named `x``. Prices are validated here with the price file's rules (`tollgate_schemas::prices`) and
+//! added to the `[billing] prices` file's table, which budgets reserve and settle with.
 
 use std::collections::BTreeMap;
 
@@ -137,7 +137,7 @@ impl ResourceSet {
                 .map(|s| s.expose().to_owned())
                 .or_else(|| std::env::var(name).ok())
         };
-        Config::from_raw(raw, env).map_err(|errors| {
+        let mut config = Config::from_raw(raw, env).map_err(|errors| {
             let tables = [
                 ("instances", ResourceKind::Instance, &instance_ids),
                 ("routes", ResourceKind::Route, &route_ids),
@@ -149,8 +149,12 @@ impl ResourceSet {
                 .0
                 .into_iter()
                 .map(|problem| resource_path(problem, &tables))
-                .collect()
-        })
+                .collect::<Vec<_>>()
+        })?;
+        // The admin API's price versions add to the price file's (checked above), as billing-consumer adds them.
+        let (prices, _) = config.prices.with_resources(self.list(ResourceKind::Price));
+        config.prices = std::sync::Arc::new(prices);
+        Ok(config)
     }
 
     /// The resources of `kind` as their TOML type, in id order, with their ids; a resource that does not

@@ -52,7 +52,8 @@ use uuid::Uuid;
 
 use crate::admission::auth::Principal;
 use crate::admission::limits::{RateFigures, format_reset};
-use crate::admission::quota::{QuotaTicket, TokenFigures};
+use crate::admission::quota::{BudgetFigures, QuotaTicket, TokenFigures};
+use tollgate_schemas::quota::Requester;
 use crate::error::GatewayError;
 use crate::http::inflight::{Permit, VALUE_COST};
 use crate::http::state::{AppState, WorkerClients};
@@ -78,11 +79,13 @@ struct Arrival {
     started_at_ms: u64,
 }
 
-/// Where the consumer stands against its limits, for the `x-ratelimit-*` headers.
-#[derive(Debug, Clone, Copy, Default)]
+/// Where the consumer stands against its limits, for the `x-ratelimit-*` and `x-budget-*` headers.
+#[derive(Debug, Clone, Default)]
 struct LimitFigures {
     requests: Option<RateFigures>,
     tokens: Option<TokenFigures>,
+    /// The budget closest to being spent (or the one that refused).
+    budget: Option<BudgetFigures>,
 }
 
 /// What the pipeline's task hands back to the handler.
@@ -512,19 +515,32 @@ fn admit(
     estimate: Estimate,
     limits: &mut LimitFigures,
 ) -> Result<QuotaTicket, GatewayError> {
+    let route = &request.route;
+    let answering: Vec<&str> = route
+        .targets
+        .iter()
+        .map(|t| t.instance.model.as_deref().unwrap_or(&route.model))
+        .collect();
     let demand = state
         .quotas
-        .demand(estimate.tokens, request.api.max_output_tokens());
-    match state
-        .quotas
-        .admit(&request.principal.consumer, &request.api.model, demand)
-    {
+        .demand(estimate.tokens, request.api.max_output_tokens(), &answering);
+    let requested = demand.prompt + demand.completion;
+    let who = Requester {
+        consumer: &request.principal.consumer,
+        team: request.principal.team.as_deref().map(|t| t.team.as_str()),
+        organization: request.principal.team.as_deref().map(|t| t.organization.as_str()),
+    };
+    match state.quotas.admit_for(&who, &request.api.model, demand) {
         Ok((ticket, figures)) => {
             limits.tokens = figures;
+            limits.budget = ticket.budget_figures().cloned();
             Ok(ticket)
         }
         Err(rejection) => {
-            limits.tokens = Some(rejection.figures);
+            match rejection.budget.clone() {
+                Some(budget) => limits.budget = Some(budget),
+                None => limits.tokens = Some(rejection.figures),
+            }
             metrics::counter!(m::QUOTA_REJECTIONS_TOTAL, "kind" => rejection.kind).increment(1);
             tracing::info!(
                 request_id = %request.arrival.request_id,
@@ -535,7 +551,7 @@ fn admit(
                 remaining = rejection.figures.remaining,
                 counted_by_snapshot = rejection.counted,
                 pending_here = rejection.pending,
-                requested = demand.prompt + demand.completion,
+                requested,
                 retry_after_s = rejection.retry_after.as_secs(),
                 "request rejected: a token quota is used up for this window"
             );
@@ -686,7 +702,17 @@ fn insert_limit_headers(response: &mut HttpResponse, figures: LimitFigures) {
             ("x-ratelimit-reset-tokens", format_reset(f.reset)),
         ]
     });
-    for (name, value) in requests.chain(tokens) {
+    // Amounts in currency units (`0.25`), the reset in seconds (`86400s`), as the token figures are.
+    let money = |micros: u64| tollgate_schemas::prices::format_micros(i64::try_from(micros).unwrap_or(i64::MAX));
+    let budget = figures.budget.into_iter().flat_map(|f| {
+        [
+            ("x-budget-limit", money(f.limit_micros)),
+            ("x-budget-remaining", money(f.remaining_micros)),
+            ("x-budget-currency", f.currency),
+            ("x-budget-reset", format!("{}s", f.reset.as_secs())),
+        ]
+    });
+    for (name, value) in requests.chain(tokens).chain(budget) {
         if let Ok(value) = HeaderValue::from_str(&value) {
             response
                 .headers_mut()

@@ -79,13 +79,6 @@ impl PendingEvent {
         metrics::counter!(m::TOKENS_TOTAL, &labels("completion"))
             .increment(u64::from(usage.completion_tokens));
         let finished_at_ms = self.clock.now_ms();
-        let local = self.quota.and_then(|ticket| {
-            ticket.settle(
-                u64::from(usage.prompt_tokens),
-                u64::from(usage.completion_tokens),
-                finished_at_ms,
-            )
-        });
         let data = UsageRecorded {
             request_id: self.request_id.to_string(),
             consumer_id: self.principal.consumer.to_string(),
@@ -117,6 +110,8 @@ impl PendingEvent {
             started_at_ms: self.started_at_ms,
             finished_at_ms,
         };
+        // Tokens, and under a budget the cost of the model that served, priced as billing-consumer prices it.
+        let local = self.quota.and_then(|ticket| ticket.settle_event(&data));
         let time = i64::try_from(finished_at_ms)
             .ok()
             .and_then(DateTime::from_timestamp_millis)

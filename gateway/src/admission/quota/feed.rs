@@ -245,10 +245,22 @@ impl Follower {
         metrics::gauge!(m::QUOTA_SNAPSHOT_AGE_SECONDS).set(age.map_or(f64::INFINITY, |a| a.as_secs_f64()));
         metrics::gauge!(m::QUOTA_DEGRADED).set(if degraded { 1.0 } else { 0.0 });
         let scopes = self.quotas.scopes();
-        let pending = scopes.iter().map(|s| s.pending).fold(0, u64::saturating_add);
+        let pending = scopes
+            .iter()
+            .filter(|s| s.currency.is_none())
+            .map(|s| s.pending)
+            .fold(0, u64::saturating_add);
         metrics::gauge!(m::QUOTA_PENDING_TOKENS).set(pending as f64);
         for scope in scopes {
-            metrics::gauge!(m::QUOTA_REMAINING_TOKENS, "scope" => scope.id).set(scope.remaining as f64);
+            match scope.currency {
+                Some(currency) => {
+                    metrics::gauge!(m::BUDGET_REMAINING_MICROS, "budget" => scope.id, "currency" => currency)
+                        .set(scope.remaining as f64);
+                }
+                None => {
+                    metrics::gauge!(m::QUOTA_REMAINING_TOKENS, "scope" => scope.id).set(scope.remaining as f64);
+                }
+            }
         }
         match (was_degraded, degraded) {
             (Some(false) | None, true) if age.is_some() => tracing::warn!(

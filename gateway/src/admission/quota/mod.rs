@@ -27,8 +27,17 @@
 //! consumer's share of one instance — are checked per attempt ([`Quotas::hold_instance`]): a used-up instance
 //! is passed over for the next target, never a 429 while another target can serve.
 //!
-//! Windows are fixed and aligned to the epoch; "now" comes from the injected [`Clock`], so tests cross windows
-//! without sleeping.
+//! **Budgets** are scopes of the `spend` strategy ([`tollgate_schemas::budget`]): their book counts micro-units
+//! of a currency instead of tokens. A request under a budget reserves the most it could cost — its prompt
+//! estimate at the input price plus its output cap (`max_tokens`, else `[quota] budget_output_tokens`) at the
+//! output price, plus the per-request fee, of the most expensive model its route could answer with, so that a
+//! failover cannot overshoot ([`Quotas::demand`]) — and settles at the cost of the model that answered, priced
+//! exactly as billing-consumer prices the event ([`QuotaTicket::settle_event`]). A model with no price in force
+//! cannot be admitted under a refusing budget (fail closed). A budget set to `alert` is counted, never refused.
+//! Team and organisation budgets apply to every consumer whose team or organisation they name.
+//!
+//! Windows are aligned to the epoch (budgets' to calendar days, weeks and months in UTC, or one fixed window);
+//! "now" comes from the injected [`Clock`], so tests cross windows without sleeping.
 
 pub mod feed;
 
@@ -37,9 +46,12 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use moka::sync::Cache;
-use tollgate_schemas::quota::{QuotaScope, QuotaSnapshot, Window};
+use tollgate_schemas::budget::OnExceed;
+use tollgate_schemas::pricing::{PriceTable, TokenUsage};
+use tollgate_schemas::quota::{LimitStrategy, QuotaScope, QuotaSnapshot, Requester, Window};
+use tollgate_schemas::usage::UsageRecorded;
 
 use crate::clock::{Clock, wall_ms};
 use crate::config::{Config, TokenLimit};
@@ -49,6 +61,9 @@ use crate::config::{Config, TokenLimit};
 pub struct LocalUsage {
     prompt: AtomicU64,
     completion: AtomicU64,
+    /// Money, in micro-units of `currency`: the reservation, then the cost of the answer.
+    cost: AtomicU64,
+    currency: ArcSwapOption<String>,
     /// The event time once the request settled; 0 while in flight (it then counts in the current window).
     settled_at_ms: AtomicU64,
     /// Where Kafka put its event: -1 until acknowledged.
@@ -57,10 +72,16 @@ pub struct LocalUsage {
 }
 
 impl LocalUsage {
-    fn reserve(demand: Demand) -> Self {
+    fn reserve(demand: &Demand) -> Self {
+        let (currency, cost) = match &demand.cost {
+            Some(Reservation::Priced { currency, micros }) => (Some(currency.clone()), *micros),
+            _ => (None, 0),
+        };
         Self {
             prompt: AtomicU64::new(demand.prompt),
             completion: AtomicU64::new(demand.completion),
+            cost: AtomicU64::new(cost),
+            currency: ArcSwapOption::new(currency),
             settled_at_ms: AtomicU64::new(0),
             partition: AtomicI32::new(-1),
             offset: AtomicI64::new(-1),
@@ -73,11 +94,22 @@ impl LocalUsage {
         self.partition.store(partition, Ordering::Release);
     }
 
-    fn tokens(&self, scope: &QuotaScope) -> u64 {
-        scope.strategy.tokens(
-            self.prompt.load(Ordering::Acquire),
-            self.completion.load(Ordering::Acquire),
-        )
+    /// What it counts in `scope`: tokens, or for a budget its cost when in the budget's currency.
+    fn amount(&self, scope: &QuotaScope) -> u64 {
+        match scope.strategy {
+            LimitStrategy::Spend => {
+                let currency = self.currency.load();
+                if currency.as_deref().is_some_and(|c| scope.currency.as_ref() == Some(c)) {
+                    self.cost.load(Ordering::Acquire)
+                } else {
+                    0
+                }
+            }
+            tokens => tokens.tokens(
+                self.prompt.load(Ordering::Acquire),
+                self.completion.load(Ordering::Acquire),
+            ),
+        }
     }
 
     /// The start of the window it counts in; a request in flight counts in the current one.
@@ -104,17 +136,38 @@ impl LocalUsage {
 impl LocalUsage {
     /// An empty reservation.
     pub(crate) fn for_test() -> Self {
-        Self::reserve(Demand::default())
+        Self::reserve(&Demand::default())
     }
 }
 
 /// What a request may consume, reserved at admission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Demand {
     /// The prompt estimate.
     pub prompt: u64,
     /// `max_tokens` when given and reserved, else 0.
     pub completion: u64,
+    /// The most it may cost, for budgets; `None` when no budget is configured.
+    pub cost: Option<Reservation>,
+}
+
+/// The money a request reserves under budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// At most `micros` micro-units of `currency`.
+    Priced { currency: Arc<String>, micros: u64 },
+    /// `model`, which the route could answer with, has no price in force: no budget that refuses can admit it.
+    Unpriced { model: String },
+}
+
+/// The `x-budget-*` figures: the budget closest to being spent, or the one that refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetFigures {
+    pub currency: String,
+    pub limit_micros: u64,
+    pub remaining_micros: u64,
+    /// Until the period ends.
+    pub reset: Duration,
 }
 
 /// The `x-ratelimit-*-tokens` figures, for the scope closest to its limit.
@@ -142,6 +195,8 @@ pub struct QuotaRejection {
     /// it does not count yet (in flight, or settled since): for the log line.
     pub counted: u64,
     pub pending: u64,
+    /// When a budget refused: its figures, for the `x-budget-*` headers (`figures` is then in micro-units).
+    pub budget: Option<BudgetFigures>,
 }
 
 /// One scope and this replica's usage in it that no snapshot counts yet.
@@ -262,7 +317,7 @@ impl ScopeBook {
         let before = pending.list.len();
         pending.list.retain(|u| !Arc::ptr_eq(u, usage));
         if pending.list.len() < before {
-            pending.total = pending.total.saturating_sub(usage.tokens(scope));
+            pending.total = pending.total.saturating_sub(usage.amount(scope));
         }
     }
 
@@ -279,9 +334,13 @@ struct Layout {
     by_consumer: HashMap<String, Vec<Arc<ScopeBook>>>,
     /// Admission-time scopes over every consumer, in configuration order.
     global: Vec<Arc<ScopeBook>>,
+    /// Budgets of teams and organisations, checked for every consumer they cover.
+    teams: Vec<Arc<ScopeBook>>,
     /// Scopes tied to an instance, checked per attempt.
     per_instance: Vec<Arc<ScopeBook>>,
     by_key: HashMap<String, Arc<ScopeBook>>,
+    /// True when some scope is a budget: admissions then price their reservation.
+    has_budgets: bool,
 }
 
 impl Layout {
@@ -297,8 +356,18 @@ impl Layout {
             .iter()
             .filter_map(|i| i.token_limit.as_ref())
             .map(|l| (None, l));
-        for (consumer, limit) in consumer_limits.chain(global_limits).chain(instance_limits) {
-            let kind = if consumer.is_some() { "consumer" } else { "global" };
+        let team_budgets = config.teams.iter().flat_map(|t| t.budgets.iter().map(|l| (None, l)));
+        let all = consumer_limits
+            .chain(global_limits)
+            .chain(instance_limits)
+            .chain(team_budgets);
+        for (consumer, limit) in all {
+            let kind = match (&limit.budget, consumer) {
+                (Some(_), _) => "budget",
+                (None, Some(_)) => "consumer",
+                (None, None) => "global",
+            };
+            layout.has_budgets |= limit.budget.is_some();
             let book = match previous.by_key.get(&limit.key) {
                 Some(book) => {
                     book.limit.store(Arc::new(limit.clone()));
@@ -313,6 +382,8 @@ impl Layout {
             layout.by_key.insert(limit.key.clone(), book.clone());
             if limit.scope.instance.is_some() {
                 layout.per_instance.push(book);
+            } else if limit.scope.team.is_some() {
+                layout.teams.push(book);
             } else if let Some(consumer) = consumer {
                 layout
                     .by_consumer
@@ -344,7 +415,11 @@ pub struct Quotas {
     gateway: Arc<str>,
     clock: Arc<dyn Clock>,
     reserve_max_tokens: bool,
+    /// Output tokens a budget reserves for a request that sets no `max_tokens`.
+    budget_output_tokens: AtomicU64,
     layout: ArcSwap<Layout>,
+    /// The prices budgets reserve and settle at.
+    prices: ArcSwap<PriceTable>,
     /// By (scope key, window start): billing-consumer publishes each window of a scope as its own snapshot.
     snapshots: Cache<(String, u64), Arc<QuotaSnapshot>>,
     /// Wall-clock `published_at_ms` of the newest snapshot or heartbeat received; 0 before the first.
@@ -361,7 +436,9 @@ impl Quotas {
             gateway,
             clock,
             reserve_max_tokens: config.quota.reserve_max_tokens,
+            budget_output_tokens: AtomicU64::new(config.quota.budget_output_tokens),
             layout: ArcSwap::from_pointee(Layout::new(config, &Layout::default())),
+            prices: ArcSwap::new(Arc::clone(&config.prices)),
             // LRU, not TinyLFU: a new window's snapshot must always be admitted, and the windows that ended (no
             // longer read) are the ones to go.
             snapshots: Cache::builder()
@@ -378,6 +455,9 @@ impl Quotas {
     /// requests holding it finish.
     pub fn reconfigure(&self, config: &Config) {
         let layout = Layout::new(config, &self.layout.load());
+        self.prices.store(Arc::clone(&config.prices));
+        self.budget_output_tokens
+            .store(config.quota.budget_output_tokens, Ordering::Release);
         self.layout.store(Arc::new(layout));
     }
 
@@ -386,43 +466,117 @@ impl Quotas {
         self.layout.load().by_key.is_empty()
     }
 
-    /// What a request reserves: its prompt estimate, plus its `max_tokens` when configured to.
-    pub fn demand(&self, prompt_estimate: u32, max_output_tokens: Option<u64>) -> Demand {
+    /// What a request reserves: its prompt estimate, plus its `max_tokens` when configured to; and when budgets
+    /// are configured, the most it could cost if answered by any of `models` (the models its route's targets
+    /// answer with) — see the module docs.
+    pub fn demand(&self, prompt_estimate: u32, max_output_tokens: Option<u64>, models: &[&str]) -> Demand {
+        let prompt = u64::from(prompt_estimate);
+        let cost = self.layout.load().has_budgets.then(|| {
+            let output = max_output_tokens
+                .unwrap_or_else(|| self.budget_output_tokens.load(Ordering::Acquire));
+            self.most_expensive(prompt, output, models)
+        });
         Demand {
-            prompt: u64::from(prompt_estimate),
+            prompt,
             completion: max_output_tokens.filter(|_| self.reserve_max_tokens).unwrap_or(0),
+            cost,
         }
     }
 
-    /// Admits a request by `consumer` for `model` and reserves `demand` in every scope it falls in, or names the
-    /// first used-up scope (the consumer's are checked before the global ones).
+    /// The highest cost of `prompt` input and `output` output tokens (and the fee) over `models`, at the prices
+    /// in force now; or the first model without one.
+    fn most_expensive(&self, prompt: u64, output: u64, models: &[&str]) -> Reservation {
+        let prices = self.prices.load();
+        let now = self.clock.now_ms();
+        let usage = TokenUsage {
+            prompt: u32::try_from(prompt).unwrap_or(u32::MAX),
+            completion: u32::try_from(output).unwrap_or(u32::MAX),
+            served: true,
+            ..TokenUsage::default()
+        };
+        let mut most: Option<Reservation> = None;
+        for model in models {
+            let charge = prices.charge(model, now, &usage);
+            let Some(version) = charge.version else {
+                return Reservation::Unpriced {
+                    model: (*model).to_owned(),
+                };
+            };
+            // Reasoning tokens are part of the output and may be dearer.
+            let reasoning = TokenUsage {
+                reasoning: Some(usage.completion),
+                ..usage
+            };
+            let micros = charge
+                .cost_micros
+                .max(tollgate_schemas::pricing::cost_micros(version, &reasoning));
+            let micros = u64::try_from(micros).unwrap_or(0);
+            if most
+                .as_ref()
+                .is_none_or(|m| matches!(m, Reservation::Priced { micros: held, .. } if micros > *held))
+            {
+                most = Some(Reservation::Priced {
+                    currency: Arc::new(version.currency.clone()),
+                    micros,
+                });
+            }
+        }
+        most.unwrap_or(Reservation::Priced {
+            currency: Arc::new(String::new()),
+            micros: 0,
+        })
+    }
+
+    /// Admits a request by `consumer` (without a team) for `model`; see [`Quotas::admit_for`].
     pub fn admit(
         &self,
         consumer: &str,
         model: &str,
         demand: Demand,
     ) -> Result<(QuotaTicket, Option<TokenFigures>), Box<QuotaRejection>> {
-        let applies = |book: &&Arc<ScopeBook>| book.limit().scope.matches(consumer, model, "");
+        self.admit_for(&Requester::consumer(consumer), model, demand)
+    }
+
+    /// Admits a request by `who` for `model` and reserves `demand` in every scope it falls in, or names the
+    /// first used-up scope (the consumer's are checked before its teams' budgets and the global ones).
+    pub fn admit_for(
+        &self,
+        who: &Requester<'_>,
+        model: &str,
+        demand: Demand,
+    ) -> Result<(QuotaTicket, Option<TokenFigures>), Box<QuotaRejection>> {
+        let now = self.clock.now_ms();
+        let applies = |book: &&Arc<ScopeBook>| {
+            let limit = book.limit();
+            limit.scope.matches(who, model, "") && limit.scope.period.applies_at(now)
+        };
         let layout = self.layout.load();
         let books: Vec<Arc<ScopeBook>> = layout
             .by_consumer
-            .get(consumer)
+            .get(who.consumer)
             .into_iter()
             .flatten()
             .filter(applies)
+            .chain(layout.teams.iter().filter(applies))
             .chain(layout.global.iter().filter(applies))
             .cloned()
             .collect();
-        let usage = Arc::new(LocalUsage::reserve(demand));
-        let figures = self
-            .reserve(&books, &usage, demand)
-            .map_err(|(book, standing)| Box::new(self.rejection(book, standing)))?;
+        let usage = Arc::new(LocalUsage::reserve(&demand));
+        let (figures, budget) = self
+            .reserve(&books, &usage, &demand)
+            .map_err(|(book, standing)| Box::new(self.rejection(book, standing, &demand)))?;
+        let prices = books
+            .iter()
+            .any(|b| b.limit().budget.is_some())
+            .then(|| self.prices.load_full());
         Ok((
             QuotaTicket {
                 usage,
                 books,
                 attempt_books: Vec::new(),
                 settled: false,
+                prices,
+                budget,
             },
             figures,
         ))
@@ -443,7 +597,11 @@ impl Quotas {
             .load()
             .per_instance
             .iter()
-            .filter(|b| b.limit().scope.matches(consumer, model, instance))
+            .filter(|b| {
+                b.limit()
+                    .scope
+                    .matches(&Requester::consumer(consumer), model, instance)
+            })
             .cloned()
             .collect();
         if books.is_empty() {
@@ -452,8 +610,9 @@ impl Quotas {
         let demand = Demand {
             prompt: ticket.usage.prompt.load(Ordering::Acquire),
             completion: ticket.usage.completion.load(Ordering::Acquire),
+            cost: None,
         };
-        match self.reserve(&books, &ticket.usage, demand) {
+        match self.reserve(&books, &ticket.usage, &demand) {
             Ok(_) => {
                 ticket.attempt_books = books;
                 Ok(())
@@ -463,30 +622,39 @@ impl Quotas {
     }
 
     /// Under the locks of every book (taken in a fixed order), checks that `demand` fits each and then adds
-    /// `usage` to all of them; or returns the first book it does not fit.
+    /// `usage` to all of them; or returns the first book it does not fit. With the tightest token quota's
+    /// figures and the tightest budget's.
+    #[allow(clippy::type_complexity)]
     fn reserve<'b>(
         &self,
         books: &'b [Arc<ScopeBook>],
         usage: &Arc<LocalUsage>,
-        demand: Demand,
-    ) -> Result<Option<TokenFigures>, (&'b ScopeBook, Standing)> {
+        demand: &Demand,
+    ) -> Result<(Option<TokenFigures>, Option<BudgetFigures>), (&'b ScopeBook, Standing)> {
         if books.is_empty() {
-            return Ok(None);
+            return Ok((None, None));
         }
         let now = self.clock.now_ms();
         let mut guards = lock_all(books.iter().map(|b| &b.pending));
         let mut tightest: Option<TokenFigures> = None;
+        let mut budget: Option<BudgetFigures> = None;
         let mut needs = Vec::with_capacity(books.len());
         for (book, pending) in books.iter().zip(guards.iter_mut()) {
             let limit = book.limit();
-            let need = limit.scope.strategy.tokens(demand.prompt, demand.completion);
-            needs.push(need);
+            let refuses = limit
+                .budget
+                .as_ref()
+                .is_none_or(|b| b.on_exceed == OnExceed::Refuse);
+            let need = demand_of(&limit, demand, refuses);
+            // An unpriced model is refused under a refusing budget, and reserves nothing elsewhere.
+            needs.push(if need == u64::MAX { 0 } else { need });
             let fits = |standing: &Standing| {
-                standing
-                    .used
-                    .saturating_add(standing.pending)
-                    .saturating_add(need)
-                    <= limit.limit
+                !refuses
+                    || standing
+                        .used
+                        .saturating_add(standing.pending)
+                        .saturating_add(need)
+                        <= limit.limit
             };
             let mut standing = self.standing(book, pending, now);
             if !fits(&standing) && now > pending.counted_at_ms {
@@ -501,41 +669,91 @@ impl Quotas {
                 return Err((book, standing));
             }
             let committed = standing.used.saturating_add(standing.pending);
-            let figures = TokenFigures {
-                limit: limit.limit,
-                remaining: limit.limit - committed - need,
-                reset: standing.window.remaining(now),
-            };
-            if tightest.is_none_or(|t| figures.remaining < t.remaining) {
-                tightest = Some(figures);
+            let remaining = limit
+                .limit
+                .saturating_sub(committed)
+                .saturating_sub(need);
+            let reset = standing.window.remaining(now);
+            match &limit.budget {
+                Some(terms) => {
+                    if budget.as_ref().is_none_or(|b| remaining < b.remaining_micros) {
+                        budget = Some(BudgetFigures {
+                            currency: terms.currency.clone(),
+                            limit_micros: limit.limit,
+                            remaining_micros: remaining,
+                            reset,
+                        });
+                    }
+                }
+                None => {
+                    if tightest.is_none_or(|t| remaining < t.remaining) {
+                        tightest = Some(TokenFigures {
+                            limit: limit.limit,
+                            remaining,
+                            reset,
+                        });
+                    }
+                }
             }
         }
         for (pending, need) in guards.iter_mut().zip(needs) {
             pending.list.push(usage.clone());
             pending.total = pending.total.saturating_add(need);
         }
-        Ok(tightest)
+        Ok((tightest, budget))
     }
 
-    fn rejection(&self, book: &ScopeBook, standing: Standing) -> QuotaRejection {
+    fn rejection(&self, book: &ScopeBook, standing: Standing, demand: &Demand) -> QuotaRejection {
         let now = self.clock.now_ms();
         let committed = standing.used.saturating_add(standing.pending);
         let reset = standing.window.remaining(now);
         let limit = book.limit();
+        let remaining = limit.limit.saturating_sub(committed);
+        let (message, budget) = match &limit.budget {
+            None => (limit.rejected_msg.clone(), None),
+            Some(terms) => {
+                let money = |micros: u64| {
+                    tollgate_schemas::prices::format_micros(i64::try_from(micros).unwrap_or(i64::MAX))
+                };
+                let message = match &demand.cost {
+                    Some(Reservation::Unpriced { model }) => format!(
+                        "Model `{model}` has no price in force, so no request under budget `{}` can be admitted \
+                         for it: the operator must price it first.",
+                        limit.id
+                    ),
+                    _ => format!(
+                        "{} ({} {currency} left, {} {currency} needed for this request); it resets at {}.",
+                        limit.rejected_msg,
+                        money(remaining),
+                        money(demand_of(&limit, demand, true)),
+                        tollgate_schemas::quota::rfc3339(standing.window.end_ms),
+                        currency = terms.currency,
+                    ),
+                };
+                let figures = BudgetFigures {
+                    currency: terms.currency.clone(),
+                    limit_micros: limit.limit,
+                    remaining_micros: remaining,
+                    reset,
+                };
+                (message, Some(figures))
+            }
+        };
         QuotaRejection {
             figures: TokenFigures {
                 limit: limit.limit,
-                remaining: limit.limit.saturating_sub(committed),
+                remaining,
                 reset,
             },
             retry_after: reset.max(Duration::from_secs(1)),
             status: limit.rejected_code,
-            message: limit.rejected_msg.clone(),
+            message,
             error_type: limit.rejected_type,
             kind: book.kind,
             scope: limit.key.clone(),
             counted: standing.used,
             pending: standing.pending,
+            budget,
         }
     }
 
@@ -575,12 +793,12 @@ impl Quotas {
                 match usage.landed() {
                     Some((partition, offset)) if in_window && covered(partition, offset) => false,
                     Some((partition, offset)) if foldable => {
-                        pending.fold(partition, offset, usage.tokens(scope), start, now);
+                        pending.fold(partition, offset, usage.amount(scope), start, now);
                         false
                     }
                     _ => {
                         if in_window {
-                            total = total.saturating_add(usage.tokens(scope));
+                            total = total.saturating_add(usage.amount(scope));
                         }
                         true
                     }
@@ -659,6 +877,7 @@ impl Quotas {
                 let used = standing.used.saturating_add(standing.pending);
                 ScopeStanding {
                     id: limit.id.clone(),
+                    currency: limit.budget.as_ref().map(|b| b.currency.clone()),
                     remaining: limit.limit.saturating_sub(used),
                     pending: standing.pending,
                 }
@@ -669,14 +888,16 @@ impl Quotas {
     /// Where each token quota that applies to `consumer`'s requests stands now, as this replica sees it: the
     /// consumer's own, then the global ones (an instance's quota is left out: it fails a request over, never
     /// refuses it). For the usage API.
-    pub fn standing_of(&self, consumer: &str) -> Vec<QuotaStanding> {
+    pub fn standing_of(&self, who: &Requester<'_>) -> Vec<QuotaStanding> {
         let now = self.clock.now_ms();
         let layout = self.layout.load();
+        let applies = |book: &&Arc<ScopeBook>| book.limit().scope.matches(who, "", "");
         layout
             .by_consumer
-            .get(consumer)
+            .get(who.consumer)
             .into_iter()
             .flatten()
+            .chain(layout.teams.iter().filter(applies))
             .chain(&layout.global)
             .map(|book| {
                 let standing = self.standing(book, &mut book.lock(), now);
@@ -685,6 +906,7 @@ impl Quotas {
                 QuotaStanding {
                     id: limit.id.clone(),
                     kind: book.kind,
+                    currency: limit.budget.as_ref().map(|b| b.currency.clone()),
                     models: limit.scope.models.clone(),
                     strategy: limit.scope.strategy.as_str(),
                     limit: limit.limit,
@@ -701,8 +923,28 @@ impl Quotas {
     pub fn pending_tokens(&self) -> u64 {
         self.scopes()
             .iter()
+            .filter(|s| s.currency.is_none())
             .map(|s| s.pending)
             .fold(0, u64::saturating_add)
+    }
+}
+
+/// What `demand` needs of `limit`'s book: its tokens, or for a budget the money reserved when in the budget's
+/// currency (`u64::MAX` for an unpriced model when the budget refuses: it can never fit).
+fn demand_of(limit: &TokenLimit, demand: &Demand, refuses: bool) -> u64 {
+    match limit.scope.strategy {
+        LimitStrategy::Spend => match &demand.cost {
+            Some(Reservation::Priced { currency, micros }) => {
+                if limit.scope.currency.as_deref() == Some(currency.as_str()) {
+                    *micros
+                } else {
+                    0
+                }
+            }
+            Some(Reservation::Unpriced { .. }) if refuses => u64::MAX,
+            Some(Reservation::Unpriced { .. }) | None => 0,
+        },
+        tokens => tokens.tokens(demand.prompt, demand.completion),
     }
 }
 
@@ -730,11 +972,14 @@ fn regresses(held: &QuotaSnapshot, newer: &QuotaSnapshot) -> bool {
 pub struct QuotaStanding {
     /// The limit's id.
     pub id: String,
-    /// `consumer` (its own) or `global`.
+    /// `consumer` (its own token quota), `global`, or `budget` (its own, its team's or its organisation's).
     pub kind: &'static str,
+    /// For a budget, the currency `limit`, `used` and `remaining` are micro-units of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
     /// The requested models it counts; every model when empty.
     pub models: Vec<String>,
-    /// What it counts: `total_tokens`, `prompt_tokens` or `completion_tokens`.
+    /// What it counts: `total_tokens`, `prompt_tokens`, `completion_tokens`, or `spend` for a budget.
     pub strategy: &'static str,
     pub limit: u64,
     /// Counted by billing-consumer's snapshot, plus this replica's usage it does not count yet.
@@ -750,6 +995,8 @@ pub struct QuotaStanding {
 pub struct ScopeStanding {
     /// The limit's id.
     pub id: String,
+    /// For a budget, its currency: `remaining` and `pending` are micro-units of it.
+    pub currency: Option<String>,
     /// Tokens left in the current window (snapshot plus this replica's uncounted usage taken off).
     pub remaining: u64,
     /// This replica's usage no snapshot counts yet.
@@ -764,6 +1011,10 @@ pub struct QuotaTicket {
     /// The current attempt's instance scopes.
     attempt_books: Vec<Arc<ScopeBook>>,
     settled: bool,
+    /// The prices at admission, when a budget counts the request: its cost is priced with them.
+    prices: Option<Arc<PriceTable>>,
+    /// The tightest budget's figures at admission, for the `x-budget-*` headers.
+    budget: Option<BudgetFigures>,
 }
 
 impl QuotaTicket {
@@ -774,9 +1025,42 @@ impl QuotaTicket {
         }
     }
 
-    /// Replaces the reservation by what the request consumed, counted in the window of `at_ms`. Returns the
+    /// The tightest budget's figures at admission, when a budget counts the request.
+    pub fn budget_figures(&self) -> Option<&BudgetFigures> {
+        self.budget.as_ref()
+    }
+
+    /// Replaces the reservation by what the request consumed, counted in the window of `at_ms` (no money: for a
+    /// request no budget counts). See [`QuotaTicket::settle_event`].
+    pub fn settle(self, prompt: u64, completion: u64, at_ms: u64) -> Option<Arc<LocalUsage>> {
+        self.settle_as(prompt, completion, None, at_ms)
+    }
+
+    /// Replaces the reservation by what the request of `event` consumed, counted in the window of its
+    /// `finished_at_ms`: its tokens and, under a budget, its cost — priced exactly as billing-consumer prices the
+    /// event (the model that served, its tokens of every type, the fee when a provider served it). Returns the
     /// local usage for the event pump to tell where the event landed, or `None` when no scope counts it.
-    pub fn settle(mut self, prompt: u64, completion: u64, at_ms: u64) -> Option<Arc<LocalUsage>> {
+    pub fn settle_event(self, event: &UsageRecorded) -> Option<Arc<LocalUsage>> {
+        let cost = self.prices.as_ref().map(|prices| {
+            let charge = prices.charge(&event.model_served, event.finished_at_ms, &TokenUsage::of(event));
+            let currency = charge.version.map(|v| Arc::new(v.currency.clone()));
+            (currency, u64::try_from(charge.cost_micros).unwrap_or(0))
+        });
+        self.settle_as(
+            u64::from(event.prompt_tokens),
+            u64::from(event.completion_tokens),
+            cost,
+            event.finished_at_ms,
+        )
+    }
+
+    fn settle_as(
+        mut self,
+        prompt: u64,
+        completion: u64,
+        cost: Option<(Option<Arc<String>>, u64)>,
+        at_ms: u64,
+    ) -> Option<Arc<LocalUsage>> {
         self.settled = true;
         if self.books.is_empty() && self.attempt_books.is_empty() {
             return None;
@@ -784,19 +1068,22 @@ impl QuotaTicket {
         // Under every book's lock, so no recount sees half of it.
         let books: Vec<&Arc<ScopeBook>> = self.books.iter().chain(&self.attempt_books).collect();
         let mut guards = lock_all(books.iter().map(|b| &b.pending));
-        let old = Demand {
-            prompt: self.usage.prompt.load(Ordering::Acquire),
-            completion: self.usage.completion.load(Ordering::Acquire),
-        };
+        let before: Vec<u64> = books
+            .iter()
+            .map(|b| self.usage.amount(&b.limit().scope))
+            .collect();
         self.usage.prompt.store(prompt, Ordering::Release);
         self.usage.completion.store(completion, Ordering::Release);
+        if let Some((currency, micros)) = cost {
+            self.usage.currency.store(currency);
+            self.usage.cost.store(micros, Ordering::Release);
+        }
         self.usage.settled_at_ms.store(at_ms.max(1), Ordering::Release);
-        for (book, pending) in books.iter().zip(guards.iter_mut()) {
-            let strategy = book.limit().scope.strategy;
+        for ((book, pending), old) in books.iter().zip(guards.iter_mut()).zip(before) {
             pending.total = pending
                 .total
-                .saturating_sub(strategy.tokens(old.prompt, old.completion))
-                .saturating_add(strategy.tokens(prompt, completion));
+                .saturating_sub(old)
+                .saturating_add(self.usage.amount(&book.limit().scope));
         }
         drop(guards);
         Some(self.usage.clone())

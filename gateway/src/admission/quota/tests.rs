@@ -53,7 +53,11 @@ token_limits = [{ models = ["gpt-4o-mini"], limit = 2000, time_window = "1h", re
 }
 
 fn demand(prompt: u64, completion: u64) -> Demand {
-    Demand { prompt, completion }
+    Demand {
+        prompt,
+        completion,
+        cost: None,
+    }
 }
 
 fn snapshot(
@@ -68,6 +72,7 @@ fn snapshot(
         scope: scope.to_owned(),
         limit: 0,
         strategy: LimitStrategy::TotalTokens,
+        currency: None,
         window_start_ms: window.start_ms,
         window_end_ms: window.end_ms,
         used,
@@ -514,4 +519,211 @@ fn a_replica_still_in_the_previous_window_keeps_its_usage_when_the_next_one_is_p
         1000 - 5 - 10,
         "the next window's snapshot, once in it"
     );
+}
+
+mod budgets {
+    //! Spend budgets: money reserved at the dearest model a route could answer with, settled at the model that
+    //! answered.
+
+    use super::*;
+    use crate::admission::quota::Reservation;
+    use tollgate_schemas::quota::Requester;
+    use tollgate_schemas::usage::{EstimateSource, Outcome, UsageRecorded, UsageSource};
+
+    /// `cheap` costs 1 USD / 2 USD per million input / output tokens, `dear` 10 / 30; `free` has no price.
+    const PRICES: &str = r#"
+[[prices]]
+model = "cheap"
+effective_from = "2020-01-01"
+currency = "USD"
+input_per_mtok = "1"
+output_per_mtok = "2"
+[[prices]]
+model = "dear"
+effective_from = "2020-01-01"
+currency = "USD"
+input_per_mtok = "10"
+output_per_mtok = "30"
+"#;
+
+    /// alice (team research, organisation acme) has 1.00 USD a month of her own, research 0.10 USD a day; bob
+    /// is alerted past 0.01 USD a month, never refused. Route `mini` answers with `cheap` or `dear`, `open` with
+    /// `free`.
+    fn budgets(clock: Arc<ManualClock>) -> Quotas {
+        let dir = std::env::temp_dir().join(format!("tollgate-budget-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prices = dir.join("prices.toml");
+        std::fs::write(&prices, PRICES).unwrap();
+        let config = Config::from_toml_with_env(
+            &format!(
+                r#"
+[meter]
+url = "http://127.0.0.1:1"
+[kafka]
+brokers = "127.0.0.1:1"
+[billing]
+prices = "{}"
+[[instances]]
+name = "big"
+endpoint = "http://127.0.0.1:2/v1"
+model = "dear"
+[[instances]]
+name = "small"
+endpoint = "http://127.0.0.1:3/v1"
+model = "cheap"
+[[instances]]
+name = "open"
+endpoint = "http://127.0.0.1:4/v1"
+model = "free"
+[[routes]]
+name = "mini"
+models = ["gpt-4o-mini"]
+targets = [{{ instance = "small" }}, {{ instance = "big" }}]
+[[routes]]
+name = "open"
+models = ["open"]
+targets = [{{ instance = "open" }}]
+[[teams]]
+name = "acme"
+[[teams]]
+name = "research"
+parent = "acme"
+budgets = [{{ amount = "0.10", currency = "USD", period = "day" }}]
+[[consumers]]
+name = "alice"
+team = "research"
+keys = [{{ id = "a1", sha256 = "0000000000000000000000000000000000000000000000000000000000000001" }}]
+budgets = [{{ id = "alice-monthly", amount = "1.00", currency = "USD", period = "month" }}]
+[[consumers]]
+name = "bob"
+keys = [{{ id = "b1", sha256 = "0000000000000000000000000000000000000000000000000000000000000002" }}]
+budgets = [{{ amount = "0.01", currency = "USD", period = "month", on_exceed = "alert" }}]
+"#,
+                prices.display()
+            ),
+            |_| None,
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        Quotas::new(&config, Arc::from(GATEWAY), clock)
+    }
+
+    const ALICE: Requester<'static> = Requester {
+        consumer: "alice",
+        team: Some("research"),
+        organization: Some("acme"),
+    };
+
+    fn answered(model: &str, prompt: u32, completion: u32, at_ms: u64) -> UsageRecorded {
+        UsageRecorded {
+            request_id: "r".into(),
+            consumer_id: "alice".into(),
+            team: Some("research".into()),
+            organization: Some("acme".into()),
+            key_id: "a1".into(),
+            endpoint: "chat_completions".into(),
+            route: "mini".into(),
+            model_requested: "gpt-4o-mini".into(),
+            model_served: model.into(),
+            provider: "openai".into(),
+            instance: "small".into(),
+            attempts: Vec::new(),
+            stream: false,
+            outcome: Outcome::Ok,
+            http_status: 200,
+            prompt_tokens_estimated: prompt,
+            prompt_estimate_source: EstimateSource::Fallback,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            cached_prompt_tokens: None,
+            reasoning_tokens: None,
+            cache_write_5m_tokens: None,
+            cache_write_1h_tokens: None,
+            usage_source: UsageSource::Provider,
+            latency_ms: 1,
+            ttfb_ms: None,
+            started_at_ms: at_ms,
+            finished_at_ms: at_ms,
+        }
+    }
+
+    #[test]
+    fn a_request_reserves_what_the_dearest_model_of_its_route_would_charge() {
+        let quotas = budgets(Arc::new(ManualClock::early_in_an_hour()));
+        // 1,000 prompt tokens and max_tokens 1,000: `dear` charges 0.01 + 0.03 USD, `cheap` 0.001 + 0.002.
+        let demand = quotas.demand(1000, Some(1000), &["cheap", "dear"]);
+        assert_eq!(
+            demand.cost,
+            Some(Reservation::Priced {
+                currency: Arc::new("USD".to_owned()),
+                micros: 40_000
+            })
+        );
+        // Without max_tokens the output cap is quota.budget_output_tokens (4,096).
+        let uncapped = quotas.demand(1000, None, &["cheap"]);
+        assert_eq!(
+            uncapped.cost,
+            Some(Reservation::Priced {
+                currency: Arc::new("USD".to_owned()),
+                micros: 1_000 + 8_192
+            })
+        );
+        assert_eq!(
+            quotas.demand(10, Some(10), &["cheap", "free"]).cost,
+            Some(Reservation::Unpriced { model: "free".into() })
+        );
+    }
+
+    #[test]
+    fn reservations_fill_the_tightest_budget_and_the_next_request_is_refused_with_its_figures() {
+        let clock = Arc::new(ManualClock::early_in_an_hour());
+        let quotas = budgets(clock.clone());
+        let reserve = || quotas.demand(1000, Some(1000), &["cheap", "dear"]);
+        let (first, _) = quotas.admit_for(&ALICE, "gpt-4o-mini", reserve()).unwrap();
+        assert_eq!(first.budget_figures().unwrap().remaining_micros, 60_000, "the team's 0.10 less 0.04");
+        let (_second, _) = quotas.admit_for(&ALICE, "gpt-4o-mini", reserve()).unwrap();
+        let refused = quotas.admit_for(&ALICE, "gpt-4o-mini", reserve()).unwrap_err();
+        assert_eq!((refused.status, refused.error_type, refused.kind), (429, "insufficient_quota", "budget"));
+        let figures = refused.budget.clone().unwrap();
+        assert_eq!((figures.currency.as_str(), figures.limit_micros, figures.remaining_micros), ("USD", 100_000, 20_000));
+        assert!(
+            refused.message.starts_with("Budget of 0.10 USD per day is spent (0.02 USD left, 0.04 USD needed"),
+            "{}",
+            refused.message
+        );
+        // Settled at what `cheap` charged (0.003 USD), the first request gives back the rest of its reservation.
+        first.settle_event(&answered("cheap", 1000, 1000, clock.now_ms()));
+        assert!(quotas.admit_for(&ALICE, "gpt-4o-mini", reserve()).is_ok());
+    }
+
+    #[test]
+    fn a_team_budget_covers_its_members_and_no_one_else() {
+        let quotas = budgets(Arc::new(ManualClock::early_in_an_hour()));
+        let big = || quotas.demand(10_000, Some(1000), &["dear"]); // 0.1 + 0.03 USD: more than research's day
+        assert_eq!(quotas.admit_for(&ALICE, "gpt-4o-mini", big()).unwrap_err().kind, "budget");
+        let outsider = Requester::consumer("carol");
+        assert!(quotas.admit_for(&outsider, "gpt-4o-mini", big()).is_ok());
+    }
+
+    #[test]
+    fn an_unpriced_model_is_refused_under_a_refusing_budget_and_an_alert_only_budget_never_refuses() {
+        let quotas = budgets(Arc::new(ManualClock::early_in_an_hour()));
+        let unpriced = quotas.demand(10, Some(10), &["free"]);
+        let refused = quotas.admit_for(&ALICE, "open", unpriced.clone()).unwrap_err();
+        assert!(refused.message.contains("Model `free` has no price in force"), "{}", refused.message);
+        let bob = Requester::consumer("bob");
+        assert!(quotas.admit_for(&bob, "open", unpriced).is_ok());
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            // 0.04 USD each, four times bob's 0.01: counted, never refused.
+            let (ticket, _) = quotas
+                .admit_for(&bob, "gpt-4o-mini", quotas.demand(1000, Some(1000), &["dear"]))
+                .unwrap();
+            held.push(ticket);
+        }
+        let standing = quotas.standing_of(&bob);
+        assert_eq!(standing[0].currency.as_deref(), Some("USD"));
+        assert_eq!((standing[0].strategy, standing[0].used), ("spend", 400_000));
+    }
 }

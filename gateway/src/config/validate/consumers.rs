@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use tollgate_schemas::budget::BudgetHolder;
+
 use super::{LIMIT_ID_ONLY_GLOBAL, Problems};
 use crate::config::model::*;
 use crate::config::raw::*;
@@ -110,7 +112,7 @@ pub(super) fn consumers(
                 p.push(format!("{path}.token_limits[{j}].id"), LIMIT_ID_ONLY_GLOBAL);
             }
         }
-        let token_limits = raw
+        let mut token_limits: Vec<TokenLimit> = raw
             .token_limits
             .into_iter()
             .enumerate()
@@ -124,6 +126,14 @@ pub(super) fn consumers(
                 )
             })
             .collect();
+        token_limits.extend(raw.budgets.into_iter().enumerate().filter_map(|(j, budget)| {
+            limits.budget(
+                p,
+                &format!("{path}.budgets[{j}]"),
+                BudgetHolder::Consumer(&raw.name),
+                budget,
+            )
+        }));
         let class = raw.class.unwrap_or_else(|| "default".to_owned());
         p.name(format!("{path}.class"), &class);
         let team = teams.place(p, &format!("{path}.team"), raw.team.as_deref());

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use tollgate_schemas::budget::{BudgetConfig, BudgetHolder};
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 
 use super::Problems;
@@ -115,6 +116,56 @@ impl LimitRules<'_> {
                 Some("insufficient_quota") => "insufficient_quota",
                 _ => "rate_limit_exceeded",
             },
+            budget: None,
+        })
+    }
+
+    /// Validates one spend budget of `holder`, at `path`: a token limit of the `spend` strategy whose limit is
+    /// micro-units of its currency, refused with 429 `insufficient_quota`.
+    pub fn budget(
+        &mut self,
+        p: &mut Problems,
+        path: &str,
+        holder: BudgetHolder<'_>,
+        raw: BudgetConfig,
+    ) -> Option<TokenLimit> {
+        let budget = match raw.validate(holder) {
+            Ok(budget) => budget,
+            Err(problems) => {
+                for (field, message) in problems {
+                    p.push(format!("{path}.{field}"), message);
+                }
+                return None;
+            }
+        };
+        let key = budget.scope.key();
+        if !self.keys.insert(key.clone()) {
+            p.push(
+                path,
+                format!("another budget already covers the same scope (`{key}`)"),
+            );
+            return None;
+        }
+        if let Some(id) = &raw.id {
+            p.name(format!("{path}.id"), id);
+        }
+        let currency = raw.currency.clone();
+        Some(TokenLimit {
+            id: raw.id.unwrap_or_else(|| derived_limit_id(&key)),
+            rejected_msg: format!(
+                "Budget of {} {currency} {} is spent",
+                tollgate_schemas::prices::format_micros(i64::try_from(budget.limit_micros).unwrap_or(i64::MAX)),
+                budget.scope.period.describe(),
+            ),
+            scope: budget.scope,
+            key,
+            limit: budget.limit_micros,
+            rejected_code: 429,
+            rejected_type: "insufficient_quota",
+            budget: Some(BudgetTerms {
+                currency,
+                on_exceed: budget.on_exceed,
+            }),
         })
     }
 }
@@ -177,7 +228,11 @@ pub(super) fn quota(p: &mut Problems, raw: RawQuota) -> QuotaConfig {
         reserve_max_tokens: raw.reserve_max_tokens,
         max_snapshot_age: p.duration("quota.max_snapshot_age", &raw.max_snapshot_age),
         load_timeout: p.duration("quota.load_timeout", &raw.load_timeout),
+        budget_output_tokens: raw.budget_output_tokens,
     };
+    if !(1..=10_000_000).contains(&quota.budget_output_tokens) {
+        p.push("quota.budget_output_tokens", "must be 1 to 10000000");
+    }
     if quota.load_timeout > Duration::from_secs(600) {
         p.push("quota.load_timeout", "must be at most 10m");
     }

@@ -108,7 +108,7 @@ impl RawConfig {
         };
         limits::instance_limits(&mut p, &mut limits, instance_limits, &mut instances);
 
-        let teams = teams::teams(&mut p, self.teams);
+        let teams = teams::teams(&mut p, self.teams, &mut limits);
         let consumers::Consumers {
             list: consumers,
             key_hashes,
@@ -116,8 +116,10 @@ impl RawConfig {
         let token_limits = limits::token_limits(&mut p, self.token_limits, &mut limits);
         let quota = limits::quota(&mut p, self.quota);
 
+        let prices = server::prices(&mut p, billing.prices.as_deref());
         let limited = !token_limits.is_empty()
             || consumers.iter().any(|c: &Consumer| !c.token_limits.is_empty())
+            || teams.list.iter().any(|t| !t.budgets.is_empty())
             || instances.iter().any(|i| i.token_limit.is_some());
         if !server.metering && limited {
             p.push(
@@ -140,6 +142,7 @@ impl RawConfig {
                 consumers,
                 token_limits,
                 quota,
+                prices,
                 spool,
                 admin,
                 source,

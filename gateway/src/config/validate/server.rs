@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tollgate_schemas::pricing::PriceTable;
 use url::Url;
 
 use super::{Problems, http_url};
@@ -122,6 +123,30 @@ pub(super) fn billing(p: &mut Problems, raw: RawBilling, placeholder: &Url) -> B
             .as_deref()
             .map(|url| http_url(p, "billing.url", url, placeholder)),
         timeout,
+        prices: raw.prices.map(std::path::PathBuf::from),
+    }
+}
+
+/// The price file's table (`[billing] prices`), every problem of it reported at `billing.prices`; empty
+/// without one.
+pub(super) fn prices(p: &mut Problems, path: Option<&std::path::Path>) -> std::sync::Arc<PriceTable> {
+    let Some(path) = path else {
+        return std::sync::Arc::default();
+    };
+    let table = std::fs::read_to_string(path)
+        .map_err(|e| vec![format!("cannot be read: {e}")])
+        .and_then(|text| PriceTable::from_toml(&text));
+    match table {
+        Ok(table) => std::sync::Arc::new(table),
+        Err(problems) => {
+            for problem in problems {
+                p.push(
+                    "billing.prices",
+                    format!("{}: {problem}", path.display()),
+                );
+            }
+            std::sync::Arc::default()
+        }
     }
 }
 

@@ -5,7 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use tollgate_schemas::budget::BudgetHolder;
+
 use super::Problems;
+use super::limits::LimitRules;
 use crate::config::model::{Team, TeamPath};
 use crate::config::raw::RawTeam;
 
@@ -39,7 +42,10 @@ impl Teams {
     }
 }
 
-pub(super) fn teams(p: &mut Problems, raw: Vec<RawTeam>) -> Teams {
+/// The teams of `raw`, with their budgets (checked against `limits`' scopes). A budget counts the usage events
+/// that name its team as their `team` or their `organization`, so it may be set on an organisation or on a team
+/// without teams under it — not on a team in the middle of a chain, whose consumers' events name neither.
+pub(super) fn teams(p: &mut Problems, raw: Vec<RawTeam>, limits: &mut LimitRules<'_>) -> Teams {
     let mut names = HashSet::new();
     for (i, team) in raw.iter().enumerate() {
         p.name(format!("teams[{i}].name"), &team.name);
@@ -99,14 +105,45 @@ pub(super) fn teams(p: &mut Problems, raw: Vec<RawTeam>) -> Teams {
             organization.insert(team.name.clone(), top.to_owned());
         }
     }
-    Teams {
-        list: raw
-            .into_iter()
-            .map(|t| Team {
+    let has_teams_under: HashSet<&str> = raw.iter().filter_map(|t| t.parent.as_deref()).collect();
+    let middle: HashSet<String> = raw
+        .iter()
+        .filter(|t| t.parent.is_some() && has_teams_under.contains(t.name.as_str()))
+        .map(|t| t.name.clone())
+        .collect();
+    let list = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if middle.contains(&t.name) && !t.budgets.is_empty() {
+                p.push(
+                    format!("teams[{i}].budgets"),
+                    format!(
+                        "`{}` has a parent and teams under it: set the budget on the organisation or on the teams \
+                         its consumers belong to (usage events name a consumer's team and organisation only)",
+                        t.name
+                    ),
+                );
+            }
+            let budgets = t
+                .budgets
+                .into_iter()
+                .enumerate()
+                .filter_map(|(j, budget)| {
+                    limits.budget(
+                        p,
+                        &format!("teams[{i}].budgets[{j}]"),
+                        BudgetHolder::Team(&t.name),
+                        budget,
+                    )
+                })
+                .collect();
+            Team {
                 name: t.name,
                 parent: t.parent,
-            })
-            .collect(),
-        organization,
-    }
+                budgets,
+            }
+        })
+        .collect();
+    Teams { list, organization }
 }
