@@ -101,7 +101,15 @@ pub async fn run(settings: ServiceSettings, shutdown: CancellationToken) -> Resu
         Some(topic) => {
             let file_scopes = quota.as_ref().map(|q| q.scopes.clone());
             // Prices matter to ingest and to the quota loop's budgets alike.
-            match follow(kafka, topic, Some(Arc::clone(&file_prices)), file_scopes, &shutdown).await? {
+            match follow(
+                kafka,
+                topic,
+                Some(Arc::clone(&file_prices)),
+                file_scopes,
+                &shutdown,
+            )
+            .await?
+            {
                 Some(follower) => Some(follower),
                 None => return Ok(()),
             }

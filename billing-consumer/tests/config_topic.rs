@@ -291,7 +291,12 @@ async fn a_limit_on_the_config_topic_replaces_the_files_and_is_computed_live() {
         "tollgate-billing-consumer/config-it",
     );
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(quota::run_live(settings, follower.policy(), Default::default(), shutdown.clone()));
+    let task = tokio::spawn(quota::run_live(
+        settings,
+        follower.policy(),
+        Default::default(),
+        shutdown.clone(),
+    ));
     let team_a = snapshots
         .until("the file's scope", TEAM_A_MINI, |s| s.events == 1)
         .await;

@@ -314,8 +314,8 @@ fn quota(c: &mut Criterion) {
     let config = config(QUOTAS);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let quotas = Quotas::new(&config, Arc::from(SOURCE), clock.clone());
-    let demand = quotas.demand(812, Some(512));
-    let (_, figures) = quotas.admit("team-a", "gpt-4o-mini", demand).unwrap();
+    let demand = quotas.demand(812, Some(512), &["gpt-4o-mini"]);
+    let (_, figures) = quotas.admit("team-a", "gpt-4o-mini", demand.clone()).unwrap();
     assert!(figures.is_some(), "both scopes apply");
     assert_eq!(
         quotas.pending_tokens(),
@@ -335,7 +335,11 @@ fn quota(c: &mut Criterion) {
     let mut group = c.benchmark_group("quota");
     // Admission then the ticket dropped unsettled: the request failed before any upstream took it.
     group.bench_function("admit_release", |b| {
-        b.iter(|| quotas.admit(black_box("team-a"), "gpt-4o-mini", demand).unwrap())
+        b.iter(|| {
+            quotas
+                .admit(black_box("team-a"), "gpt-4o-mini", demand.clone())
+                .unwrap()
+        })
     });
     // Admission then settlement with the actual usage. Settled usage stays in this replica's books until a
     // snapshot covers it; between measured runs of SNAPSHOT_EVERY requests, their events are "delivered" and
@@ -351,7 +355,9 @@ fn quota(c: &mut Criterion) {
                 let mut settled = Vec::with_capacity(run as usize);
                 let start = Instant::now();
                 for _ in 0..run {
-                    let (ticket, _) = quotas.admit(black_box("team-a"), "gpt-4o-mini", demand).unwrap();
+                    let (ticket, _) = quotas
+                        .admit(black_box("team-a"), "gpt-4o-mini", demand.clone())
+                        .unwrap();
                     settled.push(ticket.settle(790, 49, clock.now_ms()));
                 }
                 measured += start.elapsed();
@@ -367,6 +373,7 @@ fn quota(c: &mut Criterion) {
                         scope: key.clone(),
                         limit: 0,
                         strategy: LimitStrategy::TotalTokens,
+                        currency: None,
                         window_start_ms: window.start_ms,
                         window_end_ms: window.end_ms,
                         used: 0,

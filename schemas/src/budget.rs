@@ -158,10 +158,7 @@ impl BudgetConfig {
                 }
             }
             other => {
-                problems.push((
-                    "period",
-                    format!("`{other}` is not day, week, month or fixed"),
-                ));
+                problems.push(("period", format!("`{other}` is not day, week, month or fixed")));
                 Period::Month
             }
         };
@@ -219,9 +216,14 @@ mod tests {
 
     #[test]
     fn a_monthly_budget_is_a_spend_scope_over_calendar_months() {
-        let b = budget("1.00", "month").validate(BudgetHolder::Consumer("acme")).unwrap();
+        let b = budget("1.00", "month")
+            .validate(BudgetHolder::Consumer("acme"))
+            .unwrap();
         assert_eq!(b.limit_micros, 1_000_000);
-        assert_eq!(b.scope.key(), "consumer=acme;window=month;strategy=spend;currency=USD");
+        assert_eq!(
+            b.scope.key(),
+            "consumer=acme;window=month;strategy=spend;currency=USD"
+        );
         let december = b.scope.window_at(ms("2026-12-04T21:00:00Z"));
         assert_eq!(
             december,
@@ -233,20 +235,31 @@ mod tests {
         let february = b.scope.window_at(ms("2028-02-29T23:59:59Z"));
         assert_eq!(february.start_ms, ms("2028-02-01T00:00:00Z"));
         assert_eq!(february.end_ms, ms("2028-03-01T00:00:00Z"));
-        assert_eq!(b.scope.period.previous_start(december.start_ms), Some(ms("2026-11-01T00:00:00Z")));
+        assert_eq!(
+            b.scope.period.previous_start(december.start_ms),
+            Some(ms("2026-11-01T00:00:00Z"))
+        );
     }
 
     #[test]
     fn weeks_start_on_monday_and_days_at_midnight_utc() {
-        let week = budget("5", "week").validate(BudgetHolder::Team("research")).unwrap();
+        let week = budget("5", "week")
+            .validate(BudgetHolder::Team("research"))
+            .unwrap();
         // 2026-12-04 is a Friday; its week started on Monday 2026-11-30.
         let w = week.scope.window_at(ms("2026-12-04T21:00:00Z"));
         assert_eq!(w.start_ms, ms("2026-11-30T00:00:00Z"));
         assert_eq!(w.end_ms, ms("2026-12-07T00:00:00Z"));
         assert_eq!(week.scope.window_at(ms("2026-11-30T00:00:00Z")), w);
-        assert_eq!(week.scope.key(), "team=research;window=week;strategy=spend;currency=USD");
+        assert_eq!(
+            week.scope.key(),
+            "team=research;window=week;strategy=spend;currency=USD"
+        );
         let day = budget("5", "day").validate(BudgetHolder::Consumer("c")).unwrap();
-        assert_eq!(day.scope.window_at(ms("2026-12-04T21:00:00Z")).start_ms, ms("2026-12-04T00:00:00Z"));
+        assert_eq!(
+            day.scope.window_at(ms("2026-12-04T21:00:00Z")).start_ms,
+            ms("2026-12-04T00:00:00Z")
+        );
     }
 
     #[test]
@@ -256,7 +269,13 @@ mod tests {
         b.ends = Some("2027-01-01T00:00:00+01:00".into());
         let b = b.validate(BudgetHolder::Team("pilot")).unwrap();
         let (start, end) = (ms("2026-12-01T00:00:00Z"), ms("2026-12-31T23:00:00Z"));
-        assert_eq!(b.scope.window_at(0), Window { start_ms: start, end_ms: end });
+        assert_eq!(
+            b.scope.window_at(0),
+            Window {
+                start_ms: start,
+                end_ms: end
+            }
+        );
         assert!(b.scope.period.applies_at(start));
         assert!(!b.scope.period.applies_at(start - 1));
         assert!(!b.scope.period.applies_at(end));
@@ -265,7 +284,10 @@ mod tests {
 
     #[test]
     fn a_team_budget_counts_the_team_and_an_organisation_budget_every_team_under_it() {
-        let team = budget("1", "month").validate(BudgetHolder::Team("research")).unwrap().scope;
+        let team = budget("1", "month")
+            .validate(BudgetHolder::Team("research"))
+            .unwrap()
+            .scope;
         let member = Requester {
             consumer: "alice",
             team: Some("research"),
@@ -273,7 +295,10 @@ mod tests {
         };
         assert!(team.matches(&member, "any", ""));
         assert!(!team.matches(&Requester::consumer("alice"), "any", ""));
-        let org = budget("1", "month").validate(BudgetHolder::Team("acme")).unwrap().scope;
+        let org = budget("1", "month")
+            .validate(BudgetHolder::Team("acme"))
+            .unwrap()
+            .scope;
         assert!(org.matches(&member, "any", ""));
         let elsewhere = Requester {
             team: Some("sales"),
@@ -302,7 +327,19 @@ mod tests {
         assert_eq!(problems[0].0, "ends");
         let mut monthly_with_dates = budget("1", "month");
         monthly_with_dates.ends = Some("2027-01-01".into());
-        assert_eq!(monthly_with_dates.validate(BudgetHolder::Consumer("c")).unwrap_err()[0].0, "ends");
-        assert_eq!(budget("0", "day").validate(BudgetHolder::Consumer("c")).unwrap_err()[0].0, "amount");
+        assert_eq!(
+            monthly_with_dates
+                .validate(BudgetHolder::Consumer("c"))
+                .unwrap_err()[0]
+                .0,
+            "ends"
+        );
+        assert_eq!(
+            budget("0", "day")
+                .validate(BudgetHolder::Consumer("c"))
+                .unwrap_err()[0]
+                .0,
+            "amount"
+        );
     }
 }

@@ -220,7 +220,9 @@ impl Period {
     pub fn previous_start(&self, start_ms: u64) -> Option<u64> {
         match self {
             Self::Fixed { .. } => None,
-            _ => start_ms.checked_sub(1).map(|before| self.window_at(before).start_ms),
+            _ => start_ms
+                .checked_sub(1)
+                .map(|before| self.window_at(before).start_ms),
         }
     }
 
@@ -248,10 +250,7 @@ impl Period {
     pub fn describe(&self) -> String {
         match *self {
             Self::Every { ms } if ms == DAY_MS => "per day".to_owned(),
-            Self::Every { ms } => format!(
-                "per {}",
-                humantime::format_duration(Duration::from_millis(ms))
-            ),
+            Self::Every { ms } => format!("per {}", humantime::format_duration(Duration::from_millis(ms))),
             Self::Week => "per week".to_owned(),
             Self::Month => "per month".to_owned(),
             Self::Fixed { end_ms, .. } => format!("until {}", rfc3339(end_ms)),
@@ -283,7 +282,11 @@ fn month_containing(at_ms: u64) -> Window {
         .and_then(chrono::DateTime::from_timestamp_millis)
         .unwrap_or_default();
     let (year, month) = (at.year(), at.month());
-    let next = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+    let next = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
     match (first_of(year, month), first_of(next.0, next.1)) {
         (Some(start_ms), Some(end_ms)) => Window { start_ms, end_ms },
         _ => Window::containing(at_ms, 31 * DAY_MS),
@@ -356,7 +359,8 @@ impl QuotaScope {
         if limit.limit_strategy == LimitStrategy::Spend {
             return Err(vec![(
                 "limit_strategy",
-                "`spend` is for budgets ([[consumers.budgets]], [[teams.budgets]]), not token limits".to_owned(),
+                "`spend` is for budgets ([[consumers.budgets]], [[teams.budgets]]), not token limits"
+                    .to_owned(),
             )]);
         }
         Ok(Self {

@@ -224,7 +224,8 @@ impl QuotaLoop {
                 Some(std::fs::read_to_string(path).expect("the gateways' price file"))
             })
             .map_or_else(PriceTable::default, |text| {
-                PriceTable::from_toml(&text).unwrap_or_else(|problems| panic!("the test's price file: {problems:?}"))
+                PriceTable::from_toml(&text)
+                    .unwrap_or_else(|problems| panic!("the test's price file: {problems:?}"))
             });
         let mut settings = QuotaSettings::new(
             brokers,

@@ -25,8 +25,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tollgate_schemas::config::ResourceKind;
 use tollgate_schemas::budget::{BudgetConfig, BudgetHolder};
+use tollgate_schemas::config::ResourceKind;
 use tollgate_schemas::quota::{QuotaScope, TokenLimitConfig};
 
 use crate::config_topic::resources::Resources;
@@ -414,7 +414,10 @@ mod tests {
         );
         let team_a = &scopes[0].scope;
         assert_eq!(team_a.consumer.as_deref(), Some("team-a"));
-        assert_eq!(team_a.period, tollgate_schemas::quota::Period::Every { ms: 3_600_000 });
+        assert_eq!(
+            team_a.period,
+            tollgate_schemas::quota::Period::Every { ms: 3_600_000 }
+        );
         assert_eq!(scopes[2].scope.strategy, LimitStrategy::PromptTokens);
         assert_eq!(scopes[3].scope.instance.as_deref(), Some("openai-1"));
         assert!(scopes.iter().all(|s| s.key == s.scope.key()));
@@ -631,5 +634,50 @@ mod tests {
         let err = load(Path::new("/nonexistent/tollgate.toml")).unwrap_err();
         assert_eq!(err.kind(), "quota_policy");
         assert!(err.to_string().contains("/nonexistent/tollgate.toml"), "{err}");
+    }
+
+    #[test]
+    fn budgets_of_consumers_and_teams_are_spend_scopes_in_micro_units() {
+        let scopes = from_gateway_toml(
+            r#"
+            [[teams]]
+            name = "acme"
+            [[teams.budgets]]
+            amount = "2000"
+            currency = "USD"
+            period = "month"
+            [[consumers]]
+            name = "alice"
+            team = "acme"
+            [[consumers.budgets]]
+            amount = "1.50"
+            currency = "EUR"
+            period = "day"
+            on_exceed = "alert"
+            "#,
+        )
+        .unwrap();
+        let keys: Vec<(&str, u64)> = scopes.iter().map(|s| (s.key.as_str(), s.limit)).collect();
+        assert_eq!(
+            keys,
+            [
+                (
+                    "consumer=alice;window=86400s;strategy=spend;currency=EUR",
+                    1_500_000
+                ),
+                (
+                    "team=acme;window=month;strategy=spend;currency=USD",
+                    2_000_000_000
+                ),
+            ]
+        );
+        let problems = from_gateway_toml(
+            "[[teams]]\nname = \"t\"\n[[teams.budgets]]\namount = \"1\"\ncurrency = \"USD\"\nperiod = \"year\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            problems,
+            ["teams[0].budgets[0].period: `year` is not day, week, month or fixed"]
+        );
     }
 }

@@ -600,14 +600,22 @@ mod tests {
         let keys = scopes.clone().map(|s| s.key);
         let mut state = QuotaState::new(scopes.to_vec(), 100);
         assert_eq!(
-            state.apply(&event("team-a", "m", "i", 10, 3, T0 + 1), at(0, 0), &PriceTable::default()),
+            state.apply(
+                &event("team-a", "m", "i", 10, 3, T0 + 1),
+                at(0, 0),
+                &PriceTable::default()
+            ),
             Applied::Counted {
                 scopes: 3,
                 skewed: false
             }
         );
         assert_eq!(
-            state.apply(&event("team-a", "m", "i", 20, 4, T0 + 2), at(0, 1), &PriceTable::default()),
+            state.apply(
+                &event("team-a", "m", "i", 20, 4, T0 + 2),
+                at(0, 1),
+                &PriceTable::default()
+            ),
             Applied::Counted {
                 scopes: 3,
                 skewed: false
@@ -640,11 +648,27 @@ mod tests {
         let keys = [&team_a_mini, &global_mini, &everything, &vllm].map(|s| s.key.clone());
         let mut state = QuotaState::new(vec![team_a_mini, global_mini, everything, vllm], 100);
 
-        state.apply(&event("team-a", "gpt-4o-mini", "openai", 1, 0, T0), at(0, 0), &PriceTable::default());
-        state.apply(&event("team-b", "gpt-4o-mini", "vllm", 10, 0, T0), at(1, 0), &PriceTable::default());
-        state.apply(&event("team-a", "claude", "vllm", 100, 0, T0), at(0, 1), &PriceTable::default());
+        state.apply(
+            &event("team-a", "gpt-4o-mini", "openai", 1, 0, T0),
+            at(0, 0),
+            &PriceTable::default(),
+        );
+        state.apply(
+            &event("team-b", "gpt-4o-mini", "vllm", 10, 0, T0),
+            at(1, 0),
+            &PriceTable::default(),
+        );
+        state.apply(
+            &event("team-a", "claude", "vllm", 100, 0, T0),
+            at(0, 1),
+            &PriceTable::default(),
+        );
         assert_eq!(
-            state.apply(&event("team-c", "llama", "local", 1000, 0, T0), at(2, 0), &PriceTable::default()),
+            state.apply(
+                &event("team-c", "llama", "local", 1000, 0, T0),
+                at(2, 0),
+                &PriceTable::default()
+            ),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -662,7 +686,11 @@ mod tests {
             100,
         );
         assert_eq!(
-            state.apply(&event("team-b", "m", "i", 5, 5, T0), at(0, 0), &PriceTable::default()),
+            state.apply(
+                &event("team-b", "m", "i", 5, 5, T0),
+                at(0, 0),
+                &PriceTable::default()
+            ),
             Applied::Counted {
                 scopes: 0,
                 skewed: false
@@ -680,11 +708,19 @@ mod tests {
         let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
         let key = team_a.key.clone();
         let mut state = QuotaState::new(vec![team_a], 100);
-        state.apply(&event("team-a", "m", "i", 10, 0, T0 + HOUR - 1), at(0, 0), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 10, 0, T0 + HOUR - 1),
+            at(0, 0),
+            &PriceTable::default(),
+        );
         let before = state.take_changed(1).remove(0);
         assert_eq!((before.window_start_ms, before.used), (T0, 10));
 
-        state.apply(&event("team-a", "m", "i", 7, 0, T0 + HOUR), at(0, 1), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 7, 0, T0 + HOUR),
+            at(0, 1),
+            &PriceTable::default(),
+        );
         let after = state.take_changed(2).remove(0);
         assert_eq!(
             (after.window_start_ms, after.window_end_ms),
@@ -714,8 +750,16 @@ mod tests {
         let team_a = scope(Some("team-a"), None, &[], LimitStrategy::TotalTokens);
         let key = team_a.key.clone();
         let mut state = QuotaState::new(vec![team_a], 100);
-        state.apply(&event("team-a", "m", "i", 10, 0, T0 + 5), at(0, 0), &PriceTable::default());
-        state.apply(&event("team-a", "m", "i", 20, 0, T0 + HOUR + 5), at(0, 1), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 10, 0, T0 + 5),
+            at(0, 0),
+            &PriceTable::default(),
+        );
+        state.apply(
+            &event("team-a", "m", "i", 20, 0, T0 + HOUR + 5),
+            at(0, 1),
+            &PriceTable::default(),
+        );
         let both = state.take_changed(1);
         assert_eq!(
             both.iter()
@@ -724,7 +768,11 @@ mod tests {
             [(T0, 10), (T0 + HOUR, 20)]
         );
 
-        state.apply(&event("team-a", "m", "i", 3, 0, T0 + 6), at(0, 2), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 3, 0, T0 + 6),
+            at(0, 2),
+            &PriceTable::default(),
+        );
         let late = state.take_changed(2);
         assert_eq!(late.len(), 1, "only the previous window changed: {late:?}");
         assert_eq!(
@@ -735,11 +783,19 @@ mod tests {
         assert!(state.take_expired().is_empty());
 
         // The window two back is dropped once the reference time moves on, and its key reported once.
-        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR), at(0, 3), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR),
+            at(0, 3),
+            &PriceTable::default(),
+        );
         assert!(state.window(&key, T0).is_none());
         assert_eq!(state.take_expired(), [snapshot_key(&key, T0)]);
         assert!(state.take_expired().is_empty());
-        state.apply(&event("team-a", "m", "i", 99, 0, T0 + 7), at(0, 4), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 99, 0, T0 + 7),
+            at(0, 4),
+            &PriceTable::default(),
+        );
         assert!(
             state.window(&key, T0).is_none(),
             "an event older than the kept windows is dropped"
@@ -768,7 +824,11 @@ mod tests {
         };
         let now = T0 + 30 * 60_000;
         assert_eq!(
-            state.apply(&event("team-a", "m", "i", 10, 0, now), broker(0, now), &PriceTable::default()),
+            state.apply(
+                &event("team-a", "m", "i", 10, 0, now),
+                broker(0, now),
+                &PriceTable::default()
+            ),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -778,7 +838,9 @@ mod tests {
         assert_eq!(
             state.apply(
                 &event("team-a", "m", "i", 5, 0, now + 24 * HOUR),
-                broker(1, now + 10), &PriceTable::default()),
+                broker(1, now + 10),
+                &PriceTable::default()
+            ),
             Applied::Counted {
                 scopes: 1,
                 skewed: true
@@ -789,7 +851,9 @@ mod tests {
         assert_eq!(
             state.apply(
                 &event("team-a", "m", "i", 7, 0, near_end + 4 * 60_000),
-                broker(2, near_end), &PriceTable::default()),
+                broker(2, near_end),
+                &PriceTable::default()
+            ),
             Applied::Counted {
                 scopes: 1,
                 skewed: false
@@ -830,7 +894,11 @@ mod tests {
                 snapshot_key(&key, T0 + 2 * HOUR)
             ]
         );
-        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR + 5), at(0, 0), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 1, 0, T0 + 2 * HOUR + 5),
+            at(0, 0),
+            &PriceTable::default(),
+        );
         assert_eq!(state.stale_keys(now), [snapshot_key(&key, T0 + 3 * HOUR)]);
     }
 
@@ -864,7 +932,10 @@ mod tests {
             }
         );
         state.take_changed(1);
-        assert_eq!(state.apply(&once, at(0, 9), &PriceTable::default()), Applied::Duplicate);
+        assert_eq!(
+            state.apply(&once, at(0, 9), &PriceTable::default()),
+            Applied::Duplicate
+        );
         let snapshot = state.take_changed(2).remove(0);
         assert_eq!((snapshot.used, snapshot.events), (15, 1));
         assert_eq!(snapshot.watermarks[0].offset, 9);
@@ -879,8 +950,14 @@ mod tests {
         for (i, e) in events.iter().enumerate() {
             state.apply(e, at(0, i as i64), &PriceTable::default());
         }
-        assert_eq!(state.apply(&events[2], at(0, 10), &PriceTable::default()), Applied::Duplicate);
-        assert_eq!(state.apply(&events[1], at(0, 11), &PriceTable::default()), Applied::Duplicate);
+        assert_eq!(
+            state.apply(&events[2], at(0, 10), &PriceTable::default()),
+            Applied::Duplicate
+        );
+        assert_eq!(
+            state.apply(&events[1], at(0, 11), &PriceTable::default()),
+            Applied::Duplicate
+        );
         assert_eq!(
             state.apply(&events[0], at(0, 12), &PriceTable::default()),
             Applied::Counted {
@@ -917,9 +994,21 @@ mod tests {
         let mut state = QuotaState::new(vec![everything], 100);
         let mut from_gw2 = event("team-b", "m", "i", 1, 0, T0);
         from_gw2.source = "tollgate-gateway/gw-2".into();
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 7), &PriceTable::default());
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 4), &PriceTable::default());
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(1, 2), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 1, 0, T0),
+            at(0, 7),
+            &PriceTable::default(),
+        );
+        state.apply(
+            &event("team-a", "m", "i", 1, 0, T0),
+            at(0, 4),
+            &PriceTable::default(),
+        );
+        state.apply(
+            &event("team-a", "m", "i", 1, 0, T0),
+            at(1, 2),
+            &PriceTable::default(),
+        );
         state.apply(&from_gw2, at(0, 5), &PriceTable::default());
         let snapshot = state.take_changed(1).remove(0);
         let marks: Vec<_> = snapshot
@@ -949,7 +1038,11 @@ mod tests {
             timestamp_ms: None,
             not_after_ms: None,
         };
-        state.apply(&event("team-a", "m", "i", 1, 0, T0 + 42), position, &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 1, 0, T0 + 42),
+            position,
+            &PriceTable::default(),
+        );
         assert_eq!(state.take_changed(1)[0].newest_event_ms, T0 + 42);
     }
 
@@ -960,8 +1053,16 @@ mod tests {
         let c = scope(Some("team-c"), None, &[], LimitStrategy::TotalTokens);
         let keys_a = a.key.clone();
         let mut state = QuotaState::new(vec![a, b, c.clone()], 100);
-        state.apply(&event("team-a", "m", "i", 1, 0, T0), at(0, 0), &PriceTable::default());
-        state.apply(&event("team-b", "m", "i", 2, 0, T0 + 3 * HOUR), at(0, 1), &PriceTable::default());
+        state.apply(
+            &event("team-a", "m", "i", 1, 0, T0),
+            at(0, 0),
+            &PriceTable::default(),
+        );
+        state.apply(
+            &event("team-b", "m", "i", 2, 0, T0 + 3 * HOUR),
+            at(0, 1),
+            &PriceTable::default(),
+        );
         let all = state.all_snapshots(9);
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|s| s.published_at_ms == 9));
@@ -989,7 +1090,11 @@ mod tests {
         let mut state = QuotaState::new(vec![a.clone(), b.clone()], 100);
         let counted = event("team-a", "m", "i", 10, 5, T0);
         state.apply(&counted, at(0, 0), &PriceTable::default());
-        state.apply(&event("team-b", "m", "i", 1, 0, T0), at(0, 1), &PriceTable::default());
+        state.apply(
+            &event("team-b", "m", "i", 1, 0, T0),
+            at(0, 1),
+            &PriceTable::default(),
+        );
         state.take_changed(1);
 
         // The same policy: nothing changes, nothing to publish.
@@ -1024,10 +1129,21 @@ mod tests {
         );
 
         // The removed scope is never published again, and the recent ids are still known.
-        state.apply(&event("team-b", "m", "i", 1, 0, T0 + 1), at(0, 2), &PriceTable::default());
+        state.apply(
+            &event("team-b", "m", "i", 1, 0, T0 + 1),
+            at(0, 2),
+            &PriceTable::default(),
+        );
         assert!(!state.has_changed());
-        assert_eq!(state.apply(&counted, at(0, 3), &PriceTable::default()), Applied::Duplicate);
-        state.apply(&event("team-c", "m", "i", 2, 0, T0 + 2), at(0, 4), &PriceTable::default());
+        assert_eq!(
+            state.apply(&counted, at(0, 3), &PriceTable::default()),
+            Applied::Duplicate
+        );
+        state.apply(
+            &event("team-c", "m", "i", 2, 0, T0 + 2),
+            at(0, 4),
+            &PriceTable::default(),
+        );
         let snapshots = state.take_changed(3);
         assert_eq!(
             snapshots
@@ -1039,5 +1155,75 @@ mod tests {
         // Marking a removed scope does nothing.
         state.mark_changed(&b.key, T0);
         assert!(!state.has_changed());
+    }
+
+    /// A budget of `amount` USD per month on `team`.
+    fn budget(team: &str, amount: &str) -> ConfiguredScope {
+        let config: tollgate_schemas::budget::BudgetConfig = serde_json::from_value(serde_json::json!({
+            "amount": amount, "currency": "USD", "period": "month"
+        }))
+        .unwrap();
+        let budget = config
+            .validate(tollgate_schemas::budget::BudgetHolder::Team(team))
+            .unwrap();
+        ConfiguredScope {
+            key: budget.scope.key(),
+            scope: budget.scope,
+            limit: budget.limit_micros,
+        }
+    }
+
+    #[test]
+    fn a_budget_counts_each_events_cost_at_the_model_that_served_in_its_own_currency_only() {
+        let prices = PriceTable::from_toml(
+            r#"
+            [[prices]]
+            model = "dear"
+            effective_from = "2020-01-01"
+            currency = "USD"
+            input_per_mtok = "10"
+            output_per_mtok = "30"
+            [[prices]]
+            model = "euro"
+            effective_from = "2020-01-01"
+            currency = "EUR"
+            input_per_mtok = "10"
+            output_per_mtok = "30"
+            "#,
+        )
+        .unwrap();
+        let research = budget("research", "1.00");
+        let key = research.key.clone();
+        let mut state = QuotaState::new(vec![research], 100);
+        let member = |served: &str, offset: i64| {
+            let mut e = event("alice", "gpt-4o", "i", 1000, 1000, T0 + 1);
+            e.data.team = Some("research".into());
+            e.data.organization = Some("acme".into());
+            e.data.model_served = served.into();
+            e.id = uuid::Uuid::now_v7();
+            (e, at(0, offset))
+        };
+        // 1,000 input and 1,000 output tokens of `dear`: 0.01 + 0.03 USD.
+        for (e, at) in [
+            member("dear", 0),
+            member("dear", 1),
+            member("euro", 2),
+            member("unpriced", 3),
+        ] {
+            state.apply(&e, at, &prices);
+        }
+        let outsider = event("bob", "gpt-4o", "i", 1000, 1000, T0 + 1);
+        state.apply(&outsider, at(0, 4), &prices);
+        let snapshots = by_scope(state.take_changed(T0 + 2));
+        let snapshot = &snapshots[&key];
+        assert_eq!(
+            (snapshot.used, snapshot.events, snapshot.limit),
+            (80_000, 4, 1_000_000)
+        );
+        assert_eq!(snapshot.currency.as_deref(), Some("USD"));
+        assert_eq!(snapshot.strategy, LimitStrategy::Spend);
+        let month = snapshot.window();
+        assert_eq!(month.start_ms, 1_793_491_200_000, "2026-11-01T00:00:00Z");
+        assert_eq!(month.end_ms, 1_796_083_200_000, "2026-12-01T00:00:00Z");
     }
 }

@@ -901,3 +901,38 @@ fn teams_must_exist_be_named_once_and_not_be_their_own_ancestors() {
         "{found:?}"
     );
 }
+
+/// Budgets: validated up front like token limits, each problem at its path; a budget on a team in the middle of
+/// a chain is refused (its consumers' events name only their own team and the organisation).
+#[test]
+fn budgets_are_validated_with_every_problem_at_its_path() {
+    let text = VALID.replace(
+        "    [[consumers]]\n    name = \"team-a\"",
+        "    [billing]\n    prices = \"/nonexistent/prices.toml\"\n    \
+         [[teams]]\n    name = \"acme\"\n    budgets = [{ amount = \"2000\", currency = \"USD\", period = \"month\" }]\n    \
+         [[teams]]\n    name = \"research\"\n    parent = \"acme\"\n    \
+         budgets = [{ amount = \"10\", currency = \"USD\", period = \"week\" }]\n    \
+         [[teams]]\n    name = \"vision\"\n    parent = \"research\"\n    \
+         [[consumers]]\n    name = \"team-a\"\n    team = \"vision\"\n    \
+         budgets = [{ amount = 0.5, currency = \"usd\", period = \"fortnight\" }, \
+         { amount = \"1\", currency = \"EUR\", period = \"day\" }, { amount = \"2\", currency = \"EUR\", period = \"day\" }]",
+    );
+    let found = problems(&text);
+    for expected in [
+        "teams[1].budgets: `research` has a parent and teams under it",
+        "consumers[0].budgets[0].amount: 0.5 is a float",
+        "consumers[0].budgets[0].currency: `usd` is not three capital letters",
+        "consumers[0].budgets[0].period: `fortnight` is not day, week, month or fixed",
+        "consumers[0].budgets[2]: another budget already covers the same scope",
+        "billing.prices: /nonexistent/prices.toml: cannot be read",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "{expected}: {found:?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|p| p.starts_with("teams[0].budgets")),
+        "{found:?}"
+    );
+}

@@ -64,7 +64,12 @@ pub async fn consumer(
     let billing = &runtime.config.billing;
     match statement(&clients.billing, billing.url.as_ref(), billing.timeout, &asked).await {
         Ok(mut statement) => {
-            with_quotas(&mut statement, &state.quotas, &runtime.config, &principal.consumer);
+            with_quotas(
+                &mut statement,
+                &state.quotas,
+                &runtime.config,
+                &principal.consumer,
+            );
             HttpResponse::Ok().json(statement)
         }
         Err(error) => {

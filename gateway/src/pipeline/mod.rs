@@ -53,7 +53,6 @@ use uuid::Uuid;
 use crate::admission::auth::Principal;
 use crate::admission::limits::{RateFigures, format_reset};
 use crate::admission::quota::{BudgetFigures, QuotaTicket, TokenFigures};
-use tollgate_schemas::quota::Requester;
 use crate::error::GatewayError;
 use crate::http::inflight::{Permit, VALUE_COST};
 use crate::http::state::{AppState, WorkerClients};
@@ -70,6 +69,7 @@ use crossing::StreamTranslator;
 use forward::{Answer, Crossed};
 use settle::{Ledger, PendingEvent, Settlement};
 use stream::StreamJob;
+use tollgate_schemas::quota::Requester;
 
 /// When and as what a request arrived.
 #[derive(Debug, Clone, Copy)]
@@ -703,7 +703,8 @@ fn insert_limit_headers(response: &mut HttpResponse, figures: LimitFigures) {
         ]
     });
     // Amounts in currency units (`0.25`), the reset in seconds (`86400s`), as the token figures are.
-    let money = |micros: u64| tollgate_schemas::prices::format_micros(i64::try_from(micros).unwrap_or(i64::MAX));
+    let money =
+        |micros: u64| tollgate_schemas::prices::format_micros(i64::try_from(micros).unwrap_or(i64::MAX));
     let budget = figures.budget.into_iter().flat_map(|f| {
         [
             ("x-budget-limit", money(f.limit_micros)),

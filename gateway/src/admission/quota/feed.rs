@@ -258,7 +258,8 @@ impl Follower {
                         .set(scope.remaining as f64);
                 }
                 None => {
-                    metrics::gauge!(m::QUOTA_REMAINING_TOKENS, "scope" => scope.id).set(scope.remaining as f64);
+                    metrics::gauge!(m::QUOTA_REMAINING_TOKENS, "scope" => scope.id)
+                        .set(scope.remaining as f64);
                 }
             }
         }

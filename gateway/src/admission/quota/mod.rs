@@ -99,7 +99,10 @@ impl LocalUsage {
         match scope.strategy {
             LimitStrategy::Spend => {
                 let currency = self.currency.load();
-                if currency.as_deref().is_some_and(|c| scope.currency.as_ref() == Some(c)) {
+                if currency
+                    .as_deref()
+                    .is_some_and(|c| scope.currency.as_ref() == Some(c))
+                {
                     self.cost.load(Ordering::Acquire)
                 } else {
                     0
@@ -356,7 +359,10 @@ impl Layout {
             .iter()
             .filter_map(|i| i.token_limit.as_ref())
             .map(|l| (None, l));
-        let team_budgets = config.teams.iter().flat_map(|t| t.budgets.iter().map(|l| (None, l)));
+        let team_budgets = config
+            .teams
+            .iter()
+            .flat_map(|t| t.budgets.iter().map(|l| (None, l)));
         let all = consumer_limits
             .chain(global_limits)
             .chain(instance_limits)
@@ -472,8 +478,8 @@ impl Quotas {
     pub fn demand(&self, prompt_estimate: u32, max_output_tokens: Option<u64>, models: &[&str]) -> Demand {
         let prompt = u64::from(prompt_estimate);
         let cost = self.layout.load().has_budgets.then(|| {
-            let output = max_output_tokens
-                .unwrap_or_else(|| self.budget_output_tokens.load(Ordering::Acquire));
+            let output =
+                max_output_tokens.unwrap_or_else(|| self.budget_output_tokens.load(Ordering::Acquire));
             self.most_expensive(prompt, output, models)
         });
         Demand {
@@ -669,10 +675,7 @@ impl Quotas {
                 return Err((book, standing));
             }
             let committed = standing.used.saturating_add(standing.pending);
-            let remaining = limit
-                .limit
-                .saturating_sub(committed)
-                .saturating_sub(need);
+            let remaining = limit.limit.saturating_sub(committed).saturating_sub(need);
             let reset = standing.window.remaining(now);
             match &limit.budget {
                 Some(terms) => {

@@ -681,14 +681,30 @@ budgets = [{{ amount = "0.01", currency = "USD", period = "month", on_exceed = "
         let quotas = budgets(clock.clone());
         let reserve = || quotas.demand(1000, Some(1000), &["cheap", "dear"]);
         let (first, _) = quotas.admit_for(&ALICE, "gpt-4o-mini", reserve()).unwrap();
-        assert_eq!(first.budget_figures().unwrap().remaining_micros, 60_000, "the team's 0.10 less 0.04");
+        assert_eq!(
+            first.budget_figures().unwrap().remaining_micros,
+            60_000,
+            "the team's 0.10 less 0.04"
+        );
         let (_second, _) = quotas.admit_for(&ALICE, "gpt-4o-mini", reserve()).unwrap();
         let refused = quotas.admit_for(&ALICE, "gpt-4o-mini", reserve()).unwrap_err();
-        assert_eq!((refused.status, refused.error_type, refused.kind), (429, "insufficient_quota", "budget"));
+        assert_eq!(
+            (refused.status, refused.error_type, refused.kind),
+            (429, "insufficient_quota", "budget")
+        );
         let figures = refused.budget.clone().unwrap();
-        assert_eq!((figures.currency.as_str(), figures.limit_micros, figures.remaining_micros), ("USD", 100_000, 20_000));
+        assert_eq!(
+            (
+                figures.currency.as_str(),
+                figures.limit_micros,
+                figures.remaining_micros
+            ),
+            ("USD", 100_000, 20_000)
+        );
         assert!(
-            refused.message.starts_with("Budget of 0.10 USD per day is spent (0.02 USD left, 0.04 USD needed"),
+            refused
+                .message
+                .starts_with("Budget of 0.10 USD per day is spent (0.02 USD left, 0.04 USD needed"),
             "{}",
             refused.message
         );
@@ -701,7 +717,10 @@ budgets = [{{ amount = "0.01", currency = "USD", period = "month", on_exceed = "
     fn a_team_budget_covers_its_members_and_no_one_else() {
         let quotas = budgets(Arc::new(ManualClock::early_in_an_hour()));
         let big = || quotas.demand(10_000, Some(1000), &["dear"]); // 0.1 + 0.03 USD: more than research's day
-        assert_eq!(quotas.admit_for(&ALICE, "gpt-4o-mini", big()).unwrap_err().kind, "budget");
+        assert_eq!(
+            quotas.admit_for(&ALICE, "gpt-4o-mini", big()).unwrap_err().kind,
+            "budget"
+        );
         let outsider = Requester::consumer("carol");
         assert!(quotas.admit_for(&outsider, "gpt-4o-mini", big()).is_ok());
     }
@@ -711,7 +730,11 @@ budgets = [{{ amount = "0.01", currency = "USD", period = "month", on_exceed = "
         let quotas = budgets(Arc::new(ManualClock::early_in_an_hour()));
         let unpriced = quotas.demand(10, Some(10), &["free"]);
         let refused = quotas.admit_for(&ALICE, "open", unpriced.clone()).unwrap_err();
-        assert!(refused.message.contains("Model `free` has no price in force"), "{}", refused.message);
+        assert!(
+            refused.message.contains("Model `free` has no price in force"),
+            "{}",
+            refused.message
+        );
         let bob = Requester::consumer("bob");
         assert!(quotas.admit_for(&bob, "open", unpriced).is_ok());
         let mut held = Vec::new();

@@ -154,7 +154,9 @@ impl LimitRules<'_> {
             id: raw.id.unwrap_or_else(|| derived_limit_id(&key)),
             rejected_msg: format!(
                 "Budget of {} {currency} {} is spent",
-                tollgate_schemas::prices::format_micros(i64::try_from(budget.limit_micros).unwrap_or(i64::MAX)),
+                tollgate_schemas::prices::format_micros(
+                    i64::try_from(budget.limit_micros).unwrap_or(i64::MAX)
+                ),
                 budget.scope.period.describe(),
             ),
             scope: budget.scope,

@@ -140,10 +140,7 @@ pub(super) fn prices(p: &mut Problems, path: Option<&std::path::Path>) -> std::s
         Ok(table) => std::sync::Arc::new(table),
         Err(problems) => {
             for problem in problems {
-                p.push(
-                    "billing.prices",
-                    format!("{}: {problem}", path.display()),
-                );
+                p.push("billing.prices", format!("{}: {problem}", path.display()));
             }
             std::sync::Arc::default()
         }
