@@ -58,6 +58,9 @@ pub enum AlertKind {
     TokenQuota,
     /// A money budget's period, counted in a currency (micro-units).
     Budget,
+    /// A served model with no price in force on a UTC day: its events are stored unpriced (cost 0) until an
+    /// operator prices it. One alert per (model, day), at the first such event.
+    UnpricedModel,
 }
 
 impl AlertKind {
@@ -66,12 +69,16 @@ impl AlertKind {
         match self {
             Self::TokenQuota => "token_quota",
             Self::Budget => "budget",
+            Self::UnpricedModel => "unpriced_model",
         }
     }
 }
 
 /// The unit of token quotas' `used` and `limit`.
 pub const UNIT_TOKENS: &str = "tokens";
+/// The unit of an unpriced model's `used`: its unpriced events that day.
+pub const UNIT_EVENTS: &str = "events";
+const DAY_MS: u64 = 86_400_000;
 
 /// A subject's usage against its limit: what the alerting looks at. `used` and `limit` are integers in `unit`:
 /// tokens, or for a budget the micro-units of its currency (the ledger's unit), with `unit` the ISO 4217 code.
@@ -104,6 +111,21 @@ impl Standing {
             used: snapshot.used,
             limit: snapshot.limit,
             unit,
+        }
+    }
+
+    /// `events` unpriced events of the served `model` on the UTC day containing `at_ms` (scope
+    /// `model_served=<model>`, limit 1: the first event reaches 100 %).
+    pub fn unpriced(model: &str, at_ms: u64, events: u64) -> Self {
+        let day = at_ms - at_ms % DAY_MS;
+        Self {
+            kind: AlertKind::UnpricedModel,
+            scope: format!("model_served={model}"),
+            window_start_ms: day,
+            window_end_ms: day + DAY_MS,
+            used: events,
+            limit: 1,
+            unit: UNIT_EVENTS.to_owned(),
         }
     }
 
@@ -251,7 +273,12 @@ impl Alerter {
             _ => 0,
         };
         let mut queued = 0;
-        for threshold in crossed(previous, standing.used, standing.limit, &self.thresholds) {
+        // An unpriced model is alerted once, when it is first seen: it has no "half way".
+        let thresholds: &[u32] = match standing.kind {
+            AlertKind::UnpricedModel => &[100],
+            AlertKind::TokenQuota | AlertKind::Budget => &self.thresholds,
+        };
+        for threshold in crossed(previous, standing.used, standing.limit, thresholds) {
             let id = alert_id(
                 standing.kind,
                 &standing.scope,
@@ -476,5 +503,28 @@ mod tests {
         assert_eq!(body["threshold_percent"], 80);
         assert_eq!(body["time"], "2026-11-20T10:00:00.123Z");
         assert_eq!(body["id"], alert_id(AlertKind::Budget, "consumer=team-a", 0, 80));
+    }
+
+    #[test]
+    fn an_unpriced_model_is_one_subject_per_utc_day_reached_by_its_first_event() {
+        // 2026-11-20T10:00:00Z and 23:59:59.999Z are the same day; the next millisecond is the next one.
+        let morning = Standing::unpriced("gpt-9", 1_795_168_800_000, 1);
+        let night = Standing::unpriced("gpt-9", 1_795_219_199_999, 7);
+        assert_eq!(morning.subject(), night.subject());
+        assert_eq!(
+            (
+                morning.scope.as_str(),
+                morning.window_start_ms,
+                morning.window_end_ms
+            ),
+            ("model_served=gpt-9", 1_795_132_800_000, 1_795_219_200_000)
+        );
+        assert_ne!(
+            Standing::unpriced("gpt-9", 1_795_219_200_000, 1).subject(),
+            night.subject()
+        );
+        assert_eq!(crossed(0, morning.used, morning.limit, &[100]), [100]);
+        assert!(crossed(1, night.used, night.limit, &[100]).is_empty());
+        assert_eq!(morning.kind.as_str(), "unpriced_model");
     }
 }

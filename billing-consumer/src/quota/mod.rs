@@ -40,6 +40,7 @@ pub mod policy;
 pub mod publisher;
 pub mod windows;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,7 @@ use tollgate_schemas::quota::QuotaHeartbeat;
 
 use crate::alerts::{self, AlertSettings, Alerter};
 use crate::error::{BillingError, RejectReason};
-use crate::ledger::pricing::LivePrices;
+use crate::ledger::pricing::{LivePrices, PriceTable};
 use crate::telemetry::metrics as m;
 
 use self::lease::Lease;
@@ -152,6 +153,7 @@ pub async fn run_live(
         usage_topic: settings.usage_topic.clone(),
         alerter,
         prices,
+        unpriced: HashMap::new(),
     };
     crate::telemetry::readiness::STATE.quota_started(settings.heartbeat_interval, now_ms());
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval.max(Duration::from_millis(1)));
@@ -264,6 +266,8 @@ struct QuotaLoop {
     alerter: Option<Alerter>,
     /// The prices budgets count spend at.
     prices: LivePrices,
+    /// Unpriced events per (served model, UTC day), with alerts on: the last two days.
+    unpriced: HashMap<(String, u64), u64>,
 }
 
 impl QuotaLoop {
@@ -363,9 +367,11 @@ impl QuotaLoop {
             timestamp_ms,
             not_after_ms: Some(timestamp_ms.map_or(read_at_ms, |ms| ms.min(read_at_ms))),
         };
-        match self.state.apply(&event, at, &self.prices.current()) {
+        let prices = self.prices.current();
+        match self.state.apply(&event, at, &prices) {
             Applied::Counted { skewed, .. } => {
                 metrics::counter!(m::QUOTA_EVENTS_APPLIED).increment(1);
+                self.watch_price(&event.data, &prices);
                 if skewed {
                     metrics::counter!(m::QUOTA_CLOCK_SKEW_EVENTS).increment(1);
                     tracing::warn!(
@@ -404,6 +410,32 @@ impl QuotaLoop {
             }
         }
         false
+    }
+
+    /// With alerts on, counts an event of a served model that has no price in force (it is stored at cost 0) per
+    /// UTC day, and alerts the first of each day while holding the lease; the alert ledger makes that once per
+    /// (model, day) across restarts. Events without tokens (refusals) cost nothing priced or not.
+    fn watch_price(&mut self, data: &tollgate_schemas::usage::UsageRecorded, prices: &PriceTable) {
+        let Some(alerter) = self.alerter.as_mut() else {
+            return;
+        };
+        if data.prompt_tokens == 0 && data.completion_tokens == 0
+            || prices.in_force(&data.model_served, data.finished_at_ms).is_some()
+        {
+            return;
+        }
+        let today = alerts::Standing::unpriced(&data.model_served, data.finished_at_ms, 0).window_start_ms;
+        self.unpriced
+            .retain(|(_, day), _| day.saturating_add(2 * 86_400_000) > today);
+        let events = self
+            .unpriced
+            .entry((data.model_served.clone(), today))
+            .or_insert(0);
+        *events += 1;
+        let standing = alerts::Standing::unpriced(&data.model_served, data.finished_at_ms, *events);
+        if !self.rebuilding && self.lease.held() {
+            alerter.observe(&standing, now_ms());
+        }
     }
 
     /// Whether snapshots may go out now: rebuilt, and holding the lease.

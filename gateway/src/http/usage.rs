@@ -97,14 +97,23 @@ pub async fn admin(req: HttpRequest, live: web::Data<LiveConfig>) -> Result<Http
     let client = awc::Client::default();
     match statement(&client, billing.url.as_ref(), billing.timeout, req.query_string()).await {
         Ok(mut statement) => {
-            if let Some(consumer) = statement
-                .pointer("/billed/kind")
-                .filter(|kind| *kind == "consumer")
-                .and_then(|_| statement.pointer("/billed/name"))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-            {
-                with_quotas(&mut statement, live.quotas(), &runtime.config, &consumer);
+            let billed = |field: &str| {
+                statement
+                    .pointer(&format!("/billed/{field}"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            match (billed("kind").as_deref(), billed("name")) {
+                (Some("consumer"), Some(consumer)) => {
+                    with_quotas(&mut statement, live.quotas(), &runtime.config, &consumer);
+                }
+                (Some("team" | "organization"), Some(team)) => {
+                    let standing = serde_json::to_value(live.quotas().standing_of_team(&team));
+                    if let Some(object) = statement.as_object_mut() {
+                        object.insert("quotas".to_owned(), standing.unwrap_or(Value::Null));
+                    }
+                }
+                _ => {}
             }
             Ok(HttpResponse::Ok().json(statement))
         }

@@ -892,16 +892,31 @@ impl Quotas {
     /// consumer's own, then the global ones (an instance's quota is left out: it fails a request over, never
     /// refuses it). For the usage API.
     pub fn standing_of(&self, who: &Requester<'_>) -> Vec<QuotaStanding> {
-        let now = self.clock.now_ms();
         let layout = self.layout.load();
         let applies = |book: &&Arc<ScopeBook>| book.limit().scope.matches(who, "", "");
-        layout
+        let books = layout
             .by_consumer
             .get(who.consumer)
             .into_iter()
             .flatten()
             .chain(layout.teams.iter().filter(applies))
-            .chain(&layout.global)
+            .chain(&layout.global);
+        self.standings(books)
+    }
+
+    /// Where the budgets set on `team` (a team or an organisation) stand now, as this replica sees it.
+    pub fn standing_of_team(&self, team: &str) -> Vec<QuotaStanding> {
+        let layout = self.layout.load();
+        let books = layout
+            .teams
+            .iter()
+            .filter(|book| book.limit().scope.team.as_deref() == Some(team));
+        self.standings(books)
+    }
+
+    fn standings<'b>(&self, books: impl Iterator<Item = &'b Arc<ScopeBook>>) -> Vec<QuotaStanding> {
+        let now = self.clock.now_ms();
+        books
             .map(|book| {
                 let standing = self.standing(book, &mut book.lock(), now);
                 let limit = book.limit();
