@@ -1,7 +1,7 @@
 //! Every key of the gateway's TOML file is documented in `docs/configuration.md`.
 //!
 //! The keys are read from the source, not from a list kept by hand: every `Raw…` struct of
-//! `gateway/src/config/raw.rs` (and `TokenLimitConfig` of `schemas/src/quota.rs`, the token limit tables) is parsed
+//! `gateway/src/config/raw.rs` (and `TokenLimitConfig` of `schemas/src/quota.rs` and `BudgetConfig` of `schemas/src/budget.rs`, the token limit and budget tables) is parsed
 //! for its fields, honouring `#[serde(rename = "…")]`, and the tables are found by walking the field types from
 //! `RawConfig` (`instances: Vec<RawInstance>` → `[[instances]]`, `circuit_breaker: RawBreaker` →
 //! `[instances.circuit_breaker]`). For every table there must be a heading in `docs/configuration.md` naming it
@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 const ROOT: &str = "RawConfig";
 
 /// Structs outside `config/raw.rs` that are tables of the file.
-const SHARED_TABLES: &[(&str, &str)] = &[("schemas/src/quota.rs", "TokenLimitConfig")];
+const SHARED_TABLES: &[(&str, &str)] = &[
+    ("schemas/src/quota.rs", "TokenLimitConfig"),
+    ("schemas/src/budget.rs", "BudgetConfig"),
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -27,6 +27,7 @@ use tollgate_billing_consumer::kafka::KafkaSettings;
 use tollgate_billing_consumer::ledger::ClickHouseSettings;
 use tollgate_billing_consumer::ledger::pricing::PriceTable;
 use tollgate_billing_consumer::quota::QuotaSettings;
+use tollgate_billing_consumer::reports::invoice::{Billed, Invoice, Period, invoice_of};
 use tollgate_billing_consumer::service::{self, ServiceSettings, UsageTopicLayout};
 use tollgate_gateway::clock::{Clock, ManualClock, SystemClock};
 use tollgate_gateway::http::server::GatewayHandle;
@@ -688,6 +689,38 @@ impl Stack {
                 .collect(),
             body: bytes,
         }
+    }
+
+    /// POSTs a chat completion `body` to `base` (a gateway replica) with the key of `consumer`, one of
+    /// [`CONSUMERS`].
+    pub async fn chat_as(&self, base: &str, consumer: &str, body: &Value) -> Reply {
+        let key = CONSUMERS
+            .iter()
+            .find(|c| c.0 == consumer)
+            .unwrap_or_else(|| panic!("{consumer} is not one of the stack's consumers"))
+            .2;
+        let auth = format!("Bearer {key}");
+        self.post_json_to(
+            base,
+            "/v1/chat/completions",
+            &[("authorization", auth.as_str())],
+            body,
+        )
+        .await
+    }
+
+    /// The invoice of `billed` for the current UTC month, from this stack's ledger.
+    pub async fn invoice_this_month(&self, billed: Billed) -> Invoice {
+        let now = chrono::Utc::now();
+        let month = format!(
+            "{:04}-{:02}",
+            chrono::Datelike::year(&now),
+            chrono::Datelike::month(&now)
+        );
+        let period = Period::parse(&month).expect("a month is a period");
+        invoice_of(&self.clickhouse, "usage_events", &billed, period, None)
+            .await
+            .expect("the invoice query")
     }
 
     /// Runs a query in this stack's database and returns the rows (`FORMAT JSONEachRow`, numbers unquoted).

@@ -3,7 +3,8 @@
 //! receiver of the test's own that records every request and can answer 500 first. Each threshold (50, 80,
 //! 100 %) is POSTed exactly once with a valid HMAC-SHA256 signature; a receiver failing twice gets the alert on
 //! the third attempt, with the same id; and across `kill -9` and restarts of billing-consumer no threshold is
-//! sent twice.
+//! sent twice — of a token quota, nor of a spend budget (a 1.00 USD monthly budget at prices that make a token
+//! cost 1,000 µUSD, so the same events cross the same thresholds).
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code: a failed expectation fails the test
 
@@ -139,7 +140,20 @@ struct Fixture {
     /// window.
     window_start_ms: u64,
     produced: u64,
+    /// Alert on team-a's 1.00 USD monthly budget instead of its 1,000-token hourly quota.
+    budget: bool,
 }
+
+/// For the budget: a token costs 1,000 µUSD (1,000 USD per million, input and output alike), so 1,000 tokens
+/// spend the 1.00 USD budget as they use up the 1,000-token quota.
+const PRICES: &str = r#"
+[[prices]]
+model = "gpt-4o-mini"
+effective_from = "2024-07-18"
+currency = "USD"
+input_per_mtok = "1000"
+output_per_mtok = "1000"
+"#;
 
 impl Fixture {
     async fn new(name: &str, fail_first: usize) -> Self {
@@ -192,24 +206,32 @@ impl Fixture {
             producer,
             window_start_ms: now - now % HOUR_MS,
             produced: 0,
+            budget: false,
+        }
+    }
+
+    /// A fixture whose billing-consumer alerts on team-a's spend budget.
+    async fn for_budget(name: &str) -> Self {
+        Self {
+            budget: true,
+            ..Self::new(name, 0).await
         }
     }
 
     /// Starts billing-consumer with alerts on (quick retries, so the test does not wait long).
     async fn billing_consumer(&self, name: &str) -> ChildBillingConsumer {
-        let gateway_toml = format!(
-            r#"
-[[consumers]]
-name = "team-a"
-keys = []
-[[consumers.token_limits]]
-models = ["{MODEL}"]
-limit = {LIMIT}
-time_window = "1h"
-"#
-        );
+        let limit = if self.budget {
+            r#"budgets = [{ amount = "1.00", currency = "USD", period = "month" }]"#.to_owned()
+        } else {
+            format!(r#"token_limits = [{{ models = ["{MODEL}"], limit = {LIMIT}, time_window = "1h" }}]"#)
+        };
+        let gateway_toml = format!("[[consumers]]\nname = \"team-a\"\nkeys = []\n{limit}\n");
+        let prices = self.scratch.join("prices.toml");
+        std::fs::write(&prices, PRICES).unwrap();
         let group = format!("billing-{}", self.usage_topic);
         let args: Vec<String> = [
+            "--prices",
+            prices.to_str().unwrap(),
             "--alert-webhook-url",
             &self.url,
             "--alert-secret-env",
@@ -473,7 +495,20 @@ async fn a_receiver_failing_twice_gets_the_alert_once_on_the_third_attempt() {
 #[actix_rt::test]
 async fn no_threshold_is_sent_twice_across_kill_9_and_restarts() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut fixture = Fixture::new("kill9", 0).await;
+    let fixture = Fixture::new("kill9", 0).await;
+    thresholds_survive_kill_9(fixture, "token_quota", "tokens", LIMIT).await;
+}
+
+#[actix_rt::test]
+async fn no_budget_threshold_is_sent_twice_across_kill_9_and_restarts() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let fixture = Fixture::for_budget("kill9-budget").await;
+    thresholds_survive_kill_9(fixture, "budget", "USD", 1_000_000).await;
+}
+
+/// 50 % delivered, `kill -9`; 85 % reached while down: only 80 goes out after the restart; `kill -9` again and a
+/// restart with nothing new sends nothing; 105 %: 100 goes out. Each threshold once, each with its own id.
+async fn thresholds_survive_kill_9(mut fixture: Fixture, kind: &str, unit: &str, limit: u64) {
     let mut billing = fixture.billing_consumer("billing").await;
     until_holding_the_lease(&billing).await;
 
@@ -507,6 +542,10 @@ async fn no_threshold_is_sent_twice_across_kill_9_and_restarts() {
     assert_once_each(&fixture.delivered(), &[50, 80, 100]);
     for request in &received {
         assert_signed(request);
+        let body = request.json();
+        assert_eq!(body["kind"], kind, "{body}");
+        assert_eq!(body["unit"], unit, "{body}");
+        assert_eq!(body["limit"], limit, "{body}");
     }
     assert!(
         billing.log_text().contains("Read the alerts topic"),

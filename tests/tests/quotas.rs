@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tollgate_gateway::clock::ManualClock;
-use tollgate_tests::stack::{CONSUMERS, MODEL, Reply, Stack, StackOptions};
+use tollgate_tests::stack::{MODEL, Reply, Stack, StackOptions};
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -30,21 +30,8 @@ fn chat(words: usize, max_tokens: Option<u64>) -> Value {
     body
 }
 
-fn bearer(consumer: &str) -> String {
-    let key = CONSUMERS.iter().find(|c| c.0 == consumer).unwrap().2;
-    format!("Bearer {key}")
-}
-
 async fn send(stack: &Stack, base: &str, consumer: &str, body: &Value) -> Reply {
-    let auth = bearer(consumer);
-    stack
-        .post_json_to(
-            base,
-            "/v1/chat/completions",
-            &[("authorization", auth.as_str())],
-            body,
-        )
-        .await
+    stack.chat_as(base, consumer, body).await
 }
 
 fn consumer_limit(consumer: &'static str, limit: u64, message: &str) -> (&'static str, String) {

@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use chrono::{Datelike as _, Utc};
 use serde_json::json;
-use tollgate_billing_consumer::reports::invoice::{Billed, Invoice, Period, invoice_of};
+use tollgate_billing_consumer::reports::invoice::{Billed, Invoice};
 use tollgate_tests::admin::{ADMIN_KEY, admin, admin_toml};
 use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions};
 
@@ -48,11 +47,7 @@ async fn chat(stack: &Stack, key: &str, words: usize) {
 }
 
 async fn invoice(stack: &Stack, billed: Billed) -> Invoice {
-    let now = Utc::now();
-    let period = Period::parse(&format!("{:04}-{:02}", now.year(), now.month())).unwrap();
-    invoice_of(&stack.clickhouse, "usage_events", &billed, period, None)
-        .await
-        .unwrap()
+    stack.invoice_this_month(billed).await
 }
 
 fn usd(invoice: &Invoice) -> (u64, u64, u64, i64) {

@@ -31,7 +31,9 @@
 //! of a currency instead of tokens. A request under a budget reserves the most it could cost — its prompt
 //! estimate at the input price plus its output cap (`max_tokens`, else `[quota] budget_output_tokens`) at the
 //! output price, plus the per-request fee, of the most expensive model its route could answer with, so that a
-//! failover cannot overshoot ([`Quotas::demand`]) — and settles at the cost of the model that answered, priced
+//! failover cannot overshoot ([`Quotas::demand`]). The most expensive is taken per currency: a route whose models
+//! are priced in two currencies reserves, against each budget, the dearest of the models priced in its currency
+//! (the others cost that budget nothing, as the ledger counts them) — and settles at the cost of the model that answered, priced
 //! exactly as billing-consumer prices the event ([`QuotaTicket::settle_event`]). A model with no price in force
 //! cannot be admitted under a refusing budget (fail closed). A budget set to `alert` is counted, never refused.
 //! Team and organisation budgets apply to every consumer whose team or organisation they name.
@@ -61,9 +63,9 @@ use crate::config::{Config, TokenLimit};
 pub struct LocalUsage {
     prompt: AtomicU64,
     completion: AtomicU64,
-    /// Money, in micro-units of `currency`: the reservation, then the cost of the answer.
-    cost: AtomicU64,
-    currency: ArcSwapOption<String>,
+    /// Money: the reservation in each currency, then the cost of the answer in its currency (nothing when
+    /// no budget counts the request, or the model that answered has no price).
+    cost: ArcSwapOption<Costs>,
     /// The event time once the request settled; 0 while in flight (it then counts in the current window).
     settled_at_ms: AtomicU64,
     /// Where Kafka put its event: -1 until acknowledged.
@@ -73,15 +75,14 @@ pub struct LocalUsage {
 
 impl LocalUsage {
     fn reserve(demand: &Demand) -> Self {
-        let (currency, cost) = match &demand.cost {
-            Some(Reservation::Priced { currency, micros }) => (Some(currency.clone()), *micros),
-            _ => (None, 0),
+        let cost = match &demand.cost {
+            Some(Reservation::Priced(costs)) => Some(Arc::new(costs.clone())),
+            _ => None,
         };
         Self {
             prompt: AtomicU64::new(demand.prompt),
             completion: AtomicU64::new(demand.completion),
-            cost: AtomicU64::new(cost),
-            currency: ArcSwapOption::new(currency),
+            cost: ArcSwapOption::new(cost),
             settled_at_ms: AtomicU64::new(0),
             partition: AtomicI32::new(-1),
             offset: AtomicI64::new(-1),
@@ -97,17 +98,11 @@ impl LocalUsage {
     /// What it counts in `scope`: tokens, or for a budget its cost when in the budget's currency.
     fn amount(&self, scope: &QuotaScope) -> u64 {
         match scope.strategy {
-            LimitStrategy::Spend => {
-                let currency = self.currency.load();
-                if currency
-                    .as_deref()
-                    .is_some_and(|c| scope.currency.as_ref() == Some(c))
-                {
-                    self.cost.load(Ordering::Acquire)
-                } else {
-                    0
-                }
-            }
+            LimitStrategy::Spend => self
+                .cost
+                .load()
+                .as_deref()
+                .map_or(0, |costs| costs.micros_in(scope.currency.as_deref())),
             tokens => tokens.tokens(
                 self.prompt.load(Ordering::Acquire),
                 self.completion.load(Ordering::Acquire),
@@ -154,11 +149,39 @@ pub struct Demand {
     pub cost: Option<Reservation>,
 }
 
+/// Money in micro-units, per currency: one entry a currency (a route's models are rarely priced in more than
+/// one).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Costs(Vec<(Arc<String>, u64)>);
+
+impl Costs {
+    /// `micros` of `currency` alone.
+    pub fn one(currency: &str, micros: u64) -> Self {
+        Self(vec![(Arc::new(currency.to_owned()), micros)])
+    }
+
+    /// The amount in `currency`; 0 when there is none in it.
+    pub fn micros_in(&self, currency: Option<&str>) -> u64 {
+        self.0
+            .iter()
+            .find(|(held, _)| Some(held.as_str()) == currency)
+            .map_or(0, |(_, micros)| *micros)
+    }
+
+    /// Raises the amount in `currency` to `micros` when it is less (or absent).
+    fn raise(&mut self, currency: &str, micros: u64) {
+        match self.0.iter_mut().find(|(held, _)| held.as_str() == currency) {
+            Some((_, held)) => *held = (*held).max(micros),
+            None => self.0.push((Arc::new(currency.to_owned()), micros)),
+        }
+    }
+}
+
 /// The money a request reserves under budgets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    /// At most `micros` micro-units of `currency`.
-    Priced { currency: Arc<String>, micros: u64 },
+    /// At most this much in each currency: per currency, the cost at the dearest model of the route priced in it.
+    Priced(Costs),
     /// `model`, which the route could answer with, has no price in force: no budget that refuses can admit it.
     Unpriced { model: String },
 }
@@ -489,8 +512,8 @@ impl Quotas {
         }
     }
 
-    /// The highest cost of `prompt` input and `output` output tokens (and the fee) over `models`, at the prices
-    /// in force now; or the first model without one.
+    /// The highest cost, in each currency, of `prompt` input and `output` output tokens (and the fee) over
+    /// `models`, at the prices in force now; or the first model without a price.
     fn most_expensive(&self, prompt: u64, output: u64, models: &[&str]) -> Reservation {
         let prices = self.prices.load();
         let now = self.clock.now_ms();
@@ -500,7 +523,7 @@ impl Quotas {
             served: true,
             ..TokenUsage::default()
         };
-        let mut most: Option<Reservation> = None;
+        let mut most = Costs::default();
         for model in models {
             let charge = prices.charge(model, now, &usage);
             let Some(version) = charge.version else {
@@ -516,21 +539,9 @@ impl Quotas {
             let micros = charge
                 .cost_micros
                 .max(tollgate_schemas::pricing::cost_micros(version, &reasoning));
-            let micros = u64::try_from(micros).unwrap_or(0);
-            if most
-                .as_ref()
-                .is_none_or(|m| matches!(m, Reservation::Priced { micros: held, .. } if micros > *held))
-            {
-                most = Some(Reservation::Priced {
-                    currency: Arc::new(version.currency.clone()),
-                    micros,
-                });
-            }
+            most.raise(&version.currency, u64::try_from(micros).unwrap_or(u64::MAX));
         }
-        most.unwrap_or(Reservation::Priced {
-            currency: Arc::new(String::new()),
-            micros: 0,
-        })
+        Reservation::Priced(most)
     }
 
     /// Admits a request by `consumer` (without a team) for `model`; see [`Quotas::admit_for`].
@@ -952,13 +963,7 @@ impl Quotas {
 fn demand_of(limit: &TokenLimit, demand: &Demand, refuses: bool) -> u64 {
     match limit.scope.strategy {
         LimitStrategy::Spend => match &demand.cost {
-            Some(Reservation::Priced { currency, micros }) => {
-                if limit.scope.currency.as_deref() == Some(currency.as_str()) {
-                    *micros
-                } else {
-                    0
-                }
-            }
+            Some(Reservation::Priced(costs)) => costs.micros_in(limit.scope.currency.as_deref()),
             Some(Reservation::Unpriced { .. }) if refuses => u64::MAX,
             Some(Reservation::Unpriced { .. }) | None => 0,
         },
@@ -1061,8 +1066,11 @@ impl QuotaTicket {
     pub fn settle_event(self, event: &UsageRecorded) -> Option<Arc<LocalUsage>> {
         let cost = self.prices.as_ref().map(|prices| {
             let charge = prices.charge(&event.model_served, event.finished_at_ms, &TokenUsage::of(event));
-            let currency = charge.version.map(|v| Arc::new(v.currency.clone()));
-            (currency, u64::try_from(charge.cost_micros).unwrap_or(0))
+            let micros = u64::try_from(charge.cost_micros).unwrap_or(0);
+            charge
+                .version
+                .map(|v| Costs::one(&v.currency, micros))
+                .unwrap_or_default()
         });
         self.settle_as(
             u64::from(event.prompt_tokens),
@@ -1076,7 +1084,7 @@ impl QuotaTicket {
         mut self,
         prompt: u64,
         completion: u64,
-        cost: Option<(Option<Arc<String>>, u64)>,
+        cost: Option<Costs>,
         at_ms: u64,
     ) -> Option<Arc<LocalUsage>> {
         self.settled = true;
@@ -1092,9 +1100,8 @@ impl QuotaTicket {
             .collect();
         self.usage.prompt.store(prompt, Ordering::Release);
         self.usage.completion.store(completion, Ordering::Release);
-        if let Some((currency, micros)) = cost {
-            self.usage.currency.store(currency);
-            self.usage.cost.store(micros, Ordering::Release);
+        if let Some(costs) = cost {
+            self.usage.cost.store(Some(Arc::new(costs)));
         }
         self.usage.settled_at_ms.store(at_ms.max(1), Ordering::Release);
         for ((book, pending), old) in books.iter().zip(guards.iter_mut()).zip(before) {

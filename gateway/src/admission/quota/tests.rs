@@ -526,11 +526,12 @@ mod budgets {
     //! answered.
 
     use super::*;
-    use crate::admission::quota::Reservation;
+    use crate::admission::quota::{Costs, Reservation};
     use tollgate_schemas::quota::Requester;
     use tollgate_schemas::usage::{EstimateSource, Outcome, UsageRecorded, UsageSource};
 
-    /// `cheap` costs 1 USD / 2 USD per million input / output tokens, `dear` 10 / 30; `free` has no price.
+    /// `cheap` costs 1 USD / 2 USD per million input / output tokens, `dear` 10 / 30, `euro` 100 / 300 EUR;
+    /// `free` has no price.
     const PRICES: &str = r#"
 [[prices]]
 model = "cheap"
@@ -544,6 +545,12 @@ effective_from = "2020-01-01"
 currency = "USD"
 input_per_mtok = "10"
 output_per_mtok = "30"
+[[prices]]
+model = "euro"
+effective_from = "2020-01-01"
+currency = "EUR"
+input_per_mtok = "100"
+output_per_mtok = "300"
 "#;
 
     /// alice (team research, organisation acme) has 1.00 USD a month of her own, research 0.10 USD a day; bob
@@ -653,25 +660,38 @@ budgets = [{{ amount = "0.01", currency = "USD", period = "month", on_exceed = "
         let quotas = budgets(Arc::new(ManualClock::early_in_an_hour()));
         // 1,000 prompt tokens and max_tokens 1,000: `dear` charges 0.01 + 0.03 USD, `cheap` 0.001 + 0.002.
         let demand = quotas.demand(1000, Some(1000), &["cheap", "dear"]);
-        assert_eq!(
-            demand.cost,
-            Some(Reservation::Priced {
-                currency: Arc::new("USD".to_owned()),
-                micros: 40_000
-            })
-        );
+        assert_eq!(demand.cost, Some(Reservation::Priced(Costs::one("USD", 40_000))));
         // Without max_tokens the output cap is quota.budget_output_tokens (4,096).
         let uncapped = quotas.demand(1000, None, &["cheap"]);
         assert_eq!(
             uncapped.cost,
-            Some(Reservation::Priced {
-                currency: Arc::new("USD".to_owned()),
-                micros: 1_000 + 8_192
-            })
+            Some(Reservation::Priced(Costs::one("USD", 1_000 + 8_192)))
         );
         assert_eq!(
             quotas.demand(10, Some(10), &["cheap", "free"]).cost,
             Some(Reservation::Unpriced { model: "free".into() })
+        );
+    }
+
+    #[test]
+    fn a_route_priced_in_two_currencies_reserves_the_dearest_model_of_each_against_its_budgets() {
+        let quotas = budgets(Arc::new(ManualClock::early_in_an_hour()));
+        // `euro` charges 0.1 + 0.3 EUR: ten times `dear`, but in another currency. A USD budget must still hold
+        // what `dear` would charge, not the EUR figure, nor nothing.
+        let Some(Reservation::Priced(costs)) =
+            quotas.demand(1000, Some(1000), &["cheap", "euro", "dear"]).cost
+        else {
+            panic!("every model is priced")
+        };
+        assert_eq!(costs.micros_in(Some("USD")), 40_000);
+        assert_eq!(costs.micros_in(Some("EUR")), 400_000);
+        assert_eq!(costs.micros_in(Some("GBP")), 0);
+        let demand = quotas.demand(1000, Some(1000), &["euro", "dear"]);
+        let (ticket, _) = quotas.admit_for(&ALICE, "gpt-4o-mini", demand).unwrap();
+        assert_eq!(
+            ticket.budget_figures().unwrap().remaining_micros,
+            60_000,
+            "the team's 0.10 USD less dear's 0.04 USD"
         );
     }
 
