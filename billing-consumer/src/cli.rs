@@ -224,7 +224,7 @@ pub struct QuotaArgs {
     #[arg(long, env = CONFIG_TOPIC_ENV)]
     pub config_topic: Option<String>,
 
-    /// The price file ([[prices]] entries) the spend of budgets is counted at; without it (and without
+    /// The price file (`[[prices]]` entries) the spend of budgets is counted at; without it (and without
     /// config-topic prices) every event counts as unpriced, spending nothing.
     #[arg(long, env = PRICES_ENV)]
     pub prices: Option<PathBuf>,

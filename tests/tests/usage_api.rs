@@ -37,12 +37,17 @@ async fn get(stack: &Stack, path: &str, key: &str) -> (u16, Value) {
 #[actix_rt::test]
 async fn a_consumer_reads_its_own_usage_equal_to_its_invoice_and_an_admin_reads_anyones() {
     let stack = Stack::start(StackOptions {
-        extra_toml: format!("[[teams]]\nname = \"research\"\n{}", admin_toml("")),
+        extra_toml: format!(
+            "[[teams]]\nname = \"research\"\n\
+             budgets = [{{ id = \"research-daily\", amount = \"20\", currency = \"USD\", period = \"day\" }}]\n{}",
+            admin_toml("")
+        ),
         consumer_toml: vec![
             (
                 "team-a",
                 format!(
-                    "team = \"research\"\ntoken_limits = [{{ models = [\"{MODEL}\"], limit = 100000, time_window = \"1d\" }}]"
+                    "team = \"research\"\ntoken_limits = [{{ models = [\"{MODEL}\"], limit = 100000, time_window = \"1d\" }}]\n\
+                     budgets = [{{ id = \"team-a-monthly\", amount = \"5.00\", currency = \"USD\", period = \"month\" }}]"
                 ),
             ),
             ("team-b", "team = \"research\"".to_owned()),
@@ -107,7 +112,39 @@ async fn a_consumer_reads_its_own_usage_equal_to_its_invoice_and_an_admin_reads_
     );
     assert_eq!(usd["amount"], invoiced.amount.as_str());
 
-    let quota = &usage["quotas"][0];
+    let standing = |body: &Value, id: &str| -> Value {
+        body["quotas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["id"] == id)
+            .unwrap_or_else(|| panic!("no standing of {id} in {body}"))
+            .clone()
+    };
+    // The budget's standing is money, counted exactly as the invoice prices the events.
+    let budget = standing(&usage, "team-a-monthly");
+    assert_eq!(budget["strategy"], "spend", "{budget}");
+    assert_eq!(budget["currency"], "USD", "{budget}");
+    assert_eq!(budget["limit"], 5_000_000);
+    assert_eq!(
+        budget["used"], invoiced.amount_micros,
+        "a budget's spend is the invoice's amount: {budget}"
+    );
+    assert_eq!(
+        budget["remaining"].as_i64().unwrap(),
+        5_000_000 - invoiced.amount_micros
+    );
+    // The team's budget, where the consumer reads it, counts the whole team's spend.
+    let team_budget = standing(&usage, "research-daily");
+    assert_eq!(team_budget["limit"], 20_000_000);
+
+    let quota = usage["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["currency"].is_null())
+        .unwrap()
+        .clone();
     assert_eq!(quota["limit"], 100000);
     assert_eq!(quota["kind"], "consumer");
     let used = quota["used"].as_u64().unwrap();
@@ -150,6 +187,15 @@ async fn a_consumer_reads_its_own_usage_equal_to_its_invoice_and_an_admin_reads_
         team_total,
         invoiced.amount_micros + b_total,
         "the team's spend is its consumers'"
+    );
+    let research_budget = standing(&research.body, "research-daily");
+    assert_eq!(
+        research_budget["used"], team_total,
+        "the team's budget has spent what its invoice bills: {research_budget}"
+    );
+    assert_eq!(
+        team_budget["used"], team_total,
+        "and the consumer sees the same team standing"
     );
     stack.stop().await;
 }
