@@ -13,7 +13,8 @@ pub const TOKENS_TOTAL: &str = "tollgate_tokens_total";
 pub const OVERHEAD_SECONDS: &str = "tollgate_overhead_seconds";
 pub const TIME_TO_FIRST_BYTE_SECONDS: &str = "tollgate_time_to_first_byte_seconds";
 pub const QUOTA_REMAINING_TOKENS: &str = "tollgate_quota_remaining_tokens";
-pub const BUDGET_REMAINING_MICROS: &str = "tollgate_budget_remaining_micros";
+/// In whole units of the budget's currency (the base unit), not micro-units.
+pub const BUDGET_REMAINING: &str = "tollgate_budget_remaining";
 pub const ESTIMATES_TOTAL: &str = "tollgate_prompt_estimates_total";
 pub const METER_DURATION_SECONDS: &str = "tollgate_meter_duration_seconds";
 pub const METER_BATCH_REQUESTS: &str = "tollgate_meter_batch_requests";
@@ -160,9 +161,10 @@ pub fn describe() {
          not counted yet), by scope; refreshed every second."
     );
     describe_gauge!(
-        BUDGET_REMAINING_MICROS,
+        BUDGET_REMAINING,
         "Money left in each spend budget's current period as this replica sees it (snapshot plus its own \
-         reservations and spend not counted yet), in micro-units of its currency, by budget; refreshed every second."
+         reservations and spend not counted yet), in units of its currency (0.42 is 42 cents of USD), by budget; refreshed \
+         every second."
     );
     describe_counter!(
         REQUESTS_TOTAL,

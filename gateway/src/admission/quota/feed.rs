@@ -254,8 +254,8 @@ impl Follower {
         for scope in scopes {
             match scope.currency {
                 Some(currency) => {
-                    metrics::gauge!(m::BUDGET_REMAINING_MICROS, "budget" => scope.id, "currency" => currency)
-                        .set(scope.remaining as f64);
+                    metrics::gauge!(m::BUDGET_REMAINING, "budget" => scope.id, "currency" => currency)
+                        .set(scope.remaining as f64 / 1e6);
                 }
                 None => {
                     metrics::gauge!(m::QUOTA_REMAINING_TOKENS, "scope" => scope.id)
