@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use tollgate_billing_consumer::reports::invoice::{Billed, Invoice};
+use tollgate_billing_consumer::reports::invoice::Billed;
 use tollgate_schemas::pricing::{PriceTable, TokenUsage};
 use tollgate_tests::stack::{MODEL, Reply, Stack, StackOptions, UPSTREAM_MODEL};
 
@@ -63,13 +63,11 @@ fn budget(amount: &str, period: &str, on_exceed: &str) -> String {
     )
 }
 
-async fn invoice(stack: &Stack, billed: Billed) -> Invoice {
-    stack.invoice_this_month(billed).await
-}
-
-/// What an invoice bills in USD, in micro-units.
-fn usd_micros(invoice: &Invoice) -> i64 {
-    invoice
+/// What this month's invoice of `billed` bills in USD, in micro-units.
+async fn billed_usd(stack: &Stack, billed: Billed) -> i64 {
+    stack
+        .invoice_this_month(billed)
+        .await
         .totals
         .iter()
         .find(|t| t.currency == "USD")
@@ -162,7 +160,7 @@ async fn a_one_dollar_monthly_budget_is_refused_once_spent_and_never_billed_past
         .wait_for_usage_rows(admitted.len() + 1, Duration::from_secs(30))
         .await;
     assert_eq!(rows.len(), admitted.len() + 1);
-    let billed = usd_micros(&invoice(&stack, Billed::Consumer("team-a".into())).await);
+    let billed = billed_usd(&stack, Billed::Consumer("team-a".into())).await;
     let each = reservation(estimate_of(&stack, "team-a").await);
     let left = 1_000_000 - billed;
     eprintln!(
@@ -206,7 +204,7 @@ async fn sixty_four_clients_on_two_replicas_overshoot_a_budget_by_at_most_the_do
     assert_eq!(rows.len(), sent, "every request is one event");
     let admitted = sent - CLIENTS;
 
-    let billed = usd_micros(&invoice(&stack, Billed::Consumer("team-b".into())).await);
+    let billed = billed_usd(&stack, Billed::Consumer("team-b".into())).await;
     let each = reservation(estimate_of(&stack, "team-b").await);
     let overshoot = u64::try_from((billed - BUDGET_MICROS).max(0)).unwrap();
     // The bound (docs/billing.md, "Overshoot bound"): what one replica cannot see of the other is the other's
@@ -275,10 +273,10 @@ async fn a_team_budget_counts_all_its_consumers_and_the_team_invoice_is_the_sum_
     let rows = stack.wait_for_usage_rows(sent + 3, Duration::from_secs(30)).await;
     assert_eq!(rows.len(), sent + 3);
 
-    let a = usd_micros(&invoice(&stack, Billed::Consumer("team-a".into())).await);
-    let b = usd_micros(&invoice(&stack, Billed::Consumer("team-b".into())).await);
-    let research = usd_micros(&invoice(&stack, Billed::Team("research".into())).await);
-    let acme = usd_micros(&invoice(&stack, Billed::Organization("acme".into())).await);
+    let a = billed_usd(&stack, Billed::Consumer("team-a".into())).await;
+    let b = billed_usd(&stack, Billed::Consumer("team-b".into())).await;
+    let research = billed_usd(&stack, Billed::Team("research".into())).await;
+    let acme = billed_usd(&stack, Billed::Organization("acme".into())).await;
     eprintln!("team budget 0.50 USD: team-a {a} + team-b {b} = research {research} µUSD");
     assert!(a > 0 && b > 0, "both consumers spent: {a}, {b}");
     assert_eq!(
@@ -321,7 +319,7 @@ async fn an_alert_only_budget_counts_spend_and_refuses_nothing() {
         "spent, and shown as spent"
     );
     stack.wait_for_usage_rows(7, Duration::from_secs(30)).await;
-    let billed = usd_micros(&invoice(&stack, Billed::Consumer("team-c".into())).await);
+    let billed = billed_usd(&stack, Billed::Consumer("team-c".into())).await;
     eprintln!("alert-only 0.20 USD budget: 7 requests served, {billed} µUSD billed");
     assert!(billed > 200_000, "spend went past the budget: {billed}");
     // The quota loop counts it in a spend snapshot all the same (what its alerts fire from).

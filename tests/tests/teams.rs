@@ -46,10 +46,6 @@ async fn chat(stack: &Stack, key: &str, words: usize) {
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
-async fn invoice(stack: &Stack, billed: Billed) -> Invoice {
-    stack.invoice_this_month(billed).await
-}
-
 fn usd(invoice: &Invoice) -> (u64, u64, u64, i64) {
     invoice
         .totals
@@ -134,12 +130,14 @@ async fn events_carry_the_team_of_their_time_and_team_invoices_add_up_to_their_c
     let consumers: Vec<Invoice> = futures_util::future::join_all(
         CONSUMERS
             .iter()
-            .map(|(name, _, _)| invoice(&stack, Billed::Consumer((*name).to_owned()))),
+            .map(|(name, _, _)| stack.invoice_this_month(Billed::Consumer((*name).to_owned()))),
     )
     .await;
-    let research = invoice(&stack, Billed::Team("research".into())).await;
-    let ops = invoice(&stack, Billed::Team("ops".into())).await;
-    let acme = invoice(&stack, Billed::Organization("acme".into())).await;
+    let research = stack.invoice_this_month(Billed::Team("research".into())).await;
+    let ops = stack.invoice_this_month(Billed::Team("ops".into())).await;
+    let acme = stack
+        .invoice_this_month(Billed::Organization("acme".into()))
+        .await;
     let sum = |parts: &[(u64, u64, u64, i64)]| {
         parts
             .iter()

@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use chrono::{Datelike as _, Utc};
 use serde_json::{Value, json};
-use tollgate_billing_consumer::reports::invoice::{Billed, Period, invoice_of};
+use tollgate_billing_consumer::reports::invoice::Billed;
 use tollgate_tests::admin::{ADMIN_KEY, admin, admin_toml};
 use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, http};
 
@@ -93,17 +92,7 @@ async fn a_consumer_reads_its_own_usage_equal_to_its_invoice_and_an_admin_reads_
     );
     assert!(usage["ledger_newest_event"].is_string(), "{usage}");
 
-    let now = Utc::now();
-    let month = Period::parse(&format!("{:04}-{:02}", now.year(), now.month())).unwrap();
-    let invoice = invoice_of(
-        &stack.clickhouse,
-        "usage_events",
-        &Billed::Consumer("team-a".into()),
-        month,
-        None,
-    )
-    .await
-    .unwrap();
+    let invoice = stack.invoice_this_month(Billed::Consumer("team-a".into())).await;
     let invoiced = invoice.totals.iter().find(|t| t.currency == "USD").unwrap();
     assert!(invoiced.amount_micros > 0);
     assert_eq!(

@@ -31,10 +31,10 @@
 //! of a currency instead of tokens. A request under a budget reserves the most it could cost — its prompt
 //! estimate at the input price plus its output cap (`max_tokens`, else `[quota] budget_output_tokens`) at the
 //! output price, plus the per-request fee, of the most expensive model its route could answer with, so that a
-//! failover cannot overshoot ([`Quotas::demand`]). The most expensive is taken per currency: a route whose models
-//! are priced in two currencies reserves, against each budget, the dearest of the models priced in its currency
-//! (the others cost that budget nothing, as the ledger counts them) — and settles at the cost of the model that answered, priced
-//! exactly as billing-consumer prices the event ([`QuotaTicket::settle_event`]). A model with no price in force
+//! failover cannot overshoot ([`Quotas::demand`]) — and settles at the cost of the model that answered, priced
+//! exactly as billing-consumer prices the event ([`QuotaTicket::settle_event`]). The most expensive is taken per
+//! currency: a route whose models are priced in two currencies reserves, against each budget, the dearest of the
+//! models priced in its currency (the others cost that budget nothing, as the ledger counts them). A model with no price in force
 //! cannot be admitted under a refusing budget (fail closed). A budget set to `alert` is counted, never refused.
 //! Team and organisation budgets apply to every consumer whose team or organisation they name.
 //!
