@@ -11,7 +11,8 @@
 # - meter-sidecar on 18181; Tollgate with full metering on 18180 (a consumer token quota and a model quota, so
 #   admission checks both), and with metering off on 18182. Routes by model: bench-json, bench-sse,
 #   bench-failover (the flaky upstream and the steady one, same priority).
-# Everything started is stopped on exit. Sets: $work, $bin, $client_keys (eight consumers), $client_key, $metered_pid, $pure_pid, $meter_pid;
+# Everything started is stopped on exit. Sets: $work, $bin, $client_keys (eight consumers), $client_key, $metered_pid, $pure_pid, $meter_pid,
+# $broker_pid, and $pinned (the command prefix that puts a load generator on the targets' cores; see BENCH_BROKER_CORE);
 # start_quota_loop starts billing-consumer's quota loop (metrics on 18195).
 set -euo pipefail
 # shellcheck source=../compose/lib.sh
@@ -161,10 +162,24 @@ time_window = "1h"' \
     'token_limits = [{ limit = 100000000000, time_window = "1h" }]' >"$work/metered.toml"
 gateway_toml pure 18182 false "" "" >"$work/pure.toml"
 
+# BENCH_BROKER_CORE=N: the broker runs on core N alone and everything else (the targets, the fake upstream, the load
+# generators) on the other cores, so that the broker's CPU is out of the targets' budget. Unset: all share all.
+pinned=()
+broker_pinned=()
+if [[ -n ${BENCH_BROKER_CORE:-} ]]; then
+    others=$(seq 0 $(($(nproc) - 1)) | grep -vx "$BENCH_BROKER_CORE" | paste -sd, -)
+    [[ -n $others ]] || die "BENCH_BROKER_CORE needs a machine with another core"
+    pinned=(taskset -c "$others")
+    broker_pinned=(taskset -c "$BENCH_BROKER_CORE")
+fi
 start() { # LOG COMMAND...
     local log=$1
     shift
-    "$@" </dev/null >>"$work/$log.log" 2>&1 &
+    if [[ $log == tansu ]]; then
+        "${broker_pinned[@]}" "$@" </dev/null >>"$work/$log.log" 2>&1 &
+    else
+        "${pinned[@]}" "$@" </dev/null >>"$work/$log.log" 2>&1 &
+    fi
     pids+=($!)
 }
 # A broker of the run's own, on a fresh SQLite file: a long-used broker's growing file slows its acknowledgements
@@ -173,6 +188,7 @@ start tansu env -C "$work" RUST_LOG=warn "$TANSU_BIN" broker --cluster-id tollga
     --listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" --advertised-listener-url "tcp://127.0.0.1:$BENCH_KAFKA_PORT" \
     --storage-engine sqlite://tansu.db
 wait_for_port "$BENCH_KAFKA_PORT" 30 || die "the bench broker did not start"
+broker_pid=${pids[-1]}
 "$bin/billing-consumer" --brokers "127.0.0.1:$BENCH_KAFKA_PORT" create-topics --topic tollgate.usage.v1.bench \
     --quota-topic tollgate.quota.v1.bench >>"$work/topics.log" 2>&1 || { cat "$work/topics.log" >&2; die "topics"; }
 start upstream "$NGINX" -c "$work/upstream.conf" -p "$work"

@@ -2,8 +2,12 @@
 //! here. Labels are bounded: route, instance, status class, outcome, error kind — never consumer keys, user ids
 //! or request ids.
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusHandle};
+use tollgate_schemas::usage::AttemptError;
 
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "tollgate_request_duration_seconds";
@@ -327,13 +331,149 @@ pub fn describe() {
     );
 }
 
+/// The series one route's requests record into, each registered with the recorder the first time it is used and
+/// held from then on: a request records without building a label set or looking its series up in the registry.
+/// Built with the route table, so a configuration change starts a new set (for the same series).
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    /// `tollgate_requests_total` by status class, in [`STATUS_CLASSES`]' order.
+    requests: [OnceLock<Counter>; 5],
+    duration: OnceLock<Histogram>,
+    overhead: OnceLock<Histogram>,
+    time_to_first_byte: OnceLock<Histogram>,
+    rate_limited: OnceLock<Counter>,
+    /// `tollgate_tokens_total` by consumer class, then model asked for (one of the route's names): prompt and
+    /// completion.
+    tokens: RwLock<HashMap<String, HashMap<String, [Counter; 2]>>>,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl RouteMetrics {
+    pub fn new(route: Arc<str>) -> Self {
+        Self {
+            route,
+            requests: Default::default(),
+            duration: OnceLock::new(),
+            overhead: OnceLock::new(),
+            time_to_first_byte: OnceLock::new(),
+            rate_limited: OnceLock::new(),
+            tokens: RwLock::default(),
+        }
+    }
+
+    /// `tollgate_tokens_total{class, model, kind}`: the prompt and the completion counters of a request of a
+    /// consumer of `class` that asked for `model`.
+    pub fn tokens(&self, class: &str, model: &str) -> [Counter; 2] {
+        let known = self
+            .tokens
+            .read()
+            .ok()
+            .and_then(|by_class| by_class.get(class)?.get(model).cloned());
+        if let Some(counters) = known {
+            return counters;
+        }
+        let series = |kind: &'static str| metrics::counter!(TOKENS_TOTAL, "class" => class.to_owned(), "model" => model.to_owned(), "kind" => kind);
+        let counters = [series("prompt"), series("completion")];
+        if let Ok(mut by_class) = self.tokens.write() {
+            by_class
+                .entry(class.to_owned())
+                .or_default()
+                .insert(model.to_owned(), counters.clone());
+        }
+        counters
+    }
+
+    /// `tollgate_requests_total{route, status}` for an answer with `status`.
+    pub fn requests(&self, status: u16) -> &Counter {
+        let index = status_index(status);
+        let class = STATUS_CLASSES[index];
+        let route = &self.route;
+        self.requests[index].get_or_init(
+            || metrics::counter!(REQUESTS_TOTAL, "route" => route.to_string(), "status" => class),
+        )
+    }
+
+    /// `tollgate_request_duration_seconds{route}`.
+    pub fn duration(&self) -> &Histogram {
+        self.duration
+            .get_or_init(|| metrics::histogram!(REQUEST_DURATION_SECONDS, "route" => self.route.to_string()))
+    }
+
+    /// `tollgate_overhead_seconds{route}`.
+    pub fn overhead(&self) -> &Histogram {
+        self.overhead
+            .get_or_init(|| metrics::histogram!(OVERHEAD_SECONDS, "route" => self.route.to_string()))
+    }
+
+    /// `tollgate_time_to_first_byte_seconds{route}`.
+    pub fn time_to_first_byte(&self) -> &Histogram {
+        self.time_to_first_byte.get_or_init(
+            || metrics::histogram!(TIME_TO_FIRST_BYTE_SECONDS, "route" => self.route.to_string()),
+        )
+    }
+
+    /// `tollgate_rate_limited_total{route}`.
+    pub fn rate_limited(&self) -> &Counter {
+        self.rate_limited
+            .get_or_init(|| metrics::counter!(RATE_LIMITED_TOTAL, "route" => self.route.to_string()))
+    }
+}
+
+/// The series one instance's attempts record into, registered on first use and held (see [`RouteMetrics`]);
+/// shared by every route the instance serves.
+#[derive(Debug)]
+pub struct InstanceMetrics {
+    instance: String,
+    upstream_duration: OnceLock<Histogram>,
+    /// `tollgate_upstream_attempts_total` by result: `ok`, then one per [`AttemptError`].
+    attempts: [OnceLock<Counter>; 5],
+}
+
+impl InstanceMetrics {
+    pub fn new(instance: &str) -> Self {
+        Self {
+            instance: instance.to_owned(),
+            upstream_duration: OnceLock::new(),
+            attempts: Default::default(),
+        }
+    }
+
+    /// `tollgate_upstream_duration_seconds{instance}`.
+    pub fn upstream_duration(&self) -> &Histogram {
+        self.upstream_duration.get_or_init(
+            || metrics::histogram!(UPSTREAM_DURATION_SECONDS, "instance" => self.instance.clone()),
+        )
+    }
+
+    /// `tollgate_upstream_attempts_total{instance, result}` for an attempt that ended with `error` (none: `ok`).
+    pub fn attempts(&self, error: Option<AttemptError>) -> &Counter {
+        let index = match error {
+            None => 0,
+            Some(AttemptError::Connect) => 1,
+            Some(AttemptError::Timeout) => 2,
+            Some(AttemptError::Status) => 3,
+            Some(AttemptError::Protocol) => 4,
+        };
+        let result = error.map_or("ok", AttemptError::as_str);
+        self.attempts[index].get_or_init(|| {
+            metrics::counter!(UPSTREAM_ATTEMPTS_TOTAL, "instance" => self.instance.clone(), "result" => result)
+        })
+    }
+}
+
 /// `2xx`, `4xx`, … for a status code: a bounded label.
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_index(status)]
+}
+
+fn status_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }

@@ -116,6 +116,8 @@ pub struct Outgoing {
 pub struct EventSender {
     tx: mpsc::Sender<Outgoing>,
     queued: Arc<AtomicI64>,
+    /// `tollgate_events_queued`, registered once.
+    queued_gauge: metrics::Gauge,
     spool: Arc<SpoolStatus>,
     on_full: OnFull,
 }
@@ -126,7 +128,7 @@ impl EventSender {
         match self.tx.try_send(event) {
             Ok(()) => {
                 let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
-                metrics::gauge!(m::EVENTS_QUEUED).set(queued as f64);
+                self.queued_gauge.set(queued as f64);
             }
             Err(mpsc::error::TrySendError::Full(out)) => {
                 dropped(out.event.id, &out.event.subject, "queue_full", None);
@@ -155,6 +157,7 @@ impl EventSender {
         let sender = Self {
             tx,
             queued: Arc::new(AtomicI64::new(0)),
+            queued_gauge: metrics::gauge!(m::EVENTS_QUEUED),
             spool: Arc::new(SpoolStatus::default()),
             on_full: OnFull::Reject,
         };
@@ -216,6 +219,7 @@ impl EventPipeline {
             EventSender {
                 tx,
                 queued,
+                queued_gauge: metrics::gauge!(m::EVENTS_QUEUED),
                 spool: status,
                 on_full: spool.on_full,
             },

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::BytesMut;
+use metrics::Gauge;
 
 use crate::error::GatewayError;
 use crate::metrics as m;
@@ -37,6 +38,9 @@ pub struct Inflight {
     max_bytes: usize,
     requests: AtomicUsize,
     bytes: AtomicUsize,
+    /// `tollgate_inflight_requests` and `tollgate_inflight_bytes`, registered once (set on every change).
+    requests_gauge: Gauge,
+    bytes_gauge: Gauge,
 }
 
 /// One request's share of the budget: one request, and the bytes charged to it so far. Dropping it gives both
@@ -54,6 +58,8 @@ impl Inflight {
             max_bytes,
             requests: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
+            requests_gauge: metrics::gauge!(m::INFLIGHT_REQUESTS),
+            bytes_gauge: metrics::gauge!(m::INFLIGHT_BYTES),
         })
     }
 
@@ -82,8 +88,8 @@ impl Inflight {
     }
 
     fn publish(&self) {
-        metrics::gauge!(m::INFLIGHT_REQUESTS).set(self.requests() as f64);
-        metrics::gauge!(m::INFLIGHT_BYTES).set(self.bytes() as f64);
+        self.requests_gauge.set(self.requests() as f64);
+        self.bytes_gauge.set(self.bytes() as f64);
     }
 }
 

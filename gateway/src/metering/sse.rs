@@ -8,6 +8,8 @@
 //! client is sent and what the meter reads are the same bytes, and the events found do not depend on how the
 //! stream was cut.
 
+use std::borrow::Cow;
+
 use bytes::{Bytes, BytesMut};
 
 /// Cuts a byte stream into raw SSE events.
@@ -178,15 +180,16 @@ impl EventSplitter {
     }
 }
 
-/// One parsed event.
+/// One parsed event. Its fields borrow the raw event's bytes when they can (valid UTF-8, one `data:` line: the
+/// usual case), so parsing an event allocates nothing; they own a copy when lines are joined or bytes replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SseEvent {
+pub struct SseEvent<'a> {
     /// The last `event:` field.
-    pub event: Option<String>,
+    pub event: Option<Cow<'a, str>>,
     /// The `data:` lines joined with `\n`; `None` when the event had no data line.
-    pub data: Option<String>,
+    pub data: Option<Cow<'a, str>>,
     /// The last `id:` field (one containing a NUL is ignored, as the specification says).
-    pub id: Option<String>,
+    pub id: Option<Cow<'a, str>>,
 }
 
 /// The fields of one raw event, as [`EventSplitter::push`] returns it: `field: value` lines (one space after
@@ -194,7 +197,7 @@ pub struct SseEvent {
 /// Comments (lines starting with `:`), `retry` and unknown fields are ignored. Invalid UTF-8 is replaced with
 /// U+FFFD. A byte-order mark at the start is skipped (the specification allows one at the start of the stream,
 /// which is the start of its first event).
-pub fn parse_event(raw: &[u8]) -> SseEvent {
+pub fn parse_event(raw: &[u8]) -> SseEvent<'_> {
     let raw = raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw);
     let mut event = SseEvent::default();
     for line in Lines(raw) {
@@ -214,13 +217,14 @@ pub fn parse_event(raw: &[u8]) -> SseEvent {
         match field {
             b"data" => match &mut event.data {
                 Some(data) => {
+                    let data = data.to_mut();
                     data.push('\n');
                     data.push_str(&value);
                 }
-                None => event.data = Some(value.into_owned()),
+                None => event.data = Some(value),
             },
-            b"event" => event.event = Some(value.into_owned()),
-            b"id" if !value.contains('\0') => event.id = Some(value.into_owned()),
+            b"event" => event.event = Some(value),
+            b"id" if !value.contains('\0') => event.id = Some(value),
             _ => {}
         }
     }
@@ -270,7 +274,7 @@ pub(crate) mod tests {
     }
 
     fn data(raw: &str) -> Option<String> {
-        parse_event(raw.as_bytes()).data
+        parse_event(raw.as_bytes()).data.map(Cow::into_owned)
     }
 
     /// A stream as an OpenAI-compatible upstream sends it: two choices (`n = 2`) whose deltas interleave,
@@ -431,9 +435,9 @@ pub(crate) mod tests {
         assert_eq!(
             parse_event(raw),
             SseEvent {
-                event: Some("final".to_owned()),
-                data: Some("one\ntwo\n three\n".to_owned()),
-                id: Some("2".to_owned()),
+                event: Some("final".into()),
+                data: Some("one\ntwo\n three\n".into()),
+                id: Some("2".into()),
             }
         );
         assert_eq!(data("data\n\n"), Some(String::new()));
@@ -446,7 +450,7 @@ pub(crate) mod tests {
             None,
             "ids with NUL are ignored"
         );
-        assert_eq!(parse_event(b"id\n\n").id, Some(String::new()));
+        assert_eq!(parse_event(b"id\n\n").id.as_deref(), Some(""));
         assert_eq!(data("\u{feff}data: bom\n\n"), Some("bom".to_owned()));
         assert_eq!(
             data("data: a\n\ndata: b\n\n"),
@@ -461,10 +465,10 @@ pub(crate) mod tests {
     fn invalid_utf8_is_replaced_not_fatal() {
         assert_eq!(data("data: ok\n\n"), Some("ok".to_owned()));
         assert_eq!(
-            parse_event(b"data: \xff\xfe ok\n\n").data,
-            Some("\u{fffd}\u{fffd} ok".to_owned())
+            parse_event(b"data: \xff\xfe ok\n\n").data.as_deref(),
+            Some("\u{fffd}\u{fffd} ok")
         );
-        assert_eq!(parse_event(b"event: \xc3\n\n").event, Some("\u{fffd}".to_owned()));
+        assert_eq!(parse_event(b"event: \xc3\n\n").event.as_deref(), Some("\u{fffd}"));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //!
 //! Memory: the completion text is the only thing that grows with the stream; everything else is a few counters.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
@@ -40,42 +42,53 @@ pub enum Observed {
     Error,
 }
 
-/// The parts of a `chat.completion.chunk` that are metered; everything else is ignored.
+/// The parts of a `chat.completion.chunk` that are metered; everything else is ignored. Strings borrow the
+/// event's data when they hold no escapes (the usual case), so reading a chunk allocates only its lists.
 #[derive(Deserialize)]
 struct RawChunk<'a> {
-    /// Borrowed: read on every chunk, kept only from the first.
+    /// Read on every chunk, kept only from the first.
     #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    choices: Option<Vec<RawChoice>>,
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    choices: Option<Vec<RawChoice<'a>>>,
     usage: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
-struct RawChoice {
-    delta: Option<RawDelta>,
+struct RawChoice<'a> {
+    #[serde(borrow)]
+    delta: Option<RawDelta<'a>>,
     /// Legacy completions (`/v1/completions`) stream their text here instead of in a delta.
-    text: Option<String>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct RawDelta {
-    content: Option<String>,
-    refusal: Option<String>,
-    tool_calls: Option<Vec<RawToolCall>>,
+struct RawDelta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    tool_calls: Option<Vec<RawToolCall<'a>>>,
     /// The deprecated `functions` API's single call.
-    function_call: Option<RawFunction>,
+    #[serde(borrow)]
+    function_call: Option<RawFunction<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawToolCall {
-    function: Option<RawFunction>,
+struct RawToolCall<'a> {
+    #[serde(borrow)]
+    function: Option<RawFunction<'a>>,
 }
 
 #[derive(Deserialize)]
-struct RawFunction {
-    name: Option<String>,
-    arguments: Option<String>,
+struct RawFunction<'a> {
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    arguments: Option<Cow<'a, str>>,
 }
 
 impl ChatStreamAccumulator {
@@ -150,7 +163,7 @@ impl ChatStreamAccumulator {
         self.chunks
     }
 
-    fn append(&mut self, delta: RawDelta) {
+    fn append(&mut self, delta: RawDelta<'_>) {
         let calls = delta
             .tool_calls
             .into_iter()
@@ -681,9 +694,9 @@ mod tests {
     use proptest::prelude::*;
     use tollgate_schemas::UsageSource;
 
-    fn data(json: &str) -> SseEvent {
+    fn data(json: &str) -> SseEvent<'_> {
         SseEvent {
-            data: Some(json.to_owned()),
+            data: Some(json.into()),
             ..SseEvent::default()
         }
     }
@@ -769,8 +782,8 @@ mod tests {
         let error = r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
         assert_eq!(acc.observe(&data(error)), Observed::Error);
         let named = SseEvent {
-            event: Some("error".to_owned()),
-            data: Some("upstream overloaded".to_owned()),
+            event: Some("error".into()),
+            data: Some("upstream overloaded".into()),
             id: None,
         };
         assert_eq!(acc.observe(&named), Observed::Error);

@@ -190,8 +190,7 @@ pub async fn forward<'a>(
         let result = attempt(clients, state, instance, outbound, permit).await;
         let elapsed = now.elapsed();
         upstream_time += elapsed;
-        metrics::histogram!(m::UPSTREAM_DURATION_SECONDS, "instance" => instance.name.clone())
-            .record(elapsed.as_secs_f64());
+        target.metrics.upstream_duration().record(elapsed.as_secs_f64());
 
         let (status, error, failure) = classify(&result, &route.failover.retry_on_status);
         match (&result, failure) {
@@ -202,9 +201,7 @@ pub async fn forward<'a>(
             }
             (Err(_), Some(_)) => target.health.record_failure(Instant::now(), None),
         }
-        let result_label = error.map_or("ok", AttemptError::as_str);
-        metrics::counter!(m::UPSTREAM_ATTEMPTS_TOTAL, "instance" => instance.name.clone(), "result" => result_label)
-            .increment(1);
+        target.metrics.attempts(error).increment(1);
         attempts.push(Attempt {
             instance: instance.name.clone(),
             status,

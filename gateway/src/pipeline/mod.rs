@@ -90,7 +90,7 @@ struct LimitFigures {
 
 /// What the pipeline's task hands back to the handler.
 struct TaskAnswer {
-    result: Result<(HttpResponse, String), GatewayError>,
+    result: Result<(HttpResponse, Arc<RouteTable>), GatewayError>,
     limits: LimitFigures,
 }
 
@@ -154,10 +154,13 @@ pub async fn serve(
             .insert(header::HeaderName::from_static("x-request-id"), value);
     }
     insert_limit_headers(&mut response, limits);
-    let route = route.unwrap_or_else(|| "none".to_owned());
-    let status = m::status_class(response.status().as_u16());
-    metrics::counter!(m::REQUESTS_TOTAL, "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!(m::REQUEST_DURATION_SECONDS, "route" => route)
+    // A request refused before it had a route counts under `route="none"`.
+    static UNROUTED: std::sync::LazyLock<m::RouteMetrics> =
+        std::sync::LazyLock::new(|| m::RouteMetrics::new(Arc::from("none")));
+    let route_metrics = route.as_ref().map_or(&*UNROUTED, |r| &r.metrics);
+    route_metrics.requests(response.status().as_u16()).increment(1);
+    route_metrics
+        .duration()
         .record(arrival.started.elapsed().as_secs_f64());
     response
 }
@@ -183,7 +186,7 @@ async fn run(
     arrival: Arrival,
     limits: &mut LimitFigures,
     client: ClientLink<'_>,
-) -> Result<(HttpResponse, String), GatewayError> {
+) -> Result<(HttpResponse, Arc<RouteTable>), GatewayError> {
     // This request's share of the replica's in-flight budget, held to its end (by the stream tee for a stream).
     let permit = state.budget.admit()?;
     // This request's configuration, kept to its end whatever the admin API changes meanwhile.
@@ -240,8 +243,7 @@ async fn run(
     let crossed = forwarded.crossed.clone();
     // The gateway's own share of the time to the answer's head (or, for a whole body, to its last byte).
     let overhead = arrival.started.elapsed().saturating_sub(forwarded.upstream_time);
-    metrics::histogram!(m::OVERHEAD_SECONDS, "route" => route.name.to_string())
-        .record(overhead.as_secs_f64());
+    route.metrics.overhead().record(overhead.as_secs_f64());
     let pending = PendingEvent {
         model_served: instance.model.clone().unwrap_or_else(|| route.model.to_string()),
         provider: instance.provider.as_str(),
@@ -280,8 +282,7 @@ async fn run(
         }
         Ok(Answer::Stream(head)) => {
             let ttfb = head.head_at.saturating_duration_since(arrival.started);
-            metrics::histogram!(m::TIME_TO_FIRST_BYTE_SECONDS, "route" => route.name.to_string())
-                .record(ttfb.as_secs_f64());
+            route.metrics.time_to_first_byte().record(ttfb.as_secs_f64());
             // A stream in the other protocol goes through the tee even unmetered: it is translated there.
             if metered || crossed.is_some() {
                 ledger.if_dropped(Outcome::UpstreamCut, head.status.as_u16(), Some(ttfb));
@@ -369,7 +370,7 @@ async fn run(
             .headers_mut()
             .insert(HeaderName::from_static(DROPPED_FIELDS_HEADER), value);
     }
-    Ok((response, route.name.to_string()))
+    Ok((response, route))
 }
 
 /// A request past steps 1–3: who asked for what, on which route.
@@ -474,7 +475,7 @@ fn limit(
         }
         Err(rejection) => {
             limits.requests = Some(rejection.figures);
-            metrics::counter!(m::RATE_LIMITED_TOTAL, "route" => request.route.name.to_string()).increment(1);
+            request.route.metrics.rate_limited().increment(1);
             tracing::info!(
                 request_id = %request.arrival.request_id,
                 consumer = %request.principal.consumer,
@@ -658,6 +659,7 @@ impl PendingEvent {
             principal,
             endpoint: api.endpoint.path(),
             route: route.name.clone(),
+            series: route.metrics.clone(),
             model_requested: api.model.clone(),
             model_served: route.model.to_string(),
             provider: "",

@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::events::{EventSender, Outgoing};
 use crate::metering::sidecar::{Estimate, fallback_text_estimate};
 use crate::metering::stream_usage::StreamMeter;
-use crate::metrics as m;
+use crate::metrics::{self as m, RouteMetrics};
 use crate::protocol::usage::{Usage, at_least_streamed, estimated};
 use tollgate_schemas::UsageSource;
 
@@ -39,6 +39,8 @@ pub struct PendingEvent {
     pub principal: Principal,
     pub endpoint: &'static str,
     pub route: Arc<str>,
+    /// The route's metric series (its token counters).
+    pub series: Arc<RouteMetrics>,
     pub model_requested: String,
     pub model_served: String,
     pub provider: &'static str,
@@ -68,16 +70,9 @@ impl PendingEvent {
     /// The finished event; also counts its tokens in `tollgate_tokens_total` and settles the quota reservation.
     pub fn finish(self, settled: Settlement) -> Outgoing {
         let usage = settled.usage;
-        let labels = |kind: &'static str| {
-            [
-                ("class", self.principal.class.to_string()),
-                ("model", self.model_requested.clone()),
-                ("kind", kind.to_owned()),
-            ]
-        };
-        metrics::counter!(m::TOKENS_TOTAL, &labels("prompt")).increment(u64::from(usage.prompt_tokens));
-        metrics::counter!(m::TOKENS_TOTAL, &labels("completion"))
-            .increment(u64::from(usage.completion_tokens));
+        let [prompt, completion] = self.series.tokens(&self.principal.class, &self.model_requested);
+        prompt.increment(u64::from(usage.prompt_tokens));
+        completion.increment(u64::from(usage.completion_tokens));
         let finished_at_ms = self.clock.now_ms();
         let data = UsageRecorded {
             request_id: self.request_id.to_string(),
@@ -270,6 +265,7 @@ mod tests {
             },
             endpoint: "/v1/chat/completions",
             route: Arc::from("chat"),
+            series: Arc::new(RouteMetrics::new(Arc::from("chat"))),
             model_requested: "gpt-4o-mini".into(),
             model_served: "gpt-4o-mini".into(),
             provider: "openai",
@@ -288,7 +284,7 @@ mod tests {
     }
 
     /// One stream event of `provider` carrying `text`.
-    fn event(provider: Provider, text: &str) -> SseEvent {
+    fn event(provider: Provider, text: &str) -> SseEvent<'static> {
         let data = match provider {
             Provider::Openai | Provider::AzureOpenai => {
                 serde_json::json!({"choices": [{"delta": {"content": text}}]})
@@ -301,7 +297,7 @@ mod tests {
             }
         };
         SseEvent {
-            data: Some(data.to_string()),
+            data: Some(data.to_string().into()),
             ..SseEvent::default()
         }
     }

@@ -7,8 +7,9 @@
 //!
 //! Bytes reach the client unchanged, with one exception: when the client did not ask for
 //! `stream_options.include_usage`, the gateway asked the upstream for it (see
-//! [`crate::protocol::request::ApiRequest::upstream_body`]) and removes that usage-only chunk; chunks are then
-//! forwarded event by event so the chunk can be cut out cleanly.
+//! [`crate::protocol::request::ApiRequest::upstream_body`]) and removes that usage-only chunk; a network chunk
+//! that holds whole events and not that one is forwarded as it came, any other is forwarded event by event so the
+//! chunk can be cut out cleanly.
 //!
 //! The tee owns the upstream response and the request's [`Ledger`], not the client connection: when the client
 //! goes away (the channel closes), or stops reading for `server.send_timeout` (its buffers stay full), the tee
@@ -133,7 +134,10 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
                 break;
             }
         };
-        let events = match splitter.push(&chunk) {
+        // Whether this chunk starts where an event starts: then, if it also ends where one ends and nothing is cut
+        // out of it, it goes to the client as it came, without being rebuilt.
+        let starts_an_event = splitter.remainder().is_empty();
+        let mut events = match splitter.push(&chunk) {
             Ok(events) => events,
             Err(error) => {
                 tracing::warn!(request_id = ?request_id, error = %error, "upstream sent an oversized event");
@@ -155,13 +159,19 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
             }
             Bytes::from(translated)
         } else if job.strip_usage_chunk {
-            let mut kept = BytesMut::new();
-            for raw in &events {
-                if stream.observe(&parse_event(raw)) != Observed::UsageOnly {
+            let framed = events.len();
+            events.retain(|raw| stream.observe(&parse_event(raw)) != Observed::UsageOnly);
+            if events.len() == framed && starts_an_event && splitter.remainder().is_empty() {
+                chunk
+            } else if events.len() == 1 {
+                events.pop().unwrap_or_default()
+            } else {
+                let mut kept = BytesMut::with_capacity(events.iter().map(Bytes::len).sum());
+                for raw in &events {
                     kept.extend_from_slice(raw);
                 }
+                kept.freeze()
             }
-            kept.freeze()
         } else {
             for raw in &events {
                 stream.observe(&parse_event(raw));

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{Balancer, Config, FailoverConfig, HashOn, Instance};
+use crate::metrics::{InstanceMetrics, RouteMetrics};
 use crate::routing::health::InstanceHealth;
 use balancer::{HashRing, SmoothWeighted};
 
@@ -37,6 +38,8 @@ pub struct RouteTarget {
     pub weight: u32,
     /// Upstream path replacing the endpoint's path (a canary on `/v2/...`).
     pub path: Option<String>,
+    /// The instance's metric series, shared by every route it serves.
+    pub metrics: Arc<InstanceMetrics>,
 }
 
 /// Targets of one priority, with their balancer state.
@@ -58,6 +61,8 @@ pub struct RouteTable {
     pub paths: Vec<String>,
     pub targets: Vec<RouteTarget>,
     pub failover: FailoverConfig,
+    /// The route's metric series.
+    pub metrics: Arc<RouteMetrics>,
     hash_on: Option<HashOn>,
     groups: Vec<PriorityGroup>,
 }
@@ -126,6 +131,11 @@ impl Router {
     /// `health[i]` is the health of `config.instances[i]`, shared with the prober.
     pub fn new(config: &Config, health: &[Arc<InstanceHealth>]) -> Self {
         let instances: Vec<Arc<Instance>> = config.instances.iter().cloned().map(Arc::new).collect();
+        let instance_metrics: Vec<Arc<InstanceMetrics>> = config
+            .instances
+            .iter()
+            .map(|i| Arc::new(InstanceMetrics::new(&i.name)))
+            .collect();
         let mut by_model = HashMap::new();
         let mut models = Vec::new();
         for route in &config.routes {
@@ -138,6 +148,7 @@ impl Router {
                         health: health.get(t.instance)?.clone(),
                         weight: t.weight,
                         path: t.path.clone(),
+                        metrics: instance_metrics.get(t.instance)?.clone(),
                     })
                 })
                 .collect();
@@ -168,8 +179,10 @@ impl Router {
                 Balancer::ConsistentHash(on) => Some(on.clone()),
                 Balancer::WeightedRoundRobin => None,
             };
+            let name: Arc<str> = Arc::from(route.name.as_str());
             let table = Arc::new(RouteTable {
-                name: Arc::from(route.name.as_str()),
+                metrics: Arc::new(RouteMetrics::new(name.clone())),
+                name,
                 model: Arc::from(route.models.first().map_or(route.name.as_str(), String::as_str)),
                 paths: route.paths.clone(),
                 targets,
