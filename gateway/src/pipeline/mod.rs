@@ -148,7 +148,8 @@ pub async fn serve(
             (error.response_in(endpoint.client_protocol()), None)
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&arrival.request_id.to_string()) {
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    if let Ok(value) = HeaderValue::from_str(arrival.request_id.hyphenated().encode_lower(&mut id)) {
         response
             .headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), value);

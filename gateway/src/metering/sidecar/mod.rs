@@ -63,6 +63,11 @@ pub struct MeterClient {
     client: awc::Client,
     count_url: String,
     batcher: Batcher,
+    /// `tollgate_meter_duration_seconds`, and `tollgate_prompt_estimates_total` by source (meter, fallback):
+    /// registered once per worker.
+    duration: metrics::Histogram,
+    by_meter: metrics::Counter,
+    by_fallback: metrics::Counter,
 }
 
 impl std::fmt::Debug for MeterClient {
@@ -89,6 +94,9 @@ impl MeterClient {
             ),
             client,
             count_url: format!("{base}/v1/tokens/count"),
+            duration: metrics::histogram!(m::METER_DURATION_SECONDS),
+            by_meter: metrics::counter!(m::ESTIMATES_TOTAL, "source" => EstimateSource::Meter.as_str()),
+            by_fallback: metrics::counter!(m::ESTIMATES_TOTAL, "source" => EstimateSource::Fallback.as_str()),
         }
     }
 
@@ -107,7 +115,7 @@ impl MeterClient {
             Prompt::Chat { .. } => tokens,
             Prompt::Texts { pretokenized, .. } => tokens.saturating_add(*pretokenized),
         });
-        metrics::histogram!(m::METER_DURATION_SECONDS).record(started.elapsed().as_secs_f64());
+        self.duration.record(started.elapsed().as_secs_f64());
         let estimate = match counted {
             Ok(tokens) => Estimate {
                 tokens,
@@ -124,7 +132,11 @@ impl MeterClient {
                 }
             }
         };
-        metrics::counter!(m::ESTIMATES_TOTAL, "source" => estimate.source.as_str()).increment(1);
+        match estimate.source {
+            EstimateSource::Meter => &self.by_meter,
+            EstimateSource::Fallback => &self.by_fallback,
+        }
+        .increment(1);
         estimate
     }
 
