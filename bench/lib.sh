@@ -38,9 +38,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "building release binaries"
-cargo build --release --locked --bins >&2
-bin=$CARGO_TARGET_DIR/release
+# BENCH_BIN_DIR: binaries built before (gateway, meter-sidecar, billing-consumer, stream-bench), e.g. a copy of
+# another commit's, to compare two builds on the same machine; unset, this checkout's are built.
+if [[ -n ${BENCH_BIN_DIR:-} ]]; then
+    bin=$BENCH_BIN_DIR
+else
+    log "building release binaries"
+    cargo build --release --locked --bins >&2
+    bin=$CARGO_TARGET_DIR/release
+fi
 [[ -x $TANSU_BIN ]] || "$TOLLGATE_ROOT/compose/install" --no-bins >&2
 BENCH_KAFKA_PORT=18196
 
