@@ -389,9 +389,8 @@ impl RouteMetrics {
     pub fn requests(&self, status: u16) -> &Counter {
         let index = status_index(status);
         let class = STATUS_CLASSES[index];
-        let route = &self.route;
         self.requests[index].get_or_init(
-            || metrics::counter!(REQUESTS_TOTAL, "route" => route.to_string(), "status" => class),
+            || metrics::counter!(REQUESTS_TOTAL, "route" => self.route.to_string(), "status" => class),
         )
     }
 
@@ -463,11 +462,7 @@ impl InstanceMetrics {
     }
 }
 
-/// `2xx`, `4xx`, … for a status code: a bounded label.
-pub fn status_class(status: u16) -> &'static str {
-    STATUS_CLASSES[status_index(status)]
-}
-
+/// The index of `status`'s class (`1xx` … `5xx`, a bounded label) in [`STATUS_CLASSES`].
 fn status_index(status: u16) -> usize {
     match status {
         100..=199 => 0,

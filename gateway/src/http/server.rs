@@ -37,6 +37,7 @@ use crate::http::scrape::{self, MetricsServer};
 use crate::http::state::{AppState, WorkerClients};
 use crate::live::{LiveConfig, LiveError, LiveHandles};
 use crate::metering::sidecar::MeterClient;
+use crate::metrics::RouteMetrics;
 use crate::pipeline;
 use crate::protocol::Endpoint;
 use crate::routing::upstream::Upstreams;
@@ -140,6 +141,7 @@ impl Gateway {
                 server_config.max_inflight_requests,
                 server_config.max_inflight_bytes,
             ),
+            unrouted: RouteMetrics::new(Arc::from("none")),
         });
         let worker_live = live.clone();
         let scrape = server_config

@@ -15,6 +15,7 @@ use crate::events::EventSender;
 use crate::http::inflight::Inflight;
 use crate::live::LiveConfig;
 use crate::metering::sidecar::MeterClient;
+use crate::metrics::RouteMetrics;
 use crate::routing::upstream::Upstreams;
 
 /// State shared by every worker. What the admin API can change lives in [`LiveConfig`]; a request loads its
@@ -37,6 +38,8 @@ pub struct AppState {
     pub inflight: TaskTracker,
     /// The replica's budget of requests and bytes in flight ([`crate::http::inflight`]).
     pub budget: Arc<Inflight>,
+    /// The series of requests refused before they had a route (`route="none"`).
+    pub unrouted: RouteMetrics,
 }
 
 /// HTTP clients owned by one worker thread (awc clients are not `Send`).

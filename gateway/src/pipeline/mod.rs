@@ -155,10 +155,7 @@ pub async fn serve(
             .insert(header::HeaderName::from_static("x-request-id"), value);
     }
     insert_limit_headers(&mut response, limits);
-    // A request refused before it had a route counts under `route="none"`.
-    static UNROUTED: std::sync::LazyLock<m::RouteMetrics> =
-        std::sync::LazyLock::new(|| m::RouteMetrics::new(Arc::from("none")));
-    let route_metrics = route.as_ref().map_or(&*UNROUTED, |r| &r.metrics);
+    let route_metrics = route.as_ref().map_or(&state.unrouted, |r| &r.metrics);
     route_metrics.requests(response.status().as_u16()).increment(1);
     route_metrics
         .duration()
