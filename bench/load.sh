@@ -193,3 +193,8 @@ printf '\nper round (req/s; CPU µs/req; streams/s):\n'
 for t in "${targets[@]}"; do
     printf '  %-8s %s; %s; %s\n' "$t" "${rps[$t]}" "${cpu_us[$t]}" "${sse_rps[$t]}"
 done
+printf '\nlatency, ms (p50 / p99 @%s/s; p50 / p99 @%s/s; TTFB p50 / p99):\n' "$RATE" "$HIGH_RATE"
+for t in "${targets[@]}"; do
+    printf '  %-8s %s / %s; %s / %s; %s / %s\n' "$t" "${lat_p50[$t]}" "${lat_p99[$t]}" "${high_p50[$t]}" \
+        "${high_p99[$t]}" "${ttfb_p50[$t]}" "${ttfb_p99[$t]}"
+done
