@@ -41,6 +41,10 @@ pub const TRANSLATION_SKIPPED_EVENTS_TOTAL: &str = "tollgate_translation_skipped
 pub const INSTANCE_HEALTHY: &str = "tollgate_instance_healthy";
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
+pub const SHARED_HEALTH_PUBLISHED_TOTAL: &str = "tollgate_shared_health_published_total";
+pub const SHARED_HEALTH_APPLIED_TOTAL: &str = "tollgate_shared_health_applied_total";
+pub const SHARED_HEALTH_DROPPED_TOTAL: &str = "tollgate_shared_health_dropped_total";
+pub const SHARED_HEALTH_LAG_SECONDS: &str = "tollgate_shared_health_lag_seconds";
 pub const STREAMS_ACTIVE: &str = "tollgate_streams_active";
 pub const INFLIGHT_REQUESTS: &str = "tollgate_inflight_requests";
 pub const INFLIGHT_BYTES: &str = "tollgate_inflight_bytes";
@@ -253,6 +257,23 @@ pub fn describe() {
         "Circuit breaker state by instance: 0 closed, 1 half-open, 2 open."
     );
     describe_counter!(PROBES_TOTAL, "Active health probes, by instance and result.");
+    describe_counter!(
+        SHARED_HEALTH_PUBLISHED_TOTAL,
+        "Instance health verdicts this replica sent to the health topic, by verdict (open, cooldown, down, up)."
+    );
+    describe_counter!(
+        SHARED_HEALTH_APPLIED_TOTAL,
+        "Other replicas' health verdicts that changed an instance's health here, by verdict."
+    );
+    describe_counter!(
+        SHARED_HEALTH_DROPPED_TOTAL,
+        "Health verdicts not sent to the health topic (the publisher's queue was full, or the producer refused)."
+    );
+    describe_histogram!(
+        SHARED_HEALTH_LAG_SECONDS,
+        Unit::Seconds,
+        "How long another replica's health verdict took to change an instance's health here (its age when applied)."
+    );
     describe_gauge!(STREAMS_ACTIVE, "Streamed responses being relayed now.");
     describe_gauge!(
         INFLIGHT_REQUESTS,

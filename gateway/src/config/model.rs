@@ -365,6 +365,9 @@ pub struct KafkaConfig {
     pub queue_capacity: usize,
     /// How long librdkafka keeps retrying one event before reporting it failed.
     pub message_timeout: Duration,
+    /// The compacted topic every replica publishes the circuits it opens and the probe verdicts it reaches to,
+    /// and reads the others' from ([`crate::routing::shared`]); `None`: each replica finds out on its own.
+    pub health_topic: Option<String>,
     /// Extra librdkafka properties, passed through as they are.
     pub properties: BTreeMap<String, String>,
 }

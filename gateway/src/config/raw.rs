@@ -417,6 +417,8 @@ pub struct RawKafka {
     pub queue_capacity: usize,
     #[serde(default = "default_message_timeout")]
     pub message_timeout: String,
+    /// The compacted topic replicas share instance health through; per-replica health without it.
+    pub health_topic: Option<String>,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }

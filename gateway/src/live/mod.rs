@@ -49,6 +49,7 @@ use tollgate_schemas::config::{ChangeAction, ConfigChange, ConfigChangeEvent, Re
 use crate::admission::quota::Quotas;
 use crate::config::{Config, RawConfig, Secret};
 use crate::metrics as m;
+use crate::routing::shared::{self, SharedHealthError, SharedHealthThreads};
 use cache::{Cached, ConfigCache};
 use history::{Entry, History};
 use resources::ResourceSet;
@@ -152,6 +153,8 @@ impl std::fmt::Debug for LiveConfig {
 pub struct LiveHandles {
     feed: Option<ConfigFeed>,
     applier: CancellationToken,
+    /// The health topic's publisher and follower, when replicas share health.
+    health: Option<SharedHealthThreads>,
 }
 
 impl LiveHandles {
@@ -159,6 +162,9 @@ impl LiveHandles {
         self.applier.cancel();
         if let Some(feed) = self.feed {
             feed.stop();
+        }
+        if let Some(health) = self.health {
+            health.stop();
         }
     }
 }
@@ -170,6 +176,8 @@ pub enum LiveError {
     Topic(#[from] TopicError),
     #[error("the config feed stopped before it read the config topic")]
     FeedStopped,
+    #[error(transparent)]
+    SharedHealth(#[from] SharedHealthError),
 }
 
 /// What a replica with a config topic starts from.
@@ -191,7 +199,14 @@ impl LiveConfig {
         source: Arc<str>,
     ) -> Result<(Arc<Self>, LiveHandles), LiveError> {
         let config = Arc::new(config);
-        let instances = Instances::new(probes);
+        let (shared, health) = match &config.kafka.health_topic {
+            Some(topic) => {
+                let (shared, threads) = shared::start(&config, topic)?;
+                (Some(shared), Some(threads))
+            }
+            None => (None, None),
+        };
+        let instances = Instances::new(probes, shared);
         let runtime = Runtime::build(config.clone(), -1, &instances, None);
         let file_set = ResourceSet::from_file(&config.source);
         let (feed_tx, feed_rx) = mpsc::unbounded_channel();
@@ -242,7 +257,14 @@ impl LiveConfig {
         }
         let applier = CancellationToken::new();
         actix_web::rt::spawn(live.clone().run_applier(feed_rx, applier.clone()));
-        Ok((live, LiveHandles { feed, applier }))
+        Ok((
+            live,
+            LiveHandles {
+                feed,
+                applier,
+                health,
+            },
+        ))
     }
 
     /// The configuration new requests use.

@@ -20,6 +20,7 @@ use crate::protocol::Provider;
 use crate::routing::Router;
 use crate::routing::health::InstanceHealth;
 use crate::routing::probe;
+use crate::routing::shared::SharedHealth;
 
 /// One configuration, ready for requests.
 #[derive(Debug)]
@@ -90,6 +91,9 @@ pub struct Instances {
     slots: Mutex<HashMap<String, Slot>>,
     /// Cancelled at shutdown: every probe stops.
     probes: CancellationToken,
+    /// With a health topic: the bus every instance tells its verdicts to, and the registry the other replicas'
+    /// verdicts are applied through.
+    shared: Option<SharedHealth>,
 }
 
 impl std::fmt::Debug for Instances {
@@ -99,10 +103,11 @@ impl std::fmt::Debug for Instances {
 }
 
 impl Instances {
-    pub fn new(probes: CancellationToken) -> Self {
+    pub fn new(probes: CancellationToken, shared: Option<SharedHealth>) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
             probes,
+            shared,
         }
     }
 
@@ -126,11 +131,15 @@ impl Instances {
                             old.probe.cancel();
                             tracing::info!(instance = %instance.name, "instance changed: its health starts over");
                         }
-                        let health = Arc::new(InstanceHealth::new(
+                        let mut health = InstanceHealth::new(
                             &instance.name,
                             instance.circuit_breaker,
                             instance.health_check.as_ref(),
-                        ));
+                        );
+                        if let Some(shared) = &self.shared {
+                            health = health.with_bus(shared.bus.clone());
+                        }
+                        let health = Arc::new(health);
                         let probe = self.probes.child_token();
                         probe::spawn_one(instance, &health, &probe);
                         Slot {
@@ -144,7 +153,10 @@ impl Instances {
                 next.insert(instance.name.clone(), slot);
                 health
             })
-            .collect();
+            .collect::<Vec<_>>();
+        if let Some(shared) = &self.shared {
+            shared.registry.replace(health.iter().cloned());
+        }
         for (name, gone) in slots.drain() {
             gone.probe.cancel();
             tracing::info!(instance = %name, "instance removed: its probe stops");
@@ -176,7 +188,7 @@ mod tests {
     #[test]
     fn an_unchanged_instance_keeps_its_health_and_a_changed_one_starts_over() {
         let config = Config::from_toml_with_env(CONFIG, |_| None).unwrap();
-        let instances = Instances::new(CancellationToken::new());
+        let instances = Instances::new(CancellationToken::new(), None);
         let first = instances.update(&config.instances);
         let again = instances.update(&config.instances);
         assert!(Arc::ptr_eq(&first[0], &again[0]) && Arc::ptr_eq(&first[1], &again[1]));

@@ -374,9 +374,9 @@ impl Follower {
     }
 }
 
-/// Creates the topic — one partition, compacted, the broker's default replication — unless it exists. A broker
+/// Creates the topic (the config topic, the health topic) — one partition, compacted, the broker's default replication — unless it exists. A broker
 /// that refuses compaction gets it without (every change is then kept, which gives the same state).
-fn ensure_topic(admin: &ClientConfig, topic: &str) -> Result<(), KafkaOpError> {
+pub(crate) fn ensure_topic(admin: &ClientConfig, topic: &str) -> Result<(), KafkaOpError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;

@@ -12,13 +12,15 @@
 //!
 //! The folder holds routing from the table to the instance's answer: the router (here), one pick within a
 //! priority group ([`balancer`]), instance health — circuit breakers and `Retry-After` cooldowns, shared by all
-//! workers ([`health`]) — and active health checks ([`probe`]), one attempt against one instance and which
+//! workers ([`health`]) and across replicas through the health topic ([`shared`]) — and active health checks
+//! ([`probe`]), one attempt against one instance and which
 //! failures are safe to retry ([`upstream`]), and what of a provider's error body a client may see ([`scrub`]).
 
 pub mod balancer;
 pub mod health;
 pub mod probe;
 pub mod scrub;
+pub mod shared;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -157,6 +157,16 @@ pub(super) fn kafka(p: &mut Problems, raw: RawKafka) -> KafkaConfig {
     if raw.usage_topic.trim().is_empty() {
         p.push("kafka.usage_topic", "must not be empty");
     }
+    if raw
+        .health_topic
+        .as_deref()
+        .is_some_and(|topic| topic.trim().is_empty() || topic == raw.usage_topic)
+    {
+        p.push(
+            "kafka.health_topic",
+            "must name a topic of its own (not empty, not the usage topic), e.g. \"tollgate.health.v1\"",
+        );
+    }
     if raw.queue_capacity == 0 || raw.queue_capacity > MAX_QUEUE_CAPACITY {
         p.push("kafka.queue_capacity", format!("must be 1–{MAX_QUEUE_CAPACITY}"));
     }
@@ -170,6 +180,7 @@ pub(super) fn kafka(p: &mut Problems, raw: RawKafka) -> KafkaConfig {
         usage_topic: raw.usage_topic,
         queue_capacity: raw.queue_capacity,
         message_timeout: p.duration("kafka.message_timeout", &raw.message_timeout),
+        health_topic: raw.health_topic,
         properties: raw.properties,
     }
 }
