@@ -30,6 +30,8 @@ use crate::reports::invoice::Period;
 
 /// The only way to give the ClickHouse password: it never appears on a command line or in a log.
 pub const CLICKHOUSE_PASSWORD_ENV: &str = "TOLLGATE_CLICKHOUSE_PASSWORD";
+/// The environment variable naming the ClickHouse cluster (`--clickhouse-cluster`).
+pub const CLICKHOUSE_CLUSTER_ENV: &str = "TOLLGATE_CLICKHOUSE_CLUSTER";
 /// The environment variable naming the price file, for every command that takes `--prices`.
 pub const PRICES_ENV: &str = "TOLLGATE_PRICES";
 /// The environment variable naming the config topic, for `run` and `quota` (`--config-topic`).
@@ -90,6 +92,18 @@ pub struct Cli {
         default_value = "default"
     )]
     pub clickhouse_user: String,
+
+    /// The ClickHouse cluster (a `remote_servers` name, e.g. tollgate) to lay the ledger out on: replicated
+    /// tables per shard and Distributed tables over them, sharded by consumer, every DDL ON CLUSTER. Unset: one
+    /// server, tables as they always were. A database made in one layout is refused in the other.
+    #[arg(
+        long,
+        global = true,
+        env = CLICKHOUSE_CLUSTER_ENV,
+        value_name = "NAME",
+        value_parser = cluster_name
+    )]
+    pub clickhouse_cluster: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -529,6 +543,13 @@ pub struct CheckPricesArgs {
     pub prices: PathBuf,
 }
 
+/// `--clickhouse-cluster`: a plain identifier, as it is spliced into DDL.
+fn cluster_name(input: &str) -> Result<String, String> {
+    crate::ledger::plain_identifier(input, "clickhouse-cluster")
+        .map(str::to_owned)
+        .map_err(|e| e.to_string())
+}
+
 fn since_now(input: &str) -> Result<DateTime<Utc>, BillingError> {
     crate::reports::usage::parse_since(input, Utc::now())
 }
@@ -608,6 +629,7 @@ impl Cli {
             password: std::env::var(CLICKHOUSE_PASSWORD_ENV)
                 .ok()
                 .filter(|p| !p.is_empty()),
+            cluster: self.clickhouse_cluster.clone(),
         }
     }
 
@@ -898,6 +920,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("HOOK_SECRET is not set"), "{missing}");
+    }
+
+    #[test]
+    fn the_clickhouse_cluster_is_off_by_default_and_checked_when_given() {
+        let single = Cli::try_parse_from(["billing-consumer", "migrate"]).unwrap();
+        if std::env::var_os(CLICKHOUSE_CLUSTER_ENV).is_none() {
+            assert_eq!(single.clickhouse().cluster, None);
+        }
+        let cluster =
+            Cli::try_parse_from(["billing-consumer", "migrate", "--clickhouse-cluster", "tollgate"]).unwrap();
+        assert_eq!(cluster.clickhouse().cluster.as_deref(), Some("tollgate"));
+        for bad in ["", "two words", "x`; DROP DATABASE tollgate"] {
+            let err = Cli::try_parse_from(["billing-consumer", "--clickhouse-cluster", bad, "migrate"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a plain identifier"), "{bad}: {err}");
+        }
     }
 
     #[test]

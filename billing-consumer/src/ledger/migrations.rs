@@ -14,6 +14,11 @@
 //! month partitions of `usage_events` and `usage_events_rejected` are `toYYYYMM` of key columns typed `DateTime`
 //! without a zone (0001, 0002; key columns cannot be altered, see 0004), which follow the server's zone.
 //!
+//! The files describe each table once, as it is on one server, and run as written there. With
+//! `--clickhouse-cluster`, [`crate::ledger::layout`] turns each statement into its cluster form (replicated
+//! `_local` tables, `Distributed` tables under the names the code uses, `ON CLUSTER` everywhere); the checksum is
+//! the file's either way, so the same migration is the same version in both layouts.
+//!
 //! 18.16 has no `ADD COLUMN IF NOT EXISTS`, so the runner provides it: a statement
 //! `ALTER TABLE t ADD COLUMN c …` (one column per statement, checked) is skipped when `system.columns` shows
 //! that `t` has `c` already.
@@ -21,7 +26,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::error::BillingError;
-use crate::ledger::ClickHouseSettings;
+use crate::ledger::{ClickHouseSettings, layout};
 
 /// One embedded migration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +79,7 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// The bookkeeping table, created before anything else. Never changes (it is how changes are tracked).
-const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
+pub(crate) const CREATE_SCHEMA_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
      (version UInt32, name String, checksum String, applied_at DateTime) \
      ENGINE = MergeTree ORDER BY version";
 
@@ -106,19 +111,29 @@ pub struct AppliedMigration {
 pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
     check_set(MIGRATIONS)?;
     let database = ch.checked_database()?;
+    let layout = ch.layout()?;
     ch.server_client()
-        .query(&format!("CREATE DATABASE IF NOT EXISTS `{database}`"))
+        .query(&layout::create_database(database, &layout))
         .execute()
         .await
         .map_err(BillingError::clickhouse("create database"))?;
 
     let client = ch.client();
     check_server_time_zone(&client).await?;
-    client
-        .query(CREATE_SCHEMA_MIGRATIONS)
-        .execute()
+    let existing = client
+        .query("SELECT name, engine FROM system.tables WHERE database = ?")
+        .bind(database)
+        .fetch_all::<(String, String)>()
         .await
-        .map_err(BillingError::clickhouse("create schema_migrations"))?;
+        .map_err(BillingError::clickhouse("read system.tables"))?;
+    layout::check_existing(&layout, &existing)?;
+    for step in layout::steps(CREATE_SCHEMA_MIGRATIONS, &layout)? {
+        client
+            .query(&step.sql)
+            .execute()
+            .await
+            .map_err(BillingError::clickhouse("create schema_migrations"))?;
+    }
     let applied = client
         .query("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
         .fetch_all::<AppliedMigration>()
@@ -136,10 +151,21 @@ pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
         );
     }
 
-    let mut newly_applied = Vec::new();
+    // Every pending statement is laid out before any runs, so a migration without a cluster form stops the
+    // run before it changed anything.
+    let mut plan = Vec::new();
     for migration in pending(MIGRATIONS, &applied)? {
+        let mut steps = Vec::new();
         for statement in migration.statements() {
-            if let Some((table, column)) = added_column(&statement)
+            steps.extend(layout::steps(&statement, &layout)?);
+        }
+        plan.push((migration, steps));
+    }
+
+    let mut newly_applied = Vec::new();
+    for (migration, steps) in plan {
+        for step in steps {
+            if let Some((table, column)) = &step.added_column
                 && column_exists(ch, &client, table, column).await?
             {
                 tracing::info!(
@@ -151,7 +177,7 @@ pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
                 continue;
             }
             client
-                .query(&statement)
+                .query(&step.sql)
                 .execute()
                 .await
                 .map_err(BillingError::clickhouse("apply migration"))?;

@@ -1,7 +1,8 @@
-//! The ledger in ClickHouse: [`ClickHouseSettings`] say where it lives and build the client, [`migrations`]
-//! create its tables, [`pricing`] gives each event its cost, [`store`]
+//! The ledger in ClickHouse: [`ClickHouseSettings`] say where it lives and build the client, [`layout`] lays its
+//! tables out on one server or a cluster (`--clickhouse-cluster`), [`migrations`] create its tables, [`pricing`] gives each event its cost, [`store`]
 //! maps events to rows and writes them, and [`reingest`] bills again what was rejected once a newer reader decodes it.
 
+pub mod layout;
 pub mod migrations;
 pub mod pricing;
 pub mod reingest;
@@ -22,6 +23,8 @@ pub struct ClickHouseSettings {
     pub user: String,
     /// Password; only ever read from `TOLLGATE_CLICKHOUSE_PASSWORD`, never logged.
     pub password: Option<String>,
+    /// The cluster (`remote_servers`) the ledger is laid out on, or `None` for one server; see [`layout`].
+    pub cluster: Option<String>,
 }
 
 impl ClickHouseSettings {
@@ -35,12 +38,19 @@ impl ClickHouseSettings {
     }
 
     /// A client without a database, for `CREATE DATABASE`.
+    ///
+    /// On a cluster, INSERTs into a `Distributed` table are synchronous (`insert_distributed_sync`): the server
+    /// answers once the rows are on a replica of their shard, not when they sit in the node's send queue, so an
+    /// acknowledged batch (whose offsets are then committed) is in the ledger.
     pub(crate) fn server_client(&self) -> clickhouse::Client {
-        let client = clickhouse::Client::default()
+        let mut client = clickhouse::Client::default()
             .with_url(&self.url)
             .with_user(&self.user)
             .with_validation(false)
             .with_setting("wait_end_of_query", "1");
+        if self.cluster.is_some() {
+            client = client.with_setting("insert_distributed_sync", "1");
+        }
         match &self.password {
             Some(password) => client.with_password(password),
             None => client,
@@ -50,6 +60,18 @@ impl ClickHouseSettings {
     /// The database name, checked to be a plain identifier so it can be spliced into DDL.
     pub(crate) fn checked_database(&self) -> Result<&str, BillingError> {
         plain_identifier(&self.database, "clickhouse-database")
+    }
+
+    /// The layout of the ledger's tables, with the database and cluster names checked.
+    pub fn layout(&self) -> Result<layout::Layout<'_>, BillingError> {
+        let database = self.checked_database()?;
+        Ok(match &self.cluster {
+            None => layout::Layout::SingleNode,
+            Some(cluster) => layout::Layout::Cluster {
+                cluster: plain_identifier(cluster, "clickhouse-cluster")?,
+                database,
+            },
+        })
     }
 }
 
@@ -75,6 +97,7 @@ impl fmt::Debug for ClickHouseSettings {
             .field("url", &self.url)
             .field("database", &self.database)
             .field("user", &self.user)
+            .field("cluster", &self.cluster)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -90,6 +113,7 @@ mod tests {
             database: database.into(),
             user: "default".into(),
             password: Some("hunter2".into()),
+            cluster: None,
         }
     }
 
@@ -100,6 +124,30 @@ mod tests {
         for bad in ["", "9lives", "a-b", "a;DROP DATABASE x", "`x`"] {
             let err = settings(bad).checked_database().unwrap_err();
             assert_eq!(err.kind(), "config", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_layout_follows_the_cluster_setting_and_checks_its_name() {
+        assert_eq!(settings("tollgate").layout().unwrap(), layout::Layout::SingleNode);
+        let clustered = ClickHouseSettings {
+            cluster: Some("tollgate".into()),
+            ..settings("ledger")
+        };
+        assert_eq!(
+            clustered.layout().unwrap(),
+            layout::Layout::Cluster {
+                cluster: "tollgate",
+                database: "ledger"
+            }
+        );
+        for bad in ["", "a b", "x`; DROP"] {
+            let bad = ClickHouseSettings {
+                cluster: Some(bad.into()),
+                ..settings("ledger")
+            };
+            let err = bad.layout().unwrap_err();
+            assert!(err.to_string().contains("clickhouse-cluster"), "{err}");
         }
     }
 

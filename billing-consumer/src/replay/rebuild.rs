@@ -3,6 +3,9 @@
 //! `finished_at_ms` is in `[from, to)` — replayed like the audit does ([`crate::replay`]), decoded and turned
 //! into rows exactly as ingest does ([`crate::ingest::batch::decode`], [`crate::ledger::store::usage_row`]), priced with
 //! the price table given now for the model that served each event — inserted in batches, each event id once.
+//! On a ClickHouse cluster the new table is laid out as `usage_events` is ([`crate::ledger::layout::create_like`]):
+//! `NAME_local` on every shard, under its own replication path, and `NAME` over them, sharded by consumer (a
+//! `REPLACE PARTITION` then goes between the `_local` tables, on each shard).
 //! The served models left unpriced are logged once, at the end, and listed in the summary.
 //!
 //! The table must not exist: a rebuild never writes into a table that holds anything else. If an INSERT fails
@@ -22,7 +25,7 @@ use crate::error::BillingError;
 use crate::ingest::batch::decode;
 use crate::ledger::pricing::PriceTable;
 use crate::ledger::store::{self, Position, UsageRow};
-use crate::ledger::{ClickHouseSettings, plain_identifier};
+use crate::ledger::{ClickHouseSettings, layout, plain_identifier};
 use crate::replay::Replay;
 use crate::replay::ReplayRange;
 
@@ -95,9 +98,10 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
     let (from_ms, to_ms) = settings.range.ms()?;
     let client = settings.clickhouse.client();
     let existing: u64 = client
-        .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name IN (?, ?)")
         .bind(settings.clickhouse.database.as_str())
         .bind(table)
+        .bind(format!("{table}{}", layout::LOCAL_SUFFIX))
         .fetch_one()
         .await
         .map_err(BillingError::clickhouse("look up the rebuild table"))?;
@@ -111,11 +115,15 @@ pub async fn run(settings: &RebuildSettings) -> Result<RebuildSummary, BillingEr
         });
     }
     let mut replay = Replay::open(&settings.range, "rebuild").await?;
-    client
-        .query(&format!("CREATE TABLE {table} AS {}", store::USAGE_TABLE))
-        .execute()
-        .await
-        .map_err(BillingError::clickhouse("create the rebuild table"))?;
+    // On a cluster: `<table>_local` on every shard under its own replication path, `<table>` over them.
+    let layout = settings.clickhouse.layout()?;
+    for statement in layout::create_like(table, store::USAGE_TABLE, &layout)? {
+        client
+            .query(&statement)
+            .execute()
+            .await
+            .map_err(BillingError::clickhouse("create the rebuild table"))?;
+    }
     tracing::info!(
         table = %format!("{}.{table}", settings.clickhouse.database),
         topic = %settings.range.topic,

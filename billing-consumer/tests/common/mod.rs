@@ -31,6 +31,7 @@ pub fn clickhouse(suffix: &str) -> ClickHouseSettings {
         password: std::env::var("TOLLGATE_TEST_CLICKHOUSE_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty()),
+        cluster: None,
     }
 }
 
