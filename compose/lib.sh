@@ -27,6 +27,14 @@ MOCK_PROVIDER_PORT=${MOCK_PROVIDER_PORT:-8090}
 BILLING_METRICS_PORT=${BILLING_METRICS_PORT:-9464}
 GATEWAY_METRICS_PORT=${GATEWAY_METRICS_PORT:-9465}
 ADMIN_PORT=${ADMIN_PORT:-9180}
+# Several replicas (compose/up --replicas N, N >= 2): gateway-I listens on GATEWAY_REPLICA_PORT_BASE+I, its /metrics on
+# GATEWAY_REPLICA_METRICS_BASE+I and its admin API on ADMIN_PORT+I-1; billing-consumer-I's /metrics (and usage API)
+# on BILLING_REPLICA_METRICS_BASE+I; the load balancer (nginx) takes GATEWAY_PORT. With one replica nothing changes.
+GATEWAY_REPLICA_PORT_BASE=${GATEWAY_REPLICA_PORT_BASE:-8100}
+GATEWAY_REPLICA_METRICS_BASE=${GATEWAY_REPLICA_METRICS_BASE:-9500}
+BILLING_REPLICA_METRICS_BASE=${BILLING_REPLICA_METRICS_BASE:-9600}
+MAX_REPLICAS=16
+NGINX_BIN=${NGINX_BIN:-$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)}
 # The compacted topic admin changes go through; every gateway replica and billing-consumer follow it.
 CONFIG_TOPIC=${TOLLGATE_CONFIG_TOPIC:-tollgate.config.v1}
 
@@ -140,8 +148,10 @@ running_pid() {
     pid=$(<"$file")
     [[ $pid =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    if [[ -r /proc/$pid/environ ]]; then
-        tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "TOLLGATE_PROCESS=$1" || return 1
+    if [[ -r /proc/$pid/environ ]] &&
+        ! tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "TOLLGATE_PROCESS=$1"; then
+        # nginx writes its process title over its environment: the load balancer is known by its config path.
+        [[ $1 == lb ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-c $(lb_conf_file)" || return 1
     fi
     printf '%s\n' "$pid"
 }
@@ -251,16 +261,68 @@ refuse_foreign_port() {
     fi
 }
 
-# health_url NAME — the URL whose 2xx answer means NAME is healthy (empty for the broker).
+# service_port NAME — the port a service is reached on: its API, or its /metrics for billing-consumer.
+service_port() {
+    case $1 in
+        meter-sidecar) printf '%s' "$METER_PORT" ;;
+        mock-provider) printf '%s' "$MOCK_PROVIDER_PORT" ;;
+        billing-consumer) printf '%s' "$BILLING_METRICS_PORT" ;;
+        billing-consumer-*) printf '%s' $((BILLING_REPLICA_METRICS_BASE + ${1#billing-consumer-})) ;;
+        gateway | lb) printf '%s' "$GATEWAY_PORT" ;;
+        gateway-*) printf '%s' $((GATEWAY_REPLICA_PORT_BASE + ${1#gateway-})) ;;
+        *) return 1 ;;
+    esac
+}
+
+# gateway_metrics_port NAME — where gateway NAME (gateway or gateway-I) serves /metrics.
+gateway_metrics_port() {
+    case $1 in
+        gateway-*) printf '%s' $((GATEWAY_REPLICA_METRICS_BASE + ${1#gateway-})) ;;
+        *) printf '%s' "$GATEWAY_METRICS_PORT" ;;
+    esac
+}
+
+# health_url NAME — the URL whose 2xx answer means NAME is healthy (empty for the broker). The load balancer's is
+# a gateway's /healthz through it.
 health_url() {
     case $1 in
         clickhouse) printf 'http://127.0.0.1:%s/ping' "$CLICKHOUSE_HTTP_PORT" ;;
-        meter-sidecar) printf 'http://127.0.0.1:%s/healthz' "$METER_PORT" ;;
-        mock-provider) printf 'http://127.0.0.1:%s/healthz' "$MOCK_PROVIDER_PORT" ;;
-        billing-consumer) printf 'http://127.0.0.1:%s/metrics' "$BILLING_METRICS_PORT" ;;
-        gateway) printf 'http://127.0.0.1:%s/healthz' "$GATEWAY_PORT" ;;
+        meter-sidecar | mock-provider | gateway | gateway-* | lb)
+            printf 'http://127.0.0.1:%s/healthz' "$(service_port "$1")"
+            ;;
+        billing-consumer | billing-consumer-*) printf 'http://127.0.0.1:%s/metrics' "$(service_port "$1")" ;;
         *) return 0 ;;
     esac
+}
+
+# replica_count — how many gateway replicas the running stack has: the count compose/up recorded in $RUN_DIR, 1
+# when none is recorded (a single gateway, no load balancer).
+replica_count() {
+    local n
+    n=$(cat "$RUN_DIR/replicas" 2>/dev/null) || n=1
+    [[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= MAX_REPLICAS)) || n=1
+    printf '%s\n' "$n"
+}
+
+# replica_names BASE [N] — the process names of BASE (gateway, billing-consumer) for N replicas (default: the
+# recorded count): BASE itself for one, BASE-1 … BASE-N for more.
+replica_names() {
+    local base=$1 n=${2:-$(replica_count)} i
+    if ((n == 1)); then
+        printf '%s\n' "$base"
+    else
+        for ((i = 1; i <= n; i++)); do printf '%s-%s\n' "$base" "$i"; done
+    fi
+}
+
+# stack_services [N] — every service of the stack with N replicas (default: the recorded count), in start order:
+# meter-sidecar, mock-provider, the billing-consumers, the gateways, and the load balancer when N >= 2.
+stack_services() {
+    local n=${1:-$(replica_count)}
+    printf '%s\n' meter-sidecar mock-provider
+    replica_names billing-consumer "$n"
+    replica_names gateway "$n"
+    ((n == 1)) || printf '%s\n' lb
 }
 
 # kafka_metadata_ok PORT — send a Kafka Metadata v0 request over bash's /dev/tcp and check that the answer
@@ -317,25 +379,39 @@ admin_key() {
     head -n 1 "$file"
 }
 
-# gateway_config — path of the gateway config to run: compose/tollgate.toml rendered into $DATA_DIR/gateway with
-# the overridden ports, and an [admin] table: loopback only, the config topic, and the key of admin_key.
+# gateway_config [I] — path of the gateway config to run: compose/tollgate.toml rendered into $DATA_DIR/gateway
+# with the overridden ports, its spool in $DATA_DIR/gateway/spool, and an [admin] table: loopback only, the config
+# topic, and the key of admin_key. With I, replica I of several: rendered into $DATA_DIR/gateway-I with instance
+# id local-I, its own API, metrics and admin ports and spool ($DATA_DIR/gateway-I/spool), and the usage API read
+# from billing-consumer-1.
 gateway_config() {
     local src=$TOLLGATE_ROOT/compose/tollgate.toml
     [[ -r $src ]] || die "missing $src"
-    local out=$DATA_DIR/gateway/tollgate.toml
+    local i=${1:-} name=gateway port=$GATEWAY_PORT admin=$ADMIN_PORT billing=$BILLING_METRICS_PORT
+    if [[ -n $i ]]; then
+        name=gateway-$i
+        port=$(service_port "$name")
+        admin=$((ADMIN_PORT + i - 1))
+        billing=$(service_port billing-consumer-1)
+    fi
+    local metrics
+    metrics=$(gateway_metrics_port "$name")
+    local out=$DATA_DIR/$name/tollgate.toml
     mkdir -p "${out%/*}"
     local sha
     sha=$(printf '%s' "$(admin_key)" | sha256sum | cut -d' ' -f1)
     {
-        sed -e "s/\(127\.0\.0\.1\|localhost\):8080\b/\1:$GATEWAY_PORT/g" \
+        sed -e "s/\(127\.0\.0\.1\|localhost\):8080\b/\1:$port/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):8081\b/\1:$METER_PORT/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):8090\b/\1:$MOCK_PROVIDER_PORT/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):9092\b/\1:$KAFKA_PORT/g" \
-            -e "s/\(127\.0\.0\.1\|localhost\):9465\b/\1:$GATEWAY_METRICS_PORT/g" \
-            -e "s/\(127\.0\.0\.1\|localhost\):9464\b/\1:$BILLING_METRICS_PORT/g" \
+            -e "s/\(127\.0\.0\.1\|localhost\):9465\b/\1:$metrics/g" \
+            -e "s/\(127\.0\.0\.1\|localhost\):9464\b/\1:$billing/g" \
+            -e "s/^instance_id = \"local-1\"/instance_id = \"local-${i:-1}\"/" \
+            -e "s|^dir = \"spool\"|dir = \"$DATA_DIR/$name/spool\"|" \
             "$src"
         printf '\n# Added by compose/up: the admin API on loopback, its key from compose/admin-key.\n'
-        printf '[admin]\nlisten = "127.0.0.1:%s"\nconfig_topic = "%s"\n' "$ADMIN_PORT" "$CONFIG_TOPIC"
+        printf '[admin]\nlisten = "127.0.0.1:%s"\nconfig_topic = "%s"\n' "$admin" "$CONFIG_TOPIC"
         printf 'keys = [{ id = "local-admin", sha256 = "%s", role = "admin" }]\n' "$sha"
     } >"$out"
     printf '%s\n' "$out"
@@ -352,4 +428,83 @@ billing_env() {
 # clickhouse_query SQL — run SQL through ClickHouse's HTTP interface, print the result.
 clickhouse_query() {
     curl -fsS --max-time 10 "http://127.0.0.1:$CLICKHOUSE_HTTP_PORT/" --data-binary "$1"
+}
+
+# lb_dir / lb_conf_file — where the load balancer (nginx, compose/up --replicas N) keeps its config, pid and temp
+# files.
+lb_dir() { printf '%s/lb' "$DATA_DIR"; }
+lb_conf_file() { printf '%s/nginx.conf' "$(lb_dir)"; }
+
+# lb_config DIR ACCESS_LOG LISTEN_PORT UPSTREAM_PORT... — print the nginx configuration of the load balancer in
+# front of the gateway replicas on 127.0.0.1:UPSTREAM_PORT...: it listens on 127.0.0.1:LISTEN_PORT, keeps its pid
+# and temp files in DIR and logs errors to stderr (run it as `nginx -p DIR -c DIR/nginx.conf -e stderr`).
+# compose/up and tests/tests/replicas.rs both run what this prints.
+#
+# - Retries: a request goes to the next replica after a connection error or timeout; nginx never resends a POST
+#   once any of it reached a replica (no `non_idempotent`), so a chat completion is retried only when its replica
+#   refused the connection — it cannot be served, and billed, twice. With proxy_request_buffering off, a body
+#   nginx already started sending is not resent either.
+# - A replica that failed once is left alone for fail_timeout, then tried again with one request; a refused
+#   connection costs that request well under a millisecond on loopback. The failure state is shared by the
+#   workers (zone).
+# - Streams: no buffering either way, so SSE chunks pass as the gateway writes them; read and send timeouts of
+#   10 minutes for long streams. The gateway enforces its own body limit (server.max_request_bytes), so nginx
+#   sets none.
+# - Keep-alive to the replicas, idle at most 4 s: below the gateway's 5 s, so nginx never reuses a connection the
+#   gateway is closing (a POST sent on one would fail without a retry).
+# - The access log names, per request, every replica tried ($upstream_addr) and what each answered
+#   ($upstream_status), the time it ended ($msec) and took ($request_time), and the gateway's x-request-id;
+#   tab-separated.
+lb_config() {
+    local dir=$1 access_log=$2 listen=$3
+    shift 3
+    (($# >= 1)) || die "lb_config: no upstream port"
+    local servers="" port
+    for port in "$@"; do
+        servers+="        server 127.0.0.1:$port max_fails=1 fail_timeout=2s;"$'\n'
+    done
+    cat <<CONF
+# Tollgate's load balancer in front of $# gateway replicas; made by lb_config (compose/lib.sh).
+daemon off;
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log stderr warn;
+events { worker_connections 4096; }
+http {
+    client_body_temp_path $dir/tmp/client_body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    log_format tollgate '\$msec\t\$request_time\t\$status\t\$upstream_addr\t\$upstream_status\t\$upstream_response_time\t\$upstream_http_x_request_id\t\$request_method \$request_uri';
+    access_log $access_log tollgate;
+    server_tokens off;
+
+    upstream tollgate_gateways {
+        zone tollgate_gateways 64k;
+$servers        keepalive 64;
+        keepalive_timeout 4s;
+        keepalive_requests 10000;
+    }
+
+    server {
+        listen 127.0.0.1:$listen;
+        client_max_body_size 0;
+        location / {
+            proxy_pass http://tollgate_gateways;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_next_upstream error timeout;
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 600s;
+            proxy_read_timeout 600s;
+            send_timeout 600s;
+        }
+    }
+}
+CONF
 }
