@@ -83,7 +83,7 @@ pub fn run(data: &[u8]) {
         }
     }
     let _keys = KeyStore::new(&config.consumers);
-    let _limits = RequestLimits::new(&config.consumers);
+    let _limits = RequestLimits::new(&config.consumers, config.server.replicas);
 
     let resources = ResourceSet::from_file(&config.source);
     let live = match resources.assemble(&config.source, &config.secrets) {

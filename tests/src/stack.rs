@@ -347,6 +347,7 @@ impl Stack {
             database: format!("tollgate_test_{run}"),
             user: "default".into(),
             password: None,
+            cluster: None,
         };
         let metrics = metrics_handle();
 

@@ -143,6 +143,7 @@ async fn audit_is_clean(brokers: &str, topic: &str, clickhouse_url: &str, databa
         database: database.to_owned(),
         user: "default".into(),
         password: None,
+        cluster: None,
     };
     let now = Utc::now();
     let settings = tollgate_billing_consumer::replay::audit::AuditSettings::new(

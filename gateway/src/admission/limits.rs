@@ -1,8 +1,16 @@
 //! Request-rate limits per consumer (`limit_count`, as APISIX names it): at most `count` requests per
 //! `time_window`, enforced with governor's GCRA — the burst of `count` requests is allowed at once and
 //! capacity returns evenly over the window, so a consumer cannot double its rate across a window boundary.
-//! State is shared by every worker of a replica (limits per replica; quotas shared across replicas come from
-//! the event log).
+//! State is shared by every worker of a replica; quotas shared across replicas come from the event log.
+//!
+//! **Across replicas** (`server.replicas = N`, set the same on every replica behind one load balancer), each
+//! replica allows its share, `ceil(count / N)` requests per `time_window`, with no coordination on the request
+//! path. The bound, for any spread of a consumer's requests over the replicas: together they never allow more
+//! than `N × ceil(count / N)` per window — `count` when N divides it, at most `count + N − 1` otherwise; and a
+//! consumer whose requests the load balancer spreads evenly (round-robin) gets its whole `count`. One whose
+//! requests all land on one replica (a balancer hashing on its address) gets only that replica's share: balance
+//! per request, not per client. The `x-ratelimit-*-requests` headers show the whole `count` and this replica's
+//! remaining share scaled by N (an estimate of what is left across the replicas).
 //!
 //! [`RequestLimits::check`] answers with the `x-ratelimit-*-requests` figures OpenAI sends on every response,
 //! and for a rejection how long to wait (`Retry-After`). The limiter takes its clock as a type parameter so that
@@ -51,6 +59,8 @@ struct ConsumerLimit<C: Clock> {
 pub struct RequestLimits<C: Clock = DefaultClock> {
     by_consumer: HashMap<String, Arc<ConsumerLimit<C>>>,
     clock: C,
+    /// The replicas sharing every limit (`server.replicas`).
+    replicas: u32,
 }
 
 impl<C: Clock> std::fmt::Debug for RequestLimits<C> {
@@ -62,16 +72,18 @@ impl<C: Clock> std::fmt::Debug for RequestLimits<C> {
 }
 
 impl RequestLimits<DefaultClock> {
-    pub fn new(consumers: &[Consumer]) -> Self {
-        Self::with_clock(consumers, DefaultClock::default())
+    /// Every consumer's limiter, each allowing a `1/replicas` share of its limit.
+    pub fn new(consumers: &[Consumer], replicas: u32) -> Self {
+        Self::with_clock(consumers, replicas, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> RequestLimits<C> {
-    pub fn with_clock(consumers: &[Consumer], clock: C) -> Self {
+    pub fn with_clock(consumers: &[Consumer], replicas: u32, clock: C) -> Self {
         Self {
             by_consumer: HashMap::new(),
             clock,
+            replicas: replicas.max(1),
         }
         .rebuilt(consumers)
     }
@@ -86,9 +98,9 @@ impl<C: Clock + Clone> RequestLimits<C> {
                 if let Some(kept) = self.by_consumer.get(&c.name).filter(|l| l.config == config) {
                     return Some((c.name.clone(), kept.clone()));
                 }
-                let count = NonZeroU32::new(config.count)?;
-                let period = config.time_window / config.count;
-                let quota = Quota::with_period(period)?.allow_burst(count);
+                let share = NonZeroU32::new(config.count.div_ceil(self.replicas))?;
+                let period = config.time_window / share.get();
+                let quota = Quota::with_period(period)?.allow_burst(share);
                 let limiter = RateLimiter::direct_with_clock(quota, self.clock.clone()).with_middleware();
                 Some((
                     c.name.clone(),
@@ -103,6 +115,7 @@ impl<C: Clock + Clone> RequestLimits<C> {
         Self {
             by_consumer,
             clock: self.clock.clone(),
+            replicas: self.replicas,
         }
     }
 
@@ -113,13 +126,14 @@ impl<C: Clock + Clone> RequestLimits<C> {
             return Ok(None);
         };
         let count = limit.config.count;
+        let share = count.div_ceil(self.replicas);
         match limit.limiter.check() {
             Ok(state) => {
-                let remaining = state.remaining_burst_capacity();
-                let reset = limit.period * (count - remaining.min(count));
+                let remaining = state.remaining_burst_capacity().min(share);
+                let reset = limit.period * (share - remaining);
                 Ok(Some(RateFigures {
                     limit: count,
-                    remaining,
+                    remaining: remaining.saturating_mul(self.replicas).min(count),
                     reset,
                 }))
             }
@@ -128,7 +142,7 @@ impl<C: Clock + Clone> RequestLimits<C> {
                 let figures = RateFigures {
                     limit: count,
                     remaining: 0,
-                    reset: limit.period * count,
+                    reset: limit.period * share,
                 };
                 Err(Rejection {
                     figures,
@@ -190,7 +204,7 @@ mod tests {
     #[test]
     fn a_consumer_gets_its_count_then_waits_for_capacity_to_return() {
         let clock = FakeRelativeClock::default();
-        let limits = RequestLimits::with_clock(&[consumer("a", Some(three_per_minute()))], clock.clone());
+        let limits = RequestLimits::with_clock(&[consumer("a", Some(three_per_minute()))], 1, clock.clone());
         let remaining: Vec<u32> = (0..3)
             .map(|_| limits.check("a").unwrap().unwrap().remaining)
             .collect();
@@ -208,8 +222,37 @@ mod tests {
     }
 
     #[test]
+    fn replicas_each_allow_their_share_so_that_together_they_allow_the_count_and_never_more_than_the_bound() {
+        let ten_per_minute = LimitCount {
+            count: 10,
+            ..three_per_minute()
+        };
+        let clock = FakeRelativeClock::default();
+        let replicas: Vec<_> = (0..3)
+            .map(|_| {
+                RequestLimits::with_clock(&[consumer("a", Some(ten_per_minute.clone()))], 3, clock.clone())
+            })
+            .collect();
+        // Round-robin: the first ten requests all pass, and the headers speak of the whole limit.
+        let figures: Vec<RateFigures> = (0..10)
+            .map(|i| replicas[i % 3].check("a").expect("within the limit").unwrap())
+            .collect();
+        assert!(figures.iter().all(|f| f.limit == 10));
+        assert_eq!(
+            figures[0].remaining, 9,
+            "ceil(10/3) = 4 per replica: 3 left here, about 9 across three"
+        );
+        // Together they allow at most 3 × ceil(10 / 3) = 12 in the window, whatever the spread.
+        let more = (0..30).filter(|i| replicas[i % 3].check("a").is_ok()).count();
+        assert_eq!(10 + more, 12);
+        // All on one replica: that replica's share.
+        let lone = RequestLimits::with_clock(&[consumer("a", Some(ten_per_minute))], 3, clock);
+        assert_eq!((0..10).filter(|_| lone.check("a").is_ok()).count(), 4);
+    }
+
+    #[test]
     fn consumers_without_a_limit_and_unknown_ones_are_not_limited() {
-        let limits = RequestLimits::new(&[consumer("free", None)]);
+        let limits = RequestLimits::new(&[consumer("free", None)], 1);
         assert_eq!(limits.check("free"), Ok(None));
         assert_eq!(limits.check("nobody"), Ok(None));
     }

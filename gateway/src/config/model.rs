@@ -300,6 +300,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// This replica's name; events carry it as their `source`.
     pub instance_id: String,
+    /// How many replicas share the traffic: request-rate limits are enforced as a `1/replicas` share on each
+    /// ([`crate::admission::limits`]).
+    pub replicas: u32,
     /// HTTP worker threads.
     pub workers: usize,
     /// Largest request body accepted.

@@ -373,6 +373,13 @@ pub struct RawServer {
     pub metering: bool,
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// How many replicas serve behind the load balancer: each enforces its share of every request-rate limit.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 impl Default for RawServer {
@@ -395,6 +402,7 @@ impl Default for RawServer {
             max_retry_after: default_max_retry_after(),
             metering: true,
             metrics_listen: None,
+            replicas: default_replicas(),
         }
     }
 }

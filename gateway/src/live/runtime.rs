@@ -45,7 +45,7 @@ impl Runtime {
         let health = instances.update(&config.instances);
         let limits = match previous {
             Some(previous) => previous.limits.rebuilt(&config.consumers),
-            None => RequestLimits::new(&config.consumers),
+            None => RequestLimits::new(&config.consumers, config.server.replicas),
         };
         Self {
             keys: KeyStore::new(&config.consumers),

@@ -330,7 +330,7 @@ impl InstanceHealth {
     fn export(&self, s: &State) {
         let healthy = s.probe_healthy
             && s.circuit == Circuit::Closed
-            && !s.remote_down_until.is_some_and(|until| Instant::now() < until);
+            && s.remote_down_until.is_none_or(|until| Instant::now() >= until);
         metrics::gauge!(m::INSTANCE_HEALTHY, "instance" => self.name.clone()).set(if healthy {
             1.0
         } else {

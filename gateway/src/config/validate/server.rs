@@ -15,6 +15,8 @@ use crate::config::raw::*;
 const MAX_JSON_DEPTH: usize = 128;
 /// A body read longer than this is a connection held open, not an upload.
 const MAX_BODY_READ_TIMEOUT: Duration = Duration::from_secs(600);
+/// The most replicas a request-rate limit is shared among.
+const MAX_REPLICAS: u32 = 1000;
 /// Events the usage producer may queue in memory (rdkafka's own ceiling is 10 million messages).
 const MAX_QUEUE_CAPACITY: usize = 10_000_000;
 
@@ -29,6 +31,9 @@ pub(super) fn server(p: &mut Problems, raw: RawServer) -> ServerConfig {
     p.name("server.instance_id", &raw.instance_id);
     if raw.workers == 0 {
         p.push("server.workers", "must be at least 1");
+    }
+    if !(1..=MAX_REPLICAS).contains(&raw.replicas) {
+        p.push("server.replicas", format!("must be from 1 to {MAX_REPLICAS}"));
     }
     if raw.max_request_bytes == 0 {
         p.push("server.max_request_bytes", "must be at least 1");
@@ -87,6 +92,7 @@ pub(super) fn server(p: &mut Problems, raw: RawServer) -> ServerConfig {
     ServerConfig {
         listen,
         instance_id: raw.instance_id,
+        replicas: raw.replicas,
         workers: raw.workers,
         max_request_bytes: raw.max_request_bytes,
         max_response_bytes: raw.max_response_bytes,
