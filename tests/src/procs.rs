@@ -5,7 +5,8 @@
 //! - [`PrivateBroker`] — a Kafka-protocol broker (Tansu, SQLite storage) of its own on a free port, that can be
 //!   stopped and started again on the same port and storage;
 //! - [`PrivateClickHouse`] — a ClickHouse server of its own, from the same configuration `compose/infra-up` uses;
-//! - [`ChildGateway`] — the real `gateway` binary on a port of its own, to stop with a signal or `kill -9`.
+//! - [`ChildGateway`] — the real `gateway` binary on a port of its own, to stop with a signal or `kill -9` and
+//!   start again on the same port and spool.
 //!
 //! Where the broker and ClickHouse binaries are comes from `TOLLGATE_TEST_TANSU_BIN` and
 //! `TOLLGATE_TEST_CLICKHOUSE_BIN` (set by `compose/test`), with the locations `compose/install` uses as defaults.
@@ -288,6 +289,8 @@ pub struct ChildGateway {
     pub child: Child,
     pub url: String,
     pub log: PathBuf,
+    /// Its configuration file, for [`ChildGateway::restart`].
+    config: PathBuf,
 }
 
 /// What the child gateways are configured with.
@@ -307,7 +310,17 @@ impl ChildGateway {
     /// Writes its configuration to `scratch/<name>.toml`, starts it (log in `scratch/<name>.log`) and waits
     /// until it answers `/healthz`.
     pub async fn start(config: &ChildConfig<'_>, scratch: &Path, name: &str) -> Self {
-        let port = free_port();
+        Self::start_as(config, scratch, name, "spool-test", free_port()).await
+    }
+
+    /// [`ChildGateway::start`] as replica `instance_id` (`server.instance_id`) on `port`.
+    pub async fn start_as(
+        config: &ChildConfig<'_>,
+        scratch: &Path,
+        name: &str,
+        instance_id: &str,
+        port: u16,
+    ) -> Self {
         let consumers: String = CONSUMERS
             .iter()
             .map(|(consumer, key_id, key)| {
@@ -319,7 +332,7 @@ impl ChildGateway {
             r#"
 [server]
 listen = "127.0.0.1:{port}"
-instance_id = "spool-test"
+instance_id = "{instance_id}"
 workers = 2
 shutdown_timeout = "5s"
 {server}
@@ -360,32 +373,52 @@ targets = [{{ instance = "mock-openai" }}]
         let path = scratch.join(format!("{name}.toml"));
         std::fs::write(&path, text).expect("write the gateway configuration");
         let log = scratch.join(format!("{name}.log"));
-        let child = Command::new(workspace_binary("tollgate-gateway", "gateway"))
+        std::fs::File::create(&log).expect("create the gateway log");
+        let mut gateway = Self {
+            child: Self::spawn(&path, &log),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            config: path,
+        };
+        gateway.wait_until_serving().await;
+        gateway
+    }
+
+    /// Starts it again — after a `kill -9`, say — with the same configuration, so on the same port and spool (its
+    /// log is appended to), and waits until it answers `/healthz`.
+    pub async fn restart(&mut self) {
+        kill9(&mut self.child);
+        self.child = Self::spawn(&self.config, &self.log);
+        self.wait_until_serving().await;
+    }
+
+    fn spawn(config: &Path, log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .expect("open the gateway log");
+        Command::new(workspace_binary("tollgate-gateway", "gateway"))
             .arg("--config")
-            .arg(&path)
+            .arg(config)
             .env("PROVIDER_KEY", PROVIDER_KEY)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("create the gateway log"))
+            .stderr(log)
             .spawn()
-            .expect("start the gateway binary");
-        let mut gateway = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            log,
-        };
-        let healthz = format!("{}/healthz", gateway.url);
-        let log = gateway.log.clone();
+            .expect("start the gateway binary")
+    }
+
+    async fn wait_until_serving(&mut self) {
+        let healthz = format!("{}/healthz", self.url);
         wait_until_serving(
             "the gateway",
             &healthz,
-            &mut gateway.child,
-            &log,
+            &mut self.child,
+            &self.log,
             Duration::from_secs(30),
         )
         .await;
-        gateway
     }
 
     /// Its `/metrics` text.
