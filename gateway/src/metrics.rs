@@ -41,6 +41,7 @@ pub const TRANSLATION_SKIPPED_EVENTS_TOTAL: &str = "tollgate_translation_skipped
 pub const INSTANCE_HEALTHY: &str = "tollgate_instance_healthy";
 pub const CIRCUIT_STATE: &str = "tollgate_circuit_state";
 pub const PROBES_TOTAL: &str = "tollgate_health_probes_total";
+pub const EVENTS_WRITE_AHEAD_SKIPPED_TOTAL: &str = "tollgate_events_write_ahead_skipped_total";
 pub const SHARED_HEALTH_PUBLISHED_TOTAL: &str = "tollgate_shared_health_published_total";
 pub const SHARED_HEALTH_APPLIED_TOTAL: &str = "tollgate_shared_health_applied_total";
 pub const SHARED_HEALTH_DROPPED_TOTAL: &str = "tollgate_shared_health_dropped_total";
@@ -257,6 +258,11 @@ pub fn describe() {
         "Circuit breaker state by instance: 0 closed, 1 half-open, 2 open."
     );
     describe_counter!(PROBES_TOTAL, "Active health probes, by instance and result.");
+    describe_counter!(
+        EVENTS_WRITE_AHEAD_SKIPPED_TOTAL,
+        "Usage events spool.write_ahead could not append to the spool as they were sent (full or failing); they \
+         stay in librdkafka's hands alone."
+    );
     describe_counter!(
         SHARED_HEALTH_PUBLISHED_TOTAL,
         "Instance health verdicts this replica sent to the health topic, by verdict (open, cooldown, down, up)."

@@ -348,6 +348,55 @@ async fn a_gateway_killed_with_a_full_spool_delivers_every_event_once_after_rest
     let _ = std::fs::remove_dir_all(scratch);
 }
 
+/// `spool.write_ahead`: a gateway `kill -9`ed the moment it answered its last request — its newest events still
+/// in librdkafka's hands (the usage producer lingers 100 ms), the broker up — loses none of them: they were in
+/// the spool as they were sent, and the next start sends them. Those Kafka had already acknowledged arrive twice,
+/// and the ledger keeps one of each.
+#[actix_rt::test]
+async fn with_write_ahead_a_gateway_killed_right_after_answering_loses_no_event() {
+    const REQUESTS: usize = 40;
+    let stack = Stack::start(StackOptions::default()).await;
+    let scratch = scratch_dir("spool-write-ahead");
+    let spool_dir = scratch.join("spool");
+    let brokers = stack.infra.brokers.clone();
+    let config = ChildConfig {
+        brokers: &brokers,
+        topic: &stack.topic,
+        mock: &stack.mock.endpoint(),
+        spool_dir: &spool_dir,
+        spool: "write_ahead = true",
+        server: "",
+    };
+    let mut gateway = ChildGateway::start(&config, &scratch, "first").await;
+    let sent: HashSet<String> = send_ok(&gateway.url, 0..REQUESTS).await.into_iter().collect();
+    kill9(&mut gateway.child);
+
+    let gateway = ChildGateway::start(&config, &scratch, "second").await;
+    stack
+        .wait_for_usage_rows(REQUESTS, Duration::from_secs(180))
+        .await;
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let (rows, raw, distinct, ids) = ledger(&stack).await;
+    println!(
+        "write-ahead: {REQUESTS} answered, {raw} events ingested, {rows} ledger rows after deduplication"
+    );
+    assert_eq!(ids, sent, "every answered request is in the ledger");
+    assert_eq!(
+        (rows, distinct),
+        (REQUESTS, REQUESTS as u64),
+        "one row per request"
+    );
+    eventually(
+        "the restarted gateway to empty its spool",
+        Duration::from_secs(30),
+        async || gateway.metric("tollgate_spool_bytes").await == 0.0,
+    )
+    .await;
+    drop(gateway);
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
 #[actix_rt::test]
 async fn a_clean_stop_with_the_broker_down_keeps_every_event_for_the_next_start() {
     let _one_at_a_time = ONE_OUTAGE_AT_A_TIME.lock().await;

@@ -229,6 +229,9 @@ pub struct SpoolConfig {
     /// after it until the spool is drained).
     pub after: Duration,
     pub on_full: OnFull,
+    /// Every event is appended to the spool as it is handed to librdkafka, not only once Kafka is late: a
+    /// `kill -9` then loses only what the event pump had not received yet (see [`crate::events`]).
+    pub write_ahead: bool,
 }
 
 /// What the gateway does while the spool is full.

@@ -284,6 +284,9 @@ pub struct RawSpool {
     /// `reject` or `serve_unmetered`.
     #[serde(default = "default_spool_on_full")]
     pub on_full: String,
+    /// Every event is also appended to the spool as it is handed to Kafka: a `kill -9` loses none.
+    #[serde(default)]
+    pub write_ahead: bool,
 }
 
 impl Default for RawSpool {
@@ -295,6 +298,7 @@ impl Default for RawSpool {
             fsync_interval: default_spool_fsync_interval(),
             after: default_spool_after(),
             on_full: default_spool_on_full(),
+            write_ahead: false,
         }
     }
 }

@@ -19,7 +19,10 @@
 //!
 //! **The window in which an event is only in memory** is from `emit` until Kafka acknowledged it or, at most
 //! `spool.after` after it was handed to librdkafka, it was appended to the spool (the page cache: a `kill -9`
-//! cannot lose it from then on; the pump fsyncs the spool every `spool.fsync_interval`, and on segment roll and
+//! cannot lose it from then on; with `spool.write_ahead`, every event is appended as it is handed to
+//! librdkafka — marked as held by librdkafka, so it is sent from the spool only if librdkafka gives up on it —
+//! which shrinks the window to the hand-off from the request worker to the pump, about a millisecond
+//! ([`EVENT_GATHER`]); acknowledged records are released as they are today; the pump fsyncs the spool every `spool.fsync_interval`, and on segment roll and
 //! shutdown, against power loss). So a `kill -9` can lose only events whose requests finished less than
 //! `spool.after` (+ the time the pump takes to notice, a few milliseconds) before it; a power loss, those of the
 //! last `spool.after + spool.fsync_interval`. A crash can also make the next start send again some records that
@@ -381,6 +384,8 @@ struct Pump {
     spool: Spool,
     drain: Drain,
     after: Duration,
+    /// `spool.write_ahead`: every event is spooled as it is sent.
+    write_ahead: bool,
     fsync_interval: Duration,
     /// Whether appends past `spool.max_bytes` are made (`reject`: the events of admitted requests are kept).
     force_appends: bool,
@@ -426,6 +431,7 @@ impl Pump {
             drain: Drain::new(spool.start()),
             spool,
             after: config.after,
+            write_ahead: config.write_ahead,
             fsync_interval: config.fsync_interval,
             force_appends: config.on_full == OnFull::Reject,
             direct: BTreeMap::new(),
@@ -531,13 +537,14 @@ impl Pump {
                 &self.deliveries,
             ) {
                 Ok(()) => {
+                    let spooled = self.write_ahead(&event.subject, &payload);
                     let direct = Direct {
                         event_id: event.id,
                         consumer: event.subject,
                         payload,
                         sent_at: Instant::now(),
                         local,
-                        spooled: None,
+                        spooled,
                     };
                     self.direct.insert(seq, direct);
                     return;
@@ -546,6 +553,29 @@ impl Pump {
             }
         }
         self.spool_event(event.id, &event.subject, &payload, local);
+    }
+
+    /// With `spool.write_ahead`: appends an event librdkafka now holds to the spool, as held (sent from the
+    /// spool only if librdkafka gives up on it). An event that cannot be appended stays in librdkafka's hands
+    /// alone, as without write-ahead.
+    fn write_ahead(&mut self, consumer: &str, payload: &[u8]) -> Option<Pos> {
+        if !self.write_ahead {
+            return None;
+        }
+        match self
+            .spool
+            .append(consumer.as_bytes(), payload, self.force_appends)
+        {
+            Ok(pos) => {
+                self.drain.spooled_pending(pos);
+                Some(pos)
+            }
+            Err(e) => {
+                metrics::counter!(m::EVENTS_WRITE_AHEAD_SKIPPED_TOTAL).increment(1);
+                tracing::debug!(error = %e, "an event could not be written ahead to the spool");
+                None
+            }
+        }
     }
 
     /// Appends an event to the spool (or drops it, counted, when that is impossible).
@@ -632,10 +662,9 @@ impl Pump {
             (Origin::Direct(seq), Err((reason, error))) => {
                 metrics::counter!(m::EVENTS_FAILED_TOTAL, "reason" => reason).increment(1);
                 self.renew_producer = true;
-                if self.direct.get(&seq).is_some_and(|d| d.spooled.is_none()) {
-                    // Spools it together with every other event librdkafka holds, in order.
-                    self.start_spooling("send_failed", Some(&error));
-                }
+                // Spools it together with every other event librdkafka holds, in order (written ahead, it is
+                // there already), and sends every later event behind it.
+                self.start_spooling("send_failed", Some(&error));
                 let Some(direct) = self.direct.remove(&seq) else {
                     return;
                 };
@@ -682,7 +711,8 @@ impl Pump {
         if self.renew_producer && self.direct.is_empty() && self.drain.in_flight() == 0 {
             self.renew_producer();
         }
-        if self.episode.is_none() {
+        // Written-ahead records are read back and released as Kafka acknowledges their originals.
+        if self.episode.is_none() && !self.write_ahead {
             return;
         }
         let mut sink = KafkaSink {

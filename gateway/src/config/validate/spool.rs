@@ -60,5 +60,6 @@ pub(super) fn spool(p: &mut Problems, raw: RawSpool, message_timeout: Duration) 
         fsync_interval: p.duration("spool.fsync_interval", &raw.fsync_interval),
         after,
         on_full,
+        write_ahead: raw.write_ahead,
     }
 }

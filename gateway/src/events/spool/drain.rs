@@ -317,6 +317,7 @@ mod tests {
             fsync_interval: Duration::from_millis(20),
             after: Duration::from_secs(1),
             on_full: OnFull::Reject,
+            write_ahead: false,
         };
         (Spool::open(&config).unwrap(), dir)
     }

@@ -25,6 +25,7 @@ impl Dir {
             fsync_interval: Duration::from_millis(20),
             after: Duration::from_secs(1),
             on_full: OnFull::Reject,
+            write_ahead: false,
         }
     }
 
