@@ -95,7 +95,8 @@ pub struct Cli {
 
     /// The ClickHouse cluster (a `remote_servers` name, e.g. tollgate) to lay the ledger out on: replicated
     /// tables per shard and Distributed tables over them, sharded by consumer, every DDL ON CLUSTER. Unset: one
-    /// server, tables as they always were. A database made in one layout is refused in the other.
+    /// server (as when empty), tables as they always were. A database made in one layout is refused in the
+    /// other.
     #[arg(
         long,
         global = true,
@@ -543,8 +544,12 @@ pub struct CheckPricesArgs {
     pub prices: PathBuf,
 }
 
-/// `--clickhouse-cluster`: a plain identifier, as it is spliced into DDL.
+/// `--clickhouse-cluster`: a plain identifier, as it is spliced into DDL; empty (`TOLLGATE_CLICKHOUSE_CLUSTER=`)
+/// means one server, as when it is unset.
 fn cluster_name(input: &str) -> Result<String, String> {
+    if input.is_empty() {
+        return Ok(String::new());
+    }
     crate::ledger::plain_identifier(input, "clickhouse-cluster")
         .map(str::to_owned)
         .map_err(|e| e.to_string())
@@ -629,7 +634,7 @@ impl Cli {
             password: std::env::var(CLICKHOUSE_PASSWORD_ENV)
                 .ok()
                 .filter(|p| !p.is_empty()),
-            cluster: self.clickhouse_cluster.clone(),
+            cluster: self.clickhouse_cluster.clone().filter(|c| !c.is_empty()),
         }
     }
 
@@ -931,7 +936,9 @@ mod tests {
         let cluster =
             Cli::try_parse_from(["billing-consumer", "migrate", "--clickhouse-cluster", "tollgate"]).unwrap();
         assert_eq!(cluster.clickhouse().cluster.as_deref(), Some("tollgate"));
-        for bad in ["", "two words", "x`; DROP DATABASE tollgate"] {
+        let empty = Cli::try_parse_from(["billing-consumer", "--clickhouse-cluster", "", "migrate"]).unwrap();
+        assert_eq!(empty.clickhouse().cluster, None, "empty is one server, as unset");
+        for bad in ["two words", "x`; DROP DATABASE tollgate", "9lives"] {
             let err = Cli::try_parse_from(["billing-consumer", "--clickhouse-cluster", bad, "migrate"])
                 .unwrap_err()
                 .to_string();

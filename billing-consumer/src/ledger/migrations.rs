@@ -112,6 +112,16 @@ pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
     check_set(MIGRATIONS)?;
     let database = ch.checked_database()?;
     let layout = ch.layout()?;
+    // Every migration is laid out before any DDL runs, so one without a cluster form stops the start before it
+    // changed anything.
+    let mut rendered = Vec::with_capacity(MIGRATIONS.len());
+    for migration in MIGRATIONS {
+        let mut steps = Vec::new();
+        for statement in migration.statements() {
+            steps.extend(layout::steps(&statement, &layout)?);
+        }
+        rendered.push((migration.version, steps));
+    }
     ch.server_client()
         .query(&layout::create_database(database, &layout))
         .execute()
@@ -151,19 +161,13 @@ pub async fn apply(ch: &ClickHouseSettings) -> Result<Vec<u32>, BillingError> {
         );
     }
 
-    // Every pending statement is laid out before any runs, so a migration without a cluster form stops the
-    // run before it changed anything.
-    let mut plan = Vec::new();
-    for migration in pending(MIGRATIONS, &applied)? {
-        let mut steps = Vec::new();
-        for statement in migration.statements() {
-            steps.extend(layout::steps(&statement, &layout)?);
-        }
-        plan.push((migration, steps));
-    }
-
     let mut newly_applied = Vec::new();
-    for (migration, steps) in plan {
+    for migration in pending(MIGRATIONS, &applied)? {
+        let steps = rendered
+            .iter()
+            .find(|(version, _)| *version == migration.version)
+            .map(|(_, steps)| steps.as_slice())
+            .unwrap_or_default();
         for step in steps {
             if let Some((table, column)) = &step.added_column
                 && column_exists(ch, &client, table, column).await?
