@@ -382,13 +382,15 @@ admin_key() {
 # gateway_config [I] — path of the gateway config to run: compose/tollgate.toml rendered into $DATA_DIR/gateway
 # with the overridden ports, its spool in $DATA_DIR/gateway/spool, and an [admin] table: loopback only, the config
 # topic, and the key of admin_key. With I, replica I of several: rendered into $DATA_DIR/gateway-I with instance
-# id local-I, its own API, metrics and admin ports and spool ($DATA_DIR/gateway-I/spool), and the usage API read
-# from billing-consumer-1.
+# id local-I, its own API, metrics and admin ports and spool ($DATA_DIR/gateway-I/spool), server.replicas set to
+# the replica count (each enforces its share of every request-rate limit), and the usage API read from
+# billing-consumer-1.
 gateway_config() {
     local src=$TOLLGATE_ROOT/compose/tollgate.toml
     [[ -r $src ]] || die "missing $src"
-    local i=${1:-} name=gateway port=$GATEWAY_PORT admin=$ADMIN_PORT billing=$BILLING_METRICS_PORT
+    local i=${1:-} name=gateway port=$GATEWAY_PORT admin=$ADMIN_PORT billing=$BILLING_METRICS_PORT replicas=1
     if [[ -n $i ]]; then
+        replicas=$(replica_count)
         name=gateway-$i
         port=$(service_port "$name")
         admin=$((ADMIN_PORT + i - 1))
@@ -407,7 +409,7 @@ gateway_config() {
             -e "s/\(127\.0\.0\.1\|localhost\):9092\b/\1:$KAFKA_PORT/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):9465\b/\1:$metrics/g" \
             -e "s/\(127\.0\.0\.1\|localhost\):9464\b/\1:$billing/g" \
-            -e "s/^instance_id = \"local-1\"/instance_id = \"local-${i:-1}\"/" \
+            -e "s/^instance_id = \"local-1\"/instance_id = \"local-${i:-1}\"\nreplicas = $replicas/" \
             -e "s|^dir = \"spool\"|dir = \"$DATA_DIR/$name/spool\"|" \
             "$src"
         printf '\n# Added by compose/up: the admin API on loopback, its key from compose/admin-key.\n'
