@@ -123,7 +123,7 @@ gateway_toml() { # NAME PORT METERING EXTRA CONSUMER_EXTRA
 [server]
 listen = "127.0.0.1:$2"
 instance_id = "bench-$1"
-workers = $(nproc)
+workers = ${BENCH_GATEWAY_WORKERS:-$(nproc)}
 metering = $3
 [meter]
 url = "http://127.0.0.1:18181"
