@@ -22,7 +22,7 @@ use tollgate_tests::procs::{
     ChildConfig, ChildGateway, PrivateBroker, free_port, kill9, scratch_dir, terminate,
 };
 use tollgate_tests::stack::{
-    CONSUMERS, MODEL, PROVIDER_KEY, Stack, StackOptions, UPSTREAM_MODEL, http, sample,
+    CONSUMERS, MODEL, PROVIDER_KEY, Stack, StackOptions, UPSTREAM_MODEL, eventually, http, request_id, sample,
 };
 
 /// One broker outage at a time: each of these tests stops and restarts a broker of its own, and five at once on
@@ -42,14 +42,32 @@ async fn chat(gateway: &str, n: usize) -> (u16, String, Value) {
         )
         .await
         .expect("the gateway answers");
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let request_id = request_id(response.headers());
     let body = response.json::<Value>().await.unwrap_or(Value::Null);
     (response.status().as_u16(), request_id, body)
+}
+
+/// A streamed chat request, read to the end of its body: (status, request id, the SSE text).
+async fn chat_stream(gateway: &str, n: usize) -> (u16, String, String) {
+    let (_, _, key) = CONSUMERS[n % CONSUMERS.len()];
+    let mut response = http()
+        .post(format!("{gateway}/v1/chat/completions"))
+        .bearer_auth(key)
+        .force_close()
+        .send_json(&json!({
+            "model": MODEL,
+            "stream": true,
+            "messages": [{"role": "user", "content": format!("stream {n}")}],
+        }))
+        .await
+        .expect("the gateway answers");
+    let request_id = request_id(response.headers());
+    let body = response.body().limit(1 << 20).await.unwrap_or_default();
+    (
+        response.status().as_u16(),
+        request_id,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Sends requests `range`, ten at a time; every one must be answered 200. Returns their request ids.
@@ -64,18 +82,6 @@ async fn send_ok(gateway: &str, range: std::ops::Range<usize>) -> Vec<String> {
         }
     }
     ids
-}
-
-/// Polls `ready` every 100 ms until it holds or `timeout` passes (then fails with `what`).
-async fn eventually(what: &str, timeout: Duration, mut ready: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ready().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The usage rows, read both ways: (rows with FINAL, raw rows, distinct event ids, the request ids).
@@ -161,6 +167,7 @@ async fn spool_then_kill9(
     eventually(
         "the spool to hold every event",
         Duration::from_secs(20),
+        Duration::from_millis(100),
         async || gateway.metric("tollgate_events_spooled_total").await == count as f64,
     )
     .await;
@@ -196,9 +203,12 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
     let mut sent: HashSet<String> = send_ok(&stack.gateway_url, 0..BEFORE).await.into_iter().collect();
     stack.wait_for_usage_rows(BEFORE, Duration::from_secs(60)).await;
     // On a busy machine even these may have waited for Kafka longer than spool.after: count from here.
-    eventually("the spool to be empty", Duration::from_secs(30), async || {
-        metric("tollgate_spool_bytes") == 0.0
-    })
+    eventually(
+        "the spool to be empty",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || metric("tollgate_spool_bytes") == 0.0,
+    )
     .await;
     let spooled_before = metric("tollgate_events_spooled_total");
     let drained_before = metric("tollgate_spool_drained_total");
@@ -210,6 +220,7 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
     eventually(
         "the first events to be spooled",
         Duration::from_secs(20),
+        Duration::from_millis(100),
         async || metric("tollgate_events_spooled_total") - spooled_before == (DURING / 2) as f64,
     )
     .await;
@@ -217,6 +228,7 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
     eventually(
         "the outage's events to be spooled",
         Duration::from_secs(20),
+        Duration::from_millis(100),
         async || metric("tollgate_events_spooled_total") - spooled_before == DURING as f64,
     )
     .await;
@@ -225,9 +237,12 @@ async fn a_broker_outage_loses_no_usage_event_and_doubles_none() {
     // Back: the spool drains and every event is in the ledger once.
     broker.resume();
     assert_exactly_once(&stack, &sent).await;
-    eventually("the spool to be empty", Duration::from_secs(30), async || {
-        segment_files(&stack.spool_dir).is_empty() && metric("tollgate_spool_bytes") == 0.0
-    })
+    eventually(
+        "the spool to be empty",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || segment_files(&stack.spool_dir).is_empty() && metric("tollgate_spool_bytes") == 0.0,
+    )
     .await;
     assert_eq!(
         metric("tollgate_events_emitted_total") - emitted_before,
@@ -286,11 +301,16 @@ async fn an_outage_longer_than_librdkafkas_message_timeout_loses_nothing_and_dou
     );
     broker.resume();
     assert_exactly_once(&stack, &sent).await;
-    eventually("the spool to be empty", Duration::from_secs(30), async || {
-        let text = gateway.metrics().await;
-        sample(&text, "tollgate_spool_bytes") == Some(0.0)
-            && sample(&text, "tollgate_events_emitted_total") == Some(40.0)
-    })
+    eventually(
+        "the spool to be empty",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let text = gateway.metrics().await;
+            sample(&text, "tollgate_spool_bytes") == Some(0.0)
+                && sample(&text, "tollgate_events_emitted_total") == Some(40.0)
+        },
+    )
     .await;
     // One line when an episode of spooling starts and one when it ends, never one per event. (The first
     // events may make an episode of their own: a fresh producer's first acknowledgements can take longer than
@@ -332,6 +352,7 @@ async fn a_gateway_killed_with_a_full_spool_delivers_every_event_once_after_rest
     eventually(
         "the restarted gateway to drain its spool",
         Duration::from_secs(30),
+        Duration::from_millis(100),
         async || {
             let text = gateway.metrics().await;
             sample(&text, "tollgate_spool_drained_total") == Some(REQUESTS as f64)
@@ -348,13 +369,16 @@ async fn a_gateway_killed_with_a_full_spool_delivers_every_event_once_after_rest
     let _ = std::fs::remove_dir_all(scratch);
 }
 
-/// `spool.write_ahead`: a gateway `kill -9`ed the moment it answered its last request — its newest events still
-/// in librdkafka's hands (the usage producer lingers 100 ms), the broker up — loses none of them: they were in
-/// the spool as they were sent, and the next start sends them. Those Kafka had already acknowledged arrive twice,
-/// and the ledger keeps one of each.
+/// `spool.write_ahead`: a gateway `kill -9`ed the moment it answered its last requests — whole answers and
+/// streams read to their end, their events still in librdkafka's hands (the usage producer lingers 100 ms) or
+/// not even taken from the pump's queue, the broker up — loses none of them: an answer ends only once its event
+/// is in the spool, and the next start sends them. Those Kafka had already acknowledged arrive twice, and the
+/// ledger keeps one of each.
 #[actix_rt::test]
 async fn with_write_ahead_a_gateway_killed_right_after_answering_loses_no_event() {
-    const REQUESTS: usize = 40;
+    const WHOLE: usize = 30;
+    const STREAMS: usize = 10;
+    const REQUESTS: usize = WHOLE + STREAMS;
     let stack = Stack::start(StackOptions::default()).await;
     let scratch = scratch_dir("spool-write-ahead");
     let spool_dir = scratch.join("spool");
@@ -368,7 +392,15 @@ async fn with_write_ahead_a_gateway_killed_right_after_answering_loses_no_event(
         server: "",
     };
     let mut gateway = ChildGateway::start(&config, &scratch, "first").await;
-    let sent: HashSet<String> = send_ok(&gateway.url, 0..REQUESTS).await.into_iter().collect();
+    let mut sent: HashSet<String> = send_ok(&gateway.url, 0..WHOLE).await.into_iter().collect();
+    for (status, id, body) in join_all((WHOLE..REQUESTS).map(|n| chat_stream(&gateway.url, n))).await {
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("data: [DONE]"),
+            "the stream is read to its end: {body}"
+        );
+        sent.insert(id);
+    }
     kill9(&mut gateway.child);
 
     let gateway = ChildGateway::start(&config, &scratch, "second").await;
@@ -389,6 +421,7 @@ async fn with_write_ahead_a_gateway_killed_right_after_answering_loses_no_event(
     eventually(
         "the restarted gateway to empty its spool",
         Duration::from_secs(30),
+        Duration::from_millis(100),
         async || gateway.metric("tollgate_spool_bytes").await == 0.0,
     )
     .await;
@@ -443,9 +476,12 @@ async fn a_clean_stop_with_the_broker_down_keeps_every_event_for_the_next_start(
     broker.resume();
     let gateway = ChildGateway::start(&config, &scratch, "second").await;
     assert_exactly_once(&stack, &sent).await;
-    eventually("the spool to be empty", Duration::from_secs(30), async || {
-        gateway.metric("tollgate_spool_bytes").await == 0.0
-    })
+    eventually(
+        "the spool to be empty",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || gateway.metric("tollgate_spool_bytes").await == 0.0,
+    )
     .await;
     drop(gateway);
     stack.stop().await;
@@ -529,9 +565,12 @@ async fn a_torn_and_corrupted_spool_delivers_every_intact_event_once_and_misread
         log.contains(&format!("offset={third}")),
         "the log names where: {log}"
     );
-    eventually("the spool to be empty", Duration::from_secs(30), async || {
-        gateway.metric("tollgate_spool_bytes").await == 0.0
-    })
+    eventually(
+        "the spool to be empty",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || gateway.metric("tollgate_spool_bytes").await == 0.0,
+    )
     .await;
     drop(gateway);
     stack.stop().await;
@@ -625,6 +664,7 @@ async fn a_full_spool_serves_unmetered_and_counts_it_when_on_full_is_serve_unmet
     eventually(
         "every event to be spooled or counted unmetered",
         Duration::from_secs(20),
+        Duration::from_millis(100),
         async || {
             let text = gateway.metrics().await;
             let spooled = sample(&text, "tollgate_events_spooled_total").unwrap_or(0.0);

@@ -2,7 +2,8 @@
 //! durable spool ([`spool`]) until it does. Usage events are money: none may be lost or doubled.
 //!
 //! Handlers call [`EventSender::emit`] with an [`Outgoing`] event, which never waits: it puts the event into a
-//! bounded queue or, when the queue is full, drops it with a metric and an error log naming the event id. A
+//! bounded queue or, when the queue is full, drops it with a metric and an error log naming the event id. (With
+//! `spool.write_ahead` it hands back a [`Written`] that the request awaits before its answer's last byte.) A
 //! dedicated thread — the pump — owns the rdkafka producer (idempotent, `acks=all`, key = consumer id) and the
 //! spool, serializes each event once and works in one of two modes:
 //!
@@ -21,11 +22,13 @@
 //! `spool.after` after it was handed to librdkafka, it was appended to the spool (the page cache: a `kill -9`
 //! cannot lose it from then on; with `spool.write_ahead`, every event is appended as it is handed to
 //! librdkafka — marked as held by librdkafka, so it is sent from the spool only if librdkafka gives up on it —
-//! which shrinks the window to the hand-off from the request worker to the pump, about a millisecond
-//! ([`EVENT_GATHER`]); acknowledged records are released as they are today; the pump fsyncs the spool every `spool.fsync_interval`, and on segment roll and
-//! shutdown, against power loss). So a `kill -9` can lose only events whose requests finished less than
-//! `spool.after` (+ the time the pump takes to notice, a few milliseconds) before it; a power loss, those of the
-//! last `spool.after + spool.fsync_interval`. A crash can also make the next start send again some records that
+//! and the request's answer ends only once it is there: a whole answer is sent, and a stream's body closed, after
+//! the pump appended the event, which costs the request the hand-off to the pump, at most about
+//! [`EVENT_GATHER`]. Acknowledged records are released as Kafka acknowledges their originals. The pump fsyncs
+//! the spool every `spool.fsync_interval`, and on segment roll and shutdown, against power loss). So a `kill -9`
+//! can lose only events whose requests finished less than `spool.after` (+ the time the pump takes to notice, a
+//! few milliseconds) before it — none of an answered request with `spool.write_ahead`; a power loss, those of
+//! the last `spool.after + spool.fsync_interval`. A crash can also make the next start send again some records that
 //! Kafka had acknowledged (those acknowledged after the last `cursor` write, or still in librdkafka when they
 //! were spooled): duplicates by event id, which the ledger (`ReplacingMergeTree` by event id) and the quota loop
 //! (dedup by id) absorb.
@@ -114,30 +117,72 @@ pub struct Outgoing {
     pub local: Option<Arc<LocalUsage>>,
 }
 
+/// An event in the pump's queue, and — with `spool.write_ahead` — who waits for it to be in the spool.
+#[derive(Debug)]
+struct Queued {
+    out: Outgoing,
+    /// Dropped once the pump has appended the event to the spool (or given up on it): that wakes [`Written`].
+    written: Option<oneshot::Sender<()>>,
+}
+
+/// Resolves once the pump is done writing an emitted event ahead to the spool (at once without
+/// `spool.write_ahead`): a request awaits it before the last byte of its answer, so that a `kill -9` after the
+/// client has its answer cannot lose the event.
+#[derive(Debug)]
+#[must_use = "a request's answer waits for its event to be written ahead"]
+pub struct Written(Option<oneshot::Receiver<()>>);
+
+impl Written {
+    /// Nothing to wait for.
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// Waits until the pump has appended the event to the spool, failed to, or dropped it (each logged and
+    /// counted there); never longer than the pump takes to take it from the queue.
+    pub async fn wait(self) {
+        if let Some(rx) = self.0 {
+            let _ = rx.await;
+        }
+    }
+}
+
 /// The request path's handle: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct EventSender {
-    tx: mpsc::Sender<Outgoing>,
+    tx: mpsc::Sender<Queued>,
     queued: Arc<AtomicI64>,
     /// `tollgate_events_queued`, registered once.
     queued_gauge: metrics::Gauge,
     spool: Arc<SpoolStatus>,
     on_full: OnFull,
+    /// `spool.write_ahead`: [`EventSender::emit`] hands back a [`Written`] that waits for the append.
+    write_ahead: bool,
 }
 
 impl EventSender {
-    /// Queues an event for Kafka. Returns immediately.
-    pub fn emit(&self, event: Outgoing) {
-        match self.tx.try_send(event) {
+    /// Queues an event for Kafka. Returns immediately; with `spool.write_ahead`, the returned [`Written`]
+    /// resolves once the event is in the spool.
+    pub fn emit(&self, out: Outgoing) -> Written {
+        let (written, waiter) = if self.write_ahead {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Written(Some(rx)))
+        } else {
+            (None, Written::now())
+        };
+        match self.tx.try_send(Queued { out, written }) {
             Ok(()) => {
                 let queued = self.queued.fetch_add(1, Ordering::Relaxed) + 1;
                 self.queued_gauge.set(queued as f64);
+                waiter
             }
-            Err(mpsc::error::TrySendError::Full(out)) => {
-                dropped(out.event.id, &out.event.subject, "queue_full", None);
+            Err(mpsc::error::TrySendError::Full(q)) => {
+                dropped(q.out.event.id, &q.out.event.subject, "queue_full", None);
+                Written::now()
             }
-            Err(mpsc::error::TrySendError::Closed(out)) => {
-                dropped(out.event.id, &out.event.subject, "shutting_down", None);
+            Err(mpsc::error::TrySendError::Closed(q)) => {
+                dropped(q.out.event.id, &q.out.event.subject, "shutting_down", None);
+                Written::now()
             }
         }
     }
@@ -155,7 +200,7 @@ impl EventSender {
 
     /// A sender whose events land in the returned receiver instead of Kafka (unit tests of what is emitted).
     #[cfg(test)]
-    pub(crate) fn to_channel(capacity: usize) -> (Self, mpsc::Receiver<Outgoing>) {
+    pub(crate) fn to_channel(capacity: usize) -> (Self, Emitted) {
         let (tx, rx) = mpsc::channel(capacity);
         let sender = Self {
             tx,
@@ -163,8 +208,20 @@ impl EventSender {
             queued_gauge: metrics::gauge!(m::EVENTS_QUEUED),
             spool: Arc::new(SpoolStatus::default()),
             on_full: OnFull::Reject,
+            write_ahead: false,
         };
-        (sender, rx)
+        (sender, Emitted(rx))
+    }
+}
+
+/// What a [`EventSender::to_channel`] sender emitted (unit tests).
+#[cfg(test)]
+pub(crate) struct Emitted(mpsc::Receiver<Queued>);
+
+#[cfg(test)]
+impl Emitted {
+    pub(crate) fn try_recv(&mut self) -> Result<Outgoing, mpsc::error::TryRecvError> {
+        self.0.try_recv().map(|q| q.out)
     }
 }
 
@@ -225,6 +282,7 @@ impl EventPipeline {
                 queued_gauge: metrics::gauge!(m::EVENTS_QUEUED),
                 spool: status,
                 on_full: spool.on_full,
+                write_ahead: spool.write_ahead,
             },
             Self {
                 close: Some(close_tx),
@@ -446,7 +504,7 @@ impl Pump {
 
     async fn run(
         mut self,
-        mut rx: mpsc::Receiver<Outgoing>,
+        mut rx: mpsc::Receiver<Queued>,
         close: oneshot::Receiver<Instant>,
         done: oneshot::Sender<()>,
     ) {
@@ -507,9 +565,13 @@ impl Pump {
         self.direct.values().next().map(|d| d.sent_at + self.after)
     }
 
-    fn accept(&mut self, out: Outgoing) {
+    fn accept(&mut self, queued: Queued) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
-        let Outgoing { event, local } = out;
+        // `written` is dropped on return, once the event is in the spool or given up on: its request answers.
+        let Queued {
+            out: Outgoing { event, local },
+            written: _written,
+        } = queued;
         let payload = match serde_json::to_vec(&event) {
             Ok(p) => p,
             Err(e) => {

@@ -351,12 +351,15 @@ async fn run(
                     }
                 }
             };
-            ledger.settle(Settlement {
-                outcome: Outcome::UpstreamError,
-                http_status: error.status_code().as_u16(),
-                usage,
-                ttfb: None,
-            });
+            ledger
+                .settle(Settlement {
+                    outcome: Outcome::UpstreamError,
+                    http_status: error.status_code().as_u16(),
+                    usage,
+                    ttfb: None,
+                })
+                .wait()
+                .await;
             error.response_in(api.endpoint.client_protocol())
         }
     };
@@ -622,12 +625,15 @@ async fn settle_whole(
             "client left before the answer; the answer was read to its end and billed"
         );
     }
-    ledger.settle(Settlement {
-        outcome,
-        http_status: upstream.status.as_u16(),
-        usage,
-        ttfb: Some(whole.ttfb),
-    });
+    ledger
+        .settle(Settlement {
+            outcome,
+            http_status: upstream.status.as_u16(),
+            usage,
+            ttfb: Some(whole.ttfb),
+        })
+        .wait()
+        .await;
 }
 
 /// The exact token count of generated text by meter-sidecar, or the in-process approximation when it is down.
@@ -681,7 +687,8 @@ impl PendingEvent {
             ttfb: None,
         };
         if state.server.metering {
-            state.events.emit(self.finish(settled));
+            // Rejected before any upstream: no answer waits for the event to be written ahead.
+            let _ = state.events.emit(self.finish(settled));
         }
     }
 }

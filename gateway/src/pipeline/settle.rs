@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::admission::auth::Principal;
 use crate::admission::quota::QuotaTicket;
 use crate::clock::Clock;
-use crate::events::{EventSender, Outgoing};
+use crate::events::{EventSender, Outgoing, Written};
 use crate::metering::sidecar::{Estimate, fallback_text_estimate};
 use crate::metering::stream_usage::StreamMeter;
 use crate::metrics::{self as m, RouteMetrics};
@@ -181,20 +181,21 @@ impl Ledger {
         self.stream.as_ref()
     }
 
-    /// Settles the request with how it ended and what it consumed: one event, queued without waiting.
-    pub fn settle(mut self, settled: Settlement) {
-        self.emit(settled, "settled");
+    /// Settles the request with how it ended and what it consumed: one event, queued without waiting. The
+    /// answer's last byte waits for the returned [`Written`] (immediate unless `spool.write_ahead`).
+    pub fn settle(mut self, settled: Settlement) -> Written {
+        self.emit(settled, "settled")
     }
 
-    fn emit(&mut self, settled: Settlement, path: &'static str) {
+    fn emit(&mut self, settled: Settlement, path: &'static str) -> Written {
         let Some(pending) = self.pending.take() else {
-            return;
+            return Written::now();
         };
         if !self.metered {
-            return;
+            return Written::now();
         }
         metrics::counter!(m::SETTLEMENTS_TOTAL, "path" => path).increment(1);
-        self.events.emit(pending.finish(settled));
+        self.events.emit(pending.finish(settled))
     }
 }
 
@@ -230,7 +231,8 @@ impl Drop for Ledger {
             usage,
             ttfb: self.ttfb,
         };
-        self.emit(settled, "dropped");
+        // Nothing is left to answer: there is no one to wait.
+        let _ = self.emit(settled, "dropped");
     }
 }
 
@@ -344,7 +346,7 @@ mod tests {
                 }
             }
             match end {
-                End::Settled { completion } => ledger.settle(Settlement {
+                End::Settled { completion } => drop(ledger.settle(Settlement {
                     outcome: Outcome::Ok,
                     http_status: 200,
                     usage: Usage {
@@ -358,7 +360,7 @@ mod tests {
                         source: UsageSource::Provider,
                     },
                     ttfb: None,
-                }),
+                })),
                 End::Dropped => drop(ledger),
                 End::Panicked => {
                     let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {

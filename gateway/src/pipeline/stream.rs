@@ -279,7 +279,8 @@ async fn tee(mut head: UpstreamHead, tx: mpsc::Sender<Bytes>, mut job: StreamJob
         usage,
         ttfb: Some(job.ttfb),
     };
-    job.ledger.settle(settled);
+    // The stream's end reaches the client only once its event is written ahead (with `spool.write_ahead`).
+    job.ledger.settle(settled).wait().await;
     drop(tx);
 }
 
