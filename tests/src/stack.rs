@@ -330,6 +330,19 @@ pub fn closed_endpoint() -> String {
 }
 
 impl Stack {
+    /// A billing-consumer child process's settings on this stack's broker, topics and database, in `group`.
+    pub fn child_billing_config<'a>(&'a self, group: &'a str) -> crate::procs::ChildBillingConfig<'a> {
+        crate::procs::ChildBillingConfig {
+            brokers: &self.infra.brokers,
+            clickhouse_url: &self.clickhouse.url,
+            database: &self.clickhouse.database,
+            usage_topic: &self.topic,
+            quota_topic: &self.quota_topic,
+            group,
+            gateway_toml: &self.gateway_toml,
+        }
+    }
+
     /// Starts a stack inside the current actix system (`#[actix_rt::test]`).
     pub async fn start(mut options: StackOptions) -> Self {
         init_tracing();
@@ -670,12 +683,7 @@ impl Stack {
             other => other,
         }
         .expect("the gateway answers");
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let request_id = request_id(response.headers());
         let mut bytes = Vec::new();
         while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut response).await {
             bytes.extend_from_slice(&chunk);
@@ -921,6 +929,32 @@ targets = {targets}
         spool = options.spool_toml,
         server = options.server_toml,
     )
+}
+
+/// The `x-request-id` a gateway answered with ("" without one).
+pub fn request_id(headers: &actix_web::http::header::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Polls `ready` every `every` until it holds or `timeout` passes (then fails with `what`).
+pub async fn eventually(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut ready: impl AsyncFnMut() -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    while !ready().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        actix_web::rt::time::sleep(every).await;
+    }
 }
 
 /// The value of the sample `name` (with its labels, e.g. `x_total{reason="torn"}`) in Prometheus text.

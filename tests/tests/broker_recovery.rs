@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tollgate_tests::admin::{ADMIN_KEY, admin, admin_toml};
 use tollgate_tests::procs::{ChildBillingConfig, ChildBillingConsumer, PrivateBroker, scratch_dir};
-use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, http};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, http, request_id};
 
 /// How long each part of the recovery may take after the broker is back.
 const RECOVERY_BOUND: Duration = Duration::from_secs(90);
@@ -43,12 +43,7 @@ async fn client(gateway: String, n: usize, stop: Rc<RefCell<bool>>, load: Rc<Ref
         match sent {
             Ok(mut response) => {
                 let status = response.status().as_u16();
-                let id = response
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                let id = request_id(response.headers());
                 let body = response.body().await.unwrap_or_default();
                 if status == 200 {
                     load.borrow_mut().answered.insert(id);
@@ -110,12 +105,7 @@ async fn recovers_from(crash: Crash) {
     let mut billing = ChildBillingConsumer::start(
         &ChildBillingConfig {
             brokers: &brokers,
-            clickhouse_url: &stack.clickhouse.url,
-            database: &stack.clickhouse.database,
-            usage_topic: &stack.topic,
-            quota_topic: &stack.quota_topic,
-            group: &group,
-            gateway_toml: &stack.gateway_toml,
+            ..stack.child_billing_config(&group)
         },
         &scratch,
         "billing-consumer",

@@ -18,7 +18,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tollgate_tests::mock_provider::Behaviour;
 use tollgate_tests::procs::{ChildConfig, ChildGateway, scratch_dir};
-use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, http};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, http, request_id};
 
 const STREAMS: usize = 20;
 
@@ -43,12 +43,7 @@ async fn stream(url: &str, n: usize) -> (u16, String, String) {
         .send_json(&long_prompt(n))
         .await
         .expect("the gateway answers the stream's head");
-    let id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let id = request_id(response.headers());
     let body = response.body().limit(16 << 20).await.unwrap_or_default();
     (
         response.status().as_u16(),

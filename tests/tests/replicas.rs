@@ -31,10 +31,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tollgate_tests::mock_provider::Behaviour;
 use tollgate_tests::procs::{
-    ChildBillingConfig, ChildBillingConsumer, ChildConfig, ChildGateway, free_port, kill9, scratch_dir,
-    terminate, workspace_root,
+    ChildBillingConsumer, ChildConfig, ChildGateway, free_port, kill9, scratch_dir, terminate, workspace_root,
 };
-use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, sample};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, eventually, request_id, sample};
 
 /// Clients sending one request after another through the load balancer.
 const CLIENTS: usize = 8;
@@ -79,12 +78,7 @@ async fn client(lb: String, id: usize, stop: Rc<Cell<bool>>, sent: Rc<RefCell<Ve
             .await
         {
             Ok(mut response) => {
-                let request_id = response
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
+                let request_id = request_id(response.headers());
                 match response.body().await {
                     Ok(_) => (response.status().as_u16(), request_id),
                     Err(_) => (0, request_id),
@@ -268,18 +262,6 @@ async fn ledger_rows(stack: &Stack) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Polls `ready` every 200 ms until it holds or `timeout` passes (then fails with `what`).
-async fn eventually(what: &str, timeout: Duration, mut ready: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ready().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[actix_rt::test]
 async fn a_replica_killed_under_load_fails_no_later_request_and_bills_each_answered_one_once() {
     // The stack gives the topic, the database and the mock provider; its own gateway takes no traffic here.
@@ -296,20 +278,8 @@ async fn a_replica_killed_under_load_fails_no_later_request_and_bills_each_answe
     let scratch = scratch_dir("replicas");
     let brokers = stack.infra.brokers.clone();
     let group = format!("billing-{}", stack.topic);
-    let billing = ChildBillingConsumer::start(
-        &ChildBillingConfig {
-            brokers: &brokers,
-            clickhouse_url: &stack.clickhouse.url,
-            database: &stack.clickhouse.database,
-            usage_topic: &stack.topic,
-            quota_topic: &stack.quota_topic,
-            group: &group,
-            gateway_toml: &stack.gateway_toml,
-        },
-        &scratch,
-        "billing-consumer",
-    )
-    .await;
+    let billing =
+        ChildBillingConsumer::start(&stack.child_billing_config(&group), &scratch, "billing-consumer").await;
 
     let mock = stack.mock.endpoint();
     let spool_a = scratch.join("gateway-a-spool");
@@ -458,9 +428,12 @@ async fn a_replica_killed_under_load_fails_no_later_request_and_bills_each_answe
     );
 
     // (c) The restarted B drained what its spool held.
-    eventually("B's spool to be empty", Duration::from_secs(60), async || {
-        gateway_b.metric("tollgate_spool_bytes").await == 0.0 && spool_bytes(&spool_b) == 0
-    })
+    eventually(
+        "B's spool to be empty",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || gateway_b.metric("tollgate_spool_bytes").await == 0.0 && spool_bytes(&spool_b) == 0,
+    )
     .await;
     let text = gateway_b.metrics().await;
     let drained = sample(&text, "tollgate_spool_drained_total").unwrap_or(0.0);
@@ -486,7 +459,10 @@ async fn a_replica_killed_under_load_fails_no_later_request_and_bills_each_answe
             .filter(|l| l.last_upstream() == addr_b && l.ended <= dead + 0.005 && l.ended > killed - 1.0)
             .map(|l| l.request_id.as_str())
             .collect();
-        answered.iter().filter(|s| at_b.contains(s.request_id.as_str())).count()
+        answered
+            .iter()
+            .filter(|s| at_b.contains(s.request_id.as_str()))
+            .count()
     };
     let required_ids: HashSet<&str> = answered.iter().map(|s| s.request_id.as_str()).collect();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -485,6 +485,13 @@ mod tests {
         assert!(h.is_available(t));
     }
 
+    /// What the replica told the other replicas so far: each verdict, and for how long it holds (ms).
+    fn told_verdicts(told: &std::sync::mpsc::Receiver<HealthNews>) -> Vec<(Verdict, Option<u64>)> {
+        told.try_iter()
+            .map(|n| (n.verdict, n.until_ms.map(|u| u - n.at_ms)))
+            .collect()
+    }
+
     fn news(verdict: Verdict, at_ms: u64, until_ms: Option<u64>) -> HealthNews {
         HealthNews {
             instance: "a".into(),
@@ -573,10 +580,7 @@ mod tests {
         h.record_success();
         h.apply_remote(&news(Verdict::Open, 0, Some(10_000)), t, 0);
         h.apply_remote(&news(Verdict::Up, 0, None), t, 0);
-        let verdicts: Vec<_> = told
-            .try_iter()
-            .map(|n| (n.verdict, n.until_ms.map(|u| u - n.at_ms)))
-            .collect();
+        let verdicts = told_verdicts(&told);
         assert_eq!(
             verdicts,
             [
@@ -613,10 +617,7 @@ mod tests {
         h.record_probe(false);
         h.record_probe(true);
         h.record_probe(true);
-        let verdicts: Vec<_> = told
-            .try_iter()
-            .map(|n| (n.verdict, n.until_ms.map(|u| u - n.at_ms)))
-            .collect();
+        let verdicts = told_verdicts(&told);
         assert_eq!(
             verdicts,
             [
