@@ -56,8 +56,14 @@ const SEGMENT_EXTENSION: &str = "spool";
 const SEGMENT_DIGITS: usize = 20;
 const LOCK_FILE: &str = "LOCK";
 const CURSOR_FILE: &str = "cursor";
-/// Bytes read from a segment at a time while draining (more when one record is larger).
+/// Bytes read from a segment at a time while draining at most (more when one record is larger).
 const READ_CHUNK: u64 = 1 << 20;
+/// Bytes read from a segment at a time at least.
+const MIN_READ: u64 = 16 << 10;
+/// What a read budgets per record the caller can still take: a usage event's frame is about 900 bytes. A read
+/// sized by what the caller takes keeps a nearly full drain window (write-ahead under load: a few records a
+/// wake-up) from reading and zeroing a whole chunk for each of them.
+const READ_PER_RECORD: u64 = 1 << 10;
 
 /// Where a record starts: its segment's number and its byte offset in that segment. Positions order like the
 /// records: by segment, then offset.
@@ -582,7 +588,10 @@ impl Spool {
                 };
                 continue;
             }
-            let mut want = (segment.len - at.offset).min(READ_CHUNK);
+            let budget = ((max_records - records.len()) as u64)
+                .saturating_mul(READ_PER_RECORD)
+                .clamp(MIN_READ, READ_CHUNK);
+            let mut want = (segment.len - at.offset).min(budget);
             loop {
                 let bytes = self.read_at(segment.id, at.offset, want)?;
                 let at_end = at.offset + want == segment.len;
