@@ -13,7 +13,8 @@
 #   bench-failover (the flaky upstream and the steady one, same priority).
 # Everything started is stopped on exit. Sets: $work, $bin, $client_keys (eight consumers), $client_key, $metered_pid, $pure_pid, $meter_pid,
 # $broker_pid, and $pinned (the command prefix that puts a load generator on the targets' cores; see BENCH_BROKER_CORE);
-# start_quota_loop starts billing-consumer's quota loop (metrics on 18195).
+# start_quota_loop starts billing-consumer's quota loop (metrics on 18195). Measuring helpers: cpu_ticks, median,
+# wrk_lua. BENCH_GATEWAY_WORKERS: the gateways' HTTP workers (default: one per core).
 set -euo pipefail
 # shellcheck source=../compose/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../compose/lib.sh"
@@ -217,3 +218,39 @@ for url in http://127.0.0.1:18181/healthz http://127.0.0.1:18180/healthz http://
 done
 wait_for_port 18192 10 || die "nginx did not come up"
 
+
+# --- measuring, for every bench script ----------------------------------------------------------------------------
+hz=$(getconf CLK_TCK)
+# cpu_ticks PID... — user+system clock ticks of these processes (all their threads).
+cpu_ticks() {
+    local total=0 pid fields
+    for pid in "$@"; do
+        [[ -r /proc/$pid/stat ]] || continue
+        read -r -a fields < <(sed 's/^.*) //' "/proc/$pid/stat")
+        total=$((total + fields[11] + fields[12]))
+    done
+    echo "$total"
+}
+# median — the median of the numbers on standard input (separated by spaces or lines).
+median() { tr -s ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# wrk_lua MODEL STREAM — a wrk script posting one chat completion request; the eight consumers take turns
+# (formatted once; every target, nginx included, gets the same requests).
+wrk_lua() {
+    cat <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"$1","stream":$2,"messages":[{"role":"user","content":"Say hello to the tollgate benchmark, please."}]}'
+local keys = { $(printf '"%s", ' "${client_keys[@]}") }
+local requests, turn = {}, 0
+init = function(args)
+    for i, key in ipairs(keys) do
+        wrk.headers["Authorization"] = "Bearer " .. key
+        requests[i] = wrk.format()
+    end
+end
+request = function()
+    turn = turn % #requests + 1
+    return requests[turn]
+end
+LUA
+}

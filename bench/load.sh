@@ -28,18 +28,6 @@ HIGH_RATE=${BENCH_HIGH_RATE:-3000}
 STREAM_TOKENS=20
 
 # --- measuring -------------------------------------------------------------------------------------------------
-hz=$(getconf CLK_TCK)
-# cpu_ticks PID... — user+system clock ticks of these processes and their children threads.
-cpu_ticks() {
-    local total=0 pid
-    for pid in "$@"; do
-        [[ -r /proc/$pid/stat ]] || continue
-        local fields
-        read -r -a fields < <(sed 's/^.*) //' "/proc/$pid/stat")
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
 nginx_pids() { pgrep -f "nginx: worker process" -P "$(cat "$work/proxy.pid")" | tr '\n' ' '; cat "$work/proxy.pid"; }
 rss_kib() { # PID... — summed VmRSS
     local total=0 pid
@@ -47,28 +35,8 @@ rss_kib() { # PID... — summed VmRSS
     echo "$total"
 }
 
-lua() { # MODEL STREAM
-    cat <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"$1","stream":$2,"messages":[{"role":"user","content":"Say hello to the tollgate benchmark, please."}]}'
--- The consumers take turns (formatted once; every target, nginx included, gets the same requests).
-local keys = { $(printf '"%s", ' "${client_keys[@]}") }
-local requests, turn = {}, 0
-init = function(args)
-    for i, key in ipairs(keys) do
-        wrk.headers["Authorization"] = "Bearer " .. key
-        requests[i] = wrk.format()
-    end
-end
-request = function()
-    turn = turn % #requests + 1
-    return requests[turn]
-end
-LUA
-}
-lua bench-json false >"$work/json.lua"
-lua bench-sse true >"$work/sse.lua"
+wrk_lua bench-json false >"$work/json.lua"
+wrk_lua bench-sse true >"$work/sse.lua"
 
 declare -A url=(
     [direct]=http://127.0.0.1:18190/v1/chat/completions
@@ -114,7 +82,6 @@ wrk_run() {
         -v b=$((broker_after - broker_before)) \
         'BEGIN { printf "%.0f %.1f %.1f\n", r, (n > 0 ? t / hz / n * 1e6 : 0), (n > 0 ? b / hz / n * 1e6 : 0) }'
 }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 targets=(direct nginx pure metered)
 # Latency first, on an idle system: after the saturating throughput runs the broker is still working through
@@ -162,7 +129,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # --- the table -------------------------------------------------------------------------------------------------
-med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+med() { median <<<"$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf (b > 0 ? "%.2f×" : "–"), a / b }'; }
 minus() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
 n_rps=$(med "${rps[nginx]}")

@@ -39,20 +39,9 @@ CH_URL=${TOLLGATE_CLICKHOUSE_URL:-http://127.0.0.1:8123}
 # The usage topic's partitions (billing-consumer create-topics' default, as bench/lib.sh creates it).
 PARTITIONS=3
 
-hz=$(getconf CLK_TCK)
-cpu_ticks() { # PID... — user+system clock ticks of these processes (all their threads)
-    local total=0 pid fields
-    for pid in "$@"; do
-        [[ -r /proc/$pid/stat ]] || continue
-        read -r -a fields < <(sed 's/^.*) //' "/proc/$pid/stat")
-        total=$((total + fields[11] + fields[12]))
-    done
-    echo "$total"
-}
 per() { # TICKS COUNT — microseconds of CPU per item
     awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN { printf "%.1f", (n > 0 ? t / hz / n * 1e6 : 0) }'
 }
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 metric_total() { # FORMAT NAME URL... — the sum of an unlabelled metric over these /metrics endpoints, printf'd
     local format=$1 name=$2 total=0 value url
     shift 2
@@ -108,23 +97,7 @@ lb_pids() { # N — the load balancer's master and workers
     echo "${lb_pid[$1]} $(pgrep -P "${lb_pid[$1]}" | tr '\n' ' ')"
 }
 
-cat >"$work/json.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"bench-json","messages":[{"role":"user","content":"Say hello to the tollgate benchmark, please."}]}'
-local keys = { $(printf '"%s", ' "${client_keys[@]}") }
-local requests, turn = {}, 0
-init = function(args)
-    for i, key in ipairs(keys) do
-        wrk.headers["Authorization"] = "Bearer " .. key
-        requests[i] = wrk.format()
-    end
-end
-request = function()
-    turn = turn % #requests + 1
-    return requests[turn]
-end
-LUA
+wrk_lua bench-json false >"$work/json.lua"
 
 # wrk_lb N — prints "req/s gateway_us meter_us lb_us broker_us" for one run through load balancer N (0: the gateway
 # without write-ahead, alone).
