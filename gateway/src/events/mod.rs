@@ -23,8 +23,8 @@
 //! cannot lose it from then on; with `spool.write_ahead`, every event is appended as it is handed to
 //! librdkafka — marked as held by librdkafka, so it is sent from the spool only if librdkafka gives up on it —
 //! and the request's answer ends only once it is there: a whole answer is sent, and a stream's body closed, after
-//! the pump appended the event, which costs the request the hand-off to the pump, at most about
-//! [`EVENT_GATHER`]. Acknowledged records are released as Kafka acknowledges their originals. The pump fsyncs
+//! the pump appended the event, which costs the request the hand-off to the pump (which then takes its queue
+//! again at once, without the [`EVENT_GATHER`] pause). Acknowledged records are released as Kafka acknowledges their originals. The pump fsyncs
 //! the spool every `spool.fsync_interval`, and on segment roll and shutdown, against power loss). So a `kill -9`
 //! can lose only events whose requests finished less than `spool.after` (+ the time the pump takes to notice, a
 //! few milliseconds) before it — none of an answered request with `spool.write_ahead`; a power loss, those of
@@ -529,7 +529,9 @@ impl Pump {
                             self.accept(out);
                         }
                         metrics::gauge!(m::EVENTS_QUEUED).set(self.queued.load(Ordering::Relaxed) as f64);
-                        gathering = Some(Instant::now() + EVENT_GATHER);
+                        // Written ahead, each request waits for the pump: it takes the queue again at once
+                        // (what gathers while it works is its next batch).
+                        gathering = (!self.write_ahead).then(|| Instant::now() + EVENT_GATHER);
                     }
                     None => receiving = false,
                 },
