@@ -70,6 +70,20 @@ async fn chat_stream(gateway: &str, n: usize) -> (u16, String, String) {
     )
 }
 
+/// The end of a test whose gateway drains its spool: waits for the spool to be empty, then stops everything.
+async fn finish_with_an_empty_spool(gateway: ChildGateway, stack: Stack, scratch: &Path) {
+    eventually(
+        "the gateway to empty its spool",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || gateway.metric("tollgate_spool_bytes").await == 0.0,
+    )
+    .await;
+    drop(gateway);
+    stack.stop().await;
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
 /// Sends requests `range`, ten at a time; every one must be answered 200. Returns their request ids.
 async fn send_ok(gateway: &str, range: std::ops::Range<usize>) -> Vec<String> {
     let mut ids = Vec::new();
@@ -418,16 +432,7 @@ async fn with_write_ahead_a_gateway_killed_right_after_answering_loses_no_event(
         (REQUESTS, REQUESTS as u64),
         "one row per request"
     );
-    eventually(
-        "the restarted gateway to empty its spool",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        async || gateway.metric("tollgate_spool_bytes").await == 0.0,
-    )
-    .await;
-    drop(gateway);
-    stack.stop().await;
-    let _ = std::fs::remove_dir_all(scratch);
+    finish_with_an_empty_spool(gateway, stack, &scratch).await;
 }
 
 #[actix_rt::test]
@@ -476,16 +481,7 @@ async fn a_clean_stop_with_the_broker_down_keeps_every_event_for_the_next_start(
     broker.resume();
     let gateway = ChildGateway::start(&config, &scratch, "second").await;
     assert_exactly_once(&stack, &sent).await;
-    eventually(
-        "the spool to be empty",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        async || gateway.metric("tollgate_spool_bytes").await == 0.0,
-    )
-    .await;
-    drop(gateway);
-    stack.stop().await;
-    let _ = std::fs::remove_dir_all(scratch);
+    finish_with_an_empty_spool(gateway, stack, &scratch).await;
 }
 
 /// The records of a segment file: (offset, length, event id).
@@ -565,16 +561,7 @@ async fn a_torn_and_corrupted_spool_delivers_every_intact_event_once_and_misread
         log.contains(&format!("offset={third}")),
         "the log names where: {log}"
     );
-    eventually(
-        "the spool to be empty",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        async || gateway.metric("tollgate_spool_bytes").await == 0.0,
-    )
-    .await;
-    drop(gateway);
-    stack.stop().await;
-    let _ = std::fs::remove_dir_all(scratch);
+    finish_with_an_empty_spool(gateway, stack, &scratch).await;
 }
 
 /// A gateway with nowhere to send its events and a spool of 8 KiB (a handful of events).
