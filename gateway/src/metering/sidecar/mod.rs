@@ -3,9 +3,11 @@
 //! one call to `POST /v1/tokens/count/batch` ([`batch`]). When the sidecar is slow, down or answers nonsense, the
 //! gateway falls back to an in-process approximation, marks the estimate as [`EstimateSource::Fallback`] in the
 //! event and counts it — a metered request is never failed for want of an estimate. Completions of streams
-//! without a provider `usage` block are counted one by one (`POST /v1/tokens/count`).
+//! without a provider `usage` block are counted one by one (`POST /v1/tokens/count`). An outage is logged when it
+//! begins, while it lasts and when it ends, not per request ([`outage`]).
 
 pub mod batch;
+pub mod outage;
 
 use std::time::Instant;
 
@@ -14,6 +16,7 @@ use serde_json::Value;
 use tollgate_schemas::EstimateSource;
 
 use self::batch::Batcher;
+use self::outage::{Outage, Report};
 
 use crate::config::MeterConfig;
 use crate::metrics as m;
@@ -68,6 +71,7 @@ pub struct MeterClient {
     duration: metrics::Histogram,
     by_meter: metrics::Counter,
     by_fallback: metrics::Counter,
+    outage: Outage,
 }
 
 impl std::fmt::Debug for MeterClient {
@@ -97,6 +101,7 @@ impl MeterClient {
             duration: metrics::histogram!(m::METER_DURATION_SECONDS),
             by_meter: metrics::counter!(m::ESTIMATES_TOTAL, "source" => EstimateSource::Meter.as_str()),
             by_fallback: metrics::counter!(m::ESTIMATES_TOTAL, "source" => EstimateSource::Fallback.as_str()),
+            outage: Outage::default(),
         }
     }
 
@@ -117,15 +122,15 @@ impl MeterClient {
         });
         self.duration.record(started.elapsed().as_secs_f64());
         let estimate = match counted {
-            Ok(tokens) => Estimate {
-                tokens,
-                source: EstimateSource::Meter,
-            },
+            Ok(tokens) => {
+                self.answered();
+                Estimate {
+                    tokens,
+                    source: EstimateSource::Meter,
+                }
+            }
             Err(reason) => {
-                tracing::warn!(
-                    reason,
-                    "meter-sidecar unavailable; using the in-process prompt estimate"
-                );
+                self.failed(reason);
                 Estimate {
                     tokens: fallback_estimate(prompt),
                     source: EstimateSource::Fallback,
@@ -146,13 +151,38 @@ impl MeterClient {
             return Ok(0);
         }
         let result = self.post(&CountTextRequest { model, text }).await;
-        if let Err(reason) = result {
-            tracing::warn!(
-                reason,
-                "meter-sidecar could not count a completion; using the in-process estimate"
-            );
+        match result {
+            Ok(_) => self.answered(),
+            Err(reason) => self.failed(reason),
         }
         result
+    }
+
+    /// A call failed: logs the outage's beginning, or its continuation every [`outage::REPEAT_EVERY`].
+    fn failed(&self, reason: &'static str) {
+        match self.outage.failed(Instant::now()) {
+            Report::Began => tracing::warn!(
+                reason,
+                "meter-sidecar unavailable; estimating and counting tokens in-process until it answers"
+            ),
+            Report::Continues { fallbacks } => tracing::warn!(
+                reason,
+                fallbacks,
+                "meter-sidecar still unavailable; estimating and counting tokens in-process"
+            ),
+            Report::Quiet | Report::Ended { .. } => {}
+        }
+    }
+
+    /// A call was answered: logs the end of an outage.
+    fn answered(&self) {
+        if let Report::Ended { away, fallbacks } = self.outage.answered(Instant::now()) {
+            tracing::info!(
+                seconds = away.as_secs_f64(),
+                fallbacks,
+                "meter-sidecar answers again"
+            );
+        }
     }
 
     async fn post(&self, body: &impl Serialize) -> Result<u32, &'static str> {
