@@ -29,7 +29,9 @@ use tollgate_tests::stack::{
 /// two cores leave a restarted broker too slow to serve the drain within the tests' deadlines.
 static ONE_OUTAGE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn chat(gateway: &str, n: usize) -> (u16, String, Value) {
+/// Chat request `n` (a whole answer, or a stream), from one of the consumers in turn: (status, request id, the
+/// body's text).
+async fn send_chat(gateway: &str, n: usize, stream: bool) -> (u16, String, String) {
     let (_, _, key) = CONSUMERS[n % CONSUMERS.len()];
     // A connection per request: a pooled one may have gone idle past the server's keep-alive while the test
     // was stopping or starting a broker.
@@ -37,27 +39,10 @@ async fn chat(gateway: &str, n: usize) -> (u16, String, Value) {
         .post(format!("{gateway}/v1/chat/completions"))
         .bearer_auth(key)
         .force_close()
-        .send_json(
-            &json!({"model": MODEL, "messages": [{"role": "user", "content": format!("request {n}")}]}),
-        )
-        .await
-        .expect("the gateway answers");
-    let request_id = request_id(response.headers());
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (response.status().as_u16(), request_id, body)
-}
-
-/// A streamed chat request, read to the end of its body: (status, request id, the SSE text).
-async fn chat_stream(gateway: &str, n: usize) -> (u16, String, String) {
-    let (_, _, key) = CONSUMERS[n % CONSUMERS.len()];
-    let mut response = http()
-        .post(format!("{gateway}/v1/chat/completions"))
-        .bearer_auth(key)
-        .force_close()
         .send_json(&json!({
             "model": MODEL,
-            "stream": true,
-            "messages": [{"role": "user", "content": format!("stream {n}")}],
+            "stream": stream,
+            "messages": [{"role": "user", "content": format!("request {n}")}],
         }))
         .await
         .expect("the gateway answers");
@@ -68,6 +53,21 @@ async fn chat_stream(gateway: &str, n: usize) -> (u16, String, String) {
         request_id,
         String::from_utf8_lossy(&body).into_owned(),
     )
+}
+
+/// A whole-answer chat request: (status, request id, the JSON body, `null` when it is not JSON).
+async fn chat(gateway: &str, n: usize) -> (u16, String, Value) {
+    let (status, request_id, body) = send_chat(gateway, n, false).await;
+    (
+        status,
+        request_id,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// A streamed chat request, read to the end of its body: (status, request id, the SSE text).
+async fn chat_stream(gateway: &str, n: usize) -> (u16, String, String) {
+    send_chat(gateway, n, true).await
 }
 
 /// The end of a test whose gateway drains its spool: waits for the spool to be empty, then stops everything.
@@ -420,7 +420,10 @@ async fn with_write_ahead_a_gateway_killed_right_after_answering_loses_no_event(
     // once per request.
     let log = gateway.log_text();
     let outage_lines = log.matches("meter-sidecar unavailable").count();
-    assert!((1..=2).contains(&outage_lines), "{outage_lines} lines for {REQUESTS} requests:\n{log}");
+    assert!(
+        (1..=2).contains(&outage_lines),
+        "{outage_lines} lines for {REQUESTS} requests:\n{log}"
+    );
 
     let gateway = ChildGateway::start(&config, &scratch, "second").await;
     stack
