@@ -18,7 +18,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use tollgate_tests::mock_provider::Behaviour;
 use tollgate_tests::procs::{ChildConfig, ChildGateway, scratch_dir};
-use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, http, request_id};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, eventually, http, request_id};
 
 const STREAMS: usize = 20;
 
@@ -73,11 +73,13 @@ async fn sigterm_during_streams(
     let mut gateway = ChildGateway::start(&config, &scratch, name).await;
     let url = gateway.url.clone();
     let clients = actix_web::rt::spawn(async move { join_all((0..STREAMS).map(|n| stream(&url, n))).await });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stack.mock.received().len() < STREAMS {
-        assert!(Instant::now() < deadline, "the streams did not all start");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "every stream to reach the provider",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        async || stack.mock.received().len() >= STREAMS,
+    )
+    .await;
     // Every stream has started; let each carry a few events before the signal.
     actix_web::rt::time::sleep(Duration::from_millis(300)).await;
     let signalled = Instant::now();

@@ -8,10 +8,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)] // test code: a failed expectation fails the test
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
-use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions};
+use tollgate_tests::stack::{CONSUMERS, MODEL, Stack, StackOptions, eventually};
 
 fn metric(stack: &Stack, name: &str) -> Option<String> {
     stack
@@ -82,14 +82,13 @@ async fn without_snapshots_each_replica_enforces_the_quota_from_its_own_usage() 
     );
 
     // The gateway says it is degraded (no snapshot or heartbeat since it started).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&stack, "tollgate_quota_degraded").as_deref() != Some("1") {
-        assert!(
-            Instant::now() < deadline,
-            "tollgate_quota_degraded never became 1"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "tollgate_quota_degraded to become 1",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || metric(&stack, "tollgate_quota_degraded").as_deref() == Some("1"),
+    )
+    .await;
     let age: f64 = metric(&stack, "tollgate_quota_snapshot_age_seconds")
         .unwrap()
         .parse()

@@ -24,8 +24,9 @@
 //! librdkafka — marked as held by librdkafka, so it is sent from the spool only if librdkafka gives up on it —
 //! and the request's answer ends only once it is there: a whole answer is sent, and a stream's body closed, after
 //! the pump appended the event, which costs the request the hand-off to the pump (which then takes its queue
-//! again at once, without the [`EVENT_GATHER`] pause). Acknowledged records are released as Kafka acknowledges their originals. The pump fsyncs
-//! the spool every `spool.fsync_interval`, and on segment roll and shutdown, against power loss). So a `kill -9`
+//! again at once, without the [`EVENT_GATHER`] pause). Acknowledged records are released as Kafka acknowledges
+//! their originals. The pump fsyncs the spool every `spool.fsync_interval`, and on segment roll and shutdown,
+//! against power loss). So a `kill -9`
 //! can lose only events whose requests finished less than `spool.after` (+ the time the pump takes to notice, a
 //! few milliseconds) before it — none of an answered request with `spool.write_ahead`; a power loss, those of
 //! the last `spool.after + spool.fsync_interval`. A crash can also make the next start send again some records that
